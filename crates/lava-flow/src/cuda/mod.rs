@@ -1,0 +1,1 @@
+//! CUDA importer (feature `cuda`): not written yet.

@@ -1,0 +1,1 @@
+//! OpenGL importer through headless EGL (feature `gl`): not written yet.

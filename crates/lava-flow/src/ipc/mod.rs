@@ -1,0 +1,1 @@
+//! Handing exported objects to another process over Unix sockets.

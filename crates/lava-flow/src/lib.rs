@@ -1,0 +1,36 @@
+//! lava-flow shares GPU memory and GPU synchronization across APIs and processes without copying.
+//!
+//! Vulkan allocates ([`MemoryAllocator`]); the allocation is exported as an OS handle
+//! ([`raw_gpu_handle::ExportedMemory`] with an `OwnedFd`); CUDA, OpenCL, OpenGL, another Vulkan
+//! device or another process imports the same bytes.
+//!
+//! ```no_run
+//! use lava_flow::{MemoryAllocator, MemoryLocation};
+//!
+//! let allocator = MemoryAllocator::new()?;
+//! let buffer = allocator.allocate(1 << 20, MemoryLocation::GpuVulkan { device_id: 0 })?;
+//! let exported = buffer.export_fd()?; // fresh OwnedFd plus everything an importer needs
+//! # Ok::<(), lava_flow::Error>(())
+//! ```
+//!
+//! Ownership rules: a successful import consumes the fd; a failed one closes it exactly once
+//! (clone it first with `try_clone` to retry elsewhere); imported objects keep what they depend
+//! on alive; `Drop` never panics.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod testing;
+pub mod vulkan;
+
+pub use error::{Error, Result};
+pub use raw_gpu_handle;
+pub use vulkan::{DeviceSelector, VulkanContext};
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "gl")]
+pub mod gl;
+pub mod ipc;
+#[cfg(feature = "opencl")]
+pub mod opencl;

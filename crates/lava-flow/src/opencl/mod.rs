@@ -1,0 +1,1 @@
+//! OpenCL importer (feature `opencl`): not written yet.

@@ -1,0 +1,615 @@
+//! The Vulkan instance and device one lava-flow context works on.
+
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex};
+
+use ash::vk;
+use raw_gpu_handle::{DeviceIdentity, Uuid};
+
+use crate::{Error, Result};
+
+/// Which physical device a context opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceSelector {
+    /// The first discrete GPU, else integrated, else virtual, else CPU (lavapipe).
+    #[default]
+    Default,
+    /// The device at this index in `vkEnumeratePhysicalDevices` order (`lava-flow info` shows it).
+    Index(usize),
+    /// The device with this `deviceUUID`.
+    Uuid(Uuid),
+}
+
+/// What `lava-flow info` and device selection know about one physical device.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhysicalDeviceInfo {
+    /// Index in enumeration order.
+    pub index: usize,
+    /// `deviceName`.
+    pub name: String,
+    /// `VkPhysicalDeviceType`, in words.
+    pub device_type: String,
+    /// Driver name (`VkPhysicalDeviceDriverProperties::driverName`) where reported.
+    pub driver_name: String,
+    /// Vulkan API version as "major.minor.patch".
+    pub api_version: String,
+    /// Device and driver UUIDs.
+    #[serde(serialize_with = "serialize_identity")]
+    pub identity: DeviceIdentity,
+    /// Device extensions that matter to sharing, present or not.
+    pub extensions: EnabledExtensions,
+}
+
+fn serialize_identity<S: serde::Serializer>(id: &DeviceIdentity, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("DeviceIdentity", 2)?;
+    st.serialize_field("device_uuid", &id.device_uuid.to_string())?;
+    st.serialize_field("driver_uuid", &id.driver_uuid.to_string())?;
+    st.end()
+}
+
+/// The sharing-related device extensions and features a context has enabled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EnabledExtensions {
+    /// VK_KHR_external_memory_fd.
+    pub external_memory_fd: bool,
+    /// VK_EXT_external_memory_host.
+    pub external_memory_host: bool,
+    /// VK_EXT_external_memory_dma_buf.
+    pub external_memory_dma_buf: bool,
+    /// VK_EXT_image_drm_format_modifier.
+    pub image_drm_format_modifier: bool,
+    /// VK_KHR_external_semaphore_fd.
+    pub external_semaphore_fd: bool,
+    /// VK_KHR_external_fence_fd.
+    pub external_fence_fd: bool,
+    /// The timelineSemaphore feature (core in Vulkan 1.2).
+    pub timeline_semaphore: bool,
+}
+
+const WANTED_EXTENSIONS: [&CStr; 6] = [
+    ash::khr::external_memory_fd::NAME,
+    ash::ext::external_memory_host::NAME,
+    ash::ext::external_memory_dma_buf::NAME,
+    ash::ext::image_drm_format_modifier::NAME,
+    ash::khr::external_semaphore_fd::NAME,
+    ash::khr::external_fence_fd::NAME,
+];
+
+/// A Vulkan instance, one physical device, a logical device with one queue, and the extension
+/// loaders lava-flow needs. Cheap to clone (reference counted); every object made from it keeps
+/// it alive, so the device is destroyed only after the last buffer, image or import is gone.
+#[derive(Clone)]
+pub struct VulkanContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+pub(crate) struct ContextInner {
+    pub(crate) _entry: ash::Entry,
+    pub(crate) instance: ash::Instance,
+    pub(crate) physical: vk::PhysicalDevice,
+    pub(crate) device: ash::Device,
+    pub(crate) queue_family: u32,
+    pub(crate) queue: Mutex<vk::Queue>,
+    pub(crate) info: PhysicalDeviceInfo,
+    pub(crate) memory_properties: vk::PhysicalDeviceMemoryProperties,
+    pub(crate) limits: vk::PhysicalDeviceLimits,
+    pub(crate) host_import_alignment: Option<u64>,
+    pub(crate) external_memory_fd: Option<ash::khr::external_memory_fd::Device>,
+    pub(crate) external_memory_host: Option<ash::ext::external_memory_host::Device>,
+    pub(crate) external_semaphore_fd: Option<ash::khr::external_semaphore_fd::Device>,
+    pub(crate) external_fence_fd: Option<ash::khr::external_fence_fd::Device>,
+    pub(crate) command_pool: Mutex<vk::CommandPool>,
+    pub(crate) deferred_errors: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for VulkanContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanContext")
+            .field("device", &self.inner.info.name)
+            .field("identity", &self.inner.info.identity)
+            .finish()
+    }
+}
+
+fn load_entry() -> Result<ash::Entry> {
+    // SAFETY: loading libvulkan runs its initialisers; the Vulkan loader is designed for dlopen.
+    unsafe { ash::Entry::load() }.map_err(|e| Error::LibraryUnavailable {
+        library: "libvulkan.so.1",
+        reason: e.to_string(),
+        advice: "install the Vulkan loader and a driver (Debian/Ubuntu: `apt-get install libvulkan1 mesa-vulkan-drivers`, or your GPU vendor's driver)".into(),
+    })
+}
+
+fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
+    // SAFETY: plain query of the loader's version.
+    let loader_version = unsafe { entry.try_enumerate_instance_version() }
+        .map_err(|r| Error::vk("vkEnumerateInstanceVersion", r, "querying the Vulkan loader"))?
+        .unwrap_or(vk::API_VERSION_1_0);
+    if loader_version < vk::API_VERSION_1_1 {
+        return Err(Error::unsupported(
+            "a Vulkan 1.1 instance",
+            format!("the loader only offers {}", version_string(loader_version)),
+            "external memory is core in Vulkan 1.1",
+            "install a newer Vulkan loader (libvulkan1)",
+        ));
+    }
+    let api_version = loader_version.min(vk::API_VERSION_1_3);
+    let app_info = vk::ApplicationInfo::default()
+        .application_name(c"lava-flow")
+        .engine_name(c"lava-flow")
+        .api_version(api_version);
+    let create_info = vk::InstanceCreateInfo::default().application_info(&app_info);
+    // SAFETY: create_info and what it points to live across the call.
+    unsafe { entry.create_instance(&create_info, None) }.map_err(|r| {
+        let mut e = Error::vk("vkCreateInstance", r, "creating a Vulkan instance");
+        if r == vk::Result::ERROR_INCOMPATIBLE_DRIVER {
+            e = Error::DeviceNotFound {
+                api: "Vulkan",
+                wanted: "(any)".into(),
+                found: "the loader found no driver (VK_ERROR_INCOMPATIBLE_DRIVER)".into(),
+                advice: "install a Vulkan driver: `apt-get install mesa-vulkan-drivers` for the software one, or your GPU vendor's".into(),
+            };
+        }
+        e
+    })
+}
+
+pub(crate) fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v))
+}
+
+fn device_type_name(t: vk::PhysicalDeviceType) -> &'static str {
+    match t {
+        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete GPU",
+        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated GPU",
+        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual GPU",
+        vk::PhysicalDeviceType::CPU => "CPU",
+        _ => "other",
+    }
+}
+
+fn cstr_field(bytes: &[std::ffi::c_char]) -> String {
+    // SAFETY-free: the fields are NUL-terminated arrays from the driver; stop at the first NUL.
+    let bytes: Vec<u8> = bytes.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Reads name, UUIDs and sharing extensions of one physical device.
+fn describe(instance: &ash::Instance, physical: vk::PhysicalDevice, index: usize) -> Result<PhysicalDeviceInfo> {
+    let mut id_props = vk::PhysicalDeviceIDProperties::default();
+    let mut driver_props = vk::PhysicalDeviceDriverProperties::default();
+    // SAFETY: physical came from this instance.
+    let basic = unsafe { instance.get_physical_device_properties(physical) };
+    let has_driver_props = basic.api_version >= vk::API_VERSION_1_2;
+    {
+        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut id_props);
+        if has_driver_props {
+            props2 = props2.push_next(&mut driver_props);
+        }
+        // SAFETY: the chained structs live across the call.
+        unsafe { instance.get_physical_device_properties2(physical, &mut props2) };
+    }
+    // SAFETY: physical came from this instance.
+    let exts = unsafe { instance.enumerate_device_extension_properties(physical) }
+        .map_err(|r| Error::vk("vkEnumerateDeviceExtensionProperties", r, "listing device extensions"))?;
+    let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
+    let mut timeline = vk::PhysicalDeviceTimelineSemaphoreFeatures::default();
+    if basic.api_version >= vk::API_VERSION_1_2 {
+        let mut features2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut timeline);
+        // SAFETY: the chained struct lives across the call.
+        unsafe { instance.get_physical_device_features2(physical, &mut features2) };
+    }
+    Ok(PhysicalDeviceInfo {
+        index,
+        name: cstr_field(&basic.device_name),
+        device_type: device_type_name(basic.device_type).into(),
+        driver_name: if has_driver_props { cstr_field(&driver_props.driver_name) } else { String::new() },
+        api_version: version_string(basic.api_version),
+        identity: DeviceIdentity {
+            device_uuid: Uuid(id_props.device_uuid),
+            driver_uuid: Uuid(id_props.driver_uuid),
+            luid: (id_props.device_luid_valid == vk::TRUE).then_some(id_props.device_luid),
+        },
+        extensions: EnabledExtensions {
+            external_memory_fd: has(ash::khr::external_memory_fd::NAME),
+            external_memory_host: has(ash::ext::external_memory_host::NAME),
+            external_memory_dma_buf: has(ash::ext::external_memory_dma_buf::NAME),
+            image_drm_format_modifier: has(ash::ext::image_drm_format_modifier::NAME),
+            external_semaphore_fd: has(ash::khr::external_semaphore_fd::NAME),
+            external_fence_fd: has(ash::khr::external_fence_fd::NAME),
+            timeline_semaphore: timeline.timeline_semaphore == vk::TRUE,
+        },
+    })
+}
+
+fn type_rank(t: &str) -> u8 {
+    match t {
+        "discrete GPU" => 0,
+        "integrated GPU" => 1,
+        "virtual GPU" => 2,
+        "CPU" => 3,
+        _ => 4,
+    }
+}
+
+impl VulkanContext {
+    /// Lists the machine's Vulkan devices. Errors when libvulkan or every driver is missing.
+    pub fn enumerate() -> Result<Vec<PhysicalDeviceInfo>> {
+        let entry = load_entry()?;
+        let instance = create_instance(&entry)?;
+        let result = (|| {
+            // SAFETY: instance is valid.
+            let physicals = unsafe { instance.enumerate_physical_devices() }
+                .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
+            physicals.iter().enumerate().map(|(i, p)| describe(&instance, *p, i)).collect()
+        })();
+        // SAFETY: nothing made from the instance outlives this function.
+        unsafe { instance.destroy_instance(None) };
+        result
+    }
+
+    /// Opens the default device (see [`DeviceSelector::Default`]).
+    pub fn new() -> Result<VulkanContext> {
+        Self::with_selector(DeviceSelector::Default)
+    }
+
+    /// Opens the device at `index` in `lava-flow info`'s order.
+    pub fn with_index(index: usize) -> Result<VulkanContext> {
+        Self::with_selector(DeviceSelector::Index(index))
+    }
+
+    /// Opens the device whose device UUID is `uuid` (for instance the one an export names).
+    pub fn with_uuid(uuid: Uuid) -> Result<VulkanContext> {
+        Self::with_selector(DeviceSelector::Uuid(uuid))
+    }
+
+    /// Opens a device chosen by `selector`, with every sharing extension it supports enabled.
+    pub fn with_selector(selector: DeviceSelector) -> Result<VulkanContext> {
+        let entry = load_entry()?;
+        let instance = create_instance(&entry)?;
+        match Self::open_device(entry, instance.clone(), selector) {
+            Ok(ctx) => Ok(ctx),
+            Err(e) => {
+                // SAFETY: open_device failed before any device was created from the instance, or
+                // destroyed what it created.
+                unsafe { instance.destroy_instance(None) };
+                Err(e)
+            }
+        }
+    }
+
+    fn open_device(entry: ash::Entry, instance: ash::Instance, selector: DeviceSelector) -> Result<VulkanContext> {
+        // SAFETY: instance is valid.
+        let physicals = unsafe { instance.enumerate_physical_devices() }
+            .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
+        let infos: Vec<PhysicalDeviceInfo> =
+            physicals.iter().enumerate().map(|(i, p)| describe(&instance, *p, i)).collect::<Result<_>>()?;
+        let found = || {
+            if infos.is_empty() {
+                "the Vulkan loader lists no devices".to_string()
+            } else {
+                infos
+                    .iter()
+                    .map(|i| format!("[{}] {} {}", i.index, i.name, i.identity.device_uuid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let chosen = match selector {
+            DeviceSelector::Default => infos.iter().min_by_key(|i| (type_rank(&i.device_type), i.index)),
+            DeviceSelector::Index(n) => infos.get(n),
+            DeviceSelector::Uuid(u) => infos.iter().find(|i| i.identity.device_uuid == u),
+        };
+        let Some(info) = chosen.cloned() else {
+            let wanted = match selector {
+                DeviceSelector::Default => "(any)".to_string(),
+                DeviceSelector::Index(n) => format!("at index {n}"),
+                DeviceSelector::Uuid(u) => format!("with device UUID {u}"),
+            };
+            return Err(Error::DeviceNotFound {
+                api: "Vulkan",
+                wanted,
+                found: found(),
+                advice: "run `lava-flow info` to list devices; install a driver if none is listed (`apt-get install mesa-vulkan-drivers`)".into(),
+            });
+        };
+        let physical = physicals[info.index];
+        // SAFETY: physical came from this instance.
+        let families = unsafe { instance.get_physical_device_queue_family_properties(physical) };
+        let queue_family = families
+            .iter()
+            .position(|f| {
+                f.queue_flags.contains(vk::QueueFlags::COMPUTE) && f.queue_flags.contains(vk::QueueFlags::TRANSFER)
+            })
+            .or_else(|| families.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE)))
+            .ok_or_else(|| {
+                Error::unsupported(
+                    format!("a compute queue on {}", info.name),
+                    "no queue family has VK_QUEUE_COMPUTE_BIT",
+                    "vkGetPhysicalDeviceQueueFamilyProperties",
+                    "choose another device",
+                )
+            })? as u32;
+
+        let ext = info.extensions;
+        let mut names: Vec<*const std::ffi::c_char> = Vec::new();
+        for name in WANTED_EXTENSIONS {
+            let on = match name {
+                n if n == ash::khr::external_memory_fd::NAME => ext.external_memory_fd,
+                n if n == ash::ext::external_memory_host::NAME => ext.external_memory_host,
+                n if n == ash::ext::external_memory_dma_buf::NAME => {
+                    ext.external_memory_dma_buf && ext.external_memory_fd
+                }
+                n if n == ash::ext::image_drm_format_modifier::NAME => ext.image_drm_format_modifier,
+                n if n == ash::khr::external_semaphore_fd::NAME => ext.external_semaphore_fd,
+                n if n == ash::khr::external_fence_fd::NAME => ext.external_fence_fd,
+                _ => false,
+            };
+            if on {
+                names.push(name.as_ptr());
+            }
+        }
+        let priorities = [1.0f32];
+        let queue_info =
+            [vk::DeviceQueueCreateInfo::default().queue_family_index(queue_family).queue_priorities(&priorities)];
+        let mut timeline =
+            vk::PhysicalDeviceTimelineSemaphoreFeatures::default().timeline_semaphore(ext.timeline_semaphore);
+        let mut create_info =
+            vk::DeviceCreateInfo::default().queue_create_infos(&queue_info).enabled_extension_names(&names);
+        if ext.timeline_semaphore {
+            create_info = create_info.push_next(&mut timeline);
+        }
+        // SAFETY: create_info and its chain live across the call; physical is from instance.
+        let device = unsafe { instance.create_device(physical, &create_info, None) }
+            .map_err(|r| Error::vk("vkCreateDevice", r, format!("opening {}", info.name)))?;
+        // SAFETY: the queue family was requested with one queue.
+        let queue = unsafe { device.get_device_queue(queue_family, 0) };
+        let pool_info = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(queue_family)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER | vk::CommandPoolCreateFlags::TRANSIENT);
+        // SAFETY: device is valid.
+        let command_pool = match unsafe { device.create_command_pool(&pool_info, None) } {
+            Ok(p) => p,
+            Err(r) => {
+                // SAFETY: nothing was created from the device yet.
+                unsafe { device.destroy_device(None) };
+                return Err(Error::vk("vkCreateCommandPool", r, "creating lava-flow's command pool"));
+            }
+        };
+        // SAFETY: physical is from instance.
+        let memory_properties = unsafe { instance.get_physical_device_memory_properties(physical) };
+        // SAFETY: physical is from instance.
+        let limits = unsafe { instance.get_physical_device_properties(physical) }.limits;
+        let host_import_alignment = ext.external_memory_host.then(|| {
+            let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+            let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
+            // SAFETY: the chained struct lives across the call.
+            unsafe { instance.get_physical_device_properties2(physical, &mut props2) };
+            host.min_imported_host_pointer_alignment
+        });
+        let inner = ContextInner {
+            external_memory_fd: ext
+                .external_memory_fd
+                .then(|| ash::khr::external_memory_fd::Device::new(&instance, &device)),
+            external_memory_host: ext
+                .external_memory_host
+                .then(|| ash::ext::external_memory_host::Device::new(&instance, &device)),
+            external_semaphore_fd: ext
+                .external_semaphore_fd
+                .then(|| ash::khr::external_semaphore_fd::Device::new(&instance, &device)),
+            external_fence_fd: ext
+                .external_fence_fd
+                .then(|| ash::khr::external_fence_fd::Device::new(&instance, &device)),
+            _entry: entry,
+            instance,
+            physical,
+            device,
+            queue_family,
+            queue: Mutex::new(queue),
+            info,
+            memory_properties,
+            limits,
+            host_import_alignment,
+            command_pool: Mutex::new(command_pool),
+            deferred_errors: Mutex::new(Vec::new()),
+        };
+        Ok(VulkanContext { inner: Arc::new(inner) })
+    }
+
+    /// Name, UUIDs and extensions of the opened device.
+    pub fn info(&self) -> &PhysicalDeviceInfo {
+        &self.inner.info
+    }
+
+    /// The device and driver identity every export from this context carries.
+    pub fn identity(&self) -> DeviceIdentity {
+        self.inner.info.identity
+    }
+
+    /// The sharing extensions enabled on this device.
+    pub fn extensions(&self) -> EnabledExtensions {
+        self.inner.info.extensions
+    }
+
+    /// The ash device, for recording your own commands against lava-flow's objects.
+    pub fn device(&self) -> &ash::Device {
+        &self.inner.device
+    }
+
+    /// The ash instance.
+    pub fn instance(&self) -> &ash::Instance {
+        &self.inner.instance
+    }
+
+    /// The physical device handle.
+    pub fn physical_device(&self) -> vk::PhysicalDevice {
+        self.inner.physical
+    }
+
+    /// The queue family of [`Self::queue`].
+    pub fn queue_family_index(&self) -> u32 {
+        self.inner.queue_family
+    }
+
+    /// Runs `f` with the queue locked (vkQueueSubmit needs external synchronization).
+    pub fn with_queue<R>(&self, f: impl FnOnce(vk::Queue) -> R) -> R {
+        let queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        f(*queue)
+    }
+
+    /// The device's memory types and heaps.
+    pub fn memory_properties(&self) -> &vk::PhysicalDeviceMemoryProperties {
+        &self.inner.memory_properties
+    }
+
+    /// Device limits.
+    pub fn limits(&self) -> &vk::PhysicalDeviceLimits {
+        &self.inner.limits
+    }
+
+    /// `minImportedHostPointerAlignment` where VK_EXT_external_memory_host is enabled.
+    pub fn host_import_alignment(&self) -> Option<u64> {
+        self.inner.host_import_alignment
+    }
+
+    pub(crate) fn external_memory_fd(&self) -> Result<&ash::khr::external_memory_fd::Device> {
+        self.inner.external_memory_fd.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                format!("opaque-fd memory on {}", self.inner.info.name),
+                "the device lacks VK_KHR_external_memory_fd",
+                "VK_KHR_external_memory_fd",
+                "use a driver that exports memory as fds (`lava-flow info` lists them)",
+            )
+        })
+    }
+
+    pub(crate) fn external_memory_host(&self) -> Result<&ash::ext::external_memory_host::Device> {
+        self.inner.external_memory_host.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                format!("shareable host memory on {}", self.inner.info.name),
+                "the device lacks VK_EXT_external_memory_host",
+                "VK_EXT_external_memory_host",
+                "use device memory exported as an fd instead",
+            )
+        })
+    }
+
+    pub(crate) fn external_semaphore_fd(&self) -> Result<&ash::khr::external_semaphore_fd::Device> {
+        self.inner.external_semaphore_fd.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                format!("exportable semaphores on {}", self.inner.info.name),
+                "the device lacks VK_KHR_external_semaphore_fd",
+                "VK_KHR_external_semaphore_fd",
+                "synchronize on the host, or use a driver with external semaphores",
+            )
+        })
+    }
+
+    pub(crate) fn external_fence_fd(&self) -> Result<&ash::khr::external_fence_fd::Device> {
+        self.inner.external_fence_fd.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                format!("exportable fences on {}", self.inner.info.name),
+                "the device lacks VK_KHR_external_fence_fd",
+                "VK_KHR_external_fence_fd",
+                "wait on the host, or use a driver with external fences",
+            )
+        })
+    }
+
+    /// Records commands with `record`, submits them on the context's queue and waits for them.
+    /// For setup and tests; hot paths record their own command buffers.
+    pub fn run_commands(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
+        self.check_deferred()?;
+        let device = &self.inner.device;
+        let pool = self.inner.command_pool.lock().unwrap_or_else(|p| p.into_inner());
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(*pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool is locked and belongs to device.
+        let cmd = unsafe { device.allocate_command_buffers(&alloc) }
+            .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
+        let result = (|| {
+            let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            // SAFETY: cmd is fresh and its pool is locked.
+            unsafe { device.begin_command_buffer(cmd, &begin) }
+                .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
+            record(device, cmd);
+            // SAFETY: cmd is recording.
+            unsafe { device.end_command_buffer(cmd) }
+                .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
+            // SAFETY: device is valid.
+            let fence = unsafe { device.create_fence(&vk::FenceCreateInfo::default(), None) }
+                .map_err(|r| Error::vk("vkCreateFence", r, "creating a fence"))?;
+            let cmds = [cmd];
+            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+            let submitted = self.with_queue(|q| {
+                // SAFETY: queue locked; cmd is executable; fence unsignalled.
+                unsafe { device.queue_submit(q, &submit, fence) }
+            });
+            let waited = submitted
+                .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting commands"))
+                // SAFETY: fence is valid.
+                .and_then(|_| {
+                    unsafe { device.wait_for_fences(&[fence], true, u64::MAX) }
+                        .map_err(|r| Error::vk("vkWaitForFences", r, "waiting for commands"))
+                });
+            // SAFETY: the fence is no longer in use (signalled, or never submitted).
+            unsafe { device.destroy_fence(fence, None) };
+            waited
+        })();
+        // SAFETY: the command buffer finished (or never ran); its pool is locked.
+        unsafe { device.free_command_buffers(*pool, &[cmd]) };
+        result
+    }
+
+    /// Records an error that happened in a `Drop`, to be returned by the next fallible call.
+    pub(crate) fn defer_error(&self, message: String) {
+        self.inner.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// Returns (and clears) errors recorded while dropping objects of this context.
+    pub fn check_deferred(&self) -> Result<()> {
+        let mut errs = self.inner.deferred_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Deferred(std::mem::take(&mut *errs)))
+        }
+    }
+
+    /// Finds a memory type allowed by `type_bits` with all of `required` flags, preferring one
+    /// with `preferred` too.
+    pub fn find_memory_type(
+        &self,
+        type_bits: u32,
+        required: vk::MemoryPropertyFlags,
+        preferred: vk::MemoryPropertyFlags,
+    ) -> Option<u32> {
+        let props = &self.inner.memory_properties;
+        let candidates = (0..props.memory_type_count)
+            .filter(|i| type_bits & (1 << i) != 0)
+            .filter(|i| props.memory_types[*i as usize].property_flags.contains(required));
+        let all: Vec<u32> = candidates.collect();
+        all.iter()
+            .copied()
+            .find(|i| props.memory_types[*i as usize].property_flags.contains(required | preferred))
+            .or_else(|| all.first().copied())
+    }
+}
+
+impl Drop for ContextInner {
+    fn drop(&mut self) {
+        // SAFETY: this is the last reference: every object made from the device is gone (each
+        // holds an Arc to this). Errors from the idle wait cannot be reported and are ignored:
+        // destroying after a lost device is still valid.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            let pool = *self.command_pool.get_mut().unwrap_or_else(|p| p.into_inner());
+            self.device.destroy_command_pool(pool, None);
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Vulkan: the allocating side. Contexts, exportable memory, buffers and images, imports,
+//! capability queries and synchronization, on ash with libvulkan loaded at run time.
+
+mod context;
+
+pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};

@@ -1,0 +1,73 @@
+use std::fmt;
+
+/// A 16-byte UUID as GPU APIs report it (`VkPhysicalDeviceIDProperties::deviceUUID`,
+/// `cuDeviceGetUuid`, `CL_DEVICE_UUID_KHR`, `GL_DEVICE_UUID_EXT`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Uuid(pub [u8; 16]);
+
+impl Uuid {
+    /// The all-zero UUID, which drivers report when they have none.
+    pub const NIL: Uuid = Uuid([0; 16]);
+
+    /// Whether this is the all-zero UUID.
+    pub fn is_nil(&self) -> bool {
+        self.0 == [0; 16]
+    }
+
+    /// Parses the canonical 8-4-4-4-12 hex form (dashes optional).
+    pub fn parse(text: &str) -> Option<Uuid> {
+        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(Uuid(out))
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uuid({self})")
+    }
+}
+
+/// Which physical device, under which driver, made an object.
+///
+/// Every export carries one and every import checks it first: opaque handles may only be
+/// imported by the same device under the same driver (see [`check_compatible`](crate::check_compatible)).
+/// Consumed by: Vulkan (`VkPhysicalDeviceIDProperties`), CUDA (`cuDeviceGetUuid` gives the device
+/// UUID), OpenCL (`CL_DEVICE_UUID_KHR`, `CL_DRIVER_UUID_KHR`), OpenGL (`GL_DEVICE_UUID_EXT`,
+/// `GL_DRIVER_UUID_EXT`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct DeviceIdentity {
+    /// The physical device's UUID; stable across processes and APIs on one machine.
+    pub device_uuid: Uuid,
+    /// The driver's UUID; opaque handles are only valid between identical drivers.
+    pub driver_uuid: Uuid,
+    /// The Windows LUID, where the platform has one (used for Win32 handles and D3D interop).
+    pub luid: Option<[u8; 8]>,
+}
+
+impl fmt::Display for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "device {} driver {}", self.device_uuid, self.driver_uuid)
+    }
+}

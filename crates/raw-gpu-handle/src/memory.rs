@@ -1,0 +1,165 @@
+use std::fmt;
+
+use crate::{DeviceIdentity, MemoryHandleKind};
+
+/// Property flags of the memory type an allocation came from.
+///
+/// The bit values are Vulkan's `VkMemoryPropertyFlagBits`, so a Vulkan importer can pass them
+/// through; other APIs only read them (for example to know whether the memory is host-visible).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MemoryProperties(pub u32);
+
+impl MemoryProperties {
+    /// Fastest for the device (`VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT`).
+    pub const DEVICE_LOCAL: Self = Self(0x1);
+    /// Mappable by the host (`VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT`).
+    pub const HOST_VISIBLE: Self = Self(0x2);
+    /// Host writes need no flush (`VK_MEMORY_PROPERTY_HOST_COHERENT_BIT`).
+    pub const HOST_COHERENT: Self = Self(0x4);
+    /// Cached on the host (`VK_MEMORY_PROPERTY_HOST_CACHED_BIT`).
+    pub const HOST_CACHED: Self = Self(0x8);
+
+    /// Whether every bit of `other` is set here.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for MemoryProperties {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for MemoryProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MemoryProperties({self})")
+    }
+}
+
+impl fmt::Display for MemoryProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (Self::DEVICE_LOCAL, "DEVICE_LOCAL"),
+            (Self::HOST_VISIBLE, "HOST_VISIBLE"),
+            (Self::HOST_COHERENT, "HOST_COHERENT"),
+            (Self::HOST_CACHED, "HOST_CACHED"),
+        ];
+        let mut first = true;
+        for (flag, name) in names {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        let rest = self.0 & !0xF;
+        if rest != 0 {
+            if !first {
+                f.write_str("|")?;
+            }
+            write!(f, "{rest:#x}")?;
+            first = false;
+        }
+        if first {
+            f.write_str("NONE")?;
+        }
+        Ok(())
+    }
+}
+
+/// A stable identity of one exported allocation, unique per exporter for the life of the
+/// machine's processes (random exporter part plus a counter). Importers key caches by it, so a
+/// second buffer carved from the same allocation (a pool block) re-uses the first import.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AllocationId(pub u128);
+
+/// Everything an importer needs to know about an exported allocation, without its handle.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MemoryDescription {
+    /// How to interpret the handle.
+    pub handle_kind: MemoryHandleKind,
+    /// Size of the whole allocation in bytes (not of one buffer in it). CUDA
+    /// (`CUDA_EXTERNAL_MEMORY_HANDLE_DESC::size`) and Vulkan (`VkMemoryAllocateInfo::allocationSize`)
+    /// must be given exactly this.
+    pub allocation_size: u64,
+    /// The exporter's memory type index. A Vulkan importer on the same device uses it as is
+    /// (`VUID-VkMemoryAllocateInfo-allocationSize-01742` requires the same type).
+    pub memory_type_index: u32,
+    /// The property flags of that memory type.
+    pub memory_properties: MemoryProperties,
+    /// Whether it is a dedicated allocation (`VkMemoryDedicatedAllocateInfo`). CUDA must then be
+    /// given `CUDA_EXTERNAL_MEMORY_DEDICATED`, and a Vulkan importer must bind it to an identical
+    /// resource through a dedicated import.
+    pub dedicated: bool,
+    /// The device and driver that made it.
+    pub device: DeviceIdentity,
+    /// The allocation's identity, for importers' caches. `None` where the exporter gives none.
+    pub allocation_id: Option<AllocationId>,
+}
+
+/// An allocation's handle together with its description, generic over the handle tier.
+#[derive(Debug)]
+pub struct Memory<H> {
+    /// The OS handle (owned, borrowed or raw).
+    pub handle: H,
+    /// What the handle holds.
+    pub description: MemoryDescription,
+}
+
+/// Exported memory that owns its fd: dropping it closes the fd; importing consumes it.
+#[cfg(unix)]
+pub type ExportedMemory = Memory<std::os::fd::OwnedFd>;
+/// Exported memory whose fd is borrowed from an owner that outlives it.
+#[cfg(unix)]
+pub type BorrowedMemory<'a> = Memory<std::os::fd::BorrowedFd<'a>>;
+/// Exported memory as a plain fd number, for FFI; nobody owns the fd through it.
+#[cfg(unix)]
+pub type RawMemory = Memory<std::os::fd::RawFd>;
+
+#[cfg(unix)]
+impl ExportedMemory {
+    /// Borrows the handle.
+    pub fn as_borrowed(&self) -> BorrowedMemory<'_> {
+        use std::os::fd::AsFd;
+        Memory { handle: self.handle.as_fd(), description: self.description }
+    }
+
+    /// Duplicates the fd (`F_DUPFD_CLOEXEC`): the explicit way to feed a second importer.
+    pub fn try_clone(&self) -> std::io::Result<ExportedMemory> {
+        Ok(Memory { handle: self.handle.try_clone()?, description: self.description })
+    }
+
+    /// Gives up ownership of the fd, returning its number; the caller must close it.
+    pub fn into_raw(self) -> RawMemory {
+        use std::os::fd::IntoRawFd;
+        Memory { handle: self.handle.into_raw_fd(), description: self.description }
+    }
+}
+
+#[cfg(unix)]
+impl BorrowedMemory<'_> {
+    /// Duplicates the borrowed fd into an owned export.
+    pub fn try_clone_to_owned(&self) -> std::io::Result<ExportedMemory> {
+        Ok(Memory { handle: self.handle.try_clone_to_owned()?, description: self.description })
+    }
+}
+
+#[cfg(unix)]
+impl RawMemory {
+    /// Takes ownership of a raw fd.
+    ///
+    /// # Safety
+    /// `self.handle` must be an open fd that nothing else owns or will close.
+    pub unsafe fn into_owned(self) -> ExportedMemory {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the caller guarantees the fd is open and unowned.
+        Memory { handle: unsafe { std::os::fd::OwnedFd::from_raw_fd(self.handle) }, description: self.description }
+    }
+}
