@@ -1,0 +1,298 @@
+//! `lava-flow info`: the machine's devices with their UUIDs and, for each API present, which
+//! handle kinds it can export and import.
+
+use std::process::ExitCode;
+
+use lava_flow::vulkan::PhysicalDeviceInfo;
+use lava_flow::VulkanContext;
+use serde::Serialize;
+
+use crate::table::Table;
+use crate::CmdResult;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything `info` reports.
+#[derive(Serialize)]
+pub struct Report {
+    pub lava_flow_version: &'static str,
+    pub vulkan: VulkanSection,
+    /// CUDA, OpenCL and OpenGL, in that order.
+    pub apis: Vec<ApiSection>,
+}
+
+/// The Vulkan devices and what each can share.
+#[derive(Serialize)]
+pub struct VulkanSection {
+    pub available: bool,
+    /// Why Vulkan is unavailable (no loader, no driver).
+    pub reason: Option<String>,
+    pub devices: Vec<VulkanDevice>,
+}
+
+#[derive(Serialize)]
+pub struct VulkanDevice {
+    #[serde(flatten)]
+    pub info: PhysicalDeviceInfo,
+    /// What the device can export and import, by object and handle kind.
+    pub sharing: Vec<SharingRow>,
+}
+
+/// One API other than Vulkan: whether it is usable here, its devices, and what it imports.
+#[derive(Serialize)]
+pub struct ApiSection {
+    /// "CUDA", "OpenCL", "OpenGL".
+    pub api: &'static str,
+    pub available: bool,
+    /// Why the API is unavailable, or not part of this build.
+    pub reason: Option<String>,
+    pub devices: Vec<ApiDevice>,
+    pub sharing: Vec<SharingRow>,
+}
+
+/// A device of another API and the Vulkan device it shares memory with (same device UUID).
+#[derive(Serialize)]
+pub struct ApiDevice {
+    pub index: usize,
+    pub name: String,
+    pub device_uuid: String,
+    pub driver_uuid: Option<String>,
+    /// Index of the Vulkan device with the same device UUID, if any.
+    pub vulkan_device: Option<usize>,
+}
+
+/// Whether one object can cross in one handle kind, in each direction.
+#[derive(Serialize, Clone)]
+pub struct SharingRow {
+    /// "buffer", "image rgba8unorm optimal 2D", "host memory", "timeline semaphore", ...
+    pub object: String,
+    /// "opaque-fd", "dma-buf", "host-memfd", "sync-fd".
+    pub handle_kind: String,
+    pub export: Support,
+    pub import: Support,
+    /// Conditions (dedicated allocation only) or why not.
+    pub note: String,
+}
+
+/// An answer from a capability query.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Support {
+    Yes,
+    No,
+    /// The direction does not apply (for example exporting memory that came from the host).
+    NotApplicable,
+}
+
+impl Support {
+    pub fn from_bool(b: bool) -> Support {
+        if b {
+            Support::Yes
+        } else {
+            Support::No
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Support::Yes => "yes",
+            Support::No => "no",
+            Support::NotApplicable => "-",
+        }
+    }
+}
+
+impl ApiSection {
+    /// An API that this binary cannot ask about: not compiled in, or its library is absent.
+    pub fn unavailable(api: &'static str, reason: impl Into<String>) -> ApiSection {
+        ApiSection { api, available: false, reason: Some(reason.into()), devices: Vec::new(), sharing: Vec::new() }
+    }
+}
+
+pub fn run(args: &Args) -> CmdResult {
+    let report = collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks every API what this machine has.
+pub fn collect() -> Report {
+    Report { lava_flow_version: env!("CARGO_PKG_VERSION"), vulkan: vulkan_section(), apis: other_apis() }
+}
+
+fn vulkan_section() -> VulkanSection {
+    match VulkanContext::enumerate() {
+        Ok(devices) => VulkanSection {
+            available: !devices.is_empty(),
+            reason: devices.is_empty().then(|| "the Vulkan loader lists no devices".to_string()),
+            devices: devices
+                .into_iter()
+                .map(|info| {
+                    let sharing = vulkan_sharing(&info);
+                    VulkanDevice { info, sharing }
+                })
+                .collect(),
+        },
+        Err(e) => VulkanSection { available: false, reason: Some(e.to_string()), devices: Vec::new() },
+    }
+}
+
+/// What one Vulkan device can export and import, from the extensions it offers.
+fn vulkan_sharing(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
+    let ext = info.extensions;
+    let row = |object: &str, kind: &str, export: Support, import: Support, note: &str| SharingRow {
+        object: object.into(),
+        handle_kind: kind.into(),
+        export,
+        import,
+        note: note.into(),
+    };
+    let fd = Support::from_bool(ext.external_memory_fd);
+    let fd_note = if ext.external_memory_fd { "" } else { "no VK_KHR_external_memory_fd" };
+    let dma = Support::from_bool(ext.external_memory_dma_buf);
+    let dma_note = if ext.external_memory_dma_buf { "" } else { "no VK_EXT_external_memory_dma_buf" };
+    let host = Support::from_bool(ext.external_memory_host);
+    let host_note = if ext.external_memory_host {
+        "memfd mapped by any process, imported with VK_EXT_external_memory_host"
+    } else {
+        "no VK_EXT_external_memory_host"
+    };
+    let sem = Support::from_bool(ext.external_semaphore_fd);
+    let timeline = Support::from_bool(ext.external_semaphore_fd && ext.timeline_semaphore);
+    let sem_note = if ext.external_semaphore_fd { "" } else { "no VK_KHR_external_semaphore_fd" };
+    let timeline_note = match (ext.external_semaphore_fd, ext.timeline_semaphore) {
+        (true, true) => "",
+        (false, _) => "no VK_KHR_external_semaphore_fd",
+        (true, false) => "no timelineSemaphore feature",
+    };
+    let fence = Support::from_bool(ext.external_fence_fd);
+    let fence_note = if ext.external_fence_fd { "" } else { "no VK_KHR_external_fence_fd" };
+    vec![
+        row("memory (buffers, images)", "opaque-fd", fd, fd, fd_note),
+        row("memory (buffers, images)", "dma-buf", dma, dma, dma_note),
+        row("host memory", "host-memfd", Support::NotApplicable, host, host_note),
+        row("binary semaphore", "opaque-fd", sem, sem, sem_note),
+        row("timeline semaphore", "opaque-fd", timeline, timeline, timeline_note),
+        row("fence", "opaque-fd", fence, fence, fence_note),
+    ]
+}
+
+/// CUDA, OpenCL and OpenGL: each answers through its importer module when built in.
+fn other_apis() -> Vec<ApiSection> {
+    vec![cuda_section(), opencl_section(), gl_section()]
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_section() -> ApiSection {
+    ApiSection::unavailable("CUDA", "lava-flow's CUDA importer is not part of this build yet")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_section() -> ApiSection {
+    ApiSection::unavailable("CUDA", "built without the `cuda` feature")
+}
+
+#[cfg(feature = "opencl")]
+fn opencl_section() -> ApiSection {
+    ApiSection::unavailable("OpenCL", "lava-flow's OpenCL importer is not part of this build yet")
+}
+
+#[cfg(not(feature = "opencl"))]
+fn opencl_section() -> ApiSection {
+    ApiSection::unavailable("OpenCL", "built without the `opencl` feature")
+}
+
+#[cfg(feature = "gl")]
+fn gl_section() -> ApiSection {
+    ApiSection::unavailable("OpenGL", "lava-flow's OpenGL importer is not part of this build yet")
+}
+
+#[cfg(not(feature = "gl"))]
+fn gl_section() -> ApiSection {
+    ApiSection::unavailable("OpenGL", "built without the `gl` feature")
+}
+
+/// The readable form: a device table per API, then one sharing table for all of them.
+pub fn render(report: &Report) -> String {
+    let mut out = format!("lava-flow {}\n\n", report.lava_flow_version);
+    out.push_str("Vulkan devices\n");
+    if report.vulkan.devices.is_empty() {
+        out.push_str(&format!("  none: {}\n", report.vulkan.reason.as_deref().unwrap_or("no devices")));
+    } else {
+        let mut t = Table::new(&[">#", "name", "type", "driver", "api", "device UUID", "driver UUID"]);
+        for d in &report.vulkan.devices {
+            let i = &d.info;
+            t.row([
+                i.index.to_string(),
+                i.name.clone(),
+                i.device_type.clone(),
+                i.driver_name.clone(),
+                i.api_version.clone(),
+                i.identity.device_uuid.to_string(),
+                i.identity.driver_uuid.to_string(),
+            ]);
+        }
+        out.push_str(&t.render(2));
+    }
+    for api in &report.apis {
+        out.push_str(&format!("\n{} devices\n", api.api));
+        if api.devices.is_empty() {
+            out.push_str(&format!("  none: {}\n", api.reason.as_deref().unwrap_or("no devices")));
+            continue;
+        }
+        let mut t = Table::new(&[">#", "name", "device UUID", "driver UUID", "Vulkan device"]);
+        for d in &api.devices {
+            t.row([
+                d.index.to_string(),
+                d.name.clone(),
+                d.device_uuid.clone(),
+                d.driver_uuid.clone().unwrap_or_else(|| "-".into()),
+                d.vulkan_device.map_or_else(|| "none (UUID matches no Vulkan device)".into(), |v| format!("#{v}")),
+            ]);
+        }
+        out.push_str(&t.render(2));
+    }
+    out.push_str("\nSharing (export / import by handle kind)\n");
+    let mut t = Table::new(&["api", "device", "object", "handle kind", "export", "import", "note"]);
+    for d in &report.vulkan.devices {
+        for r in &d.sharing {
+            t.row([
+                "Vulkan".to_string(),
+                format!("#{}", d.info.index),
+                r.object.clone(),
+                r.handle_kind.clone(),
+                r.export.text().into(),
+                r.import.text().into(),
+                r.note.clone(),
+            ]);
+        }
+    }
+    for api in &report.apis {
+        if api.sharing.is_empty() {
+            let why = api.reason.clone().unwrap_or_else(|| "no importable handle kinds".into());
+            t.row([api.api.to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), why]);
+        }
+        for r in &api.sharing {
+            t.row([
+                api.api.to_string(),
+                "-".into(),
+                r.object.clone(),
+                r.handle_kind.clone(),
+                r.export.text().into(),
+                r.import.text().into(),
+                r.note.clone(),
+            ]);
+        }
+    }
+    out.push_str(&t.render(2));
+    out
+}
