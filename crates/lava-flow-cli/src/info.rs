@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use lava_flow::raw_gpu_handle::MemoryHandleKind;
+use lava_flow::vulkan::caps::{self, ExternalCapabilities};
 use lava_flow::vulkan::PhysicalDeviceInfo;
 use lava_flow::VulkanContext;
 use serde::Serialize;
@@ -85,8 +87,6 @@ pub struct SharingRow {
 pub enum Support {
     Yes,
     No,
-    /// The direction does not apply (for example exporting memory that came from the host).
-    NotApplicable,
 }
 
 impl Support {
@@ -102,7 +102,6 @@ impl Support {
         match self {
             Support::Yes => "yes",
             Support::No => "no",
-            Support::NotApplicable => "-",
         }
     }
 }
@@ -146,43 +145,84 @@ fn vulkan_section() -> VulkanSection {
     }
 }
 
-/// What one Vulkan device can export and import, from the extensions it offers.
+/// What one Vulkan device can export and import: memory from the driver's capability queries
+/// (on a context opened for the purpose), semaphores and fences from its extensions.
 fn vulkan_sharing(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
-    let ext = info.extensions;
-    let row = |object: &str, kind: &str, export: Support, import: Support, note: &str| SharingRow {
+    let mut rows = match VulkanContext::with_index(info.index) {
+        Ok(ctx) => memory_rows(&ctx),
+        Err(e) => vec![SharingRow {
+            object: "memory".into(),
+            handle_kind: "-".into(),
+            export: Support::No,
+            import: Support::No,
+            note: format!("could not open the device to ask: {e}"),
+        }],
+    };
+    rows.extend(sync_rows(info));
+    rows
+}
+
+fn caps_row(object: &str, caps: &ExternalCapabilities, note: &str) -> SharingRow {
+    let mut notes = Vec::new();
+    if caps.dedicated_only {
+        notes.push("dedicated allocations only".to_string());
+    }
+    if !note.is_empty() {
+        notes.push(note.to_string());
+    }
+    SharingRow {
         object: object.into(),
-        handle_kind: kind.into(),
-        export,
-        import,
-        note: note.into(),
+        handle_kind: caps.handle_kind.name().into(),
+        export: Support::from_bool(caps.exportable),
+        import: Support::from_bool(caps.importable),
+        note: notes.join("; "),
+    }
+}
+
+/// Buffers (every handle kind) and RGBA8 2D images (optimal and linear), as the driver answers
+/// vkGetPhysicalDeviceExternalBufferProperties / vkGetPhysicalDeviceImageFormatProperties2.
+fn memory_rows(ctx: &VulkanContext) -> Vec<SharingRow> {
+    let ext = ctx.extensions();
+    let missing = |kind: MemoryHandleKind| match kind {
+        MemoryHandleKind::OpaqueFd if !ext.external_memory_fd => "no VK_KHR_external_memory_fd",
+        MemoryHandleKind::DmaBuf if !ext.external_memory_dma_buf => "no VK_EXT_external_memory_dma_buf",
+        MemoryHandleKind::HostMemfd if !ext.external_memory_host => "no VK_EXT_external_memory_host",
+        _ => "",
     };
-    let fd = Support::from_bool(ext.external_memory_fd);
-    let fd_note = if ext.external_memory_fd { "" } else { "no VK_KHR_external_memory_fd" };
-    let dma = Support::from_bool(ext.external_memory_dma_buf);
-    let dma_note = if ext.external_memory_dma_buf { "" } else { "no VK_EXT_external_memory_dma_buf" };
-    let host = Support::from_bool(ext.external_memory_host);
-    let host_note = if ext.external_memory_host {
-        "memfd mapped by any process, imported with VK_EXT_external_memory_host"
-    } else {
-        "no VK_EXT_external_memory_host"
+    let mut rows = Vec::new();
+    for caps in caps::buffer_capability_table(ctx) {
+        let mut row = caps_row("buffer", &caps, missing(caps.handle_kind));
+        if caps.handle_kind == MemoryHandleKind::HostMemfd && caps.importable {
+            // Vulkan cannot export host allocations, but what lava-flow shares is its own memfd,
+            // which the device imports: exportable exactly when importable.
+            row.export = Support::Yes;
+            row.note = "lava-flow's memfd, mmap-able by any process, imported with VK_EXT_external_memory_host".into();
+        }
+        rows.push(row);
+    }
+    for (tiling, caps) in caps::image_capability_table(ctx) {
+        let tiling = if tiling == ash::vk::ImageTiling::LINEAR { "linear" } else { "optimal" };
+        rows.push(caps_row(&format!("image 2D rgba8unorm {tiling}"), &caps, missing(caps.handle_kind)));
+    }
+    rows
+}
+
+/// Semaphores and fences, from the extensions the device offers.
+fn sync_rows(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
+    let ext = info.extensions;
+    let row = |object: &str, on: bool, note: &str| SharingRow {
+        object: object.into(),
+        handle_kind: "opaque-fd".into(),
+        export: Support::from_bool(on),
+        import: Support::from_bool(on),
+        note: if on { String::new() } else { note.into() },
     };
-    let sem = Support::from_bool(ext.external_semaphore_fd);
-    let timeline = Support::from_bool(ext.external_semaphore_fd && ext.timeline_semaphore);
-    let sem_note = if ext.external_semaphore_fd { "" } else { "no VK_KHR_external_semaphore_fd" };
-    let timeline_note = match (ext.external_semaphore_fd, ext.timeline_semaphore) {
-        (true, true) => "",
-        (false, _) => "no VK_KHR_external_semaphore_fd",
-        (true, false) => "no timelineSemaphore feature",
-    };
-    let fence = Support::from_bool(ext.external_fence_fd);
-    let fence_note = if ext.external_fence_fd { "" } else { "no VK_KHR_external_fence_fd" };
+    let timeline_note =
+        if ext.external_semaphore_fd { "no timelineSemaphore feature" } else { "no VK_KHR_external_semaphore_fd" };
     vec![
-        row("memory (buffers, images)", "opaque-fd", fd, fd, fd_note),
-        row("memory (buffers, images)", "dma-buf", dma, dma, dma_note),
-        row("host memory", "host-memfd", Support::NotApplicable, host, host_note),
-        row("binary semaphore", "opaque-fd", sem, sem, sem_note),
-        row("timeline semaphore", "opaque-fd", timeline, timeline, timeline_note),
-        row("fence", "opaque-fd", fence, fence, fence_note),
+        row("binary semaphore", ext.external_semaphore_fd, "no VK_KHR_external_semaphore_fd"),
+        row("timeline semaphore", ext.external_semaphore_fd && ext.timeline_semaphore, timeline_note),
+        row("fence", ext.external_fence_fd, "no VK_KHR_external_fence_fd"),
     ]
 }
 

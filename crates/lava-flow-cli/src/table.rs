@@ -99,7 +99,7 @@ mod tests {
         let text = t.render(0);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "name    size  result");
-        assert_eq!(lines[1], "------  ----  ------");
+        assert_eq!(lines[1], "------  ----  ------------------");
         assert_eq!(lines[2], "a          1  PASS");
         assert_eq!(lines[3], "longer  1000  skipped: no driver");
     }

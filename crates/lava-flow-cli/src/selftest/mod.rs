@@ -30,9 +30,9 @@ pub struct Args {
     /// open fds and memory come back to where they were.
     #[arg(long, value_name = "N")]
     soak: Option<u32>,
-    /// Run only the paths whose name contains this text.
+    /// Run only the paths whose name contains this text (repeat to name several).
     #[arg(long, value_name = "TEXT")]
-    only: Option<String>,
+    only: Vec<String>,
     /// Make the peer of the paths whose name contains TEXT write one wrong byte, to see the data
     /// check catch it.
     #[arg(long, value_name = "TEXT", hide = true)]
@@ -105,7 +105,7 @@ pub fn fail<T>(msg: impl Into<String>) -> Step<T> {
 /// Runs the paths, prints progress, collects the rows.
 pub struct Runner {
     results: Vec<PathResult>,
-    only: Option<String>,
+    only: Vec<String>,
     corrupt: Option<String>,
     progress: Progress,
     /// Set for the soak rounds: paths that skipped or failed in the first round are not repeated.
@@ -121,7 +121,7 @@ enum Progress {
 }
 
 impl Runner {
-    fn new(only: Option<String>, corrupt: Option<String>, progress: Progress) -> Runner {
+    fn new(only: Vec<String>, corrupt: Option<String>, progress: Progress) -> Runner {
         Runner { results: Vec::new(), only, corrupt, progress, repeat_of: None }
     }
 
@@ -131,7 +131,7 @@ impl Runner {
     }
 
     fn wanted(&self, path: &str) -> bool {
-        if self.only.as_deref().is_some_and(|o| !path.contains(o)) {
+        if !self.only.is_empty() && !self.only.iter().any(|o| path.contains(o.as_str())) {
             return false;
         }
         match &self.repeat_of {

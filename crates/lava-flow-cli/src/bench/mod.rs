@@ -10,6 +10,8 @@ use serde::Serialize;
 use crate::table::Table;
 use crate::CmdResult;
 
+mod vulkan;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Also write the results as JSON to this file.
@@ -103,13 +105,24 @@ impl Bench {
 
 /// Median time of `f` over `iterations` runs after `warmup` unmeasured ones.
 pub fn median<E>(warmup: u32, iterations: u32, mut f: impl FnMut() -> Result<(), E>) -> Result<Duration, E> {
+    median_with_setup(warmup, iterations, || Ok(()), |()| f())
+}
+
+/// Median time of `f` over `iterations` runs, each given a fresh input from `setup` (not timed).
+pub fn median_with_setup<T, E>(
+    warmup: u32,
+    iterations: u32,
+    mut setup: impl FnMut() -> Result<T, E>,
+    mut f: impl FnMut(T) -> Result<(), E>,
+) -> Result<Duration, E> {
     for _ in 0..warmup {
-        f()?;
+        f(setup()?)?;
     }
     let mut times = Vec::with_capacity(iterations as usize);
     for _ in 0..iterations.max(1) {
+        let input = setup()?;
         let t = Instant::now();
-        f()?;
+        f(input)?;
         times.push(t.elapsed());
     }
     times.sort();
@@ -174,7 +187,9 @@ pub fn run(args: &Args) -> CmdResult {
 }
 
 fn vulkan_rows(bench: &mut Bench) {
-    bench.skip("vulkan", "lava-flow's Vulkan export and import are not part of this build yet");
+    if let Err(e) = vulkan::rows(bench) {
+        bench.group_error("vulkan", e);
+    }
 }
 
 fn figure(v: f64) -> String {
