@@ -95,12 +95,12 @@ fn test() -> Result<(), String> {
             "--success-output",
             "final",
         ]));
-        summary.run(Step::new("cargo nextest run", cmd).keep_going().collect_skips())?;
+        summary.run(Step::new("cargo nextest run", cmd).keep_going().collect_skips("Summary ["))?;
     } else {
         println!("xtask: cargo-nextest is not installed; falling back to `cargo test` (install it: https://nexte.st)");
         let cmd =
             with_env(cargo(&["test", "--workspace", "--all-features", "--no-fail-fast", "--lib", "--bins", "--tests"]));
-        summary.run(Step::new("cargo test (nextest absent)", cmd).keep_going().collect_skips())?;
+        summary.run(Step::new("cargo test (nextest absent)", cmd).keep_going().collect_skips("test result:"))?;
     }
     summary.run(
         Step::new("doc tests", with_env(cargo(&["test", "--workspace", "--all-features", "--doc"]))).keep_going(),

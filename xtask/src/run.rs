@@ -65,12 +65,13 @@ pub struct Step {
     name: String,
     cmd: Command,
     keep_going: bool,
-    collect_skips: bool,
+    /// Set when the output is watched: the start of the test runner's summary line.
+    summary_prefix: Option<&'static str>,
 }
 
 impl Step {
     pub fn new(name: &str, cmd: Command) -> Step {
-        Step { name: name.into(), cmd, keep_going: false, collect_skips: false }
+        Step { name: name.into(), cmd, keep_going: false, summary_prefix: None }
     }
 
     /// A failure is recorded and the task goes on to the next step (it still fails at the end).
@@ -80,9 +81,9 @@ impl Step {
     }
 
     /// Watch the output for tests that printed `SKIPPED (...)` and for the test runner's own
-    /// summary line, to repeat them in the summary.
-    pub fn collect_skips(mut self) -> Step {
-        self.collect_skips = true;
+    /// summary line (starting with `summary_prefix`), to repeat them in the summary.
+    pub fn collect_skips(mut self, summary_prefix: &'static str) -> Step {
+        self.summary_prefix = Some(summary_prefix);
         self
     }
 }
@@ -106,8 +107,10 @@ impl Summary {
         println!("\n==> {}: {}", step.name, describe(&step.cmd));
         let _ = std::io::stdout().flush();
         let started = Instant::now();
-        let (status, notes) =
-            if step.collect_skips { run_collecting(&mut step.cmd) } else { (step.cmd.status(), Vec::new()) };
+        let (status, notes) = match step.summary_prefix {
+            Some(prefix) => run_collecting(&mut step.cmd, prefix),
+            None => (step.cmd.status(), Vec::new()),
+        };
         let elapsed = started.elapsed();
         let passed = match &status {
             Ok(s) => s.success(),
@@ -160,29 +163,61 @@ pub fn fmt_duration(d: Duration) -> String {
 
 /// Runs `cmd` with its output passed through line by line, and keeps the lines worth repeating:
 /// the runner's summary, and each distinct `SKIPPED (...)` line with the test it came from.
-fn run_collecting(cmd: &mut Command) -> (std::io::Result<std::process::ExitStatus>, Vec<String>) {
+fn run_collecting(
+    cmd: &mut Command,
+    summary_prefix: &'static str,
+) -> (std::io::Result<std::process::ExitStatus>, Vec<String>) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return (Err(e), Vec::new()),
     };
-    let notes = Arc::new(Mutex::new(Vec::<String>::new()));
-    let out = child.stdout.take().map(|s| pump(s, false, notes.clone()));
-    let err = child.stderr.take().map(|s| pump(s, true, notes.clone()));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let out = child.stdout.take().map(|s| pump(s, false, summary_prefix, seen.clone()));
+    let err = child.stderr.take().map(|s| pump(s, true, summary_prefix, seen.clone()));
     let status = child.wait();
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
-    let mut notes = std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut seen = std::collections::HashSet::new();
-    notes.retain(|n| seen.insert(n.clone()));
-    (status, notes)
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    (status, seen.notes())
+}
+
+/// What the output said that the summary repeats.
+#[derive(Default)]
+struct Seen {
+    summaries: Vec<String>,
+    /// (test, reason) of each `SKIPPED (...)` line.
+    skips: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The runner's summary, then one line per distinct skip reason with the tests it skipped.
+    fn notes(self) -> Vec<String> {
+        let mut notes = self.summaries;
+        let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+        for (test, reason) in self.skips {
+            let short = test.rsplit(' ').next().unwrap_or(&test).to_string();
+            match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, tests)) if tests.contains(&short) => {}
+                Some((_, tests)) => tests.push(short),
+                None => reasons.push((reason, vec![short])),
+            }
+        }
+        for (reason, tests) in reasons {
+            let names =
+                if tests.iter().all(|t| t.is_empty()) { String::new() } else { format!(": {}", tests.join(", ")) };
+            notes.push(format!("{} test(s) {reason}{names}", tests.len()));
+        }
+        notes
+    }
 }
 
 fn pump(
     stream: impl Read + Send + 'static,
     to_stderr: bool,
-    notes: Arc<Mutex<Vec<String>>>,
+    summary_prefix: &'static str,
+    seen: Arc<Mutex<Seen>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut current_test = String::new();
@@ -194,25 +229,30 @@ fn pump(
                 println!("{line}");
             }
             let trimmed = line.trim();
-            // nextest heads each test's captured output with a line naming the binary and test.
             if let Some(rest) = output_header(trimmed) {
                 current_test = rest.to_string();
             } else if let Some(pos) = trimmed.find("SKIPPED (") {
-                let note = if current_test.is_empty() {
-                    format!("skip: {}", &trimmed[pos..])
-                } else {
-                    format!("skip: {current_test}: {}", &trimmed[pos..])
-                };
-                notes.lock().unwrap_or_else(|p| p.into_inner()).push(note);
-            } else if trimmed.starts_with("Summary [") || trimmed.starts_with("test result:") {
-                notes.lock().unwrap_or_else(|p| p.into_inner()).push(trimmed.to_string());
+                let skip = (current_test.clone(), trimmed[pos..].to_string());
+                seen.lock().unwrap_or_else(|p| p.into_inner()).skips.push(skip);
+            } else if trimmed.starts_with(summary_prefix) {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).summaries.push(trimmed.to_string());
             }
         }
     })
 }
 
-/// The test named by a nextest output header (`--- STDOUT: bin test ---`, or the box-drawn form).
+/// The test whose captured output follows: nextest heads it with the test's status line
+/// (`PASS [ 0.1s] (3/9) crate::binary test_name`) or, in older versions, `--- STDOUT: name ---`.
 fn output_header(line: &str) -> Option<&str> {
+    for status in ["PASS [", "FAIL [", "SLOW [", "LEAK [", "FLAKY "] {
+        if line.starts_with(status) {
+            let after = &line[line.find(']')? + 1..];
+            let after = after.trim_start();
+            // Skip the "(3/9)" counter when present.
+            let name = if after.starts_with('(') { &after[after.find(')')? + 1..] } else { after };
+            return Some(name.trim());
+        }
+    }
     for marker in ["STDOUT:", "STDERR:"] {
         if let Some(pos) = line.find(marker) {
             let prefix = &line[..pos];
@@ -223,4 +263,19 @@ fn output_header(line: &str) -> Option<&str> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_header;
+
+    #[test]
+    fn finds_the_test_of_captured_output() {
+        assert_eq!(
+            output_header("PASS [   0.008s] (1/1) lava-flow-cli::cli info_table"),
+            Some("lava-flow-cli::cli info_table")
+        );
+        assert_eq!(output_header("--- STDOUT: lava-flow::smoke opens ---"), Some("lava-flow::smoke opens"));
+        assert_eq!(output_header("SKIPPED (vulkan unavailable): no driver"), None);
+    }
 }
