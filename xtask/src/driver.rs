@@ -11,6 +11,15 @@ const EGL_VENDOR_DIRS: [&str; 2] = ["/usr/share/glvnd/egl_vendor.d", "/etc/glvnd
 /// Mesa's software drivers: lavapipe (Vulkan), llvmpipe (GL through EGL), and the loaders.
 const MESA_SOFTWARE: [&str; 5] = ["mesa-vulkan-drivers", "libvulkan1", "libegl1", "libegl-mesa0", "libgl1-mesa-dri"];
 
+/// `XTASK_SYSROOT` prefixes every path the checks look at, so the set-up path can be tried on a
+/// machine that has the drivers (`XTASK_SYSROOT=/tmp/empty cargo xtask demo`).
+fn sys(path: impl AsRef<Path>) -> PathBuf {
+    match std::env::var_os("XTASK_SYSROOT") {
+        Some(root) => Path::new(&root).join(path.as_ref().strip_prefix("/").unwrap_or(path.as_ref())),
+        None => path.as_ref().to_path_buf(),
+    }
+}
+
 /// One thing a driver set-up needs, and the Debian/Ubuntu package that provides it.
 struct Need {
     what: &'static str,
@@ -38,7 +47,7 @@ pub fn ensure_drivers() -> Result<(), String> {
     for n in &needs {
         println!("  - missing {}: {} (package {})", n.what, n.why, n.package);
     }
-    println!("xtask: installing Mesa's software drivers ({}) so lava-flow runs on the CPU", packages.join(" "));
+    println!("xtask: Mesa's software drivers let lava-flow run on the CPU; needed: {}", packages.join(" "));
     if Command::new("apt-get").arg("--version").output().is_err() {
         return Err(format!(
             "apt-get is not available on this machine; install with your package manager: {} \
@@ -52,6 +61,7 @@ pub fn ensure_drivers() -> Result<(), String> {
             "installing drivers needs root. Run:\n\n    sudo apt-get update && sudo {install}\n\nthen run this command again"
         ));
     }
+    println!("xtask: installing them with apt-get (running as root)");
     let mut update = Command::new("apt-get");
     update.arg("update");
     run_apt(update)?;
@@ -129,7 +139,7 @@ fn report_found() {
 fn icd_manifests() -> Vec<PathBuf> {
     for var in ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"] {
         if let Some(v) = std::env::var_os(var) {
-            let listed: Vec<PathBuf> = std::env::split_paths(&v).filter(|p| p.exists()).collect();
+            let listed: Vec<PathBuf> = std::env::split_paths(&v).filter(|p| sys(p).exists()).collect();
             if !listed.is_empty() {
                 return listed;
             }
@@ -141,7 +151,7 @@ fn icd_manifests() -> Vec<PathBuf> {
 fn manifests(dirs: &[&str]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for dir in dirs {
-        if let Ok(entries) = std::fs::read_dir(dir) {
+        if let Ok(entries) = std::fs::read_dir(sys(dir)) {
             for e in entries.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "json") {
@@ -181,12 +191,17 @@ fn lib_dirs() -> Vec<PathBuf> {
 }
 
 fn find_in_lib_dirs(name: &str) -> Option<PathBuf> {
-    lib_dirs().into_iter().map(|d| d.join(name)).find(|p| p.exists())
+    lib_dirs().into_iter().map(|d| sys(d.join(name))).find(|p| p.exists())
 }
 
 /// Finds a shared library as the dynamic loader would: its cache, then the usual directories.
 fn find_library(name: &str) -> Option<PathBuf> {
-    for ldconfig in ["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"] {
+    let ldconfigs = if std::env::var_os("XTASK_SYSROOT").is_some() {
+        &[][..]
+    } else {
+        &["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"][..]
+    };
+    for ldconfig in ldconfigs {
         if let Ok(out) = Command::new(ldconfig).arg("-p").output() {
             if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
