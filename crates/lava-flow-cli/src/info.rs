@@ -116,9 +116,9 @@ impl ApiSection {
 pub fn run(args: &Args) -> CmdResult {
     let report = collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::emit(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        print!("{}", render(&report));
+        crate::emit(&render(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

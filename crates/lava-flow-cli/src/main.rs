@@ -62,3 +62,14 @@ fn main() -> ExitCode {
 
 /// What a subcommand returns: its exit code, or an error to print (exit code 1).
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// Writes a command's output to stdout. A reader that went away (`lava-flow info | head`) is not
+/// an error: the output is simply no longer wanted.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}

@@ -164,7 +164,7 @@ pub fn run(args: &Args) -> CmdResult {
     );
     bench.skip("ipc", "lava-flow's cross-process protocol is not part of this build yet");
 
-    print!("{}", render(&bench));
+    crate::emit(&render(&bench))?;
     if let Some(path) = &args.json {
         #[derive(Serialize)]
         struct Json<'a> {

@@ -233,7 +233,7 @@ pub fn peer(args: &PeerArgs) -> CmdResult {
         Err(PathError::Unavailable(m)) => PeerReport { ok: false, unavailable: true, error: Some(m.clone()) },
         Err(PathError::Failed(m)) => PeerReport { ok: false, unavailable: false, error: Some(m.clone()) },
     };
-    println!("{}", serde_json::to_string(&report)?);
+    crate::emit(&(serde_json::to_string(&report)? + "\n"))?;
     Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

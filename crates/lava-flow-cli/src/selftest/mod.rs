@@ -66,7 +66,8 @@ pub struct PathResult {
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e3)
+    // Microsecond resolution: the digits beyond are noise.
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
 /// Why a path stopped.
@@ -334,7 +335,7 @@ pub fn run(args: &Args) -> CmdResult {
             soak: Option<SoakReport>,
         }
         let json = Json { results: &results, passed, failed, skipped, soak };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        crate::emit(&(serde_json::to_string_pretty(&json)? + "\n"))?;
     } else {
         let mut t = Table::new(&["path", ">size", ">time", "result"]);
         for r in &results {
@@ -348,8 +349,7 @@ pub fn run(args: &Args) -> CmdResult {
             let size = if r.size == 0 { "-".into() } else { table::bytes(r.size) };
             t.row([r.path.clone(), size, time, outcome_text(&r.outcome)]);
         }
-        print!("{}", t.render(0));
-        println!("\n{passed} passed, {failed} failed, {skipped} skipped");
+        crate::emit(&format!("{}\n{passed} passed, {failed} failed, {skipped} skipped\n", t.render(0)))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
