@@ -26,6 +26,9 @@ enum Command {
     /// The machine's devices and, for each API, which handle kinds it can export and import.
     Info(info::Args),
     /// Every sharing path this machine supports, end to end, with a data check.
+    #[command(after_help = "Exit code 1 when a path that runs fails; paths this machine cannot run are listed \
+                            as skipped with the reason.\nLAVA_FLOW_REQUIRE=vulkan,cuda,opencl,gl,semaphores (or \
+                            `all`) turns the skips of those APIs into failures.")]
     Selftest(selftest::Args),
     /// lava-flow against the raw API calls, measured in one run.
     Bench(bench::Args),
