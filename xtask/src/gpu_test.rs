@@ -101,6 +101,15 @@ pub fn gpu_test() -> Result<(), String> {
     if !status.success() {
         return Err("pack.sh failed".into());
     }
+    let total = strip_and_measure(&root().join(".gpu"))?;
+    println!("xtask: .gpu/ holds {} MiB", total >> 20);
+    if total > CARRY_LIMIT {
+        return Err(format!(
+            ".gpu/ is {} MiB, more than the {} MiB the device tool carries",
+            total >> 20,
+            CARRY_LIMIT >> 20
+        ));
+    }
     let run_all = root().join(".gpu/run-all.sh");
     std::fs::write(&run_all, RUN_ALL).map_err(|e| format!("writing {}: {e}", run_all.display()))?;
     {
@@ -116,13 +125,49 @@ pub fn gpu_test() -> Result<(), String> {
     Ok(())
 }
 
-/// The `"executable"` of each test artifact in cargo's JSON messages.
+/// The `"executable"` of each test artifact in cargo's JSON messages: those whose `profile` (not
+/// `target`, where `"test":true` only means "testable") says `"test":true`.
 fn test_executables(json_lines: &str) -> Vec<String> {
     json_lines
         .lines()
-        .filter(|l| l.contains(r#""reason":"compiler-artifact""#) && l.contains(r#""test":true"#))
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#))
+        .filter(|l| {
+            l.find(r#""profile":{"#).is_some_and(|start| {
+                let profile = &l[start..];
+                profile[..profile.find('}').unwrap_or(profile.len())].contains(r#""test":true"#)
+            })
+        })
         .filter_map(|l| json_string_field(l, "executable"))
         .collect()
+}
+
+/// The device tool carries at most this much.
+const CARRY_LIMIT: u64 = 64 << 20;
+
+/// Strips debug info from the packed binaries (the test build carries full DWARF, several times
+/// the code): panics still name file and line, backtraces name functions. Returns the size of
+/// `.gpu/` afterwards.
+fn strip_and_measure(dir: &std::path::Path) -> Result<u64, String> {
+    let bin = dir.join("bin");
+    let entries: Vec<_> = std::fs::read_dir(&bin)
+        .map_err(|e| format!("reading {}: {e}", bin.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let stripped = std::process::Command::new("strip").arg("--strip-debug").args(&entries).status();
+    if !stripped.is_ok_and(|s| s.success()) {
+        println!("xtask: could not strip debug info (is binutils' `strip` installed?); packing as built");
+    }
+    fn size(path: &std::path::Path) -> u64 {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(path).map(|d| d.flatten().map(|e| size(&e.path())).sum()).unwrap_or(0)
+            }
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    Ok(size(dir))
 }
 
 /// The value of a string field in one line of JSON (`"name":"value"`), unescaped; `None` for null.
@@ -154,7 +199,7 @@ mod tests {
         let lines = concat!(
             r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/debug/deps/smoke-1"}"#,
             "\n",
-            r#"{"reason":"compiler-artifact","profile":{"test":false},"executable":"/t/debug/lava-flow"}"#,
+            r#"{"reason":"compiler-artifact","target":{"test":true},"profile":{"test":false},"executable":"/t/debug/lava-flow"}"#,
             "\n",
             r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":null}"#,
             "\n",

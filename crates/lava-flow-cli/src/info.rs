@@ -75,34 +75,17 @@ pub struct SharingRow {
     pub object: String,
     /// "opaque-fd", "dma-buf", "host-memfd", "sync-fd".
     pub handle_kind: String,
-    pub export: Support,
-    pub import: Support,
+    pub export: bool,
+    pub import: bool,
     /// Conditions (dedicated allocation only) or why not.
     pub note: String,
 }
 
-/// An answer from a capability query.
-#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "snake_case")]
-pub enum Support {
-    Yes,
-    No,
-}
-
-impl Support {
-    pub fn from_bool(b: bool) -> Support {
-        if b {
-            Support::Yes
-        } else {
-            Support::No
-        }
-    }
-
-    fn text(self) -> &'static str {
-        match self {
-            Support::Yes => "yes",
-            Support::No => "no",
-        }
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
     }
 }
 
@@ -153,8 +136,8 @@ fn vulkan_sharing(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
         Err(e) => vec![SharingRow {
             object: "memory".into(),
             handle_kind: "-".into(),
-            export: Support::No,
-            import: Support::No,
+            export: false,
+            import: false,
             note: format!("could not open the device to ask: {e}"),
         }],
     };
@@ -173,8 +156,8 @@ fn caps_row(object: &str, caps: &ExternalCapabilities, note: &str) -> SharingRow
     SharingRow {
         object: object.into(),
         handle_kind: caps.handle_kind.name().into(),
-        export: Support::from_bool(caps.exportable),
-        import: Support::from_bool(caps.importable),
+        export: caps.exportable,
+        import: caps.importable,
         note: notes.join("; "),
     }
 }
@@ -195,7 +178,7 @@ fn memory_rows(ctx: &VulkanContext) -> Vec<SharingRow> {
         if caps.handle_kind == MemoryHandleKind::HostMemfd && caps.importable {
             // Vulkan cannot export host allocations, but what lava-flow shares is its own memfd,
             // which the device imports: exportable exactly when importable.
-            row.export = Support::Yes;
+            row.export = true;
             row.note = "lava-flow's memfd, mmap-able by any process, imported with VK_EXT_external_memory_host".into();
         }
         rows.push(row);
@@ -213,8 +196,8 @@ fn sync_rows(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
     let row = |object: &str, on: bool, note: &str| SharingRow {
         object: object.into(),
         handle_kind: "opaque-fd".into(),
-        export: Support::from_bool(on),
-        import: Support::from_bool(on),
+        export: on,
+        import: on,
         note: if on { String::new() } else { note.into() },
     };
     let timeline_note =
@@ -310,8 +293,8 @@ pub fn render(report: &Report) -> String {
                 format!("#{}", d.info.index),
                 r.object.clone(),
                 r.handle_kind.clone(),
-                r.export.text().into(),
-                r.import.text().into(),
+                yes_no(r.export).into(),
+                yes_no(r.import).into(),
                 r.note.clone(),
             ]);
         }
@@ -327,8 +310,8 @@ pub fn render(report: &Report) -> String {
                 "-".into(),
                 r.object.clone(),
                 r.handle_kind.clone(),
-                r.export.text().into(),
-                r.import.text().into(),
+                yes_no(r.export).into(),
+                yes_no(r.import).into(),
                 r.note.clone(),
             ]);
         }

@@ -68,8 +68,8 @@ fn info_json_lists_the_vulkan_devices_with_uuids_and_sharing() {
             .find(|r| r["object"] == "buffer" && r["handle_kind"] == "opaque-fd")
             .expect("a row for opaque-fd buffers");
         if d["extensions"]["external_memory_fd"] == Value::Bool(true) {
-            assert_eq!(opaque_buffer["export"], "yes", "{opaque_buffer}");
-            assert_eq!(opaque_buffer["import"], "yes", "{opaque_buffer}");
+            assert_eq!(opaque_buffer["export"], true, "{opaque_buffer}");
+            assert_eq!(opaque_buffer["import"], true, "{opaque_buffer}");
         }
     }
     let apis: Vec<&str> = report["apis"].as_array().unwrap().iter().map(|a| a["api"].as_str().unwrap()).collect();
