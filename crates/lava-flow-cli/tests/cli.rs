@@ -90,20 +90,25 @@ fn info_table_shows_devices_and_sharing() {
 }
 
 /// The paths every machine with opaque-fd export and shareable host memory must pass.
-const CORE_PATHS: [&str; 13] = [
+const CORE_PATHS: [&str; 8] = [
     "vulkan: buffer device-local, device A <-> device B",
-    "vulkan: buffer host-visible, device A <-> device B",
     "vulkan: buffer in shared host memory, device A <-> device B",
-    "vulkan: image 2D rgba8unorm 256x256 linear, device A <-> device B",
     "vulkan: image 2D rgba8unorm 256x256 optimal, device A <-> device B",
-    "vulkan: image 2D array r32float 128x128x4 optimal, device A <-> device B",
-    "vulkan: image 3D rgba16float 64x64x8 optimal, device A <-> device B",
     "ipc: buffer device-local -> other process, fd over SCM_RIGHTS",
     "ipc: buffer device-local -> other process, inherited fd",
     "ipc: image 2D rgba8unorm 256x256 optimal -> other process, fd over SCM_RIGHTS",
-    "ipc: image 2D rgba8unorm 256x256 linear -> other process, inherited fd",
     "ipc: shared host memory, GPU copy <-> other process's mmap, fd over SCM_RIGHTS",
     "ipc: shared host memory, GPU copy <-> other process's mmap, inherited fd",
+];
+
+/// Paths a driver may decline through its capability queries (lavapipe runs them all; NVIDIA
+/// does not export every host-visible memory type): they pass, or skip saying it is not supported.
+const DRIVER_DEPENDENT_PATHS: [&str; 5] = [
+    "vulkan: buffer host-visible, device A <-> device B",
+    "vulkan: image 2D rgba8unorm 256x256 linear, device A <-> device B",
+    "vulkan: image 2D array r32float 128x128x4 optimal, device A <-> device B",
+    "vulkan: image 3D rgba16float 64x64x8 optimal, device A <-> device B",
+    "ipc: image 2D rgba8unorm 256x256 linear -> other process, inherited fd",
 ];
 
 fn result_of<'a>(report: &'a Value, path: &str) -> &'a Value {
@@ -129,6 +134,11 @@ fn selftest_passes_buffer_image_and_host_memory_paths() {
         let row = result_of(&report, path);
         assert_eq!(row["result"], "pass", "{path}: {row}");
         assert!(row["size"].as_u64().unwrap() > 0, "{row}");
+    }
+    for path in DRIVER_DEPENDENT_PATHS {
+        let row = result_of(&report, path);
+        let declined = row["result"] == "skipped" && row["reason"].as_str().unwrap_or("").contains("not supported");
+        assert!(row["result"] == "pass" || (declined && !on_lavapipe()), "{path}: {row}");
     }
     assert_eq!(report["failed"], 0, "no path fails");
     assert!(out.status.success(), "exit code 0 when every runnable path passes");

@@ -70,12 +70,22 @@ pub struct PeerArgs {
     corrupt: bool,
 }
 
+/// How the peer's side went.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum PeerOutcome {
+    Pass,
+    /// See [`PathError::Unavailable`].
+    Unavailable,
+    /// See [`PathError::Unsupported`].
+    Unsupported,
+    Fail,
+}
+
 /// The peer's one line of JSON.
 #[derive(Serialize, Deserialize, Debug)]
 struct PeerReport {
-    ok: bool,
-    /// The error was "this machine cannot" rather than a failure.
-    unavailable: bool,
+    outcome: PeerOutcome,
     error: Option<String>,
 }
 
@@ -215,13 +225,16 @@ fn wait_peer(mut child: Child) -> Step {
         let _ = s.read_to_string(&mut err);
     }
     let report: Option<PeerReport> = out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
-    match report {
-        Some(PeerReport { ok: true, .. }) if status.success() => Ok(()),
-        Some(PeerReport { unavailable: true, error, .. }) => {
-            Err(PathError::Unavailable(format!("in the other process: {}", error.unwrap_or_default())))
-        }
-        Some(PeerReport { error, .. }) => fail(format!("in the other process: {}", error.unwrap_or_default())),
-        None => fail(format!("the other process exited with {status} without a report; stderr: {}", err.trim())),
+    let Some(PeerReport { outcome, error }) = report else {
+        return fail(format!("the other process exited with {status} without a report; stderr: {}", err.trim()));
+    };
+    let why = format!("in the other process: {}", error.unwrap_or_default());
+    match outcome {
+        PeerOutcome::Pass if status.success() => Ok(()),
+        PeerOutcome::Pass => fail(format!("the other process reported success but exited with {status}")),
+        PeerOutcome::Unavailable => Err(PathError::Unavailable(why)),
+        PeerOutcome::Unsupported => Err(PathError::Unsupported(why)),
+        PeerOutcome::Fail => fail(why),
     }
 }
 
@@ -229,9 +242,10 @@ fn wait_peer(mut child: Child) -> Step {
 pub fn peer(args: &PeerArgs) -> CmdResult {
     let result = peer_body(args);
     let report = match &result {
-        Ok(()) => PeerReport { ok: true, unavailable: false, error: None },
-        Err(PathError::Unavailable(m)) => PeerReport { ok: false, unavailable: true, error: Some(m.clone()) },
-        Err(PathError::Failed(m)) => PeerReport { ok: false, unavailable: false, error: Some(m.clone()) },
+        Ok(()) => PeerReport { outcome: PeerOutcome::Pass, error: None },
+        Err(PathError::Unavailable(m)) => PeerReport { outcome: PeerOutcome::Unavailable, error: Some(m.clone()) },
+        Err(PathError::Unsupported(m)) => PeerReport { outcome: PeerOutcome::Unsupported, error: Some(m.clone()) },
+        Err(PathError::Failed(m)) => PeerReport { outcome: PeerOutcome::Fail, error: Some(m.clone()) },
     };
     crate::emit(&(serde_json::to_string(&report)? + "\n"))?;
     Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -73,18 +73,22 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 /// Why a path stopped.
 #[derive(Debug)]
 pub enum PathError {
-    /// The machine cannot run it: a missing library, device or driver feature.
+    /// The API is missing here: no library, no device. A skip, or a failure where
+    /// `LAVA_FLOW_REQUIRE` names the API.
     Unavailable(String),
+    /// The API is here but its driver's capability query says no (a format, tiling or memory
+    /// kind it cannot share). Always a skip: the driver, not the machine's set-up, decides it.
+    Unsupported(String),
     /// It ran and went wrong: a wrong byte, an error from a call that should have worked.
     Failed(String),
 }
 
 impl From<lava_flow::Error> for PathError {
     fn from(e: lava_flow::Error) -> Self {
-        if e.is_unavailable() {
-            PathError::Unavailable(e.to_string())
-        } else {
-            PathError::Failed(e.to_string())
+        match e {
+            lava_flow::Error::Unsupported { .. } => PathError::Unsupported(e.to_string()),
+            e if e.is_unavailable() => PathError::Unavailable(e.to_string()),
+            e => PathError::Failed(e.to_string()),
         }
     }
 }
@@ -165,10 +169,10 @@ impl Runner {
         let outcome = match result {
             Ok(Ok(())) => Outcome::Pass,
             Ok(Err(PathError::Failed(m))) => Outcome::Fail(m),
-            Ok(Err(PathError::Unavailable(m))) => Outcome::Skipped(m),
+            Ok(Err(PathError::Unavailable(m))) => required_or(api, Outcome::Skipped(m)),
+            Ok(Err(PathError::Unsupported(m))) => Outcome::Skipped(m),
             Err(panic) => Outcome::Fail(format!("panicked: {}", panic_text(&panic))),
         };
-        let outcome = required_or(api, outcome);
         self.record(PathResult { api, path: path.into(), size, outcome, time_ms, runs: 1 });
     }
 
