@@ -363,3 +363,20 @@ fn child_imports() {
     }
     println!("pool child: miss then hit");
 }
+
+#[test]
+fn bench_rows_measure_every_case() {
+    let Some((a, b)) = two_devices() else { return };
+    let rows = lava_flow::pool::bench::run(&a, &b, true).unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio > 0.0, "{r:?}");
+        assert!((r.ratio - r.lava_flow / r.raw).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.unit, "us");
+        println!("{:<75} {:>10.2} {:>10.2} {:>8.3}", r.case, r.lava_flow, r.raw, r.ratio);
+    }
+    let json = serde_json::to_value(&rows[0]).unwrap();
+    for field in ["case", "lava_flow", "raw", "unit", "ratio"] {
+        assert!(json.get(field).is_some(), "serialized rows carry {field}");
+    }
+}
