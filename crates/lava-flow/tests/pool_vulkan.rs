@@ -380,3 +380,43 @@ fn bench_rows_measure_every_case() {
         assert!(json.get(field).is_some(), "serialized rows carry {field}");
     }
 }
+
+#[test]
+fn a_block_imported_once_serves_buffers_sent_without_fds() {
+    let Some((a, b)) = two_devices() else { return };
+    let alloc = allocator(&a, PoolConfig::default());
+    let bufs: Vec<Buffer> = (0..2).map(|_| alloc.allocate_buffer(device_id(&a), &pooled(KIB64)).unwrap()).collect();
+    bufs[1].write(0, &pattern(KIB64 as usize, 77)).unwrap();
+    let importer = BlockImporter::new(&b);
+    let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+    let block = bufs[1].memory().description().unwrap();
+    assert!(importer.import_from_cache(&block, bufs[1].description(), usage).unwrap().is_none(), "not imported yet");
+    let first = importer.import_buffer(bufs[0].export_fd().unwrap()).unwrap();
+    let fds = open_fd_count();
+    let second = importer.import_from_cache(&block, bufs[1].description(), usage).unwrap().expect("a cache hit");
+    assert_eq!(open_fd_count(), fds, "no fd involved");
+    assert!(Arc::ptr_eq(first.memory(), second.memory()));
+    assert_eq!(second.read(0, KIB64).unwrap(), pattern(KIB64 as usize, 77));
+    assert_eq!((importer.stats().hits, importer.stats().misses), (1, 1));
+    drop((first, second));
+    assert!(importer.import_from_cache(&block, bufs[1].description(), usage).unwrap().is_none(), "released");
+}
+
+#[test]
+fn shared_host_memory_goes_through_the_cache() {
+    let Some((a, b)) = two_devices() else { return };
+    if !a.extensions().external_memory_host {
+        lava_flow::testing::skip("vulkan", "the device lacks VK_EXT_external_memory_host");
+        return;
+    }
+    let alloc = allocator(&a, PoolConfig::default());
+    let buf = alloc.allocate_buffer(device_id(&a), &BufferOptions::new(KIB64).memory(MemoryKind::SharedHost)).unwrap();
+    buf.write(0, &pattern(KIB64 as usize, 5)).unwrap();
+    let importer = BlockImporter::new(&b);
+    let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+    let (one, first) = importer.import_buffer_with_usage(buf.export_fd().unwrap(), usage).unwrap();
+    let (two, second) = importer.import_buffer_with_usage(buf.export_fd().unwrap(), usage).unwrap();
+    assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit), "host memory is one import too");
+    assert!(Arc::ptr_eq(one.memory(), two.memory()));
+    assert_eq!(two.read(0, KIB64).unwrap(), pattern(KIB64 as usize, 5));
+}

@@ -138,6 +138,15 @@ impl<T> ImportCache<T> {
         }
     }
 
+    /// The live import of `key`, counted as a hit when found: for a buffer that arrives without
+    /// an fd because its peer sent the block's fd before. `None` (not counted): not imported
+    /// here, or released since; the block's fd is needed.
+    pub fn lookup(&self, key: &BlockKey) -> Option<Arc<T>> {
+        let found = self.get(key)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(found)
+    }
+
     /// The live import of `key`, if any, without importing or counting.
     pub fn get(&self, key: &BlockKey) -> Option<Arc<T>> {
         let slot = self.lock_slots().get(key).cloned()?;

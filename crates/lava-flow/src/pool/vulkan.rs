@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ash::vk;
-use raw_gpu_handle::{Buffer as BufferParts, ExportedBuffer, Memory, MemoryHandleKind, Uuid};
+use raw_gpu_handle::{
+    Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
+};
 
 use super::{Allocation, BlockKey, CacheOutcome, CacheStats, ImportCache, Suballocator};
 use crate::vulkan::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
@@ -553,6 +555,33 @@ impl BlockImporter {
                 return Buffer::import_with_usage(&self.ctx, exported, usage).map(|b| (b, CacheOutcome::Miss));
             }
         };
+        self.check(&d, &desc)?;
+        let (block, outcome) = self.cache.get_or_import(key, memory.handle, |fd| {
+            DeviceMemory::import(&self.ctx, Memory { handle: fd, description: d }, None)
+        })?;
+        check_same_block(&block, &d)?;
+        Ok((Buffer::bind_at(block, desc.offset, desc.size, usage, None)?, outcome))
+    }
+
+    /// Imports a buffer of a block this importer holds already, from its descriptions alone (no
+    /// fd): a peer that sent a block's fd once sends later buffers of the block without one.
+    /// `Ok(None)`: the block is not imported here (never, or released since), so its fd is needed.
+    pub fn import_from_cache(
+        &self,
+        memory: &MemoryDescription,
+        buffer: BufferDescription,
+        usage: vk::BufferUsageFlags,
+    ) -> Result<Option<Buffer>> {
+        self.ctx.check_deferred()?;
+        let Some(key) = BlockKey::of(memory).filter(|_| !memory.dedicated) else { return Ok(None) };
+        self.check(memory, &buffer)?;
+        let Some(block) = self.cache.lookup(&key) else { return Ok(None) };
+        check_same_block(&block, memory)?;
+        Buffer::bind_at(block, buffer.offset, buffer.size, usage, None).map(Some)
+    }
+
+    /// The buffer lies inside its block, and the block comes from a device this one may import from.
+    fn check(&self, d: &MemoryDescription, desc: &BufferDescription) -> Result<()> {
         if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
             return Err(Error::invalid(
                 format!("a buffer of {} bytes at offset {}", desc.size, desc.offset),
@@ -561,26 +590,29 @@ impl BlockImporter {
             ));
         }
         raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &self.ctx.identity())?;
-        let (block, outcome) = self.cache.get_or_import(key, memory.handle, |fd| {
-            DeviceMemory::import(&self.ctx, Memory { handle: fd, description: d }, None)
-        })?;
-        let same_type = d.handle_kind != MemoryHandleKind::OpaqueFd || block.memory_type_index() == d.memory_type_index;
-        if block.size() != d.allocation_size || !same_type {
-            return Err(Error::invalid(
-                format!(
-                    "a buffer of block {:#x} ({} bytes, memory type {})",
-                    d.allocation_id.map_or(0, |a| a.0),
-                    d.allocation_size,
-                    d.memory_type_index
-                ),
-                format!(
-                    "that block was imported as {} bytes of memory type {}: two allocations claim one id",
-                    block.size(),
-                    block.memory_type_index()
-                ),
-                "pass descriptions exactly as the exporter gave them",
-            ));
-        }
-        Ok((Buffer::bind_at(block, desc.offset, desc.size, usage, None)?, outcome))
+        Ok(())
     }
+}
+
+/// A cached block must be the allocation the description names (size, and memory type for
+/// opaque fds): otherwise two allocations claim one id.
+fn check_same_block(block: &DeviceMemory, d: &MemoryDescription) -> Result<()> {
+    let same_type = d.handle_kind != MemoryHandleKind::OpaqueFd || block.memory_type_index() == d.memory_type_index;
+    if block.size() == d.allocation_size && same_type {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!(
+            "a buffer of block {:#x} ({} bytes, memory type {})",
+            d.allocation_id.map_or(0, |a| a.0),
+            d.allocation_size,
+            d.memory_type_index
+        ),
+        format!(
+            "that block was imported as {} bytes of memory type {}: two allocations claim one id",
+            block.size(),
+            block.memory_type_index()
+        ),
+        "pass descriptions exactly as the exporter gave them",
+    ))
 }
