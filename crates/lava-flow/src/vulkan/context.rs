@@ -268,12 +268,14 @@ impl VulkanContext {
     pub fn with_selector(selector: DeviceSelector) -> Result<VulkanContext> {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
-        match Self::open_device(entry, instance.clone(), selector) {
+        // The entry (which keeps libvulkan loaded) must outlive the instance on the error path too.
+        match Self::open_device(entry.clone(), instance.clone(), selector) {
             Ok(ctx) => Ok(ctx),
             Err(e) => {
                 // SAFETY: open_device failed before any device was created from the instance, or
-                // destroyed what it created.
+                // destroyed what it created; `entry` still holds the library.
                 unsafe { instance.destroy_instance(None) };
+                drop(entry);
                 Err(e)
             }
         }
