@@ -47,14 +47,15 @@ pub struct PoolConfig {
     /// pin a mostly empty block, and the cost a pool saves matters most for small buffers.
     pub dedicated_threshold: u64,
     /// Empty blocks kept per (device, memory type, handle kind) for the next allocations; the
-    /// rest are released as soon as their last buffer is dropped. One avoids allocate/release
-    /// churn when a single buffer comes and goes.
+    /// rest are released as soon as their last buffer is dropped. 0 by default: memory goes back
+    /// with the last buffer. 1 avoids allocate/release churn where a single buffer comes and goes
+    /// ([`BufferPool::trim`] releases retained blocks).
     pub retain_empty_blocks: usize,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { block_size: 64 << 20, dedicated_threshold: 4 << 20, retain_empty_blocks: 1 }
+        PoolConfig { block_size: 64 << 20, dedicated_threshold: 4 << 20, retain_empty_blocks: 0 }
     }
 }
 
