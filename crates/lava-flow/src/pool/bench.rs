@@ -11,7 +11,7 @@ use raw_gpu_handle::{ExportedBuffer, MemoryHandleKind};
 
 use super::{AllocationStrategy, BlockImporter, CacheOutcome, PoolConfig};
 use crate::vulkan::caps::DEFAULT_BUFFER_USAGE;
-use crate::vulkan::vk_memory_handle_type;
+use crate::vulkan::{candidate_types, vk_memory_handle_type, MemoryKind};
 use crate::{Buffer, BufferOptions, Error, MemoryAllocator, Result, VulkanContext};
 
 /// One measured case: lava-flow's median and the raw API's median for the same work.
@@ -104,13 +104,9 @@ pub fn raw_allocate_export(ctx: &VulkanContext, size: u64) -> Result<(RawObjects
     let reqs = reqs2.memory_requirements;
     let dedicated = dedicated_reqs.requires_dedicated_allocation == vk::TRUE
         || dedicated_reqs.prefers_dedicated_allocation == vk::TRUE;
-    let type_index = ctx
-        .find_memory_type(
-            reqs.memory_type_bits,
-            vk::MemoryPropertyFlags::DEVICE_LOCAL,
-            vk::MemoryPropertyFlags::empty(),
-        )
-        .ok_or_else(|| {
+    // The type lava-flow's own allocations and pool blocks take (device-local, not host-visible first).
+    let type_index =
+        *candidate_types(ctx, reqs.memory_type_bits, MemoryKind::DeviceLocal).first().ok_or_else(|| {
             Error::unsupported("a device-local buffer", "no memory type fits", "memoryTypeBits", "see `lava-flow info`")
         })?;
     let mut export = vk::ExportMemoryAllocateInfo::default().handle_types(vk_memory_handle_type(kind));
