@@ -146,10 +146,13 @@ pub fn raw_import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<RawOb
         .memory_type_index(d.memory_type_index)
         .push_next(&mut import);
     // SAFETY: info and its chain live across the call; the fd is open and ours.
-    objects.memory = unsafe { ctx.device().allocate_memory(&info, None) }
-        .map_err(|r| Error::vk("vkAllocateMemory", r, "importing benchmark memory"))?;
-    // The import took the fd (VK_KHR_external_memory_fd).
+    let imported = unsafe { ctx.device().allocate_memory(&info, None) };
+    // On success the import took the fd (VK_KHR_external_memory_fd). On failure it is left to the
+    // driver too: some close it even then (NVIDIA, wrong size), so closing it here could close an
+    // unrelated fd that reused the number. lava-flow's imports avoid this with a duplicate
+    // (`fd::import_consuming`); the raw route does not pay for one, and the benchmark stops.
     let _ = fd.into_raw_fd();
+    objects.memory = imported.map_err(|r| Error::vk("vkAllocateMemory", r, "importing benchmark memory"))?;
     // SAFETY: the offset is the exporter's, which honours the buffer's alignment.
     unsafe { ctx.device().bind_buffer_memory(objects.buffer, objects.memory, exported.buffer.offset) }
         .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding imported benchmark memory"))?;
