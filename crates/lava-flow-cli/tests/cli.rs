@@ -90,7 +90,7 @@ fn info_table_shows_devices_and_sharing() {
 }
 
 /// The paths every machine with opaque-fd export and shareable host memory must pass.
-const CORE_PATHS: [&str; 8] = [
+const CORE_PATHS: [&str; 10] = [
     "vulkan: buffer device-local, device A <-> device B",
     "vulkan: buffer in shared host memory, device A <-> device B",
     "vulkan: image 2D rgba8unorm 256x256 optimal, device A <-> device B",
@@ -99,6 +99,8 @@ const CORE_PATHS: [&str; 8] = [
     "ipc: image 2D rgba8unorm 256x256 optimal -> other process, fd over SCM_RIGHTS",
     "ipc: shared host memory, GPU copy <-> other process's mmap, fd over SCM_RIGHTS",
     "ipc: shared host memory, GPU copy <-> other process's mmap, inherited fd",
+    "pool: 4 pooled 64 KiB buffers of one block, device A <-> device B, cached imports",
+    "pool: 4 pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS",
 ];
 
 /// Paths a driver may decline through its capability queries (lavapipe runs them all; NVIDIA
@@ -124,7 +126,7 @@ fn result_of<'a>(report: &'a Value, path: &str) -> &'a Value {
 fn selftest_passes_buffer_image_and_host_memory_paths() {
     let Some(ctx) = vulkan_or_skip() else { return };
     // Only Vulkan's own paths: on the GPU machine LAVA_FLOW_REQUIRE makes other APIs' skips fail.
-    let out = run(&["selftest", "--json", "--only", "vulkan: ", "--only", "ipc: "]);
+    let out = run(&["selftest", "--json", "--only", "vulkan: ", "--only", "ipc: ", "--only", "pool: "]);
     let report = json(&out);
     let ext = ctx.extensions();
     if !(ext.external_memory_fd && ext.external_memory_host) {
@@ -172,6 +174,7 @@ fn selftest_catches_a_wrong_byte_and_exits_non_zero() {
         "vulkan: buffer device-local, device A <-> device B",
         "ipc: buffer device-local -> other process, inherited fd",
         "ipc: shared host memory, GPU copy <-> other process's mmap, fd over SCM_RIGHTS",
+        "pool: 4 pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS",
     ] {
         let out = run(&["selftest", "--json", "--only", path, "--corrupt", path]);
         let report = json(&out);
@@ -224,7 +227,9 @@ fn bench_quick_writes_json_with_raw_baselines() {
     let rows = report["rows"].as_array().unwrap();
     let vulkan: Vec<&Value> = rows.iter().filter(|r| r["group"] == "vulkan").collect();
     assert!(vulkan.len() >= 4, "export and import rows for two sizes: {rows:?}");
-    for r in vulkan {
+    let pool: Vec<&Value> = rows.iter().filter(|r| r["group"] == "pool").collect();
+    assert!(pool.len() >= 2, "pooled allocation and cached import rows: {rows:?}");
+    for r in vulkan.into_iter().chain(pool) {
         let (lf, raw, ratio) =
             (r["lava_flow"].as_f64().unwrap(), r["raw"].as_f64().unwrap(), r["ratio"].as_f64().unwrap());
         assert!(lf > 0.0 && raw > 0.0, "{r}");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lava_flow::VulkanContext;
 use serde::Serialize;
 
 use crate::table::Table;
@@ -137,7 +138,7 @@ pub fn us(d: Duration) -> f64 {
 pub fn run(args: &Args) -> CmdResult {
     let mut bench = Bench { quick: args.quick, ..Bench::default() };
     vulkan_rows(&mut bench);
-    bench.skip("pool", "lava-flow's pooled allocator is not part of this build yet");
+    pool_rows(&mut bench);
     bench.skip(
         "cuda",
         if cfg!(feature = "cuda") {
@@ -184,6 +185,21 @@ pub fn run(args: &Args) -> CmdResult {
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(if bench.skipped.iter().any(|s| s.failed) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Pooled allocate + export against an allocation of its own, and a cached import against a
+/// fresh one, each beside the raw Vulkan calls (`lava_flow::pool::bench`).
+fn pool_rows(bench: &mut Bench) {
+    let rows = VulkanContext::new()
+        .and_then(|a| VulkanContext::with_uuid(a.identity().device_uuid).map(|b| (a, b)))
+        .and_then(|(a, b)| lava_flow::pool::bench::run(&a, &b, bench.quick));
+    match rows {
+        Ok(rows) => bench.rows.extend(
+            rows.into_iter()
+                .map(|r| Row::new("pool", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
+        ),
+        Err(e) => bench.group_error("pool", e),
+    }
 }
 
 fn vulkan_rows(bench: &mut Bench) {

@@ -104,11 +104,12 @@ fn raw_import(
     let memory = match unsafe { dev.allocate_memory(&alloc, None) } {
         Ok(m) => m,
         Err(r) => {
-            // SAFETY: the import failed, so the fd is still ours to close (once); the buffer is unused.
-            unsafe {
-                drop(OwnedFd::from_raw_fd(raw_fd));
-                dev.destroy_buffer(buffer, None);
-            }
+            // The fd is left to the driver even on failure: some drivers close it then (NVIDIA, on a
+            // wrong size), so closing it here could close an unrelated fd that reused the number.
+            // lava-flow's own imports hand the driver a duplicate instead; the raw route does not
+            // pay for one, and the benchmark stops.
+            // SAFETY: the buffer is unbound and unused.
+            unsafe { dev.destroy_buffer(buffer, None) };
             return Err(vk_error("vkAllocateMemory", r));
         }
     };

@@ -49,6 +49,8 @@ pub enum Shared {
     Image { memory: MemoryDescription, texture: TextureDescription },
     /// Shared host memory, which the peer only mmaps (no Vulkan on its side).
     Host { memory: MemoryDescription, buffer: BufferDescription },
+    /// Buffers carved from one pool block, one fd each, imported through one block cache.
+    PooledBuffers { buffers: Vec<(MemoryDescription, BufferDescription)> },
 }
 
 /// Arguments of the hidden peer subcommand.
@@ -162,44 +164,53 @@ fn host_to_peer(ctx: &VulkanContext, transport: Transport, corrupt: bool) -> Ste
     check_bytes("the GPU's copy of what the other process wrote", &pattern(32, BUFFER_SIZE as usize), &gpu_read(&host)?)
 }
 
-/// Starts the peer, gives it `fd` and `shared`, and waits for its verdict.
+/// Starts the peer, gives it `fd` and `shared` by `transport`, and waits for its verdict.
 fn hand_to_peer(shared: Shared, fd: OwnedFd, transport: Transport, seed: u64, reply: u64, corrupt: bool) -> Step {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["__selftest-peer", "--seed", &seed.to_string(), "--reply-seed", &reply.to_string()]);
-    if corrupt {
-        cmd.arg("--corrupt");
-    }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
-    let child = match transport {
+    match transport {
+        Transport::ScmRights => hand_to_peer_many(shared, vec![fd], seed, reply, corrupt),
         Transport::Inherited => {
+            let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
+            let mut cmd = peer_command(seed, reply, corrupt)?;
             cmd.args(["--transport", "inherited", "--description", &description]);
             // The memory fd becomes the peer's fd 0 across exec; ours closes with `cmd`.
             cmd.stdin(Stdio::from(fd));
             let child = cmd.spawn()?;
             drop(cmd);
-            child
+            wait_peer(child)
         }
-        Transport::ScmRights => {
-            let (ours, theirs) = UnixStream::pair()?;
-            cmd.args(["--transport", "scm-rights"]);
-            cmd.stdin(Stdio::from(OwnedFd::from(theirs)));
-            let child = cmd.spawn()?;
-            drop(cmd);
-            let mut message = (description.len() as u32).to_le_bytes().to_vec();
-            message.extend_from_slice(description.as_bytes());
-            let sent = send_with_fds(ours.as_fd(), &message, &[fd.as_fd()]);
-            // The kernel gave the peer its own copy; ours closes here.
-            drop(fd);
-            if let Err(e) = sent {
-                let _ = wait_peer(child);
-                return Err(e.into());
-            }
-            child
-        }
-    };
-    wait_peer(child)
+    }
+}
+
+/// Starts the peer and sends it `shared` with `fds` in one SCM_RIGHTS message over a socket pair.
+pub fn hand_to_peer_many(shared: Shared, fds: Vec<OwnedFd>, seed: u64, reply: u64, corrupt: bool) -> Step {
+    let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut cmd = peer_command(seed, reply, corrupt)?;
+    cmd.args(["--transport", "scm-rights"]);
+    cmd.stdin(Stdio::from(OwnedFd::from(theirs)));
+    let child = cmd.spawn()?;
+    drop(cmd);
+    let mut message = (description.len() as u32).to_le_bytes().to_vec();
+    message.extend_from_slice(description.as_bytes());
+    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let sent = send_with_fds(ours.as_fd(), &message, &borrowed);
+    // The kernel gave the peer its own copies; ours close here.
+    drop(borrowed);
+    drop(fds);
+    drop(ours);
+    let verdict = wait_peer(child);
+    sent?;
+    verdict
+}
+
+fn peer_command(seed: u64, reply: u64, corrupt: bool) -> Step<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["__selftest-peer", "--seed", &seed.to_string(), "--reply-seed", &reply.to_string()]);
+    if corrupt {
+        cmd.arg("--corrupt");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    Ok(cmd)
 }
 
 /// Waits (bounded) for the peer and turns its report into the path's result.
@@ -253,12 +264,12 @@ pub fn peer(args: &PeerArgs) -> CmdResult {
 
 fn peer_body(args: &PeerArgs) -> Step {
     let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
-    let (shared, fd) = match args.transport {
+    let (shared, fds) = match args.transport {
         Transport::Inherited => {
             let text = args.description.as_deref().ok_or_else(|| PathError::Failed("no --description".into()))?;
             let shared: Shared =
                 serde_json::from_str(text).map_err(|e| PathError::Failed(format!("bad description: {e}")))?;
-            (shared, stdin)
+            (shared, vec![stdin])
         }
         Transport::ScmRights => {
             let socket = UnixStream::from(stdin);
@@ -270,13 +281,14 @@ fn peer_body(args: &PeerArgs) -> Step {
             }
             let mut body = vec![0u8; len as usize];
             fds.extend(recv_exact_with_fds(socket.as_fd(), &mut body)?);
-            if fds.len() != 1 {
-                return fail(format!("expected 1 fd with the description, got {}", fds.len()));
-            }
             let shared: Shared =
                 serde_json::from_slice(&body).map_err(|e| PathError::Failed(format!("bad description: {e}")))?;
-            (shared, fds.remove(0))
+            (shared, fds)
         }
+    };
+    let one = |mut fds: Vec<OwnedFd>| match fds.len() {
+        1 => Ok(fds.remove(0)),
+        n => fail(format!("expected 1 fd with the description, got {n}")),
     };
     let reply = |len: usize| {
         let mut data = pattern(args.reply_seed, len);
@@ -287,6 +299,7 @@ fn peer_body(args: &PeerArgs) -> Step {
     };
     match shared {
         Shared::Buffer { memory, buffer } => {
+            let fd = one(fds)?;
             let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
             let imported =
                 Buffer::import(&ctx, ExportedBuffer { memory: Memory { handle: fd, description: memory }, buffer })?;
@@ -294,6 +307,7 @@ fn peer_body(args: &PeerArgs) -> Step {
             gpu_write(&imported, &reply(buffer.size as usize))?;
         }
         Shared::Image { memory, texture } => {
+            let fd = one(fds)?;
             let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
             let imported =
                 Image::import(&ctx, ExportedTexture { memory: Memory { handle: fd, description: memory }, texture })?;
@@ -302,13 +316,16 @@ fn peer_body(args: &PeerArgs) -> Step {
             imported.upload(&reply(size))?;
         }
         Shared::Host { memory, buffer } => {
-            let mut map = SharedHostMemory::from_fd(fd, memory.allocation_size)?;
+            let mut map = SharedHostMemory::from_fd(one(fds)?, memory.allocation_size)?;
             let range = buffer.offset as usize..(buffer.offset + buffer.size) as usize;
             let bytes = map.as_mut_slice().get_mut(range).ok_or_else(|| {
                 PathError::Failed(format!("buffer {buffer:?} lies outside {} mapped bytes", memory.allocation_size))
             })?;
             check_bytes("the mapped host memory", &pattern(args.seed, bytes.len()), bytes)?;
             bytes.copy_from_slice(&reply(bytes.len()));
+        }
+        Shared::PooledBuffers { buffers } => {
+            super::pool::peer_side(buffers, fds, args.seed, args.reply_seed, args.corrupt)?;
         }
     }
     Ok(())

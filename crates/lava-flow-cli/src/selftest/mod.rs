@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod gl;
 pub mod ipc;
 pub mod opencl;
+pub mod pool;
 pub mod semaphores;
 pub mod vulkan;
 
@@ -214,6 +215,7 @@ fn outcome_text(o: &Outcome) -> String {
 fn run_all(runner: &mut Runner) {
     vulkan::run(runner);
     ipc::run(runner);
+    pool::run(runner);
     semaphores::run(runner);
     cuda::run(runner);
     opencl::run(runner);
