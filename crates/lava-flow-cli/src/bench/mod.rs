@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lava_flow::VulkanContext;
 use serde::Serialize;
@@ -102,32 +102,6 @@ impl Bench {
     pub fn skip(&mut self, group: &'static str, reason: impl Into<String>) {
         self.skipped.push(Skipped { group, reason: reason.into(), failed: false });
     }
-}
-
-/// Median time of `f` over `iterations` runs after `warmup` unmeasured ones.
-pub fn median<E>(warmup: u32, iterations: u32, mut f: impl FnMut() -> Result<(), E>) -> Result<Duration, E> {
-    median_with_setup(warmup, iterations, || Ok(()), |()| f())
-}
-
-/// Median time of `f` over `iterations` runs, each given a fresh input from `setup` (not timed).
-pub fn median_with_setup<T, E>(
-    warmup: u32,
-    iterations: u32,
-    mut setup: impl FnMut() -> Result<T, E>,
-    mut f: impl FnMut(T) -> Result<(), E>,
-) -> Result<Duration, E> {
-    for _ in 0..warmup {
-        f(setup()?)?;
-    }
-    let mut times = Vec::with_capacity(iterations as usize);
-    for _ in 0..iterations.max(1) {
-        let input = setup()?;
-        let t = Instant::now();
-        f(input)?;
-        times.push(t.elapsed());
-    }
-    times.sort();
-    Ok(times[times.len() / 2])
 }
 
 /// Microseconds, the unit of the latency rows.

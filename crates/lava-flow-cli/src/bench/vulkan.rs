@@ -2,16 +2,18 @@
 //! against the raw calls they stand on (vkGetMemoryFdKHR; vkCreateBuffer + vkAllocateMemory with
 //! VkImportMemoryFdInfoKHR + vkBindBufferMemory), between two VkDevices on the same GPU.
 //!
-//! Both sides import the same exporter's memory with the same size and memory type and free it
-//! again, so the ratio is what lava-flow's checks and bookkeeping add.
+//! Both sides import the same exporter's memory with the same size and memory type; what each
+//! call returns is dropped (closed, freed) outside the timed part. The ratio is what lava-flow's
+//! checks and bookkeeping add.
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use ash::vk;
+use lava_flow::pool::bench::median;
 use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
 
-use super::{median, median_with_setup, us, Bench, Row};
+use super::{us, Bench, Row};
 use crate::table::bytes;
 
 pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
@@ -32,22 +34,22 @@ pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
             // SAFETY: vkGetMemoryFdKHR returns a new fd owned by the caller.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         };
-        let lf_export = median(warmup, iterations, || exporter.export_fd().map(drop))?;
-        let raw_export_t = median(warmup, iterations, || raw_export().map(drop))?;
+        let none = || Ok(());
+        let lf_export = median(warmup, iterations, none, |()| exporter.export_fd())?;
+        let raw_export_t = median(warmup, iterations, none, |()| raw_export())?;
         bench.rows.push(
             Row::new("vulkan", format!("export {} buffer", bytes(size)), us(lf_export), Some(us(raw_export_t)), "us")
                 .iterations(iterations),
         );
 
-        let lf_import =
-            median_with_setup(warmup, iterations, || exporter.export_fd(), |e| Buffer::import(&b, e).map(drop))?;
-        let raw_import_t = median_with_setup(warmup, iterations, raw_export, |fd| {
+        let lf_import = median(warmup, iterations, || exporter.export_fd(), |e| Buffer::import(&b, e))?;
+        let raw_import_t = median(warmup, iterations, raw_export, |fd| {
             raw_import(&b, fd, memory.size(), memory.memory_type_index(), memory.dedicated(), size)
         })?;
         bench.rows.push(
             Row::new(
                 "vulkan",
-                format!("import + free {} buffer on a 2nd device", bytes(size)),
+                format!("import {} buffer on a 2nd device", bytes(size)),
                 us(lf_import),
                 Some(us(raw_import_t)),
                 "us",
@@ -67,9 +69,25 @@ fn vk_error(call: &'static str, result: vk::Result) -> lava_flow::Error {
     }
 }
 
+/// What a raw import made, destroyed on drop (outside the timed part, like lava-flow's `Buffer`).
+struct RawImport<'a> {
+    dev: &'a ash::Device,
+    buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+}
+
+impl Drop for RawImport<'_> {
+    fn drop(&mut self) {
+        // SAFETY: nothing uses the buffer or the memory any more; null handles are ignored.
+        unsafe {
+            self.dev.destroy_buffer(self.buffer, None);
+            self.dev.free_memory(self.memory, None);
+        }
+    }
+}
+
 /// The raw import lava-flow's `Buffer::import` performs: a buffer, the imported memory with the
-/// exporter's size and type (dedicated to the buffer where the export was), the bind; then both
-/// are freed again.
+/// exporter's size and type (dedicated to the buffer where the export was), the bind.
 fn raw_import(
     ctx: &VulkanContext,
     fd: OwnedFd,
@@ -77,7 +95,7 @@ fn raw_import(
     type_index: u32,
     dedicated: bool,
     size: u64,
-) -> lava_flow::Result<()> {
+) -> lava_flow::Result<RawImport<'_>> {
     let dev = ctx.device();
     let handle_type = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
     let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle_type);
@@ -88,6 +106,7 @@ fn raw_import(
         .push_next(&mut external);
     // SAFETY: info and its chain live across the call.
     let buffer = unsafe { dev.create_buffer(&info, None) }.map_err(|r| vk_error("vkCreateBuffer", r))?;
+    let mut objects = RawImport { dev, buffer, memory: vk::DeviceMemory::null() };
     // SAFETY: buffer is a live buffer of this device.
     let _reqs = unsafe { dev.get_buffer_memory_requirements(buffer) };
     let raw_fd = fd.into_raw_fd();
@@ -100,25 +119,13 @@ fn raw_import(
     if dedicated {
         alloc = alloc.push_next(&mut dedicated_info);
     }
+    // The fd is left to the driver even when the import fails: some drivers close it then
+    // (NVIDIA, on a wrong size), so closing it here could close an unrelated fd that reused the
+    // number. lava-flow's own imports hand the driver a duplicate; the raw route does not pay
+    // for one, and the benchmark stops.
     // SAFETY: alloc and its chain live across the call; raw_fd is an open fd we own.
-    let memory = match unsafe { dev.allocate_memory(&alloc, None) } {
-        Ok(m) => m,
-        Err(r) => {
-            // The fd is left to the driver even on failure: some drivers close it then (NVIDIA, on a
-            // wrong size), so closing it here could close an unrelated fd that reused the number.
-            // lava-flow's own imports hand the driver a duplicate instead; the raw route does not
-            // pay for one, and the benchmark stops.
-            // SAFETY: the buffer is unbound and unused.
-            unsafe { dev.destroy_buffer(buffer, None) };
-            return Err(vk_error("vkAllocateMemory", r));
-        }
-    };
+    objects.memory = unsafe { dev.allocate_memory(&alloc, None) }.map_err(|r| vk_error("vkAllocateMemory", r))?;
     // SAFETY: the memory holds at least the buffer's requirements at offset 0 (same device, type, size).
-    let bound = unsafe { dev.bind_buffer_memory(buffer, memory, 0) };
-    // SAFETY: nothing uses the buffer or memory any more.
-    unsafe {
-        dev.destroy_buffer(buffer, None);
-        dev.free_memory(memory, None);
-    }
-    bound.map_err(|r| vk_error("vkBindBufferMemory", r))
+    unsafe { dev.bind_buffer_memory(buffer, objects.memory, 0) }.map_err(|r| vk_error("vkBindBufferMemory", r))?;
+    Ok(objects)
 }
