@@ -1,7 +1,6 @@
 //! External memory imported into CUDA, and buffers mapped from it.
 
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -77,21 +76,9 @@ impl ImportedMemory {
                 "pass the description exactly as exported",
             ));
         }
+        let fd = crate::fd::check_memory_fd(memory.handle, "CUDA external memory", description.allocation_size, false)?;
         device.bind()?;
-        let mut handle_desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
-            type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-            // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
-            handle: unsafe { std::mem::zeroed() },
-            size: description.allocation_size,
-            flags: if description.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
-            reserved: [0; 16],
-        };
-        handle_desc.handle.fd = memory.handle.as_raw_fd();
-        let mut handle: sys::CUexternalMemory = std::ptr::null_mut();
-        // SAFETY: the context is current, handle_desc is fully initialised and the fd is open
-        // (owned by `memory` until the import succeeds).
-        let r = unsafe { sys::cuImportExternalMemory(&mut handle, &handle_desc) };
-        check(r, "cuImportExternalMemory", || {
+        let action = || {
             format!(
                 "importing {} bytes of {} memory{} into CUDA device {}",
                 description.allocation_size,
@@ -99,9 +86,26 @@ impl ImportedMemory {
                 if description.dedicated { " (dedicated)" } else { "" },
                 device.ordinal()
             )
+        };
+        // The driver gets a duplicate: it owns it after a successful import (CUDA docs: ownership
+        // of the fd is transferred), and `import_consuming` closes the caller's fd exactly once
+        // whatever the driver does with the duplicate on failure.
+        let handle = crate::fd::import_consuming(fd, |raw| {
+            let mut handle_desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
+                type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
+                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                handle: unsafe { std::mem::zeroed() },
+                size: description.allocation_size,
+                flags: if description.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
+                reserved: [0; 16],
+            };
+            handle_desc.handle.fd = raw;
+            let mut handle: sys::CUexternalMemory = std::ptr::null_mut();
+            // SAFETY: the context is current, handle_desc is fully initialised and the fd is open.
+            let r = unsafe { sys::cuImportExternalMemory(&mut handle, &handle_desc) };
+            check(r, "cuImportExternalMemory", action)?;
+            Ok(handle)
         })?;
-        // The driver owns the fd now (CUDA docs: ownership is transferred on a successful import).
-        let _ = memory.handle.into_raw_fd();
         Ok(ImportedMemory { inner: Arc::new(ImportInner { device: device.clone(), handle, description }) })
     }
 

@@ -20,6 +20,7 @@
 
 pub mod bench;
 mod device;
+pub mod kernels;
 mod memory;
 pub mod selftest;
 mod semaphore;

@@ -1,6 +1,6 @@
 //! Vulkan semaphores imported into CUDA: wait and signal on a stream.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use cudarc::driver::{sys, CudaStream};
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
@@ -45,6 +45,27 @@ impl Drop for CudaSemaphore {
     }
 }
 
+/// Refuses fds no driver exports semaphores as (closed fds, pipes, sockets, directories,
+/// files) before CUDA sees them. On error the fd is closed once (or forgotten if not open).
+fn check_semaphore_fd(fd: OwnedFd) -> Result<OwnedFd> {
+    use crate::fd::FdKind;
+    let kind = crate::fd::inspect(fd.as_fd());
+    let reason = match kind {
+        FdKind::CharDevice | FdKind::Other { .. } => return Ok(fd),
+        FdKind::Closed => {
+            // Not an open fd: closing the number could close another file opened meanwhile.
+            std::mem::forget(fd);
+            "it is not an open fd (EBADF)".to_string()
+        }
+        other => format!("it is {}, which no GPU driver exports as a semaphore", other.describe()),
+    };
+    Err(Error::InvalidHandle {
+        what: "CUDA external semaphore".into(),
+        reason,
+        advice: "pass the fd a semaphore export returned, exactly once".into(),
+    })
+}
+
 impl CudaSemaphore {
     pub(crate) fn import(device: &CudaDevice, semaphore: ExportedSemaphore) -> Result<CudaSemaphore> {
         // Every early return drops `semaphore`, closing the fd exactly once.
@@ -64,23 +85,27 @@ impl CudaSemaphore {
             }
             SemaphoreKind::Binary => sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD,
         };
+        let fd = check_semaphore_fd(semaphore.handle)?;
         device.bind()?;
-        let mut handle_desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
-            type_,
-            // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
-            handle: unsafe { std::mem::zeroed() },
-            flags: 0,
-            reserved: [0; 16],
-        };
-        handle_desc.handle.fd = semaphore.handle.as_raw_fd();
-        let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
-        // SAFETY: the context is current, handle_desc is initialised and the fd is open.
-        let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &handle_desc) };
-        check(r, "cuImportExternalSemaphore", || {
-            format!("importing a {:?} semaphore into CUDA device {}", desc.kind, device.ordinal())
+        // As for memory: the driver gets a duplicate it owns after success; the caller's fd is
+        // closed exactly once either way.
+        let handle = crate::fd::import_consuming(fd, |raw| {
+            let mut handle_desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
+                type_,
+                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                handle: unsafe { std::mem::zeroed() },
+                flags: 0,
+                reserved: [0; 16],
+            };
+            handle_desc.handle.fd = raw;
+            let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
+            // SAFETY: the context is current, handle_desc is initialised and the fd is open.
+            let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &handle_desc) };
+            check(r, "cuImportExternalSemaphore", || {
+                format!("importing a {:?} semaphore into CUDA device {}", desc.kind, device.ordinal())
+            })?;
+            Ok(handle)
         })?;
-        // The driver owns the fd now (CUDA docs: ownership is transferred on a successful import).
-        let _ = semaphore.handle.into_raw_fd();
         Ok(CudaSemaphore { device: device.clone(), handle, kind: desc.kind })
     }
 

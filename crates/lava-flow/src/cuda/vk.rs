@@ -1,627 +1,72 @@
-//! The Vulkan side of the CUDA self-tests and benchmarks, in plain ash calls: exportable
-//! buffers, images and semaphores, staging copies, and submissions that wait for and signal
-//! semaphores without a host wait. The benchmarks' "raw" figures are measured on these calls.
+//! The Vulkan side of the CUDA self-tests and benchmarks that lava-flow's Vulkan API does not
+//! cover yet, in plain ash calls: exportable semaphores, submissions that wait for and signal
+//! them without a host wait, queue-family transfers to and from CUDA, and the bare export call
+//! the benchmarks' "raw" figures are measured on.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use ash::vk;
-use raw_gpu_handle::{
-    BufferDescription, ExportedBuffer, ExportedSemaphore, ExportedTexture, Memory, MemoryDescription, MemoryHandleKind,
-    MemoryProperties, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
-    TextureDimension, TextureFormat, TextureTiling, TextureUsage,
-};
+use raw_gpu_handle::{ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
 
 use crate::{Error, Result, VulkanContext};
 
-/// The Vulkan format of a shareable texture format.
-pub(crate) fn vk_format(format: TextureFormat) -> vk::Format {
-    use TextureFormat::*;
-    match format {
-        R8Unorm => vk::Format::R8_UNORM,
-        Rg8Unorm => vk::Format::R8G8_UNORM,
-        Rgba8Unorm => vk::Format::R8G8B8A8_UNORM,
-        Rgba8Uint => vk::Format::R8G8B8A8_UINT,
-        R16Float => vk::Format::R16_SFLOAT,
-        Rgba16Float => vk::Format::R16G16B16A16_SFLOAT,
-        R32Uint => vk::Format::R32_UINT,
-        R32Float => vk::Format::R32_SFLOAT,
-        Rg32Float => vk::Format::R32G32_SFLOAT,
-        Rgba32Float => vk::Format::R32G32B32A32_SFLOAT,
-        Rgba32Uint => vk::Format::R32G32B32A32_UINT,
-        #[allow(unreachable_patterns)]
-        _ => vk::Format::UNDEFINED,
-    }
+/// A fresh opaque fd for `memory` with the bare `vkGetMemoryFdKHR` call (the benchmarks' raw
+/// export).
+pub(crate) fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Result<OwnedFd> {
+    let loader = ash::khr::external_memory_fd::Device::new(ctx.instance(), ctx.device());
+    let info =
+        vk::MemoryGetFdInfoKHR::default().memory(memory).handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+    // SAFETY: the memory was allocated exportable as an opaque fd.
+    let fd = unsafe { loader.get_memory_fd(&info) }
+        .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, "exporting memory as an opaque fd"))?;
+    // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-const OPAQUE_FD: vk::ExternalMemoryHandleTypeFlags = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
-
-/// A Vulkan allocation with its memory type, freed on drop.
-pub(crate) struct VkMemory {
-    ctx: VulkanContext,
-    pub(crate) memory: vk::DeviceMemory,
-    pub(crate) size: u64,
-    pub(crate) type_index: u32,
-    pub(crate) properties: vk::MemoryPropertyFlags,
-    pub(crate) dedicated: bool,
-    pub(crate) exportable: bool,
-}
-
-impl Drop for VkMemory {
-    fn drop(&mut self) {
-        // SAFETY: the resources bound to it are destroyed first (their owners drop before this).
-        unsafe { self.ctx.device().free_memory(self.memory, None) };
-    }
-}
-
-/// What an allocation is for.
-#[derive(Clone, Copy)]
-pub(crate) enum Dedicated {
-    Buffer(vk::Buffer),
-    Image(vk::Image),
-}
-
-impl VkMemory {
-    fn allocate(
-        ctx: &VulkanContext,
-        req: vk::MemoryRequirements,
-        required: vk::MemoryPropertyFlags,
-        exportable: bool,
-        dedicated: Option<Dedicated>,
-    ) -> Result<VkMemory> {
-        let type_index = ctx
-            .find_memory_type(req.memory_type_bits, required, vk::MemoryPropertyFlags::empty())
-            .ok_or_else(|| {
-                Error::unsupported(
-                    format!("{required:?} memory for a resource"),
-                    format!("no memory type in {:#x} has those properties", req.memory_type_bits),
-                    "vkGetPhysicalDeviceMemoryProperties",
-                    "use another device (`lava-flow info`)",
-                )
-            })?;
-        let mut export = vk::ExportMemoryAllocateInfo::default().handle_types(OPAQUE_FD);
-        let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
-        match dedicated {
-            Some(Dedicated::Buffer(b)) => dedicated_info = dedicated_info.buffer(b),
-            Some(Dedicated::Image(i)) => dedicated_info = dedicated_info.image(i),
-            None => {}
-        }
-        let mut info = vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(type_index);
-        if exportable {
-            info = info.push_next(&mut export);
-        }
-        if dedicated.is_some() {
-            info = info.push_next(&mut dedicated_info);
-        }
-        // SAFETY: info and its chain live across the call.
-        let memory = unsafe { ctx.device().allocate_memory(&info, None) }
-            .map_err(|r| Error::vk("vkAllocateMemory", r, format!("allocating {} bytes", req.size)))?;
-        Ok(VkMemory {
-            ctx: ctx.clone(),
-            memory,
-            size: req.size,
-            type_index,
-            properties: ctx.memory_properties().memory_types[type_index as usize].property_flags,
-            dedicated: dedicated.is_some(),
-            exportable,
-        })
-    }
-
-    /// A fresh opaque fd for the allocation (`vkGetMemoryFdKHR`).
-    pub(crate) fn export_fd(&self) -> Result<OwnedFd> {
-        let loader = self.ctx.external_memory_fd()?;
-        let info = vk::MemoryGetFdInfoKHR::default().memory(self.memory).handle_type(OPAQUE_FD);
-        // SAFETY: the memory was allocated exportable as opaque fd.
-        let fd = unsafe { loader.get_memory_fd(&info) }
-            .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, "exporting memory as an opaque fd"))?;
-        // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    pub(crate) fn description(&self) -> MemoryDescription {
-        MemoryDescription {
-            handle_kind: MemoryHandleKind::OpaqueFd,
-            allocation_size: self.size,
-            memory_type_index: self.type_index,
-            memory_properties: MemoryProperties(self.properties.as_raw()),
-            dedicated: self.dedicated,
-            device: self.ctx.identity(),
-            allocation_id: None,
-        }
-    }
-}
-
-/// A buffer with its own allocation.
-pub(crate) struct VkBuffer {
-    pub(crate) ctx: VulkanContext,
-    pub(crate) buffer: vk::Buffer,
-    pub(crate) size: u64,
-    pub(crate) alignment: u64,
-    // Dropped after the buffer (field order): memory is freed once nothing is bound to it.
-    pub(crate) memory: VkMemory,
-}
-
-impl Drop for VkBuffer {
-    fn drop(&mut self) {
-        // SAFETY: no submitted work uses the buffer (every submission here is waited for).
-        unsafe { self.ctx.device().destroy_buffer(self.buffer, None) };
-    }
-}
-
-/// Whether an exportable allocation is dedicated: when the driver requires or prefers it, or
-/// always when asked.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum DedicatedChoice {
-    Auto,
-    Always,
-}
-
-impl VkBuffer {
-    /// A buffer usable for storage and transfers, in memory with `required` properties,
-    /// exportable as an opaque fd when `exportable`.
-    pub(crate) fn new(
-        ctx: &VulkanContext,
-        size: u64,
-        required: vk::MemoryPropertyFlags,
-        exportable: bool,
-        dedicated: DedicatedChoice,
-    ) -> Result<VkBuffer> {
-        let device = ctx.device();
-        let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(OPAQUE_FD);
-        let mut info = vk::BufferCreateInfo::default()
-            .size(size)
-            .usage(
-                vk::BufferUsageFlags::STORAGE_BUFFER
-                    | vk::BufferUsageFlags::TRANSFER_SRC
-                    | vk::BufferUsageFlags::TRANSFER_DST,
-            )
-            .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        if exportable {
-            info = info.push_next(&mut external);
-        }
-        // SAFETY: info and its chain live across the call.
-        let buffer = unsafe { device.create_buffer(&info, None) }
-            .map_err(|r| Error::vk("vkCreateBuffer", r, format!("creating a {size}-byte buffer")))?;
-        let result = (|| {
-            let mut dedicated_req = vk::MemoryDedicatedRequirements::default();
-            let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated_req);
-            let info = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
-            // SAFETY: buffer is valid; req2's chain lives across the call.
-            unsafe { device.get_buffer_memory_requirements2(&info, &mut req2) };
-            let req = req2.memory_requirements;
-            let wants_dedicated = dedicated_req.requires_dedicated_allocation == vk::TRUE
-                || dedicated_req.prefers_dedicated_allocation == vk::TRUE
-                || dedicated == DedicatedChoice::Always;
-            let memory = VkMemory::allocate(
-                ctx,
-                req,
-                required,
-                exportable,
-                (exportable && wants_dedicated).then_some(Dedicated::Buffer(buffer)),
-            )?;
-            // SAFETY: memory is fresh and large enough (its size is the requirement's).
-            unsafe { device.bind_buffer_memory(buffer, memory.memory, 0) }
-                .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding buffer memory"))?;
-            Ok((memory, req.alignment))
-        })();
-        match result {
-            Ok((memory, alignment)) => Ok(VkBuffer { ctx: ctx.clone(), buffer, size, alignment, memory }),
-            Err(e) => {
-                // SAFETY: nothing uses the buffer yet.
-                unsafe { device.destroy_buffer(buffer, None) };
-                Err(e)
-            }
-        }
-    }
-
-    /// A device-local exportable buffer.
-    pub(crate) fn exportable(ctx: &VulkanContext, size: u64, dedicated: DedicatedChoice) -> Result<VkBuffer> {
-        Self::new(ctx, size, vk::MemoryPropertyFlags::DEVICE_LOCAL, true, dedicated)
-    }
-
-    /// A host-visible, coherent staging buffer.
-    pub(crate) fn staging(ctx: &VulkanContext, size: u64) -> Result<VkBuffer> {
-        Self::new(
-            ctx,
-            size,
-            vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
-            false,
-            DedicatedChoice::Auto,
+/// Records the acquisition of a shared buffer from `VK_QUEUE_FAMILY_EXTERNAL` before Vulkan
+/// transfers touch it (what CUDA wrote becomes visible).
+pub(crate) fn record_buffer_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
+    let barrier = [vk::BufferMemoryBarrier::default()
+        .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)
+        .src_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
+        .dst_queue_family_index(family)
+        .buffer(buffer)
+        .size(vk::WHOLE_SIZE)];
+    // SAFETY: cmd is recording; the barrier names a live buffer.
+    unsafe {
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TOP_OF_PIPE,
+            vk::PipelineStageFlags::TRANSFER | vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &barrier,
+            &[],
         )
-    }
-
-    /// A fresh fd plus the description an importer needs.
-    pub(crate) fn export(&self) -> Result<ExportedBuffer> {
-        Ok(ExportedBuffer {
-            memory: Memory { handle: self.memory.export_fd()?, description: self.memory.description() },
-            buffer: BufferDescription { offset: 0, size: self.size, alignment: self.alignment },
-        })
-    }
-
-    /// Runs `f` on the mapped bytes of a host-visible buffer.
-    pub(crate) fn with_mapped<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
-        let device = self.ctx.device();
-        // SAFETY: the memory is host-visible, not mapped elsewhere, and size is inside it.
-        let ptr = unsafe { device.map_memory(self.memory.memory, 0, self.size, vk::MemoryMapFlags::empty()) }
-            .map_err(|r| Error::vk("vkMapMemory", r, "mapping a staging buffer"))?;
-        // SAFETY: the mapping is size bytes long and exclusively ours until unmapped.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), self.size as usize) };
-        let r = f(bytes);
-        // SAFETY: mapped above.
-        unsafe { device.unmap_memory(self.memory.memory) };
-        Ok(r)
-    }
-
-    /// Writes `data` at offset 0 through a staging copy, then releases the buffer to
-    /// `VK_QUEUE_FAMILY_EXTERNAL` so another API may read it.
-    pub(crate) fn write_and_release(&self, data: &[u8]) -> Result<()> {
-        let staging = VkBuffer::staging(&self.ctx, data.len() as u64)?;
-        staging.with_mapped(|m| m.copy_from_slice(data))?;
-        let family = self.ctx.queue_family_index();
-        self.ctx.run_commands(|dev, cmd| {
-            let region = [vk::BufferCopy::default().size(data.len() as u64)];
-            // SAFETY: both buffers are valid and large enough; cmd is recording.
-            unsafe { dev.cmd_copy_buffer(cmd, staging.buffer, self.buffer, &region) };
-            let release = [vk::BufferMemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .src_queue_family_index(family)
-                .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
-                .buffer(self.buffer)
-                .size(vk::WHOLE_SIZE)];
-            // SAFETY: as above.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &release,
-                    &[],
-                )
-            };
-        })
-    }
-
-    /// Acquires the buffer from `VK_QUEUE_FAMILY_EXTERNAL` (after another API wrote it) and
-    /// reads `len` bytes at offset 0 through a staging copy.
-    pub(crate) fn acquire_and_read(&self, len: u64) -> Result<Vec<u8>> {
-        let staging = VkBuffer::staging(&self.ctx, len)?;
-        let family = self.ctx.queue_family_index();
-        self.ctx.run_commands(|dev, cmd| {
-            let acquire = [vk::BufferMemoryBarrier::default()
-                .dst_access_mask(vk::AccessFlags::TRANSFER_READ)
-                .src_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
-                .dst_queue_family_index(family)
-                .buffer(self.buffer)
-                .size(vk::WHOLE_SIZE)];
-            // SAFETY: valid buffers; cmd is recording.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &acquire,
-                    &[],
-                );
-                dev.cmd_copy_buffer(cmd, self.buffer, staging.buffer, &[vk::BufferCopy::default().size(len)]);
-            }
-        })?;
-        staging.with_mapped(|m| m.to_vec())
-    }
+    };
 }
 
-/// An image with its own allocation, tracked as being in `GENERAL` layout and owned by
-/// `VK_QUEUE_FAMILY_EXTERNAL` between operations.
-pub(crate) struct VkImage {
-    pub(crate) ctx: VulkanContext,
-    pub(crate) image: vk::Image,
-    pub(crate) description: TextureDescription,
-    initialized: std::cell::Cell<bool>,
-    pub(crate) memory: VkMemory,
-}
-
-impl Drop for VkImage {
-    fn drop(&mut self) {
-        // SAFETY: no submitted work uses the image (every submission here is waited for).
-        unsafe { self.ctx.device().destroy_image(self.image, None) };
-    }
-}
-
-fn image_extent(d: &TextureDescription) -> vk::Extent3D {
-    vk::Extent3D { width: d.extent.width, height: d.extent.height, depth: d.extent.depth }
-}
-
-fn color_layers(d: &TextureDescription) -> vk::ImageSubresourceRange {
-    vk::ImageSubresourceRange::default()
-        .aspect_mask(vk::ImageAspectFlags::COLOR)
-        .level_count(1)
-        .layer_count(d.array_layers)
-}
-
-impl VkImage {
-    /// A device-local, exportable image of one mip level.
-    pub(crate) fn exportable(
-        ctx: &VulkanContext,
-        format: TextureFormat,
-        dimension: TextureDimension,
-        extent: (u32, u32, u32),
-        array_layers: u32,
-        linear: bool,
-        usage: TextureUsage,
-    ) -> Result<VkImage> {
-        let device = ctx.device();
-        let image_type = match dimension {
-            TextureDimension::D1 | TextureDimension::D1Array => vk::ImageType::TYPE_1D,
-            TextureDimension::D2 | TextureDimension::D2Array => vk::ImageType::TYPE_2D,
-            TextureDimension::D3 => vk::ImageType::TYPE_3D,
-        };
-        let mut vk_usage = vk::ImageUsageFlags::TRANSFER_SRC | vk::ImageUsageFlags::TRANSFER_DST;
-        if usage.sampled {
-            vk_usage |= vk::ImageUsageFlags::SAMPLED;
-        }
-        if usage.storage {
-            vk_usage |= vk::ImageUsageFlags::STORAGE;
-        }
-        if usage.color_attachment {
-            vk_usage |= vk::ImageUsageFlags::COLOR_ATTACHMENT;
-        }
-        let tiling = if linear { vk::ImageTiling::LINEAR } else { vk::ImageTiling::OPTIMAL };
-        let mut external = vk::ExternalMemoryImageCreateInfo::default().handle_types(OPAQUE_FD);
-        let info = vk::ImageCreateInfo::default()
-            .image_type(image_type)
-            .format(vk_format(format))
-            .extent(vk::Extent3D { width: extent.0, height: extent.1, depth: extent.2 })
-            .mip_levels(1)
-            .array_layers(array_layers)
-            .samples(vk::SampleCountFlags::TYPE_1)
-            .tiling(tiling)
-            .usage(vk_usage)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE)
-            .initial_layout(vk::ImageLayout::UNDEFINED)
-            .push_next(&mut external);
-        // SAFETY: info and its chain live across the call.
-        let image = unsafe { device.create_image(&info, None) }
-            .map_err(|r| Error::vk("vkCreateImage", r, format!("creating a {format} image")))?;
-        let result = (|| {
-            let mut dedicated_req = vk::MemoryDedicatedRequirements::default();
-            let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated_req);
-            let info = vk::ImageMemoryRequirementsInfo2::default().image(image);
-            // SAFETY: image is valid; req2's chain lives across the call.
-            unsafe { device.get_image_memory_requirements2(&info, &mut req2) };
-            let req = req2.memory_requirements;
-            let wants_dedicated = dedicated_req.requires_dedicated_allocation == vk::TRUE
-                || dedicated_req.prefers_dedicated_allocation == vk::TRUE;
-            let memory = VkMemory::allocate(
-                ctx,
-                req,
-                vk::MemoryPropertyFlags::DEVICE_LOCAL,
-                true,
-                wants_dedicated.then_some(Dedicated::Image(image)),
-            )?;
-            // SAFETY: memory is fresh and as large as required.
-            unsafe { device.bind_image_memory(image, memory.memory, 0) }
-                .map_err(|r| Error::vk("vkBindImageMemory", r, "binding image memory"))?;
-            let tiling = if linear {
-                let sub = vk::ImageSubresource::default().aspect_mask(vk::ImageAspectFlags::COLOR);
-                // SAFETY: a linear image's layout may be queried for mip 0, layer 0.
-                let layout = unsafe { device.get_image_subresource_layout(image, sub) };
-                if layout.offset != 0 {
-                    return Err(Error::unsupported(
-                        "a linear image whose first texel is not at its memory offset",
-                        format!("the driver placed it at offset {}", layout.offset),
-                        "vkGetImageSubresourceLayout",
-                        "use optimal tiling",
-                    ));
-                }
-                TextureTiling::Linear {
-                    row_pitch: layout.row_pitch,
-                    array_pitch: layout.array_pitch,
-                    depth_pitch: layout.depth_pitch,
-                }
-            } else {
-                TextureTiling::Optimal
-            };
-            let description = TextureDescription {
-                format,
-                dimension,
-                extent: raw_gpu_handle::Extent3d { width: extent.0, height: extent.1, depth: extent.2 },
-                array_layers,
-                tiling,
-                usage: TextureUsage { transfer: true, ..usage },
-                offset: 0,
-                size: req.size,
-            };
-            Ok((memory, description))
-        })();
-        match result {
-            Ok((memory, description)) => {
-                Ok(VkImage { ctx: ctx.clone(), image, description, initialized: std::cell::Cell::new(false), memory })
-            }
-            Err(e) => {
-                // SAFETY: nothing uses the image yet.
-                unsafe { device.destroy_image(image, None) };
-                Err(e)
-            }
-        }
-    }
-
-    /// A fresh fd plus the description an importer needs.
-    pub(crate) fn export(&self) -> Result<ExportedTexture> {
-        Ok(Texture {
-            memory: Memory { handle: self.memory.export_fd()?, description: self.memory.description() },
-            texture: self.description.clone(),
-        })
-    }
-
-    /// Bytes of tightly packed texels of all layers.
-    pub(crate) fn packed_size(&self) -> u64 {
-        let d = &self.description;
-        u64::from(d.extent.width)
-            * u64::from(d.extent.height)
-            * u64::from(d.extent.depth)
-            * u64::from(d.array_layers)
-            * u64::from(d.format.texel_size())
-    }
-
-    fn copy_region(&self) -> vk::BufferImageCopy {
-        vk::BufferImageCopy::default()
-            .image_subresource(
-                vk::ImageSubresourceLayers::default()
-                    .aspect_mask(vk::ImageAspectFlags::COLOR)
-                    .layer_count(self.description.array_layers),
-            )
-            .image_extent(image_extent(&self.description))
-    }
-
-    /// The barrier that takes the image from the external owner (or from `UNDEFINED` the first
-    /// time) into `layout` on this queue.
-    fn acquire_barrier(&self, layout: vk::ImageLayout, access: vk::AccessFlags) -> vk::ImageMemoryBarrier<'static> {
-        let family = self.ctx.queue_family_index();
-        let first = !self.initialized.get();
-        vk::ImageMemoryBarrier::default()
-            .old_layout(if first { vk::ImageLayout::UNDEFINED } else { vk::ImageLayout::GENERAL })
-            .new_layout(layout)
-            .dst_access_mask(access)
-            .src_queue_family_index(if first { vk::QUEUE_FAMILY_IGNORED } else { vk::QUEUE_FAMILY_EXTERNAL })
-            .dst_queue_family_index(if first { vk::QUEUE_FAMILY_IGNORED } else { family })
-            .image(self.image)
-            .subresource_range(color_layers(&self.description))
-    }
-
-    /// The barrier that hands the image to another API in `GENERAL` layout.
-    fn release_barrier(&self, layout: vk::ImageLayout, access: vk::AccessFlags) -> vk::ImageMemoryBarrier<'static> {
-        vk::ImageMemoryBarrier::default()
-            .old_layout(layout)
-            .new_layout(vk::ImageLayout::GENERAL)
-            .src_access_mask(access)
-            .src_queue_family_index(self.ctx.queue_family_index())
-            .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
-            .image(self.image)
-            .subresource_range(color_layers(&self.description))
-    }
-
-    /// Uploads tightly packed texels of all layers, then releases the image to another API in
-    /// `GENERAL` layout.
-    pub(crate) fn upload_and_release(&self, data: &[u8]) -> Result<()> {
-        if data.len() as u64 != self.packed_size() {
-            return Err(Error::invalid(
-                format!("image upload of {} bytes", data.len()),
-                format!("the image holds {} tightly packed bytes", self.packed_size()),
-                "pass every texel of every layer",
-            ));
-        }
-        let staging = VkBuffer::staging(&self.ctx, data.len() as u64)?;
-        staging.with_mapped(|m| m.copy_from_slice(data))?;
-        let acquire = [self.acquire_barrier(vk::ImageLayout::TRANSFER_DST_OPTIMAL, vk::AccessFlags::TRANSFER_WRITE)];
-        let release = [self.release_barrier(vk::ImageLayout::TRANSFER_DST_OPTIMAL, vk::AccessFlags::TRANSFER_WRITE)];
-        let region = [self.copy_region()];
-        self.ctx.run_commands(|dev, cmd| {
-            // SAFETY: valid image and buffer, barriers over the whole image; cmd is recording.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &acquire,
-                );
-                dev.cmd_copy_buffer_to_image(
-                    cmd,
-                    staging.buffer,
-                    self.image,
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    &region,
-                );
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &release,
-                );
-            }
-        })?;
-        self.initialized.set(true);
-        Ok(())
-    }
-
-    /// Makes the image usable by another API before anything was written to it from Vulkan
-    /// (transition from `UNDEFINED` to `GENERAL`, released to the external owner).
-    pub(crate) fn initialize_and_release(&self) -> Result<()> {
-        if self.initialized.get() {
-            return Ok(());
-        }
-        let to_general = [vk::ImageMemoryBarrier::default()
-            .old_layout(vk::ImageLayout::UNDEFINED)
-            .new_layout(vk::ImageLayout::GENERAL)
-            .src_queue_family_index(self.ctx.queue_family_index())
-            .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
-            .image(self.image)
-            .subresource_range(color_layers(&self.description))];
-        self.ctx.run_commands(|dev, cmd| {
-            // SAFETY: valid image; cmd is recording.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &to_general,
-                )
-            };
-        })?;
-        self.initialized.set(true);
-        Ok(())
-    }
-
-    /// Acquires the image from another API and downloads tightly packed texels of all layers,
-    /// then releases it again.
-    pub(crate) fn acquire_and_download(&self) -> Result<Vec<u8>> {
-        let staging = VkBuffer::staging(&self.ctx, self.packed_size())?;
-        let acquire = [self.acquire_barrier(vk::ImageLayout::TRANSFER_SRC_OPTIMAL, vk::AccessFlags::TRANSFER_READ)];
-        let release = [self.release_barrier(vk::ImageLayout::TRANSFER_SRC_OPTIMAL, vk::AccessFlags::empty())];
-        let region = [self.copy_region()];
-        self.ctx.run_commands(|dev, cmd| {
-            // SAFETY: valid image and buffer; cmd is recording.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &acquire,
-                );
-                dev.cmd_copy_image_to_buffer(
-                    cmd,
-                    self.image,
-                    vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
-                    staging.buffer,
-                    &region,
-                );
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &release,
-                );
-            }
-        })?;
-        self.initialized.set(true);
-        staging.with_mapped(|m| m.to_vec())
-    }
+/// Records the release of a shared buffer to `VK_QUEUE_FAMILY_EXTERNAL` after Vulkan transfers
+/// or shaders wrote it (so CUDA sees the writes).
+pub(crate) fn record_buffer_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
+    let barrier = [vk::BufferMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::SHADER_WRITE)
+        .src_queue_family_index(family)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
+        .buffer(buffer)
+        .size(vk::WHOLE_SIZE)];
+    // SAFETY: cmd is recording; the barrier names a live buffer.
+    unsafe {
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER | vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+            vk::DependencyFlags::empty(),
+            &[],
+            &barrier,
+            &[],
+        )
+    };
 }
 
 /// An exportable semaphore (binary or timeline).
@@ -707,13 +152,6 @@ impl VkSemaphore {
                 Err(Error::vk("vkWaitSemaphores", r, format!("waiting for a timeline semaphore to reach {value}")))
             }
         }
-    }
-
-    /// The current value of a timeline semaphore.
-    pub(crate) fn value(&self) -> Result<u64> {
-        // SAFETY: a timeline semaphore of this device.
-        unsafe { self.ctx.device().get_semaphore_counter_value(self.semaphore) }
-            .map_err(|r| Error::vk("vkGetSemaphoreCounterValue", r, "reading a timeline semaphore"))
     }
 }
 
@@ -845,61 +283,5 @@ impl VkFence {
         }
         // SAFETY: signalled and no longer in use.
         unsafe { device.reset_fences(&[self.fence]) }.map_err(|r| Error::vk("vkResetFences", r, "resetting a fence"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! These run on lavapipe here: they check the Vulkan half the CUDA paths rely on.
-    use super::*;
-    use crate::testing;
-    use std::os::fd::AsRawFd;
-
-    fn ctx() -> Option<VulkanContext> {
-        testing::prefer_software_vulkan_if_no_gpu();
-        testing::or_skip("vulkan", VulkanContext::new())
-    }
-
-    #[test]
-    fn exported_buffer_describes_its_allocation_and_round_trips_data() {
-        let Some(ctx) = ctx() else { return };
-        if ctx.extensions().external_memory_fd {
-            let buffer = VkBuffer::exportable(&ctx, 1 << 16, DedicatedChoice::Auto).unwrap();
-            let data: Vec<u8> = (0..1 << 16).map(|i| (i * 7 % 251) as u8).collect();
-            buffer.write_and_release(&data).unwrap();
-            assert_eq!(buffer.acquire_and_read(data.len() as u64).unwrap(), data);
-            let exported = buffer.export().unwrap();
-            assert!(exported.memory.handle.as_raw_fd() >= 0);
-            let d = exported.memory.description;
-            assert!(d.allocation_size >= 1 << 16, "{d:?}");
-            assert_eq!(d.device, ctx.identity());
-            assert_eq!(exported.buffer.size, 1 << 16);
-            let forced = VkBuffer::exportable(&ctx, 4096, DedicatedChoice::Always).unwrap();
-            assert!(forced.export().unwrap().memory.description.dedicated);
-        } else {
-            testing::skip("vulkan", "no VK_KHR_external_memory_fd");
-        }
-    }
-
-    #[test]
-    fn exported_images_round_trip_texels_optimal_and_linear() {
-        let Some(ctx) = ctx() else { return };
-        if !ctx.extensions().external_memory_fd {
-            testing::skip("vulkan", "no VK_KHR_external_memory_fd");
-            return;
-        }
-        for linear in [false, true] {
-            let usage = TextureUsage { sampled: true, storage: false, color_attachment: !linear, transfer: true };
-            let (dim, extent, layers) =
-                if linear { (TextureDimension::D2, (32, 8, 1), 1) } else { (TextureDimension::D2Array, (16, 8, 1), 3) };
-            let image =
-                VkImage::exportable(&ctx, TextureFormat::Rgba8Unorm, dim, extent, layers, linear, usage).unwrap();
-            let data: Vec<u8> = (0..image.packed_size()).map(|i| (i % 253) as u8).collect();
-            image.upload_and_release(&data).unwrap();
-            assert_eq!(image.acquire_and_download().unwrap(), data, "linear={linear}");
-            let exported = image.export().unwrap();
-            assert_eq!(exported.texture.validate(), Ok(()));
-            assert_eq!(matches!(exported.texture.tiling, TextureTiling::Linear { .. }), linear);
-        }
     }
 }
