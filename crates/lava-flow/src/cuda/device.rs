@@ -134,6 +134,13 @@ pub(crate) fn ensure_driver() -> Result<()> {
     }
 }
 
+/// Loads libcuda and initialises the CUDA driver API (once per process). Every entry point of
+/// this module does it first; call it to find out whether CUDA is usable at all.
+/// [`Error::LibraryUnavailable`] means libcuda is missing or too old.
+pub fn load_driver() -> Result<()> {
+    ensure_driver()
+}
+
 /// What `lava-flow info` shows about one CUDA device.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CudaDeviceInfo {

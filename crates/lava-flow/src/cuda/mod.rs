@@ -28,7 +28,7 @@ mod texture;
 mod vk;
 
 pub use cudarc;
-pub use device::{list_devices, CudaDevice, CudaDeviceInfo};
+pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
 pub use memory::{CudaBuffer, ImportedMemory};
 pub use semaphore::CudaSemaphore;
 pub use texture::{array_format, CudaTexture, TextureStorage};
