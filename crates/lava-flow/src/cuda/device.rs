@@ -468,14 +468,17 @@ impl CudaDevice {
         }
     }
 
-    /// Binds the context in a `Drop`, recording (not returning) a failure.
+    /// Binds the context in a `Drop`, recording (not returning) a failure. cudarc reports (and
+    /// clears) errors its own drops recorded when binding, so one failure is retried once.
     pub(crate) fn bind_for_drop(&self, what: &str) -> bool {
-        match self.inner.ctx.bind_to_thread() {
-            Ok(()) => true,
-            Err(e) => {
-                self.defer_error(format!("binding the CUDA context to release {what}: {e}"));
-                false
+        for attempt in 0..2 {
+            match self.inner.ctx.bind_to_thread() {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.defer_error(format!("binding the CUDA context to release {what} (try {}): {e}", attempt + 1))
+                }
             }
         }
+        false
     }
 }

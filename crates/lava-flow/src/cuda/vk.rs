@@ -13,7 +13,7 @@ use crate::{Error, Result, VulkanContext};
 /// A fresh opaque fd for `memory` with the bare `vkGetMemoryFdKHR` call (the benchmarks' raw
 /// export).
 pub(crate) fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Result<OwnedFd> {
-    let loader = ash::khr::external_memory_fd::Device::new(ctx.instance(), ctx.device());
+    let loader = ctx.external_memory_fd()?;
     let info =
         vk::MemoryGetFdInfoKHR::default().memory(memory).handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
     // SAFETY: the memory was allocated exportable as an opaque fd.
