@@ -350,6 +350,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // SAFETY: both buffers are live with transfer usage; the region is inside both.
             unsafe { dev.cmd_copy_buffer(cmd, shared.handle(), results.handle(), &region) };
             barrier(dev, cmd, shared.handle(), family, true);
+            // The host reads the slot after waiting for the semaphore: make the copy visible to it.
+            let to_host = [vk::BufferMemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::HOST_READ)
+                .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .buffer(results.handle())
+                .size(vk::WHOLE_SIZE)];
+            // SAFETY: cmd is recording; the buffer is live.
+            unsafe {
+                dev.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::HOST,
+                    vk::DependencyFlags::empty(),
+                    &[],
+                    &to_host,
+                    &[],
+                )
+            };
         })?;
     }
     let submitted = start.elapsed();

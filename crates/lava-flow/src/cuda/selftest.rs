@@ -10,7 +10,9 @@ use std::time::Duration;
 use ash::vk;
 use raw_gpu_handle::{SemaphoreKind, TextureFormat, TextureUsage};
 
-use super::vk::{record_buffer_acquire, record_buffer_release, SemOp, Submitter, VkFence, VkSemaphore};
+use super::vk::{
+    record_buffer_acquire, record_buffer_release, record_host_read, SemOp, Submitter, VkFence, VkSemaphore,
+};
 use super::CudaDevice;
 use crate::vulkan::{BufferOptions, ImageOptions, ImageTiling, MemoryKind};
 use crate::{Buffer, Error, Image, Result, VulkanContext};
@@ -336,6 +338,7 @@ pub fn semaphore_cuda_to_vulkan(
                 // SAFETY: both buffers are live with transfer usage; the region is inside both.
                 unsafe { dev.cmd_copy_buffer(cmd, shared.handle(), results.handle(), &region) };
                 record_buffer_release(dev, cmd, shared.handle(), family);
+                record_host_read(dev, cmd, results.handle());
             })
         })
         .collect::<Result<Vec<_>>>()?;
