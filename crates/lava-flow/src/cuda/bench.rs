@@ -247,8 +247,12 @@ fn raw_import_map(fd: OwnedFd, size: u64, dedicated: bool) -> Result<(sys::CUext
     desc.handle.fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let mut ext: sys::CUexternalMemory = std::ptr::null_mut();
     // SAFETY: the caller made the context current; desc is initialised; the fd is open.
-    check(unsafe { sys::cuImportExternalMemory(&mut ext, &desc) }, "cuImportExternalMemory", || "raw import".into())?;
-    let _ = fd.into_raw_fd(); // owned by the driver now
+    let r = unsafe { sys::cuImportExternalMemory(&mut ext, &desc) };
+    // On success the driver owns the fd. On failure it is left to the driver too: a driver may
+    // close it even then, so closing it here could close an unrelated fd that reused the number.
+    // lava-flow's import avoids this with a duplicate; the raw route does not pay for one.
+    let _ = fd.into_raw_fd();
+    check(r, "cuImportExternalMemory", || "raw import".into())?;
     let buf = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC { offset: 0, size, flags: 0, reserved: [0; 16] };
     let mut ptr = 0;
     // SAFETY: ext is live; buf is initialised.
@@ -423,8 +427,9 @@ impl Fixture {
                 let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
                 // SAFETY: the context is current; desc is initialised; the fd is open.
                 let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &desc) };
+                // The driver owns the fd now, or may have closed it on failure (see raw_import_map).
+                let _ = exported.handle.into_raw_fd();
                 check(r, "cuImportExternalSemaphore", || "raw semaphore import".into())?;
-                let _ = exported.handle.into_raw_fd(); // owned by the driver now
                 raw_sem = Some(handle);
                 raw_stream = Some(RawStream::new(&self.cuda)?);
             }
