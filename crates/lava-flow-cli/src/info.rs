@@ -214,9 +214,45 @@ fn other_apis() -> Vec<ApiSection> {
     vec![cuda_section(), opencl_section(), gl_section()]
 }
 
+/// CUDA devices from `lava_flow::cuda::list_devices` (paired with Vulkan devices by UUID), and
+/// what lava-flow's CUDA importer takes from Vulkan.
 #[cfg(feature = "cuda")]
 fn cuda_section() -> ApiSection {
-    ApiSection::unavailable("CUDA", "lava-flow's CUDA importer is not part of this build yet")
+    let devices = match lava_flow::cuda::list_devices() {
+        Ok(d) => d,
+        Err(e) => return ApiSection::unavailable("CUDA", e.to_string()),
+    };
+    if devices.is_empty() {
+        return ApiSection::unavailable("CUDA", "the CUDA driver lists no devices");
+    }
+    let import = |object: &str, note: &str| SharingRow {
+        object: object.into(),
+        handle_kind: "opaque-fd".into(),
+        export: false,
+        import: true,
+        note: note.into(),
+    };
+    ApiSection {
+        api: "CUDA",
+        available: true,
+        reason: None,
+        devices: devices
+            .iter()
+            .map(|d| ApiDevice {
+                index: d.ordinal,
+                name: d.name.clone(),
+                device_uuid: d.uuid.to_string(),
+                driver_uuid: None,
+                vulkan_device: d.vulkan_device,
+            })
+            .collect(),
+        sharing: vec![
+            import("buffer", "cuImportExternalMemory + cuExternalMemoryGetMappedBuffer, at the buffer's offset"),
+            import("image", "cuImportExternalMemory + cuExternalMemoryGetMappedMipmappedArray"),
+            import("timeline semaphore", "cuImportExternalSemaphore (TIMELINE_SEMAPHORE_FD)"),
+            import("binary semaphore", "cuImportExternalSemaphore (OPAQUE_FD)"),
+        ],
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -37,16 +37,19 @@ pub struct Row {
     /// "vulkan", "cuda", "pool", "gl", "opencl", "ipc".
     pub group: &'static str,
     pub case: String,
-    /// lava-flow's figure (median).
-    pub lava_flow: f64,
+    /// lava-flow's figure (median); absent when the case could not be measured.
+    pub lava_flow: Option<f64>,
     /// The raw API's figure for the same work, where there is one.
     pub raw: Option<f64>,
     pub unit: &'static str,
     /// lava_flow / raw.
     pub ratio: Option<f64>,
     pub better: Better,
-    /// Iterations behind each median.
+    /// Iterations behind each median (0 where the source does not say).
     pub iterations: u32,
+    /// Why the case could not be measured (the figures are then absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Row {
@@ -60,13 +63,20 @@ impl Row {
         Row {
             group,
             case: case.into(),
-            lava_flow,
+            lava_flow: Some(lava_flow),
             raw,
             unit,
             ratio: raw.filter(|r| *r > 0.0).map(|r| lava_flow / r),
             better: if unit.ends_with("/s") { Better::Higher } else { Better::Lower },
             iterations: 0,
+            error: None,
         }
+    }
+
+    /// A case that could not be measured, and why.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn not_measured(group: &'static str, case: impl Into<String>, unit: &'static str, error: String) -> Row {
+        Row { lava_flow: None, error: Some(error), ..Row::new(group, case, 0.0, None, unit) }
     }
 
     pub fn iterations(mut self, n: u32) -> Row {
@@ -113,14 +123,7 @@ pub fn run(args: &Args) -> CmdResult {
     let mut bench = Bench { quick: args.quick, ..Bench::default() };
     vulkan_rows(&mut bench);
     pool_rows(&mut bench);
-    bench.skip(
-        "cuda",
-        if cfg!(feature = "cuda") {
-            "lava-flow's CUDA importer is not part of this build yet"
-        } else {
-            "built without the `cuda` feature"
-        },
-    );
+    cuda_rows(&mut bench);
     bench.skip(
         "opencl",
         if cfg!(feature = "opencl") {
@@ -176,6 +179,31 @@ fn pool_rows(bench: &mut Bench) {
     }
 }
 
+/// Bandwidth on imported memory against cuMemAlloc memory, export + import + map latency by size,
+/// the timeline semaphore round trip and what sharing saves over copies (`lava_flow::cuda::bench`).
+#[cfg(feature = "cuda")]
+fn cuda_rows(bench: &mut Bench) {
+    use lava_flow::cuda::bench::{run, BenchConfig};
+    let config = if bench.quick { BenchConfig::quick() } else { BenchConfig::default() };
+    match run(&config) {
+        Ok(rows) => {
+            for r in rows {
+                let unit = r.unit;
+                bench.rows.push(match r.error {
+                    Some(e) => Row::not_measured("cuda", r.case, unit, e),
+                    None => Row::new("cuda", r.case, r.lava_flow, Some(r.raw), unit),
+                });
+            }
+        }
+        Err(e) => bench.group_error("cuda", e),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_rows(bench: &mut Bench) {
+    bench.skip("cuda", "built without the `cuda` feature");
+}
+
 fn vulkan_rows(bench: &mut Bench) {
     if let Err(e) = vulkan::rows(bench) {
         bench.group_error("vulkan", e);
@@ -200,13 +228,17 @@ pub fn render(bench: &Bench) -> String {
             Some(x) => format!("{x:.2}"),
             None => "-".into(),
         };
-        t.row([
+        let mut cells = vec![
             format!("{}: {}", r.group, r.case),
-            figure(r.lava_flow),
+            r.lava_flow.map_or_else(|| "-".into(), figure),
             r.raw.map_or_else(|| "-".into(), figure),
             r.unit.to_string(),
             ratio,
-        ]);
+        ];
+        if let Some(e) = &r.error {
+            cells.push(format!("not measured: {e}"));
+        }
+        t.row(cells);
     }
     let mut out = t.render(0);
     out.push_str("\nratio = lava-flow / raw (latency: lower is better, bandwidth: higher is better); medians\n");
@@ -215,4 +247,31 @@ pub fn render(bench: &Bench) -> String {
         out.push_str(&format!("{}: {verb}: {}\n", s.group, s.reason));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_show_ratio_and_cases_not_measured_say_why() {
+        let bench = Bench {
+            quick: true,
+            rows: vec![
+                Row::new("vulkan", "export 64 KiB buffer", 3.0, Some(2.0), "us").iterations(10),
+                Row::new("cuda", "copy-bandwidth/kernel/1GiB", 3800.0, Some(3850.0), "GB/s"),
+                Row::not_measured("cuda", "export-import-map/4GiB", "us", "too big for free memory".into()),
+            ],
+            skipped: vec![Skipped { group: "gl", reason: "no libEGL".into(), failed: false }],
+        };
+        assert_eq!(bench.rows[0].ratio, Some(1.5));
+        assert_eq!(bench.rows[0].better, Better::Lower);
+        assert_eq!(bench.rows[1].better, Better::Higher);
+        let text = render(&bench);
+        assert!(text.lines().any(|l| l.starts_with("vulkan: export 64 KiB buffer") && l.ends_with("1.50")), "{text}");
+        assert!(text.contains("not measured: too big for free memory"), "{text}");
+        assert!(text.contains("gl: skipped: no libEGL"), "{text}");
+        let json = serde_json::to_value(&bench.rows[2]).unwrap();
+        assert!(json["lava_flow"].is_null() && json["raw"].is_null(), "{json}");
+    }
 }

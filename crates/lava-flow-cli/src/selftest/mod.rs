@@ -64,6 +64,9 @@ pub struct PathResult {
     pub time_ms: Duration,
     /// How many times it ran (more than one under `--soak`).
     pub runs: u32,
+    /// What a passing path checked, where it says (for example "4 MiB checked").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -152,11 +155,35 @@ impl Runner {
             return;
         }
         let outcome = required_or(api, Outcome::Skipped(reason.into()));
-        self.record(PathResult { api, path: path.into(), size, outcome, time_ms: Duration::ZERO, runs: 1 });
+        self.record(PathResult {
+            api,
+            path: path.into(),
+            size,
+            outcome,
+            time_ms: Duration::ZERO,
+            runs: 1,
+            detail: None,
+        });
     }
 
     /// Runs one path; a panic inside it is caught and reported as that path's failure.
     pub fn run(&mut self, api: &'static str, path: &str, size: u64, body: impl FnOnce(&Runner) -> Step) {
+        self.run_detailed(api, path, size, |r| body(r).map(|()| None));
+    }
+
+    /// Runs one path whose body says what it checked.
+    ///
+    /// `api` names what the path needs, joined by `+` where it needs several ("cuda+semaphores"):
+    /// a skip is a failure when `LAVA_FLOW_REQUIRE` names any of them. A driver's capability
+    /// refusal stays a skip, except for paths that need `semaphores`: there the capability is the
+    /// very thing required.
+    pub fn run_detailed(
+        &mut self,
+        api: &'static str,
+        path: &str,
+        size: u64,
+        body: impl FnOnce(&Runner) -> Step<Option<String>>,
+    ) {
         if !self.wanted(path) {
             return;
         }
@@ -167,14 +194,21 @@ impl Runner {
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self)));
         let time_ms = started.elapsed();
+        let mut detail = None;
         let outcome = match result {
-            Ok(Ok(())) => Outcome::Pass,
+            Ok(Ok(d)) => {
+                detail = d;
+                Outcome::Pass
+            }
             Ok(Err(PathError::Failed(m))) => Outcome::Fail(m),
             Ok(Err(PathError::Unavailable(m))) => required_or(api, Outcome::Skipped(m)),
+            Ok(Err(PathError::Unsupported(m))) if api.split('+').any(|a| a == "semaphores") => {
+                required_or(api, Outcome::Skipped(m))
+            }
             Ok(Err(PathError::Unsupported(m))) => Outcome::Skipped(m),
             Err(panic) => Outcome::Fail(format!("panicked: {}", panic_text(&panic))),
         };
-        self.record(PathResult { api, path: path.into(), size, outcome, time_ms, runs: 1 });
+        self.record(PathResult { api, path: path.into(), size, outcome, time_ms, runs: 1, detail });
     }
 
     fn record(&mut self, r: PathResult) {
@@ -185,10 +219,10 @@ impl Runner {
     }
 }
 
-/// A skip of an API that `LAVA_FLOW_REQUIRE` names is a failure.
+/// A skip of an API that `LAVA_FLOW_REQUIRE` names is a failure (`api` may join several with `+`).
 fn required_or(api: &str, outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Skipped(reason) if lava_flow::testing::is_required(api) => {
+        Outcome::Skipped(reason) if api.split('+').any(lava_flow::testing::is_required) => {
             Outcome::Fail(format!("{api} is required (LAVA_FLOW_REQUIRE) but the path was skipped: {reason}"))
         }
         other => other,
@@ -305,6 +339,7 @@ pub fn run(args: &Args) -> CmdResult {
             outcome: fd_outcome,
             time_ms: Duration::ZERO,
             runs: 1,
+            detail: None,
         });
         let grown = report.rss_kib_after.saturating_sub(report.rss_kib_before);
         results.push(PathResult {
@@ -321,6 +356,7 @@ pub fn run(args: &Args) -> CmdResult {
             },
             time_ms: Duration::ZERO,
             runs: 1,
+            detail: None,
         });
         soak = Some(report);
     }
@@ -347,13 +383,17 @@ pub fn run(args: &Args) -> CmdResult {
         for r in &results {
             let time = if r.runs > 1 {
                 format!("{} x{}", table::duration(r.time_ms / r.runs), r.runs)
-            } else if r.time_ms.is_zero() {
+            } else if r.time_ms.is_zero() || matches!(r.outcome, Outcome::Skipped(_)) {
                 "-".into()
             } else {
                 table::duration(r.time_ms)
             };
             let size = if r.size == 0 { "-".into() } else { table::bytes(r.size) };
-            t.row([r.path.clone(), size, time, outcome_text(&r.outcome)]);
+            let result = match (&r.outcome, &r.detail) {
+                (Outcome::Pass, Some(d)) => format!("PASS ({d})"),
+                (o, _) => outcome_text(o),
+            };
+            t.row([r.path.clone(), size, time, result]);
         }
         crate::emit(&format!("{}\n{passed} passed, {failed} failed, {skipped} skipped\n", t.render(0)))?;
     }
