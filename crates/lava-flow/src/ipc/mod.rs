@@ -1,1 +1,3 @@
-//! Handing exported objects to another process over Unix sockets.
+//! Handing exported objects to another process over Unix-domain sockets.
+
+pub mod fd_passing;
