@@ -185,6 +185,10 @@ pub struct GlDeviceInfo {
     pub semaphore_fd: bool,
     /// What imports, in words ("opaque-fd memory", "opaque-fd binary semaphores").
     pub imports: Vec<&'static str>,
+    /// Whether the driver places buffers and textures at the offset given to
+    /// `glBufferStorageMemEXT` / `glTexStorageMem*EXT`. llvmpipe ignores it (every resource starts
+    /// at the memory object's first byte), so lava-flow refuses non-zero offsets there.
+    pub honours_memory_offset: bool,
 }
 
 fn serialize_identity<S: serde::Serializer>(id: &DeviceIdentity, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -311,9 +315,13 @@ impl CurrentGl<'_> {
 
 pub(crate) fn gl_error(call: &'static str, code: u32, action: impl Into<String>, info: &GlDeviceInfo) -> Error {
     let advice = match code {
-        f::OUT_OF_MEMORY => "the driver has no room for the object, or refuses its size: free GL objects or import less",
+        f::OUT_OF_MEMORY => {
+            "the driver has no room for the object, or refuses its size: free GL objects or import less"
+        }
         f::INVALID_VALUE => "a size, offset or handle was refused: pass the export's description unchanged",
-        f::INVALID_OPERATION => "the object is in a state that forbids this call (already has storage, or the extension is absent)",
+        f::INVALID_OPERATION => {
+            "the object is in a state that forbids this call (already has storage, or the extension is absent)"
+        }
         f::INVALID_ENUM => "the driver does not accept this format or target",
         f::CONTEXT_LOST => "the GL context was lost: create a new GlContext",
         _ => "see `lava-flow info` for what this GL device supports",
@@ -528,6 +536,7 @@ impl GlInner {
             memory_object_fd: false,
             semaphore_fd: false,
             imports: Vec::new(),
+            honours_memory_offset: true,
         };
         let mut inner = GlInner {
             egl,
@@ -608,6 +617,9 @@ impl GlInner {
             uuids.push(Uuid(device));
         }
         gl.check("glGetUnsignedBytei_vEXT", "reading GL_DEVICE_UUID_EXT and GL_DRIVER_UUID_EXT")?;
+        // llvmpipe's resource_from_memobj drops the offset (Mesa 22.3, and later versions read the
+        // same way): a resource at offset N would alias the allocation's first bytes.
+        info.honours_memory_offset = !info.renderer.starts_with("llvmpipe");
         info.identity = DeviceIdentity { device_uuid: uuids[0], driver_uuid: Uuid(driver), luid: None };
         info.imports = [
             (info.memory_object_fd, "opaque-fd memory (buffers, textures)"),

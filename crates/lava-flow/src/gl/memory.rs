@@ -12,12 +12,13 @@ use super::context::{gl_error, CurrentGl, GlContext};
 use super::functions::{self as f, GLenum, GLint, GLuint};
 use crate::{Error, Result};
 
-/// Bytes llvmpipe needs between a GL buffer's end and its memory object's end.
+/// Bytes by which llvmpipe needs a memory object to be larger than any GL buffer placed in it.
 ///
 /// llvmpipe (Mesa's software GL) refuses `glBufferStorageMemEXT` with `GL_OUT_OF_MEMORY` when the
-/// buffer reaches the end of the imported allocation, and accepts one that ends at least this many
-/// bytes before it. Allocations meant for GL buffers must therefore be this much larger than
-/// `offset + size` (see docs/GL.md). NVIDIA has no such rule.
+/// buffer's size is within this many bytes of the whole allocation's size (Mesa 22.3 compares the
+/// size alone, whatever the offset). Allocations meant for GL buffers must therefore be at least
+/// `size + GL_BUFFER_SLACK` bytes: Vulkan's `BufferOptions::allocation_padding(GL_BUFFER_SLACK)`
+/// (see docs/GL.md). NVIDIA has no such rule.
 pub const GL_BUFFER_SLACK: u64 = 8;
 
 /// Checks that `fd` can be a GPU driver's memory export before a driver reads it: pipes, sockets
@@ -27,7 +28,8 @@ pub(crate) fn check_memory_fd(fd: BorrowedFd<'_>, allocation_size: u64, what: &s
     let invalid = |reason: String| Error::InvalidHandle {
         what: what.to_string(),
         reason,
-        advice: "pass the fd exactly as the exporter (Vulkan's vkGetMemoryFdKHR, lava-flow's export_fd) returned it".into(),
+        advice: "pass the fd exactly as the exporter (Vulkan's vkGetMemoryFdKHR, lava-flow's export_fd) returned it"
+            .into(),
     };
     let st = rustix::fs::fstat(fd).map_err(|e| invalid(format!("fstat failed ({e})")))?;
     let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
@@ -78,6 +80,7 @@ impl GlContext {
     /// (`glBufferStorageMemEXT`). Consumes the fd on success; closes it once on failure.
     pub fn import_buffer(&self, buffer: ExportedBuffer) -> Result<GlBuffer> {
         check_buffer_range(&buffer.buffer, &buffer.memory.description)?;
+        check_offset(self.info(), buffer.buffer.offset, "buffer", "glBufferStorageMemEXT")?;
         let memory = self.import_memory(buffer.memory)?;
         memory.buffer(buffer.buffer)
     }
@@ -87,6 +90,7 @@ impl GlContext {
     /// once on failure.
     pub fn import_texture(&self, texture: ExportedTexture) -> Result<GlTexture> {
         let plan = TexturePlan::new(&texture.texture, &texture.memory.description, self.is_desktop())?;
+        check_offset(self.info(), texture.texture.offset, "texture", "glTexStorageMem*EXT")?;
         let memory = self.import_memory(texture.memory)?;
         memory.texture_with(&texture.texture, plan)
     }
@@ -137,14 +141,10 @@ fn import_memory_object(
     }
     // SAFETY: `handle` is an open fd we own; GL takes ownership only if the import succeeds.
     unsafe {
-        (gl.import_memory_fd_ext)(
-            name,
-            description.allocation_size,
-            f::HANDLE_TYPE_OPAQUE_FD_EXT,
-            handle.as_raw_fd(),
-        )
+        (gl.import_memory_fd_ext)(name, description.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, handle.as_raw_fd())
     };
-    let imported = gl.check("glImportMemoryFdEXT", format!("importing a {}-byte allocation", description.allocation_size));
+    let imported =
+        gl.check("glImportMemoryFdEXT", format!("importing a {}-byte allocation", description.allocation_size));
     // SAFETY: current context; any name is a valid argument.
     let is_object = unsafe { (gl.is_memory_object_ext)(name) } != 0;
     match (imported, is_object) {
@@ -168,6 +168,24 @@ fn import_memory_object(
             }))
         }
     }
+}
+
+/// Refuses a non-zero offset on a driver that would ignore it (llvmpipe).
+fn check_offset(info: &super::GlDeviceInfo, offset: u64, what: &str, call: &str) -> Result<()> {
+    if offset != 0 && !info.honours_memory_offset {
+        return Err(Error::unsupported(
+            format!("a GL {what} at offset {offset} of an imported allocation on {}", info.renderer),
+            format!(
+                "{} ignores the offset given to {call} and would place the {what} at the allocation's first byte",
+                info.renderer
+            ),
+            "GL_EXT_memory_object places resources at the given offset; llvmpipe's resource_from_memobj does not",
+            format!(
+                "on this driver give each GL {what} its own allocation (offset 0): a dedicated Vulkan allocation rather than a suballocated block"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_buffer_range(buffer: &BufferDescription, memory: &MemoryDescription) -> Result<()> {
@@ -201,12 +219,17 @@ impl GlMemory {
         &self.ctx
     }
 
+    fn check_offset(&self, offset: u64, what: &str, call: &str) -> Result<()> {
+        check_offset(self.ctx.info(), offset, what, call)
+    }
+
     /// Places a GL buffer over `range` of this memory (`glBufferStorageMemEXT` at its offset).
     ///
     /// llvmpipe refuses a buffer that reaches the allocation's end; that refusal comes back as
     /// [`Error::Unsupported`] naming the rule ([`GL_BUFFER_SLACK`]).
     pub fn buffer(self: &Arc<Self>, range: BufferDescription) -> Result<GlBuffer> {
         check_buffer_range(&range, &self.description)?;
+        self.check_offset(range.offset, "buffer", "glBufferStorageMemEXT")?;
         let gl = self.ctx.make_current()?;
         let mut name: GLuint = 0;
         gl.clear_errors();
@@ -216,10 +239,8 @@ impl GlMemory {
             (gl.bind_buffer)(f::COPY_WRITE_BUFFER, name);
             (gl.buffer_storage_mem_ext)(f::COPY_WRITE_BUFFER, range.size as isize, self.name, range.offset);
         }
-        let stored = gl.check(
-            "glBufferStorageMemEXT",
-            format!("placing a {}-byte buffer at offset {}", range.size, range.offset),
-        );
+        let stored = gl
+            .check("glBufferStorageMemEXT", format!("placing a {}-byte buffer at offset {}", range.size, range.offset));
         // SAFETY: current context; unbinding.
         unsafe { (gl.bind_buffer)(f::COPY_WRITE_BUFFER, 0) };
         if let Err(e) = stored {
@@ -228,7 +249,7 @@ impl GlMemory {
             gl.clear_errors();
             let end = range.offset + range.size;
             let refused_oom = matches!(&e, Error::Api { code, .. } if code == "GL_OUT_OF_MEMORY");
-            if refused_oom && end + GL_BUFFER_SLACK > self.description.allocation_size {
+            if refused_oom && range.size + GL_BUFFER_SLACK > self.description.allocation_size {
                 return Err(Error::unsupported(
                     format!(
                         "a GL buffer over bytes {}..{end} of a {}-byte allocation on {}",
@@ -236,12 +257,12 @@ impl GlMemory {
                         self.description.allocation_size,
                         self.ctx.info().renderer
                     ),
-                    "glBufferStorageMemEXT returned GL_OUT_OF_MEMORY: the buffer reaches the allocation's end",
+                    "glBufferStorageMemEXT returned GL_OUT_OF_MEMORY: the buffer is as large as the whole allocation, or nearly",
                     format!(
-                        "llvmpipe places a GL buffer only where it ends at least {GL_BUFFER_SLACK} bytes before the end of its memory object"
+                        "llvmpipe places a GL buffer in a memory object only if the object is at least {GL_BUFFER_SLACK} bytes larger than the buffer"
                     ),
                     format!(
-                        "allocate the Vulkan memory at least {GL_BUFFER_SLACK} bytes larger than offset + size (docs/GL.md, \"Buffer slack\")"
+                        "allocate the Vulkan memory at least {GL_BUFFER_SLACK} bytes larger than the buffer: BufferOptions::allocation_padding(lava_flow::gl::GL_BUFFER_SLACK) (docs/GL.md, \"Buffer slack\")"
                     ),
                 ));
             }
@@ -257,6 +278,7 @@ impl GlMemory {
     }
 
     fn texture_with(self: &Arc<Self>, description: &TextureDescription, plan: TexturePlan) -> Result<GlTexture> {
+        self.check_offset(description.offset, "texture", "glTexStorageMem*EXT")?;
         let gl = self.ctx.make_current()?;
         let d = description;
         let (w, h, depth) = (d.extent.width as i32, d.extent.height as i32, d.extent.depth as i32);
@@ -271,11 +293,15 @@ impl GlMemory {
             (gl.tex_parameteri)(plan.target, f::TEXTURE_MIN_FILTER, f::NEAREST);
             (gl.tex_parameteri)(plan.target, f::TEXTURE_MAG_FILTER, f::NEAREST);
             match d.dimension {
-                TextureDimension::D1 => (gl.tex_storage_mem_1d_ext)(plan.target, 1, plan.internal, w, self.name, d.offset),
+                TextureDimension::D1 => {
+                    (gl.tex_storage_mem_1d_ext)(plan.target, 1, plan.internal, w, self.name, d.offset)
+                }
                 TextureDimension::D1Array => {
                     (gl.tex_storage_mem_2d_ext)(plan.target, 1, plan.internal, w, layers, self.name, d.offset)
                 }
-                TextureDimension::D2 => (gl.tex_storage_mem_2d_ext)(plan.target, 1, plan.internal, w, h, self.name, d.offset),
+                TextureDimension::D2 => {
+                    (gl.tex_storage_mem_2d_ext)(plan.target, 1, plan.internal, w, h, self.name, d.offset)
+                }
                 TextureDimension::D2Array => {
                     (gl.tex_storage_mem_3d_ext)(plan.target, 1, plan.internal, w, h, layers, self.name, d.offset)
                 }
@@ -363,11 +389,15 @@ pub fn gl_formats(format: TextureFormat) -> (GLenum, GLenum, GLenum) {
 
 impl TexturePlan {
     fn new(d: &TextureDescription, memory: &MemoryDescription, desktop: bool) -> Result<TexturePlan> {
-        d.validate().map_err(|e| Error::invalid("texture description", e.0, "pass the export's description unchanged"))?;
+        d.validate()
+            .map_err(|e| Error::invalid("texture description", e.0, "pass the export's description unchanged"))?;
         if d.offset.checked_add(d.size).is_none_or(|end| end > memory.allocation_size) {
             return Err(Error::invalid(
                 "texture range",
-                format!("{} bytes at offset {} exceed the {}-byte allocation", d.size, d.offset, memory.allocation_size),
+                format!(
+                    "{} bytes at offset {} exceed the {}-byte allocation",
+                    d.size, d.offset, memory.allocation_size
+                ),
                 "pass the export's texture description unchanged",
             ));
         }
@@ -515,7 +545,12 @@ impl GlBuffer {
             };
             gl.check("glMapBufferRange", format!("reading {len} bytes of GL buffer {}", self.name))?;
             if !mapped_ok {
-                return Err(gl_error("glMapBufferRange", f::INVALID_OPERATION, "mapping a staging buffer", gl_info(self)));
+                return Err(gl_error(
+                    "glMapBufferRange",
+                    f::INVALID_OPERATION,
+                    "mapping a staging buffer",
+                    gl_info(self),
+                ));
             }
         }
         Ok(out)
@@ -538,7 +573,13 @@ impl GlBuffer {
             (gl.bind_buffer)(f::COPY_READ_BUFFER, staging);
             (gl.buffer_data)(f::COPY_READ_BUFFER, data.len() as isize, data.as_ptr().cast(), f::STREAM_DRAW);
             (gl.bind_buffer)(f::COPY_WRITE_BUFFER, self.name);
-            (gl.copy_buffer_sub_data)(f::COPY_READ_BUFFER, f::COPY_WRITE_BUFFER, 0, offset as isize, data.len() as isize);
+            (gl.copy_buffer_sub_data)(
+                f::COPY_READ_BUFFER,
+                f::COPY_WRITE_BUFFER,
+                0,
+                offset as isize,
+                data.len() as isize,
+            );
             (gl.bind_buffer)(f::COPY_WRITE_BUFFER, 0);
             (gl.bind_buffer)(f::COPY_READ_BUFFER, 0);
             (gl.delete_buffers)(1, &staging);
@@ -661,7 +702,13 @@ impl GlTexture {
                 if p.target == f::TEXTURE_2D {
                     (gl.framebuffer_texture_2d)(f::READ_FRAMEBUFFER, f::COLOR_ATTACHMENT0, p.target, self.name, 0);
                 } else {
-                    (gl.framebuffer_texture_layer)(f::READ_FRAMEBUFFER, f::COLOR_ATTACHMENT0, self.name, 0, layer as i32);
+                    (gl.framebuffer_texture_layer)(
+                        f::READ_FRAMEBUFFER,
+                        f::COLOR_ATTACHMENT0,
+                        self.name,
+                        0,
+                        layer as i32,
+                    );
                 }
                 if (gl.check_framebuffer_status)(f::READ_FRAMEBUFFER) != f::FRAMEBUFFER_COMPLETE {
                     complete = false;

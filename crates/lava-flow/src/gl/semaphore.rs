@@ -213,12 +213,20 @@ impl GlSemaphore {
     fn barrier(&self, wait: bool, buffers: &[&GlBuffer], textures: &[(&GlTexture, TextureLayout)]) -> Result<()> {
         for b in buffers {
             if !std::sync::Arc::ptr_eq(&b.context().inner, &self.ctx.inner) {
-                return Err(Error::invalid("GL semaphore barrier", "a buffer belongs to another GL context", "use objects of one context"));
+                return Err(Error::invalid(
+                    "GL semaphore barrier",
+                    "a buffer belongs to another GL context",
+                    "use objects of one context",
+                ));
             }
         }
         for (t, _) in textures {
             if !std::sync::Arc::ptr_eq(&t.context().inner, &self.ctx.inner) {
-                return Err(Error::invalid("GL semaphore barrier", "a texture belongs to another GL context", "use objects of one context"));
+                return Err(Error::invalid(
+                    "GL semaphore barrier",
+                    "a texture belongs to another GL context",
+                    "use objects of one context",
+                ));
             }
         }
         let buffer_names: Vec<GLuint> = buffers.iter().map(|b| b.name()).collect();
