@@ -170,6 +170,24 @@ fn import_memory_object(
     }
 }
 
+/// Mesa's glImportMemoryFdEXT raises no error when the fd is not its memory; the failure shows
+/// as GL_OUT_OF_MEMORY when storage is placed. Say so rather than blame memory pressure.
+fn explain_storage_oom(e: Error) -> Error {
+    match e {
+        Error::Api { api, action, call, code, .. } if code == "GL_OUT_OF_MEMORY" => Error::Api {
+            api,
+            action,
+            call,
+            code,
+            advice: "the driver could not place storage in the memory object: it is out of memory, or the imported fd \
+                     was not an export of this driver's memory (Mesa reports a failed glImportMemoryFdEXT only here); \
+                     pass the fd and description exactly as exported"
+                .into(),
+        },
+        other => other,
+    }
+}
+
 /// Refuses a non-zero offset on a driver that would ignore it (llvmpipe).
 fn check_offset(info: &super::GlDeviceInfo, offset: u64, what: &str, call: &str) -> Result<()> {
     if offset != 0 && !info.honours_memory_offset {
@@ -266,7 +284,7 @@ impl GlMemory {
                     ),
                 ));
             }
-            return Err(e);
+            return Err(explain_storage_oom(e));
         }
         Ok(GlBuffer { memory: Arc::clone(self), name, description: range })
     }
@@ -335,7 +353,7 @@ impl GlMemory {
             // SAFETY: deleting the texture we generated.
             unsafe { (gl.delete_textures)(1, &name) };
             gl.clear_errors();
-            return Err(e);
+            return Err(explain_storage_oom(e));
         }
         Ok(GlTexture { memory: Arc::clone(self), name, plan, description: description.clone() })
     }
