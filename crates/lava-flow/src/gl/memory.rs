@@ -1,6 +1,6 @@
 //! Memory objects (`GL_EXT_memory_object_fd`), and the buffers and textures placed in them.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use raw_gpu_handle::{
@@ -20,35 +20,6 @@ use crate::{Error, Result};
 /// `size + GL_BUFFER_SLACK` bytes: Vulkan's `BufferOptions::allocation_padding(GL_BUFFER_SLACK)`
 /// (see docs/GL.md). NVIDIA has no such rule.
 pub const GL_BUFFER_SLACK: u64 = 8;
-
-/// Checks that `fd` can be a GPU driver's memory export before a driver reads it: pipes, sockets
-/// and directories never are (and llvmpipe would block reading a pipe); a regular file must be an
-/// unlinked shared-memory file (memfd, what Mesa exports) at least `allocation_size` long.
-pub(crate) fn check_memory_fd(fd: BorrowedFd<'_>, allocation_size: u64, what: &str) -> Result<()> {
-    let invalid = |reason: String| Error::InvalidHandle {
-        what: what.to_string(),
-        reason,
-        advice: "pass the fd exactly as the exporter (Vulkan's vkGetMemoryFdKHR, lava-flow's export_fd) returned it"
-            .into(),
-    };
-    let st = rustix::fs::fstat(fd).map_err(|e| invalid(format!("fstat failed ({e})")))?;
-    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-    use rustix::fs::FileType as T;
-    match kind {
-        T::Fifo | T::Socket | T::Directory | T::Symlink | T::BlockDevice => {
-            Err(invalid(format!("it is a {kind:?}, which no GPU driver exports memory as")))
-        }
-        T::RegularFile if st.st_nlink > 0 => Err(invalid(format!(
-            "it is a regular file with {} link(s) in a file system, not an exported allocation (drivers export unlinked shared memory or device handles)",
-            st.st_nlink
-        ))),
-        T::RegularFile if (st.st_size as u64) < allocation_size => Err(invalid(format!(
-            "it holds {} bytes, fewer than the {allocation_size}-byte allocation its description claims",
-            st.st_size
-        ))),
-        _ => Ok(()),
-    }
-}
 
 /// The GL view of an exported allocation: a memory object (`glCreateMemoryObjectsEXT` +
 /// `glImportMemoryFdEXT`). Buffers and textures placed in it hold an `Arc` to it; it holds the
@@ -128,7 +99,8 @@ fn import_memory_object(
             "pass the exporter's description unchanged",
         ));
     }
-    check_memory_fd(handle.as_fd(), description.allocation_size, "GL memory import")?;
+    // Before GL sees it: llvmpipe would block reading a pipe, and map any file it is given.
+    let handle = crate::fd::check_memory_fd(handle, "GL memory import", description.allocation_size, false)?;
     let mut name: GLuint = 0;
     gl.clear_errors();
     // SAFETY: current context with GL_EXT_memory_object; one name out.

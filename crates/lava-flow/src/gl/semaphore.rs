@@ -143,18 +143,23 @@ impl GlContext {
         }
         // Opaque semaphore fds follow the opaque memory rule: same device, same driver.
         raw_gpu_handle::check_compatible(MemoryHandleKind::OpaqueFd, &description.device, &self.identity())?;
-        let st = rustix::fs::fstat(&handle).map_err(|e| Error::InvalidHandle {
-            what: "GL semaphore import".into(),
-            reason: format!("fstat failed ({e})"),
-            advice: "pass the fd as exported".into(),
-        })?;
-        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-        if matches!(kind, rustix::fs::FileType::Fifo | rustix::fs::FileType::Socket | rustix::fs::FileType::Directory)
-            || (kind == rustix::fs::FileType::RegularFile && st.st_nlink > 0)
-        {
+        let kind = crate::fd::inspect(std::os::fd::AsFd::as_fd(&handle));
+        if matches!(
+            kind,
+            crate::fd::FdKind::Closed
+                | crate::fd::FdKind::Pipe
+                | crate::fd::FdKind::Socket
+                | crate::fd::FdKind::Directory
+                | crate::fd::FdKind::RegularFile { .. }
+                | crate::fd::FdKind::Memfd { .. }
+        ) {
+            if kind == crate::fd::FdKind::Closed {
+                // Not an open fd: closing the number could close someone else's fd.
+                std::mem::forget(handle);
+            }
             return Err(Error::InvalidHandle {
                 what: "GL semaphore import".into(),
-                reason: format!("it is a {kind:?}, not a semaphore export"),
+                reason: format!("it is {}, not a semaphore export", kind.describe()),
                 advice: "pass the fd vkGetSemaphoreFdKHR returned".into(),
             });
         }
