@@ -129,3 +129,31 @@ pub(crate) fn check_memory_fd(fd: OwnedFd, what: &str, min_size: u64, host_memor
         other => Err(refuse(format!("it is {}, which no GPU driver exports as memory", other.describe()))),
     }
 }
+
+/// Runs an import that takes ownership of an fd on success (Vulkan, CUDA, GL and OpenCL imports
+/// all do), handing it a duplicate so the caller's fd is consumed exactly once whatever the driver
+/// does on failure. Some drivers close the fd even when the import fails (NVIDIA's Vulkan driver
+/// does for a wrong allocation size), which would make a plain "close it on failure" rule close it
+/// twice. After a failure the duplicate is closed only if its number still names the same file.
+pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) -> Result<T>) -> Result<T> {
+    let dup =
+        rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| Error::io("duplicating an fd for import", e.into()))?;
+    let identity = |f: BorrowedFd<'_>| rustix::fs::fstat(f).ok().map(|s| (s.st_dev, s.st_ino));
+    let before = identity(std::os::fd::AsFd::as_fd(&dup));
+    let raw = dup.as_raw_fd();
+    // From here the duplicate may be owned by the driver; we only track its number.
+    let raw_dup = std::os::fd::IntoRawFd::into_raw_fd(dup);
+    let result = import(raw);
+    drop(fd); // the caller's fd: consumed in every case
+    if result.is_err() {
+        // SAFETY: we only borrow the number to compare identities; it is not closed here.
+        let still_ours = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw_dup) }).is_ok()
+            // SAFETY: as above.
+            && identity(unsafe { BorrowedFd::borrow_raw(raw_dup) }) == before;
+        if still_ours {
+            // SAFETY: the driver did not take or close the duplicate, so we still own it.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw_dup) });
+        }
+    }
+    result
+}

@@ -2,7 +2,7 @@
 //! from shareable host memory. Buffers and images hold it in an `Arc`, so it is freed only after
 //! the last resource bound to it is destroyed.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -210,50 +210,44 @@ impl DeviceMemory {
                 )
             })?;
         }
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        let mut import_info = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw);
-        let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
-        let mut info = vk::MemoryAllocateInfo::default()
-            .allocation_size(d.allocation_size)
-            .memory_type_index(type_index)
-            .push_next(&mut import_info);
-        if let Some(target) = dedicated {
-            dedicated_info = match target {
-                DedicatedTo::Buffer(b) => dedicated_info.buffer(b),
-                DedicatedTo::Image(i) => dedicated_info.image(i),
-            };
-            info = info.push_next(&mut dedicated_info);
-        }
-        // SAFETY: info and its chain live across the call; fd is an open fd we own.
-        match unsafe { ctx.device().allocate_memory(&info, None) } {
-            Ok(memory) => {
-                // Vulkan owns the fd now (VK_KHR_external_memory_fd: a successful import transfers
-                // ownership); forget our copy of the number.
-                let _ = fd.into_raw_fd();
-                Ok(Self::wrap(
-                    ctx,
-                    memory,
-                    d.allocation_size,
-                    type_index,
-                    None,
-                    dedicated.is_some(),
-                    MemoryOrigin::Imported,
-                    d.allocation_id.unwrap_or_else(next_allocation_id),
-                    None,
-                ))
+        let allocation_size = d.allocation_size;
+        crate::fd::import_consuming(fd, |raw| {
+            let mut import_info = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw);
+            let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
+            let mut info = vk::MemoryAllocateInfo::default()
+                .allocation_size(allocation_size)
+                .memory_type_index(type_index)
+                .push_next(&mut import_info);
+            if let Some(target) = dedicated {
+                dedicated_info = match target {
+                    DedicatedTo::Buffer(b) => dedicated_info.buffer(b),
+                    DedicatedTo::Image(i) => dedicated_info.image(i),
+                };
+                info = info.push_next(&mut dedicated_info);
             }
-            Err(r) => {
-                drop(fd); // the import failed, so the fd is still ours: close it once
-                Err(Error::vk(
+            // SAFETY: info and its chain live across the call; raw is an open fd handed to Vulkan.
+            let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
+                Error::vk(
                     "vkAllocateMemory",
                     r,
                     format!(
-                        "importing {} bytes of {} memory (type {type_index}) from {}",
-                        d.allocation_size, d.handle_kind, d.device
+                        "importing {allocation_size} bytes of {} memory (type {type_index}) from {}",
+                        d.handle_kind, d.device
                     ),
-                ))
-            }
-        }
+                )
+            })?;
+            Ok(Self::wrap(
+                ctx,
+                memory,
+                allocation_size,
+                type_index,
+                None,
+                dedicated.is_some(),
+                MemoryOrigin::Imported,
+                d.allocation_id.unwrap_or_else(next_allocation_id),
+                None,
+            ))
+        })
     }
 
     fn check_description(ctx: &VulkanContext, d: &MemoryDescription, dedicated: Option<DedicatedTo>) -> Result<()> {
