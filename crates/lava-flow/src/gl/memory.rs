@@ -1,6 +1,6 @@
 //! Memory objects (`GL_EXT_memory_object_fd`), and the buffers and textures placed in them.
 
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use raw_gpu_handle::{
@@ -111,35 +111,31 @@ fn import_memory_object(
         // SAFETY: a fresh memory object (mutable until imported); one GLint in.
         unsafe { (gl.memory_object_parameteriv_ext)(name, f::DEDICATED_MEMORY_OBJECT_EXT, &one) };
     }
-    // SAFETY: `handle` is an open fd we own; GL takes ownership only if the import succeeds.
-    unsafe {
-        (gl.import_memory_fd_ext)(name, description.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, handle.as_raw_fd())
-    };
-    let imported =
-        gl.check("glImportMemoryFdEXT", format!("importing a {}-byte allocation", description.allocation_size));
-    // SAFETY: current context; any name is a valid argument.
-    let is_object = unsafe { (gl.is_memory_object_ext)(name) } != 0;
-    match (imported, is_object) {
-        (Ok(()), true) => {
-            // GL owns the fd now (EXT_external_objects_fd: a successful import transfers it).
-            let _ = handle.into_raw_fd();
-            Ok(name)
-        }
-        (result, _) => {
-            // SAFETY: deleting a name we created (or 0-like unused names, which GL ignores).
-            unsafe { (gl.delete_memory_objects_ext)(1, &name) };
-            gl.clear_errors();
-            // The import failed, so the fd is still ours: dropping `handle` closes it once.
-            drop(handle);
-            Err(result.err().unwrap_or_else(|| Error::Api {
+    // GL gets a duplicate: the caller's fd is consumed exactly once whether the driver takes the
+    // duplicate (success), leaves it (failure, closed here) or closes it itself (some drivers do).
+    let imported = crate::fd::import_consuming(handle, |raw| {
+        // SAFETY: `raw` is an open fd handed to GL; GL takes it if the import succeeds.
+        unsafe { (gl.import_memory_fd_ext)(name, description.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
+        gl.check("glImportMemoryFdEXT", format!("importing a {}-byte allocation", description.allocation_size))?;
+        // SAFETY: current context; any name is a valid argument.
+        if unsafe { (gl.is_memory_object_ext)(name) } == 0 {
+            return Err(Error::Api {
                 api: "OpenGL",
                 action: "importing memory".into(),
                 call: "glIsMemoryObjectEXT",
                 code: "GL_FALSE after glImportMemoryFdEXT".into(),
                 advice: "the driver did not create the memory object: check the export".into(),
-            }))
+            });
         }
+        Ok(())
+    });
+    if let Err(e) = imported {
+        // SAFETY: deleting the name we created.
+        unsafe { (gl.delete_memory_objects_ext)(1, &name) };
+        gl.clear_errors();
+        return Err(e);
     }
+    Ok(name)
 }
 
 /// Mesa's glImportMemoryFdEXT raises no error when the fd is not its memory; the failure shows

@@ -1,7 +1,5 @@
 //! Binary semaphores imported with `GL_EXT_semaphore_fd`, and the texture layouts GL hands over.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
-
 use ash::vk;
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
 
@@ -168,31 +166,30 @@ impl GlContext {
         gl.clear_errors();
         // SAFETY: current context with GL_EXT_semaphore; one name out.
         unsafe { (gl.gen_semaphores_ext)(1, &mut name) };
-        // SAFETY: `handle` is an open fd we own; GL takes it only if the import succeeds.
-        unsafe { (gl.import_semaphore_fd_ext)(name, f::HANDLE_TYPE_OPAQUE_FD_EXT, handle.as_raw_fd()) };
-        let imported = gl.check("glImportSemaphoreFdEXT", "importing a binary semaphore");
-        // SAFETY: current context.
-        let is_semaphore = unsafe { (gl.is_semaphore_ext)(name) } != 0;
-        match (imported, is_semaphore) {
-            (Ok(()), true) => {
-                let _ = handle.into_raw_fd();
-                drop(gl);
-                Ok(GlSemaphore { ctx: self.clone(), name })
-            }
-            (result, _) => {
-                // SAFETY: current context; our semaphore name.
-                unsafe { (gl.delete_semaphores_ext)(1, &name) };
-                gl.clear_errors();
-                drop(handle);
-                Err(result.err().unwrap_or_else(|| Error::Api {
+        let imported = crate::fd::import_consuming(handle, |raw| {
+            // SAFETY: `raw` is an open fd handed to GL; GL takes it if the import succeeds.
+            unsafe { (gl.import_semaphore_fd_ext)(name, f::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
+            gl.check("glImportSemaphoreFdEXT", "importing a binary semaphore")?;
+            // SAFETY: current context.
+            if unsafe { (gl.is_semaphore_ext)(name) } == 0 {
+                return Err(Error::Api {
                     api: "OpenGL",
                     action: "importing a semaphore".into(),
                     call: "glIsSemaphoreEXT",
                     code: "GL_FALSE after glImportSemaphoreFdEXT".into(),
                     advice: "the driver did not create the semaphore: check the export".into(),
-                }))
+                });
             }
+            Ok(())
+        });
+        if let Err(e) = imported {
+            // SAFETY: current context; our semaphore name.
+            unsafe { (gl.delete_semaphores_ext)(1, &name) };
+            gl.clear_errors();
+            return Err(e);
         }
+        drop(gl);
+        Ok(GlSemaphore { ctx: self.clone(), name })
     }
 }
 

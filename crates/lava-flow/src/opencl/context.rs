@@ -324,7 +324,11 @@ impl ClContext {
                             f.info.device_index,
                             f.info.platform,
                             f.info.name,
-                            if f.info.device_uuid { f.info.identity.to_string() } else { "(no cl_khr_device_uuid)".into() }
+                            if f.info.device_uuid {
+                                f.info.identity.to_string()
+                            } else {
+                                "(no cl_khr_device_uuid)".into()
+                            }
                         )
                     })
                     .collect::<Vec<_>>()
@@ -455,9 +459,8 @@ impl ClContext {
         let mems: Vec<cl_mem> = objects.iter().map(|o| o.imported_mem()).collect();
         let mut event: cl::cl_event = std::ptr::null_mut();
         // SAFETY: queue and mem objects are valid (the objects are borrowed); one event out.
-        let code = unsafe {
-            f(self.inner.queue, mems.len() as cl_uint, mems.as_ptr(), 0, std::ptr::null(), &mut event)
-        };
+        let code =
+            unsafe { f(self.inner.queue, mems.len() as cl_uint, mems.as_ptr(), 0, std::ptr::null(), &mut event) };
         if !event.is_null() {
             // SAFETY: the event was returned to us; the queue keeps the command alive.
             let _ = unsafe { cl3::event::release_event(event) };

@@ -1,7 +1,5 @@
 //! Buffers and images imported with cl_khr_external_memory_opaque_fd.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
-
 use cl3::ext as cl;
 use cl3::ext::{cl_mem, cl_mem_properties};
 use raw_gpu_handle::{
@@ -88,37 +86,36 @@ impl ClContext {
         if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
             return Err(Error::invalid(
                 "OpenCL buffer range",
-                format!("{} bytes at offset {} do not fit in the {}-byte allocation", desc.size, desc.offset, d.allocation_size),
+                format!(
+                    "{} bytes at offset {} do not fit in the {}-byte allocation",
+                    desc.size, desc.offset, d.allocation_size
+                ),
                 "pass the export's buffer description unchanged",
             ));
         }
         let fd = check_import(self, memory.handle, &d, "OpenCL buffer import")?;
-        let props = properties(self, fd.as_raw_fd());
-        // SAFETY: the property list is 0-terminated and names an fd we own; no host pointer.
-        let created = unsafe {
-            cl3::memory::create_buffer_with_properties(
-                self.context(),
-                props.as_ptr(),
-                cl::CL_MEM_READ_WRITE,
-                d.allocation_size as usize,
-                std::ptr::null_mut(),
-            )
-        };
-        let imported = match created {
-            Ok(m) => {
-                // The driver owns the fd now (a successful import takes it, as CUDA's does).
-                let _ = fd.into_raw_fd();
-                m
+        // OpenCL gets a duplicate, so the caller's fd is consumed exactly once whatever the driver
+        // does with it on failure.
+        let imported = crate::fd::import_consuming(fd, |raw| {
+            let props = properties(self, raw);
+            // SAFETY: the property list is 0-terminated and names an open fd; no host pointer.
+            unsafe {
+                cl3::memory::create_buffer_with_properties(
+                    self.context(),
+                    props.as_ptr(),
+                    cl::CL_MEM_READ_WRITE,
+                    d.allocation_size as usize,
+                    std::ptr::null_mut(),
+                )
             }
-            Err(code) => {
-                drop(fd); // not imported: still ours, closed once here
-                return Err(cl_error(
+            .map_err(|code| {
+                cl_error(
                     "clCreateBufferWithProperties",
                     code,
                     format!("importing a {}-byte allocation from {}", d.allocation_size, d.device),
-                ));
-            }
-        };
+                )
+            })
+        })?;
         let mut buffer =
             ClBuffer { ctx: self.clone(), imported, view: None, description: desc, allocation_size: d.allocation_size };
         if desc.offset != 0 || desc.size != d.allocation_size {
@@ -228,7 +225,9 @@ impl ClBuffer {
             )
         };
         let released = self.ctx.release(&[self]);
-        release_event(written.map_err(|c| cl_error("clEnqueueWriteBuffer", c, format!("writing {} bytes", data.len())))?);
+        release_event(
+            written.map_err(|c| cl_error("clEnqueueWriteBuffer", c, format!("writing {} bytes", data.len())))?,
+        );
         released?;
         self.ctx.finish()
     }
@@ -246,7 +245,9 @@ impl Drop for ClBuffer {
         for mem in self.view.into_iter().chain(std::iter::once(self.imported)) {
             // SAFETY: our reference to a mem object we created.
             if let Err(c) = unsafe { cl3::memory::release_mem_object(mem) } {
-                self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported buffer").to_string());
+                self.ctx
+                    .inner
+                    .defer_error(cl_error("clReleaseMemObject", c, "releasing an imported buffer").to_string());
             }
         }
     }
@@ -304,7 +305,10 @@ impl ClContext {
         t.validate().map_err(|e| Error::invalid("texture description", e.0, "pass the export unchanged"))?;
         if t.offset != 0 || t.size > d.allocation_size {
             return Err(Error::unsupported(
-                format!("an OpenCL image at offset {} ({} bytes) of a {}-byte allocation", t.offset, t.size, d.allocation_size),
+                format!(
+                    "an OpenCL image at offset {} ({} bytes) of a {}-byte allocation",
+                    t.offset, t.size, d.allocation_size
+                ),
                 "cl_khr_external_memory imports images from the start of the allocation",
                 "clCreateImageWithProperties has no offset",
                 "give the image its own allocation (lava-flow's Image does)",
@@ -339,32 +343,28 @@ impl ClContext {
         desc.image_depth = t.extent.depth as usize;
         desc.image_array_size = t.array_layers as usize;
         let fd = check_import(self, memory.handle, &d, "OpenCL image import")?;
-        let props = properties(self, fd.as_raw_fd());
-        // SAFETY: property list 0-terminated with an fd we own; format and desc outlive the call.
-        let created = unsafe {
-            cl3::memory::create_image_with_properties(
-                self.context(),
-                props.as_ptr(),
-                cl::CL_MEM_READ_WRITE,
-                &format,
-                &desc,
-                std::ptr::null_mut(),
-            )
-        };
-        match created {
-            Ok(mem) => {
-                let _ = fd.into_raw_fd();
-                Ok(ClImage { ctx: self.clone(), mem, description: t })
+        let mem = crate::fd::import_consuming(fd, |raw| {
+            let props = properties(self, raw);
+            // SAFETY: property list 0-terminated with an open fd; format and desc outlive the call.
+            unsafe {
+                cl3::memory::create_image_with_properties(
+                    self.context(),
+                    props.as_ptr(),
+                    cl::CL_MEM_READ_WRITE,
+                    &format,
+                    &desc,
+                    std::ptr::null_mut(),
+                )
             }
-            Err(code) => {
-                drop(fd);
-                Err(cl_error(
+            .map_err(|code| {
+                cl_error(
                     "clCreateImageWithProperties",
                     code,
                     format!("importing a {:?} {} image {:?}", t.dimension, t.format, t.extent),
-                ))
-            }
-        }
+                )
+            })
+        })?;
+        Ok(ClImage { ctx: self.clone(), mem, description: t })
     }
 }
 

@@ -1,7 +1,5 @@
 //! Binary semaphores imported with cl_khr_external_semaphore_opaque_fd.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
-
 use cl3::ext as cl;
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
 
@@ -81,38 +79,46 @@ impl ClContext {
                 advice: "pass the fd vkGetSemaphoreFdKHR returned".into(),
             });
         }
-        let with_devices = [
-            cl::CL_SEMAPHORE_TYPE_KHR as u64,
-            cl::CL_SEMAPHORE_TYPE_BINARY_KHR as u64,
-            SEMAPHORE_DEVICE_HANDLE_LIST,
-            self.device() as u64,
-            0, // CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR
-            cl::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR as u64,
-            handle.as_raw_fd() as u64,
-            0,
-        ];
-        let mut code: cl::cl_int = cl::CL_SUCCESS;
-        // SAFETY: the property list is 0-terminated; the fd is open and ours.
-        let mut sem = unsafe { create(self.context(), with_devices.as_ptr(), &mut code) };
-        if code == cl::CL_INVALID_PROPERTY || code == cl::CL_INVALID_VALUE {
-            // Drivers from before cl_khr_semaphore's final device-list enum: the list is optional
-            // for a one-device context, so try without it (the failed call did not take the fd).
-            let without = [
-                cl::CL_SEMAPHORE_TYPE_KHR as u64,
-                cl::CL_SEMAPHORE_TYPE_BINARY_KHR as u64,
-                cl::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR as u64,
-                handle.as_raw_fd() as u64,
-                0,
-            ];
-            // SAFETY: as above.
-            sem = unsafe { create(self.context(), without.as_ptr(), &mut code) };
-        }
-        if code != cl::CL_SUCCESS || sem.is_null() {
-            drop(handle); // not imported: still ours, closed once here
-            return Err(cl_error("clCreateSemaphoreWithPropertiesKHR", code, "importing a binary semaphore"));
-        }
-        let _ = handle.into_raw_fd(); // the driver owns it now
-        Ok(ClSemaphore { ctx: self.clone(), semaphore: sem })
+        let attempt = |fd: std::os::fd::OwnedFd, device_list: bool| {
+            crate::fd::import_consuming(fd, |raw| {
+                let mut props = vec![cl::CL_SEMAPHORE_TYPE_KHR as u64, cl::CL_SEMAPHORE_TYPE_BINARY_KHR as u64];
+                if device_list {
+                    // CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR, the device, CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR.
+                    props.extend([SEMAPHORE_DEVICE_HANDLE_LIST, self.device() as u64, 0]);
+                }
+                props.extend([cl::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR as u64, raw as u64, 0]);
+                let mut code: cl::cl_int = cl::CL_SUCCESS;
+                // SAFETY: the property list is 0-terminated; `raw` is an open fd handed to OpenCL.
+                let sem = unsafe { create(self.context(), props.as_ptr(), &mut code) };
+                if code != cl::CL_SUCCESS || sem.is_null() {
+                    return Err(cl_error("clCreateSemaphoreWithPropertiesKHR", code, "importing a binary semaphore"));
+                }
+                Ok(sem)
+            })
+        };
+        let first = match handle.try_clone() {
+            Ok(copy) => Some(attempt(copy, true)),
+            Err(_) => None,
+        };
+        let semaphore = match first {
+            Some(Ok(sem)) => {
+                drop(handle);
+                Ok(sem)
+            }
+            // Drivers from before cl_khr_semaphore's final device-list enum refuse the list; it is
+            // optional for a one-device context, so try once more without it.
+            Some(Err(Error::Api { code, .. }))
+                if code.starts_with("CL_INVALID_PROPERTY") || code.starts_with("CL_INVALID_VALUE") =>
+            {
+                attempt(handle, false)
+            }
+            Some(Err(e)) => {
+                drop(handle);
+                Err(e)
+            }
+            None => attempt(handle, false),
+        };
+        Ok(ClSemaphore { ctx: self.clone(), semaphore: semaphore? })
     }
 }
 
@@ -141,13 +147,17 @@ impl ClSemaphore {
             (self.ctx.inner.ext.signal_semaphores, "clEnqueueSignalSemaphoresKHR")
         };
         let f = f.ok_or_else(|| {
-            Error::unsupported(call, "the platform does not return the entry point", "cl_khr_semaphore", "use NVIDIA's OpenCL")
+            Error::unsupported(
+                call,
+                "the platform does not return the entry point",
+                "cl_khr_semaphore",
+                "use NVIDIA's OpenCL",
+            )
         })?;
         let mut event: cl::cl_event = std::ptr::null_mut();
         // SAFETY: queue and semaphore are valid; binary semaphores take no payload list.
-        let code = unsafe {
-            f(self.ctx.queue(), 1, &self.semaphore, std::ptr::null(), 0, std::ptr::null(), &mut event)
-        };
+        let code =
+            unsafe { f(self.ctx.queue(), 1, &self.semaphore, std::ptr::null(), 0, std::ptr::null(), &mut event) };
         release_event(event);
         if code != cl::CL_SUCCESS {
             return Err(cl_error(call, code, "enqueueing a semaphore operation"));
@@ -162,7 +172,9 @@ impl Drop for ClSemaphore {
             // SAFETY: our reference to a semaphore we created.
             let code = unsafe { release(self.semaphore) };
             if code != cl::CL_SUCCESS {
-                self.ctx.inner.defer_error(cl_error("clReleaseSemaphoreKHR", code, "releasing a semaphore").to_string());
+                self.ctx
+                    .inner
+                    .defer_error(cl_error("clReleaseSemaphoreKHR", code, "releasing a semaphore").to_string());
             }
         }
     }
