@@ -1,5 +1,6 @@
 //! Bad input to the GL importer: each case gives its typed error, never a hang or crash, and
 //! the fd handed over is closed exactly once (the process's fd count drops by one).
+#![cfg(feature = "gl")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Vulkan -> GL -> Vulkan ordered by shared binary semaphores (GL_EXT_semaphore_fd), for buffers
 //! and textures over many rounds. llvmpipe has no GL semaphores: these tests skip there with the
 //! reason, and run on the GPU machine (LAVA_FLOW_REQUIRE=semaphores makes a skip a failure).
+#![cfg(feature = "gl")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Vulkan memory shared with OpenGL through GL_EXT_memory_object_fd, on real drivers (llvmpipe
 //! on CPU machines, NVIDIA's EGL on the GPU machine): Vulkan writes and GL reads, GL writes and
 //! Vulkan reads, for buffers at offsets and for textures of several shapes, formats and tilings.
+#![cfg(feature = "gl")]
 
 mod common;
 

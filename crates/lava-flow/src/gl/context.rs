@@ -634,8 +634,7 @@ impl GlInner {
     /// Whether this context can import opaque handles of `identity` (device UUID among the
     /// context's, same driver UUID).
     fn matches(&self, identity: &DeviceIdentity) -> bool {
-        identity.driver_uuid == self.info.identity.driver_uuid
-            && self.device_uuids.iter().any(|u| *u == identity.device_uuid)
+        identity.driver_uuid == self.info.identity.driver_uuid && self.device_uuids.contains(&identity.device_uuid)
     }
 }
 

@@ -775,8 +775,8 @@ impl Drop for GlTexture {
 /// baseline: create, import, place the buffer. Returns (memory object, buffer) names.
 ///
 /// # Safety
-/// `fd` must be an opaque-fd export of `allocation_size` bytes from this context's device and
-/// driver; on success GL owns it, on failure it is leaked to GL's discretion (benchmark only).
+/// The context must be current, and `fd` an opaque-fd export of `allocation_size` bytes from this
+/// context's device and driver (GL takes it).
 pub(crate) unsafe fn raw_import_buffer(
     gl: &CurrentGl<'_>,
     fd: OwnedFd,
@@ -807,5 +807,50 @@ pub(crate) unsafe fn raw_release_buffer(gl: &CurrentGl<'_>, memory: GLuint, buff
     unsafe {
         (gl.delete_buffers)(1, &buffer);
         (gl.delete_memory_objects_ext)(1, &memory);
+        (gl.get_error)();
+    }
+}
+
+/// The raw calls of an optimal RGBA8 2D texture import (benchmark baseline). Returns (memory
+/// object, texture) names.
+///
+/// # Safety
+/// The context must be current, and `fd` an opaque-fd export of an optimal RGBA8 `width` x
+/// `height` image described by `memory` (GL takes it).
+pub(crate) unsafe fn raw_import_texture(
+    gl: &CurrentGl<'_>,
+    fd: OwnedFd,
+    memory: &MemoryDescription,
+    width: i32,
+    height: i32,
+) -> (GLuint, GLuint) {
+    let mut mem: GLuint = 0;
+    let mut tex: GLuint = 0;
+    // SAFETY: the caller guarantees a current context and a valid export; GL takes the fd.
+    unsafe {
+        (gl.create_memory_objects_ext)(1, &mut mem);
+        if memory.dedicated {
+            (gl.memory_object_parameteriv_ext)(mem, f::DEDICATED_MEMORY_OBJECT_EXT, &1);
+        }
+        (gl.import_memory_fd_ext)(mem, memory.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, fd.into_raw_fd());
+        (gl.gen_textures)(1, &mut tex);
+        (gl.bind_texture)(f::TEXTURE_2D, tex);
+        (gl.tex_parameteri)(f::TEXTURE_2D, f::TEXTURE_TILING_EXT, f::OPTIMAL_TILING_EXT);
+        (gl.tex_storage_mem_2d_ext)(f::TEXTURE_2D, 1, f::RGBA8, width, height, mem, 0);
+        (gl.bind_texture)(f::TEXTURE_2D, 0);
+    }
+    (mem, tex)
+}
+
+/// Deletes what [`raw_import_texture`] made.
+///
+/// # Safety
+/// The context must be current and the names from `raw_import_texture` on it.
+pub(crate) unsafe fn raw_release_texture(gl: &CurrentGl<'_>, memory: GLuint, texture: GLuint) {
+    // SAFETY: the caller guarantees a current context and our names.
+    unsafe {
+        (gl.delete_textures)(1, &texture);
+        (gl.delete_memory_objects_ext)(1, &memory);
+        (gl.get_error)();
     }
 }

@@ -355,7 +355,7 @@ impl ClContext {
     }
 
     fn open(f: &Found) -> Result<ClContext> {
-        let props: [cl::cl_context_properties; 3] = [cl::CL_CONTEXT_PLATFORM as isize, f.platform as isize, 0];
+        let props: [cl::cl_context_properties; 3] = [cl::CL_CONTEXT_PLATFORM, f.platform as isize, 0];
         let context = cl3::context::create_context(&[f.device], props.as_ptr(), None, std::ptr::null_mut())
             .map_err(|c| cl_error("clCreateContext", c, format!("creating a context on {}", f.info.name)))?;
         // SAFETY: context and device are valid; no properties (an in-order queue).

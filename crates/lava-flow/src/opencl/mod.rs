@@ -22,9 +22,11 @@
 //! docs/OPENCL.md has the rules and the reasons.
 
 mod context;
+mod kernel;
 mod memory;
 mod semaphore;
 
 pub use context::{ClContext, ClDeviceInfo, ExternalMem};
+pub use kernel::{ClKernel, KernelArg};
 pub use memory::{cl_image_format, ClBuffer, ClImage};
 pub use semaphore::ClSemaphore;
