@@ -21,9 +21,11 @@
 //!
 //! docs/OPENCL.md has the rules and the reasons.
 
+pub mod bench;
 mod context;
 mod kernel;
 mod memory;
+pub mod selftest;
 mod semaphore;
 
 pub use context::{ClContext, ClDeviceInfo, ExternalMem};
