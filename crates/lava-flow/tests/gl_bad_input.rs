@@ -67,7 +67,9 @@ fn wrong_sizes_are_refused() {
     let mut exported = buffer.export_fd().unwrap();
     exported.memory.description.allocation_size = 1 << 30;
     let err = refused_buffer(&gl, exported);
-    assert!(matches!(err, Error::InvalidArgument { .. } | Error::InvalidHandle { .. }), "{err}");
+    // lava-flow refuses it up front where the fd has a size (llvmpipe's memfd); a driver's own fd
+    // (NVIDIA) is refused by glImportMemoryFdEXT.
+    assert!(matches!(err, Error::InvalidArgument { .. } | Error::InvalidHandle { .. } | Error::Api { .. }), "{err}");
     // A buffer that does not fit its allocation.
     let mut exported = buffer.export_fd().unwrap();
     exported.buffer.size = exported.memory.description.allocation_size + 1;
@@ -102,16 +104,12 @@ fn foreign_fds_are_refused() {
     assert!(matches!(err, Error::InvalidHandle { .. }), "{err}");
     // A regular file, even a large one.
     let path = std::env::temp_dir().join(format!("lava-flow-gl-regular-{}", std::process::id()));
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(1 << 20).unwrap();
-    std::fs::remove_file(&path).ok();
     let linked = std::fs::File::create(&path).unwrap();
     linked.set_len(1 << 20).unwrap();
     let err = refused_buffer(&gl, with_fd(buffer.export_fd().unwrap(), OwnedFd::from(linked)));
     assert!(matches!(err, Error::InvalidHandle { .. }), "{err}");
     assert!(err.to_string().contains("regular file"), "{err}");
     std::fs::remove_file(&path).ok();
-    drop(file);
     // A closed fd number: refused without closing anything.
     let file = std::fs::File::open("/dev/null").unwrap();
     let number = std::os::fd::IntoRawFd::into_raw_fd(file);

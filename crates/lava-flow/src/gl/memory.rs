@@ -854,3 +854,29 @@ pub(crate) unsafe fn raw_release_texture(gl: &CurrentGl<'_>, memory: GLuint, tex
         (gl.get_error)();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_has_a_gl_format_of_its_texel_size() {
+        for format in TextureFormat::ALL {
+            let (internal, pixel, ty) = gl_formats(format);
+            assert!(internal != 0 && pixel != 0 && ty != 0, "{format}");
+            let channels = match pixel {
+                f::RED | f::RED_INTEGER => 1,
+                f::RG => 2,
+                f::RGBA | f::RGBA_INTEGER => 4,
+                other => panic!("{format}: pixel format {other:#x}"),
+            };
+            let size = match ty {
+                f::UNSIGNED_BYTE => 1,
+                f::HALF_FLOAT => 2,
+                f::UNSIGNED_INT | f::FLOAT => 4,
+                other => panic!("{format}: type {other:#x}"),
+            };
+            assert_eq!(channels * size, format.texel_size(), "{format}");
+        }
+    }
+}

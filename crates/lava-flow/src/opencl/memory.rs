@@ -482,3 +482,28 @@ impl Drop for ClImage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_has_a_cl_image_format_of_its_texel_size() {
+        for format in TextureFormat::ALL {
+            let f = cl_image_format(format);
+            let channels = match f.image_channel_order {
+                cl::CL_R => 1,
+                cl::CL_RG => 2,
+                cl::CL_RGBA => 4,
+                other => panic!("{format}: order {other:#x}"),
+            };
+            let size = match f.image_channel_data_type {
+                cl::CL_UNORM_INT8 | cl::CL_UNSIGNED_INT8 => 1,
+                cl::CL_HALF_FLOAT => 2,
+                cl::CL_FLOAT | cl::CL_UNSIGNED_INT32 => 4,
+                other => panic!("{format}: type {other:#x}"),
+            };
+            assert_eq!(channels * size, format.texel_size(), "{format}");
+        }
+    }
+}
