@@ -21,6 +21,8 @@ pub struct BenchRow {
     pub raw: f64,
     /// Unit of both figures.
     pub unit: &'static str,
+    /// Iterations behind each figure.
+    pub iterations: u32,
     /// `lava_flow / raw` (above 1: lava-flow is slower, for a latency).
     pub ratio: f64,
 }
@@ -34,8 +36,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str) -> BenchRow {
-    BenchRow { case, lava_flow, raw, unit, ratio: if raw > 0.0 { lava_flow / raw } else { f64::NAN } }
+fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
+    BenchRow {
+        case,
+        lava_flow,
+        raw,
+        unit,
+        iterations: iterations.max(1) as u32,
+        ratio: if raw > 0.0 { lava_flow / raw } else { f64::NAN },
+    }
 }
 
 /// Import latency of buffers of each size in `sizes` and of a 2D RGBA8 texture, `iterations`
@@ -49,11 +58,14 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
     for &size in sizes {
         let buffer = Buffer::new(vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK))?;
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..iterations.max(1) {
+        for i in 0..=iterations.max(1) {
+            // Iteration 0 warms caches and driver paths up and is not counted.
             let exported = buffer.export_fd()?;
             let t = Instant::now();
             let imported = gl.import_buffer(exported)?;
-            ours.push(t.elapsed().as_secs_f64() * 1e6);
+            if i > 0 {
+                ours.push(t.elapsed().as_secs_f64() * 1e6);
+            }
             drop(imported);
 
             let exported = buffer.export_fd()?;
@@ -61,19 +73,23 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
             let t = Instant::now();
             // SAFETY: a fresh opaque-fd export of this device's memory; the context is current.
             let names = unsafe { raw_import_buffer(&guard, exported.memory.handle, alloc, offset, size) };
-            raw.push(t.elapsed().as_secs_f64() * 1e6);
+            if i > 0 {
+                raw.push(t.elapsed().as_secs_f64() * 1e6);
+            }
             // SAFETY: the names just created, context current.
             unsafe { raw_release_buffer(&guard, names.0, names.1) };
         }
-        rows.push(row(format!("GL buffer import, {} bytes", size), median(ours), median(raw), "us"));
+        rows.push(row(format!("GL buffer import, {} bytes", size), median(ours), median(raw), "us", iterations));
     }
     let image = Image::new(vk, &ImageOptions::d2(TextureFormat::Rgba8Unorm, 1024, 1024))?;
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..iterations.max(1) {
+    for i in 0..=iterations.max(1) {
         let exported = image.export_fd()?;
         let t = Instant::now();
         let imported = gl.import_texture(exported)?;
-        ours.push(t.elapsed().as_secs_f64() * 1e6);
+        if i > 0 {
+            ours.push(t.elapsed().as_secs_f64() * 1e6);
+        }
         drop(imported);
 
         let exported = image.export_fd()?;
@@ -81,11 +97,13 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
         // SAFETY: a fresh opaque-fd export of an optimal RGBA8 1024x1024 image of this device.
         let names =
             unsafe { raw_import_texture(&guard, exported.memory.handle, &exported.memory.description, 1024, 1024) };
-        raw.push(t.elapsed().as_secs_f64() * 1e6);
+        if i > 0 {
+            raw.push(t.elapsed().as_secs_f64() * 1e6);
+        }
         // SAFETY: the names just created, context current.
         unsafe { raw_release_texture(&guard, names.0, names.1) };
     }
-    rows.push(row("GL texture import, RGBA8 1024x1024 optimal".into(), median(ours), median(raw), "us"));
+    rows.push(row("GL texture import, RGBA8 1024x1024 optimal".into(), median(ours), median(raw), "us", iterations));
     guard.check("glFinish", "finishing the benchmark")?;
     Ok(rows)
 }

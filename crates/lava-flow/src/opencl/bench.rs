@@ -23,6 +23,8 @@ pub struct BenchRow {
     pub raw: f64,
     /// Unit of both figures.
     pub unit: &'static str,
+    /// Iterations behind each figure.
+    pub iterations: u32,
     /// `lava_flow / raw`.
     pub ratio: f64,
 }
@@ -36,8 +38,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str) -> BenchRow {
-    BenchRow { case, lava_flow, raw, unit, ratio: if raw > 0.0 { lava_flow / raw } else { f64::NAN } }
+fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
+    BenchRow {
+        case,
+        lava_flow,
+        raw,
+        unit,
+        iterations: iterations.max(1) as u32,
+        ratio: if raw > 0.0 { lava_flow / raw } else { f64::NAN },
+    }
 }
 
 /// Import latency of one buffer of each size in `sizes`, `iterations` times, in microseconds
@@ -49,11 +58,14 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
     for &size in sizes {
         let buffer = Buffer::new(vk, &BufferOptions::new(size))?;
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..iterations.max(1) {
+        for i in 0..=iterations.max(1) {
+            // Iteration 0 warms caches and driver paths up and is not counted.
             let exported = buffer.export_fd()?;
             let t = Instant::now();
             let imported = cl.import_buffer(exported)?;
-            ours.push(t.elapsed().as_secs_f64() * 1e6);
+            if i > 0 {
+                ours.push(t.elapsed().as_secs_f64() * 1e6);
+            }
             drop(imported);
 
             let exported = buffer.export_fd()?;
@@ -78,14 +90,16 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
                     std::ptr::null_mut(),
                 )
             };
-            raw.push(t.elapsed().as_secs_f64() * 1e6);
+            if i > 0 {
+                raw.push(t.elapsed().as_secs_f64() * 1e6);
+            }
             // On failure the raw baseline leaves the fd to the driver rather than risk closing it
             // twice (some drivers close it on failure): at most one fd for a failed benchmark.
             let mem = mem.map_err(|c| cl_error("clCreateBufferWithProperties", c, "the raw import baseline"))?;
             // SAFETY: our reference.
             let _ = unsafe { cl3::memory::release_mem_object(mem) };
         }
-        rows.push(row(format!("OpenCL buffer import, {size} bytes"), median(ours), median(raw), "us"));
+        rows.push(row(format!("OpenCL buffer import, {size} bytes"), median(ours), median(raw), "us", iterations));
     }
     Ok(rows)
 }
@@ -141,5 +155,6 @@ pub fn copy_bandwidth(vk: &VulkanContext, size: u64, iterations: usize) -> Resul
         imported,
         native,
         "GB/s",
+        iterations,
     )])
 }
