@@ -250,3 +250,32 @@ fn context_is_shared_between_threads_one_at_a_time() {
     assert_eq!(bytes, data[..16]);
     gl.check_deferred().unwrap();
 }
+
+#[test]
+fn calls_restore_the_threads_previous_context() {
+    let Some((vk, a)) = vulkan_and_gl() else { return };
+    let b = GlContext::for_identity(&vk.identity()).unwrap();
+    let buffer = Buffer::new(&vk, &BufferOptions::new(4096).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let in_b = b.import_buffer(buffer.export_fd().unwrap()).unwrap();
+    // Context A is current on this thread with a buffer bound that only A knows.
+    let in_a = a.import_buffer(buffer.export_fd().unwrap()).unwrap();
+    let guard = a.make_current().unwrap();
+    const COPY_READ_BUFFER_BINDING: u32 = 0x8F36;
+    let binding = |gl: &lava_flow::gl::CurrentGl<'_>| {
+        let mut v = -1;
+        // SAFETY: a context is current on this thread (the guard).
+        unsafe { (gl.get_integerv)(COPY_READ_BUFFER_BINDING, &mut v) };
+        v
+    };
+    // SAFETY: A is current; binding one of its buffers.
+    unsafe { (guard.bind_buffer)(COPY_READ_BUFFER_BINDING, in_a.name()) };
+    assert_eq!(binding(&guard), in_a.name() as i32);
+    // A call on B makes B current for its duration, then puts A back.
+    assert_eq!(in_b.read(0, 4).unwrap().len(), 4);
+    assert_eq!(binding(&guard), in_a.name() as i32, "A is current again, with its state");
+    // SAFETY: A is current.
+    unsafe { (guard.bind_buffer)(COPY_READ_BUFFER_BINDING, 0) };
+    drop(guard);
+    a.check_deferred().unwrap();
+    b.check_deferred().unwrap();
+}
