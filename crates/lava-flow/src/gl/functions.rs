@@ -92,6 +92,8 @@ pub const RGBA32UI: GLenum = 0x8D70;
 // GL_EXT_memory_object, GL_EXT_memory_object_fd, GL_EXT_semaphore, GL_EXT_semaphore_fd.
 pub const TEXTURE_TILING_EXT: GLenum = 0x9580;
 pub const DEDICATED_MEMORY_OBJECT_EXT: GLenum = 0x9581;
+pub const NUM_TILING_TYPES_EXT: GLenum = 0x9582;
+pub const TILING_TYPES_EXT: GLenum = 0x9583;
 pub const OPTIMAL_TILING_EXT: GLint = 0x9584;
 pub const LINEAR_TILING_EXT: GLint = 0x9585;
 pub const HANDLE_TYPE_OPAQUE_FD_EXT: GLenum = 0x9586;
@@ -171,6 +173,7 @@ gl_table! {
     get_string = "glGetString": fn(GLenum) -> *const u8;
     get_stringi = "glGetStringi": fn(GLenum, GLuint) -> *const u8;
     get_integerv = "glGetIntegerv": fn(GLenum, *mut GLint);
+    get_internalformativ = "glGetInternalformativ": fn(GLenum, GLenum, GLenum, GLsizei, *mut GLint);
     finish = "glFinish": fn();
     flush = "glFlush": fn();
     pixel_storei = "glPixelStorei": fn(GLenum, GLint);

@@ -267,6 +267,33 @@ impl GlMemory {
         self.check_offset(description.offset, "texture", "glTexStorageMem*EXT")?;
         let gl = self.ctx.make_current()?;
         let d = description;
+        // GL_EXT_memory_object: which tilings this format and target can be imported with.
+        let mut count: GLint = 0;
+        gl.clear_errors();
+        // SAFETY: current context; one GLint out.
+        unsafe { (gl.get_internalformativ)(plan.target, plan.internal, f::NUM_TILING_TYPES_EXT, 1, &mut count) };
+        if gl.check("glGetInternalformativ", "querying GL_NUM_TILING_TYPES_EXT").is_ok() && count > 0 {
+            let mut tilings = vec![0 as GLint; count as usize];
+            // SAFETY: `tilings` holds `count` GLints.
+            unsafe {
+                (gl.get_internalformativ)(plan.target, plan.internal, f::TILING_TYPES_EXT, count, tilings.as_mut_ptr())
+            };
+            if gl.check("glGetInternalformativ", "querying GL_TILING_TYPES_EXT").is_ok()
+                && !tilings.contains(&plan.tiling)
+            {
+                let name = |t: GLint| if t == f::OPTIMAL_TILING_EXT { "optimal" } else { "linear" };
+                return Err(Error::unsupported(
+                    format!("a {} {:?} texture with {} tiling in GL", d.format, d.dimension, name(plan.tiling)),
+                    format!(
+                        "{} imports this format and target only with {} tiling",
+                        self.ctx.info().renderer,
+                        tilings.iter().map(|t| name(*t)).collect::<Vec<_>>().join(" or ")
+                    ),
+                    "GL_TILING_TYPES_EXT (glGetInternalformativ)",
+                    "create the Vulkan image with a tiling GL imports (optimal is the common one)",
+                ));
+            }
+        }
         let (w, h, depth) = (d.extent.width as i32, d.extent.height as i32, d.extent.depth as i32);
         let layers = d.array_layers as i32;
         let mut name: GLuint = 0;
