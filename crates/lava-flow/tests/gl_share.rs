@@ -12,7 +12,7 @@ use common::pattern;
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{BufferDescription, TextureFormat};
 use lava_flow::testing::{self, open_fd_count};
-use lava_flow::vulkan::{ImageTiling, MemoryKind};
+use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
 
 fn vulkan_and_gl() -> Option<(VulkanContext, GlContext)> {
@@ -77,7 +77,11 @@ fn buffer_vulkan_writes_gl_reads_gl_writes_vulkan_reads() {
 #[test]
 fn buffers_at_offsets_share_one_memory_import() {
     let Some((vk, gl)) = vulkan_and_gl() else { return };
-    let block = Buffer::new(&vk, &BufferOptions::new(3 * 65536).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let block = Buffer::new(
+        &vk,
+        &BufferOptions::new(3 * 65536).allocation_padding(GL_BUFFER_SLACK).dedicated(DedicatedPolicy::Never),
+    )
+    .unwrap();
     let data = pattern(3 * 65536, 3);
     vk_gpu_write(&block, 0, &data);
     let exported = block.export_fd().unwrap();

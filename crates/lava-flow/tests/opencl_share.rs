@@ -11,7 +11,7 @@ use common::pattern;
 use lava_flow::opencl::{ClContext, KernelArg};
 use lava_flow::raw_gpu_handle::TextureFormat;
 use lava_flow::testing::{self, open_fd_count};
-use lava_flow::vulkan::{ImageTiling, MemoryKind};
+use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
 
 fn vulkan_and_cl() -> Option<(VulkanContext, ClContext)> {
@@ -100,7 +100,7 @@ fn a_kernel_transforms_imported_memory() {
 #[test]
 fn buffer_at_an_offset_becomes_a_sub_buffer() {
     let Some((vk, cl)) = vulkan_and_cl() else { return };
-    let block = Buffer::new(&vk, &BufferOptions::new(4 << 20)).unwrap();
+    let block = Buffer::new(&vk, &BufferOptions::new(4 << 20).dedicated(DedicatedPolicy::Never)).unwrap();
     let data = pattern(4 << 20, 3);
     vk_gpu_write(&block, 0, &data);
     let inner = Buffer::bind_at(Arc::clone(block.memory()), 1 << 20, 1 << 20, block.usage(), None).unwrap();
