@@ -71,6 +71,9 @@ pub struct ApiDevice {
 /// Whether one object can cross in one handle kind, in each direction.
 #[derive(Serialize, Clone)]
 pub struct SharingRow {
+    /// The device of the API's own list the row is about, where the API has several rows per device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<usize>,
     /// "buffer", "image rgba8unorm optimal 2D", "host memory", "timeline semaphore", ...
     pub object: String,
     /// "opaque-fd", "dma-buf", "host-memfd", "sync-fd".
@@ -134,6 +137,7 @@ fn vulkan_sharing(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
     let mut rows = match VulkanContext::with_index(info.index) {
         Ok(ctx) => memory_rows(&ctx),
         Err(e) => vec![SharingRow {
+            device: None,
             object: "memory".into(),
             handle_kind: "-".into(),
             export: false,
@@ -154,6 +158,7 @@ fn caps_row(object: &str, caps: &ExternalCapabilities, note: &str) -> SharingRow
         notes.push(note.to_string());
     }
     SharingRow {
+        device: None,
         object: object.into(),
         handle_kind: caps.handle_kind.name().into(),
         export: caps.exportable,
@@ -194,6 +199,7 @@ fn memory_rows(ctx: &VulkanContext) -> Vec<SharingRow> {
 fn sync_rows(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
     let ext = info.extensions;
     let row = |object: &str, on: bool, note: &str| SharingRow {
+        device: None,
         object: object.into(),
         handle_kind: "opaque-fd".into(),
         export: on,
@@ -226,6 +232,7 @@ fn cuda_section() -> ApiSection {
         return ApiSection::unavailable("CUDA", "the CUDA driver lists no devices");
     }
     let import = |object: &str, note: &str| SharingRow {
+        device: None,
         object: object.into(),
         handle_kind: "opaque-fd".into(),
         export: false,
@@ -260,9 +267,64 @@ fn cuda_section() -> ApiSection {
     ApiSection::unavailable("CUDA", "built without the `cuda` feature")
 }
 
+/// Vulkan device whose device and driver UUIDs are `identity`'s: the one whose opaque fds this
+/// device may import.
+#[cfg(any(feature = "gl", feature = "opencl"))]
+fn paired_vulkan(identity: &lava_flow::raw_gpu_handle::DeviceIdentity) -> Option<usize> {
+    let devices = VulkanContext::enumerate().ok()?;
+    devices
+        .iter()
+        .find(|v| v.identity.device_uuid == identity.device_uuid && v.identity.driver_uuid == identity.driver_uuid)
+        .map(|v| v.index)
+}
+
+/// OpenCL devices from `ClContext::enumerate` (every platform), and what each imports.
 #[cfg(feature = "opencl")]
 fn opencl_section() -> ApiSection {
-    ApiSection::unavailable("OpenCL", "lava-flow's OpenCL importer is not part of this build yet")
+    let devices = match lava_flow::opencl::ClContext::enumerate() {
+        Ok(d) => d,
+        Err(e) => return ApiSection::unavailable("OpenCL", e.to_string()),
+    };
+    if devices.is_empty() {
+        return ApiSection::unavailable("OpenCL", "the OpenCL loader lists no devices");
+    }
+    let mut sharing = Vec::new();
+    let mut api_devices = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let device = format!("{} / {}", d.platform, d.name);
+        let matchable = if d.device_uuid { "" } else { "no cl_khr_device_uuid: cannot be matched to a Vulkan export" };
+        let row = |object: &str, on: bool, why_not: &str, note: &str| SharingRow {
+            device: Some(i),
+            object: object.into(),
+            handle_kind: "opaque-fd".into(),
+            export: false,
+            import: on && d.device_uuid,
+            note: if !d.device_uuid {
+                matchable.into()
+            } else if on {
+                note.into()
+            } else {
+                why_not.into()
+            },
+        };
+        let images = if d.opaque_fd_images_linear { "images assumed linear by the driver" } else { "" };
+        sharing.push(row("buffer", d.external_memory_opaque_fd, "no cl_khr_external_memory_opaque_fd", ""));
+        sharing.push(row("image", d.external_memory_opaque_fd, "no cl_khr_external_memory_opaque_fd", images));
+        sharing.push(row(
+            "binary semaphore",
+            d.external_semaphore_opaque_fd,
+            "no cl_khr_external_semaphore_opaque_fd",
+            "",
+        ));
+        api_devices.push(ApiDevice {
+            index: i,
+            name: device,
+            device_uuid: d.identity.device_uuid.to_string(),
+            driver_uuid: Some(d.identity.driver_uuid.to_string()),
+            vulkan_device: d.device_uuid.then(|| paired_vulkan(&d.identity)).flatten(),
+        });
+    }
+    ApiSection { api: "OpenCL", available: true, reason: None, devices: api_devices, sharing }
 }
 
 #[cfg(not(feature = "opencl"))]
@@ -270,9 +332,44 @@ fn opencl_section() -> ApiSection {
     ApiSection::unavailable("OpenCL", "built without the `opencl` feature")
 }
 
+/// GL devices lava-flow can open a headless EGL context on, and what each imports.
 #[cfg(feature = "gl")]
 fn gl_section() -> ApiSection {
-    ApiSection::unavailable("OpenGL", "lava-flow's OpenGL importer is not part of this build yet")
+    let devices = match lava_flow::gl::GlContext::enumerate() {
+        Ok(d) => d,
+        Err(e) => return ApiSection::unavailable("OpenGL", e.to_string()),
+    };
+    if devices.is_empty() {
+        return ApiSection::unavailable("OpenGL", "EGL opens no context on any device");
+    }
+    let mut sharing = Vec::new();
+    let mut api_devices = Vec::new();
+    for d in &devices {
+        let offsets = if d.honours_memory_offset {
+            ""
+        } else {
+            "the driver ignores memory offsets: only resources at offset 0 import"
+        };
+        let row = |object: &str, on: bool, why_not: &str, note: &str| SharingRow {
+            device: Some(d.index),
+            object: object.into(),
+            handle_kind: "opaque-fd".into(),
+            export: false,
+            import: on,
+            note: if on { note.into() } else { why_not.into() },
+        };
+        sharing.push(row("buffer", d.memory_object_fd, "no GL_EXT_memory_object_fd", offsets));
+        sharing.push(row("texture", d.memory_object_fd, "no GL_EXT_memory_object_fd", offsets));
+        sharing.push(row("binary semaphore", d.semaphore_fd, "no GL_EXT_semaphore_fd", ""));
+        api_devices.push(ApiDevice {
+            index: d.index,
+            name: format!("{} ({}, EGL {})", d.renderer, d.api, d.platform),
+            device_uuid: d.identity.device_uuid.to_string(),
+            driver_uuid: Some(d.identity.driver_uuid.to_string()),
+            vulkan_device: paired_vulkan(&d.identity),
+        });
+    }
+    ApiSection { api: "OpenGL", available: true, reason: None, devices: api_devices, sharing }
 }
 
 #[cfg(not(feature = "gl"))]
@@ -343,7 +440,7 @@ pub fn render(report: &Report) -> String {
         for r in &api.sharing {
             t.row([
                 api.api.to_string(),
-                "-".into(),
+                r.device.map_or_else(|| "all".into(), |d| format!("#{d}")),
                 r.object.clone(),
                 r.handle_kind.clone(),
                 yes_no(r.export).into(),

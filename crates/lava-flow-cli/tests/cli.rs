@@ -74,6 +74,21 @@ fn info_json_lists_the_vulkan_devices_with_uuids_and_sharing() {
     }
     let apis: Vec<&str> = report["apis"].as_array().unwrap().iter().map(|a| a["api"].as_str().unwrap()).collect();
     assert_eq!(apis, ["CUDA", "OpenCL", "OpenGL"]);
+    for api in report["apis"].as_array().unwrap() {
+        if api["available"] == Value::Bool(false) {
+            assert!(!api["reason"].as_str().unwrap_or("").is_empty(), "an unavailable API says why: {api}");
+        } else {
+            assert!(!api["devices"].as_array().unwrap().is_empty(), "{api}");
+        }
+    }
+    let gl = &report["apis"][2];
+    if on_lavapipe() && gl["available"] == Value::Bool(true) {
+        // llvmpipe's GL reports lavapipe's device and driver UUIDs: the pairing must find it.
+        assert!(
+            gl["devices"].as_array().unwrap().iter().any(|d| d["vulkan_device"].is_u64()),
+            "llvmpipe pairs with lavapipe: {gl}"
+        );
+    }
 }
 
 #[test]
@@ -149,6 +164,24 @@ fn selftest_passes_buffer_image_and_host_memory_paths() {
             assert!(!row["reason"].as_str().unwrap_or("").is_empty(), "a skip says why: {row}");
         }
     }
+}
+
+#[test]
+fn selftest_gl_paths_pass_where_egl_offers_the_device() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let out = run(&["selftest", "--json", "--only", "gl: "]);
+    let report = json(&out);
+    let rows = report["results"].as_array().unwrap();
+    assert!(!rows.is_empty(), "GL rows are listed");
+    if rows[0]["result"] == "skipped" {
+        return testing::skip("gl", rows[0]["reason"].as_str().unwrap_or("no reason given"));
+    }
+    assert!(rows.len() >= 4, "buffer and texture, each way: {rows:?}");
+    for row in rows {
+        assert_eq!(row["result"], "pass", "{row}");
+        assert!(!row["detail"].as_str().unwrap_or("").is_empty(), "a GL path says what it proved: {row}");
+    }
+    assert!(out.status.success());
 }
 
 #[test]

@@ -124,22 +124,8 @@ pub fn run(args: &Args) -> CmdResult {
     vulkan_rows(&mut bench);
     pool_rows(&mut bench);
     cuda_rows(&mut bench);
-    bench.skip(
-        "opencl",
-        if cfg!(feature = "opencl") {
-            "lava-flow's OpenCL importer is not part of this build yet"
-        } else {
-            "built without the `opencl` feature"
-        },
-    );
-    bench.skip(
-        "gl",
-        if cfg!(feature = "gl") {
-            "lava-flow's OpenGL importer is not part of this build yet"
-        } else {
-            "built without the `gl` feature"
-        },
-    );
+    opencl_rows(&mut bench);
+    gl_rows(&mut bench);
     bench.skip("ipc", "lava-flow's cross-process protocol is not part of this build yet");
 
     crate::emit(&render(&bench))?;
@@ -202,6 +188,61 @@ fn cuda_rows(bench: &mut Bench) {
 #[cfg(not(feature = "cuda"))]
 fn cuda_rows(bench: &mut Bench) {
     bench.skip("cuda", "built without the `cuda` feature");
+}
+
+/// Buffer sizes and iterations of the GL and OpenCL import-latency rows.
+#[cfg(any(feature = "gl", feature = "opencl"))]
+fn import_sizes(quick: bool) -> (&'static [u64], usize) {
+    if quick {
+        (&[64 << 10, 1 << 20], 20)
+    } else {
+        (&[64 << 10, 1 << 20, 16 << 20, 256 << 20], 100)
+    }
+}
+
+/// GL import latency (buffers by size, a texture) against the raw GL_EXT_memory_object calls
+/// (`lava_flow::gl::bench`).
+#[cfg(feature = "gl")]
+fn gl_rows(bench: &mut Bench) {
+    let (sizes, iterations) = import_sizes(bench.quick);
+    let rows = VulkanContext::new().and_then(|vk| lava_flow::gl::bench::import_latency(&vk, sizes, iterations));
+    match rows {
+        Ok(rows) => bench.rows.extend(
+            rows.into_iter().map(|r| Row::new("gl", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
+        ),
+        Err(e) => bench.group_error("gl", e),
+    }
+}
+
+#[cfg(not(feature = "gl"))]
+fn gl_rows(bench: &mut Bench) {
+    bench.skip("gl", "built without the `gl` feature");
+}
+
+/// OpenCL import latency against the bare clCreateBufferWithProperties, and copy bandwidth on
+/// imported memory against clCreateBuffer memory (`lava_flow::opencl::bench`).
+#[cfg(feature = "opencl")]
+fn opencl_rows(bench: &mut Bench) {
+    use lava_flow::opencl::bench::{copy_bandwidth, import_latency};
+    let (sizes, iterations) = import_sizes(bench.quick);
+    let (bandwidth_bytes, bandwidth_iterations) = if bench.quick { (64 << 20, 5) } else { (1 << 30, 20) };
+    let rows = VulkanContext::new().and_then(|vk| {
+        let mut rows = import_latency(&vk, sizes, iterations)?;
+        rows.extend(copy_bandwidth(&vk, bandwidth_bytes, bandwidth_iterations)?);
+        Ok(rows)
+    });
+    match rows {
+        Ok(rows) => bench.rows.extend(
+            rows.into_iter()
+                .map(|r| Row::new("opencl", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
+        ),
+        Err(e) => bench.group_error("opencl", e),
+    }
+}
+
+#[cfg(not(feature = "opencl"))]
+fn opencl_rows(bench: &mut Bench) {
+    bench.skip("opencl", "built without the `opencl` feature");
 }
 
 fn vulkan_rows(bench: &mut Bench) {

@@ -194,21 +194,23 @@ impl Runner {
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self)));
         let time_ms = started.elapsed();
-        let mut detail = None;
-        let outcome = match result {
-            Ok(Ok(d)) => {
-                detail = d;
-                Outcome::Pass
-            }
-            Ok(Err(PathError::Failed(m))) => Outcome::Fail(m),
-            Ok(Err(PathError::Unavailable(m))) => required_or(api, Outcome::Skipped(m)),
-            Ok(Err(PathError::Unsupported(m))) if api.split('+').any(|a| a == "semaphores") => {
-                required_or(api, Outcome::Skipped(m))
-            }
-            Ok(Err(PathError::Unsupported(m))) => Outcome::Skipped(m),
-            Err(panic) => Outcome::Fail(format!("panicked: {}", panic_text(&panic))),
+        let (outcome, detail) = match result {
+            Ok(r) => outcome_of(api, r),
+            Err(panic) => (Outcome::Fail(format!("panicked: {}", panic_text(&panic))), None),
         };
         self.record(PathResult { api, path: path.into(), size, outcome, time_ms, runs: 1, detail });
+    }
+
+    /// Records a path that an importer's own self-test already ran (`result`: what it proved, or
+    /// the error that stopped it), with the same rules as [`Runner::run_detailed`].
+    /// Its time is the importer's, not known here: the table shows none.
+    #[cfg_attr(not(any(feature = "gl", feature = "opencl")), allow(dead_code))]
+    pub fn record_result(&mut self, api: &'static str, path: &str, size: u64, result: lava_flow::Result<String>) {
+        if !self.wanted(path) {
+            return;
+        }
+        let (outcome, detail) = outcome_of(api, result.map(Some).map_err(PathError::from));
+        self.record(PathResult { api, path: path.into(), size, outcome, time_ms: Duration::ZERO, runs: 1, detail });
     }
 
     fn record(&mut self, r: PathResult) {
@@ -216,6 +218,19 @@ impl Runner {
             eprintln!("selftest: {}: {} ({})", r.path, outcome_text(&r.outcome), table::duration(r.time_ms));
         }
         self.results.push(r);
+    }
+}
+
+/// How a path's body ended, as a row: see [`Runner::run_detailed`] for the rules.
+fn outcome_of(api: &str, result: Step<Option<String>>) -> (Outcome, Option<String>) {
+    match result {
+        Ok(detail) => (Outcome::Pass, detail),
+        Err(PathError::Failed(m)) => (Outcome::Fail(m), None),
+        Err(PathError::Unavailable(m)) => (required_or(api, Outcome::Skipped(m)), None),
+        Err(PathError::Unsupported(m)) if api.split('+').any(|a| a == "semaphores") => {
+            (required_or(api, Outcome::Skipped(m)), None)
+        }
+        Err(PathError::Unsupported(m)) => (Outcome::Skipped(m), None),
     }
 }
 

@@ -1,15 +1,21 @@
-//! Vulkan <-> OpenCL paths: buffers, images and binary semaphores through lava-flow's OpenCL
-//! importer.
+//! Vulkan <-> OpenCL paths: buffers (transformed by a kernel) and images each way, run by
+//! lava-flow's OpenCL importer (`lava_flow::opencl::selftest`) on the OpenCL device with the default
+//! Vulkan device's UUID.
 
 use super::Runner;
 
-/// The OpenCL importer answers here once it is part of lava-flow; until then the table says why
-/// these paths do not run.
+#[cfg(feature = "opencl")]
 pub fn run(runner: &mut Runner) {
-    let reason = if cfg!(feature = "opencl") {
-        "lava-flow's OpenCL importer is not part of this build yet"
-    } else {
-        "built without the `opencl` feature"
+    let ctx = match lava_flow::VulkanContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => return runner.skip("opencl", "opencl: Vulkan <-> OpenCL buffers and images", 0, e.to_string()),
     };
-    runner.skip("opencl", "opencl: Vulkan <-> OpenCL buffers, images and semaphores", 0, reason);
+    for case in lava_flow::opencl::selftest::selftest(&ctx) {
+        runner.record_result("opencl", &format!("opencl: {}", case.path), 0, case.result);
+    }
+}
+
+#[cfg(not(feature = "opencl"))]
+pub fn run(runner: &mut Runner) {
+    runner.skip("opencl", "opencl: Vulkan <-> OpenCL buffers and images", 0, "built without the `opencl` feature");
 }
