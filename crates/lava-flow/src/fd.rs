@@ -157,3 +157,15 @@ pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) 
     }
     result
 }
+
+/// [`check_memory_fd`] for an exported allocation, plus a check of its size against the exporter
+/// when the allocation was made in this process. Consumes the fd on error.
+pub(crate) fn check_exported_memory(
+    fd: OwnedFd,
+    description: &raw_gpu_handle::MemoryDescription,
+    what: &str,
+) -> Result<OwnedFd> {
+    let fd = check_memory_fd(fd, what, description.allocation_size, false)?;
+    crate::vulkan::check_against_exporter(description)?;
+    Ok(fd)
+}

@@ -45,7 +45,8 @@ fn vk_gpu_read(buffer: &Buffer, offset: u64, len: u64) -> Vec<u8> {
 fn opencl_device_has_the_vulkan_identity_and_is_not_a_cpu_platform() {
     let Some((vk, cl)) = vulkan_and_cl() else { return };
     assert_eq!(cl.identity().device_uuid, vk.identity().device_uuid);
-    assert_eq!(cl.identity().driver_uuid, vk.identity().driver_uuid);
+    // Driver UUIDs are not compared: NVIDIA's OpenCL reports its device UUID there (ClContext::check_exporter).
+    cl.check_exporter(&vk.identity()).unwrap();
     let info = cl.info();
     assert!(!info.platform.to_lowercase().contains("portable"), "PoCL must never serve a GPU export: {info:?}");
     let all = ClContext::enumerate().unwrap();

@@ -76,7 +76,7 @@ impl ImportedMemory {
                 "pass the description exactly as exported",
             ));
         }
-        let fd = crate::fd::check_memory_fd(memory.handle, "CUDA external memory", description.allocation_size, false)?;
+        let fd = crate::fd::check_exported_memory(memory.handle, &description, "CUDA external memory")?;
         device.bind()?;
         let action = || {
             format!(

@@ -100,7 +100,7 @@ fn import_memory_object(
         ));
     }
     // Before GL sees it: llvmpipe would block reading a pipe, and map any file it is given.
-    let handle = crate::fd::check_memory_fd(handle, "GL memory import", description.allocation_size, false)?;
+    let handle = crate::fd::check_exported_memory(handle, description, "GL memory import")?;
     let mut name: GLuint = 0;
     gl.clear_errors();
     // SAFETY: current context with GL_EXT_memory_object; one name out.

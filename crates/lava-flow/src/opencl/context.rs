@@ -306,8 +306,8 @@ impl ClContext {
         Ok(enumerate_devices()?.into_iter().map(|f| f.info).collect())
     }
 
-    /// Opens the device whose `CL_DEVICE_UUID_KHR` and `CL_DRIVER_UUID_KHR` equal `identity`'s: the
-    /// only one that may import opaque fds exported with it. A CPU platform (PoCL) never has a GPU's
+    /// Opens the device whose `CL_DEVICE_UUID_KHR` equals `identity`'s device UUID: the only one
+    /// that may import opaque fds exported with it (see [`ClContext::check_exporter`] on driver UUIDs). A CPU platform (PoCL) never has a GPU's
     /// UUID, so it is never chosen for a Vulkan export.
     pub fn for_identity(identity: &DeviceIdentity) -> Result<ClContext> {
         let devices = enumerate_devices()?;
@@ -344,14 +344,24 @@ impl ClContext {
                 advice: "install the exporting GPU vendor's OpenCL driver (`lava-flow info` lists OpenCL devices and UUIDs); opaque fds never cross devices".into(),
             });
         };
-        if f.info.identity.driver_uuid != identity.driver_uuid {
-            return Err(Error::IncompatibleDevice(raw_gpu_handle::IncompatibleDevice {
-                handle_kind: raw_gpu_handle::MemoryHandleKind::OpaqueFd,
-                exporter: *identity,
-                importer: f.info.identity,
-            }));
-        }
         Self::open(f)
+    }
+
+    /// The compatibility rule for OpenCL: the exporter's device UUID must be this device's.
+    /// Driver UUIDs are not compared: NVIDIA's OpenCL reports `CL_DRIVER_UUID_KHR` equal to the
+    /// device UUID, not the driver UUID its Vulkan driver reports, although both are one driver
+    /// (seen on an H200 with driver 580). A CPU platform never has a GPU's device UUID.
+    pub fn check_exporter(&self, exporter: &DeviceIdentity) -> Result<()> {
+        let here = self.identity();
+        if exporter.device_uuid == here.device_uuid {
+            Ok(())
+        } else {
+            Err(Error::IncompatibleDevice(raw_gpu_handle::IncompatibleDevice {
+                handle_kind: raw_gpu_handle::MemoryHandleKind::OpaqueFd,
+                exporter: *exporter,
+                importer: here,
+            }))
+        }
     }
 
     fn open(f: &Found) -> Result<ClContext> {

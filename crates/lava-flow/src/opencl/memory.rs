@@ -34,11 +34,11 @@ fn check_import(
             "export the memory as an opaque fd",
         ));
     }
-    raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &ctx.identity())?;
+    ctx.check_exporter(&d.device)?;
     if d.allocation_size == 0 || d.allocation_size > usize::MAX as u64 {
         return Err(Error::invalid("memory description", "allocation_size is 0", "pass the export unchanged"));
     }
-    crate::fd::check_memory_fd(handle, what, d.allocation_size, false)
+    crate::fd::check_exported_memory(handle, d, what)
 }
 
 /// Import properties: the handle, and the one device it is for.

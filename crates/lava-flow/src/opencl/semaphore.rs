@@ -1,7 +1,7 @@
 //! Binary semaphores imported with cl_khr_external_semaphore_opaque_fd.
 
 use cl3::ext as cl;
-use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
+use raw_gpu_handle::{ExportedSemaphore, SemaphoreHandleKind, SemaphoreKind};
 
 use super::context::{cl_error, ClContext, SEMAPHORE_DEVICE_HANDLE_LIST};
 use super::memory::release_event;
@@ -57,7 +57,7 @@ impl ClContext {
                 "export the semaphore as an opaque fd",
             ));
         }
-        raw_gpu_handle::check_compatible(MemoryHandleKind::OpaqueFd, &description.device, &self.identity())?;
+        self.check_exporter(&description.device)?;
         let kind = crate::fd::inspect(std::os::fd::AsFd::as_fd(&handle));
         use crate::fd::FdKind;
         if matches!(

@@ -153,6 +153,9 @@ impl DeviceMemory {
         host: Option<SharedHostMemory>,
     ) -> DeviceMemory {
         let properties = ctx.memory_properties().memory_types[type_index as usize].property_flags;
+        if origin != MemoryOrigin::Imported {
+            exporters().insert(allocation_id, size);
+        }
         DeviceMemory {
             ctx: ctx.clone(),
             memory,
@@ -187,7 +190,7 @@ impl DeviceMemory {
             let host = SharedHostMemory::from_fd(handle, d.allocation_size)?;
             return Self::import_host(ctx, host, d.allocation_id);
         }
-        let fd = crate::fd::check_memory_fd(handle, &format!("{} memory", d.handle_kind), d.allocation_size, false)?;
+        let fd = crate::fd::check_exported_memory(handle, &d, &format!("{} memory", d.handle_kind))?;
         raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &ctx.identity())?;
         Self::check_description(ctx, &d, dedicated)?;
         let ext = ctx.external_memory_fd()?;
@@ -539,5 +542,30 @@ impl Drop for DeviceMemory {
         // freeing implicitly unmaps. The host mapping (if any) is dropped after this, as Vulkan
         // requires the pointer to stay valid until the memory is freed.
         unsafe { self.ctx.device().free_memory(self.memory, None) };
+        if self.origin != MemoryOrigin::Imported {
+            exporters().remove(&self.allocation_id);
+        }
+    }
+}
+
+/// Allocations exported from this process, by id, with their true sizes. Importers in the same
+/// process check descriptions against it: NVIDIA's CUDA driver accepts an opaque fd with a larger
+/// size than the allocation, which would map memory that is not there.
+fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<AllocationId, u64>> {
+    static EXPORTERS: std::sync::OnceLock<Mutex<std::collections::HashMap<AllocationId, u64>>> =
+        std::sync::OnceLock::new();
+    EXPORTERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses a description whose allocation was made in this process with another size.
+pub(crate) fn check_against_exporter(d: &MemoryDescription) -> Result<()> {
+    let Some(id) = d.allocation_id else { return Ok(()) };
+    match exporters().get(&id) {
+        Some(&size) if size != d.allocation_size => Err(Error::invalid(
+            format!("an import of {} bytes of allocation {id}", d.allocation_size),
+            format!("that allocation was made in this process with {size} bytes"),
+            "pass the description exactly as exported (importers must be given the whole allocation's size)",
+        )),
+        _ => Ok(()),
     }
 }
