@@ -267,14 +267,19 @@ fn cuda_section() -> ApiSection {
     ApiSection::unavailable("CUDA", "built without the `cuda` feature")
 }
 
-/// Vulkan device whose device and driver UUIDs are `identity`'s: the one whose opaque fds this
-/// device may import.
+/// The Vulkan device with `identity`'s device UUID, and its driver UUID too where `same_driver`:
+/// the one whose opaque fds this device may import. GL reports Vulkan's driver UUID and is
+/// matched on both; NVIDIA's OpenCL driver UUID differs from its Vulkan one, so OpenCL (like
+/// lava-flow's OpenCL importer) is matched on the device UUID alone.
 #[cfg(any(feature = "gl", feature = "opencl"))]
-fn paired_vulkan(identity: &lava_flow::raw_gpu_handle::DeviceIdentity) -> Option<usize> {
+fn paired_vulkan(identity: &lava_flow::raw_gpu_handle::DeviceIdentity, same_driver: bool) -> Option<usize> {
     let devices = VulkanContext::enumerate().ok()?;
     devices
         .iter()
-        .find(|v| v.identity.device_uuid == identity.device_uuid && v.identity.driver_uuid == identity.driver_uuid)
+        .find(|v| {
+            v.identity.device_uuid == identity.device_uuid
+                && (!same_driver || v.identity.driver_uuid == identity.driver_uuid)
+        })
         .map(|v| v.index)
 }
 
@@ -321,7 +326,7 @@ fn opencl_section() -> ApiSection {
             name: device,
             device_uuid: d.identity.device_uuid.to_string(),
             driver_uuid: Some(d.identity.driver_uuid.to_string()),
-            vulkan_device: d.device_uuid.then(|| paired_vulkan(&d.identity)).flatten(),
+            vulkan_device: d.device_uuid.then(|| paired_vulkan(&d.identity, false)).flatten(),
         });
     }
     ApiSection { api: "OpenCL", available: true, reason: None, devices: api_devices, sharing }
@@ -366,7 +371,7 @@ fn gl_section() -> ApiSection {
             name: format!("{} ({}, EGL {})", d.renderer, d.api, d.platform),
             device_uuid: d.identity.device_uuid.to_string(),
             driver_uuid: Some(d.identity.driver_uuid.to_string()),
-            vulkan_device: paired_vulkan(&d.identity),
+            vulkan_device: paired_vulkan(&d.identity, true),
         });
     }
     ApiSection { api: "OpenGL", available: true, reason: None, devices: api_devices, sharing }
