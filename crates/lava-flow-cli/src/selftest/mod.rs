@@ -52,7 +52,8 @@ pub enum Outcome {
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
 pub struct PathResult {
-    /// The API whose absence would skip the path ("vulkan", "cuda", "opencl", "gl", "semaphores").
+    /// What the path needs ("vulkan", "cuda", "opencl", "gl", "semaphores", or several joined by
+    /// `+`): the names `LAVA_FLOW_REQUIRE` matches.
     pub api: &'static str,
     pub path: String,
     /// Bytes moved each way.
@@ -321,13 +322,8 @@ pub fn run(args: &Args) -> CmdResult {
                 if let Some(first) = results.iter_mut().find(|f| f.path == r.path) {
                     first.runs += 1;
                     first.time_ms += r.time_ms;
-                    if first.outcome == Outcome::Pass && r.outcome != Outcome::Pass {
-                        first.outcome = match r.outcome {
-                            Outcome::Fail(m) | Outcome::Skipped(m) => {
-                                Outcome::Fail(format!("in soak round {round}: {m}"))
-                            }
-                            Outcome::Pass => unreachable!(),
-                        };
+                    if let (Outcome::Pass, Outcome::Fail(m) | Outcome::Skipped(m)) = (&first.outcome, r.outcome) {
+                        first.outcome = Outcome::Fail(format!("in soak round {round}: {m}"));
                     }
                 }
             }
