@@ -1,1 +1,31 @@
 //! Handing exported objects to another process over Unix sockets.
+//!
+//! A [`Server`] listens on a `SOCK_SEQPACKET` socket and shares named objects (memory, buffers,
+//! textures, semaphores, fences); a [`Client`] connects and asks for them. Each message is a small
+//! versioned binary datagram ([`wire`]) with the objects' fds in `SCM_RIGHTS`; `docs/PROTOCOL.md`
+//! writes the format down byte by byte for clients in other languages.
+//!
+//! ```no_run
+//! use lava_flow::ipc::{shm::SharedMemfd, Client, NamedObject, Server, ServerConfig};
+//!
+//! let memory = SharedMemfd::create("frames", 1 << 20)?;
+//! let server = Server::bind("/tmp/lava-flow.sock", ServerConfig::default())?;
+//! server.publish(NamedObject::new("frames", memory.export()?))?;
+//!
+//! // In another process:
+//! let client = Client::connect("/tmp/lava-flow.sock")?;
+//! let frames = client.get_one("frames")?;
+//! # Ok::<(), lava_flow::Error>(())
+//! ```
+
+mod client;
+mod object;
+mod server;
+pub mod shm;
+pub mod socket;
+pub mod wire;
+
+pub use client::{Client, DEFAULT_REPLY_TIMEOUT};
+pub use object::{NamedObject, SharedObject};
+pub use server::{Server, ServerConfig, ServerStats};
+pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};
