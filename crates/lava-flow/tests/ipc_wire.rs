@@ -268,7 +268,8 @@ fn layout_matches_the_protocol_document() {
 fn each_bad_field_is_rejected_with_its_code() {
     let good = one_memory();
     assert!(decode(&good, 1).is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, ErrorCode)> = vec![
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Mutation, ErrorCode)> = vec![
         ("magic", Box::new(|b| b[0] = b'X'), ErrorCode::Malformed),
         ("version", Box::new(|b| b[4] = 2), ErrorCode::UnsupportedVersion),
         ("message type", Box::new(|b| b[6] = 99), ErrorCode::Malformed),
