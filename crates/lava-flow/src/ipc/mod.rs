@@ -20,6 +20,7 @@
 
 mod client;
 mod object;
+pub mod ring;
 mod server;
 pub mod shm;
 pub mod socket;
