@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ipc_support::{pattern_bytes, TempDir};
-use lava_flow::ipc::shm::SharedMemfd;
+use lava_flow::ipc::shm;
 use lava_flow::ipc::wire::{encode, Message, NamedDescription, ObjectDescription, HEADER_LEN};
 use lava_flow::ipc::{NamedObject, Server, ServerConfig};
 use lava_flow::raw_gpu_handle::{
@@ -47,11 +47,11 @@ fn the_documented_python_client_reads_a_live_server() {
     let client = write_client(dir.path());
     let socket = dir.path().join("server.sock");
     let server = Server::bind(&socket, ServerConfig::default()).unwrap();
-    let memory = SharedMemfd::create("python", 1 << 16).unwrap();
-    memory.write(0, &pattern_bytes(3, 1 << 16)).unwrap();
-    server.publish(NamedObject::new("frames", memory.export().unwrap())).unwrap();
+    let mut memory = shm::create(1 << 16).unwrap();
+    memory.as_mut_slice()[0..][..pattern_bytes(3, 1 << 16).len()].copy_from_slice(&pattern_bytes(3, 1 << 16));
+    server.publish(NamedObject::new("frames", shm::export(&memory).unwrap())).unwrap();
     let buffer = Buffer {
-        memory: memory.export().unwrap(),
+        memory: shm::export(&memory).unwrap(),
         buffer: BufferDescription { offset: 256, size: 1024, alignment: 256 },
     };
     server.publish(NamedObject::new("buffer", buffer)).unwrap();
@@ -65,7 +65,7 @@ fn the_documented_python_client_reads_a_live_server() {
         offset: 4096,
         size: 768,
     };
-    server.publish(NamedObject::new("image", Texture { memory: memory.export().unwrap(), texture })).unwrap();
+    server.publish(NamedObject::new("image", Texture { memory: shm::export(&memory).unwrap(), texture })).unwrap();
     let path = socket.to_str().unwrap();
 
     let (ok, out, err) = run_python(dir.path(), &[client.to_str().unwrap(), path]);

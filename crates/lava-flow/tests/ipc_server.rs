@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ipc_support::{child_command, child_role, pattern_bytes, run_ok, TempDir};
-use lava_flow::ipc::shm::SharedMemfd;
-use lava_flow::ipc::socket::{connect_seqpacket, recv_with_fds, send_with_fds};
+use lava_flow::ipc::shm;
+use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, send_with_fds};
 use lava_flow::ipc::wire::{decode, encode, ErrorCode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
 use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::{
@@ -42,28 +42,28 @@ fn texture_description() -> TextureDescription {
 }
 
 /// Host memory with the pattern, published whole, as a buffer in it and as a linear texture in it.
-fn serve_shared_memory(server: &Server) -> SharedMemfd {
-    let memory = SharedMemfd::create("ipc-test", SIZE).unwrap();
-    memory.write(0, &pattern_bytes(SEED, SIZE)).unwrap();
-    server.publish(NamedObject::new("memory", memory.export().unwrap())).unwrap();
+fn serve_shared_memory(server: &Server) -> lava_flow::SharedHostMemory {
+    let mut memory = shm::create(SIZE).unwrap();
+    memory.as_mut_slice()[0..][..pattern_bytes(SEED, SIZE).len()].copy_from_slice(&pattern_bytes(SEED, SIZE));
+    server.publish(NamedObject::new("memory", shm::export(&memory).unwrap())).unwrap();
     let buffer = Buffer {
-        memory: memory.export().unwrap(),
+        memory: shm::export(&memory).unwrap(),
         buffer: BufferDescription { offset: 4096, size: 64 * 1024, alignment: 4096 },
     };
     server.publish(NamedObject::new("buffer", buffer)).unwrap();
-    let texture = Texture { memory: memory.export().unwrap(), texture: texture_description() };
+    let texture = Texture { memory: shm::export(&memory).unwrap(), texture: texture_description() };
     server.publish(NamedObject::new("texture", texture)).unwrap();
     memory
 }
 
-fn map_memory_of(object: SharedObject) -> SharedMemfd {
+fn map_memory_of(object: SharedObject) -> lava_flow::SharedHostMemory {
     let memory = match object {
         SharedObject::Memory(m) => m,
         SharedObject::Buffer(b) => b.memory,
         SharedObject::Texture(t) => t.memory,
         other => panic!("expected memory, got a {}", other.kind_name()),
     };
-    SharedMemfd::from_exported(memory).unwrap()
+    shm::map_exported(memory).unwrap()
 }
 
 fn share_child() {
@@ -79,28 +79,25 @@ fn share_child() {
     let mapped = map_memory_of(texture);
     let TextureTiling::Linear { row_pitch, .. } = td.tiling else { unreachable!() };
     let row5 = td.offset as usize + 5 * row_pitch as usize;
-    let mut row = vec![0u8; 64 * 4];
-    mapped.read_into(row5, &mut row).unwrap();
-    assert_eq!(row, expected[row5..row5 + row.len()], "texture row 5 seen through the texture's own fd");
+    let row = &mapped.as_slice()[row5..][..64 * 4];
+    assert_eq!(row, &expected[row5..row5 + row.len()], "texture row 5 seen through the texture's own fd");
 
     let buffer = objects.pop().unwrap().object;
     let ObjectDescription::Buffer { buffer: bd, .. } = buffer.description() else { panic!("not a buffer") };
     let mapped = map_memory_of(buffer);
-    let mut bytes = vec![0u8; bd.size as usize];
-    mapped.read_into(bd.offset as usize, &mut bytes).unwrap();
-    assert_eq!(bytes, expected[bd.offset as usize..(bd.offset + bd.size) as usize]);
+    let bytes = &mapped.as_slice()[bd.offset as usize..][..bd.size as usize];
+    assert_eq!(bytes, &expected[bd.offset as usize..(bd.offset + bd.size) as usize]);
 
-    let memory = map_memory_of(objects.pop().unwrap().object);
-    let mut all = vec![0u8; SIZE];
-    memory.read_into(0, &mut all).unwrap();
+    let mut memory = map_memory_of(objects.pop().unwrap().object);
+    let all = &memory.as_slice()[0..][..SIZE];
     assert!(all == expected, "the whole allocation holds the server's pattern");
     // Answer through the same pages: the parent sees this without any copy over the socket.
-    memory.write(SIZE - 4096, &pattern_bytes(99, 4096)).unwrap();
+    memory.as_mut_slice()[SIZE - 4096..][..pattern_bytes(99, 4096).len()].copy_from_slice(&pattern_bytes(99, 4096));
 
     // And hand memory of our own back to the server.
-    let own = SharedMemfd::create("from-child", 8192).unwrap();
-    own.write(0, &pattern_bytes(1234, 8192)).unwrap();
-    client.publish(&[NamedObject::new("from-child", own.export().unwrap())]).unwrap();
+    let mut own = shm::create(8192).unwrap();
+    own.as_mut_slice()[0..][..pattern_bytes(1234, 8192).len()].copy_from_slice(&pattern_bytes(1234, 8192));
+    client.publish(&[NamedObject::new("from-child", shm::export(&own).unwrap())]).unwrap();
     println!("child: verified {} bytes through memory, buffer and texture fds and published its own", SIZE);
 }
 
@@ -119,14 +116,12 @@ fn two_processes_share_host_memory_buffers_and_textures() {
     child.env("LAVA_FLOW_TEST_SOCKET", &path);
     run_ok(child, "the child process");
 
-    let mut written = vec![0u8; 4096];
-    memory.read_into(SIZE - 4096, &mut written).unwrap();
+    let written = &memory.as_slice()[SIZE - 4096..][..4096];
     assert_eq!(written, pattern_bytes(99, 4096), "the child's writes are visible in the parent's mapping");
 
     let from_child = server.remove("from-child").expect("the child published an object");
     let theirs = map_memory_of(from_child.object);
-    let mut bytes = vec![0u8; 8192];
-    theirs.read_into(0, &mut bytes).unwrap();
+    let bytes = &theirs.as_slice()[0..][..8192];
     assert_eq!(bytes, pattern_bytes(1234, 8192));
     drop(theirs);
 
@@ -139,11 +134,11 @@ fn two_processes_share_host_memory_buffers_and_textures() {
 
 /// A memfd to attach to malformed messages: a real fd the server must close.
 fn some_fd() -> OwnedFd {
-    SharedMemfd::create("junk", 4096).unwrap().export().unwrap().handle
+    shm::export(&shm::create(4096).unwrap()).unwrap().handle
 }
 
 fn memory_description() -> ObjectDescription {
-    ObjectDescription::Memory(SharedMemfd::create("d", 4096).unwrap().export().unwrap().description)
+    ObjectDescription::Memory(shm::export(&shm::create(4096).unwrap()).unwrap().description)
 }
 
 fn publish_bytes(count: usize) -> Vec<u8> {
@@ -173,7 +168,7 @@ fn send_raw(path: &std::path::Path, bytes: &[u8], n_fds: usize) -> Message {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
     send_unchecked(sock.as_fd(), bytes, &borrowed);
     drop(fds);
-    let reply = recv_with_fds(sock.as_fd(), MAX_MESSAGE_LEN).unwrap().expect("a reply");
+    let reply = recv_datagram(sock.as_fd(), MAX_MESSAGE_LEN).unwrap().expect("a reply");
     assert!(reply.fds.is_empty(), "an error reply carries no fds");
     decode(&reply.bytes, 0).unwrap()
 }
@@ -181,8 +176,7 @@ fn send_raw(path: &std::path::Path, bytes: &[u8], n_fds: usize) -> Message {
 fn check_good_client(path: &std::path::Path) {
     let client = Client::connect(path).unwrap();
     let memory = map_memory_of(client.get_one("memory").unwrap());
-    let mut head = vec![0u8; 4096];
-    memory.read_into(0, &mut head).unwrap();
+    let head = &memory.as_slice()[0..][..4096];
     assert_eq!(head, pattern_bytes(SEED, 4096));
 }
 
@@ -261,9 +255,9 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
 
     // A good publish is stored, keeps exactly its fds, and gives them back on removal.
     let client = Client::connect(&path).unwrap();
-    let own = SharedMemfd::create("good", 4096).unwrap();
-    client.publish(&[NamedObject::new("good", own.export().unwrap())]).unwrap();
-    let err = client.publish(&[NamedObject::new("good", own.export().unwrap())]).unwrap_err();
+    let own = shm::create(4096).unwrap();
+    client.publish(&[NamedObject::new("good", shm::export(&own).unwrap())]).unwrap();
+    let err = client.publish(&[NamedObject::new("good", shm::export(&own).unwrap())]).unwrap_err();
     assert!(err.to_string().contains("already published"), "{err}");
     drop((client, own));
     assert!(server.wait_idle(WAIT));
@@ -400,8 +394,7 @@ fn other_uid_child() {
         }
         _ => {
             let memory = map_memory_of(client.get_one("memory").unwrap());
-            let mut head = vec![0u8; 4096];
-            memory.read_into(0, &mut head).unwrap();
+            let head = &memory.as_slice()[0..][..4096];
             assert_eq!(head, pattern_bytes(SEED, 4096));
             println!("allowed uid read the memory");
         }

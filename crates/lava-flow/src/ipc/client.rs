@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::object::{join, NamedObject, SharedObject};
-use super::socket::{connect_seqpacket, recv_with_fds, send_message, set_timeouts};
+use super::socket::{connect_seqpacket, recv_datagram, send_message, set_timeouts};
 use super::wire::{decode, ErrorCode, Message, MAX_MESSAGE_LEN};
 use crate::{Error, Result};
 
@@ -60,7 +60,7 @@ impl Client {
     pub fn receive(&self) -> Result<(Message, Vec<OwnedFd>)> {
         let mut reset_seen = false;
         let received = loop {
-            match recv_with_fds(self.sock.as_fd(), MAX_MESSAGE_LEN) {
+            match recv_datagram(self.sock.as_fd(), MAX_MESSAGE_LEN) {
                 // The kernel reports a reset once and then hands out what was queued before it.
                 Err(Error::Io { source, .. })
                     if !reset_seen && source.raw_os_error() == Some(rustix::io::Errno::CONNRESET.raw_os_error()) =>

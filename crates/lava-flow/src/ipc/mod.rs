@@ -6,11 +6,11 @@
 //! writes the format down byte by byte for clients in other languages.
 //!
 //! ```no_run
-//! use lava_flow::ipc::{shm::SharedMemfd, Client, NamedObject, Server, ServerConfig};
+//! use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig};
 //!
-//! let memory = SharedMemfd::create("frames", 1 << 20)?;
+//! let memory = shm::create(1 << 20)?;
 //! let server = Server::bind("/tmp/lava-flow.sock", ServerConfig::default())?;
-//! server.publish(NamedObject::new("frames", memory.export()?))?;
+//! server.publish(NamedObject::new("frames", shm::export(&memory)?))?;
 //!
 //! // In another process:
 //! let client = Client::connect("/tmp/lava-flow.sock")?;
@@ -19,6 +19,7 @@
 //! ```
 
 mod client;
+pub mod fd_passing;
 mod object;
 pub mod ring;
 mod server;

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::object::{NamedObject, SharedObject};
-use super::shm::SharedMemfd;
+use super::shm;
 use super::{Client, Server, ServerConfig};
-use crate::{Error, Result};
+use crate::{Error, Result, SharedHostMemory};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"LVFRING1");
 const VERSION: u32 = 1;
@@ -204,7 +204,7 @@ pub trait RingSignal: Send + Sync {
 /// The CPU [`RingSignal`]: counters in the shared control block; a waiter spins briefly, then
 /// sleeps on a process-shared futex that the other side wakes only when someone sleeps.
 pub struct HostCounters {
-    control: Arc<SharedMemfd>,
+    control: Arc<SharedHostMemory>,
 }
 
 struct Counter<'a> {
@@ -215,15 +215,15 @@ struct Counter<'a> {
 
 impl HostCounters {
     /// Signals through `control`, a ring control block.
-    pub fn new(control: Arc<SharedMemfd>) -> HostCounters {
+    pub fn new(control: Arc<SharedHostMemory>) -> HostCounters {
         HostCounters { control }
     }
 
     fn counter(&self, value: usize, seq: usize, sleeping: usize) -> Result<Counter<'_>> {
         Ok(Counter {
-            value: self.control.atomic_u64(value)?,
-            seq: self.control.atomic_u32(seq)?,
-            sleeping: self.control.atomic_u32(sleeping)?,
+            value: shm::atomic_u64(&self.control, value)?,
+            seq: shm::atomic_u32(&self.control, seq)?,
+            sleeping: shm::atomic_u32(&self.control, sleeping)?,
         })
     }
 }
@@ -297,7 +297,7 @@ impl RingSignal for HostCounters {
     }
 }
 
-fn choose_signal(sync: RingSync, control: &Arc<SharedMemfd>) -> Result<Box<dyn RingSignal>> {
+fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<dyn RingSignal>> {
     match sync {
         RingSync::Auto | RingSync::HostCounters => Ok(Box::new(HostCounters::new(control.clone()))),
         RingSync::TimelineSemaphore => Err(Error::unsupported(
@@ -340,19 +340,20 @@ pub fn check_frame(slot: &[u64], k: u64) -> Result<()> {
 }
 
 struct Mapped {
-    control: Arc<SharedMemfd>,
-    slots: Vec<SharedMemfd>,
+    control: Arc<SharedHostMemory>,
+    slots: Vec<SharedHostMemory>,
+    slot_len: usize,
 }
 
 impl Mapped {
     fn flags(&self) -> &AtomicU32 {
-        self.control.atomic_u32(FLAGS).expect("FLAGS is inside the control block")
+        shm::atomic_u32(&self.control, FLAGS).expect("FLAGS is inside the control block")
     }
     fn meta(&self, slot: usize) -> (&AtomicU64, &AtomicU64) {
         let at = SLOT_META + slot * SLOT_META_STRIDE;
         (
-            self.control.atomic_u64(at).expect("slot metadata is inside the control block"),
-            self.control.atomic_u64(at + 8).expect("slot metadata is inside the control block"),
+            shm::atomic_u64(&self.control, at).expect("slot metadata is inside the control block"),
+            shm::atomic_u64(&self.control, at + 8).expect("slot metadata is inside the control block"),
         )
     }
     /// The slot's words.
@@ -362,9 +363,10 @@ impl Mapped {
     #[allow(clippy::mut_from_ref)]
     unsafe fn words(&self, slot: usize) -> &mut [u64] {
         let s = &self.slots[slot];
-        // SAFETY: the mapping is page aligned and `len` is a multiple of 8 (checked when the ring
-        // was made or attached); the caller owns the slot exclusively.
-        unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast::<u64>(), s.len() / 8) }
+        debug_assert!(self.slot_len <= s.len());
+        // SAFETY: the mapping is page aligned and at least `slot_len` bytes, a multiple of 8
+        // (checked when the ring was made or attached); the caller owns the slot exclusively.
+        unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast::<u64>(), self.slot_len / 8) }
     }
 }
 
@@ -401,21 +403,21 @@ fn check_producer_config(config: &RingConfig) -> Result<()> {
 /// produces frames until the count is reached, `stop` is set or the consumer stops.
 pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     check_producer_config(config)?;
-    let control = Arc::new(SharedMemfd::create(CONTROL_NAME, CONTROL_LEN)?);
-    let slots =
-        (0..config.slots).map(|i| SharedMemfd::create(&slot_name(i), config.slot_size)).collect::<Result<Vec<_>>>()?;
-    control.write(0, &MAGIC.to_le_bytes())?;
-    control.write(8, &VERSION.to_le_bytes())?;
-    control.write(12, &config.slots.to_le_bytes())?;
-    control.write(16, &(config.slot_size as u64).to_le_bytes())?;
-    control.write(24, &config.frames.unwrap_or(0).to_le_bytes())?;
-    let ring = Mapped { control, slots };
+    let mut control = shm::create(CONTROL_LEN)?;
+    let slots = (0..config.slots).map(|_| shm::create(config.slot_size)).collect::<Result<Vec<_>>>()?;
+    let header = control.as_mut_slice();
+    header[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&config.slots.to_le_bytes());
+    header[16..24].copy_from_slice(&(config.slot_size as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&config.frames.unwrap_or(0).to_le_bytes());
+    let ring = Mapped { control: Arc::new(control), slots, slot_len: config.slot_size };
     let signal = choose_signal(config.sync, &ring.control)?;
 
     let server = Server::bind(&config.socket, config.server.clone())?;
-    server.publish(NamedObject::new(CONTROL_NAME, ring.control.export()?))?;
+    server.publish(NamedObject::new(CONTROL_NAME, shm::export(&ring.control)?))?;
     for (i, s) in ring.slots.iter().enumerate() {
-        server.publish(NamedObject::new(slot_name(i as u32), s.export()?))?;
+        server.publish(NamedObject::new(slot_name(i as u32), shm::export(s)?))?;
     }
     let flags = ring.flags();
     let attach_deadline = Instant::now() + config.timeout;
@@ -451,7 +453,7 @@ pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
         }
         if k >= n {
             let need = k - n + 1;
-            let mut released = ring.control.atomic_u64(RELEASED)?.load(Ordering::Acquire);
+            let mut released = shm::atomic_u64(&ring.control, RELEASED)?.load(Ordering::Acquire);
             if released < need {
                 waits += 1;
                 released = signal.wait_released(need, config.timeout, &abort)?;
@@ -523,9 +525,8 @@ fn attach_ring(config: &RingConfig) -> Result<Mapped> {
             other => Err(bad(format!("{name} is a {}, not memory", other.kind_name()))),
         }
     };
-    let control = SharedMemfd::map(take(&mut objects, CONTROL_NAME)?.handle, CONTROL_LEN)?;
-    let mut header = [0u8; 32];
-    control.read_into(0, &mut header)?;
+    let control = shm::map_sealed(take(&mut objects, CONTROL_NAME)?.handle, CONTROL_LEN as u64)?;
+    let header = &control.as_slice()[..32];
     let magic = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let slot_count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
@@ -538,9 +539,9 @@ fn attach_ring(config: &RingConfig) -> Result<Mapped> {
     }
     let slot_size = usize::try_from(slot_size).map_err(|_| bad("slot size exceeds the address space".into()))?;
     let slots = (0..slot_count)
-        .map(|i| SharedMemfd::map(take(&mut objects, &slot_name(i))?.handle, slot_size))
+        .map(|i| shm::map_sealed(take(&mut objects, &slot_name(i))?.handle, slot_size as u64))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Mapped { control: Arc::new(control), slots })
+    Ok(Mapped { control: Arc::new(control), slots, slot_len: slot_size })
 }
 
 /// Keeps at most `CAP` latency samples (reservoir sampling beyond that) for the percentiles.
@@ -601,12 +602,12 @@ pub fn run_consumer(config: &RingConfig) -> Result<RingReport> {
     let ring = attach_ring(config)?;
     let signal = choose_signal(config.sync, &ring.control)?;
     let n = ring.slots.len() as u64;
-    let slot_size = ring.slots[0].len();
+    let slot_size = ring.slot_len;
     let flags = ring.flags();
     flags.fetch_or(FLAG_ATTACHED, Ordering::SeqCst);
     let finished = || flags.load(Ordering::Acquire) & FLAG_FINISHED != 0;
     let abort = || finished() || stopped(&config.stop);
-    let published = ring.control.atomic_u64(PUBLISHED)?;
+    let published = shm::atomic_u64(&ring.control, PUBLISHED)?;
     let mut latencies = Latencies::new();
     let mut wake_latencies = Latencies::new();
     let start = Instant::now();

@@ -20,7 +20,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::SocketFlags;
 
 use super::object::{join, NamedObject};
-use super::socket::{borrow_all, recv_with_fds, send_message, set_timeouts, unix_address};
+use super::socket::{borrow_all, recv_datagram, send_message, set_timeouts, unix_address};
 use super::wire::{decode, ErrorCode, Message, NamedDescription, WireError, MAX_FDS, MAX_MESSAGE_LEN};
 use crate::{Error, Result};
 
@@ -484,7 +484,7 @@ fn serve_client(shared: &Shared, sock: BorrowedFd<'_>) {
     }
     let mut errors = 0u32;
     while !shared.stopping.load(Ordering::SeqCst) {
-        let received = match recv_with_fds(sock, MAX_MESSAGE_LEN) {
+        let received = match recv_datagram(sock, MAX_MESSAGE_LEN) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(Error::Timeout { .. }) => {

@@ -1,16 +1,18 @@
 //! Datagrams with fds over `SOCK_SEQPACKET` Unix sockets: one `sendmsg` is one message, its fds
 //! ride in one `SCM_RIGHTS` control message, and received fds become `OwnedFd`s before anything
-//! looks at the bytes, so whatever happens next closes them exactly once.
+//! looks at the bytes, so whatever happens next closes them exactly once. Sending is
+//! [`fd_passing::send_with_fds`](super::fd_passing::send_with_fds); receiving here differs from
+//! the stream version in reporting a datagram's truncation instead of reading on.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketAddrUnix, SocketFlags,
+    SocketType,
 };
 
 use super::wire::MAX_FDS;
@@ -63,36 +65,12 @@ pub fn set_timeouts(sock: BorrowedFd<'_>, recv: Option<Duration>, send: Option<D
         .map_err(|e| Error::io("setting socket timeouts", e.into()))
 }
 
-/// Sends `bytes` as one datagram with `fds` attached (`MSG_NOSIGNAL`: a vanished peer is an
-/// `EPIPE` error, not a signal). The fds stay open here; the receiver gets duplicates.
-pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(Error::invalid(
-            "fds to send",
-            format!("{} fds exceed the limit of {MAX_FDS} per message", fds.len()),
-            "send fewer objects per message",
-        ));
-    }
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(Error::invalid("fds to send", "the control buffer is too small", "send fewer fds"));
-    }
-    let sent = rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|e| Error::io("sending a lava-flow message", e.into()))?;
-    if sent != bytes.len() {
-        return Err(Error::Protocol {
-            reason: format!("sent {sent} of {} bytes of a datagram", bytes.len()),
-            advice: "use a SOCK_SEQPACKET socket, which sends whole messages".into(),
-        });
-    }
-    Ok(())
-}
+pub use super::fd_passing::send_with_fds;
 
 /// Receives one datagram of at most `max_len` bytes with at most [`MAX_FDS`] fds
 /// (`MSG_CMSG_CLOEXEC`). `Ok(None)` is an orderly end of the connection (an empty datagram
 /// without fds reads the same). Timeouts (`SO_RCVTIMEO`) are `Error::Timeout`.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, max_len: usize) -> Result<Option<Received>> {
+pub fn recv_datagram(sock: BorrowedFd<'_>, max_len: usize) -> Result<Option<Received>> {
     let mut bytes = vec![0u8; max_len];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);

@@ -25,7 +25,7 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Largest payload.
 pub const MAX_PAYLOAD_LEN: usize = MAX_MESSAGE_LEN - HEADER_LEN;
 /// Most fds one message may carry (and so most objects in one message).
-pub const MAX_FDS: usize = 64;
+pub const MAX_FDS: usize = super::fd_passing::MAX_FDS_PER_MESSAGE;
 /// Longest object name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest error text, in bytes.

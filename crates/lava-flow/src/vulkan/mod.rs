@@ -1,6 +1,19 @@
 //! Vulkan: the allocating side. Contexts, exportable memory, buffers and images, imports,
 //! capability queries and synchronization, on ash with libvulkan loaded at run time.
 
+mod allocator;
+mod buffer;
+pub mod caps;
 mod context;
+mod format;
+mod host;
+mod image;
+mod memory;
 
+pub use allocator::{MemoryAllocator, MemoryLocation};
+pub use buffer::{Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MappedBufferMut, MemoryKind};
 pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
+pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
+pub use host::SharedHostMemory;
+pub use image::{Image, ImageOptions, ImageTiling};
+pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
