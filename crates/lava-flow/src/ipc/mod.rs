@@ -22,6 +22,7 @@ mod client;
 pub mod fd_passing;
 mod object;
 pub mod ring;
+mod serve;
 mod server;
 pub mod shm;
 pub mod socket;
@@ -29,5 +30,9 @@ pub mod wire;
 
 pub use client::{Client, DEFAULT_REPLY_TIMEOUT};
 pub use object::{NamedObject, SharedObject};
+pub use serve::{
+    attach, check_pattern, pattern_bytes, pattern_word, serve_pattern, AttachApi, AttachOptions, AttachReport,
+    AttachedObject, PatternServer, ServeMemory, ServeOptions, ServeReport, Step, IMAGE_NAME, PATTERN_NAME,
+};
 pub use server::{Server, ServerConfig, ServerStats};
 pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};
