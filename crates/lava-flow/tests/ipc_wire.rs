@@ -360,3 +360,80 @@ fn inconsistent_descriptions_are_rejected_both_ways() {
     ]);
     assert!(encode(&twice).is_err());
 }
+
+/// One valid message of every type, as fuzz seeds: the first byte is the fd count.
+fn seeds() -> Vec<(String, Vec<u8>)> {
+    let memory = sample_memory();
+    let messages = [
+        ("get", Message::Get { name: "frames".into() }),
+        ("get-all", Message::Get { name: String::new() }),
+        ("ok", Message::Ok),
+        ("error", Message::error(ErrorCode::NotFound, "no object is named \"x\"")),
+        (
+            "objects",
+            Message::Objects(vec![
+                NamedDescription { name: "m".into(), description: ObjectDescription::Memory(memory) },
+                NamedDescription {
+                    name: "b".into(),
+                    description: ObjectDescription::Buffer {
+                        memory,
+                        buffer: BufferDescription { offset: 256, size: 1024, alignment: 256 },
+                    },
+                },
+                NamedDescription {
+                    name: "s".into(),
+                    description: ObjectDescription::Semaphore(SemaphoreDescription {
+                        kind: SemaphoreKind::Timeline,
+                        handle_kind: SemaphoreHandleKind::OpaqueFd,
+                        device: memory.device,
+                    }),
+                },
+            ]),
+        ),
+        (
+            "publish-texture",
+            Message::Publish(vec![NamedDescription {
+                name: "t".into(),
+                description: ObjectDescription::Texture {
+                    memory,
+                    texture: TextureDescription {
+                        format: TextureFormat::Rgba8Unorm,
+                        dimension: TextureDimension::D2,
+                        extent: Extent3d { width: 64, height: 64, depth: 1 },
+                        array_layers: 1,
+                        tiling: TextureTiling::DrmModifier {
+                            modifier: 0,
+                            planes: vec![PlaneLayout { offset: 0, size: 16384, row_pitch: 256 }],
+                        },
+                        usage: TextureUsage { sampled: true, ..Default::default() },
+                        offset: 0,
+                        size: 16384,
+                    },
+                },
+            }]),
+        ),
+    ];
+    messages
+        .into_iter()
+        .map(|(name, m)| {
+            let mut bytes = vec![m.fd_count() as u8];
+            bytes.extend(encode(&m).unwrap());
+            (name.to_owned(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn fuzz_seeds_are_the_encoders_output() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/decode_message");
+    for (name, bytes) in seeds() {
+        let path = dir.join(&name);
+        if std::env::var_os("LAVA_FLOW_WRITE_SEEDS").is_some() {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(stored, bytes, "{name}: rerun with LAVA_FLOW_WRITE_SEEDS=1 after changing the format");
+        let (fds, message) = stored.split_first().unwrap();
+        assert!(decode(message, usize::from(*fds)).is_ok(), "{name}");
+    }
+}
