@@ -444,3 +444,23 @@ fn a_peer_of_another_uid_is_refused_by_the_credential_check() {
         check_good_client(&path);
     }
 }
+
+#[test]
+fn host_memory_that_could_shrink_or_is_short_is_not_mapped() {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let before = testing::open_fd_count();
+    let unsealed = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&unsealed, 8192).unwrap();
+    let e = shm::map_sealed(unsealed, 8192).unwrap_err();
+    assert!(matches!(e, Error::InvalidHandle { .. }) && e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+
+    let short = rustix::fs::memfd_create("short", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&short, 4096).unwrap();
+    rustix::fs::fcntl_add_seals(&short, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    assert!(shm::map_sealed(short, 8192).is_err(), "a memfd smaller than described is refused");
+
+    let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+    assert!(shm::map_sealed(pipe_r, 4096).is_err(), "a pipe is not host memory");
+    drop(_pipe_w);
+    assert_eq!(testing::open_fd_count(), before, "every refused fd was closed");
+}
