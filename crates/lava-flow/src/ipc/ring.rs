@@ -604,7 +604,12 @@ pub fn run_consumer(config: &RingConfig) -> Result<RingReport> {
     let n = ring.slots.len() as u64;
     let slot_size = ring.slot_len;
     let flags = ring.flags();
-    flags.fetch_or(FLAG_ATTACHED, Ordering::SeqCst);
+    if flags.fetch_or(FLAG_ATTACHED, Ordering::SeqCst) & FLAG_ATTACHED != 0 {
+        return Err(Error::Protocol {
+            reason: format!("the ring at {} already has a consumer", config.socket.display()),
+            advice: "a ring has one producer and one consumer: start another producer".into(),
+        });
+    }
     let finished = || flags.load(Ordering::Acquire) & FLAG_FINISHED != 0;
     let abort = || finished() || stopped(&config.stop);
     let published = shm::atomic_u64(&ring.control, PUBLISHED)?;
