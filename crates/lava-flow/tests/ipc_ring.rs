@@ -14,9 +14,14 @@ const FRAMES: u64 = 5000;
 
 fn consumer_child() {
     let role = child_role().unwrap();
+    let (role, sync) = match role.strip_suffix("-timeline") {
+        Some(r) => (r.to_owned(), RingSync::TimelineSemaphore),
+        None => (role, RingSync::Auto),
+    };
     let config = RingConfig {
         socket: std::env::var_os("LAVA_FLOW_TEST_SOCKET").unwrap().into(),
         frames: role.strip_prefix("consume-").and_then(|n| n.parse().ok()),
+        sync,
         ..RingConfig::default()
     };
     let report = run_consumer(&config).expect("the consumer checks every frame");
@@ -142,4 +147,25 @@ fn bad_ring_configurations_are_refused() {
     assert!(e.is_unavailable(), "{e}");
     // Nobody serves: the consumer reports it instead of waiting forever.
     assert!(run_consumer(&config(&socket)).is_err());
+}
+
+#[test]
+fn ring_with_timeline_semaphores_passes_checked_frames() {
+    if child_role().is_some() {
+        return consumer_child();
+    }
+    let dir = TempDir::new("ring-timeline", 0o700);
+    let socket = dir.path().join("ring.sock");
+    let config = RingConfig { frames: Some(FRAMES), sync: RingSync::TimelineSemaphore, ..config(&socket) };
+    // Where exported timeline semaphores exist (the GPU machine) this must run; elsewhere it skips.
+    if let Err(e) = lava_flow::ipc::ring::check_sync(RingSync::TimelineSemaphore) {
+        lava_flow::testing::skip("semaphores", e);
+        return;
+    }
+    let test = "ring_with_timeline_semaphores_passes_checked_frames";
+    let consumer = spawn_consumer(test, "consume-all-timeline", &socket);
+    let producer = run_producer(&config).unwrap();
+    let consumer = consumer.join().unwrap();
+    assert_eq!(producer.frames, FRAMES);
+    assert_eq!(consumer["frames"], FRAMES);
 }

@@ -66,7 +66,8 @@ pub fn slot_name(i: u32) -> String {
 /// Which mechanism signals frames and free slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RingSync {
-    /// Timeline semaphores where the driver exports them, else host counters.
+    /// The best mechanism this build has for the machine: host counters for now; timeline
+    /// semaphores once their signal is wired in.
     #[default]
     Auto,
     /// Counters in shared host memory with a futex wait.
@@ -297,9 +298,11 @@ impl RingSignal for HostCounters {
     }
 }
 
-fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<dyn RingSignal>> {
+/// Whether this build and machine can signal a ring with `sync`: `Ok` or the reason it cannot
+/// (an error for which [`Error::is_unavailable`] holds).
+pub fn check_sync(sync: RingSync) -> Result<()> {
     match sync {
-        RingSync::Auto | RingSync::HostCounters => Ok(Box::new(HostCounters::new(control.clone()))),
+        RingSync::Auto | RingSync::HostCounters => Ok(()),
         RingSync::TimelineSemaphore => Err(Error::unsupported(
             "a ring signalled by timeline semaphores",
             "this build's ring has no Vulkan timeline-semaphore signal yet",
@@ -307,6 +310,11 @@ fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<
             "use RingSync::HostCounters (or Auto)",
         )),
     }
+}
+
+fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<dyn RingSignal>> {
+    check_sync(sync)?;
+    Ok(Box::new(HostCounters::new(control.clone())))
 }
 
 /// Monotonic nanoseconds, comparable between processes on one machine.
