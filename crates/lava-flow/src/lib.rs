@@ -38,3 +38,5 @@ pub mod gl;
 pub mod ipc;
 #[cfg(feature = "opencl")]
 pub mod opencl;
+#[cfg(unix)]
+pub mod pool;

@@ -54,6 +54,8 @@ impl MemoryLocation {
 pub struct MemoryAllocator {
     device_count: usize,
     contexts: Mutex<HashMap<usize, VulkanContext>>,
+    /// Exportable blocks that small buffers are carved from (see `crate::pool`).
+    pool: crate::pool::BufferPool,
 }
 
 impl std::fmt::Debug for MemoryAllocator {
@@ -74,7 +76,11 @@ impl MemoryAllocator {
                 advice: "install a Vulkan driver (`apt-get install mesa-vulkan-drivers` for the software one)".into(),
             });
         }
-        Ok(MemoryAllocator { device_count: devices.len(), contexts: Mutex::new(HashMap::new()) })
+        Ok(MemoryAllocator {
+            device_count: devices.len(),
+            contexts: Mutex::new(HashMap::new()),
+            pool: crate::pool::BufferPool::default(),
+        })
     }
 
     /// An allocator over one already opened context, as device `ctx.info().index`.
@@ -82,7 +88,7 @@ impl MemoryAllocator {
         let index = ctx.info().index;
         let mut map = HashMap::new();
         map.insert(index, ctx);
-        MemoryAllocator { device_count: index + 1, contexts: Mutex::new(map) }
+        MemoryAllocator { device_count: index + 1, contexts: Mutex::new(map), pool: crate::pool::BufferPool::default() }
     }
 
     /// The context of device `device_id`, opened on first use.
@@ -109,9 +115,21 @@ impl MemoryAllocator {
         self.allocate_buffer(location.device_id(), &BufferOptions::new(size).memory(location.kind()))
     }
 
-    /// Allocates a buffer with full options on device `device_id`.
+    /// Allocates a buffer with full options on device `device_id`: from a pool block or its own
+    /// allocation, as `options.strategy` and the pool's configuration decide.
     pub fn allocate_buffer(&self, device_id: usize, options: &BufferOptions) -> Result<Buffer> {
-        Buffer::new(&self.context(device_id)?, options)
+        self.pool.allocate_buffer(&self.context(device_id)?, options)
+    }
+
+    /// The pool small buffers come from: statistics, `trim`.
+    pub fn pool(&self) -> &crate::pool::BufferPool {
+        &self.pool
+    }
+
+    /// Replaces the pool's configuration (block size, dedicated threshold); call before allocating.
+    pub fn with_pool_config(mut self, config: crate::pool::PoolConfig) -> Self {
+        self.pool = crate::pool::BufferPool::new(config);
+        self
     }
 
     /// Allocates an image on device `device_id`.

@@ -53,6 +53,9 @@ pub struct BufferOptions {
     /// Extra bytes allocated after the buffer. Some importers cannot map a buffer that spans the
     /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): give them slack here.
     pub allocation_padding: u64,
+    /// Pooled (a range of a shared exportable block) or its own allocation; used by
+    /// [`MemoryAllocator`](super::MemoryAllocator) (`Buffer::new` always makes its own).
+    pub strategy: crate::pool::AllocationStrategy,
 }
 
 impl BufferOptions {
@@ -65,7 +68,14 @@ impl BufferOptions {
             export: Some(MemoryHandleKind::OpaqueFd),
             dedicated: DedicatedPolicy::Auto,
             allocation_padding: 0,
+            strategy: crate::pool::AllocationStrategy::Auto,
         }
+    }
+
+    /// Sets the allocation strategy (pooled or its own allocation).
+    pub fn strategy(mut self, strategy: crate::pool::AllocationStrategy) -> Self {
+        self.strategy = strategy;
+        self
     }
 
     /// Sets the memory kind (and the matching default export kind).
@@ -346,7 +356,7 @@ impl Buffer {
         on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
     ) -> Result<Buffer> {
         let ctx = memory.context().clone();
-        let kind = memory.description().ok().map(|d| d.handle_kind);
+        let kind = memory.external_handle_kind();
         let buffer = create_vk_buffer(&ctx, size, usage, kind)?;
         let r = buffer_requirements(&ctx, buffer);
         let fail = |e: Error| {

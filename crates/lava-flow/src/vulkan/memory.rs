@@ -46,6 +46,12 @@ pub struct DeviceMemory {
     allocation_id: AllocationId,
     host: Option<SharedHostMemory>,
     mapped: Mutex<Option<usize>>,
+    /// The handle kind this memory was imported from (bind_at needs it in
+    /// VkExternalMemoryBufferCreateInfo: VUID-vkBindBufferMemory-memory-02985).
+    import_kind: Option<MemoryHandleKind>,
+    /// Pool blocks keep the fd of their first export and hand out duplicates, so a buffer carved
+    /// from a block exports with a `dup` instead of a `vkGetMemoryFdKHR`. `None`: fresh fd each time.
+    kept_export: Option<Mutex<Option<OwnedFd>>>,
 }
 
 impl std::fmt::Debug for DeviceMemory {
@@ -159,6 +165,8 @@ impl DeviceMemory {
             allocation_id,
             host,
             mapped: Mutex::new(None),
+            import_kind: None,
+            kept_export: None,
         }
     }
 
@@ -236,7 +244,7 @@ impl DeviceMemory {
                     ),
                 )
             })?;
-            Ok(Self::wrap(
+            let mut imported = Self::wrap(
                 ctx,
                 memory,
                 allocation_size,
@@ -246,7 +254,9 @@ impl DeviceMemory {
                 MemoryOrigin::Imported,
                 d.allocation_id.unwrap_or_else(next_allocation_id),
                 None,
-            ))
+            );
+            imported.import_kind = Some(d.handle_kind);
+            Ok(imported)
         })
     }
 
@@ -359,20 +369,44 @@ impl DeviceMemory {
         let description = self.description()?;
         let handle = match (&self.host, self.export_kind) {
             (Some(host), _) => host.try_clone_fd()?,
-            (None, Some(kind)) => {
-                let ext = self.ctx.external_memory_fd()?;
-                let info =
-                    vk::MemoryGetFdInfoKHR::default().memory(self.memory).handle_type(vk_memory_handle_type(kind));
-                // SAFETY: the memory was allocated exportable as this handle type.
-                let raw = unsafe { ext.get_memory_fd(&info) }.map_err(|r| {
-                    Error::vk("vkGetMemoryFdKHR", r, format!("exporting {} bytes as {kind}", self.size))
-                })?;
-                // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
-                unsafe { OwnedFd::from_raw_fd(raw) }
-            }
+            (None, Some(kind)) => match &self.kept_export {
+                Some(kept) => {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.is_none() {
+                        *kept = Some(self.get_fd(kind)?);
+                    }
+                    let fd = kept.as_ref().expect("set above");
+                    fd.try_clone().map_err(|e| {
+                        Error::io(format!("duplicating the exported fd of a {}-byte block", self.size), e)
+                    })?
+                }
+                None => self.get_fd(kind)?,
+            },
             (None, None) => unreachable!("description() refuses non-exportable memory"),
         };
         Ok(Memory { handle, description })
+    }
+
+    /// `vkGetMemoryFdKHR`: a new fd the caller owns.
+    fn get_fd(&self, kind: MemoryHandleKind) -> Result<OwnedFd> {
+        let ext = self.ctx.external_memory_fd()?;
+        let info = vk::MemoryGetFdInfoKHR::default().memory(self.memory).handle_type(vk_memory_handle_type(kind));
+        // SAFETY: the memory was allocated exportable as this handle type.
+        let raw = unsafe { ext.get_memory_fd(&info) }
+            .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, format!("exporting {} bytes as {kind}", self.size)))?;
+        // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Makes exports duplicate the first exported fd (see `kept_export`); for pool blocks.
+    pub(crate) fn keep_exported_fd(mut self) -> Self {
+        self.kept_export = Some(Mutex::new(None));
+        self
+    }
+
+    /// The external handle kind this memory was allocated exportable as or imported from.
+    pub fn external_handle_kind(&self) -> Option<MemoryHandleKind> {
+        self.export_kind.or(self.import_kind)
     }
 
     /// The description an export carries (without the fd).

@@ -17,3 +17,7 @@ pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_t
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
+
+pub use crate::pool::AllocationStrategy;
+pub(crate) use buffer::candidate_types;
+pub(crate) use memory::AllocateParams;
