@@ -17,21 +17,35 @@ fn attach_child() {
     let api = match child_role().unwrap().as_str() {
         "attach-host" => AttachApi::Host,
         "attach-vulkan" => AttachApi::Vulkan,
+        "attach-cuda" => AttachApi::Cuda,
+        "attach-gl" => AttachApi::Gl,
+        "attach-opencl" => AttachApi::OpenCl,
         other => panic!("unknown role {other}"),
     };
     let socket = std::env::var_os("LAVA_FLOW_TEST_SOCKET").unwrap();
-    let report = attach(&AttachOptions::new(socket, api)).expect("every object imports and holds the pattern");
+    let Some(report) = testing::or_skip(api.name(), attach(&AttachOptions::new(socket, api))) else {
+        println!("CHILD-SKIPPED");
+        return;
+    };
     println!("REPORT {}", serde_json::to_string(&report).unwrap());
 }
 
-/// Runs `attach` as `role` in a child process against `socket` and returns its report.
-fn attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Value {
+/// Runs `attach` as `role` in a child process against `socket` and returns its report, or None
+/// where the child found its API unavailable (it printed why).
+fn try_attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Option<Value> {
     let mut cmd = child_command(test, role);
     cmd.env("LAVA_FLOW_TEST_SOCKET", socket);
     let out = run_ok(cmd, role);
     let stdout = String::from_utf8(out.stdout).unwrap();
+    if stdout.contains("CHILD-SKIPPED") {
+        return None;
+    }
     let line = stdout.lines().find_map(|l| l.split_once("REPORT ").map(|(_, r)| r)).expect("the child's report");
-    serde_json::from_str(line).unwrap()
+    Some(serde_json::from_str(line).unwrap())
+}
+
+fn attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Value {
+    try_attach_in_child(test, role, socket).expect("host and Vulkan attach where the parent served")
 }
 
 fn options(socket: &std::path::Path, size: u64, memory: ServeMemory, image: Option<(u32, u32)>) -> ServeOptions {
@@ -105,15 +119,43 @@ fn serve_vulkan_shared_host_memory_and_attach_by_mapping_it() {
     drop(served);
 }
 
+/// Serves a Vulkan buffer and image, then attaches with `api` in another process. Skips where
+/// Vulkan or the API is unavailable (fails instead when LAVA_FLOW_REQUIRE names it).
+fn serve_vulkan_and_attach_with(test: &str, role: &str) {
+    let Some(device_id) = default_device_index() else { return };
+    let dir = TempDir::new(role, 0o700);
+    let socket = dir.path().join("serve.sock");
+    let location = MemoryLocation::GpuVulkan { device_id };
+    let served = serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), Some((64, 32)))).unwrap();
+    let Some(report) = try_attach_in_child(test, role, &socket) else { return };
+    println!("{report:#}");
+    let objects = report["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[0]["bytes_checked"], 1 << 20);
+    assert_eq!(objects[1]["bytes_checked"], 64 * 32 * 4);
+    drop(served);
+}
+
 #[test]
 fn attach_with_cuda_imports_and_checks_the_pattern() {
-    let dir = TempDir::new("serve-cuda", 0o700);
-    let socket = dir.path().join("serve.sock");
-    let Some(device_id) = default_device_index() else { return };
-    let served =
-        serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(MemoryLocation::GpuVulkan { device_id }), None))
-            .unwrap();
-    let Some(report) = testing::or_skip("cuda", attach(&AttachOptions::new(&socket, AttachApi::Cuda))) else { return };
-    assert_eq!(report.objects[0].bytes_checked, 1 << 20);
-    drop(served);
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_cuda_imports_and_checks_the_pattern", "attach-cuda");
+}
+
+#[test]
+fn attach_with_gl_imports_and_checks_the_pattern() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_gl_imports_and_checks_the_pattern", "attach-gl");
+}
+
+#[test]
+fn attach_with_opencl_imports_and_checks_the_pattern() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_opencl_imports_and_checks_the_pattern", "attach-opencl");
 }

@@ -13,6 +13,10 @@ use super::{shm, Client, Server, ServerConfig};
 use crate::vulkan::{DeviceSelector, MemoryLocation};
 use crate::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
 
+/// Extra bytes in the pattern allocation so that llvmpipe's GL can place the buffer in it
+/// (see `gl::GL_BUFFER_SLACK` and docs/GL.md); harmless elsewhere.
+const GL_SLACK: u64 = 8;
+
 /// The name the pattern memory (or buffer) is shared under.
 pub const PATTERN_NAME: &str = "pattern";
 /// The name the pattern image is shared under.
@@ -161,7 +165,7 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             })?;
             device = Some(format!("{} ({})", ctx.info().name, ctx.identity()));
             let buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
-                Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()))
+                Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).allocation_padding(GL_SLACK))
             })?;
             timed(&mut steps, "fill the pattern", || buffer.write(0, &pattern_bytes(size)))?;
             let exported = timed(&mut steps, "export the buffer", || buffer.export_fd())?;
@@ -293,13 +297,137 @@ fn summary(d: &ObjectDescription) -> String {
     }
 }
 
+#[allow(dead_code)]
 fn not_in_build(api: AttachApi) -> Error {
     Error::unsupported(
         format!("attaching with {}", api.name()),
-        format!("this build's ipc::attach has no {} importer", api.name()),
-        "the importer for that API",
-        "attach with --api vulkan or --api host",
+        format!("lava-flow was built without its {} feature", api.name()),
+        "cargo features cuda, opencl, gl",
+        "rebuild with the feature, or attach with --api vulkan or --api host",
     )
+}
+
+/// The importing API, opened for the exporter's device.
+enum Importer {
+    Host,
+    Vulkan(VulkanContext),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaDevice),
+    #[cfg(feature = "gl")]
+    Gl(crate::gl::GlContext),
+    #[cfg(feature = "opencl")]
+    OpenCl(crate::opencl::ClContext),
+}
+
+impl Importer {
+    fn open(api: AttachApi, selector: DeviceSelector, exporter: &raw_gpu_handle::DeviceIdentity) -> Result<Importer> {
+        let _ = exporter;
+        Ok(match api {
+            AttachApi::Host => Importer::Host,
+            AttachApi::Vulkan => {
+                crate::testing::prefer_software_vulkan_if_no_gpu();
+                Importer::Vulkan(VulkanContext::with_selector(selector)?)
+            }
+            #[cfg(feature = "cuda")]
+            AttachApi::Cuda => Importer::Cuda(crate::cuda::CudaDevice::with_uuid(exporter.device_uuid)?),
+            #[cfg(feature = "gl")]
+            AttachApi::Gl => Importer::Gl(crate::gl::GlContext::for_identity(exporter)?),
+            #[cfg(feature = "opencl")]
+            AttachApi::OpenCl => Importer::OpenCl(crate::opencl::ClContext::for_identity(exporter)?),
+            #[allow(unreachable_patterns)]
+            other => return Err(not_in_build(other)),
+        })
+    }
+
+    fn device(&self) -> Option<String> {
+        match self {
+            Importer::Host => None,
+            Importer::Vulkan(c) => Some(format!("{} ({})", c.info().name, c.identity())),
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(d) => Some(format!("{} (CUDA device {}, {})", d.name(), d.ordinal(), d.uuid())),
+            #[cfg(feature = "gl")]
+            Importer::Gl(c) => Some(format!("{} ({})", c.info().renderer, c.info().api)),
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(c) => Some(format!("{} ({})", c.info().name, c.identity())),
+        }
+    }
+
+    /// Imports a buffer and reads it back whole.
+    fn read_buffer(&self, b: raw_gpu_handle::ExportedBuffer, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
+        let size = b.buffer.size;
+        let api = self.name();
+        match self {
+            Importer::Host => {
+                let (offset, len) = (b.buffer.offset as usize, size as usize);
+                let mapped = timed(steps, format!("map {name}"), || shm::map_exported(b.memory))?;
+                Ok(mapped.as_slice()[offset..offset + len].to_vec())
+            }
+            Importer::Vulkan(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || Buffer::import(ctx, b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size))
+            }
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(dev) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || dev.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.copy_to_host())
+            }
+            #[cfg(feature = "gl")]
+            Importer::Gl(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || ctx.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size as usize))
+            }
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || ctx.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size as usize))
+            }
+        }
+    }
+
+    /// Imports a texture and reads its texels back, tightly packed.
+    fn read_texture(&self, t: raw_gpu_handle::ExportedTexture, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
+        let api = self.name();
+        match self {
+            Importer::Host => Err(Error::unsupported(
+                format!("reading the texture {name} on the host"),
+                "texture layouts need a GPU API to read",
+                "optimal tiling is private to the driver",
+                "attach with a GPU API",
+            )),
+            Importer::Vulkan(ctx) => {
+                let image = timed(steps, format!("import {name} into {api}"), || Image::import(ctx, t))?;
+                timed(steps, format!("download {name}"), || image.download())
+            }
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(dev) => {
+                let texture = timed(steps, format!("import {name} into {api}"), || dev.import_texture(t))?;
+                timed(steps, format!("download {name}"), || texture.copy_to_host())
+            }
+            #[cfg(feature = "gl")]
+            Importer::Gl(ctx) => {
+                let texture = timed(steps, format!("import {name} into {api}"), || ctx.import_texture(t))?;
+                timed(steps, format!("download {name}"), || texture.read())
+            }
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(ctx) => {
+                let image = timed(steps, format!("import {name} into {api}"), || ctx.import_image(t))?;
+                timed(steps, format!("download {name}"), || image.read())
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Importer::Host => "host",
+            Importer::Vulkan(_) => "Vulkan",
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(_) => "CUDA",
+            #[cfg(feature = "gl")]
+            Importer::Gl(_) => "OpenGL",
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(_) => "OpenCL",
+        }
+    }
 }
 
 /// Connects to a pattern server, imports every object with `options.api`, checks the pattern in
@@ -315,60 +443,34 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
             advice: "start it with `lava-flow serve`".into(),
         });
     }
-    let ctx = match options.api {
-        AttachApi::Vulkan => {
-            crate::testing::prefer_software_vulkan_if_no_gpu();
-            Some(timed(&mut steps, "open Vulkan", || VulkanContext::with_selector(options.device))?)
-        }
-        AttachApi::Host => None,
-        other => return Err(not_in_build(other)),
+    let exporter = objects.iter().find_map(|o| o.object.memory()).map(|m| m.description.device).unwrap_or_default();
+    let importer = match options.api {
+        AttachApi::Host => Importer::Host,
+        api => timed(&mut steps, format!("open {}", api.name()), || Importer::open(api, options.device, &exporter))?,
     };
     let mut attached = Vec::new();
     for NamedObject { name, object } in objects {
         let description = object.description();
         let kind = object.kind_name();
         let summary = summary(&description);
-        let checked = match (object, &ctx) {
-            (SharedObject::Memory(m), _) if m.description.handle_kind == MemoryHandleKind::HostMemfd => {
+        let bytes = match object {
+            SharedObject::Memory(m) if m.description.handle_kind == MemoryHandleKind::HostMemfd => {
                 let mapped = timed(&mut steps, format!("map {name}"), || shm::map_exported(m))?;
-                timed(&mut steps, format!("verify {name}"), || check_pattern(&name, mapped.as_slice()))?;
-                mapped.len() as u64
+                mapped.as_slice().to_vec()
             }
-            (SharedObject::Buffer(b), Some(ctx)) => {
-                let buffer = timed(&mut steps, format!("import {name} into Vulkan"), || Buffer::import(ctx, b))?;
-                let bytes = timed(&mut steps, format!("read {name}"), || buffer.read(0, buffer.size()))?;
-                timed(&mut steps, format!("verify {name}"), || check_pattern(&name, &bytes))?;
-                bytes.len() as u64
-            }
-            (SharedObject::Buffer(b), None) if b.memory.description.handle_kind == MemoryHandleKind::HostMemfd => {
-                let (offset, size) = (b.buffer.offset as usize, b.buffer.size as usize);
-                let mapped = timed(&mut steps, format!("map {name}"), || shm::map_exported(b.memory))?;
-                timed(&mut steps, format!("verify {name}"), || {
-                    check_pattern(&name, &mapped.as_slice()[offset..offset + size])
-                })?;
-                size as u64
-            }
-            (SharedObject::Texture(t), Some(ctx)) => {
-                let image = timed(&mut steps, format!("import {name} into Vulkan"), || Image::import(ctx, t))?;
-                let bytes = timed(&mut steps, format!("download {name}"), || image.download())?;
-                timed(&mut steps, format!("verify {name}"), || check_pattern(&name, &bytes))?;
-                bytes.len() as u64
-            }
-            (other, _) => {
+            SharedObject::Buffer(b) => importer.read_buffer(b, &name, &mut steps)?,
+            SharedObject::Texture(t) => importer.read_texture(t, &name, &mut steps)?,
+            other => {
                 return Err(Error::unsupported(
                     format!("attaching {name} ({}) with {}", other.kind_name(), options.api.name()),
-                    format!("{summary} cannot be checked through {}", options.api.name()),
-                    "host memory maps directly; device memory needs a GPU API",
-                    "attach with --api vulkan",
+                    format!("{summary} holds no pattern to check"),
+                    "serve shares host memory, buffers and textures",
+                    "attach to a `lava-flow serve` socket",
                 ))
             }
         };
-        attached.push(AttachedObject { name, kind, summary, bytes_checked: checked });
+        timed(&mut steps, format!("verify {name}"), || check_pattern(&name, &bytes))?;
+        attached.push(AttachedObject { name, kind, summary, bytes_checked: bytes.len() as u64 });
     }
-    Ok(AttachReport {
-        api: options.api.name(),
-        device: ctx.map(|c| format!("{} ({})", c.info().name, c.identity())),
-        objects: attached,
-        steps,
-    })
+    Ok(AttachReport { api: options.api.name(), device: importer.device(), objects: attached, steps })
 }
