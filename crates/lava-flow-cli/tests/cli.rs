@@ -284,3 +284,110 @@ fn bad_command_lines_exit_with_2_and_say_why() {
     let out = run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A unique socket path in the temporary directory.
+fn socket_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("lava-flow-cli-test-{tag}-{}.sock", std::process::id()))
+}
+
+/// Waits for `serve` to create its socket, failing with its output if it exits first.
+fn wait_for_server(server: &mut std::process::Child, socket: &std::path::Path) {
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        if let Some(status) = server.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("serve exited with {status} before listening: {err}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "serve did not create {socket:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) for `serve --clients N` to end by itself.
+fn wait_for_exit(server: &mut std::process::Child) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = server.kill();
+            panic!("serve did not exit after its clients");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_and_attach_share_the_pattern_between_processes() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let socket = socket_path("serve");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--size", "256K", "--image", "32x16", "--clients", "1", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let report = json(&out);
+    assert_eq!(report["api"], "vulkan");
+    let objects = report["objects"].as_array().unwrap();
+    let checked = |name: &str| objects.iter().find(|o| o["name"] == name).map(|o| o["bytes_checked"].as_u64().unwrap());
+    assert_eq!(checked("pattern"), Some(256 << 10), "{report}");
+    assert_eq!(checked("pattern.image"), Some(32 * 16 * 4), "{report}");
+    assert!(report["steps"].as_array().unwrap().iter().any(|s| s["what"].as_str().unwrap().starts_with("import")));
+    assert!(wait_for_exit(&mut server).success(), "serve exits 0 after its one client");
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("client done (1 served)"), "{text}");
+    assert!(!socket.exists(), "serve removes its socket when it ends");
+}
+
+#[test]
+fn serve_host_memory_and_attach_without_a_gpu_api() {
+    let socket = socket_path("host");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--location", "host", "--size", "96K", "--clients", "1", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pattern verified in every object"), "{text}");
+    assert!(text.contains("host-memfd"), "{text}");
+    assert!(wait_for_exit(&mut server).success());
+}
+
+#[test]
+fn attach_to_nothing_fails_with_a_reason() {
+    let socket = socket_path("nobody");
+    let out = run(&["attach", "--api", "vulkan", "--timeout", "1", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(socket.to_str().unwrap()), "the error names the socket");
+}
+
+#[test]
+fn ring_passes_every_frame_between_two_processes() {
+    let out = run(&["ring", "--frames", "2000", "--slots", "4", "--size", "64K", "--json"]);
+    assert!(out.status.success());
+    let reports = json(&out);
+    let reports = reports.as_array().expect("a producer and a consumer report");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["role"], "producer");
+    assert_eq!(reports[1]["role"], "consumer");
+    for r in reports {
+        assert_eq!(r["frames"], 2000, "{r}");
+        assert!(r["frames_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(reports[1]["latency"]["samples"], 2000, "every frame's hand-off was measured");
+}
