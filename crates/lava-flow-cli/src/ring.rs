@@ -112,7 +112,8 @@ fn both(args: &Args, config: &RingConfig) -> CmdResult {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["ring", "--role", "consumer", "--json", "--socket"])
         .arg(&config.socket)
-        .args(["--timeout", &args.timeout.to_string(), "--sync", sync_name(args.sync)])
+        .args(["--frames", &args.frames.to_string(), "--timeout", &args.timeout.to_string()])
+        .args(["--sync", sync_name(args.sync)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let mut child = cmd.spawn()?;

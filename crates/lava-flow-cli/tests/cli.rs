@@ -378,7 +378,8 @@ fn attach_to_nothing_fails_with_a_reason() {
 
 #[test]
 fn ring_passes_every_frame_between_two_processes() {
-    let out = run(&["ring", "--frames", "2000", "--slots", "4", "--size", "64K", "--json"]);
+    // More frames than the default, so both processes must have been told the count.
+    let out = run(&["ring", "--frames", "12000", "--slots", "4", "--size", "8K", "--json"]);
     assert!(out.status.success());
     let reports = json(&out);
     let reports = reports.as_array().expect("a producer and a consumer report");
@@ -386,8 +387,9 @@ fn ring_passes_every_frame_between_two_processes() {
     assert_eq!(reports[0]["role"], "producer");
     assert_eq!(reports[1]["role"], "consumer");
     for r in reports {
-        assert_eq!(r["frames"], 2000, "{r}");
+        assert_eq!(r["frames"], 12000, "{r}");
         assert!(r["frames_per_second"].as_f64().unwrap() > 0.0, "{r}");
     }
-    assert_eq!(reports[1]["latency"]["samples"], 2000, "every frame's hand-off was measured");
+    assert_eq!(reports[0]["ended_by"], "count", "the producer made every frame: {}", reports[0]);
+    assert_eq!(reports[1]["latency"]["samples"], 12000, "every frame's hand-off was measured");
 }
