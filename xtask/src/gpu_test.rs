@@ -16,6 +16,8 @@ const RUN_ALL: &str = r#"#!/bin/bash
 # Logs (and bench.json, info.json) are copied to $OUT when it is set.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
+# Binaries too large to carry as they are travel as bin.tar.gz.
+if [ -f "$here/bin.tar.gz" ] && [ ! -d "$here/bin" ]; then tar xzf "$here/bin.tar.gz" -C "$here" || exit 1; fi
 cli="$here/bin/lava-flow"
 # The CLI's own tests run this binary instead of the path they were built with.
 export LAVA_FLOW_BIN="$cli"
@@ -101,8 +103,20 @@ pub fn gpu_test() -> Result<(), String> {
     if !status.success() {
         return Err("pack.sh failed".into());
     }
-    let total = strip_and_measure(&root().join(".gpu"))?;
+    let gpu_dir = root().join(".gpu");
+    let mut total = strip_and_measure(&gpu_dir)?;
     println!("xtask: .gpu/ holds {} MiB", total >> 20);
+    if total > CARRY_LIMIT {
+        // Binaries compress about three to one; run-all.sh unpacks them on the GPU machine.
+        let mut tar = std::process::Command::new("tar");
+        tar.args(["czf", "bin.tar.gz", "bin"]).current_dir(&gpu_dir);
+        if !tar.status().is_ok_and(|s| s.success()) {
+            return Err("packing .gpu/bin into bin.tar.gz failed".into());
+        }
+        std::fs::remove_dir_all(gpu_dir.join("bin")).map_err(|e| format!("removing .gpu/bin: {e}"))?;
+        total = size_of(&gpu_dir);
+        println!("xtask: packed the binaries into .gpu/bin.tar.gz: .gpu/ now holds {} MiB", total >> 20);
+    }
     if total > CARRY_LIMIT {
         return Err(format!(
             ".gpu/ is {} MiB, more than the {} MiB the device tool carries",
@@ -158,16 +172,18 @@ fn strip_and_measure(dir: &std::path::Path) -> Result<u64, String> {
     if !stripped.is_ok_and(|s| s.success()) {
         println!("xtask: could not strip debug info (is binutils' `strip` installed?); packing as built");
     }
-    fn size(path: &std::path::Path) -> u64 {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => {
-                std::fs::read_dir(path).map(|d| d.flatten().map(|e| size(&e.path())).sum()).unwrap_or(0)
-            }
-            Ok(m) => m.len(),
-            Err(_) => 0,
+    Ok(size_of(dir))
+}
+
+/// Bytes in the files below `path`.
+fn size_of(path: &std::path::Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(path).map(|d| d.flatten().map(|e| size_of(&e.path())).sum()).unwrap_or(0)
         }
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
-    Ok(size(dir))
 }
 
 /// The value of a string field in one line of JSON (`"name":"value"`), unescaped; `None` for null.
