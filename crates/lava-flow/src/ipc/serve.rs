@@ -150,8 +150,12 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
                 ));
             }
             let mut memory = timed(&mut steps, format!("create {size} bytes of host memory"), || shm::create(size))?;
+            // The memfd is rounded up to whole pages and shared whole (its description carries only
+            // the allocation size), so the pattern fills every byte a client maps and checks.
             timed(&mut steps, "fill the pattern", || {
-                memory.as_mut_slice()[..size].copy_from_slice(&pattern_bytes(size));
+                let all = memory.as_mut_slice();
+                let len = all.len();
+                all.copy_from_slice(&pattern_bytes(len));
                 Ok(())
             })?;
             let exported = timed(&mut steps, "export", || shm::export(&memory))?;
@@ -473,4 +477,33 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
         attached.push(AttachedObject { name, kind, summary, bytes_checked: bytes.len() as u64 });
     }
     Ok(AttachReport { api: options.api.name(), device: importer.device(), objects: attached, steps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve --location host --size 100000`: the memfd holds 102400 bytes (whole pages) and
+    /// `attach` checks all of them, so all of them carry the pattern.
+    #[test]
+    fn host_memory_of_a_size_that_is_not_whole_pages_attaches() {
+        let dir = std::env::temp_dir().join(format!("lava-flow-serve-odd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("serve.sock");
+        let options = ServeOptions {
+            socket: socket.clone(),
+            size: 100_000,
+            memory: ServeMemory::Host,
+            image: None,
+            config: ServerConfig::default(),
+        };
+        let served = serve_pattern(&options).unwrap();
+        let report = attach(&AttachOptions::new(&socket, AttachApi::Host));
+        drop(served);
+        std::fs::remove_dir_all(&dir).ok();
+        let report = report.unwrap();
+        assert_eq!(report.objects.len(), 1);
+        assert!(report.objects[0].bytes_checked >= 100_000, "{:?}", report.objects);
+        assert_eq!(report.objects[0].bytes_checked % 4096, 0, "the whole mapping was checked: {:?}", report.objects);
+    }
 }
