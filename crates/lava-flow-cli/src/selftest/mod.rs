@@ -11,6 +11,7 @@ pub mod ipc;
 pub mod opencl;
 pub mod pool;
 pub mod semaphores;
+pub mod soak;
 pub mod vulkan;
 
 use std::io::{IsTerminal, Write};
@@ -272,32 +273,6 @@ fn run_all(runner: &mut Runner) {
     gl::run(runner);
 }
 
-/// What `--soak` measured.
-#[derive(Serialize)]
-struct SoakReport {
-    rounds: u32,
-    open_fds_before: usize,
-    open_fds_after: usize,
-    rss_kib_before: u64,
-    rss_kib_after: u64,
-}
-
-/// Resident set size of this process in KiB (from /proc/self/status).
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// Growth of the resident set a soak may show without failing: allocator caches and driver
-/// pools settle after the warm-up round, but not to the byte.
-const SOAK_RSS_SLACK_KIB: u64 = 64 * 1024;
-
 pub fn run(args: &Args) -> CmdResult {
     let progress = if std::io::stderr().is_terminal() {
         Progress::Line
@@ -310,67 +285,7 @@ pub fn run(args: &Args) -> CmdResult {
     run_all(&mut runner);
     let mut results = std::mem::take(&mut runner.results);
 
-    let mut soak = None;
-    if let Some(rounds) = args.soak {
-        let fds_before = lava_flow::testing::open_fd_count();
-        let rss_before = rss_kib();
-        runner.repeat_of = Some(results.clone());
-        for round in 1..=rounds {
-            eprintln!("selftest: soak round {round}/{rounds}");
-            run_all(&mut runner);
-            for r in std::mem::take(&mut runner.results) {
-                if let Some(first) = results.iter_mut().find(|f| f.path == r.path) {
-                    first.runs += 1;
-                    first.time_ms += r.time_ms;
-                    if let (Outcome::Pass, Outcome::Fail(m) | Outcome::Skipped(m)) = (&first.outcome, r.outcome) {
-                        first.outcome = Outcome::Fail(format!("in soak round {round}: {m}"));
-                    }
-                }
-            }
-        }
-        let report = SoakReport {
-            rounds,
-            open_fds_before: fds_before,
-            open_fds_after: lava_flow::testing::open_fd_count(),
-            rss_kib_before: rss_before,
-            rss_kib_after: rss_kib(),
-        };
-        let fd_outcome = if report.open_fds_after == report.open_fds_before {
-            Outcome::Pass
-        } else {
-            Outcome::Fail(format!("{} open fds before, {} after", report.open_fds_before, report.open_fds_after))
-        };
-        results.push(PathResult {
-            api: "vulkan",
-            path: format!(
-                "soak: open fds after {rounds} rounds ({} -> {})",
-                report.open_fds_before, report.open_fds_after
-            ),
-            size: 0,
-            outcome: fd_outcome,
-            time_ms: Duration::ZERO,
-            runs: 1,
-            detail: None,
-        });
-        let grown = report.rss_kib_after.saturating_sub(report.rss_kib_before);
-        results.push(PathResult {
-            api: "vulkan",
-            path: format!(
-                "soak: host memory after {rounds} rounds ({} -> {} KiB RSS)",
-                report.rss_kib_before, report.rss_kib_after
-            ),
-            size: 0,
-            outcome: if grown <= SOAK_RSS_SLACK_KIB {
-                Outcome::Pass
-            } else {
-                Outcome::Fail(format!("RSS grew by {grown} KiB (more than {SOAK_RSS_SLACK_KIB} KiB)"))
-            },
-            time_ms: Duration::ZERO,
-            runs: 1,
-            detail: None,
-        });
-        soak = Some(report);
-    }
+    let soak = args.soak.map(|rounds| soak::run(&mut runner, &mut results, rounds, run_all));
     if let Progress::Line = runner.progress {
         eprint!("\r\x1b[K");
     }
@@ -385,14 +300,14 @@ pub fn run(args: &Args) -> CmdResult {
             passed: usize,
             failed: usize,
             skipped: usize,
-            soak: Option<SoakReport>,
+            soak: Option<soak::SoakReport>,
         }
         let json = Json { results: &results, passed, failed, skipped, soak };
         crate::emit(&(serde_json::to_string_pretty(&json)? + "\n"))?;
     } else {
         let mut t = Table::new(&["path", ">size", ">time", "result"]);
         for r in &results {
-            let time = if r.runs > 1 {
+            let time = if r.runs > 1 && !r.time_ms.is_zero() {
                 format!("{} x{}", table::duration(r.time_ms / r.runs), r.runs)
             } else if r.time_ms.is_zero() || matches!(r.outcome, Outcome::Skipped(_)) {
                 "-".into()

@@ -65,15 +65,18 @@ pub struct EnabledExtensions {
     pub external_fence_fd: bool,
     /// The timelineSemaphore feature (core in Vulkan 1.2).
     pub timeline_semaphore: bool,
+    /// VK_EXT_memory_budget: the process's use of each heap, which soak runs compare before and after.
+    pub memory_budget: bool,
 }
 
-const WANTED_EXTENSIONS: [&CStr; 6] = [
+const WANTED_EXTENSIONS: [&CStr; 7] = [
     ash::khr::external_memory_fd::NAME,
     ash::ext::external_memory_host::NAME,
     ash::ext::external_memory_dma_buf::NAME,
     ash::ext::image_drm_format_modifier::NAME,
     ash::khr::external_semaphore_fd::NAME,
     ash::khr::external_fence_fd::NAME,
+    ash::ext::memory_budget::NAME,
 ];
 
 /// A Vulkan instance, one physical device, a logical device with one queue, and the extension
@@ -219,6 +222,7 @@ fn describe(instance: &ash::Instance, physical: vk::PhysicalDevice, index: usize
             external_semaphore_fd: has(ash::khr::external_semaphore_fd::NAME),
             external_fence_fd: has(ash::khr::external_fence_fd::NAME),
             timeline_semaphore: timeline.timeline_semaphore == vk::TRUE,
+            memory_budget: has(ash::ext::memory_budget::NAME),
         },
     })
 }
@@ -346,6 +350,7 @@ impl VulkanContext {
                 n if n == ash::ext::image_drm_format_modifier::NAME => ext.image_drm_format_modifier,
                 n if n == ash::khr::external_semaphore_fd::NAME => ext.external_semaphore_fd,
                 n if n == ash::khr::external_fence_fd::NAME => ext.external_fence_fd,
+                n if n == ash::ext::memory_budget::NAME => ext.memory_budget,
                 _ => false,
             };
             if on {
@@ -473,6 +478,22 @@ impl VulkanContext {
     /// `minImportedHostPointerAlignment` where VK_EXT_external_memory_host is enabled.
     pub fn host_import_alignment(&self) -> Option<u64> {
         self.inner.host_import_alignment
+    }
+
+    /// This process's use of each memory heap in bytes (`heapUsage` of VK_EXT_memory_budget), or
+    /// None where the device lacks the extension.
+    pub fn heap_usage(&self) -> Option<Vec<u64>> {
+        if !self.inner.info.extensions.memory_budget {
+            return None;
+        }
+        let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+        let count = {
+            let mut props2 = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
+            // SAFETY: the physical device is from this instance; the chained struct lives across the call.
+            unsafe { self.inner.instance.get_physical_device_memory_properties2(self.inner.physical, &mut props2) };
+            props2.memory_properties.memory_heap_count as usize
+        };
+        Some(budget.heap_usage[..count.min(vk::MAX_MEMORY_HEAPS)].to_vec())
     }
 
     /// The VK_KHR_external_memory_fd loader, or Unsupported.
