@@ -2,7 +2,9 @@
 //!
 //! Only `std`: this runs before anything else is built, so it must compile fast and fetch nothing.
 
+mod bench_doc;
 mod driver;
+mod fuzz;
 mod gpu_test;
 mod run;
 
@@ -16,7 +18,10 @@ usage: cargo xtask <command>
 
 commands:
   demo       set up a Vulkan driver if none is found, then run `lava-flow selftest` and `lava-flow info`
-  test       set up drivers, then the whole suite: fmt, clippy, tests (nextest), doc tests, examples
+  test       set up drivers, then the whole suite: fmt, clippy, tests (nextest), doc tests, examples,
+             the soak (`lava-flow selftest --soak`) and the fuzz targets (libFuzzer on nightly, else a replay)
+  bench-doc CPU.json [GPU.json]
+             regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
   help       this text
 ";
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("gpu-test") => gpu_test::gpu_test(),
+        Some("bench-doc") => bench_doc::bench_doc(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -64,6 +70,10 @@ fn demo() -> Result<(), String> {
         Err("demo: a step failed (see above)".into())
     }
 }
+
+/// Soak rounds in `cargo xtask test`: about 40 s of a 2-core machine in the debug build
+/// (`docs/RELIABILITY.md`).
+const SOAK_ROUNDS: u32 = 50;
 
 /// The whole suite, in the order that fails fastest, on one (debug) profile so nothing builds twice.
 fn test() -> Result<(), String> {
@@ -108,6 +118,25 @@ fn test() -> Result<(), String> {
     summary.run(
         Step::new("build examples", cargo(&["build", "--workspace", "--all-features", "--examples"])).keep_going(),
     )?;
+    // The soak runs the binary the test build made (the same features: nothing is rebuilt).
+    let mut soak = std::process::Command::new(run::target_dir().join("debug").join("lava-flow"));
+    soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]).envs(vk_env.iter().cloned());
+    summary.run(Step::new(&format!("soak: lava-flow selftest --soak {SOAK_ROUNDS}"), soak).keep_going())?;
+    let replay = if run::has_nextest() {
+        with_env(cargo(&[
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--success-output",
+            "final",
+            "-E",
+            "binary(reliability_fuzz)",
+        ]))
+    } else {
+        with_env(cargo(&["test", "--workspace", "--all-features", "--test", "reliability_fuzz", "--", "--nocapture"]))
+    };
+    fuzz::steps(&mut summary, replay)?;
     summary.print(started);
     if summary.all_passed() {
         Ok(())

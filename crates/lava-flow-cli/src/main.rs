@@ -5,6 +5,7 @@
 mod attach;
 mod bench;
 mod info;
+mod plot;
 mod ring;
 mod selftest;
 mod serve;

@@ -18,7 +18,8 @@ impl Uuid {
     /// Parses the canonical 8-4-4-4-12 hex form (dashes optional).
     pub fn parse(text: &str) -> Option<Uuid> {
         let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-        if hex.len() != 32 {
+        // Hex digits only: `from_str_radix` alone would also take a sign ("+f").
+        if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let mut out = [0u8; 16];
@@ -69,5 +70,21 @@ pub struct DeviceIdentity {
 impl fmt::Display for DeviceIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "device {} driver {}", self.device_uuid, self.driver_uuid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uuid;
+
+    #[test]
+    fn parse_takes_hex_digits_only() {
+        let text = "6d657361-3232-2e33-2e36-000000000000";
+        assert_eq!(Uuid::parse(text).map(|u| u.to_string()), Some(text.to_string()));
+        assert_eq!(Uuid::parse(&text.to_uppercase()).map(|u| u.to_string()), Some(text.to_string()));
+        // u8::from_str_radix alone would read "+d" as 0x0d.
+        assert_eq!(Uuid::parse("+d657361-3232-2e33-2e36-000000000000"), None);
+        assert_eq!(Uuid::parse("6d657361-3232-2e33-2e36-00000000000g"), None);
+        assert_eq!(Uuid::parse("6d657361"), None);
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lava_flow::VulkanContext;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::table::Table;
 use crate::CmdResult;
@@ -21,10 +21,27 @@ pub struct Args {
     /// Fewer sizes and iterations: a smoke run, not figures to publish.
     #[arg(long)]
     quick: bool,
+    /// Also draw the figures as SVG into this directory (latency by size, bandwidth imported vs
+    /// native).
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Measure nothing: show (and plot) the results of an earlier `--json` run instead.
+    #[arg(long, value_name = "PATH")]
+    from_json: Option<PathBuf>,
+    /// Print the results as markdown tables, one per group, each with the command that
+    /// reproduces it (docs/BENCHMARKS.md is made of these).
+    #[arg(long)]
+    markdown: bool,
+    /// Run only these groups: vulkan, pool, cuda, opencl, gl (repeat to name several).
+    #[arg(long, value_name = "GROUP")]
+    only: Vec<String>,
 }
 
+/// The groups, in the order they run.
+pub const GROUPS: [&str; 5] = ["vulkan", "pool", "cuda", "opencl", "gl"];
+
 /// Whether a bigger figure is better (bandwidth) or a smaller one (latency).
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Better {
     Lower,
@@ -32,23 +49,23 @@ pub enum Better {
 }
 
 /// One measured case.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Row {
     /// "vulkan", "cuda", "pool", "gl", "opencl".
-    pub group: &'static str,
+    pub group: String,
     pub case: String,
     /// lava-flow's figure (median); absent when the case could not be measured.
     pub lava_flow: Option<f64>,
     /// The raw API's figure for the same work, where there is one.
     pub raw: Option<f64>,
-    pub unit: &'static str,
+    pub unit: String,
     /// lava_flow / raw.
     pub ratio: Option<f64>,
     pub better: Better,
     /// Iterations behind each median (0 where the source does not say).
     pub iterations: u32,
     /// Why the case could not be measured (the figures are then absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -61,11 +78,11 @@ impl Row {
         unit: &'static str,
     ) -> Row {
         Row {
-            group,
+            group: group.into(),
             case: case.into(),
             lava_flow: Some(lava_flow),
             raw,
-            unit,
+            unit: unit.into(),
             ratio: raw.filter(|r| *r > 0.0).map(|r| lava_flow / r),
             better: if unit.ends_with("/s") { Better::Higher } else { Better::Lower },
             iterations: 0,
@@ -86,9 +103,9 @@ impl Row {
 }
 
 /// A group that did not run, and why.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Skipped {
-    pub group: &'static str,
+    pub group: String,
     pub reason: String,
     /// True when it started and failed (exit code 1), false when the machine cannot run it.
     pub failed: bool,
@@ -106,12 +123,12 @@ impl Bench {
     /// Records a group's error: "cannot run here" is a skip, anything else a failure.
     pub fn group_error(&mut self, group: &'static str, e: lava_flow::Error) {
         let failed = !e.is_unavailable();
-        self.skipped.push(Skipped { group, reason: e.to_string(), failed });
+        self.skipped.push(Skipped { group: group.into(), reason: e.to_string(), failed });
     }
 
     #[cfg_attr(all(feature = "cuda", feature = "gl", feature = "opencl"), allow(dead_code))]
     pub fn skip(&mut self, group: &'static str, reason: impl Into<String>) {
-        self.skipped.push(Skipped { group, reason: reason.into(), failed: false });
+        self.skipped.push(Skipped { group: group.into(), reason: reason.into(), failed: false });
     }
 }
 
@@ -120,34 +137,166 @@ pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-pub fn run(args: &Args) -> CmdResult {
-    let mut bench = Bench { quick: args.quick, ..Bench::default() };
-    vulkan_rows(&mut bench);
-    pool_rows(&mut bench);
-    cuda_rows(&mut bench);
-    opencl_rows(&mut bench);
-    gl_rows(&mut bench);
+/// Where the figures were measured, for the published tables.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Machine {
+    /// The Vulkan device the groups ran on, with its driver.
+    #[serde(default)]
+    pub vulkan_device: Option<String>,
+    /// The CPU model (from /proc/cpuinfo) and how many CPUs this process may use.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub cpus: usize,
+    /// "release" or "debug": only release figures are worth quoting.
+    #[serde(default)]
+    pub profile: String,
+}
 
-    crate::emit(&render(&bench))?;
-    if let Some(path) = &args.json {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            lava_flow_version: &'static str,
-            quick: bool,
-            rows: &'a [Row],
-            skipped: &'a [Skipped],
+impl Machine {
+    fn here() -> Machine {
+        let vulkan_device = VulkanContext::new()
+            .ok()
+            .map(|c| format!("{} ({}, {})", c.info().name, c.info().device_type, c.info().driver_name));
+        let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        });
+        Machine {
+            vulkan_device,
+            cpu,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
         }
-        let json = Json {
-            lava_flow_version: env!("CARGO_PKG_VERSION"),
-            quick: bench.quick,
-            rows: &bench.rows,
-            skipped: &bench.skipped,
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+    }
+}
+
+/// What `--json` writes and `--from-json` reads.
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub lava_flow_version: String,
+    pub quick: bool,
+    /// Absent in files written before it was recorded.
+    #[serde(default)]
+    pub machine: Option<Machine>,
+    pub rows: Vec<Row>,
+    pub skipped: Vec<Skipped>,
+}
+
+pub fn run(args: &Args) -> CmdResult {
+    if let Some(bad) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        return Err(format!("unknown bench group `{bad}` (groups: {})", GROUPS.join(", ")).into());
+    }
+    let report = match &args.from_json {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            serde_json::from_str::<Report>(&text)
+                .map_err(|e| format!("{} is not `bench --json` output: {e}", path.display()))?
+        }
+        None => measure(args),
+    };
+    let bench = Bench { quick: report.quick, rows: report.rows.clone(), skipped: report.skipped.clone() };
+    if args.markdown {
+        crate::emit(&markdown(&report))?;
+    } else {
+        crate::emit(&render(&bench))?;
+    }
+    if let Some(path) = args.json.as_ref().filter(|_| args.from_json.is_none()) {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
+    if let Some(dir) = &args.plots {
+        let title =
+            report.machine.as_ref().and_then(|m| m.vulkan_device.clone()).unwrap_or_else(|| "this machine".into());
+        for path in crate::plot::write_plots(&report.rows, dir, &short_device(&title))? {
+            eprintln!("bench: wrote {}", path.display());
+        }
+    }
     Ok(if bench.skipped.iter().any(|s| s.failed) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The device name without the driver details in parentheses, for plot titles.
+fn short_device(name: &str) -> String {
+    name.split(" (").next().unwrap_or(name).to_string()
+}
+
+/// Measures one group into the bench.
+type GroupFn = fn(&mut Bench);
+
+/// Runs the groups `args` asks for.
+fn measure(args: &Args) -> Report {
+    let mut bench = Bench { quick: args.quick, ..Bench::default() };
+    let wanted = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
+    let groups: [(&str, GroupFn); 5] =
+        [("vulkan", vulkan_rows), ("pool", pool_rows), ("cuda", cuda_rows), ("opencl", opencl_rows), ("gl", gl_rows)];
+    for (name, group) in groups {
+        if wanted(name) {
+            group(&mut bench);
+        }
+    }
+    Report {
+        lava_flow_version: env!("CARGO_PKG_VERSION").into(),
+        quick: bench.quick,
+        machine: Some(Machine::here()),
+        rows: bench.rows,
+        skipped: bench.skipped,
+    }
+}
+
+/// Markdown: a line on the machine, then per group a table and the command that reproduces it.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    if let Some(m) = &report.machine {
+        let device = m.vulkan_device.as_deref().unwrap_or("no Vulkan device");
+        let cpu = m.cpu.as_deref().unwrap_or("unknown CPU");
+        out.push_str(&format!(
+            "Measured on {device}; {cpu}, {} CPUs available; lava-flow {} ({} build{}).\n\n",
+            m.cpus,
+            report.lava_flow_version,
+            m.profile,
+            if report.quick { ", `--quick`" } else { "" }
+        ));
+    }
+    out.push_str("ratio = lava-flow / raw; latency: lower is better, bandwidth: higher is better; medians.\n");
+    for group in GROUPS {
+        let rows: Vec<&Row> = report.rows.iter().filter(|r| r.group == group).collect();
+        let skipped: Vec<&Skipped> = report.skipped.iter().filter(|s| s.group == group).collect();
+        if rows.is_empty() && skipped.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n#### {group}\n\n"));
+        if !rows.is_empty() {
+            out.push_str("| case | lava-flow | raw API | unit | ratio | iterations |\n|---|--:|--:|---|--:|--:|\n");
+            for r in rows {
+                let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), figure);
+                let ratio = match (&r.error, r.ratio) {
+                    (Some(e), _) => format!("not measured: {}", e.replace('|', "/")),
+                    (None, Some(x)) => format!("{x:.2}"),
+                    (None, None) => "-".into(),
+                };
+                let iterations = if r.iterations == 0 { "-".to_string() } else { r.iterations.to_string() };
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {ratio} | {iterations} |\n",
+                    r.case.replace('|', "/"),
+                    cell(r.lava_flow),
+                    cell(r.raw),
+                    r.unit
+                ));
+            }
+        }
+        for s in skipped {
+            let verb = if s.failed { "failed" } else { "not run here" };
+            out.push_str(&format!("\n{verb}: {}\n", s.reason));
+        }
+        out.push_str(&format!(
+            "\nReproduce: `cargo run --release -p lava-flow-cli -- bench --only {group}{}`\n",
+            if report.quick { " --quick" } else { "" }
+        ));
+    }
+    out
 }
 
 /// Pooled allocate + export against an allocation of its own, and a cached import against a
@@ -303,7 +452,7 @@ mod tests {
                 Row::new("cuda", "copy-bandwidth/kernel/1GiB", 3800.0, Some(3850.0), "GB/s"),
                 Row::not_measured("cuda", "export-import-map/4GiB", "us", "too big for free memory".into()),
             ],
-            skipped: vec![Skipped { group: "gl", reason: "no libEGL".into(), failed: false }],
+            skipped: vec![Skipped { group: "gl".into(), reason: "no libEGL".into(), failed: false }],
         };
         assert_eq!(bench.rows[0].ratio, Some(1.5));
         assert_eq!(bench.rows[0].better, Better::Lower);

@@ -57,6 +57,34 @@ pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
             .iterations(iterations),
         );
     }
+    copy_bandwidth(bench, &a, &b)
+}
+
+/// vkCmdCopyBuffer between two buffers imported on the second device (exported by the first)
+/// against the same copy between two buffers allocated there without export: what importing
+/// costs the work done on the memory. GB/s count the bytes read and written.
+fn copy_bandwidth(bench: &mut Bench, a: &VulkanContext, b: &VulkanContext) -> lava_flow::Result<()> {
+    let (len, warmup, iterations) = if bench.quick { (16u64 << 20, 1, 5) } else { (256u64 << 20, 2, 10) };
+    let native = || Buffer::new(b, &BufferOptions::new(len).export(None));
+    let (native_src, native_dst) = (native()?, native()?);
+    let (exported_src, exported_dst) =
+        (Buffer::new(a, &BufferOptions::new(len))?, Buffer::new(a, &BufferOptions::new(len))?);
+    let imported_src = Buffer::import(b, exported_src.export_fd()?)?;
+    let imported_dst = Buffer::import(b, exported_dst.export_fd()?)?;
+    let none = || Ok(());
+    let imported = median(warmup, iterations, none, |()| imported_src.copy_to(&imported_dst))?;
+    let native_t = median(warmup, iterations, none, |()| native_src.copy_to(&native_dst))?;
+    let gbps = |t: std::time::Duration| 2.0 * len as f64 / t.as_secs_f64() / 1e9;
+    bench.rows.push(
+        Row::new(
+            "vulkan",
+            format!("copy bandwidth {}: imported vs native memory", bytes(len)),
+            gbps(imported),
+            Some(gbps(native_t)),
+            "GB/s",
+        )
+        .iterations(iterations),
+    );
     Ok(())
 }
 

@@ -1,0 +1,3 @@
+//! The fuzz targets' checks, shared with the stable replay test (see `checks`).
+
+pub mod checks;
