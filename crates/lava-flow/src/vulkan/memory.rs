@@ -196,6 +196,16 @@ impl DeviceMemory {
         let ext = ctx.external_memory_fd()?;
         let handle_type = vk_memory_handle_type(d.handle_kind);
         let mut type_index = d.memory_type_index;
+        if d.handle_kind == MemoryHandleKind::DmaBuf && !ctx.extensions().external_memory_dma_buf {
+            // vkGetMemoryFdPropertiesKHR may not even be asked about a handle type whose
+            // extension is not enabled.
+            return Err(Error::unsupported(
+                format!("importing DMA-BUF memory on {}", ctx.info().name),
+                "the device lacks VK_EXT_external_memory_dma_buf",
+                "VK_EXT_external_memory_dma_buf",
+                "export the memory as an opaque fd",
+            ));
+        }
         if d.handle_kind == MemoryHandleKind::DmaBuf {
             // DMA-BUFs may come from another driver: ask which of our types can hold it.
             let mut props = vk::MemoryFdPropertiesKHR::default();
