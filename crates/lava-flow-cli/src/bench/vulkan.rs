@@ -71,6 +71,11 @@ fn copy_bandwidth(bench: &mut Bench, a: &VulkanContext, b: &VulkanContext) -> la
         (Buffer::new(a, &BufferOptions::new(len))?, Buffer::new(a, &BufferOptions::new(len))?);
     let imported_src = Buffer::import(b, exported_src.export_fd()?)?;
     let imported_dst = Buffer::import(b, exported_dst.export_fd()?)?;
+    // Every page written first: untouched private memory reads as the kernel's shared zero page,
+    // which would flatter the native side.
+    for buffer in [&native_src, &native_dst, &imported_src, &imported_dst] {
+        buffer.fill(0x5a5a_5a5a)?;
+    }
     let none = || Ok(());
     let imported = median(warmup, iterations, none, |()| imported_src.copy_to(&imported_dst))?;
     let native_t = median(warmup, iterations, none, |()| native_src.copy_to(&native_dst))?;
