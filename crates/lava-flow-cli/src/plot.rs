@@ -111,20 +111,29 @@ pub fn latency_svg(series: &[Series], title: &str) -> Result<String, String> {
             root.draw(&Text::new("no latency measured at several sizes", (40, 300), ("sans-serif", 20)))
                 .map_err(|e| plot_error("latency", e))?;
         } else {
-            let x_range = (min_x as f64 / 1.5)..(max_x as f64 * 1.5);
-            let y_range = (min_y / 1.6)..(max_y * 1.6);
+            // Sizes go along log2(bytes), so the ticks fall on powers of two ("64 KiB", "1 MiB").
+            let x_range = ((min_x as f64).log2() - 0.5)..((max_x as f64).log2() + 0.5);
+            // Room above the curves for the legend.
+            let y_range = (min_y / 1.6)..(max_y * 12.0);
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 20))
                 .margin(16)
                 .x_label_area_size(44)
                 .y_label_area_size(64)
-                .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
+                .build_cartesian_2d(x_range, y_range.log_scale())
                 .map_err(|e| plot_error("latency", e))?;
-            let x_fmt = |v: &f64| size_label(v.round() as u64);
+            let x_fmt = |v: &f64| {
+                if (v - v.round()).abs() < 1e-6 && (0.0..63.0).contains(v) {
+                    size_label(1u64 << v.round() as u32)
+                } else {
+                    String::new()
+                }
+            };
             let y_fmt = |v: &f64| if *v >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") };
             chart
                 .configure_mesh()
-                .x_desc("size")
+                .x_desc("size (log scale)")
+                .x_labels(16)
                 .y_desc("latency (us, median)")
                 .x_label_formatter(&x_fmt)
                 .y_label_formatter(&y_fmt)
@@ -133,7 +142,7 @@ pub fn latency_svg(series: &[Series], title: &str) -> Result<String, String> {
                 .map_err(|e| plot_error("latency", e))?;
             for (i, s) in series.iter().enumerate() {
                 let color = Palette99::pick(i).to_rgba();
-                let ours: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 as f64, p.1)).collect();
+                let ours: Vec<(f64, f64)> = s.points.iter().map(|p| ((p.0 as f64).log2(), p.1)).collect();
                 chart
                     .draw_series(LineSeries::new(ours.clone(), color.stroke_width(2)))
                     .map_err(|e| plot_error("latency", e))?
@@ -142,7 +151,8 @@ pub fn latency_svg(series: &[Series], title: &str) -> Result<String, String> {
                 chart
                     .draw_series(ours.iter().map(|p| Circle::new(*p, 3, color.filled())))
                     .map_err(|e| plot_error("latency", e))?;
-                let raw: Vec<(f64, f64)> = s.points.iter().filter_map(|p| p.2.map(|r| (p.0 as f64, r))).collect();
+                let raw: Vec<(f64, f64)> =
+                    s.points.iter().filter_map(|p| p.2.map(|r| ((p.0 as f64).log2(), r))).collect();
                 if !raw.is_empty() {
                     chart
                         .draw_series(DashedLineSeries::new(raw, 6, 4, color.stroke_width(1)))
