@@ -140,9 +140,12 @@ pub fn us(d: Duration) -> f64 {
 /// Where the figures were measured, for the published tables.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Machine {
-    /// The Vulkan device the groups ran on, with its driver.
+    /// The Vulkan device the groups ran on.
     #[serde(default)]
     pub vulkan_device: Option<String>,
+    /// Its type and driver ("discrete GPU, NVIDIA").
+    #[serde(default)]
+    pub vulkan_driver: Option<String>,
     /// The CPU model (from /proc/cpuinfo) and how many CPUs this process may use.
     #[serde(default)]
     pub cpu: Option<String>,
@@ -155,9 +158,9 @@ pub struct Machine {
 
 impl Machine {
     fn here() -> Machine {
-        let vulkan_device = VulkanContext::new()
-            .ok()
-            .map(|c| format!("{} ({}, {})", c.info().name, c.info().device_type, c.info().driver_name));
+        let ctx = VulkanContext::new().ok();
+        let vulkan_device = ctx.as_ref().map(|c| c.info().name.clone());
+        let vulkan_driver = ctx.as_ref().map(|c| format!("{}, driver {}", c.info().device_type, c.info().driver_name));
         let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("model name"))
@@ -166,6 +169,7 @@ impl Machine {
         });
         Machine {
             vulkan_device,
+            vulkan_driver,
             cpu,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
@@ -250,7 +254,11 @@ fn measure(args: &Args) -> Report {
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     if let Some(m) = &report.machine {
-        let device = m.vulkan_device.as_deref().unwrap_or("no Vulkan device");
+        let device = match (&m.vulkan_device, &m.vulkan_driver) {
+            (Some(d), Some(driver)) => format!("{d} ({driver})"),
+            (Some(d), None) => d.clone(),
+            _ => "no Vulkan device".into(),
+        };
         let cpu = m.cpu.as_deref().unwrap_or("unknown CPU");
         out.push_str(&format!(
             "Measured on {device}; {cpu}, {} CPUs available; lava-flow {} ({} build{}).\n\n",
@@ -270,7 +278,7 @@ pub fn markdown(report: &Report) -> String {
         out.push_str(&format!("\n#### {group}\n\n"));
         if !rows.is_empty() {
             out.push_str("| case | lava-flow | raw API | unit | ratio | iterations |\n|---|--:|--:|---|--:|--:|\n");
-            for r in rows {
+            for r in &rows {
                 let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), figure);
                 let ratio = match (&r.error, r.ratio) {
                     (Some(e), _) => format!("not measured: {}", e.replace('|', "/")),
@@ -287,12 +295,13 @@ pub fn markdown(report: &Report) -> String {
                 ));
             }
         }
-        for s in skipped {
-            let verb = if s.failed { "failed" } else { "not run here" };
-            out.push_str(&format!("\n{verb}: {}\n", s.reason));
+        for (i, s) in skipped.iter().enumerate() {
+            let verb = if s.failed { "Failed" } else { "Not run on this machine" };
+            let gap = if rows.is_empty() && i == 0 { "" } else { "\n" };
+            out.push_str(&format!("{gap}{verb}: {}\n", s.reason));
         }
         out.push_str(&format!(
-            "\nReproduce: `cargo run --release -p lava-flow-cli -- bench --only {group}{}`\n",
+            "\nReproduce: `lava-flow bench --only {group}{}` (release build)\n",
             if report.quick { " --quick" } else { "" }
         ));
     }
@@ -463,5 +472,32 @@ mod tests {
         assert!(text.contains("gl: skipped: no libEGL"), "{text}");
         let json = serde_json::to_value(&bench.rows[2]).unwrap();
         assert!(json["lava_flow"].is_null() && json["raw"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn markdown_has_a_table_and_a_command_per_group_and_reads_back_from_json() {
+        let report = Report {
+            lava_flow_version: "0.1.0".into(),
+            quick: false,
+            machine: Some(Machine {
+                vulkan_device: Some("llvmpipe (LLVM 15.0.6, 256 bits)".into()),
+                vulkan_driver: Some("CPU, driver llvmpipe".into()),
+                cpu: Some("Some CPU".into()),
+                cpus: 2,
+                profile: "release".into(),
+            }),
+            rows: vec![Row::new("vulkan", "export 64 KiB buffer", 0.2, Some(0.1), "us").iterations(200)],
+            skipped: vec![Skipped { group: "cuda".into(), reason: "no libcuda".into(), failed: false }],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        let text = markdown(&back);
+        assert!(text.contains("llvmpipe (LLVM 15.0.6, 256 bits) (CPU, driver llvmpipe)"), "{text}");
+        assert!(text.contains("| export 64 KiB buffer | 0.20 | 0.10 | us | 2.00 | 200 |"), "{text}");
+        assert!(text.contains("#### cuda\n\nNot run on this machine: no libcuda\n"), "{text}");
+        assert!(text.contains("Reproduce: `lava-flow bench --only vulkan` (release build)"), "{text}");
+        // Files written before `machine` was recorded still load.
+        let old = r#"{"lava_flow_version":"0.1.0","quick":true,"rows":[],"skipped":[]}"#;
+        assert!(serde_json::from_str::<Report>(old).unwrap().machine.is_none());
     }
 }

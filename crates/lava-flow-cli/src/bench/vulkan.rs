@@ -64,7 +64,7 @@ pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
 /// against the same copy between two buffers allocated there without export: what importing
 /// costs the work done on the memory. GB/s count the bytes read and written.
 fn copy_bandwidth(bench: &mut Bench, a: &VulkanContext, b: &VulkanContext) -> lava_flow::Result<()> {
-    let (len, warmup, iterations) = if bench.quick { (16u64 << 20, 1, 5) } else { (256u64 << 20, 2, 10) };
+    let (len, warmup, iterations) = if bench.quick { (16u64 << 20, 1, 5) } else { (256u64 << 20, 2, 20) };
     let native = || Buffer::new(b, &BufferOptions::new(len).export(None));
     let (native_src, native_dst) = (native()?, native()?);
     let (exported_src, exported_dst) =
@@ -76,9 +76,25 @@ fn copy_bandwidth(bench: &mut Bench, a: &VulkanContext, b: &VulkanContext) -> la
     for buffer in [&native_src, &native_dst, &imported_src, &imported_dst] {
         buffer.fill(0x5a5a_5a5a)?;
     }
-    let none = || Ok(());
-    let imported = median(warmup, iterations, none, |()| imported_src.copy_to(&imported_dst))?;
-    let native_t = median(warmup, iterations, none, |()| native_src.copy_to(&native_dst))?;
+    // The two copies alternate, so a change of load on the machine weighs on both alike.
+    let (mut imported_times, mut native_times) = (Vec::new(), Vec::new());
+    for i in 0..warmup + iterations {
+        let timed = |src: &Buffer, dst: &Buffer| -> lava_flow::Result<std::time::Duration> {
+            let start = std::time::Instant::now();
+            src.copy_to(dst)?;
+            Ok(start.elapsed())
+        };
+        let (t_imported, t_native) = (timed(&imported_src, &imported_dst)?, timed(&native_src, &native_dst)?);
+        if i >= warmup {
+            imported_times.push(t_imported);
+            native_times.push(t_native);
+        }
+    }
+    let middle = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (imported, native_t) = (middle(imported_times), middle(native_times));
     let gbps = |t: std::time::Duration| 2.0 * len as f64 / t.as_secs_f64() / 1e9;
     bench.rows.push(
         Row::new(
