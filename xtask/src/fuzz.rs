@@ -24,6 +24,30 @@ fn nightly_fuzz(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` through bash with libFuzzer's line per new input (`#123 NEW ...`, `REDUCE`, `pulse`)
+/// left out of the log; its exit status is kept (pipefail).
+fn quiet(cmd: Command) -> Command {
+    let mut line = String::from("set -o pipefail; ");
+    for (k, v) in cmd.get_envs() {
+        if v.is_none() {
+            line.push_str(&format!("unset {}; ", k.to_string_lossy()));
+        }
+    }
+    line.push_str(&shell_quote(&cmd.get_program().to_string_lossy()));
+    for a in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&shell_quote(&a.to_string_lossy()));
+    }
+    line.push_str(r#" 2>&1 | { grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)' || true; }"#);
+    let mut wrapped = Command::new("bash");
+    wrapped.args(["-c", &line]).current_dir(run::root());
+    wrapped
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Whether `cargo +nightly fuzz` works here.
 pub fn has_nightly_fuzz() -> bool {
     nightly_fuzz(&["--version"])
@@ -56,7 +80,7 @@ pub fn steps(summary: &mut Summary, replay: Command) -> Result<(), String> {
         let seeds = format!("fuzz/seeds/{target}");
         let time = format!("-max_total_time={SECONDS_PER_TARGET}");
         let scratch_arg = scratch.to_string_lossy().into_owned();
-        let cmd = nightly_fuzz(&["run", target, &scratch_arg, &seeds, "--", &time]);
+        let cmd = quiet(nightly_fuzz(&["run", target, &scratch_arg, &seeds, "--", &time]));
         summary.run(Step::new(&format!("fuzz: {target} for {SECONDS_PER_TARGET} s"), cmd).keep_going())?;
         let _ = std::fs::remove_dir_all(&scratch);
     }

@@ -267,7 +267,8 @@ fn bench_quick_writes_json_with_raw_baselines() {
             (r["lava_flow"].as_f64().unwrap(), r["raw"].as_f64().unwrap(), r["ratio"].as_f64().unwrap());
         assert!(lf > 0.0 && raw > 0.0, "{r}");
         assert!((ratio - lf / raw).abs() < 1e-9, "{r}");
-        assert_eq!(r["unit"], "us");
+        let bandwidth = r["case"].as_str().unwrap().contains("bandwidth");
+        assert_eq!(r["unit"], if bandwidth { "GB/s" } else { "us" }, "{r}");
     }
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().next().unwrap().contains("ratio"));

@@ -625,7 +625,13 @@ fn published_then_mapped(env: &Env, fd: OwnedFd) -> CellResult {
     drop(publisher);
     let reader = Client::connect(env.server.path()).map_err(|e| e.to_string())?;
     let fetched = reader.get_one("suspect").map_err(|e| e.to_string())?;
+    drop(reader);
     drop(env.server.remove("suspect"));
+    // The server (in this process) closes its side of both connections on its own threads: let it,
+    // so that the count below moves only with the mapping.
+    if !env.server.wait_idle(WAIT) {
+        return Err("the server kept a connection open".into());
+    }
     let SharedObject::Memory(memory) = fetched else { return Err("not memory".into()) };
     let before = open_fd_count();
     match shm::map_exported(memory) {
