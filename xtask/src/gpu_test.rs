@@ -12,8 +12,9 @@ const RUN_ALL: &str = r#"#!/bin/bash
 # Written by `cargo xtask gpu-test`. On the GPU machine, from the project's root:
 #   bash .gpu/on-device.sh bash .gpu/run-all.sh
 # Runs every packed test binary one test at a time (fd counts are per process), then
-# `lava-flow selftest`, `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
-# Logs (and bench.json, info.json) are copied to $OUT when it is set.
+# `lava-flow selftest`, a 20-round soak (fds, RSS, Vulkan and CUDA device memory back to their
+# levels), `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
+# Logs (and bench.json with its plots, info.json) are copied to $OUT when it is set.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # Binaries too large to carry as they are travel as bin.tar.gz.
@@ -44,10 +45,11 @@ run_cli() { # label, arguments...
 }
 if [ -x "$cli" ]; then
   run_cli selftest selftest
+  run_cli soak selftest --soak 20
   run_cli info info
   if [ -n "${OUT:-}" ]; then
     "$cli" info --json > "$OUT/info.json" 2>/dev/null
-    run_cli bench bench --json "$OUT/bench.json"
+    run_cli bench bench --json "$OUT/bench.json" --plots "$OUT/plots"
   else
     run_cli bench bench
   fi
