@@ -135,9 +135,23 @@ pub(crate) fn check_memory_fd(fd: OwnedFd, what: &str, min_size: u64, host_memor
 /// does on failure. Some drivers close the fd even when the import fails (NVIDIA's Vulkan driver
 /// does for a wrong allocation size), which would make a plain "close it on failure" rule close it
 /// twice. After a failure the duplicate is closed only if its number still names the same file.
+///
+/// A memfd is handed over as a new open file description of the same file (reopened through
+/// `/proc/self/fd`) rather than a plain duplicate: Mesa's software drivers check an imported memfd
+/// with `lseek(fd, 0)` then `read(header)`, and duplicates share one file offset, so two imports
+/// at once of exports of one allocation (all duplicates of one fd) could read each other's offset
+/// and be refused.
 pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) -> Result<T>) -> Result<T> {
-    let dup =
-        rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| Error::io("duplicating an fd for import", e.into()))?;
+    let dup = match inspect(std::os::fd::AsFd::as_fd(&fd)) {
+        FdKind::Memfd { .. } => reopen(&fd),
+        _ => None,
+    };
+    let dup = match dup {
+        Some(d) => d,
+        None => {
+            rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| Error::io("duplicating an fd for import", e.into()))?
+        }
+    };
     let identity = |f: BorrowedFd<'_>| rustix::fs::fstat(f).ok().map(|s| (s.st_dev, s.st_ino));
     let before = identity(std::os::fd::AsFd::as_fd(&dup));
     let raw = dup.as_raw_fd();
@@ -158,6 +172,15 @@ pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) 
     result
 }
 
+/// A new open file description of the file behind `fd` (its own file offset), with the same
+/// access mode; None where `/proc` cannot give one.
+fn reopen(fd: &OwnedFd) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let access = rustix::fs::fcntl_getfl(fd).ok()? & OFlags::RWMODE;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(path.as_str(), access | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
 /// [`check_memory_fd`] for an exported allocation, plus a check of its size against the exporter
 /// when the allocation was made in this process. Consumes the fd on error.
 pub(crate) fn check_exported_memory(
@@ -168,4 +191,27 @@ pub(crate) fn check_exported_memory(
     let fd = check_memory_fd(fd, what, description.allocation_size, false)?;
     crate::vulkan::check_against_exporter(description)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memfd_reaches_the_importer_with_a_file_offset_of_its_own() {
+        let fd = rustix::fs::memfd_create("offset", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let twin = rustix::io::dup(&fd).unwrap();
+        rustix::fs::seek(&twin, rustix::fs::SeekFrom::Start(100)).unwrap();
+        let seen = import_consuming(fd, |raw| {
+            // SAFETY: the import closure may use the fd for the call's duration.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+            let offset = rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Current(0)).unwrap();
+            rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Start(7)).unwrap();
+            Err::<u64, _>(Error::invalid("test", format!("offset {offset}"), "-"))
+        });
+        // A plain duplicate would have shown the twin's offset, and moved it.
+        assert!(seen.unwrap_err().to_string().contains("offset 0"));
+        assert_eq!(rustix::fs::seek(&twin, rustix::fs::SeekFrom::Current(0)).unwrap(), 100);
+    }
 }

@@ -98,6 +98,29 @@ fn allocator_pooled_dedicated_host_and_images_from_eight_threads() {
     assert_eq!(open_fd_count(), baseline, "fds of the 8 workers were all closed");
 }
 
+#[test]
+fn one_allocation_imported_by_eight_threads_at_once() {
+    // Every export of one allocation is a duplicate of one fd, so the exports share one open file
+    // description (and its file offset). Software drivers read a header from the start of the
+    // memfd on import; imports at once of such duplicates must not disturb each other.
+    let Some((a, b)) = two_devices() else { return };
+    let size = 1u64 << 20;
+    let buffer = Arc::new(Buffer::new(&a, &BufferOptions::new(size)).unwrap());
+    buffer.write(0, &pattern(size as usize, 3)).unwrap();
+    drop(Buffer::import(&b, buffer.export_fd().unwrap()).unwrap());
+    let baseline = open_fd_count();
+    let (exporter, importer) = (Arc::clone(&buffer), b.clone());
+    on_eight_threads(move |t| {
+        for round in 0..30 {
+            let imported = Buffer::import(&importer, exporter.export_fd().unwrap())
+                .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
+            assert_eq!(imported.read(0, 4096).unwrap(), &pattern(size as usize, 3)[..4096], "thread {t} round {round}");
+        }
+    });
+    b.check_deferred().unwrap();
+    assert_eq!(open_fd_count(), baseline, "every import's fd was closed");
+}
+
 /// One exporter buffer per call, with the slack llvmpipe's GL needs.
 fn gl_exportable(ctx: &VulkanContext, size: u64) -> Buffer {
     Buffer::new(ctx, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK)).unwrap()
