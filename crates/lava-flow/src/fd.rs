@@ -136,16 +136,16 @@ pub(crate) fn check_memory_fd(fd: OwnedFd, what: &str, min_size: u64, host_memor
 /// does for a wrong allocation size), which would make a plain "close it on failure" rule close it
 /// twice. After a failure the duplicate is closed only if its number still names the same file.
 ///
-/// A memfd is handed over as a new open file description of the same file (reopened through
-/// `/proc/self/fd`) rather than a plain duplicate: Mesa's software drivers check an imported memfd
+/// A memfd (any regular file) is handed over as a new open file description of the same file
+/// (reopened through `/proc/self/fd`) rather than a plain duplicate: Mesa's software drivers check an imported memfd
 /// with `lseek(fd, 0)` then `read(header)`, and duplicates share one file offset, so two imports
 /// at once of exports of one allocation (all duplicates of one fd) could read each other's offset
 /// and be refused.
 pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) -> Result<T>) -> Result<T> {
-    let dup = match inspect(std::os::fd::AsFd::as_fd(&fd)) {
-        FdKind::Memfd { .. } => reopen(&fd),
-        _ => None,
-    };
+    // Only memory files reach an import as regular files (check_memory_fd refuses the others), so
+    // the file type alone says whether to reopen: one fstat, no readlink.
+    let regular = rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+    let dup = if regular { reopen(&fd) } else { None };
     let dup = match dup {
         Some(d) => d,
         None => {
