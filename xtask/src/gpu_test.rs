@@ -13,7 +13,7 @@ const RUN_ALL: &str = r#"#!/bin/bash
 #   bash .gpu/on-device.sh bash .gpu/run-all.sh
 # Runs every packed test binary one test at a time (fd counts are per process), then
 # `lava-flow selftest`, `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
-# Logs (and bench.json, info.json) are copied to $OUT when it is set.
+# Logs (as logs.tar.gz), bench.json, info.json and selftest.json go to $OUT when it is set.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # Binaries too large to carry as they are travel as bin.tar.gz.
@@ -47,6 +47,7 @@ if [ -x "$cli" ]; then
   run_cli info info
   if [ -n "${OUT:-}" ]; then
     "$cli" info --json > "$OUT/info.json" 2>/dev/null
+    "$cli" selftest --json > "$OUT/selftest.json" 2>/dev/null
     run_cli bench bench --json "$OUT/bench.json"
   else
     run_cli bench bench
@@ -54,7 +55,8 @@ if [ -x "$cli" ]; then
 else
   summary+=("FAIL lava-flow: not in $here/bin"); status=1
 fi
-[ -n "${OUT:-}" ] && cp "$logs"/*.log "$OUT"/ 2>/dev/null
+# The device tool brings back at most 8 files: the logs travel as one archive.
+[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tar.gz" -C "$logs" . 2>/dev/null
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
 echo "gpu-test: overall $([ $status = 0 ] && echo PASS || echo FAIL)"

@@ -684,11 +684,21 @@ impl GlTexture {
     /// uses `glGetTexImage`; GLES reads each layer through a framebuffer with `glReadPixels`
     /// (formats GLES can read back only).
     pub fn read(&self) -> Result<Vec<u8>> {
+        self.read_with(false)
+    }
+
+    /// Reads like [`GlTexture::read`], but always through a framebuffer and `glReadPixels` (a GPU
+    /// read of the texture), also on desktop GL.
+    pub fn read_through_framebuffer(&self) -> Result<Vec<u8>> {
+        self.read_with(true)
+    }
+
+    fn read_with(&self, framebuffer: bool) -> Result<Vec<u8>> {
         let gl = self.memory.ctx.make_current()?;
         let mut out = vec![0u8; self.packed_size()];
         let p = self.plan;
         gl.clear_errors();
-        if gl.is_desktop() {
+        if gl.is_desktop() && !framebuffer {
             // SAFETY: current context; `out` holds the whole level packed with alignment 1.
             unsafe {
                 (gl.pixel_storei)(f::PACK_ALIGNMENT, 1);
