@@ -4,3 +4,5 @@
 mod context;
 
 pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
+pub mod sync;
+pub use sync::{Fence, OwnershipTransfer, RecordedCommands, Semaphore, Submission, SyncCapabilities};
