@@ -90,7 +90,7 @@ pub enum Error {
     )]
     IncompatibleSyncDevice {
         /// What was to be imported ("opaque-fd timeline semaphore").
-        what: String,
+        what: &'static str,
         /// Who exported.
         exporter: raw_gpu_handle::DeviceIdentity,
         /// Who tried to import.

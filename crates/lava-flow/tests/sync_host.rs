@@ -14,8 +14,8 @@ use lava_flow::raw_gpu_handle::{
     SemaphoreKind, Uuid,
 };
 use lava_flow::vulkan::sync::{
-    fence_capabilities, semaphore_capabilities, sync_capabilities_all, Fence, FenceOptions, OwnershipTransfer,
-    RecordedCommands, Semaphore, SemaphoreOptions, StageAccess, Submission, SyncCapabilities,
+    fence_capabilities, ping_pong, semaphore_capabilities, sync_capabilities_all, Fence, FenceOptions,
+    OwnershipTransfer, RecordedCommands, Semaphore, SemaphoreOptions, StageAccess, Submission, SyncCapabilities, Turn,
 };
 use lava_flow::{testing, Error, VulkanContext};
 use sync_common::{assert_all, TestBuffer, WAIT};
@@ -571,5 +571,39 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
     turns.wait(2, WAIT).unwrap();
     assert_all(&out_buffer.words(), 0x0BAD_F00D, "buffer after release and acquire");
     assert_all(&out_image.words(), u32::from_le_bytes([255, 0, 0, 255]), "image texels after release and acquire");
+    ctx.check_deferred().unwrap();
+}
+
+#[test]
+fn ping_pong_takes_turns_with_the_host() {
+    let Some(ctx) = context() else { return };
+    let sem = Semaphore::with_options(&ctx, &SemaphoreOptions { initial_value: 100, ..Default::default() }).unwrap();
+    let rounds = 50;
+    let result = std::thread::scope(|s| {
+        // The host plays the second side: it signals each even value once the queue signalled
+        // the odd one before it.
+        let host = s.spawn(|| {
+            for round in 0..rounds {
+                let value = 100 + 2 * round + 2;
+                sem.wait(value - 1, WAIT)?;
+                sem.signal(value)?;
+            }
+            Ok::<(), Error>(())
+        });
+        let result = ping_pong(&sem, Turn::First, 100, rounds, WAIT);
+        host.join().unwrap().unwrap();
+        result
+    })
+    .unwrap();
+    assert_eq!(result.rounds, rounds);
+    assert_eq!(result.final_value, 200);
+    assert_eq!(sem.value().unwrap(), 200);
+
+    // Nobody plays the other side: a timeout, and the queue is released, not left blocked.
+    let e = ping_pong(&sem, Turn::First, 200, 3, Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert_eq!(sem.value().unwrap(), 205, "the host played the missing turns, so every queued batch ran");
+    Submission::new().signal(&sem, 300).submit(&ctx).unwrap();
+    sem.wait(300, WAIT).expect("the queue is not left blocked");
     ctx.check_deferred().unwrap();
 }

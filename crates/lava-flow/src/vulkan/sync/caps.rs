@@ -111,6 +111,10 @@ pub fn semaphore_capabilities(
     let ext = ctx.extensions();
     let limitation = if semaphore_handle_bit(handle_kind).is_empty() {
         Some(format!("{handle_kind} handles have no Vulkan handle type on this platform"))
+    } else if kind == SemaphoreKind::Timeline && handle_kind == SemaphoreHandleKind::SyncFd {
+        // Whatever a driver answers, the spec forbids it: sync fds have copy transference, which
+        // only binary semaphores may export or import (VUID-VkSemaphoreGetFdInfoKHR-handleType-03253).
+        Some("sync fds carry one binary signal; timeline semaphores cannot be exported or imported as sync fds (VUID-VkSemaphoreGetFdInfoKHR-handleType-03253)".to_string())
     } else if kind == SemaphoreKind::Timeline && !ext.timeline_semaphore {
         Some("the device lacks the timelineSemaphore feature (VkPhysicalDeviceTimelineSemaphoreFeatures)".to_string())
     } else {

@@ -228,7 +228,7 @@ impl Fence {
         let FenceDescription { handle_kind, device } = exported.description;
         let what = format!("{handle_kind} fence");
         let opaque = handle_kind == FenceHandleKind::OpaqueFd;
-        check_identity(opaque, what.clone(), &device, &ctx.identity())?;
+        check_identity(opaque, "opaque-fd fence", &device, &ctx.identity())?;
         fence_capabilities(ctx, handle_kind).require_import()?;
         if !opaque {
             check_sync_file(exported.handle.as_fd(), &what)?;

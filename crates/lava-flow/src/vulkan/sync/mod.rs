@@ -30,6 +30,7 @@
 mod caps;
 mod fence;
 mod in_flight;
+mod ping_pong;
 mod semaphore;
 mod submit;
 mod transfer;
@@ -39,6 +40,7 @@ pub use caps::{
     SyncCapabilities,
 };
 pub use fence::{Fence, FenceOptions};
+pub use ping_pong::{ping_pong, PingPong, Turn};
 pub use raw_gpu_handle::{FenceHandleKind, SemaphoreHandleKind, SemaphoreKind};
 pub use semaphore::{Semaphore, SemaphoreOptions};
 pub use submit::{RecordedCommands, Submission, Submitted};

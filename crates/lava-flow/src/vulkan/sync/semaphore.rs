@@ -114,7 +114,7 @@ fn create_raw(
 /// (external semaphore handle types compatibility); sync fds anywhere.
 pub(crate) fn check_identity(
     handle_kind_is_opaque: bool,
-    what: String,
+    what: &'static str,
     exporter: &DeviceIdentity,
     importer: &DeviceIdentity,
 ) -> Result<()> {
@@ -355,7 +355,11 @@ impl Semaphore {
                 advice: "share timeline semaphores as opaque fds".into(),
             });
         }
-        check_identity(opaque, what.clone(), &device, &ctx.identity())?;
+        let opaque_what = match kind {
+            SemaphoreKind::Binary => "opaque-fd binary semaphore",
+            SemaphoreKind::Timeline => "opaque-fd timeline semaphore",
+        };
+        check_identity(opaque, opaque_what, &device, &ctx.identity())?;
         if kind == SemaphoreKind::Timeline {
             check_timeline_support(ctx)?;
         }

@@ -8,7 +8,7 @@ use ash::vk;
 use raw_gpu_handle::SemaphoreKind;
 
 use super::fence::Fence;
-use super::in_flight::{InFlight, LastUse};
+use super::in_flight::{InFlight, LastUse, QueueTimeline};
 use super::semaphore::{BinaryState, Semaphore};
 use crate::vulkan::VulkanContext;
 use crate::{Error, Result};
@@ -101,7 +101,7 @@ pub struct Submitted {
 
 impl std::fmt::Debug for Submitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Submitted").field("fence", &self.in_flight.fence()).finish()
+        f.debug_struct("Submitted").field("in_flight", &self.in_flight).finish()
     }
 }
 
@@ -270,70 +270,44 @@ impl<'a> Submission<'a> {
     }
 
     fn submit_checked(&self, ctx: &VulkanContext) -> Result<Submitted> {
+        let timeline = QueueTimeline::of(ctx)?;
         let wait_handles: Vec<vk::Semaphore> = self.waits.iter().map(|(s, _, _)| s.handle()).collect();
         let wait_values: Vec<u64> =
             self.waits.iter().map(|(s, v, _)| if s.kind() == SemaphoreKind::Timeline { *v } else { 0 }).collect();
         let wait_stages: Vec<vk::PipelineStageFlags> = self.waits.iter().map(|(_, _, st)| *st).collect();
-        let signal_handles: Vec<vk::Semaphore> = self.signals.iter().map(|(s, _)| s.handle()).collect();
-        let signal_values: Vec<u64> =
+        // The queue's private timeline is signalled last, with a value taken under the queue lock.
+        let mut signal_handles: Vec<vk::Semaphore> = self.signals.iter().map(|(s, _)| s.handle()).collect();
+        signal_handles.push(timeline.semaphore());
+        let mut signal_values: Vec<u64> =
             self.signals.iter().map(|(s, v)| if s.kind() == SemaphoreKind::Timeline { *v } else { 0 }).collect();
         let cmds: Vec<vk::CommandBuffer> =
             self.commands.iter().map(|c| c.cmd).chain(self.raw_commands.iter().copied()).collect();
-        let any_timeline = self
-            .waits
-            .iter()
-            .map(|(s, _, _)| s)
-            .chain(self.signals.iter().map(|(s, _)| s))
-            .any(|s| s.kind() == SemaphoreKind::Timeline);
-
-        let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
-            .wait_semaphore_values(&wait_values)
-            .signal_semaphore_values(&signal_values);
-        let mut submit = vk::SubmitInfo::default()
-            .wait_semaphores(&wait_handles)
-            .wait_dst_stage_mask(&wait_stages)
-            .command_buffers(&cmds)
-            .signal_semaphores(&signal_handles);
-        if any_timeline {
-            submit = submit.push_next(&mut timeline_info);
-        }
-        let submits = [submit];
-
-        let in_flight = InFlight::new(ctx)?;
+        let fence = self.fence.map_or(vk::Fence::null(), |f| f.handle());
         let device = ctx.device();
-        ctx.with_queue(|queue| {
-            match self.fence {
-                None => {
-                    // SAFETY: the queue is locked; every handle belongs to this device and was
-                    // checked in validate(); the arrays live across the call; the tracking
-                    // fence is fresh.
-                    unsafe { device.queue_submit(queue, &submits, in_flight.fence()) }
-                        .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting a batch"))?;
-                    in_flight.mark_submitted();
-                }
-                Some(user_fence) => {
-                    // SAFETY: as above; the user's fence is unsignalled and not pending (validated).
-                    unsafe { device.queue_submit(queue, &submits, user_fence.handle()) }
-                        .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting a batch"))?;
-                    // An empty submission's fence covers all earlier work on the queue, so the
-                    // tracking fence signals with (or after) the user's.
-                    // SAFETY: the queue is locked; the tracking fence is fresh.
-                    let tracked = unsafe { device.queue_submit(queue, &[], in_flight.fence()) };
-                    match tracked {
-                        Ok(()) => in_flight.mark_submitted(),
-                        Err(r) => {
-                            // The batch is in flight but untracked: wait for the queue so nothing is
-                            // destroyed under it, then report.
-                            // SAFETY: the queue is locked.
-                            let _ = unsafe { device.queue_wait_idle(queue) };
-                            return Err(Error::vk("vkQueueSubmit", r, "submitting the fence that tracks a batch"));
-                        }
-                    }
-                    user_fence.last_use.set(&in_flight);
-                }
-            }
-            Ok::<(), Error>(())
+
+        let in_flight = ctx.with_queue(|queue| {
+            let tracking_value = timeline.next_value();
+            signal_values.push(tracking_value);
+            let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
+                .wait_semaphore_values(&wait_values)
+                .signal_semaphore_values(&signal_values);
+            let submit = vk::SubmitInfo::default()
+                .wait_semaphores(&wait_handles)
+                .wait_dst_stage_mask(&wait_stages)
+                .command_buffers(&cmds)
+                .signal_semaphores(&signal_handles)
+                .push_next(&mut timeline_info);
+            // SAFETY: the queue is locked; every handle belongs to this device and was checked in
+            // validate() (command buffers not pending, the fence unsignalled and not pending,
+            // timeline signals above the current values); the arrays live across the call.
+            unsafe { device.queue_submit(queue, &[submit], fence) }
+                .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting a batch"))?;
+            timeline.commit(tracking_value);
+            Ok::<_, Error>(InFlight::new(timeline.clone(), tracking_value))
         })?;
+        if let Some(f) = self.fence {
+            f.last_use.set(&in_flight);
+        }
         for (s, _, _) in &self.waits {
             s.last_use.set(&in_flight);
         }
