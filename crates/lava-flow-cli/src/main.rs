@@ -1,1 +1,78 @@
-fn main() {}
+//! `lava-flow`: shows what a machine can share, proves it end to end, and measures it.
+//!
+//! Exit codes: 0 success; 1 a check or command failed; 2 bad command line.
+
+mod attach;
+mod bench;
+mod info;
+mod ring;
+mod selftest;
+mod serve;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lava-flow", version, about = "Share GPU memory across APIs and processes without copying")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The machine's devices and, for each API, which handle kinds it can export and import.
+    Info(info::Args),
+    /// Every sharing path this machine supports, end to end, with a data check.
+    #[command(after_help = "Exit code 1 when a path that runs fails; paths this machine cannot run are listed \
+                            as skipped with the reason.\nLAVA_FLOW_REQUIRE=vulkan,cuda,opencl,gl,semaphores (or \
+                            `all`) turns the skips of those APIs into failures.")]
+    Selftest(selftest::Args),
+    /// lava-flow against the raw API calls, measured in one run.
+    Bench(bench::Args),
+    /// Allocate memory, fill a known pattern and share it with every client of a Unix socket.
+    Serve(serve::Args),
+    /// Import what a `lava-flow serve` shares, verify the pattern and time each step.
+    Attach(attach::Args),
+    /// A zero-copy producer/consumer ring of shared buffers between two processes.
+    Ring(ring::Args),
+    /// The other side of a cross-process selftest path (started by `selftest` itself).
+    #[command(name = "__selftest-peer", hide = true)]
+    SelftestPeer(selftest::ipc::PeerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => info::run(&args),
+        Command::Selftest(args) => selftest::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Attach(args) => attach::run(&args),
+        Command::Ring(args) => ring::run(&args),
+        Command::SelftestPeer(args) => selftest::ipc::peer(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lava-flow: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a subcommand returns: its exit code, or an error to print (exit code 1).
+pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// Writes a command's output to stdout. A reader that went away (`lava-flow info | head`) is not
+/// an error: the output is simply no longer wanted.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}

@@ -167,6 +167,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A round trip read back other bytes than were written (self-tests, end-to-end checks).
+    #[error("data mismatch in {what}: {detail}; the driver or the synchronization between APIs is broken: report it with `lava-flow info`")]
+    Mismatch {
+        /// Which path or object.
+        what: String,
+        /// Where the data first differed.
+        detail: String,
+    },
+
     /// Errors that happened while dropping objects earlier, reported by the next call.
     #[error("errors while releasing earlier objects: {}", .0.join("; "))]
     Deferred(Vec<String>),

@@ -20,12 +20,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
+pub mod fd;
 pub mod testing;
 pub mod vulkan;
 
 pub use error::{Error, Result};
 pub use raw_gpu_handle;
-pub use vulkan::{DeviceSelector, VulkanContext};
+pub use vulkan::{
+    Buffer, BufferOptions, DeviceSelector, Image, ImageOptions, MemoryAllocator, MemoryLocation, SharedHostMemory,
+    VulkanContext,
+};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -34,3 +38,5 @@ pub mod gl;
 pub mod ipc;
 #[cfg(feature = "opencl")]
 pub mod opencl;
+#[cfg(unix)]
+pub mod pool;

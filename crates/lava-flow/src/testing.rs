@@ -48,20 +48,23 @@ pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
 }
 
-/// Points the Vulkan loader at lavapipe when no other driver manifest is configured and the
-/// machine has no hardware driver manifests, so tests on CPU machines don't probe absent GPUs.
-/// Does nothing when `VK_DRIVER_FILES` or `VK_ICD_FILENAMES` is already set.
+/// Points the Vulkan loader at lavapipe when the machine has no GPU device node
+/// (`/dev/dri/renderD*`, `/dev/nvidia0`), so tests on CPU machines don't probe absent hardware
+/// drivers (Mesa installs Intel and AMD manifests beside lavapipe's). Does nothing when
+/// `VK_DRIVER_FILES` or `VK_ICD_FILENAMES` is already set.
 pub fn prefer_software_vulkan_if_no_gpu() {
     if std::env::var_os("VK_DRIVER_FILES").is_some() || std::env::var_os("VK_ICD_FILENAMES").is_some() {
         return;
     }
+    let render_node = std::fs::read_dir("/dev/dri")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("renderD")))
+        .unwrap_or(false);
+    if render_node || std::path::Path::new("/dev/nvidia0").exists() {
+        return;
+    }
     let lvp = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json";
-    let only_lavapipe = std::fs::read_dir("/usr/share/vulkan/icd.d")
-        .map(|d| d.flatten().all(|e| e.file_name().to_string_lossy().starts_with("lvp_")))
-        .unwrap_or(false)
-        && !std::path::Path::new("/usr/local/nvidia").exists();
-    if only_lavapipe && std::path::Path::new(lvp).exists() {
-        // SAFETY-free: set_var is safe on edition 2021; tests call this before starting threads.
+    if std::path::Path::new(lvp).exists() {
+        // Tests call this before starting threads; edition 2021 keeps set_var safe.
         std::env::set_var("VK_DRIVER_FILES", lvp);
     }
 }

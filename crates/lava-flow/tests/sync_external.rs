@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use ash::vk;
 use lava_flow::raw_gpu_handle::{
-    ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, SemaphoreDescription, SemaphoreHandleKind,
-    SemaphoreKind,
+    ExportedBuffer, ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, Memory, SemaphoreDescription,
+    SemaphoreHandleKind, SemaphoreKind,
 };
 use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, Fence, OwnershipTransfer, RecordedCommands, Semaphore,
     StageAccess, Submission, Turn,
 };
+use lava_flow::vulkan::Buffer;
 use lava_flow::{testing, Error, VulkanContext};
 use sync_common::*;
 
@@ -53,9 +54,9 @@ fn two_devices() -> Option<(VulkanContext, VulkanContext)> {
 }
 
 /// A shared buffer exported by `a` and imported by `b`.
-fn share_buffer(a: &VulkanContext, b: &VulkanContext) -> (TestBuffer, TestBuffer) {
-    let on_a = TestBuffer::exportable(a, SIZE);
-    let on_b = TestBuffer::import(b, on_a.export_fd(), SIZE, on_a.allocation_size, on_a.memory_type_index);
+fn share_buffer(a: &VulkanContext, b: &VulkanContext) -> (Buffer, Buffer) {
+    let on_a = shared_buffer(a, SIZE);
+    let on_b = Buffer::import(b, on_a.export_fd().unwrap()).expect("importing the shared buffer on B");
     (on_a, on_b)
 }
 
@@ -70,8 +71,8 @@ fn timeline_semaphore_orders_two_devices() {
     let sem_b = Semaphore::import(&b, exported).unwrap();
     assert_eq!(sem_b.imported_from(), Some(SemaphoreHandleKind::OpaqueFd));
     let (shared_a, shared_b) = share_buffer(&a, &b);
-    let read_a = TestBuffer::readback(&a, SIZE);
-    let read_b = TestBuffer::readback(&b, SIZE);
+    let read_a = readback(&a, SIZE);
+    let read_b = readback(&b, SIZE);
     initialize_shared(&a, &shared_a);
 
     let mut in_flight = Vec::new();
@@ -83,8 +84,8 @@ fn timeline_semaphore_orders_two_devices() {
         in_flight.push(submit_reader_turn(&b, &sem_b, &shared_b, &read_b, r));
         in_flight.push(submit_writer_turn(&a, &sem_a, &shared_a, &read_a, r));
         sem_a.wait(2 * r, WAIT).unwrap_or_else(|e| panic!("round {r}: {e}"));
-        assert_all(&read_b.words(), writer_pattern(r), &format!("round {r}: device B read the shared buffer"));
-        assert_all(&read_a.words(), reader_pattern(r - 1), &format!("round {r}: device A read the shared buffer"));
+        assert_all(&words(&read_b), writer_pattern(r), &format!("round {r}: device B read the shared buffer"));
+        assert_all(&words(&read_a), reader_pattern(r - 1), &format!("round {r}: device A read the shared buffer"));
         in_flight.clear();
     }
     assert_eq!(sem_a.value().unwrap(), 2 * ROUNDS);
@@ -171,25 +172,25 @@ fn timeline_semaphore_orders_two_processes() {
     stream.set_nonblocking(false).unwrap();
 
     let sem_a = Semaphore::exportable(&a, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap();
-    let shared_a = TestBuffer::exportable(&a, SIZE);
-    let read_a = TestBuffer::readback(&a, SIZE);
+    let shared_a = shared_buffer(&a, SIZE);
+    let read_a = readback(&a, SIZE);
     initialize_shared(&a, &shared_a);
     let exported = sem_a.export().unwrap();
+    let buffer = shared_a.export_fd().unwrap();
     let message = serde_json::json!({
         "semaphore": exported.description,
-        "size": SIZE,
-        "allocation_size": shared_a.allocation_size,
-        "memory_type_index": shared_a.memory_type_index,
+        "memory": buffer.memory.description,
+        "buffer": buffer.buffer,
         "rounds": ROUNDS,
     });
-    send_with_fds(&stream, message.to_string().as_bytes(), &[shared_a.export_fd(), exported.handle]);
+    send_with_fds(&stream, message.to_string().as_bytes(), &[buffer.memory.handle, exported.handle]);
 
     let mut in_flight = Vec::new();
     let _unblock = Unblock(&sem_a);
     for r in 1..=ROUNDS {
         in_flight.push(submit_writer_turn(&a, &sem_a, &shared_a, &read_a, r));
         sem_a.wait(2 * r - 1, WAIT).unwrap_or_else(|e| panic!("round {r}: {e}\nreader:\n{}", child_log()));
-        assert_all(&read_a.words(), reader_pattern(r - 1), &format!("round {r}: the writer process read"));
+        assert_all(&words(&read_a), reader_pattern(r - 1), &format!("round {r}: the writer process read"));
         in_flight.clear();
     }
     sem_a.wait(2 * ROUNDS, WAIT).unwrap_or_else(|e| panic!("last round: {e}\nreader:\n{}", child_log()));
@@ -227,21 +228,22 @@ fn reader_process() {
     let sem_fd = fds.pop().unwrap();
     let memory_fd = fds.pop().unwrap();
     let sem_b = Semaphore::import(&b, ExportedSemaphore { handle: sem_fd, description }).unwrap();
-    let shared_b = TestBuffer::import(
-        &b,
-        memory_fd,
-        message["size"].as_u64().unwrap(),
-        message["allocation_size"].as_u64().unwrap(),
-        message["memory_type_index"].as_u64().unwrap() as u32,
-    );
-    let read_b = TestBuffer::readback(&b, shared_b.size);
+    let exported_buffer = ExportedBuffer {
+        memory: Memory {
+            handle: memory_fd,
+            description: serde_json::from_value(message["memory"].clone()).expect("memory description"),
+        },
+        buffer: serde_json::from_value(message["buffer"].clone()).expect("buffer description"),
+    };
+    let shared_b = Buffer::import(&b, exported_buffer).expect("importing the writer's buffer");
+    let read_b = readback(&b, shared_b.size());
     let rounds = message["rounds"].as_u64().unwrap();
     let mut in_flight = Vec::new();
     let _unblock = Unblock(&sem_b);
     for r in 1..=rounds {
         in_flight.push(submit_reader_turn(&b, &sem_b, &shared_b, &read_b, r));
         sem_b.wait(2 * r, WAIT).unwrap_or_else(|e| panic!("round {r}: {e}"));
-        assert_all(&read_b.words(), writer_pattern(r), &format!("round {r}: the reader process read"));
+        assert_all(&words(&read_b), writer_pattern(r), &format!("round {r}: the reader process read"));
         in_flight.clear();
     }
     b.check_deferred().unwrap();
@@ -250,13 +252,10 @@ fn reader_process() {
 
 /// Records: acquire the shared buffer from the external queue family (when the other side had
 /// it), fill it with `value`, release it to the external queue family.
-fn fill_and_release(ctx: &VulkanContext, shared: &TestBuffer, value: u32, acquire_first: bool) -> RecordedCommands {
-    let family = ctx.queue_family_index();
-    let acquire =
-        OwnershipTransfer::new().acquire_buffer(family, shared.buffer, 0, shared.size, StageAccess::TRANSFER_WRITE);
-    let release =
-        OwnershipTransfer::new().release_buffer(family, shared.buffer, 0, shared.size, StageAccess::TRANSFER_WRITE);
-    let (buf, size) = (shared.buffer, shared.size);
+fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, acquire_first: bool) -> RecordedCommands {
+    let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_WRITE);
+    let release = OwnershipTransfer::new().release_whole_buffer(shared, StageAccess::TRANSFER_WRITE);
+    let (buf, size) = (shared.handle(), shared.size());
     RecordedCommands::record(ctx, |dev, cmd| {
         // SAFETY: live buffer of ctx's device; cmd is recording on its family.
         unsafe {
@@ -271,11 +270,9 @@ fn fill_and_release(ctx: &VulkanContext, shared: &TestBuffer, value: u32, acquir
 }
 
 /// Acquires the shared buffer from the external queue family and copies it to `out`, waiting.
-fn acquire_and_read(ctx: &VulkanContext, shared: &TestBuffer, out: &TestBuffer) -> Vec<u32> {
-    let family = ctx.queue_family_index();
-    let acquire =
-        OwnershipTransfer::new().acquire_buffer(family, shared.buffer, 0, shared.size, StageAccess::TRANSFER_READ);
-    let (buf, dst, size) = (shared.buffer, out.buffer, shared.size);
+fn acquire_and_read(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Vec<u32> {
+    let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
+    let (buf, dst, size) = (shared.handle(), out.handle(), shared.size());
     ctx.run_commands(|dev, cmd| {
         // SAFETY: live buffers of ctx's device; cmd is recording on its family.
         unsafe {
@@ -284,7 +281,7 @@ fn acquire_and_read(ctx: &VulkanContext, shared: &TestBuffer, out: &TestBuffer) 
         }
     })
     .unwrap();
-    out.words()
+    words(out)
 }
 
 #[test]
@@ -296,7 +293,7 @@ fn exported_fence_is_waited_on_another_device() {
         return;
     }
     let (shared_a, shared_b) = share_buffer(&a, &b);
-    let out = TestBuffer::readback(&b, SIZE);
+    let out = readback(&b, SIZE);
 
     let fence_a = Fence::exportable(&a, FenceHandleKind::OpaqueFd).unwrap();
     let exported = fence_a.export().unwrap();
@@ -353,7 +350,7 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
         return;
     }
     let (shared_a, shared_b) = share_buffer(&a, &b);
-    let out = TestBuffer::readback(&b, SIZE);
+    let out = readback(&b, SIZE);
     let binary = Semaphore::exportable(&a, SemaphoreKind::Binary, SemaphoreHandleKind::SyncFd).unwrap();
     let e = binary.export().unwrap_err();
     assert!(e.to_string().contains("no signal of it was submitted"), "{e}");
@@ -361,9 +358,8 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
     let write = fill_and_release(&a, &shared_a, 0xB1A2_0003, false);
     Submission::new().commands(&write).signal(&binary, 0).submit(&a).unwrap();
     let done_b = Semaphore::new(&b).unwrap();
-    let family = b.queue_family_index();
-    let acquire = OwnershipTransfer::new().acquire_buffer(family, shared_b.buffer, 0, SIZE, StageAccess::TRANSFER_READ);
-    let (buf, dst) = (shared_b.buffer, out.buffer);
+    let acquire = OwnershipTransfer::new().acquire_whole_buffer(&shared_b, StageAccess::TRANSFER_READ);
+    let (buf, dst) = (shared_b.handle(), out.handle());
     let read = RecordedCommands::record(&b, |dev, cmd| {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
@@ -404,7 +400,7 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
             println!("sync-fd binary semaphore: the driver reported it already signalled");
         }
     }
-    assert_all(&out.words(), 0xB1A2_0003, "read on B after the sync-fd semaphore");
+    assert_all(&words(&out), 0xB1A2_0003, "read on B after the sync-fd semaphore");
     a.check_deferred().unwrap();
     b.check_deferred().unwrap();
 }

@@ -17,8 +17,9 @@ use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, sync_capabilities_all, Fence, FenceOptions,
     OwnershipTransfer, RecordedCommands, Semaphore, SemaphoreOptions, StageAccess, Submission, SyncCapabilities, Turn,
 };
+use lava_flow::vulkan::Buffer;
 use lava_flow::{testing, Error, VulkanContext};
-use sync_common::{assert_all, TestBuffer, WAIT};
+use sync_common::{assert_all, readback, set_words, shared_buffer, words, WAIT};
 
 fn context() -> Option<VulkanContext> {
     testing::prefer_software_vulkan_if_no_gpu();
@@ -30,8 +31,8 @@ fn context() -> Option<VulkanContext> {
     Some(ctx)
 }
 
-fn fill(ctx: &VulkanContext, buffer: &TestBuffer, value: u32) -> RecordedCommands {
-    let (buf, size) = (buffer.buffer, buffer.size);
+fn fill(ctx: &VulkanContext, buffer: &Buffer, value: u32) -> RecordedCommands {
+    let (buf, size) = (buffer.handle(), buffer.size());
     RecordedCommands::record(ctx, |dev, cmd| {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
@@ -97,8 +98,8 @@ fn timeline_semaphore_host_signal_wait_and_timeout() {
 fn gpu_submission_waits_for_and_signals_a_timeline() {
     let Some(ctx) = context() else { return };
     let sem = Semaphore::new(&ctx).unwrap();
-    let out = TestBuffer::readback(&ctx, 64 * 1024);
-    out.set_words(0);
+    let out = readback(&ctx, 64 * 1024);
+    set_words(&out, 0);
     let cmds = fill(&ctx, &out, 0xC0FF_EE00);
 
     // Wait-before-signal: the batch is queued behind value 1, which nobody signalled yet.
@@ -111,7 +112,7 @@ fn gpu_submission_waits_for_and_signals_a_timeline() {
     assert!(matches!(sem.wait(2, Duration::from_millis(100)), Err(Error::Timeout { .. })));
     assert!(!submitted.is_complete().unwrap());
     assert!(cmds.is_pending().unwrap());
-    assert_all(&out.words(), 0, "the fill must not run before value 1");
+    assert_all(&words(&out), 0, "the fill must not run before value 1");
 
     let e = Submission::new().commands(&cmds).submit(&ctx).unwrap_err();
     assert!(e.to_string().contains("still pending"), "resubmitting a pending command buffer: {e}");
@@ -120,15 +121,15 @@ fn gpu_submission_waits_for_and_signals_a_timeline() {
     sem.wait(2, WAIT).expect("the submission signals 2 once it ran");
     submitted.wait(WAIT).unwrap();
     assert_eq!(sem.value().unwrap(), 2);
-    assert_all(&out.words(), 0xC0FF_EE00, "after the signalled fill");
+    assert_all(&words(&out), 0xC0FF_EE00, "after the signalled fill");
 
     // Recorded once, submitted again once the first run finished.
     let refill = fill(&ctx, &out, 0x1234_5678);
     Submission::new().commands(&refill).signal(&sem, 3).submit(&ctx).unwrap();
     sem.wait(3, WAIT).unwrap();
-    assert_all(&out.words(), 0x1234_5678, "after the second fill");
+    assert_all(&words(&out), 0x1234_5678, "after the second fill");
     Submission::new().commands(&cmds).signal(&sem, 4).submit(&ctx).unwrap().wait(WAIT).unwrap();
-    assert_all(&out.words(), 0xC0FF_EE00, "after resubmitting the first fill");
+    assert_all(&words(&out), 0xC0FF_EE00, "after resubmitting the first fill");
 
     let e = Submission::new().signal(&sem, 4).submit(&ctx).unwrap_err();
     assert!(e.to_string().contains("already at 4"), "a signal must raise the value: {e}");
@@ -150,10 +151,10 @@ fn binary_semaphore_chains_two_submissions() {
     let e = Submission::new().wait(&binary, 0, vk::PipelineStageFlags::TRANSFER).submit(&ctx).unwrap_err();
     assert!(e.to_string().contains("no signal of it was submitted"), "wait before signal on binary: {e}");
 
-    let first = TestBuffer::readback(&ctx, 16 * 1024);
-    let second = TestBuffer::readback(&ctx, 16 * 1024);
+    let first = readback(&ctx, 16 * 1024);
+    let second = readback(&ctx, 16 * 1024);
     let write = fill(&ctx, &first, 0xAB);
-    let (src, dst, size) = (first.buffer, second.buffer, first.size);
+    let (src, dst, size) = (first.handle(), second.handle(), first.size());
     let copy = RecordedCommands::record(&ctx, |dev, cmd| {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
@@ -183,7 +184,7 @@ fn binary_semaphore_chains_two_submissions() {
         .submit(&ctx)
         .unwrap();
     done.wait(1, WAIT).unwrap();
-    assert_all(&second.words(), 0xAB, "copy that waited on the binary semaphore");
+    assert_all(&words(&second), 0xAB, "copy that waited on the binary semaphore");
     // Its signal was consumed: it can be signalled again.
     Submission::new().signal(&binary, 0).submit(&ctx).unwrap();
     Submission::new().wait(&binary, 0, vk::PipelineStageFlags::ALL_COMMANDS).signal(&done, 2).submit(&ctx).unwrap();
@@ -201,13 +202,13 @@ fn fence_wait_times_out_then_signals() {
         Err(Error::Timeout { timeout: t, .. }) => assert_eq!(t, timeout),
         other => panic!("an unsubmitted fence must time out, got {other:?}"),
     }
-    let out = TestBuffer::readback(&ctx, 4096);
+    let out = readback(&ctx, 4096);
     let cmds = fill(&ctx, &out, 0x5151_5151);
     let submitted = Submission::new().commands(&cmds).fence(&fence).submit(&ctx).unwrap();
     fence.wait(WAIT).unwrap();
     submitted.wait(WAIT).unwrap();
     assert!(fence.is_signaled().unwrap());
-    assert_all(&out.words(), 0x5151_5151, "after the fenced fill");
+    assert_all(&words(&out), 0x5151_5151, "after the fenced fill");
 
     let e = Submission::new().fence(&fence).submit(&ctx).unwrap_err();
     assert!(e.to_string().contains("signalled"), "a signalled fence cannot be submitted: {e}");
@@ -467,26 +468,24 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
     let turns = Semaphore::new(&ctx).unwrap();
     let extent = vk::Extent3D { width: 16, height: 8, depth: 1 };
     let texels = (extent.width * extent.height) as u64;
-    let shared = TestBuffer::exportable(&ctx, 8 * 1024);
+    let shared = shared_buffer(&ctx, 8 * 1024);
     let image = TestImage::new(&ctx, extent);
-    let out_buffer = TestBuffer::readback(&ctx, shared.size);
-    let out_image = TestBuffer::readback(&ctx, texels * 4);
+    let out_buffer = readback(&ctx, shared.size());
+    let out_image = readback(&ctx, texels * 4);
     let range = OwnershipTransfer::color_range();
 
     // Side one: write both, release both to the external queue family. The image leaves in
     // GENERAL, the layout the other side is told.
-    let release = OwnershipTransfer::new()
-        .release_buffer(family, shared.buffer, 0, vk::WHOLE_SIZE, StageAccess::TRANSFER_WRITE)
-        .release_image(
-            family,
-            image.image,
-            range,
-            vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-            vk::ImageLayout::GENERAL,
-            StageAccess::TRANSFER_WRITE,
-        );
+    let release = OwnershipTransfer::new().release_whole_buffer(&shared, StageAccess::TRANSFER_WRITE).release_image(
+        family,
+        image.image,
+        range,
+        vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+        vk::ImageLayout::GENERAL,
+        StageAccess::TRANSFER_WRITE,
+    );
     release.validate().unwrap();
-    let (buf, img) = (shared.buffer, image.image);
+    let (buf, img) = (shared.handle(), image.image);
     let write = RecordedCommands::record(&ctx, |dev, cmd| {
         let to_dst = vk::ImageMemoryBarrier::default()
             .old_layout(vk::ImageLayout::UNDEFINED)
@@ -518,7 +517,7 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
     // Side two (here the same device, as another API would): acquire from external after the
     // wait, the image going GENERAL -> TRANSFER_SRC, then read both back.
     let acquire = OwnershipTransfer::new()
-        .acquire_buffer(family, shared.buffer, 0, vk::WHOLE_SIZE, StageAccess::TRANSFER_READ)
+        .acquire_buffer(family, shared.handle(), 0, vk::WHOLE_SIZE, StageAccess::TRANSFER_READ)
         .acquire_image(
             family,
             image.image,
@@ -528,7 +527,7 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
             StageAccess::TRANSFER_READ,
         );
     acquire.validate().unwrap();
-    let (out_b, out_i, size) = (out_buffer.buffer, out_image.buffer, shared.size);
+    let (out_b, out_i, size) = (out_buffer.handle(), out_image.handle(), shared.size());
     let read = RecordedCommands::record(&ctx, |dev, cmd| {
         let region = vk::BufferImageCopy::default()
             .image_subresource(vk::ImageSubresourceLayers {
@@ -569,8 +568,8 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
         .submit(&ctx)
         .unwrap();
     turns.wait(2, WAIT).unwrap();
-    assert_all(&out_buffer.words(), 0x0BAD_F00D, "buffer after release and acquire");
-    assert_all(&out_image.words(), u32::from_le_bytes([255, 0, 0, 255]), "image texels after release and acquire");
+    assert_all(&words(&out_buffer), 0x0BAD_F00D, "buffer after release and acquire");
+    assert_all(&words(&out_image), u32::from_le_bytes([255, 0, 0, 255]), "image texels after release and acquire");
     ctx.check_deferred().unwrap();
 }
 

@@ -75,9 +75,31 @@ impl fmt::Display for MemoryProperties {
 /// A stable identity of one exported allocation, unique per exporter for the life of the
 /// machine's processes (random exporter part plus a counter). Importers key caches by it, so a
 /// second buffer carved from the same allocation (a pool block) re-uses the first import.
+///
+/// With `serde` it travels as a 32-digit hex string, since JSON numbers cannot hold 128 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AllocationId(pub u128);
+
+impl fmt::Display for AllocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for AllocationId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for AllocationId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        u128::from_str_radix(&text, 16).map(AllocationId).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Everything an importer needs to know about an exported allocation, without its handle.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

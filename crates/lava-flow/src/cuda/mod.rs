@@ -1,1 +1,106 @@
-//! CUDA importer (feature `cuda`): not written yet.
+//! CUDA importer (feature `cuda`): Vulkan memory, images and semaphores seen by CUDA.
+//!
+//! libcuda.so.1 is opened at run time through cudarc's dynamic loading, so the crate builds and
+//! runs where there is no CUDA; every entry point then returns [`Error::LibraryUnavailable`].
+//!
+//! ```no_run
+//! # fn demo(exported: lava_flow::raw_gpu_handle::ExportedBuffer) -> lava_flow::Result<()> {
+//! use lava_flow::cuda::CudaDevice;
+//!
+//! // The CUDA device whose UUID is the exporter's (opaque fds only work there).
+//! let cuda = CudaDevice::for_identity(&exported.memory.description.device)?;
+//! // Imports the whole allocation (consuming the fd) and maps the buffer at its offset.
+//! let buffer = cuda.import_buffer(exported)?;
+//! let bytes = buffer.copy_to_host()?;
+//! # let _ = bytes; Ok(()) }
+//! ```
+//!
+//! Imported buffers ([`CudaBuffer`]) implement cudarc's `DevicePtr`/`DevicePtrMut` and can be
+//! passed to cudarc kernels with `launch_builder(..).arg(&mut buffer)`; see `docs/CUDA.md`.
+
+pub mod bench;
+mod device;
+pub mod kernels;
+mod memory;
+pub mod selftest;
+mod semaphore;
+mod texture;
+mod vk;
+
+pub use cudarc;
+pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
+pub use memory::{CudaBuffer, ImportedMemory};
+pub use semaphore::CudaSemaphore;
+pub use texture::{array_format, CudaTexture, TextureStorage};
+
+use cudarc::driver::sys;
+
+use crate::{Error, Result};
+
+/// PTX of lava-flow's own kernels (generated from `kernels/kernels.ll` with LLVM's NVPTX back
+/// end, PTX ISA 7.0 for sm_75 and newer; loaded with `cuModuleLoadData`, so no NVRTC is needed).
+pub const KERNELS_PTX: &str = include_str!("kernels/kernels.ptx");
+
+/// Turns a `CUresult` into lava-flow's error, naming the call, what was being done and what to do.
+pub(crate) fn cu_error(call: &'static str, result: sys::CUresult, action: impl Into<String>) -> Error {
+    use sys::CUresult as R;
+    let action = action.into();
+    let advice = match result {
+        R::CUDA_ERROR_OUT_OF_MEMORY => {
+            return Error::OutOfMemory {
+                what: format!("{action} ({call} returned CUDA_ERROR_OUT_OF_MEMORY)"),
+                advice: "free CUDA or Vulkan memory on this device, or ask for less".into(),
+            }
+        }
+        R::CUDA_ERROR_NO_DEVICE => {
+            return Error::DeviceNotFound {
+                api: "CUDA",
+                wanted: "(any)".into(),
+                found: format!("{call} returned CUDA_ERROR_NO_DEVICE"),
+                advice: "check `nvidia-smi`, CUDA_VISIBLE_DEVICES and the driver installation".into(),
+            }
+        }
+        R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => {
+            return Error::Unsupported {
+                what: action,
+                reason: format!("{call} returned {result:?}"),
+                rule: "the installed NVIDIA driver is older than what lava-flow's CUDA bindings need (CUDA 12.8)"
+                    .into(),
+                advice: "install a newer NVIDIA driver".into(),
+            }
+        }
+        R::CUDA_ERROR_NOT_SUPPORTED => "this device or driver does not support the operation (see `lava-flow info`)",
+        R::CUDA_ERROR_INVALID_VALUE => {
+            "an argument was refused: imports need the handle, whole allocation size and dedicated flag exactly as exported"
+        }
+        R::CUDA_ERROR_OPERATING_SYSTEM | R::CUDA_ERROR_INVALID_HANDLE => {
+            "the fd is not an export of this device's driver: export it again on the device whose UUID CUDA reports"
+        }
+        R::CUDA_ERROR_NOT_INITIALIZED | R::CUDA_ERROR_DEINITIALIZED => "CUDA is not initialised: open a CudaDevice first",
+        R::CUDA_ERROR_INVALID_CONTEXT | R::CUDA_ERROR_CONTEXT_IS_DESTROYED => {
+            "the CUDA context is gone: keep the CudaDevice (or cudarc context) alive while using its objects"
+        }
+        R::CUDA_ERROR_ILLEGAL_ADDRESS | R::CUDA_ERROR_LAUNCH_FAILED => {
+            "a kernel touched memory outside its buffers; the context is unusable: restart the process"
+        }
+        R::CUDA_ERROR_INVALID_PTX | R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION | R::CUDA_ERROR_NO_BINARY_FOR_GPU => {
+            "the driver cannot compile this PTX for this GPU (lava-flow's kernels need sm_75 or newer)"
+        }
+        _ => "see `lava-flow info` for this machine's CUDA devices and driver",
+    };
+    Error::Api { api: "CUDA", action, call, code: format!("{result:?}"), advice: advice.into() }
+}
+
+/// Checks a `CUresult`.
+pub(crate) fn check(result: sys::CUresult, call: &'static str, action: impl FnOnce() -> String) -> Result<()> {
+    if result == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(cu_error(call, result, action()))
+    }
+}
+
+/// Converts one of cudarc's errors (from its safe API).
+pub(crate) fn driver_error(call: &'static str, e: cudarc::driver::DriverError, action: impl Into<String>) -> Error {
+    cu_error(call, e.0, action)
+}

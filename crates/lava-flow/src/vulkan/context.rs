@@ -268,12 +268,14 @@ impl VulkanContext {
     pub fn with_selector(selector: DeviceSelector) -> Result<VulkanContext> {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
-        match Self::open_device(entry, instance.clone(), selector) {
+        // The entry (which keeps libvulkan loaded) must outlive the instance on the error path too.
+        match Self::open_device(entry.clone(), instance.clone(), selector) {
             Ok(ctx) => Ok(ctx),
             Err(e) => {
                 // SAFETY: open_device failed before any device was created from the instance, or
-                // destroyed what it created.
+                // destroyed what it created; `entry` still holds the library.
                 unsafe { instance.destroy_instance(None) };
+                drop(entry);
                 Err(e)
             }
         }
@@ -473,7 +475,8 @@ impl VulkanContext {
         self.inner.host_import_alignment
     }
 
-    pub(crate) fn external_memory_fd(&self) -> Result<&ash::khr::external_memory_fd::Device> {
+    /// The VK_KHR_external_memory_fd loader, or Unsupported.
+    pub fn external_memory_fd(&self) -> Result<&ash::khr::external_memory_fd::Device> {
         self.inner.external_memory_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("opaque-fd memory on {}", self.inner.info.name),
@@ -484,7 +487,8 @@ impl VulkanContext {
         })
     }
 
-    pub(crate) fn external_memory_host(&self) -> Result<&ash::ext::external_memory_host::Device> {
+    /// The VK_EXT_external_memory_host loader, or Unsupported.
+    pub fn external_memory_host(&self) -> Result<&ash::ext::external_memory_host::Device> {
         self.inner.external_memory_host.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("shareable host memory on {}", self.inner.info.name),
@@ -495,7 +499,8 @@ impl VulkanContext {
         })
     }
 
-    pub(crate) fn external_semaphore_fd(&self) -> Result<&ash::khr::external_semaphore_fd::Device> {
+    /// The VK_KHR_external_semaphore_fd loader, or Unsupported.
+    pub fn external_semaphore_fd(&self) -> Result<&ash::khr::external_semaphore_fd::Device> {
         self.inner.external_semaphore_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("exportable semaphores on {}", self.inner.info.name),
@@ -506,7 +511,8 @@ impl VulkanContext {
         })
     }
 
-    pub(crate) fn external_fence_fd(&self) -> Result<&ash::khr::external_fence_fd::Device> {
+    /// The VK_KHR_external_fence_fd loader, or Unsupported.
+    pub fn external_fence_fd(&self) -> Result<&ash::khr::external_fence_fd::Device> {
         self.inner.external_fence_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("exportable fences on {}", self.inner.info.name),

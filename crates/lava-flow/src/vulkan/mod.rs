@@ -1,8 +1,26 @@
 //! Vulkan: the allocating side. Contexts, exportable memory, buffers and images, imports,
 //! capability queries and synchronization, on ash with libvulkan loaded at run time.
 
+mod allocator;
+mod buffer;
+pub mod caps;
 mod context;
+mod format;
+mod host;
+mod image;
+mod memory;
 
+pub use allocator::{MemoryAllocator, MemoryLocation};
+pub use buffer::{Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MappedBufferMut, MemoryKind};
 pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
+pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
+pub use host::SharedHostMemory;
+pub use image::{Image, ImageOptions, ImageTiling};
+pub(crate) use memory::check_against_exporter;
+pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
+
+pub use crate::pool::AllocationStrategy;
+pub(crate) use buffer::candidate_types;
+pub(crate) use memory::AllocateParams;
 pub mod sync;
 pub use sync::{Fence, OwnershipTransfer, RecordedCommands, Semaphore, Submission, SyncCapabilities};

@@ -1,190 +1,43 @@
-//! Shared by the sync_* tests: small raw-ash buffers (host-visible readback buffers and
-//! exportable device-local ones), the ping-pong rounds two devices or processes play on one
-//! shared buffer, and fd passing over a Unix socket.
+//! Shared by the sync_* tests: lava-flow buffers for sharing and reading back, the ping-pong
+//! rounds two devices or processes play on one shared buffer, and fd passing over a Unix socket.
 
 #![allow(dead_code)]
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use ash::vk;
+use lava_flow::ipc::fd_passing;
 use lava_flow::vulkan::sync::{OwnershipTransfer, RecordedCommands, Semaphore, StageAccess, Submission};
+use lava_flow::vulkan::{Buffer, BufferOptions, MemoryKind};
 use lava_flow::VulkanContext;
 
 /// Long enough for any real GPU, short enough that a broken test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A buffer and its own memory, made with raw ash for tests.
-pub struct TestBuffer {
-    pub ctx: VulkanContext,
-    pub buffer: vk::Buffer,
-    pub memory: vk::DeviceMemory,
-    /// Bytes the buffer covers.
-    pub size: u64,
-    /// Bytes of the whole allocation (what an importer must be told).
-    pub allocation_size: u64,
-    pub memory_type_index: u32,
-    mapped: Option<*mut u32>,
+/// An exportable (opaque fd) device-local buffer: what two devices or processes share.
+pub fn shared_buffer(ctx: &VulkanContext, size: u64) -> Buffer {
+    Buffer::new(ctx, &BufferOptions::new(size)).expect("an exportable device-local buffer")
 }
 
-fn pick_type(ctx: &VulkanContext, bits: u32, required: vk::MemoryPropertyFlags, avoid: vk::MemoryPropertyFlags) -> u32 {
-    let props = ctx.memory_properties();
-    let ok = |i: u32| bits & (1 << i) != 0 && props.memory_types[i as usize].property_flags.contains(required);
-    (0..props.memory_type_count)
-        .find(|i| ok(*i) && !props.memory_types[*i as usize].property_flags.intersects(avoid))
-        .or_else(|| (0..props.memory_type_count).find(|i| ok(*i)))
-        .unwrap_or_else(|| panic!("no memory type with {required:?} in bits {bits:#b} on {}", ctx.info().name))
+/// A host-visible buffer that stays on its device, for reading results back.
+pub fn readback(ctx: &VulkanContext, size: u64) -> Buffer {
+    Buffer::new(ctx, &BufferOptions::new(size).memory(MemoryKind::HostVisible).export(None))
+        .expect("a host-visible readback buffer")
 }
 
-const USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
-    vk::BufferUsageFlags::TRANSFER_SRC.as_raw() | vk::BufferUsageFlags::TRANSFER_DST.as_raw(),
-);
-
-impl TestBuffer {
-    fn create_buffer(ctx: &VulkanContext, size: u64, external: bool) -> vk::Buffer {
-        let mut ext =
-            vk::ExternalMemoryBufferCreateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let mut info = vk::BufferCreateInfo::default().size(size).usage(USAGE).sharing_mode(vk::SharingMode::EXCLUSIVE);
-        if external {
-            info = info.push_next(&mut ext);
-        }
-        // SAFETY: info and its chain live across the call.
-        unsafe { ctx.device().create_buffer(&info, None) }.expect("vkCreateBuffer")
-    }
-
-    /// A host-visible, coherent, persistently mapped buffer for reading results back.
-    pub fn readback(ctx: &VulkanContext, size: u64) -> TestBuffer {
-        let buffer = Self::create_buffer(ctx, size, false);
-        // SAFETY: buffer belongs to the device.
-        let req = unsafe { ctx.device().get_buffer_memory_requirements(buffer) };
-        let host = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-        let memory_type_index = pick_type(ctx, req.memory_type_bits, host, vk::MemoryPropertyFlags::empty());
-        let alloc = vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(memory_type_index);
-        // SAFETY: alloc lives across the call.
-        let memory = unsafe { ctx.device().allocate_memory(&alloc, None) }.expect("vkAllocateMemory (readback)");
-        // SAFETY: fresh buffer and memory of one device, offset 0 satisfies alignment.
-        unsafe { ctx.device().bind_buffer_memory(buffer, memory, 0) }.expect("vkBindBufferMemory");
-        // SAFETY: host-visible memory, mapped once, whole range.
-        let ptr = unsafe { ctx.device().map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
-            .expect("vkMapMemory");
-        TestBuffer {
-            ctx: ctx.clone(),
-            buffer,
-            memory,
-            size,
-            allocation_size: req.size,
-            memory_type_index,
-            mapped: Some(ptr.cast()),
-        }
-    }
-
-    /// A device-local buffer in a dedicated allocation exportable as an opaque fd (the memory
-    /// type that is not host-visible where there is one: NVIDIA exports only that one).
-    pub fn exportable(ctx: &VulkanContext, size: u64) -> TestBuffer {
-        let buffer = Self::create_buffer(ctx, size, true);
-        // SAFETY: buffer belongs to the device.
-        let req = unsafe { ctx.device().get_buffer_memory_requirements(buffer) };
-        let memory_type_index = pick_type(
-            ctx,
-            req.memory_type_bits,
-            vk::MemoryPropertyFlags::DEVICE_LOCAL,
-            vk::MemoryPropertyFlags::HOST_VISIBLE,
-        );
-        let mut export =
-            vk::ExportMemoryAllocateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
-        let alloc = vk::MemoryAllocateInfo::default()
-            .allocation_size(req.size)
-            .memory_type_index(memory_type_index)
-            .push_next(&mut export)
-            .push_next(&mut dedicated);
-        // SAFETY: alloc and its chain live across the call.
-        let memory = unsafe { ctx.device().allocate_memory(&alloc, None) }.expect("vkAllocateMemory (exportable)");
-        // SAFETY: dedicated allocation of this buffer, offset 0.
-        unsafe { ctx.device().bind_buffer_memory(buffer, memory, 0) }.expect("vkBindBufferMemory");
-        TestBuffer {
-            ctx: ctx.clone(),
-            buffer,
-            memory,
-            size,
-            allocation_size: req.size,
-            memory_type_index,
-            mapped: None,
-        }
-    }
-
-    /// A fresh opaque fd of the allocation.
-    pub fn export_fd(&self) -> OwnedFd {
-        let loader = ash::khr::external_memory_fd::Device::new(self.ctx.instance(), self.ctx.device());
-        let info = vk::MemoryGetFdInfoKHR::default()
-            .memory(self.memory)
-            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the memory was allocated exportable as opaque fd.
-        let fd = unsafe { loader.get_memory_fd(&info) }.expect("vkGetMemoryFdKHR");
-        // SAFETY: the driver made a new fd and gave it to us.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    }
-
-    /// Imports an exporter's allocation (`fd`, its allocation size and memory type) as a buffer
-    /// of `size` bytes on `ctx`.
-    pub fn import(
-        ctx: &VulkanContext,
-        fd: OwnedFd,
-        size: u64,
-        allocation_size: u64,
-        memory_type_index: u32,
-    ) -> TestBuffer {
-        let buffer = Self::create_buffer(ctx, size, true);
-        // SAFETY: buffer belongs to the device.
-        let req = unsafe { ctx.device().get_buffer_memory_requirements(buffer) };
-        assert!(req.memory_type_bits & (1 << memory_type_index) != 0, "exporter's memory type not allowed here");
-        let mut import = vk::ImportMemoryFdInfoKHR::default()
-            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD)
-            .fd(fd.as_raw_fd());
-        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
-        let alloc = vk::MemoryAllocateInfo::default()
-            .allocation_size(allocation_size)
-            .memory_type_index(memory_type_index)
-            .push_next(&mut import)
-            .push_next(&mut dedicated);
-        // SAFETY: alloc and its chain live across the call; fd is an opaque-fd export of a
-        // dedicated allocation of an identical buffer.
-        let memory = unsafe { ctx.device().allocate_memory(&alloc, None) }.expect("vkAllocateMemory (import)");
-        // The driver owns the fd after a successful import.
-        std::mem::forget(fd);
-        // SAFETY: dedicated allocation of this buffer, offset 0.
-        unsafe { ctx.device().bind_buffer_memory(buffer, memory, 0) }.expect("vkBindBufferMemory");
-        TestBuffer { ctx: ctx.clone(), buffer, memory, size, allocation_size, memory_type_index, mapped: None }
-    }
-
-    /// Sets every word of a readback buffer from the host (fresh memory holds garbage).
-    pub fn set_words(&self, value: u32) {
-        let ptr = self.mapped.expect("set_words() needs a readback buffer");
-        // SAFETY: the mapping covers `size` bytes; no device access is in flight (the caller
-        // has nothing submitted that uses it).
-        unsafe { std::slice::from_raw_parts_mut(ptr, (self.size / 4) as usize) }.fill(value);
-    }
-
-    /// The mapped words of a readback buffer. Call only once the device finished writing.
-    pub fn words(&self) -> Vec<u32> {
-        let ptr = self.mapped.expect("words() needs a readback buffer");
-        // SAFETY: the mapping covers `size` bytes, is host-coherent, and no device write is in
-        // flight (the caller waited).
-        unsafe { std::slice::from_raw_parts(ptr, (self.size / 4) as usize) }.to_vec()
-    }
+/// Every word of a host-visible buffer. Call only once the device finished writing it.
+pub fn words(buffer: &Buffer) -> Vec<u32> {
+    let map = buffer.map().expect("mapping a readback buffer");
+    map.as_slice().chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
 }
 
-impl Drop for TestBuffer {
-    fn drop(&mut self) {
-        // SAFETY: tests drop buffers only after the work using them finished.
-        unsafe {
-            self.ctx.device().destroy_buffer(self.buffer, None);
-            self.ctx.device().free_memory(self.memory, None);
-        }
-    }
+/// Sets every word of a host-visible buffer from the host (fresh memory holds garbage).
+pub fn set_words(buffer: &Buffer, value: u32) {
+    let bytes: Vec<u8> = std::iter::repeat_n(value.to_le_bytes(), (buffer.size() / 4) as usize).flatten().collect();
+    buffer.write(0, &bytes).expect("writing a readback buffer");
 }
 
 /// Asserts every word of `words` is `expected`, naming the first that is not.
@@ -210,18 +63,18 @@ pub fn reader_pattern(r: u64) -> u32 {
 /// still owns it), copy it to `readback`, fill it with `fill`, release it again.
 pub fn record_turn(
     ctx: &VulkanContext,
-    shared: &TestBuffer,
-    readback: &TestBuffer,
+    shared: &Buffer,
+    readback: &Buffer,
     fill: u32,
     acquire: bool,
 ) -> RecordedCommands {
     let family = ctx.queue_family_index();
-    let (buf, size) = (shared.buffer, shared.size);
+    let (buf, size) = (shared.handle(), shared.size());
     let acquire_t = OwnershipTransfer::new().acquire_buffer(family, buf, 0, size, StageAccess::TRANSFER_READ);
     let release_t = OwnershipTransfer::new().release_buffer(family, buf, 0, size, StageAccess::TRANSFER_WRITE);
     acquire_t.validate().unwrap();
     release_t.validate().unwrap();
-    let readback_buf = readback.buffer;
+    let readback_buf = readback.handle();
     RecordedCommands::record(ctx, |dev, cmd| {
         // SAFETY: every handle is a live object of ctx's device; cmd is recording on its family.
         unsafe {
@@ -255,8 +108,8 @@ pub fn record_turn(
 pub fn submit_writer_turn(
     ctx: &VulkanContext,
     sem: &Semaphore,
-    shared: &TestBuffer,
-    readback: &TestBuffer,
+    shared: &Buffer,
+    readback: &Buffer,
     r: u64,
 ) -> RecordedCommands {
     let cmds = record_turn(ctx, shared, readback, writer_pattern(r), r > 1);
@@ -273,8 +126,8 @@ pub fn submit_writer_turn(
 pub fn submit_reader_turn(
     ctx: &VulkanContext,
     sem: &Semaphore,
-    shared: &TestBuffer,
-    readback: &TestBuffer,
+    shared: &Buffer,
+    readback: &Buffer,
     r: u64,
 ) -> RecordedCommands {
     let cmds = record_turn(ctx, shared, readback, reader_pattern(r), true);
@@ -288,8 +141,8 @@ pub fn submit_reader_turn(
 }
 
 /// Fills the shared buffer with `reader_pattern(0)` on its owner's queue before round 1.
-pub fn initialize_shared(ctx: &VulkanContext, shared: &TestBuffer) {
-    let (buf, size) = (shared.buffer, shared.size);
+pub fn initialize_shared(ctx: &VulkanContext, shared: &Buffer) {
+    let (buf, size) = (shared.handle(), shared.size());
     ctx.run_commands(|dev, cmd| {
         let written = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
@@ -324,50 +177,20 @@ impl Drop for Unblock<'_> {
     }
 }
 
-/// Sends `message` (one line of JSON) and `fds` in one SCM_RIGHTS message.
+/// Sends `message` (length-prefixed) and `fds` in one SCM_RIGHTS message.
 pub fn send_with_fds(stream: &UnixStream, message: &[u8], fds: &[OwnedFd]) {
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed)));
-    let len = (message.len() as u32).to_le_bytes();
-    let sent = rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(&len), IoSlice::new(message)],
-        &mut control,
-        rustix::net::SendFlags::empty(),
-    )
-    .expect("sendmsg");
-    assert_eq!(sent, 4 + message.len(), "short sendmsg");
+    let mut bytes = (message.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(message);
+    fd_passing::send_with_fds(stream.as_fd(), &bytes, &borrowed).expect("sending the message and fds");
 }
 
 /// Receives what [`send_with_fds`] sent.
 pub fn recv_with_fds(stream: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
     let mut len = [0u8; 4];
-    let mut body = vec![0u8; 64 * 1024];
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut len), IoSliceMut::new(&mut body)],
-        &mut control,
-        rustix::net::RecvFlags::CMSG_CLOEXEC,
-    )
-    .expect("recvmsg");
-    let mut fds = Vec::new();
-    for msg in control.drain() {
-        if let rustix::net::RecvAncillaryMessage::ScmRights(rights) = msg {
-            fds.extend(rights);
-        }
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    assert!(got.bytes >= 4 && n <= body.len(), "malformed message");
-    let mut have = got.bytes - 4;
-    let mut stream_ref = stream;
-    while have < n {
-        have += stream_ref.read(&mut body[have..n]).expect("reading the rest of the message");
-    }
-    body.truncate(n);
+    let mut fds = fd_passing::recv_exact_with_fds(stream.as_fd(), &mut len).expect("receiving the length");
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    fds.extend(fd_passing::recv_exact_with_fds(stream.as_fd(), &mut body).expect("receiving the message"));
     (body, fds)
 }
 

@@ -16,6 +16,7 @@
 
 use ash::vk;
 
+use crate::vulkan::{Buffer, Image};
 use crate::{Error, Result};
 
 /// A pipeline stage and the memory accesses made in it: what happened before a release, or what
@@ -212,6 +213,46 @@ impl OwnershipTransfer {
                 .subresource_range(range),
         );
         self
+    }
+
+    /// [`release_buffer`](Self::release_buffer) for all of a lava-flow [`Buffer`], from its
+    /// context's queue family.
+    pub fn release_whole_buffer(self, buffer: &Buffer, last_use: StageAccess) -> Self {
+        let family = buffer.context().queue_family_index();
+        self.release_buffer(family, buffer.handle(), 0, buffer.size(), last_use)
+    }
+
+    /// [`acquire_buffer`](Self::acquire_buffer) for all of a lava-flow [`Buffer`], into its
+    /// context's queue family.
+    pub fn acquire_whole_buffer(self, buffer: &Buffer, next_use: StageAccess) -> Self {
+        let family = buffer.context().queue_family_index();
+        self.acquire_buffer(family, buffer.handle(), 0, buffer.size(), next_use)
+    }
+
+    /// [`release_image`](Self::release_image) for every layer of a lava-flow [`Image`], from its
+    /// context's queue family. lava-flow's own uploads and downloads leave images in `GENERAL`.
+    pub fn release_whole_image(
+        self,
+        image: &Image,
+        old_layout: vk::ImageLayout,
+        new_layout: vk::ImageLayout,
+        last_use: StageAccess,
+    ) -> Self {
+        let family = image.context().queue_family_index();
+        self.release_image(family, image.handle(), Self::color_range(), old_layout, new_layout, last_use)
+    }
+
+    /// [`acquire_image`](Self::acquire_image) for every layer of a lava-flow [`Image`], into its
+    /// context's queue family.
+    pub fn acquire_whole_image(
+        self,
+        image: &Image,
+        old_layout: vk::ImageLayout,
+        new_layout: vk::ImageLayout,
+        next_use: StageAccess,
+    ) -> Self {
+        let family = image.context().queue_family_index();
+        self.acquire_image(family, image.handle(), Self::color_range(), old_layout, new_layout, next_use)
     }
 
     /// The buffer barriers, for your own `vkCmdPipelineBarrier`.

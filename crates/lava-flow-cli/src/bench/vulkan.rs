@@ -1,0 +1,131 @@
+//! Vulkan export and import latency by size: lava-flow's `Buffer::export_fd` and `Buffer::import`
+//! against the raw calls they stand on (vkGetMemoryFdKHR; vkCreateBuffer + vkAllocateMemory with
+//! VkImportMemoryFdInfoKHR + vkBindBufferMemory), between two VkDevices on the same GPU.
+//!
+//! Both sides import the same exporter's memory with the same size and memory type; what each
+//! call returns is dropped (closed, freed) outside the timed part. The ratio is what lava-flow's
+//! checks and bookkeeping add.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use ash::vk;
+use lava_flow::pool::bench::median;
+use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+use lava_flow::{Buffer, BufferOptions, VulkanContext};
+
+use super::{us, Bench, Row};
+use crate::table::bytes;
+
+pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
+    let a = VulkanContext::new()?;
+    let b = VulkanContext::with_uuid(a.identity().device_uuid)?;
+    let sizes: &[u64] = if bench.quick { &[64 << 10, 1 << 20] } else { &[64 << 10, 1 << 20, 16 << 20, 256 << 20] };
+    let (warmup, iterations) = if bench.quick { (3, 20) } else { (10, 200) };
+    let ext = ash::khr::external_memory_fd::Device::new(a.instance(), a.device());
+    for &size in sizes {
+        let exporter = Buffer::new(&a, &BufferOptions::new(size))?;
+        let memory = exporter.memory();
+        let handle_type = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
+
+        let raw_export = || -> lava_flow::Result<OwnedFd> {
+            let info = vk::MemoryGetFdInfoKHR::default().memory(memory.handle()).handle_type(handle_type);
+            // SAFETY: the memory was allocated exportable as an opaque fd and lives across the call.
+            let fd = unsafe { ext.get_memory_fd(&info) }.map_err(|r| vk_error("vkGetMemoryFdKHR", r))?;
+            // SAFETY: vkGetMemoryFdKHR returns a new fd owned by the caller.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let none = || Ok(());
+        let lf_export = median(warmup, iterations, none, |()| exporter.export_fd())?;
+        let raw_export_t = median(warmup, iterations, none, |()| raw_export())?;
+        bench.rows.push(
+            Row::new("vulkan", format!("export {} buffer", bytes(size)), us(lf_export), Some(us(raw_export_t)), "us")
+                .iterations(iterations),
+        );
+
+        let lf_import = median(warmup, iterations, || exporter.export_fd(), |e| Buffer::import(&b, e))?;
+        let raw_import_t = median(warmup, iterations, raw_export, |fd| {
+            raw_import(&b, fd, memory.size(), memory.memory_type_index(), memory.dedicated(), size)
+        })?;
+        bench.rows.push(
+            Row::new(
+                "vulkan",
+                format!("import {} buffer on a 2nd device", bytes(size)),
+                us(lf_import),
+                Some(us(raw_import_t)),
+                "us",
+            )
+            .iterations(iterations),
+        );
+    }
+    Ok(())
+}
+
+fn vk_error(call: &'static str, result: vk::Result) -> lava_flow::Error {
+    lava_flow::Error::Vulkan {
+        action: "measuring the raw-API baseline".into(),
+        call,
+        result,
+        advice: "see `lava-flow info` for what this device supports".into(),
+    }
+}
+
+/// What a raw import made, destroyed on drop (outside the timed part, like lava-flow's `Buffer`).
+struct RawImport<'a> {
+    dev: &'a ash::Device,
+    buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+}
+
+impl Drop for RawImport<'_> {
+    fn drop(&mut self) {
+        // SAFETY: nothing uses the buffer or the memory any more; null handles are ignored.
+        unsafe {
+            self.dev.destroy_buffer(self.buffer, None);
+            self.dev.free_memory(self.memory, None);
+        }
+    }
+}
+
+/// The raw import lava-flow's `Buffer::import` performs: a buffer, the imported memory with the
+/// exporter's size and type (dedicated to the buffer where the export was), the bind.
+fn raw_import(
+    ctx: &VulkanContext,
+    fd: OwnedFd,
+    allocation_size: u64,
+    type_index: u32,
+    dedicated: bool,
+    size: u64,
+) -> lava_flow::Result<RawImport<'_>> {
+    let dev = ctx.device();
+    let handle_type = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
+    let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle_type);
+    let info = vk::BufferCreateInfo::default()
+        .size(size)
+        .usage(DEFAULT_BUFFER_USAGE)
+        .sharing_mode(vk::SharingMode::EXCLUSIVE)
+        .push_next(&mut external);
+    // SAFETY: info and its chain live across the call.
+    let buffer = unsafe { dev.create_buffer(&info, None) }.map_err(|r| vk_error("vkCreateBuffer", r))?;
+    let mut objects = RawImport { dev, buffer, memory: vk::DeviceMemory::null() };
+    // SAFETY: buffer is a live buffer of this device.
+    let _reqs = unsafe { dev.get_buffer_memory_requirements(buffer) };
+    let raw_fd = fd.into_raw_fd();
+    let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw_fd);
+    let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
+    let mut alloc = vk::MemoryAllocateInfo::default()
+        .allocation_size(allocation_size)
+        .memory_type_index(type_index)
+        .push_next(&mut import);
+    if dedicated {
+        alloc = alloc.push_next(&mut dedicated_info);
+    }
+    // The fd is left to the driver even when the import fails: some drivers close it then
+    // (NVIDIA, on a wrong size), so closing it here could close an unrelated fd that reused the
+    // number. lava-flow's own imports hand the driver a duplicate; the raw route does not pay
+    // for one, and the benchmark stops.
+    // SAFETY: alloc and its chain live across the call; raw_fd is an open fd we own.
+    objects.memory = unsafe { dev.allocate_memory(&alloc, None) }.map_err(|r| vk_error("vkAllocateMemory", r))?;
+    // SAFETY: the memory holds at least the buffer's requirements at offset 0 (same device, type, size).
+    unsafe { dev.bind_buffer_memory(buffer, objects.memory, 0) }.map_err(|r| vk_error("vkBindBufferMemory", r))?;
+    Ok(objects)
+}

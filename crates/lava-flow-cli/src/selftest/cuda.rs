@@ -1,0 +1,31 @@
+//! Vulkan <-> CUDA paths: buffers, images and timeline and binary semaphores, run by lava-flow's
+//! CUDA importer (`lava_flow::cuda::selftest`) on the default Vulkan device and the CUDA device
+//! with the same UUID.
+
+use super::Runner;
+
+#[cfg(feature = "cuda")]
+pub fn run(runner: &mut Runner) {
+    use lava_flow::cuda::selftest::{run_path, PATHS};
+    use lava_flow::VulkanContext;
+
+    // Without libcuda every path stops at the same place: say it once.
+    if let Err(e) = lava_flow::cuda::load_driver() {
+        return runner.skip("cuda", "cuda: Vulkan <-> CUDA buffers, images and semaphores", 0, e.to_string());
+    }
+    let ctx = VulkanContext::new();
+    for path in PATHS {
+        let name = format!("cuda: {path}");
+        // The semaphore paths test external semaphores as much as CUDA.
+        let api = if path.contains("semaphore") { "cuda+semaphores" } else { "cuda" };
+        match &ctx {
+            Ok(ctx) => runner.run_detailed(api, &name, 0, |_| Ok(Some(run_path(path, ctx)?))),
+            Err(e) => runner.skip(api, &name, 0, e.to_string()),
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(runner: &mut Runner) {
+    runner.skip("cuda", "cuda: Vulkan <-> CUDA buffers, images and semaphores", 0, "built without the `cuda` feature");
+}

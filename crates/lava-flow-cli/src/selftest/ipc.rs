@@ -1,0 +1,332 @@
+//! Paths between processes: `selftest` starts `lava-flow __selftest-peer` (this same binary) and
+//! hands it memory either as an fd sent over a Unix socket (SCM_RIGHTS) or as an fd the peer
+//! inherits. The peer imports, checks the pattern, writes a second pattern and exits; this side
+//! then checks the second pattern.
+//!
+//! The peer's stdin carries the transport: the socket end for SCM_RIGHTS, the memory fd itself
+//! for inheritance (so no fd numbers travel on the command line and nothing needs `unsafe`).
+//! Its stdout carries one JSON line saying how it went.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use lava_flow::ipc::fd_passing::{recv_exact_with_fds, send_with_fds};
+use lava_flow::raw_gpu_handle::{
+    BufferDescription, ExportedBuffer, ExportedTexture, Memory, MemoryDescription, TextureDescription, TextureFormat,
+};
+use lava_flow::vulkan::{ImageTiling, MemoryKind};
+use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, SharedHostMemory, VulkanContext};
+use serde::{Deserialize, Serialize};
+
+use super::vulkan::{gpu_read, gpu_write, image_bytes, BUFFER_SIZE};
+use super::{check_bytes, fail, pattern, spoil, PathError, Runner, Step};
+use crate::CmdResult;
+
+/// How long a peer may take before it is killed and the path fails.
+const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest description message a peer accepts.
+const MAX_MESSAGE: u32 = 1 << 16;
+
+/// How the memory fd reaches the peer.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Sent over a Unix socket (SCM_RIGHTS) with the description.
+    ScmRights,
+    /// Inherited across exec (as the peer's stdin), the description on the command line.
+    Inherited,
+}
+
+/// What the peer receives, without its fd.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Shared {
+    /// A Vulkan buffer, imported by the peer into its own VkDevice.
+    Buffer { memory: MemoryDescription, buffer: BufferDescription },
+    /// A Vulkan image, imported by the peer into its own VkDevice.
+    Image { memory: MemoryDescription, texture: TextureDescription },
+    /// Shared host memory, which the peer only mmaps (no Vulkan on its side).
+    Host { memory: MemoryDescription, buffer: BufferDescription },
+    /// Buffers carved from one pool block, one fd each, imported through one block cache.
+    PooledBuffers { buffers: Vec<(MemoryDescription, BufferDescription)> },
+}
+
+/// Arguments of the hidden peer subcommand.
+#[derive(clap::Args)]
+pub struct PeerArgs {
+    #[arg(long, value_enum)]
+    transport: Transport,
+    /// The description as JSON (inherited transport; over SCM_RIGHTS it comes with the fd).
+    #[arg(long)]
+    description: Option<String>,
+    /// Seed of the pattern to expect.
+    #[arg(long)]
+    seed: u64,
+    /// Seed of the pattern to write back.
+    #[arg(long)]
+    reply_seed: u64,
+    /// Write one wrong byte back.
+    #[arg(long)]
+    corrupt: bool,
+}
+
+/// How the peer's side went.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum PeerOutcome {
+    Pass,
+    /// See [`PathError::Unavailable`].
+    Unavailable,
+    /// See [`PathError::Unsupported`].
+    Unsupported,
+    Fail,
+}
+
+/// The peer's one line of JSON.
+#[derive(Serialize, Deserialize, Debug)]
+struct PeerReport {
+    outcome: PeerOutcome,
+    error: Option<String>,
+}
+
+pub fn run(runner: &mut Runner) {
+    let device = match VulkanContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => return runner.skip("vulkan", "ipc: two processes", 0, e.to_string()),
+    };
+    for transport in [Transport::ScmRights, Transport::Inherited] {
+        let how = transport_name(transport);
+        let path = format!("ipc: buffer device-local -> other process, {how}");
+        runner.run("vulkan", &path, BUFFER_SIZE, |r| {
+            buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
+        });
+    }
+    let images = [
+        (
+            "image 2D rgba8unorm 256x256 optimal",
+            ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256),
+            Transport::ScmRights,
+        ),
+        (
+            "image 2D rgba8unorm 256x256 linear",
+            ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256).tiling(ImageTiling::Linear),
+            Transport::Inherited,
+        ),
+    ];
+    for (name, options, transport) in images {
+        let path = format!("ipc: {name} -> other process, {}", transport_name(transport));
+        runner.run("vulkan", &path, image_bytes(&options), |r| {
+            image_to_peer(&device, &options, transport, r.corrupt(&path))
+        });
+    }
+    for transport in [Transport::ScmRights, Transport::Inherited] {
+        let path = format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(transport));
+        runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)));
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::ScmRights => "fd over SCM_RIGHTS",
+        Transport::Inherited => "inherited fd",
+    }
+}
+
+fn buffer_to_peer(ctx: &VulkanContext, kind: MemoryKind, transport: Transport, corrupt: bool) -> Step {
+    let buffer = Buffer::new(ctx, &BufferOptions::new(BUFFER_SIZE).memory(kind))?;
+    buffer.write(0, &pattern(11, BUFFER_SIZE as usize))?;
+    let exported = buffer.export_fd()?;
+    let shared = Shared::Buffer { memory: exported.memory.description, buffer: exported.buffer };
+    hand_to_peer(shared, exported.memory.handle, transport, 11, 12, corrupt)?;
+    check_bytes("what the other process wrote", &pattern(12, BUFFER_SIZE as usize), &gpu_read(&buffer)?)
+}
+
+fn image_to_peer(ctx: &VulkanContext, options: &ImageOptions, transport: Transport, corrupt: bool) -> Step {
+    let image = Image::new(ctx, options)?;
+    let size = image.packed_size() as usize;
+    image.upload(&pattern(21, size))?;
+    let exported = image.export_fd()?;
+    let shared = Shared::Image { memory: exported.memory.description, texture: exported.texture };
+    hand_to_peer(shared, exported.memory.handle, transport, 21, 22, corrupt)?;
+    check_bytes("what the other process uploaded", &pattern(22, size), &image.download()?)
+}
+
+/// The GPU writes shared host memory with a copy; the peer reads it through its own mmap and
+/// writes the reply there; a GPU copy takes the reply out again.
+fn host_to_peer(ctx: &VulkanContext, transport: Transport, corrupt: bool) -> Step {
+    let host = Buffer::new(ctx, &BufferOptions::new(BUFFER_SIZE).memory(MemoryKind::SharedHost))?;
+    gpu_write(&host, &pattern(31, BUFFER_SIZE as usize))?;
+    let exported = host.export_fd()?;
+    let shared = Shared::Host { memory: exported.memory.description, buffer: exported.buffer };
+    hand_to_peer(shared, exported.memory.handle, transport, 31, 32, corrupt)?;
+    check_bytes("the GPU's copy of what the other process wrote", &pattern(32, BUFFER_SIZE as usize), &gpu_read(&host)?)
+}
+
+/// Starts the peer, gives it `fd` and `shared` by `transport`, and waits for its verdict.
+fn hand_to_peer(shared: Shared, fd: OwnedFd, transport: Transport, seed: u64, reply: u64, corrupt: bool) -> Step {
+    match transport {
+        Transport::ScmRights => hand_to_peer_many(shared, vec![fd], seed, reply, corrupt),
+        Transport::Inherited => {
+            let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
+            let mut cmd = peer_command(seed, reply, corrupt)?;
+            cmd.args(["--transport", "inherited", "--description", &description]);
+            // The memory fd becomes the peer's fd 0 across exec; ours closes with `cmd`.
+            cmd.stdin(Stdio::from(fd));
+            let child = cmd.spawn()?;
+            drop(cmd);
+            wait_peer(child)
+        }
+    }
+}
+
+/// Starts the peer and sends it `shared` with `fds` in one SCM_RIGHTS message over a socket pair.
+pub fn hand_to_peer_many(shared: Shared, fds: Vec<OwnedFd>, seed: u64, reply: u64, corrupt: bool) -> Step {
+    let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut cmd = peer_command(seed, reply, corrupt)?;
+    cmd.args(["--transport", "scm-rights"]);
+    cmd.stdin(Stdio::from(OwnedFd::from(theirs)));
+    let child = cmd.spawn()?;
+    drop(cmd);
+    let mut message = (description.len() as u32).to_le_bytes().to_vec();
+    message.extend_from_slice(description.as_bytes());
+    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let sent = send_with_fds(ours.as_fd(), &message, &borrowed);
+    // The kernel gave the peer its own copies; ours close here.
+    drop(borrowed);
+    drop(fds);
+    drop(ours);
+    let verdict = wait_peer(child);
+    sent?;
+    verdict
+}
+
+fn peer_command(seed: u64, reply: u64, corrupt: bool) -> Step<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["__selftest-peer", "--seed", &seed.to_string(), "--reply-seed", &reply.to_string()]);
+    if corrupt {
+        cmd.arg("--corrupt");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// Waits (bounded) for the peer and turns its report into the path's result.
+fn wait_peer(mut child: Child) -> Step {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > PEER_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return fail(format!("the other process did not finish in {PEER_TIMEOUT:?} and was killed"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let report: Option<PeerReport> = out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+    let Some(PeerReport { outcome, error }) = report else {
+        return fail(format!("the other process exited with {status} without a report; stderr: {}", err.trim()));
+    };
+    let why = format!("in the other process: {}", error.unwrap_or_default());
+    match outcome {
+        PeerOutcome::Pass if status.success() => Ok(()),
+        PeerOutcome::Pass => fail(format!("the other process reported success but exited with {status}")),
+        PeerOutcome::Unavailable => Err(PathError::Unavailable(why)),
+        PeerOutcome::Unsupported => Err(PathError::Unsupported(why)),
+        PeerOutcome::Fail => fail(why),
+    }
+}
+
+/// The peer: receive, import, check, write the reply, report.
+pub fn peer(args: &PeerArgs) -> CmdResult {
+    let result = peer_body(args);
+    let report = match &result {
+        Ok(()) => PeerReport { outcome: PeerOutcome::Pass, error: None },
+        Err(PathError::Unavailable(m)) => PeerReport { outcome: PeerOutcome::Unavailable, error: Some(m.clone()) },
+        Err(PathError::Unsupported(m)) => PeerReport { outcome: PeerOutcome::Unsupported, error: Some(m.clone()) },
+        Err(PathError::Failed(m)) => PeerReport { outcome: PeerOutcome::Fail, error: Some(m.clone()) },
+    };
+    crate::emit(&(serde_json::to_string(&report)? + "\n"))?;
+    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn peer_body(args: &PeerArgs) -> Step {
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let (shared, fds) = match args.transport {
+        Transport::Inherited => {
+            let text = args.description.as_deref().ok_or_else(|| PathError::Failed("no --description".into()))?;
+            let shared: Shared =
+                serde_json::from_str(text).map_err(|e| PathError::Failed(format!("bad description: {e}")))?;
+            (shared, vec![stdin])
+        }
+        Transport::ScmRights => {
+            let socket = UnixStream::from(stdin);
+            let mut header = [0u8; 4];
+            let mut fds = recv_exact_with_fds(socket.as_fd(), &mut header)?;
+            let len = u32::from_le_bytes(header);
+            if len > MAX_MESSAGE {
+                return fail(format!("a description of {len} bytes is larger than {MAX_MESSAGE}"));
+            }
+            let mut body = vec![0u8; len as usize];
+            fds.extend(recv_exact_with_fds(socket.as_fd(), &mut body)?);
+            let shared: Shared =
+                serde_json::from_slice(&body).map_err(|e| PathError::Failed(format!("bad description: {e}")))?;
+            (shared, fds)
+        }
+    };
+    let one = |mut fds: Vec<OwnedFd>| match fds.len() {
+        1 => Ok(fds.remove(0)),
+        n => fail(format!("expected 1 fd with the description, got {n}")),
+    };
+    let reply = |len: usize| {
+        let mut data = pattern(args.reply_seed, len);
+        if args.corrupt {
+            spoil(&mut data);
+        }
+        data
+    };
+    match shared {
+        Shared::Buffer { memory, buffer } => {
+            let fd = one(fds)?;
+            let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
+            let imported =
+                Buffer::import(&ctx, ExportedBuffer { memory: Memory { handle: fd, description: memory }, buffer })?;
+            check_bytes("the imported buffer", &pattern(args.seed, buffer.size as usize), &gpu_read(&imported)?)?;
+            gpu_write(&imported, &reply(buffer.size as usize))?;
+        }
+        Shared::Image { memory, texture } => {
+            let fd = one(fds)?;
+            let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
+            let imported =
+                Image::import(&ctx, ExportedTexture { memory: Memory { handle: fd, description: memory }, texture })?;
+            let size = imported.packed_size() as usize;
+            check_bytes("the imported image", &pattern(args.seed, size), &imported.download()?)?;
+            imported.upload(&reply(size))?;
+        }
+        Shared::Host { memory, buffer } => {
+            let mut map = SharedHostMemory::from_fd(one(fds)?, memory.allocation_size)?;
+            let range = buffer.offset as usize..(buffer.offset + buffer.size) as usize;
+            let bytes = map.as_mut_slice().get_mut(range).ok_or_else(|| {
+                PathError::Failed(format!("buffer {buffer:?} lies outside {} mapped bytes", memory.allocation_size))
+            })?;
+            check_bytes("the mapped host memory", &pattern(args.seed, bytes.len()), bytes)?;
+            bytes.copy_from_slice(&reply(bytes.len()));
+        }
+        Shared::PooledBuffers { buffers } => {
+            super::pool::peer_side(buffers, fds, args.seed, args.reply_seed, args.corrupt)?;
+        }
+    }
+    Ok(())
+}

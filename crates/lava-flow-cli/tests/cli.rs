@@ -1,0 +1,395 @@
+//! The `lava-flow` binary, run as a user runs it, on the machine's real driver.
+//!
+//! `LAVA_FLOW_BIN` overrides the binary (the GPU machine runs the packed release build; the path
+//! cargo compiled in does not exist there).
+
+use std::process::{Command, Output};
+
+use lava_flow::{testing, VulkanContext};
+use serde_json::Value;
+
+fn lava_flow() -> Command {
+    testing::prefer_software_vulkan_if_no_gpu();
+    let bin = std::env::var_os("LAVA_FLOW_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lava-flow").into());
+    Command::new(bin)
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = lava_flow().args(args).output().expect("start lava-flow");
+    eprintln!(
+        "lava-flow {} -> {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+/// Opens Vulkan in the test process the way the CLI will, or skips with the reason.
+fn vulkan_or_skip() -> Option<VulkanContext> {
+    testing::prefer_software_vulkan_if_no_gpu();
+    testing::or_skip("vulkan", VulkanContext::new())
+}
+
+fn on_lavapipe() -> bool {
+    std::env::var("VK_DRIVER_FILES").is_ok_and(|v| v.contains("lvp_icd"))
+}
+
+#[test]
+fn info_json_lists_the_vulkan_devices_with_uuids_and_sharing() {
+    let out = run(&["info", "--json"]);
+    assert!(out.status.success());
+    let report = json(&out);
+    let vulkan = &report["vulkan"];
+    if vulkan["available"] != Value::Bool(true) {
+        return testing::skip("vulkan", vulkan["reason"].as_str().unwrap_or("no reason given"));
+    }
+    let devices = vulkan["devices"].as_array().expect("a device list");
+    assert!(!devices.is_empty());
+    let ctx = vulkan_or_skip().expect("info found Vulkan, so the test process does too");
+    let uuid = ctx.identity().device_uuid.to_string();
+    assert!(
+        devices.iter().any(|d| d["identity"]["device_uuid"] == Value::String(uuid.clone())),
+        "the default device {uuid} is listed"
+    );
+    if on_lavapipe() {
+        assert!(devices.iter().any(|d| d["name"].as_str().unwrap_or("").contains("llvmpipe")), "lavapipe is listed");
+    }
+    for d in devices {
+        assert_ne!(d["identity"]["device_uuid"], "00000000-0000-0000-0000-000000000000", "{d}");
+        let sharing = d["sharing"].as_array().expect("sharing rows");
+        let opaque_buffer = sharing
+            .iter()
+            .find(|r| r["object"] == "buffer" && r["handle_kind"] == "opaque-fd")
+            .expect("a row for opaque-fd buffers");
+        if d["extensions"]["external_memory_fd"] == Value::Bool(true) {
+            assert_eq!(opaque_buffer["export"], true, "{opaque_buffer}");
+            assert_eq!(opaque_buffer["import"], true, "{opaque_buffer}");
+        }
+    }
+    let apis: Vec<&str> = report["apis"].as_array().unwrap().iter().map(|a| a["api"].as_str().unwrap()).collect();
+    assert_eq!(apis, ["CUDA", "OpenCL", "OpenGL"]);
+    for api in report["apis"].as_array().unwrap() {
+        if api["available"] == Value::Bool(false) {
+            assert!(!api["reason"].as_str().unwrap_or("").is_empty(), "an unavailable API says why: {api}");
+        } else {
+            assert!(!api["devices"].as_array().unwrap().is_empty(), "{api}");
+        }
+    }
+    let gl = &report["apis"][2];
+    if on_lavapipe() && gl["available"] == Value::Bool(true) {
+        // llvmpipe's GL reports lavapipe's device and driver UUIDs: the pairing must find it.
+        assert!(
+            gl["devices"].as_array().unwrap().iter().any(|d| d["vulkan_device"].is_u64()),
+            "llvmpipe pairs with lavapipe: {gl}"
+        );
+    }
+}
+
+#[test]
+fn info_table_shows_devices_and_sharing() {
+    let out = run(&["info"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for heading in ["Vulkan devices", "CUDA devices", "OpenCL devices", "OpenGL devices", "Sharing"] {
+        assert!(text.contains(heading), "missing {heading}");
+    }
+    if let Some(ctx) = vulkan_or_skip() {
+        assert!(text.contains(&ctx.identity().device_uuid.to_string()), "the device UUID is shown");
+    }
+}
+
+/// The paths every machine with opaque-fd export and shareable host memory must pass.
+const CORE_PATHS: [&str; 10] = [
+    "vulkan: buffer device-local, device A <-> device B",
+    "vulkan: buffer in shared host memory, device A <-> device B",
+    "vulkan: image 2D rgba8unorm 256x256 optimal, device A <-> device B",
+    "ipc: buffer device-local -> other process, fd over SCM_RIGHTS",
+    "ipc: buffer device-local -> other process, inherited fd",
+    "ipc: image 2D rgba8unorm 256x256 optimal -> other process, fd over SCM_RIGHTS",
+    "ipc: shared host memory, GPU copy <-> other process's mmap, fd over SCM_RIGHTS",
+    "ipc: shared host memory, GPU copy <-> other process's mmap, inherited fd",
+    "pool: 4 pooled 64 KiB buffers of one block, device A <-> device B, cached imports",
+    "pool: 4 pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS",
+];
+
+/// Paths a driver may decline through its capability queries (lavapipe runs them all; NVIDIA
+/// does not export every host-visible memory type): they pass, or skip saying it is not supported.
+const DRIVER_DEPENDENT_PATHS: [&str; 5] = [
+    "vulkan: buffer host-visible, device A <-> device B",
+    "vulkan: image 2D rgba8unorm 256x256 linear, device A <-> device B",
+    "vulkan: image 2D array r32float 128x128x4 optimal, device A <-> device B",
+    "vulkan: image 3D rgba16float 64x64x8 optimal, device A <-> device B",
+    "ipc: image 2D rgba8unorm 256x256 linear -> other process, inherited fd",
+];
+
+fn result_of<'a>(report: &'a Value, path: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.starts_with(path)))
+        .unwrap_or_else(|| panic!("no row for {path}"))
+}
+
+#[test]
+fn selftest_passes_buffer_image_and_host_memory_paths() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    // Only Vulkan's own paths: on the GPU machine LAVA_FLOW_REQUIRE makes other APIs' skips fail.
+    let out = run(&["selftest", "--json", "--only", "vulkan: ", "--only", "ipc: ", "--only", "pool: "]);
+    let report = json(&out);
+    let ext = ctx.extensions();
+    if !(ext.external_memory_fd && ext.external_memory_host) {
+        return testing::skip("vulkan", format!("{} lacks opaque-fd or host-memory sharing", ctx.info().name));
+    }
+    for path in CORE_PATHS {
+        let row = result_of(&report, path);
+        assert_eq!(row["result"], "pass", "{path}: {row}");
+        assert!(row["size"].as_u64().unwrap() > 0, "{row}");
+    }
+    for path in DRIVER_DEPENDENT_PATHS {
+        let row = result_of(&report, path);
+        let declined = row["result"] == "skipped" && row["reason"].as_str().unwrap_or("").contains("not supported");
+        assert!(row["result"] == "pass" || (declined && !on_lavapipe()), "{path}: {row}");
+    }
+    assert_eq!(report["failed"], 0, "no path fails");
+    assert!(out.status.success(), "exit code 0 when every runnable path passes");
+    for row in report["results"].as_array().unwrap() {
+        if row["result"] == "skipped" {
+            assert!(!row["reason"].as_str().unwrap_or("").is_empty(), "a skip says why: {row}");
+        }
+    }
+}
+
+#[test]
+fn selftest_gl_paths_pass_where_egl_offers_the_device() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let out = run(&["selftest", "--json", "--only", "gl: "]);
+    let report = json(&out);
+    let rows = report["results"].as_array().unwrap();
+    assert!(!rows.is_empty(), "GL rows are listed");
+    if rows[0]["result"] == "skipped" {
+        return testing::skip("gl", rows[0]["reason"].as_str().unwrap_or("no reason given"));
+    }
+    assert!(rows.len() >= 4, "buffer and texture, each way: {rows:?}");
+    for row in rows {
+        assert_eq!(row["result"], "pass", "{row}");
+        assert!(!row["detail"].as_str().unwrap_or("").is_empty(), "a GL path says what it proved: {row}");
+    }
+    assert!(out.status.success());
+}
+
+#[test]
+fn selftest_table_lists_results_and_reasons() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let out = run(&["selftest", "--only", "image 2D rgba8unorm 256x256 optimal"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or("");
+    for column in ["path", "size", "time", "result"] {
+        assert!(header.contains(column), "header {header:?} lacks {column}");
+    }
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("256x256 optimal")).collect();
+    assert_eq!(rows.len(), 2, "the two-device and the two-process image path ran");
+    assert!(rows.iter().all(|r| r.contains("256 KiB") && r.ends_with("PASS")), "{rows:?}");
+    assert!(text.contains("2 passed, 0 failed, 0 skipped"));
+}
+
+#[test]
+fn selftest_catches_a_wrong_byte_and_exits_non_zero() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    for path in [
+        "vulkan: buffer device-local, device A <-> device B",
+        "ipc: buffer device-local -> other process, inherited fd",
+        "ipc: shared host memory, GPU copy <-> other process's mmap, fd over SCM_RIGHTS",
+        "pool: 4 pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS",
+    ] {
+        let out = run(&["selftest", "--json", "--only", path, "--corrupt", path]);
+        let report = json(&out);
+        let row = result_of(&report, path);
+        assert_eq!(row["result"], "fail", "{row}");
+        assert!(row["reason"].as_str().unwrap().contains("1 of"), "the reason names the wrong byte: {row}");
+        assert_eq!(out.status.code(), Some(1), "a failed path makes the exit code 1");
+    }
+}
+
+#[test]
+fn selftest_soak_keeps_fds_and_memory_level() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let out = run(&["selftest", "--json", "--soak", "3", "--only", "buffer device-local"]);
+    assert!(out.status.success());
+    let report = json(&out);
+    let soak = &report["soak"];
+    assert_eq!(soak["rounds"], 3);
+    assert_eq!(soak["open_fds_before"], soak["open_fds_after"], "{soak}");
+    let row = result_of(&report, "vulkan: buffer device-local");
+    assert_eq!(row["runs"], 4, "the first round and three soak rounds: {row}");
+    assert_eq!(row["result"], "pass");
+}
+
+#[test]
+fn required_api_that_is_missing_fails_selftest() {
+    // On a machine without CUDA the CUDA path skips; naming CUDA as required turns it into a failure.
+    let out = run(&["selftest", "--json", "--only", "cuda"]);
+    let report = json(&out);
+    let row = result_of(&report, "cuda");
+    if row["result"] == "pass" {
+        return; // a machine with CUDA: nothing to show here
+    }
+    let required =
+        lava_flow().args(["selftest", "--json", "--only", "cuda"]).env("LAVA_FLOW_REQUIRE", "cuda").output().unwrap();
+    let report = json(&required);
+    assert_eq!(result_of(&report, "cuda")["result"], "fail");
+    assert_eq!(required.status.code(), Some(1));
+}
+
+#[test]
+fn bench_quick_writes_json_with_raw_baselines() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let path = std::env::temp_dir().join(format!("lava-flow-bench-{}.json", std::process::id()));
+    let out = run(&["bench", "--quick", "--json", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&path).expect("bench wrote its JSON");
+    let _ = std::fs::remove_file(&path);
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let vulkan: Vec<&Value> = rows.iter().filter(|r| r["group"] == "vulkan").collect();
+    assert!(vulkan.len() >= 4, "export and import rows for two sizes: {rows:?}");
+    let pool: Vec<&Value> = rows.iter().filter(|r| r["group"] == "pool").collect();
+    assert!(pool.len() >= 2, "pooled allocation and cached import rows: {rows:?}");
+    for r in vulkan.into_iter().chain(pool) {
+        let (lf, raw, ratio) =
+            (r["lava_flow"].as_f64().unwrap(), r["raw"].as_f64().unwrap(), r["ratio"].as_f64().unwrap());
+        assert!(lf > 0.0 && raw > 0.0, "{r}");
+        assert!((ratio - lf / raw).abs() < 1e-9, "{r}");
+        assert_eq!(r["unit"], "us");
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("ratio"));
+}
+
+#[test]
+fn bad_command_lines_exit_with_2_and_say_why() {
+    let out = run(&["attach", "--socket", "/nonexistent", "--api", "metal"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"), "clap lists the APIs");
+    let out = run(&["serve", "--socket", "/nonexistent", "--size", "12Q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown size unit"));
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A unique socket path in the temporary directory.
+fn socket_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("lava-flow-cli-test-{tag}-{}.sock", std::process::id()))
+}
+
+/// Waits for `serve` to create its socket, failing with its output if it exits first.
+fn wait_for_server(server: &mut std::process::Child, socket: &std::path::Path) {
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        if let Some(status) = server.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("serve exited with {status} before listening: {err}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "serve did not create {socket:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) for `serve --clients N` to end by itself.
+fn wait_for_exit(server: &mut std::process::Child) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = server.kill();
+            panic!("serve did not exit after its clients");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_and_attach_share_the_pattern_between_processes() {
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let socket = socket_path("serve");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--size", "256K", "--image", "32x16", "--clients", "1", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let report = json(&out);
+    assert_eq!(report["api"], "vulkan");
+    let objects = report["objects"].as_array().unwrap();
+    let checked = |name: &str| objects.iter().find(|o| o["name"] == name).map(|o| o["bytes_checked"].as_u64().unwrap());
+    assert_eq!(checked("pattern"), Some(256 << 10), "{report}");
+    assert_eq!(checked("pattern.image"), Some(32 * 16 * 4), "{report}");
+    assert!(report["steps"].as_array().unwrap().iter().any(|s| s["what"].as_str().unwrap().starts_with("import")));
+    assert!(wait_for_exit(&mut server).success(), "serve exits 0 after its one client");
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("client done (1 served)"), "{text}");
+    assert!(!socket.exists(), "serve removes its socket when it ends");
+}
+
+#[test]
+fn serve_host_memory_and_attach_without_a_gpu_api() {
+    let socket = socket_path("host");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--location", "host", "--size", "96K", "--clients", "1", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pattern verified in every object"), "{text}");
+    assert!(text.contains("host-memfd"), "{text}");
+    assert!(wait_for_exit(&mut server).success());
+}
+
+#[test]
+fn attach_to_nothing_fails_with_a_reason() {
+    let socket = socket_path("nobody");
+    let out = run(&["attach", "--api", "vulkan", "--timeout", "1", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(socket.to_str().unwrap()), "the error names the socket");
+}
+
+#[test]
+fn ring_passes_every_frame_between_two_processes() {
+    // More frames than the default, so both processes must have been told the count.
+    let out = run(&["ring", "--frames", "12000", "--slots", "4", "--size", "8K", "--json"]);
+    assert!(out.status.success());
+    let reports = json(&out);
+    let reports = reports.as_array().expect("a producer and a consumer report");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["role"], "producer");
+    assert_eq!(reports[1]["role"], "consumer");
+    for r in reports {
+        assert_eq!(r["frames"], 12000, "{r}");
+        assert!(r["frames_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(reports[0]["ended_by"], "count", "the producer made every frame: {}", reports[0]);
+    assert_eq!(reports[1]["latency"]["samples"], 12000, "every frame's hand-off was measured");
+}

@@ -1,0 +1,390 @@
+//! External memory imported into CUDA, and buffers mapped from it.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    sys, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop,
+};
+use raw_gpu_handle::{ExportedMemory, MemoryDescription, MemoryHandleKind};
+
+use super::{check, CudaDevice};
+use crate::{Error, Result};
+
+/// One exported allocation imported into CUDA (`cuImportExternalMemory`).
+///
+/// Cheap to clone. Every buffer or texture mapped from it holds a clone, so the import is
+/// destroyed (`cuDestroyExternalMemory`) only after the last mapping is freed; the import in
+/// turn holds its [`CudaDevice`], so the CUDA context outlives it.
+#[derive(Clone)]
+pub struct ImportedMemory {
+    pub(crate) inner: Arc<ImportInner>,
+}
+
+pub(crate) struct ImportInner {
+    pub(crate) device: CudaDevice,
+    pub(crate) handle: sys::CUexternalMemory,
+    pub(crate) description: MemoryDescription,
+}
+
+// SAFETY: a CUexternalMemory is a driver handle usable from any thread once the context is
+// current; lava-flow binds the context before every call on it.
+unsafe impl Send for ImportInner {}
+// SAFETY: see Send; the handle is never mutated after creation.
+unsafe impl Sync for ImportInner {}
+
+impl Drop for ImportInner {
+    fn drop(&mut self) {
+        if !self.device.bind_for_drop("imported memory") {
+            return;
+        }
+        // SAFETY: the handle came from cuImportExternalMemory and every mapping made from it was
+        // freed already (each holds an Arc of this import).
+        let r = unsafe { sys::cuDestroyExternalMemory(self.handle) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            self.device.defer_error(format!("cuDestroyExternalMemory returned {r:?}"));
+        }
+    }
+}
+
+impl std::fmt::Debug for ImportedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedMemory")
+            .field("device", &self.inner.device)
+            .field("description", &self.inner.description)
+            .finish()
+    }
+}
+
+impl ImportedMemory {
+    pub(crate) fn import(device: &CudaDevice, memory: ExportedMemory) -> Result<ImportedMemory> {
+        // Every early return drops `memory`, closing the fd exactly once.
+        let description = memory.description;
+        if description.handle_kind != MemoryHandleKind::OpaqueFd {
+            return Err(Error::unsupported(
+                format!("importing {} memory into CUDA", description.handle_kind),
+                "lava-flow's CUDA importer takes opaque fds only",
+                "CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD (DMA-BUF import needs CUDA 13)",
+                "export the allocation as an opaque fd (MemoryLocation::GpuVulkan)",
+            ));
+        }
+        device.check_identity(description.handle_kind, &description.device)?;
+        if description.allocation_size == 0 {
+            return Err(Error::invalid(
+                "allocation size 0",
+                "cuImportExternalMemory needs the size of the whole allocation",
+                "pass the description exactly as exported",
+            ));
+        }
+        let fd = crate::fd::check_exported_memory(memory.handle, &description, "CUDA external memory")?;
+        device.bind()?;
+        let action = || {
+            format!(
+                "importing {} bytes of {} memory{} into CUDA device {}",
+                description.allocation_size,
+                description.handle_kind,
+                if description.dedicated { " (dedicated)" } else { "" },
+                device.ordinal()
+            )
+        };
+        // The driver gets a duplicate: it owns it after a successful import (CUDA docs: ownership
+        // of the fd is transferred), and `import_consuming` closes the caller's fd exactly once
+        // whatever the driver does with the duplicate on failure.
+        let handle = crate::fd::import_consuming(fd, |raw| {
+            let mut handle_desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
+                type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
+                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                handle: unsafe { std::mem::zeroed() },
+                size: description.allocation_size,
+                flags: if description.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
+                reserved: [0; 16],
+            };
+            handle_desc.handle.fd = raw;
+            let mut handle: sys::CUexternalMemory = std::ptr::null_mut();
+            // SAFETY: the context is current, handle_desc is fully initialised and the fd is open.
+            let r = unsafe { sys::cuImportExternalMemory(&mut handle, &handle_desc) };
+            check(r, "cuImportExternalMemory", action)?;
+            Ok(handle)
+        })?;
+        Ok(ImportedMemory { inner: Arc::new(ImportInner { device: device.clone(), handle, description }) })
+    }
+
+    /// What was imported.
+    pub fn description(&self) -> &MemoryDescription {
+        &self.inner.description
+    }
+
+    /// The device it was imported into.
+    pub fn device(&self) -> &CudaDevice {
+        &self.inner.device
+    }
+
+    /// The raw `CUexternalMemory`, for calls lava-flow does not wrap. Do not destroy it.
+    pub fn raw(&self) -> sys::CUexternalMemory {
+        self.inner.handle
+    }
+
+    /// Maps `size` bytes at `offset` (where Vulkan bound the buffer) as a device pointer
+    /// (`cuExternalMemoryGetMappedBuffer`). Several mappings of one import may coexist.
+    pub fn map_buffer(&self, offset: u64, size: u64) -> Result<CudaBuffer<u8>> {
+        let total = self.inner.description.allocation_size;
+        let end = offset.checked_add(size);
+        if size == 0 || end.is_none_or(|end| end > total) {
+            return Err(Error::invalid(
+                format!("mapping of {size} bytes at offset {offset}"),
+                format!("the imported allocation holds {total} bytes and a mapping must be non-empty and inside it"),
+                "map the buffer's offset and size from its export description",
+            ));
+        }
+        let Ok(len) = usize::try_from(size) else {
+            return Err(Error::invalid(
+                format!("mapping of {size} bytes"),
+                "larger than this platform's address space",
+                "map a smaller range",
+            ));
+        };
+        let device = &self.inner.device;
+        device.bind()?;
+        let desc = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC { offset, size, flags: 0, reserved: [0; 16] };
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: the context is current, the import is alive and desc is initialised.
+        let r = unsafe { sys::cuExternalMemoryGetMappedBuffer(&mut ptr, self.inner.handle, &desc) };
+        check(r, "cuExternalMemoryGetMappedBuffer", || {
+            format!("mapping {size} bytes at offset {offset} of imported memory")
+        })?;
+        Ok(CudaBuffer {
+            mapping: Arc::new(Mapping { memory: self.clone(), ptr, offset, size }),
+            ptr,
+            len,
+            stream: device.stream().clone(),
+            _t: PhantomData,
+        })
+    }
+}
+
+/// One `cuExternalMemoryGetMappedBuffer` mapping, freed with `cuMemFree` when the last
+/// [`CudaBuffer`] view of it goes.
+struct Mapping {
+    memory: ImportedMemory,
+    ptr: sys::CUdeviceptr,
+    offset: u64,
+    size: u64,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let device = &self.memory.inner.device;
+        if !device.bind_for_drop("a mapped buffer") {
+            return;
+        }
+        // SAFETY: ptr came from cuExternalMemoryGetMappedBuffer (CUDA docs: free it with
+        // cuMemFree) and no view of it remains. cuMemFree synchronizes with work using it.
+        let r = unsafe { sys::cuMemFree_v2(self.ptr) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            device.defer_error(format!("cuMemFree_v2 of a mapped buffer returned {r:?}"));
+        }
+    }
+}
+
+/// An imported buffer as CUDA device memory: `len` elements of `T` at a device pointer.
+///
+/// It works with cudarc where its own `CudaSlice` does: `DevicePtr`/`DevicePtrMut` (so
+/// `stream.memcpy_htod(&host, &mut buffer)`, `memcpy_dtoh`, `memcpy_dtod`, `memset_zeros`) and
+/// kernel arguments (`stream.launch_builder(&f).arg(&mut buffer)`). cudarc's automatic event
+/// tracking does not cover imported memory: order work with stream order or the imported
+/// semaphores, as Vulkan does not see cudarc's events either.
+pub struct CudaBuffer<T = u8> {
+    mapping: Arc<Mapping>,
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    stream: Arc<CudaStream>,
+    _t: PhantomData<*const T>,
+}
+
+// SAFETY: a device pointer may be used from any thread with the context bound; the mapping it
+// points into is kept alive by the Arc.
+unsafe impl<T> Send for CudaBuffer<T> {}
+// SAFETY: as for Send; &CudaBuffer gives no host access to the memory.
+unsafe impl<T> Sync for CudaBuffer<T> {}
+
+impl<T> std::fmt::Debug for CudaBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBuffer")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("len", &self.len)
+            .field("element_size", &std::mem::size_of::<T>())
+            .field("offset_in_allocation", &self.mapping.offset)
+            .field("mapping_size", &self.mapping.size)
+            .finish()
+    }
+}
+
+impl<T> CudaBuffer<T> {
+    /// The device pointer (`CUdeviceptr`), valid while this buffer lives.
+    pub fn device_ptr_raw(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+
+    /// The import this buffer is mapped from.
+    pub fn memory(&self) -> &ImportedMemory {
+        &self.mapping.memory
+    }
+
+    /// Offset of the mapping in the imported allocation.
+    pub fn offset_in_allocation(&self) -> u64 {
+        self.mapping.offset
+    }
+
+    /// The device.
+    pub fn device(&self) -> &CudaDevice {
+        &self.mapping.memory.inner.device
+    }
+
+    /// Reinterprets the bytes as elements of `U`. The size must be a multiple of `U`'s size
+    /// and the pointer aligned for it.
+    pub fn cast<U: DeviceRepr>(self) -> Result<CudaBuffer<U>> {
+        let bytes = self.size_bytes();
+        let (size, align) = (std::mem::size_of::<U>(), std::mem::align_of::<U>());
+        if size == 0 || bytes % size != 0 || self.ptr % align as u64 != 0 {
+            return Err(Error::invalid(
+                format!("view of a {bytes}-byte buffer at {:#x} as {}", self.ptr, std::any::type_name::<U>()),
+                format!("the size must be a multiple of {size} bytes and the address aligned to {align}"),
+                "map a range that fits the element type",
+            ));
+        }
+        Ok(CudaBuffer { len: bytes / size, mapping: self.mapping, ptr: self.ptr, stream: self.stream, _t: PhantomData })
+    }
+
+    /// Another view of the same mapping (both stay valid; the mapping is freed after the last).
+    pub fn clone_view(&self) -> CudaBuffer<T> {
+        CudaBuffer {
+            mapping: self.mapping.clone(),
+            ptr: self.ptr,
+            len: self.len,
+            stream: self.stream.clone(),
+            _t: PhantomData,
+        }
+    }
+
+    fn check_len(&self, what: &str, host_len: usize) -> Result<()> {
+        if host_len != self.len {
+            return Err(Error::invalid(
+                format!("{what} of {host_len} elements"),
+                format!("the buffer holds {} elements", self.len),
+                "pass a host slice of exactly the buffer's length",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<T: DeviceRepr + Copy> CudaBuffer<T> {
+    /// Copies `data` (exactly [`len`](Self::len) elements) into the buffer and waits for the copy.
+    pub fn copy_from_host(&self, data: &[T]) -> Result<()> {
+        self.check_len("copy from the host", data.len())?;
+        let device = self.device();
+        device.bind()?;
+        // SAFETY: the context is current; data is valid for size_bytes() bytes and ptr for
+        // the same (checked length); the host slice outlives the copy (synchronised below).
+        let r = unsafe {
+            sys::cuMemcpyHtoDAsync_v2(self.ptr, data.as_ptr().cast(), self.size_bytes(), self.stream.cu_stream())
+        };
+        check(r, "cuMemcpyHtoDAsync_v2", || format!("copying {} bytes into an imported buffer", self.size_bytes()))?;
+        device.synchronize()
+    }
+
+    /// Copies the buffer into `out` (exactly [`len`](Self::len) elements) and waits for the copy.
+    pub fn copy_to_host_into(&self, out: &mut [T]) -> Result<()> {
+        self.check_len("copy to the host", out.len())?;
+        let device = self.device();
+        device.bind()?;
+        // SAFETY: as in copy_from_host, with the host slice as destination.
+        let r = unsafe {
+            sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), self.ptr, self.size_bytes(), self.stream.cu_stream())
+        };
+        check(r, "cuMemcpyDtoHAsync_v2", || format!("copying {} bytes out of an imported buffer", self.size_bytes()))?;
+        device.synchronize()
+    }
+
+    /// Copies the buffer into a new vector and waits for the copy.
+    pub fn copy_to_host(&self) -> Result<Vec<T>>
+    where
+        T: Default,
+    {
+        let mut out = vec![T::default(); self.len];
+        self.copy_to_host_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl CudaBuffer<u8> {
+    /// Fills the buffer with a repeated 32-bit value (`cuMemsetD32Async`) on lava-flow's stream,
+    /// without waiting. The size must be a multiple of 4.
+    pub fn fill_u32(&self, value: u32) -> Result<()> {
+        if self.len % 4 != 0 || self.ptr % 4 != 0 {
+            return Err(Error::invalid(
+                format!("32-bit fill of {} bytes", self.len),
+                "the size and address must be multiples of 4",
+                "fill a 4-byte aligned range",
+            ));
+        }
+        self.device().bind()?;
+        // SAFETY: the context is current and ptr is valid for len bytes.
+        let r = unsafe { sys::cuMemsetD32Async(self.ptr, value, self.len / 4, self.stream.cu_stream()) };
+        check(r, "cuMemsetD32Async", || format!("filling {} bytes of an imported buffer", self.len))
+    }
+}
+
+impl<T> DeviceSlice<T> for CudaBuffer<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl<T> DevicePtr<T> for CudaBuffer<T> {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        // No cudarc events: imported memory is ordered by stream order and external semaphores.
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+impl<T> DevicePtrMut<T> for CudaBuffer<T> {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+// SAFETY: pushes a pointer to the CUdeviceptr field, which lives as long as the borrow 'b of the
+// buffer, itself outliving the launch builder 'a, exactly like cudarc's CudaSlice argument.
+unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b CudaBuffer<T>> for LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b CudaBuffer<T>) -> &mut Self {
+        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
+    }
+}
+
+// SAFETY: as for the shared reference.
+unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b mut CudaBuffer<T>> for LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b mut CudaBuffer<T>) -> &mut Self {
+        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
+    }
+}

@@ -1,0 +1,163 @@
+//! Vulkan semaphores imported into CUDA: wait and signal on a stream.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use cudarc::driver::{sys, CudaStream};
+use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
+
+use super::{check, CudaDevice};
+use crate::{Error, Result};
+
+/// An imported semaphore (`cuImportExternalSemaphore`).
+///
+/// Timeline semaphores (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD`): a wait
+/// blocks the stream until the counter reaches the value, a signal sets the counter to it.
+/// Binary semaphores (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD`): a signal sets it, a wait
+/// waits for it to be set and resets it; the value is ignored.
+pub struct CudaSemaphore {
+    device: CudaDevice,
+    handle: sys::CUexternalSemaphore,
+    kind: SemaphoreKind,
+}
+
+// SAFETY: CUexternalSemaphore is a driver handle usable from any thread with the context bound;
+// lava-flow binds the context before every call on it.
+unsafe impl Send for CudaSemaphore {}
+// SAFETY: as for Send; the handle is not mutated after creation.
+unsafe impl Sync for CudaSemaphore {}
+
+impl std::fmt::Debug for CudaSemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaSemaphore").field("device", &self.device).field("kind", &self.kind).finish()
+    }
+}
+
+impl Drop for CudaSemaphore {
+    fn drop(&mut self) {
+        if !self.device.bind_for_drop("an imported semaphore") {
+            return;
+        }
+        // SAFETY: the handle came from cuImportExternalSemaphore and is destroyed once.
+        let r = unsafe { sys::cuDestroyExternalSemaphore(self.handle) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            self.device.defer_error(format!("cuDestroyExternalSemaphore returned {r:?}"));
+        }
+    }
+}
+
+/// Refuses fds no driver exports semaphores as (closed fds, pipes, sockets, directories,
+/// files) before CUDA sees them. On error the fd is closed once (or forgotten if not open).
+fn check_semaphore_fd(fd: OwnedFd) -> Result<OwnedFd> {
+    use crate::fd::FdKind;
+    let kind = crate::fd::inspect(fd.as_fd());
+    let reason = match kind {
+        FdKind::CharDevice | FdKind::Other { .. } => return Ok(fd),
+        FdKind::Closed => {
+            // Not an open fd: closing the number could close another file opened meanwhile.
+            std::mem::forget(fd);
+            "it is not an open fd (EBADF)".to_string()
+        }
+        other => format!("it is {}, which no GPU driver exports as a semaphore", other.describe()),
+    };
+    Err(Error::InvalidHandle {
+        what: "CUDA external semaphore".into(),
+        reason,
+        advice: "pass the fd a semaphore export returned, exactly once".into(),
+    })
+}
+
+impl CudaSemaphore {
+    pub(crate) fn import(device: &CudaDevice, semaphore: ExportedSemaphore) -> Result<CudaSemaphore> {
+        // Every early return drops `semaphore`, closing the fd exactly once.
+        let desc = semaphore.description;
+        if desc.handle_kind != SemaphoreHandleKind::OpaqueFd {
+            return Err(Error::unsupported(
+                format!("importing a {} semaphore into CUDA", desc.handle_kind),
+                "CUDA imports semaphores from opaque fds only",
+                "CUexternalSemaphoreHandleType has no sync-file type",
+                "export the semaphore as an opaque fd",
+            ));
+        }
+        device.check_identity(MemoryHandleKind::OpaqueFd, &desc.device)?;
+        let type_ = match desc.kind {
+            SemaphoreKind::Timeline => {
+                sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD
+            }
+            SemaphoreKind::Binary => sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD,
+        };
+        let fd = check_semaphore_fd(semaphore.handle)?;
+        device.bind()?;
+        // As for memory: the driver gets a duplicate it owns after success; the caller's fd is
+        // closed exactly once either way.
+        let handle = crate::fd::import_consuming(fd, |raw| {
+            let mut handle_desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
+                type_,
+                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                handle: unsafe { std::mem::zeroed() },
+                flags: 0,
+                reserved: [0; 16],
+            };
+            handle_desc.handle.fd = raw;
+            let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
+            // SAFETY: the context is current, handle_desc is initialised and the fd is open.
+            let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &handle_desc) };
+            check(r, "cuImportExternalSemaphore", || {
+                format!("importing a {:?} semaphore into CUDA device {}", desc.kind, device.ordinal())
+            })?;
+            Ok(handle)
+        })?;
+        Ok(CudaSemaphore { device: device.clone(), handle, kind: desc.kind })
+    }
+
+    /// Binary or timeline.
+    pub fn kind(&self) -> SemaphoreKind {
+        self.kind
+    }
+
+    /// The device it was imported into.
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    /// The raw handle, for calls lava-flow does not wrap. Do not destroy it.
+    pub fn raw(&self) -> sys::CUexternalSemaphore {
+        self.handle
+    }
+
+    fn check_stream(&self, stream: &CudaStream) -> Result<()> {
+        if stream.context().cu_ctx() != self.device.context().cu_ctx() {
+            return Err(Error::invalid(
+                "stream",
+                "it belongs to another CUDA context than the one the semaphore was imported into",
+                "use a stream of the CudaDevice that imported the semaphore",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enqueues a signal on `stream`: a timeline semaphore is set to `value` once the work
+    /// before it on the stream finished; a binary one is set (value ignored).
+    pub fn signal(&self, stream: &CudaStream, value: u64) -> Result<()> {
+        self.check_stream(stream)?;
+        self.device.bind()?;
+        // SAFETY: an all-zero parameter block is valid (integers, pointers and unions of them).
+        let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS = unsafe { std::mem::zeroed() };
+        params.params.fence.value = value;
+        // SAFETY: the context is current; one semaphore and one parameter block are passed.
+        let r = unsafe { sys::cuSignalExternalSemaphoresAsync(&self.handle, &params, 1, stream.cu_stream()) };
+        check(r, "cuSignalExternalSemaphoresAsync", || format!("signalling an imported semaphore to {value}"))
+    }
+
+    /// Enqueues a wait on `stream`: later work waits until a timeline semaphore reaches
+    /// `value`, or until a binary one is signalled (value ignored).
+    pub fn wait(&self, stream: &CudaStream, value: u64) -> Result<()> {
+        self.check_stream(stream)?;
+        self.device.bind()?;
+        // SAFETY: an all-zero parameter block is valid (integers, pointers and unions of them).
+        let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS = unsafe { std::mem::zeroed() };
+        params.params.fence.value = value;
+        // SAFETY: the context is current; one semaphore and one parameter block are passed.
+        let r = unsafe { sys::cuWaitExternalSemaphoresAsync(&self.handle, &params, 1, stream.cu_stream()) };
+        check(r, "cuWaitExternalSemaphoresAsync", || format!("waiting for an imported semaphore to reach {value}"))
+    }
+}

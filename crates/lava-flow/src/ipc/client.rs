@@ -1,0 +1,144 @@
+//! The client side: connect to a server's socket, ask for objects by name, publish objects.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::object::{join, NamedObject, SharedObject};
+use super::socket::{connect_seqpacket, recv_datagram, send_message, set_timeouts};
+use super::wire::{decode, ErrorCode, Message, MAX_MESSAGE_LEN};
+use crate::{Error, Result};
+
+/// How long a client waits for a reply unless told otherwise.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to a lava-flow server.
+#[derive(Debug)]
+pub struct Client {
+    sock: OwnedFd,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connects to the server at `path`, waiting at most [`DEFAULT_REPLY_TIMEOUT`] for each reply.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Client::connect_with_timeout(path, DEFAULT_REPLY_TIMEOUT)
+    }
+
+    /// Connects, waiting at most `timeout` for each reply.
+    pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Client> {
+        let path = path.as_ref().to_path_buf();
+        let sock = connect_seqpacket(&path)?;
+        set_timeouts(sock.as_fd(), Some(timeout), Some(timeout))?;
+        Ok(Client { sock, path })
+    }
+
+    /// Uses an already connected seqpacket socket (one inherited from a parent, say).
+    pub fn from_socket(sock: OwnedFd) -> Client {
+        Client { sock, path: PathBuf::new() }
+    }
+
+    /// The connected socket.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Sends a message with fds and returns the reply with its fds. `ERROR` replies come back as
+    /// messages here; [`get`](Client::get) and [`publish`](Client::publish) turn them into errors.
+    pub fn request(&self, message: &Message, fds: &[BorrowedFd<'_>]) -> Result<(Message, Vec<OwnedFd>)> {
+        let sent = send_message(self.sock.as_fd(), message, fds);
+        let reply = self.receive();
+        match (sent, reply) {
+            (_, Ok(r)) => Ok(r),
+            // A server that refused us may close before reading: its reply is still queued.
+            (Err(e), Err(_)) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
+    /// Receives one message (a pending `ERROR`, or the reply to a raw request).
+    pub fn receive(&self) -> Result<(Message, Vec<OwnedFd>)> {
+        let mut reset_seen = false;
+        let received = loop {
+            match recv_datagram(self.sock.as_fd(), MAX_MESSAGE_LEN) {
+                // The kernel reports a reset once and then hands out what was queued before it.
+                Err(Error::Io { source, .. })
+                    if !reset_seen && source.raw_os_error() == Some(rustix::io::Errno::CONNRESET.raw_os_error()) =>
+                {
+                    reset_seen = true;
+                }
+                other => break other?,
+            }
+        };
+        let Some(received) = received else {
+            return Err(Error::Protocol {
+                reason: format!("the server at {} closed the connection without a reply", self.path.display()),
+                advice: "check the server's log; it may have been stopped".into(),
+            });
+        };
+        if received.truncated || received.fds_truncated {
+            return Err(Error::Protocol {
+                reason: "the server's reply exceeds the protocol's limits".into(),
+                advice: "the server does not follow docs/PROTOCOL.md".into(),
+            });
+        }
+        let message = decode(&received.bytes, received.fds.len())?;
+        Ok((message, received.fds))
+    }
+
+    /// Asks for the object named `name` (or all objects for `""`).
+    pub fn get(&self, name: &str) -> Result<Vec<NamedObject>> {
+        let (reply, fds) = self.request(&Message::Get { name: name.to_owned() }, &[])?;
+        match reply {
+            Message::Objects(descriptions) => join(descriptions, fds),
+            other => Err(reply_error(other, "GET")),
+        }
+    }
+
+    /// Asks for every object the server holds.
+    pub fn get_all(&self) -> Result<Vec<NamedObject>> {
+        self.get("")
+    }
+
+    /// Asks for one object by name.
+    pub fn get_one(&self, name: &str) -> Result<SharedObject> {
+        let mut objects = self.get(name)?;
+        match (objects.pop(), objects.is_empty()) {
+            (Some(o), true) if o.name == name => Ok(o.object),
+            _ => Err(Error::Protocol {
+                reason: format!("asked for {name:?} and got a different set of objects"),
+                advice: "the server does not follow docs/PROTOCOL.md".into(),
+            }),
+        }
+    }
+
+    /// Hands objects to the server (it keeps duplicates of their fds; these stay open here).
+    pub fn publish(&self, objects: &[NamedObject]) -> Result<()> {
+        let descriptions = objects.iter().map(NamedObject::named_description).collect();
+        let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.object.fd()).collect();
+        let (reply, _) = self.request(&Message::Publish(descriptions), &fds)?;
+        match reply {
+            Message::Ok => Ok(()),
+            other => Err(reply_error(other, "PUBLISH")),
+        }
+    }
+}
+
+fn reply_error(reply: Message, request: &str) -> Error {
+    match reply {
+        Message::Error { code: ErrorCode::Refused, text } => {
+            Error::PeerRefused { reason: text, advice: "run as the server's user or have it allow your uid".into() }
+        }
+        Message::Error { code: ErrorCode::NotFound, text } => {
+            Error::invalid("object name", text, "ask for \"\" to list every object the server holds")
+        }
+        Message::Error { code, text } => Error::Protocol {
+            reason: format!("the server answered {request} with {code}: {text}"),
+            advice: "see docs/PROTOCOL.md for what each error code means".into(),
+        },
+        other => Error::Protocol {
+            reason: format!("the server answered {request} with {:?}", other.message_type()),
+            advice: "the server does not follow docs/PROTOCOL.md".into(),
+        },
+    }
+}

@@ -1,0 +1,713 @@
+//! A zero-copy producer/consumer ring across processes.
+//!
+//! The producer shares N slots and a control block through a [`Server`]; the consumer fetches
+//! them with a [`Client`] and maps the same pages. Frame `k` goes into slot `k mod N`: the producer
+//! waits until the consumer has released frame `k - N`, writes the frame in place, stamps it and
+//! signals; the consumer waits for the signal, checks every word of the frame, and releases the
+//! slot. Nothing is copied between the processes: both touch the same memory.
+//!
+//! How the two sides signal each other is a [`RingSignal`]. On CPU machines it is a pair of
+//! counters in the shared control block, waited on with a short spin and then a process-shared
+//! futex ([`HostCounters`]). Timeline semaphores exported by a GPU driver plug in the same way.
+//!
+//! Control block layout (little endian, one 4096-byte sealed memfd, `ring.control`):
+//!
+//! | offset | field |
+//! |---|---|
+//! | 0 | magic `LVFRING1` |
+//! | 8 | u32 version (1) |
+//! | 12 | u32 slot count |
+//! | 16 | u64 slot size in bytes |
+//! | 24 | u64 frames planned (0: until stopped) |
+//! | 64 | u64 frames published; 72: u32 futex word; 76: u32 consumer sleeping |
+//! | 128 | u64 frames released; 136: u32 futex word; 140: u32 producer sleeping |
+//! | 192 | u32 flags: 1 consumer attached, 2 producer finished, 4 consumer stopped, 8 failed |
+//! | 256 + 64 i | slot i: u64 frame index, u64 publish time (`CLOCK_MONOTONIC` ns) |
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::object::{NamedObject, SharedObject};
+use super::shm;
+use super::{Client, Server, ServerConfig};
+use crate::{Error, Result, SharedHostMemory};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"LVFRING1");
+const VERSION: u32 = 1;
+const CONTROL_LEN: usize = 4096;
+const PUBLISHED: usize = 64;
+const PUBLISHED_SEQ: usize = 72;
+const CONSUMER_SLEEPING: usize = 76;
+const RELEASED: usize = 128;
+const RELEASED_SEQ: usize = 136;
+const PRODUCER_SLEEPING: usize = 140;
+const FLAGS: usize = 192;
+const SLOT_META: usize = 256;
+const SLOT_META_STRIDE: usize = 64;
+
+const FLAG_ATTACHED: u32 = 1;
+const FLAG_FINISHED: u32 = 2;
+const FLAG_STOPPED: u32 = 4;
+const FLAG_FAILED: u32 = 8;
+
+/// Most slots a ring may have.
+pub const MAX_SLOTS: u32 = 32;
+
+/// The name the control block is shared under.
+pub const CONTROL_NAME: &str = "ring.control";
+
+/// The name slot `i` is shared under.
+pub fn slot_name(i: u32) -> String {
+    format!("ring.slot.{i}")
+}
+
+/// Which mechanism signals frames and free slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RingSync {
+    /// The best mechanism this build has for the machine: host counters for now; timeline
+    /// semaphores once their signal is wired in.
+    #[default]
+    Auto,
+    /// Counters in shared host memory with a futex wait.
+    HostCounters,
+    /// Exported Vulkan timeline semaphores.
+    TimelineSemaphore,
+}
+
+/// What a producer or consumer does.
+#[derive(Clone, Debug)]
+pub struct RingConfig {
+    /// The socket the producer serves the ring on and the consumer connects to.
+    pub socket: PathBuf,
+    /// Number of slots N (producer; the consumer reads it from the control block).
+    pub slots: u32,
+    /// Bytes per slot, a multiple of 8 (producer).
+    pub slot_size: usize,
+    /// Frames to pass; `None` runs until `stop` is set (or, for the consumer, the producer finishes).
+    pub frames: Option<u64>,
+    /// Set it to end the run early; the other side is told and ends too.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// The signalling mechanism.
+    pub sync: RingSync,
+    /// Longest wait for the peer: to attach, for a frame, for a free slot.
+    pub timeout: Duration,
+    /// The producer's server settings.
+    pub server: ServerConfig,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            socket: PathBuf::from("/tmp/lava-flow-ring.sock"),
+            slots: 4,
+            slot_size: 1 << 20,
+            frames: Some(10_000),
+            stop: None,
+            sync: RingSync::Auto,
+            timeout: Duration::from_secs(10),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Hand-off latency percentiles: from the producer's signal to the consumer seeing the frame.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LatencySummary {
+    /// Frames measured.
+    pub samples: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest.
+    pub max: Duration,
+    /// Mean.
+    pub mean: Duration,
+}
+
+/// What one side of a ring run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RingReport {
+    /// "producer" or "consumer".
+    pub role: &'static str,
+    /// The signalling mechanism used.
+    pub sync: String,
+    /// Slots in the ring.
+    pub slots: u32,
+    /// Bytes per slot (and per frame).
+    pub slot_size: usize,
+    /// Frames produced or consumed (the consumer checked every one).
+    pub frames: u64,
+    /// From the consumer attaching (or the first frame) to the last frame.
+    pub elapsed: Duration,
+    /// Frames per second over `elapsed`.
+    pub frames_per_second: f64,
+    /// Bytes per second over `elapsed`.
+    pub bytes_per_second: f64,
+    /// Hand-off latency over every frame: from the producer's signal to the consumer taking the
+    /// frame, queueing behind earlier frames included (the consumer measures it; `None` for the
+    /// producer).
+    pub latency: Option<LatencySummary>,
+    /// Hand-off latency over the frames the consumer was already waiting for: the cost of the
+    /// signal itself (wake-up included), without queueing.
+    pub wake_latency: Option<LatencySummary>,
+    /// Times the producer found every slot busy and had to wait.
+    pub producer_waits: u64,
+    /// Why the run ended: "count", "stopped", "peer-stopped", "peer-finished".
+    pub ended_by: &'static str,
+}
+
+impl std::fmt::Display for RingReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} frames of {} bytes through {} slots ({}) in {:.3} s: {:.0} frames/s, {:.2} GB/s",
+            self.role,
+            self.frames,
+            self.slot_size,
+            self.slots,
+            self.sync,
+            self.elapsed.as_secs_f64(),
+            self.frames_per_second,
+            self.bytes_per_second / 1e9
+        )?;
+        if let Some(l) = &self.latency {
+            write!(f, "; hand-off latency p50 {:?} p99 {:?} max {:?}", l.p50, l.p99, l.max)?;
+        }
+        if let Some(l) = &self.wake_latency {
+            write!(f, "; waiting consumer ({} frames) p50 {:?} p99 {:?}", l.samples, l.p50, l.p99)?;
+        }
+        write!(f, "; ended by {}", self.ended_by)
+    }
+}
+
+/// How the producer and consumer tell each other that frames are ready and slots are free.
+///
+/// Counts are of frames: `publish(n)` says frames `0..n` are in their slots; `release(n)` says
+/// frames `0..n` have been consumed and their slots may be reused.
+pub trait RingSignal: Send + Sync {
+    /// A short name for reports.
+    fn name(&self) -> String;
+    /// Producer: frames `0..count` are ready.
+    fn publish(&self, count: u64) -> Result<()>;
+    /// Consumer: waits until at least `count` frames are ready; returns how many are.
+    /// `abort` is polled while waiting; when it returns true the wait ends with `Ok` of the
+    /// current count.
+    fn wait_published(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64>;
+    /// Consumer: frames `0..count` are consumed.
+    fn release(&self, count: u64) -> Result<()>;
+    /// Producer: waits until at least `count` frames are released; as `wait_published`.
+    fn wait_released(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64>;
+}
+
+/// The CPU [`RingSignal`]: counters in the shared control block; a waiter spins briefly, then
+/// sleeps on a process-shared futex that the other side wakes only when someone sleeps.
+pub struct HostCounters {
+    control: Arc<SharedHostMemory>,
+}
+
+struct Counter<'a> {
+    value: &'a AtomicU64,
+    seq: &'a AtomicU32,
+    sleeping: &'a AtomicU32,
+}
+
+impl HostCounters {
+    /// Signals through `control`, a ring control block.
+    pub fn new(control: Arc<SharedHostMemory>) -> HostCounters {
+        HostCounters { control }
+    }
+
+    fn counter(&self, value: usize, seq: usize, sleeping: usize) -> Result<Counter<'_>> {
+        Ok(Counter {
+            value: shm::atomic_u64(&self.control, value)?,
+            seq: shm::atomic_u32(&self.control, seq)?,
+            sleeping: shm::atomic_u32(&self.control, sleeping)?,
+        })
+    }
+}
+
+impl Counter<'_> {
+    fn signal(&self, value: u64) {
+        self.value.store(value, Ordering::SeqCst);
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) != 0 {
+            let _ = rustix::thread::futex::wake(self.seq, rustix::thread::futex::Flags::empty(), u32::MAX);
+        }
+    }
+
+    fn wait(&self, target: u64, timeout: Duration, what: &str, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut round = 0u32;
+        loop {
+            let v = self.value.load(Ordering::Acquire);
+            if v >= target || abort() {
+                return Ok(v);
+            }
+            round += 1;
+            if round < 256 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if round < 320 {
+                std::thread::yield_now();
+                continue;
+            }
+            let seen = self.seq.load(Ordering::SeqCst);
+            self.sleeping.store(1, Ordering::SeqCst);
+            let v = self.value.load(Ordering::SeqCst);
+            if v >= target {
+                self.sleeping.store(0, Ordering::SeqCst);
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.sleeping.store(0, Ordering::SeqCst);
+                return Err(Error::Timeout { action: what.to_owned(), timeout });
+            }
+            // Sleep in short slices so `abort` and the deadline are looked at.
+            let slice = (deadline - now).min(Duration::from_millis(10));
+            let ts = rustix::thread::futex::Timespec { tv_sec: 0, tv_nsec: slice.subsec_nanos() as _ };
+            let _ = rustix::thread::futex::wait(self.seq, rustix::thread::futex::Flags::empty(), seen, Some(&ts));
+            self.sleeping.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+impl RingSignal for HostCounters {
+    fn name(&self) -> String {
+        "host counters + futex".into()
+    }
+    fn publish(&self, count: u64) -> Result<()> {
+        self.counter(PUBLISHED, PUBLISHED_SEQ, CONSUMER_SLEEPING)?.signal(count);
+        Ok(())
+    }
+    fn wait_published(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let what = format!("waiting for the producer to publish frame {}", count.saturating_sub(1));
+        self.counter(PUBLISHED, PUBLISHED_SEQ, CONSUMER_SLEEPING)?.wait(count, timeout, &what, abort)
+    }
+    fn release(&self, count: u64) -> Result<()> {
+        self.counter(RELEASED, RELEASED_SEQ, PRODUCER_SLEEPING)?.signal(count);
+        Ok(())
+    }
+    fn wait_released(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let what = format!("waiting for the consumer to release frame {}", count.saturating_sub(1));
+        self.counter(RELEASED, RELEASED_SEQ, PRODUCER_SLEEPING)?.wait(count, timeout, &what, abort)
+    }
+}
+
+/// Whether this build and machine can signal a ring with `sync`: `Ok` or the reason it cannot
+/// (an error for which [`Error::is_unavailable`] holds).
+pub fn check_sync(sync: RingSync) -> Result<()> {
+    match sync {
+        RingSync::Auto | RingSync::HostCounters => Ok(()),
+        RingSync::TimelineSemaphore => Err(Error::unsupported(
+            "a ring signalled by timeline semaphores",
+            "this build's ring has no Vulkan timeline-semaphore signal yet",
+            "VK_KHR_external_semaphore_fd with VK_SEMAPHORE_TYPE_TIMELINE",
+            "use RingSync::HostCounters (or Auto)",
+        )),
+    }
+}
+
+fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<dyn RingSignal>> {
+    check_sync(sync)?;
+    Ok(Box::new(HostCounters::new(control.clone())))
+}
+
+/// Monotonic nanoseconds, comparable between processes on one machine.
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(t.tv_nsec as u64)
+}
+
+/// Word `j` of frame `k`: differs for every frame and every position, so a stale, torn or
+/// misplaced frame is caught.
+pub fn frame_word(k: u64, j: usize) -> u64 {
+    k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x5555
+}
+
+/// Fills `slot` with frame `k`.
+pub fn write_frame(slot: &mut [u64], k: u64) {
+    for (j, w) in slot.iter_mut().enumerate() {
+        *w = frame_word(k, j);
+    }
+}
+
+/// Checks that `slot` holds frame `k`, naming the first wrong word.
+pub fn check_frame(slot: &[u64], k: u64) -> Result<()> {
+    match slot.iter().enumerate().find(|(j, w)| **w != frame_word(k, *j)) {
+        None => Ok(()),
+        Some((j, w)) => Err(Error::Protocol {
+            reason: format!("frame {k}: word {j} is {w:#018x}, expected {:#018x}", frame_word(k, j)),
+            advice: "the producer overwrote a slot the consumer had not released, or the memory is not shared".into(),
+        }),
+    }
+}
+
+struct Mapped {
+    control: Arc<SharedHostMemory>,
+    slots: Vec<SharedHostMemory>,
+    slot_len: usize,
+}
+
+impl Mapped {
+    fn flags(&self) -> &AtomicU32 {
+        shm::atomic_u32(&self.control, FLAGS).expect("FLAGS is inside the control block")
+    }
+    fn meta(&self, slot: usize) -> (&AtomicU64, &AtomicU64) {
+        let at = SLOT_META + slot * SLOT_META_STRIDE;
+        (
+            shm::atomic_u64(&self.control, at).expect("slot metadata is inside the control block"),
+            shm::atomic_u64(&self.control, at + 8).expect("slot metadata is inside the control block"),
+        )
+    }
+    /// The slot's words.
+    ///
+    /// # Safety
+    /// The caller must own the slot under the ring protocol (no other process touches it).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn words(&self, slot: usize) -> &mut [u64] {
+        let s = &self.slots[slot];
+        debug_assert!(self.slot_len <= s.len());
+        // SAFETY: the mapping is page aligned and at least `slot_len` bytes, a multiple of 8
+        // (checked when the ring was made or attached); the caller owns the slot exclusively.
+        unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast::<u64>(), self.slot_len / 8) }
+    }
+}
+
+fn stopped(stop: &Option<Arc<AtomicBool>>) -> bool {
+    stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+fn check_producer_config(config: &RingConfig) -> Result<()> {
+    if config.slots == 0 || config.slots > MAX_SLOTS {
+        return Err(Error::invalid(
+            "ring slot count",
+            format!("{} is not in 1..={MAX_SLOTS}", config.slots),
+            "choose between 1 and 32 slots",
+        ));
+    }
+    if config.slot_size < 8 || config.slot_size % 8 != 0 {
+        return Err(Error::invalid(
+            "ring slot size",
+            format!("{} bytes is not a positive multiple of 8", config.slot_size),
+            "use a multiple of 8 bytes",
+        ));
+    }
+    if config.frames.is_none() && config.stop.is_none() {
+        return Err(Error::invalid(
+            "ring run length",
+            "neither a frame count nor a stop flag was given, so the run could never end",
+            "give frames or a stop flag",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the producer: creates and serves the ring at `config.socket`, waits for a consumer, then
+/// produces frames until the count is reached, `stop` is set or the consumer stops.
+pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
+    check_producer_config(config)?;
+    let mut control = shm::create(CONTROL_LEN)?;
+    let slots = (0..config.slots).map(|_| shm::create(config.slot_size)).collect::<Result<Vec<_>>>()?;
+    let header = control.as_mut_slice();
+    header[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&config.slots.to_le_bytes());
+    header[16..24].copy_from_slice(&(config.slot_size as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&config.frames.unwrap_or(0).to_le_bytes());
+    let ring = Mapped { control: Arc::new(control), slots, slot_len: config.slot_size };
+    let signal = choose_signal(config.sync, &ring.control)?;
+
+    let server = Server::bind(&config.socket, config.server.clone())?;
+    server.publish(NamedObject::new(CONTROL_NAME, shm::export(&ring.control)?))?;
+    for (i, s) in ring.slots.iter().enumerate() {
+        server.publish(NamedObject::new(slot_name(i as u32), shm::export(s)?))?;
+    }
+    let flags = ring.flags();
+    let attach_deadline = Instant::now() + config.timeout;
+    while flags.load(Ordering::Acquire) & FLAG_ATTACHED == 0 {
+        if stopped(&config.stop) {
+            return Ok(report("producer", &*signal, config, 0, Duration::ZERO, None, 0, "stopped"));
+        }
+        if Instant::now() >= attach_deadline {
+            return Err(Error::Timeout {
+                action: format!("waiting for a ring consumer on {}", config.socket.display()),
+                timeout: config.timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(server);
+
+    let n = u64::from(config.slots);
+    let peer_stopped = || flags.load(Ordering::Acquire) & (FLAG_STOPPED | FLAG_FAILED) != 0;
+    let abort = || peer_stopped() || stopped(&config.stop);
+    let start = Instant::now();
+    let mut k = 0u64;
+    let mut waits = 0u64;
+    let ended_by = loop {
+        if config.frames.is_some_and(|f| k >= f) {
+            break "count";
+        }
+        if stopped(&config.stop) {
+            break "stopped";
+        }
+        if peer_stopped() {
+            break "peer-stopped";
+        }
+        if k >= n {
+            let need = k - n + 1;
+            let mut released = shm::atomic_u64(&ring.control, RELEASED)?.load(Ordering::Acquire);
+            if released < need {
+                waits += 1;
+                released = signal.wait_released(need, config.timeout, &abort)?;
+            }
+            if released < need {
+                break if peer_stopped() { "peer-stopped" } else { "stopped" };
+            }
+        }
+        let slot = (k % n) as usize;
+        // SAFETY: frame k - N was released, so the consumer no longer reads this slot, and it will
+        // not before `publish` below.
+        write_frame(unsafe { ring.words(slot) }, k);
+        let (frame, stamp) = ring.meta(slot);
+        frame.store(k, Ordering::Relaxed);
+        stamp.store(now_ns(), Ordering::Relaxed);
+        signal.publish(k + 1)?;
+        k += 1;
+    };
+    flags.fetch_or(FLAG_FINISHED, Ordering::SeqCst);
+    // Wake a consumer asleep waiting for a frame that will not come.
+    signal.publish(k)?;
+    // Let the consumer drain what was published, so the figures cover whole hand-offs.
+    if ended_by == "count" || ended_by == "stopped" {
+        let _ = signal.wait_released(k, config.timeout, &peer_stopped);
+    }
+    let elapsed = start.elapsed();
+    Ok(report("producer", &*signal, config, k, elapsed, None, waits, ended_by))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    role: &'static str,
+    signal: &dyn RingSignal,
+    config: &RingConfig,
+    frames: u64,
+    elapsed: Duration,
+    latency: Option<(LatencySummary, Option<LatencySummary>)>,
+    producer_waits: u64,
+    ended_by: &'static str,
+) -> RingReport {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    RingReport {
+        role,
+        sync: signal.name(),
+        slots: config.slots,
+        slot_size: config.slot_size,
+        frames,
+        elapsed,
+        frames_per_second: frames as f64 / secs,
+        bytes_per_second: frames as f64 * config.slot_size as f64 / secs,
+        latency: latency.map(|l| l.0),
+        wake_latency: latency.and_then(|l| l.1),
+        producer_waits,
+        ended_by,
+    }
+}
+
+fn attach_ring(config: &RingConfig) -> Result<Mapped> {
+    let client = Client::connect_with_timeout(&config.socket, config.timeout)?;
+    let mut objects = client.get_all()?;
+    let bad = |reason: String| Error::Protocol {
+        reason,
+        advice: format!("the server at {} is not a lava-flow ring producer", config.socket.display()),
+    };
+    let take = |objects: &mut Vec<NamedObject>, name: &str| -> Result<raw_gpu_handle::ExportedMemory> {
+        let i = objects.iter().position(|o| o.name == name).ok_or_else(|| bad(format!("no object named {name}")))?;
+        match objects.swap_remove(i).object {
+            SharedObject::Memory(m) => Ok(m),
+            other => Err(bad(format!("{name} is a {}, not memory", other.kind_name()))),
+        }
+    };
+    let control = shm::map_sealed(take(&mut objects, CONTROL_NAME)?.handle, CONTROL_LEN as u64)?;
+    let header = &control.as_slice()[..32];
+    let magic = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let slot_count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
+    let slot_size = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    if magic != MAGIC || version != VERSION {
+        return Err(bad(format!("control block magic {magic:#x} version {version}")));
+    }
+    if slot_count == 0 || slot_count > MAX_SLOTS || slot_size == 0 || slot_size % 8 != 0 {
+        return Err(bad(format!("{slot_count} slots of {slot_size} bytes")));
+    }
+    let slot_size = usize::try_from(slot_size).map_err(|_| bad("slot size exceeds the address space".into()))?;
+    let slots = (0..slot_count)
+        .map(|i| shm::map_sealed(take(&mut objects, &slot_name(i))?.handle, slot_size as u64))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Mapped { control: Arc::new(control), slots, slot_len: slot_size })
+}
+
+/// Keeps at most `CAP` latency samples (reservoir sampling beyond that) for the percentiles.
+struct Latencies {
+    samples: Vec<u64>,
+    seen: u64,
+    sum: u128,
+    max: u64,
+    rng: u64,
+}
+
+impl Latencies {
+    const CAP: usize = 1 << 21;
+
+    fn new() -> Self {
+        Latencies { samples: Vec::new(), seen: 0, sum: 0, max: 0, rng: 0x2545_F491_4F6C_DD1D }
+    }
+
+    fn add(&mut self, ns: u64) {
+        self.seen += 1;
+        self.sum += u128::from(ns);
+        self.max = self.max.max(ns);
+        if self.samples.len() < Self::CAP {
+            self.samples.push(ns);
+        } else {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let i = self.rng % self.seen;
+            if (i as usize) < Self::CAP {
+                self.samples[i as usize] = ns;
+            }
+        }
+    }
+
+    fn summary(mut self) -> Option<LatencySummary> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        self.samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
+            Duration::from_nanos(self.samples[i])
+        };
+        Some(LatencySummary {
+            samples: self.seen,
+            p50: at(0.50),
+            p99: at(0.99),
+            max: Duration::from_nanos(self.max),
+            mean: Duration::from_nanos((self.sum / u128::from(self.seen)) as u64),
+        })
+    }
+}
+
+/// Runs the consumer: attaches to the ring at `config.socket` and consumes frames, checking each
+/// one completely, until the producer finishes, the count is reached or `stop` is set.
+pub fn run_consumer(config: &RingConfig) -> Result<RingReport> {
+    let ring = attach_ring(config)?;
+    let signal = choose_signal(config.sync, &ring.control)?;
+    let n = ring.slots.len() as u64;
+    let slot_size = ring.slot_len;
+    let flags = ring.flags();
+    if flags.fetch_or(FLAG_ATTACHED, Ordering::SeqCst) & FLAG_ATTACHED != 0 {
+        return Err(Error::Protocol {
+            reason: format!("the ring at {} already has a consumer", config.socket.display()),
+            advice: "a ring has one producer and one consumer: start another producer".into(),
+        });
+    }
+    let finished = || flags.load(Ordering::Acquire) & FLAG_FINISHED != 0;
+    let abort = || finished() || stopped(&config.stop);
+    let published = shm::atomic_u64(&ring.control, PUBLISHED)?;
+    let mut latencies = Latencies::new();
+    let mut wake_latencies = Latencies::new();
+    let start = Instant::now();
+    let mut k = 0u64;
+    let result = (|| {
+        loop {
+            if config.frames.is_some_and(|f| k >= f) {
+                return Ok("count");
+            }
+            if stopped(&config.stop) {
+                return Ok("stopped");
+            }
+            let queued = published.load(Ordering::Acquire) > k;
+            let available = signal.wait_published(k + 1, config.timeout, &abort)?;
+            let seen_at = now_ns();
+            if available <= k {
+                // Woken by the producer finishing or our stop flag: take what was published last.
+                if published.load(Ordering::Acquire) > k {
+                    continue;
+                }
+                return Ok(if finished() { "peer-finished" } else { "stopped" });
+            }
+            let slot = (k % n) as usize;
+            let (frame, stamp) = ring.meta(slot);
+            let (frame, stamp) = (frame.load(Ordering::Relaxed), stamp.load(Ordering::Relaxed));
+            if frame != k {
+                return Err(Error::Protocol {
+                    reason: format!("slot {slot} holds frame {frame}, expected frame {k}"),
+                    advice: "the producer does not follow the ring protocol".into(),
+                });
+            }
+            latencies.add(seen_at.saturating_sub(stamp));
+            if !queued {
+                wake_latencies.add(seen_at.saturating_sub(stamp));
+            }
+            // SAFETY: frame k is published and not yet released: the producer will not write
+            // this slot until `release` below.
+            check_frame(unsafe { ring.words(slot) }, k)?;
+            signal.release(k + 1)?;
+            k += 1;
+        }
+    })();
+    let elapsed = start.elapsed();
+    match result {
+        Ok(ended_by) => {
+            if ended_by != "peer-finished" {
+                flags.fetch_or(FLAG_STOPPED, Ordering::SeqCst);
+                // Wake a producer asleep waiting for a slot.
+                signal.release(k)?;
+            }
+            let config = RingConfig { slots: n as u32, slot_size, ..config.clone() };
+            let latency = latencies.summary().map(|all| (all, wake_latencies.summary()));
+            Ok(report("consumer", &*signal, &config, k, elapsed, latency, 0, ended_by))
+        }
+        Err(e) => {
+            flags.fetch_or(FLAG_FAILED, Ordering::SeqCst);
+            let _ = signal.release(k);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_word_is_caught() {
+        let mut slot = vec![0u64; 1024];
+        write_frame(&mut slot, 41);
+        check_frame(&slot, 41).unwrap();
+        assert!(check_frame(&slot, 42).is_err(), "a stale frame passes");
+        slot[777] ^= 1;
+        let e = check_frame(&slot, 41).unwrap_err().to_string();
+        assert!(e.contains("word 777"), "{e}");
+    }
+
+    #[test]
+    fn percentiles_come_from_the_samples() {
+        let mut l = Latencies::new();
+        for ns in 1..=1000 {
+            l.add(ns * 1000);
+        }
+        let s = l.summary().unwrap();
+        assert_eq!(s.samples, 1000);
+        assert_eq!(s.p50, Duration::from_micros(501));
+        assert_eq!(s.p99, Duration::from_micros(990));
+        assert_eq!(s.max, Duration::from_millis(1));
+    }
+}

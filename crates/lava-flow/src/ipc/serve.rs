@@ -1,0 +1,476 @@
+//! `lava-flow serve` and `attach` as library calls: a server that allocates memory, fills a known
+//! pattern and shares it; a client that imports what it is given, checks the pattern and reports
+//! what it received and how long each step took.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use raw_gpu_handle::{MemoryHandleKind, TextureFormat};
+
+use super::object::{NamedObject, SharedObject};
+use super::wire::{NamedDescription, ObjectDescription};
+use super::{shm, Client, Server, ServerConfig};
+use crate::vulkan::{DeviceSelector, MemoryLocation};
+use crate::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
+
+/// Extra bytes in the pattern allocation so that llvmpipe's GL can place the buffer in it
+/// (see `gl::GL_BUFFER_SLACK` and docs/GL.md); harmless elsewhere.
+const GL_SLACK: u64 = 8;
+
+/// The name the pattern memory (or buffer) is shared under.
+pub const PATTERN_NAME: &str = "pattern";
+/// The name the pattern image is shared under.
+pub const IMAGE_NAME: &str = "pattern.image";
+
+/// Word `i` (little-endian u32) of the pattern `serve` fills: every word differs from its
+/// neighbours, so a wrong offset or a stale page is caught.
+pub fn pattern_word(i: usize) -> u32 {
+    (i as u32).wrapping_mul(0x9E37_79B1) ^ 0xA5A5_A5A5
+}
+
+/// The first `len` bytes of the pattern.
+pub fn pattern_bytes(len: usize) -> Vec<u8> {
+    (0..len.div_ceil(4)).flat_map(|i| pattern_word(i).to_le_bytes()).take(len).collect()
+}
+
+/// Checks `bytes` against the pattern; names the first wrong word.
+pub fn check_pattern(what: &str, bytes: &[u8]) -> Result<()> {
+    match bytes.chunks(4).enumerate().find(|(i, c)| *c != &pattern_word(*i).to_le_bytes()[..c.len()]) {
+        None => Ok(()),
+        Some((i, c)) => Err(Error::Protocol {
+            reason: format!("{what}: word {i} (byte {}) is {c:02x?}, expected {:08x}", i * 4, pattern_word(i)),
+            advice: "the memory is not the server's, or it was imported at the wrong offset or size".into(),
+        }),
+    }
+}
+
+/// Where `serve` allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeMemory {
+    /// A sealed memfd, no GPU API involved.
+    Host,
+    /// A Vulkan buffer at this location (device-local and host-visible ones are shared as opaque
+    /// fds, shared host memory as its memfd).
+    Vulkan(MemoryLocation),
+}
+
+/// What `serve_pattern` shares.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Bytes of pattern memory.
+    pub size: u64,
+    /// Where it lives.
+    pub memory: ServeMemory,
+    /// Also share an RGBA8 optimal-tiled image of this width and height (Vulkan only).
+    pub image: Option<(u32, u32)>,
+    /// Server settings.
+    pub config: ServerConfig,
+}
+
+/// One timed step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Step {
+    /// What was done.
+    pub what: String,
+    /// How long it took.
+    #[serde(serialize_with = "micros")]
+    pub took: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e6)
+}
+
+fn timed<T>(steps: &mut Vec<Step>, what: impl Into<String>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let value = f()?;
+    steps.push(Step { what: what.into(), took: start.elapsed() });
+    Ok(value)
+}
+
+/// What the server shares and how long setting it up took.
+#[derive(Clone, Debug)]
+pub struct ServeReport {
+    /// The device that allocated, where a GPU did.
+    pub device: Option<String>,
+    /// The objects shared.
+    pub objects: Vec<NamedDescription>,
+    /// Allocation, fill, export, bind.
+    pub steps: Vec<Step>,
+}
+
+/// A running pattern server; dropping it stops serving and frees the memory.
+pub struct PatternServer {
+    server: Server,
+    // What the shared fds point at, kept alive (and mapped) while the server shares them.
+    _host: Option<SharedHostMemory>,
+    _buffer: Option<Buffer>,
+    _image: Option<Image>,
+    report: ServeReport,
+}
+
+impl std::fmt::Debug for PatternServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatternServer").field("server", &self.server).field("objects", &self.report.objects).finish()
+    }
+}
+
+impl PatternServer {
+    /// The server (statistics, waiting for clients).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// What is shared and what setting it up cost.
+    pub fn report(&self) -> &ServeReport {
+        &self.report
+    }
+}
+
+/// Allocates `options.size` bytes where asked, fills the pattern ([`pattern_word`]), optionally
+/// an image too, and serves them at `options.socket` to every allowed client that connects.
+pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
+    let size = usize::try_from(options.size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| Error::invalid("pattern size", format!("{} bytes", options.size), "ask for 1 byte or more"))?;
+    let mut steps = Vec::new();
+    let (mut host, mut kept_buffer, mut kept_image) = (None, None, None);
+    let mut objects = Vec::new();
+    let mut device = None;
+    match options.memory {
+        ServeMemory::Host => {
+            if options.image.is_some() {
+                return Err(Error::invalid(
+                    "an image in host memory",
+                    "images need a GPU API to lay them out",
+                    "serve the image from Vulkan memory",
+                ));
+            }
+            let mut memory = timed(&mut steps, format!("create {size} bytes of host memory"), || shm::create(size))?;
+            timed(&mut steps, "fill the pattern", || {
+                memory.as_mut_slice()[..size].copy_from_slice(&pattern_bytes(size));
+                Ok(())
+            })?;
+            let exported = timed(&mut steps, "export", || shm::export(&memory))?;
+            objects.push(NamedObject::new(PATTERN_NAME, exported));
+            host = Some(memory);
+        }
+        ServeMemory::Vulkan(location) => {
+            crate::testing::prefer_software_vulkan_if_no_gpu();
+            let ctx = timed(&mut steps, "open Vulkan", || {
+                VulkanContext::with_selector(DeviceSelector::Index(location.device_id()))
+            })?;
+            device = Some(format!("{} ({})", ctx.info().name, ctx.identity()));
+            let buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
+                Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).allocation_padding(GL_SLACK))
+            })?;
+            timed(&mut steps, "fill the pattern", || buffer.write(0, &pattern_bytes(size)))?;
+            let exported = timed(&mut steps, "export the buffer", || buffer.export_fd())?;
+            objects.push(NamedObject::new(PATTERN_NAME, exported));
+            kept_buffer = Some(buffer);
+            if let Some((w, h)) = options.image {
+                let image = timed(&mut steps, format!("create an exportable {w}x{h} rgba8 image"), || {
+                    Image::new(&ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, w, h))
+                })?;
+                timed(&mut steps, "upload the pattern", || image.upload(&pattern_bytes(image.packed_size() as usize)))?;
+                let exported = timed(&mut steps, "export the image", || image.export_fd())?;
+                objects.push(NamedObject::new(IMAGE_NAME, exported));
+                kept_image = Some(image);
+            }
+        }
+    }
+    let server = timed(&mut steps, "bind the socket", || Server::bind(&options.socket, options.config.clone()))?;
+    let described = objects.iter().map(NamedObject::named_description).collect();
+    for o in objects {
+        server.publish(o)?;
+    }
+    Ok(PatternServer {
+        server,
+        _host: host,
+        _buffer: kept_buffer,
+        _image: kept_image,
+        report: ServeReport { device, objects: described, steps },
+    })
+}
+
+/// The API `attach` imports with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachApi {
+    /// Map host memory directly (host-memfd objects only).
+    Host,
+    /// Import into Vulkan.
+    Vulkan,
+    /// Import into CUDA.
+    Cuda,
+    /// Import into OpenCL.
+    OpenCl,
+    /// Import into OpenGL.
+    Gl,
+}
+
+impl AttachApi {
+    /// The API's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachApi::Host => "host",
+            AttachApi::Vulkan => "vulkan",
+            AttachApi::Cuda => "cuda",
+            AttachApi::OpenCl => "opencl",
+            AttachApi::Gl => "gl",
+        }
+    }
+}
+
+/// What `attach` does.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// The server's socket.
+    pub socket: PathBuf,
+    /// The importing API.
+    pub api: AttachApi,
+    /// The Vulkan device to import into.
+    pub device: DeviceSelector,
+    /// Longest wait for the server's reply.
+    pub timeout: Duration,
+}
+
+impl AttachOptions {
+    /// Defaults: the default device, a 10-second reply timeout.
+    pub fn new(socket: impl Into<PathBuf>, api: AttachApi) -> AttachOptions {
+        AttachOptions { socket: socket.into(), api, device: DeviceSelector::Default, timeout: Duration::from_secs(10) }
+    }
+}
+
+/// One object `attach` received and checked.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttachedObject {
+    /// Its name.
+    pub name: String,
+    /// "memory", "buffer", "texture", ...
+    pub kind: &'static str,
+    /// Its handle kind and sizes, in words.
+    pub summary: String,
+    /// Bytes compared with the pattern.
+    pub bytes_checked: u64,
+}
+
+/// What `attach` received, imported and verified, and how long each step took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttachReport {
+    /// The API used.
+    pub api: &'static str,
+    /// The importing device, where a GPU API was used.
+    pub device: Option<String>,
+    /// The objects, each imported and checked.
+    pub objects: Vec<AttachedObject>,
+    /// Connect, receive, import, verify.
+    pub steps: Vec<Step>,
+}
+
+fn summary(d: &ObjectDescription) -> String {
+    match d {
+        ObjectDescription::Memory(m) => format!("{} memory of {} bytes", m.handle_kind, m.allocation_size),
+        ObjectDescription::Buffer { memory, buffer } => format!(
+            "{} buffer of {} bytes at offset {} in {} bytes{}",
+            memory.handle_kind,
+            buffer.size,
+            buffer.offset,
+            memory.allocation_size,
+            if memory.dedicated { " (dedicated)" } else { "" }
+        ),
+        ObjectDescription::Texture { memory, texture } => format!(
+            "{} {:?} {} texture {}x{}x{} ({:?} tiling) in {} bytes",
+            memory.handle_kind,
+            texture.dimension,
+            texture.format,
+            texture.extent.width,
+            texture.extent.height,
+            texture.extent.depth,
+            texture.tiling,
+            memory.allocation_size
+        ),
+        ObjectDescription::Semaphore(s) => format!("{:?} semaphore as {}", s.kind, s.handle_kind),
+        ObjectDescription::Fence(f) => format!("fence as {}", f.handle_kind),
+    }
+}
+
+#[allow(dead_code)]
+fn not_in_build(api: AttachApi) -> Error {
+    Error::unsupported(
+        format!("attaching with {}", api.name()),
+        format!("lava-flow was built without its {} feature", api.name()),
+        "cargo features cuda, opencl, gl",
+        "rebuild with the feature, or attach with --api vulkan or --api host",
+    )
+}
+
+/// The importing API, opened for the exporter's device.
+enum Importer {
+    Host,
+    Vulkan(VulkanContext),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaDevice),
+    #[cfg(feature = "gl")]
+    Gl(crate::gl::GlContext),
+    #[cfg(feature = "opencl")]
+    OpenCl(crate::opencl::ClContext),
+}
+
+impl Importer {
+    fn open(api: AttachApi, selector: DeviceSelector, exporter: &raw_gpu_handle::DeviceIdentity) -> Result<Importer> {
+        let _ = exporter;
+        Ok(match api {
+            AttachApi::Host => Importer::Host,
+            AttachApi::Vulkan => {
+                crate::testing::prefer_software_vulkan_if_no_gpu();
+                Importer::Vulkan(VulkanContext::with_selector(selector)?)
+            }
+            #[cfg(feature = "cuda")]
+            AttachApi::Cuda => Importer::Cuda(crate::cuda::CudaDevice::with_uuid(exporter.device_uuid)?),
+            #[cfg(feature = "gl")]
+            AttachApi::Gl => Importer::Gl(crate::gl::GlContext::for_identity(exporter)?),
+            #[cfg(feature = "opencl")]
+            AttachApi::OpenCl => Importer::OpenCl(crate::opencl::ClContext::for_identity(exporter)?),
+            #[allow(unreachable_patterns)]
+            other => return Err(not_in_build(other)),
+        })
+    }
+
+    fn device(&self) -> Option<String> {
+        match self {
+            Importer::Host => None,
+            Importer::Vulkan(c) => Some(format!("{} ({})", c.info().name, c.identity())),
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(d) => Some(format!("{} (CUDA device {}, {})", d.name(), d.ordinal(), d.uuid())),
+            #[cfg(feature = "gl")]
+            Importer::Gl(c) => Some(format!("{} ({})", c.info().renderer, c.info().api)),
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(c) => Some(format!("{} ({})", c.info().name, c.identity())),
+        }
+    }
+
+    /// Imports a buffer and reads it back whole.
+    fn read_buffer(&self, b: raw_gpu_handle::ExportedBuffer, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
+        let size = b.buffer.size;
+        let api = self.name();
+        match self {
+            Importer::Host => {
+                let (offset, len) = (b.buffer.offset as usize, size as usize);
+                let mapped = timed(steps, format!("map {name}"), || shm::map_exported(b.memory))?;
+                Ok(mapped.as_slice()[offset..offset + len].to_vec())
+            }
+            Importer::Vulkan(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || Buffer::import(ctx, b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size))
+            }
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(dev) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || dev.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.copy_to_host())
+            }
+            #[cfg(feature = "gl")]
+            Importer::Gl(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || ctx.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size as usize))
+            }
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(ctx) => {
+                let buffer = timed(steps, format!("import {name} into {api}"), || ctx.import_buffer(b))?;
+                timed(steps, format!("read {name}"), || buffer.read(0, size as usize))
+            }
+        }
+    }
+
+    /// Imports a texture and reads its texels back, tightly packed.
+    fn read_texture(&self, t: raw_gpu_handle::ExportedTexture, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
+        let api = self.name();
+        match self {
+            Importer::Host => Err(Error::unsupported(
+                format!("reading the texture {name} on the host"),
+                "texture layouts need a GPU API to read",
+                "optimal tiling is private to the driver",
+                "attach with a GPU API",
+            )),
+            Importer::Vulkan(ctx) => {
+                let image = timed(steps, format!("import {name} into {api}"), || Image::import(ctx, t))?;
+                timed(steps, format!("download {name}"), || image.download())
+            }
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(dev) => {
+                let texture = timed(steps, format!("import {name} into {api}"), || dev.import_texture(t))?;
+                timed(steps, format!("download {name}"), || texture.copy_to_host())
+            }
+            #[cfg(feature = "gl")]
+            Importer::Gl(ctx) => {
+                let texture = timed(steps, format!("import {name} into {api}"), || ctx.import_texture(t))?;
+                timed(steps, format!("download {name}"), || texture.read())
+            }
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(ctx) => {
+                let image = timed(steps, format!("import {name} into {api}"), || ctx.import_image(t))?;
+                timed(steps, format!("download {name}"), || image.read())
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Importer::Host => "host",
+            Importer::Vulkan(_) => "Vulkan",
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(_) => "CUDA",
+            #[cfg(feature = "gl")]
+            Importer::Gl(_) => "OpenGL",
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(_) => "OpenCL",
+        }
+    }
+}
+
+/// Connects to a pattern server, imports every object with `options.api`, checks the pattern in
+/// each, and reports the objects and step timings. Any mismatch is an error.
+pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
+    let mut steps = Vec::new();
+    let client = timed(&mut steps, "connect", || Client::connect_with_timeout(&options.socket, options.timeout))?;
+    let objects = timed(&mut steps, "receive the objects", || client.get_all())?;
+    drop(client);
+    if objects.is_empty() {
+        return Err(Error::Protocol {
+            reason: format!("the server at {} shares no objects", options.socket.display()),
+            advice: "start it with `lava-flow serve`".into(),
+        });
+    }
+    let exporter = objects.iter().find_map(|o| o.object.memory()).map(|m| m.description.device).unwrap_or_default();
+    let importer = match options.api {
+        AttachApi::Host => Importer::Host,
+        api => timed(&mut steps, format!("open {}", api.name()), || Importer::open(api, options.device, &exporter))?,
+    };
+    let mut attached = Vec::new();
+    for NamedObject { name, object } in objects {
+        let description = object.description();
+        let kind = object.kind_name();
+        let summary = summary(&description);
+        let bytes = match object {
+            SharedObject::Memory(m) if m.description.handle_kind == MemoryHandleKind::HostMemfd => {
+                let mapped = timed(&mut steps, format!("map {name}"), || shm::map_exported(m))?;
+                mapped.as_slice().to_vec()
+            }
+            SharedObject::Buffer(b) => importer.read_buffer(b, &name, &mut steps)?,
+            SharedObject::Texture(t) => importer.read_texture(t, &name, &mut steps)?,
+            other => {
+                return Err(Error::unsupported(
+                    format!("attaching {name} ({}) with {}", other.kind_name(), options.api.name()),
+                    format!("{summary} holds no pattern to check"),
+                    "serve shares host memory, buffers and textures",
+                    "attach to a `lava-flow serve` socket",
+                ))
+            }
+        };
+        timed(&mut steps, format!("verify {name}"), || check_pattern(&name, &bytes))?;
+        attached.push(AttachedObject { name, kind, summary, bytes_checked: bytes.len() as u64 });
+    }
+    Ok(AttachReport { api: options.api.name(), device: importer.device(), objects: attached, steps })
+}

@@ -1,0 +1,619 @@
+//! Vulkan blocks: exportable `DeviceMemory` suballocated into buffers, and the importer that
+//! imports each block once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use ash::vk;
+use raw_gpu_handle::{
+    Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
+};
+
+use super::{Allocation, BlockKey, CacheOutcome, CacheStats, ImportCache, Suballocator};
+use crate::vulkan::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
+use crate::vulkan::{
+    candidate_types, vk_memory_handle_type, AllocateParams, Buffer, BufferOptions, DedicatedPolicy, DeviceMemory,
+    MemoryKind,
+};
+use crate::{Error, Result, VulkanContext};
+
+/// Sizes are rounded to this inside a block: at most 255 bytes lost per buffer, fewer and larger
+/// free fragments, and every offset already meets the usual buffer alignments (<= 256).
+const GRANULARITY: u64 = 256;
+
+/// Whether a buffer comes from a pool block or gets its own `VkDeviceMemory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AllocationStrategy {
+    /// Pooled when the buffer is at most [`PoolConfig::dedicated_threshold`] bytes and the driver
+    /// lets it share memory (no `requiresDedicatedAllocation`, not dedicated-only for its handle
+    /// kind, `DedicatedPolicy` not `Always`, not shared host memory); its own allocation otherwise.
+    #[default]
+    Auto,
+    /// Always from a pool block, whatever the size; an error where the driver or the options
+    /// forbid sharing memory.
+    Pooled,
+    /// Always its own allocation (which `DedicatedPolicy` may make a Vulkan dedicated allocation).
+    Dedicated,
+}
+
+/// How a [`BufferPool`] sizes blocks and decides between pooled and own allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolConfig {
+    /// Size of a new block. A buffer larger than this (forced pooled) gets a block of its size
+    /// rounded up to 1 MiB.
+    pub block_size: u64,
+    /// Largest buffer `AllocationStrategy::Auto` pools. At 1/16 of a block, one buffer cannot
+    /// pin a mostly empty block, and the cost a pool saves matters most for small buffers.
+    pub dedicated_threshold: u64,
+    /// Empty blocks kept per (device, memory type, handle kind) for the next allocations; the
+    /// rest are released as soon as their last buffer is dropped. 0 by default: memory goes back
+    /// with the last buffer. 1 avoids allocate/release churn where a single buffer comes and goes
+    /// ([`BufferPool::trim`] releases retained blocks).
+    pub retain_empty_blocks: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { block_size: 64 << 20, dedicated_threshold: 4 << 20, retain_empty_blocks: 0 }
+    }
+}
+
+/// What a pool holds and has done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    /// Blocks held (with buffers, or retained empty).
+    pub blocks: usize,
+    /// Of those, the empty ones.
+    pub empty_blocks: usize,
+    /// Bytes of device memory in blocks.
+    pub block_bytes: u64,
+    /// Bytes of blocks reserved by live buffers (sizes rounded to the memory requirements).
+    pub used_bytes: u64,
+    /// Live pooled buffers.
+    pub live_buffers: usize,
+    /// Blocks allocated so far.
+    pub blocks_created: u64,
+    /// Blocks given back so far.
+    pub blocks_released: u64,
+    /// Buffers carved from blocks so far.
+    pub pooled_allocations: u64,
+    /// Buffers given their own allocation so far (by this pool's `allocate_buffer`).
+    pub dedicated_allocations: u64,
+}
+
+/// One exportable allocation and the ranges handed out of it.
+struct Block {
+    memory: Arc<DeviceMemory>,
+    sub: Suballocator,
+}
+
+/// The blocks of one (device, memory type, handle kind). Its lock is held while a buffer is
+/// placed, so two threads do not both allocate a new block for one class.
+#[derive(Default)]
+struct Class {
+    blocks: Mutex<Vec<Arc<Block>>>,
+}
+
+impl Class {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Block>>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct ClassKey {
+    device: u64,
+    memory_type: u32,
+    export: Option<MemoryHandleKind>,
+}
+
+/// Requirements depend on the physical device, driver and creation parameters only (Vulkan spec,
+/// VkMemoryRequirements: identical for identical creation parameters), so they are memoized and
+/// a pooled allocation does not create a probe buffer each time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct ReqKey {
+    device_uuid: Uuid,
+    driver_uuid: Uuid,
+    size: u64,
+    usage: u32,
+    export: Option<MemoryHandleKind>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Requirements {
+    size: u64,
+    alignment: u64,
+    type_bits: u32,
+    requires_dedicated: bool,
+    dedicated_only: bool,
+    exportable: bool,
+}
+
+const REQUIREMENTS_MEMO_LIMIT: usize = 1024;
+
+struct Shared {
+    config: PoolConfig,
+    classes: Mutex<HashMap<ClassKey, Arc<Class>>>,
+    requirements: Mutex<HashMap<ReqKey, Requirements>>,
+    blocks_created: AtomicU64,
+    blocks_released: AtomicU64,
+    pooled_allocations: AtomicU64,
+    dedicated_allocations: AtomicU64,
+}
+
+/// Exportable blocks per (device, memory type, handle kind), suballocated into buffers.
+///
+/// `Send + Sync`; [`MemoryAllocator`](crate::vulkan::MemoryAllocator) owns one and routes
+/// `allocate_buffer` through it. A pooled buffer holds its block's memory (an `Arc`) and gives its
+/// range back when dropped; a block is released when its last buffer goes (beyond
+/// [`PoolConfig::retain_empty_blocks`]), and its memory is freed once no buffer or mapping uses
+/// it. Importers hold their own import of the block, so they are unaffected.
+pub struct BufferPool {
+    shared: Arc<Shared>,
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        BufferPool::new(PoolConfig::default())
+    }
+}
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool").field("config", &self.shared.config).field("stats", &self.stats()).finish()
+    }
+}
+
+/// A pooled buffer's claim on its range; dropping it (after the `VkBuffer` is destroyed) gives
+/// the range back and releases the block if it became empty.
+struct Lease {
+    block: Arc<Block>,
+    class: Arc<Class>,
+    allocation: Option<Allocation>,
+    pool: Weak<Shared>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(a) = self.allocation.take() {
+            if let Err(e) = self.block.sub.free(a) {
+                self.block.memory.context().defer_error(format!("returning a buffer's range to its pool block: {e}"));
+            }
+        }
+        if !self.block.sub.is_empty() {
+            return;
+        }
+        let pool = self.pool.upgrade();
+        let retain = pool.as_ref().map_or(0, |p| p.config.retain_empty_blocks);
+        let mut blocks = self.class.lock();
+        // Placing a buffer takes this lock, so emptiness cannot change while it is held.
+        if !self.block.sub.is_empty() {
+            return;
+        }
+        if blocks.iter().filter(|b| b.sub.is_empty()).count() > retain {
+            if let Some(i) = blocks.iter().position(|b| Arc::ptr_eq(b, &self.block)) {
+                blocks.remove(i);
+                if let Some(p) = pool {
+                    p.blocks_released.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl BufferPool {
+    /// An empty pool.
+    pub fn new(config: PoolConfig) -> BufferPool {
+        BufferPool {
+            shared: Arc::new(Shared {
+                config,
+                classes: Mutex::new(HashMap::new()),
+                requirements: Mutex::new(HashMap::new()),
+                blocks_created: AtomicU64::new(0),
+                blocks_released: AtomicU64::new(0),
+                pooled_allocations: AtomicU64::new(0),
+                dedicated_allocations: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> PoolConfig {
+        self.shared.config
+    }
+
+    /// Creates a buffer on `ctx`'s device as `options.strategy` says: a range of a block, or its
+    /// own allocation ([`Buffer::new`]).
+    pub fn allocate_buffer(&self, ctx: &VulkanContext, options: &BufferOptions) -> Result<Buffer> {
+        ctx.check_deferred()?;
+        let pooled = match options.strategy {
+            AllocationStrategy::Dedicated => false,
+            AllocationStrategy::Pooled => true,
+            AllocationStrategy::Auto => {
+                options.size > 0
+                    && options.size <= self.shared.config.dedicated_threshold
+                    && refusal(options).is_none()
+                    && self.requirements(ctx, options).map(|r| why_not_pooled(&r, options).is_none()).unwrap_or(false)
+            }
+        };
+        if pooled {
+            let buffer = self.allocate_pooled(ctx, options)?;
+            self.shared.pooled_allocations.fetch_add(1, Ordering::Relaxed);
+            Ok(buffer)
+        } else {
+            let buffer = Buffer::new(ctx, options)?;
+            self.shared.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
+            Ok(buffer)
+        }
+    }
+
+    fn allocate_pooled(&self, ctx: &VulkanContext, options: &BufferOptions) -> Result<Buffer> {
+        if options.size == 0 {
+            return Err(Error::invalid(
+                "a pooled buffer of 0 bytes",
+                "Vulkan forbids zero-sized resources (VUID-VkBufferCreateInfo-size-00912)",
+                "ask for at least one byte",
+            ));
+        }
+        if let Some(e) = refusal(options) {
+            return Err(e);
+        }
+        let reqs = self.requirements(ctx, options)?;
+        if let Some(e) = why_not_pooled(&reqs, options) {
+            return Err(e);
+        }
+        let reserved = reqs.size.checked_add(options.allocation_padding).ok_or_else(|| {
+            Error::invalid("allocation padding", "size plus padding overflows", "ask for less padding")
+        })?;
+        let candidates = candidate_types(ctx, reqs.type_bits, options.memory);
+        if candidates.is_empty() {
+            return Err(Error::unsupported(
+                format!("a pooled {:?} buffer", options.memory),
+                "no memory type allowed for it has the needed properties",
+                "VkMemoryRequirements::memoryTypeBits",
+                "choose another memory kind",
+            ));
+        }
+        let mut last_error = None;
+        for memory_type in candidates {
+            let key =
+                ClassKey { device: vk::Handle::as_raw(ctx.device().handle()), memory_type, export: options.export };
+            let class = self.class(key);
+            let placed = {
+                let mut blocks = class.lock();
+                match place(&blocks, reserved, reqs.alignment) {
+                    Some(found) => Some(found),
+                    None => match self.new_block(ctx, memory_type, options.export, reserved) {
+                        Ok(block) => {
+                            let a = block.sub.allocate(reserved, reqs.alignment)?;
+                            blocks.push(block.clone());
+                            Some((block, a))
+                        }
+                        Err(e @ Error::OutOfMemory { .. }) => return Err(e),
+                        Err(e) => {
+                            last_error = Some(e);
+                            None
+                        }
+                    },
+                }
+            };
+            let Some((block, allocation)) = placed else { continue };
+            let offset = allocation.offset();
+            let memory = block.memory.clone();
+            let lease = Lease { block, class, allocation: Some(allocation), pool: Arc::downgrade(&self.shared) };
+            // If binding fails the closure is dropped unrun, and dropping the lease frees the range.
+            let on_drop: Box<dyn FnOnce() + Send + Sync> = Box::new(move || drop(lease));
+            return Buffer::bind_at(memory, offset, options.size, options.usage, Some(on_drop));
+        }
+        Err(last_error.expect("at least one memory type was tried"))
+    }
+
+    fn new_block(
+        &self,
+        ctx: &VulkanContext,
+        memory_type: u32,
+        export: Option<MemoryHandleKind>,
+        reserved: u64,
+    ) -> Result<Arc<Block>> {
+        const MIB: u64 = 1 << 20;
+        let size = self.shared.config.block_size.max(reserved.div_ceil(MIB).saturating_mul(MIB));
+        let params = AllocateParams { size, type_index: memory_type, export_kind: export, dedicated: None };
+        let mut memory = DeviceMemory::allocate(ctx, params)?;
+        if export.is_some() {
+            memory = memory.keep_exported_fd();
+        }
+        self.shared.blocks_created.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Block {
+            memory: Arc::new(memory),
+            sub: Suballocator::with_granularity(size, GRANULARITY).expect("GRANULARITY is a power of two"),
+        }))
+    }
+
+    fn class(&self, key: ClassKey) -> Arc<Class> {
+        let mut classes = self.shared.classes.lock().unwrap_or_else(|p| p.into_inner());
+        classes.entry(key).or_default().clone()
+    }
+
+    /// Memory requirements of a buffer like `options` describes, from the memo or a probe buffer.
+    fn requirements(&self, ctx: &VulkanContext, options: &BufferOptions) -> Result<Requirements> {
+        let id = ctx.identity();
+        let key = ReqKey {
+            device_uuid: id.device_uuid,
+            driver_uuid: id.driver_uuid,
+            size: options.size,
+            usage: options.usage.as_raw(),
+            export: options.export,
+        };
+        if let Some(r) = self.memo().get(&key) {
+            return Ok(*r);
+        }
+        let caps = options.export.map(|k| buffer_capabilities(ctx, options.usage, k));
+        let mut external = vk::ExternalMemoryBufferCreateInfo::default();
+        let mut info = vk::BufferCreateInfo::default()
+            .size(options.size)
+            .usage(options.usage)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        if let Some(kind) = options.export {
+            external = external.handle_types(vk_memory_handle_type(kind));
+            info = info.push_next(&mut external);
+        }
+        // SAFETY: info and its chain live across the call.
+        let probe = unsafe { ctx.device().create_buffer(&info, None) }.map_err(|r| {
+            Error::vk("vkCreateBuffer", r, format!("creating a {}-byte buffer to learn its requirements", options.size))
+        })?;
+        let mut dedicated = vk::MemoryDedicatedRequirements::default();
+        let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
+        let query = vk::BufferMemoryRequirementsInfo2::default().buffer(probe);
+        // SAFETY: probe belongs to the device; the out chain lives across the call.
+        unsafe { ctx.device().get_buffer_memory_requirements2(&query, &mut reqs2) };
+        let r = reqs2.memory_requirements;
+        let requires_dedicated = dedicated.requires_dedicated_allocation == vk::TRUE;
+        // SAFETY: the probe is unbound and unused.
+        unsafe { ctx.device().destroy_buffer(probe, None) };
+        let reqs = Requirements {
+            size: r.size,
+            alignment: r.alignment.max(1),
+            type_bits: r.memory_type_bits,
+            requires_dedicated,
+            dedicated_only: caps.is_some_and(|c| c.dedicated_only),
+            exportable: caps.is_none_or(|c| c.exportable),
+        };
+        let mut memo = self.memo();
+        if memo.len() >= REQUIREMENTS_MEMO_LIMIT {
+            memo.clear();
+        }
+        memo.insert(key, reqs);
+        Ok(reqs)
+    }
+
+    fn memo(&self) -> MutexGuard<'_, HashMap<ReqKey, Requirements>> {
+        self.shared.requirements.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Occupancy and counters.
+    pub fn stats(&self) -> PoolStats {
+        let classes: Vec<Arc<Class>> =
+            self.shared.classes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut s = PoolStats {
+            blocks_created: self.shared.blocks_created.load(Ordering::Relaxed),
+            blocks_released: self.shared.blocks_released.load(Ordering::Relaxed),
+            pooled_allocations: self.shared.pooled_allocations.load(Ordering::Relaxed),
+            dedicated_allocations: self.shared.dedicated_allocations.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        };
+        for class in classes {
+            for block in class.lock().iter() {
+                let b = block.sub.stats();
+                s.blocks += 1;
+                s.empty_blocks += usize::from(b.allocation_count == 0);
+                s.block_bytes += b.capacity;
+                s.used_bytes += b.used;
+                s.live_buffers += b.allocation_count;
+            }
+        }
+        s
+    }
+
+    /// Releases every empty block now (their memory is freed once no buffer or mapping uses it).
+    /// Returns how many were released.
+    pub fn trim(&self) -> usize {
+        let classes: Vec<Arc<Class>> =
+            self.shared.classes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut released = 0;
+        for class in classes {
+            let mut blocks = class.lock();
+            let before = blocks.len();
+            blocks.retain(|b| !b.sub.is_empty());
+            released += before - blocks.len();
+        }
+        self.shared.blocks_released.fetch_add(released as u64, Ordering::Relaxed);
+        released
+    }
+}
+
+/// The first block (oldest first, so older blocks fill up and newer ones can empty) that fits.
+fn place(blocks: &[Arc<Block>], size: u64, align: u64) -> Option<(Arc<Block>, Allocation)> {
+    blocks.iter().find_map(|b| b.sub.allocate(size, align).ok().map(|a| (b.clone(), a)))
+}
+
+/// Options that rule pooling out whatever the driver says.
+fn refusal(options: &BufferOptions) -> Option<Error> {
+    let what = || format!("a pooled {}-byte buffer", options.size);
+    if options.memory == MemoryKind::SharedHost {
+        return Some(Error::invalid(
+            what(),
+            "shared host memory is one memfd per buffer, which pools do not carve",
+            "use AllocationStrategy::Dedicated or Auto for MemoryKind::SharedHost",
+        ));
+    }
+    if options.dedicated == DedicatedPolicy::Always {
+        return Some(Error::invalid(
+            what(),
+            "DedicatedPolicy::Always asks for a VkMemoryDedicatedAllocateInfo allocation of its own",
+            "use AllocationStrategy::Dedicated, or DedicatedPolicy::Auto to pool",
+        ));
+    }
+    match options.export {
+        None | Some(MemoryHandleKind::OpaqueFd) | Some(MemoryHandleKind::DmaBuf) => None,
+        Some(kind) => Some(Error::invalid(
+            what(),
+            format!("{kind} exports are not pooled"),
+            "export as opaque-fd or dma-buf, or use AllocationStrategy::Dedicated",
+        )),
+    }
+}
+
+/// What the driver says against sharing memory.
+fn why_not_pooled(reqs: &Requirements, options: &BufferOptions) -> Option<Error> {
+    let what = || format!("a pooled {}-byte buffer", options.size);
+    let kind = options.export.map(|k| k.name()).unwrap_or("private memory");
+    if reqs.requires_dedicated {
+        return Some(Error::unsupported(
+            what(),
+            "the driver requires a dedicated allocation for it",
+            "VkMemoryDedicatedRequirements::requiresDedicatedAllocation",
+            "use AllocationStrategy::Auto or Dedicated",
+        ));
+    }
+    if reqs.dedicated_only {
+        return Some(Error::unsupported(
+            what(),
+            format!("{kind} memory for such buffers must be a dedicated allocation"),
+            "VK_EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY_BIT (vkGetPhysicalDeviceExternalBufferProperties)",
+            "use AllocationStrategy::Auto or Dedicated",
+        ));
+    }
+    if !reqs.exportable {
+        return Some(Error::unsupported(
+            format!("exporting {} as {kind}", what()),
+            "the driver does not report VK_EXTERNAL_MEMORY_FEATURE_EXPORTABLE_BIT",
+            "vkGetPhysicalDeviceExternalBufferProperties",
+            "choose another handle kind (`lava-flow info` lists what this device exports)",
+        ));
+    }
+    None
+}
+
+/// Imports buffers into one Vulkan context, importing each exported block once.
+///
+/// The first buffer of a block imports the block's fd; later buffers of the same block (same
+/// exporter identity and allocation id) find it in the cache, close their duplicate fd and cost
+/// one `vkCreateBuffer` + `vkBindBufferMemory` at their offset. The import is released when the
+/// last buffer made from it is dropped. Dedicated exports, and exports without an allocation id,
+/// are imported one by one ([`Buffer::import_with_usage`]). `Send + Sync`.
+pub struct BlockImporter {
+    ctx: VulkanContext,
+    cache: ImportCache<DeviceMemory>,
+}
+
+impl std::fmt::Debug for BlockImporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockImporter").field("ctx", &self.ctx).field("cache", &self.cache).finish()
+    }
+}
+
+impl BlockImporter {
+    /// An importer into `ctx`'s device, with an empty cache.
+    pub fn new(ctx: &VulkanContext) -> BlockImporter {
+        BlockImporter { ctx: ctx.clone(), cache: ImportCache::new() }
+    }
+
+    /// The context buffers are imported into.
+    pub fn context(&self) -> &VulkanContext {
+        &self.ctx
+    }
+
+    /// Hits, misses and live imported blocks.
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The cache itself.
+    pub fn cache(&self) -> &ImportCache<DeviceMemory> {
+        &self.cache
+    }
+
+    /// Imports a buffer with the default usage (storage, transfer source and destination).
+    pub fn import_buffer(&self, exported: ExportedBuffer) -> Result<Buffer> {
+        self.import_buffer_with_usage(exported, DEFAULT_BUFFER_USAGE).map(|(b, _)| b)
+    }
+
+    /// Imports a buffer with `usage`, saying whether its block was found in the cache. The fd
+    /// is consumed: by the import on a miss, closed as a duplicate on a hit, closed on failure.
+    pub fn import_buffer_with_usage(
+        &self,
+        exported: ExportedBuffer,
+        usage: vk::BufferUsageFlags,
+    ) -> Result<(Buffer, CacheOutcome)> {
+        self.ctx.check_deferred()?;
+        let BufferParts { memory, buffer: desc } = exported;
+        let d = memory.description;
+        let key = match BlockKey::of(&d) {
+            Some(key) if !d.dedicated => key,
+            _ => {
+                let exported = BufferParts { memory, buffer: desc };
+                return Buffer::import_with_usage(&self.ctx, exported, usage).map(|b| (b, CacheOutcome::Miss));
+            }
+        };
+        self.check(&d, &desc)?;
+        let (block, outcome) = self.cache.get_or_import(key, memory.handle, |fd| {
+            DeviceMemory::import(&self.ctx, Memory { handle: fd, description: d }, None)
+        })?;
+        check_same_block(&block, &d)?;
+        Ok((Buffer::bind_at(block, desc.offset, desc.size, usage, None)?, outcome))
+    }
+
+    /// Imports a buffer of a block this importer holds already, from its descriptions alone (no
+    /// fd): a peer that sent a block's fd once sends later buffers of the block without one.
+    /// `Ok(None)`: the block is not imported here (never, or released since), so its fd is needed.
+    pub fn import_from_cache(
+        &self,
+        memory: &MemoryDescription,
+        buffer: BufferDescription,
+        usage: vk::BufferUsageFlags,
+    ) -> Result<Option<Buffer>> {
+        self.ctx.check_deferred()?;
+        let Some(key) = BlockKey::of(memory).filter(|_| !memory.dedicated) else { return Ok(None) };
+        self.check(memory, &buffer)?;
+        let Some(block) = self.cache.lookup(&key) else { return Ok(None) };
+        check_same_block(&block, memory)?;
+        Buffer::bind_at(block, buffer.offset, buffer.size, usage, None).map(Some)
+    }
+
+    /// The buffer lies inside its block, and the block comes from a device this one may import from.
+    fn check(&self, d: &MemoryDescription, desc: &BufferDescription) -> Result<()> {
+        if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
+            return Err(Error::invalid(
+                format!("a buffer of {} bytes at offset {}", desc.size, desc.offset),
+                format!("its block holds {} bytes", d.allocation_size),
+                "pass the buffer description the exporter gave, unchanged",
+            ));
+        }
+        raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &self.ctx.identity())?;
+        Ok(())
+    }
+}
+
+/// A cached block must be the allocation the description names (size, and memory type for
+/// opaque fds): otherwise two allocations claim one id.
+fn check_same_block(block: &DeviceMemory, d: &MemoryDescription) -> Result<()> {
+    let same_type = d.handle_kind != MemoryHandleKind::OpaqueFd || block.memory_type_index() == d.memory_type_index;
+    if block.size() == d.allocation_size && same_type {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!(
+            "a buffer of block {:#x} ({} bytes, memory type {})",
+            d.allocation_id.map_or(0, |a| a.0),
+            d.allocation_size,
+            d.memory_type_index
+        ),
+        format!(
+            "that block was imported as {} bytes of memory type {}: two allocations claim one id",
+            block.size(),
+            block.memory_type_index()
+        ),
+        "pass descriptions exactly as the exporter gave them",
+    ))
+}

@@ -1,0 +1,709 @@
+//! Exportable buffers, their import into another device or process, and host access.
+
+use std::sync::Arc;
+
+use ash::vk;
+use raw_gpu_handle::{Buffer as BufferParts, BufferDescription, ExportedBuffer, MemoryHandleKind};
+
+use super::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
+use super::format::vk_memory_handle_type;
+use super::host::SharedHostMemory;
+use super::memory::{AllocateParams, DedicatedTo, DeviceMemory};
+use crate::{Error, Result, VulkanContext};
+
+/// Which kind of memory a resource lives in, on a device already chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MemoryKind {
+    /// Device-local memory (fastest for the GPU; not mappable on discrete GPUs).
+    #[default]
+    DeviceLocal,
+    /// Host-visible, host-coherent Vulkan memory.
+    HostVisible,
+    /// A memfd any process can mmap, imported with VK_EXT_external_memory_host.
+    SharedHost,
+}
+
+/// Whether a resource gets its own allocation (`VkMemoryDedicatedAllocateInfo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DedicatedPolicy {
+    /// Dedicated where the driver requires or prefers it (`VkMemoryDedicatedRequirements`) or
+    /// where the handle kind is dedicated-only.
+    #[default]
+    Auto,
+    /// Always dedicated.
+    Always,
+    /// Never, unless the driver requires it (then creation fails with a clear error).
+    Never,
+}
+
+/// How to create a buffer.
+#[derive(Clone, Debug)]
+pub struct BufferOptions {
+    /// Size in bytes (non-zero).
+    pub size: u64,
+    /// Kind of memory.
+    pub memory: MemoryKind,
+    /// Vulkan usage; defaults to storage + transfer source and destination.
+    pub usage: vk::BufferUsageFlags,
+    /// Handle kind it is exportable as: `Some(OpaqueFd)` by default (`HostMemfd` for
+    /// `MemoryKind::SharedHost`), `None` for a private buffer.
+    pub export: Option<MemoryHandleKind>,
+    /// Dedicated allocation policy.
+    pub dedicated: DedicatedPolicy,
+    /// Extra bytes allocated after the buffer. Some importers cannot map a buffer that spans the
+    /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): give them slack here.
+    pub allocation_padding: u64,
+    /// Pooled (a range of a shared exportable block) or its own allocation; used by
+    /// [`MemoryAllocator`](super::MemoryAllocator) (`Buffer::new` always makes its own).
+    pub strategy: crate::pool::AllocationStrategy,
+}
+
+impl BufferOptions {
+    /// Exportable device-local buffer of `size` bytes, default usage.
+    pub fn new(size: u64) -> Self {
+        BufferOptions {
+            size,
+            memory: MemoryKind::DeviceLocal,
+            usage: DEFAULT_BUFFER_USAGE,
+            export: Some(MemoryHandleKind::OpaqueFd),
+            dedicated: DedicatedPolicy::Auto,
+            allocation_padding: 0,
+            strategy: crate::pool::AllocationStrategy::Auto,
+        }
+    }
+
+    /// Sets the allocation strategy (pooled or its own allocation).
+    pub fn strategy(mut self, strategy: crate::pool::AllocationStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the memory kind (and the matching default export kind).
+    pub fn memory(mut self, memory: MemoryKind) -> Self {
+        self.memory = memory;
+        if memory == MemoryKind::SharedHost && self.export.is_some() {
+            self.export = Some(MemoryHandleKind::HostMemfd);
+        }
+        self
+    }
+
+    /// Sets the usage.
+    pub fn usage(mut self, usage: vk::BufferUsageFlags) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// Sets the export handle kind (`None`: not exportable).
+    pub fn export(mut self, kind: Option<MemoryHandleKind>) -> Self {
+        self.export = kind;
+        self
+    }
+
+    /// Sets the dedicated-allocation policy.
+    pub fn dedicated(mut self, policy: DedicatedPolicy) -> Self {
+        self.dedicated = policy;
+        self
+    }
+
+    /// Sets the padding after the buffer.
+    pub fn allocation_padding(mut self, bytes: u64) -> Self {
+        self.allocation_padding = bytes;
+        self
+    }
+}
+
+/// A `VkBuffer` bound to (part of) a [`DeviceMemory`], which it keeps alive.
+pub struct Buffer {
+    ctx: VulkanContext,
+    buffer: vk::Buffer,
+    memory: Arc<DeviceMemory>,
+    offset: u64,
+    size: u64,
+    alignment: u64,
+    usage: vk::BufferUsageFlags,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("size", &self.size)
+            .field("offset", &self.offset)
+            .field("memory", &self.memory)
+            .finish()
+    }
+}
+
+pub(crate) fn check_size(ctx: &VulkanContext, size: u64, required: vk::MemoryPropertyFlags, what: &str) -> Result<()> {
+    if size == 0 {
+        return Err(Error::invalid(
+            format!("{what} of 0 bytes"),
+            "Vulkan forbids zero-sized resources (VUID-VkBufferCreateInfo-size-00912)",
+            "ask for at least one byte",
+        ));
+    }
+    let props = ctx.memory_properties();
+    let largest = (0..props.memory_type_count as usize)
+        .filter(|i| props.memory_types[*i].property_flags.contains(required))
+        .map(|i| props.memory_heaps[props.memory_types[i].heap_index as usize].size)
+        .max()
+        .unwrap_or(0);
+    if size > largest {
+        return Err(Error::OutOfMemory {
+            what: format!("{what} of {size} bytes"),
+            advice: format!(
+                "the largest suitable memory heap of {} holds {largest} bytes: ask for less",
+                ctx.info().name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Memory types that fit `type_bits` and `kind`, best first. Exportable device memory on some
+/// drivers exists only in some types (NVIDIA exports DEVICE_LOCAL but not DEVICE_LOCAL|HOST_VISIBLE),
+/// so callers try them in order.
+pub(crate) fn candidate_types(ctx: &VulkanContext, type_bits: u32, kind: MemoryKind) -> Vec<u32> {
+    let props = ctx.memory_properties();
+    let (required, rank): (vk::MemoryPropertyFlags, fn(vk::MemoryPropertyFlags) -> u32) = match kind {
+        MemoryKind::DeviceLocal => {
+            (vk::MemoryPropertyFlags::DEVICE_LOCAL, |f| u32::from(f.contains(vk::MemoryPropertyFlags::HOST_VISIBLE)))
+        }
+        MemoryKind::HostVisible | MemoryKind::SharedHost => {
+            (vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT, |f| {
+                u32::from(f.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL))
+                    + u32::from(!f.contains(vk::MemoryPropertyFlags::HOST_CACHED))
+            })
+        }
+    };
+    let mut types: Vec<u32> = (0..props.memory_type_count)
+        .filter(|i| type_bits & (1 << i) != 0)
+        .filter(|i| props.memory_types[*i as usize].property_flags.contains(required))
+        .collect();
+    types.sort_by_key(|i| rank(props.memory_types[*i as usize].property_flags));
+    types
+}
+
+fn required_flags(kind: MemoryKind) -> vk::MemoryPropertyFlags {
+    match kind {
+        MemoryKind::DeviceLocal => vk::MemoryPropertyFlags::DEVICE_LOCAL,
+        _ => vk::MemoryPropertyFlags::HOST_VISIBLE,
+    }
+}
+
+/// Memory requirements of a resource, with the driver's dedicated-allocation wishes.
+pub(crate) struct Requirements {
+    pub reqs: vk::MemoryRequirements,
+    pub prefers_dedicated: bool,
+    pub requires_dedicated: bool,
+}
+
+fn buffer_requirements(ctx: &VulkanContext, buffer: vk::Buffer) -> Requirements {
+    let mut dedicated = vk::MemoryDedicatedRequirements::default();
+    let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
+    let info = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
+    // SAFETY: buffer belongs to the device; the out chain lives across the call.
+    unsafe { ctx.device().get_buffer_memory_requirements2(&info, &mut reqs2) };
+    Requirements {
+        reqs: reqs2.memory_requirements,
+        prefers_dedicated: dedicated.prefers_dedicated_allocation == vk::TRUE,
+        requires_dedicated: dedicated.requires_dedicated_allocation == vk::TRUE,
+    }
+}
+
+fn create_vk_buffer(
+    ctx: &VulkanContext,
+    size: u64,
+    usage: vk::BufferUsageFlags,
+    kind: Option<MemoryHandleKind>,
+) -> Result<vk::Buffer> {
+    let mut external = vk::ExternalMemoryBufferCreateInfo::default();
+    let mut info = vk::BufferCreateInfo::default().size(size).usage(usage).sharing_mode(vk::SharingMode::EXCLUSIVE);
+    if let Some(kind) = kind {
+        external = external.handle_types(vk_memory_handle_type(kind));
+        info = info.push_next(&mut external);
+    }
+    // SAFETY: info and its chain live across the call.
+    unsafe { ctx.device().create_buffer(&info, None) }
+        .map_err(|r| Error::vk("vkCreateBuffer", r, format!("creating a buffer of {size} bytes")))
+}
+
+impl Buffer {
+    /// Creates a buffer and its memory on `ctx`'s device, checking up front (capability query,
+    /// heap size) that the request can be met.
+    pub fn new(ctx: &VulkanContext, options: &BufferOptions) -> Result<Buffer> {
+        ctx.check_deferred()?;
+        check_size(ctx, options.size, required_flags(options.memory), "a buffer")?;
+        let export = options.export;
+        if options.memory == MemoryKind::SharedHost && export.is_some_and(|k| k != MemoryHandleKind::HostMemfd) {
+            return Err(Error::invalid(
+                format!("shared host memory exported as {}", export.map(|k| k.name()).unwrap_or("")),
+                "shared host memory is shared as its memfd",
+                "use MemoryHandleKind::HostMemfd (the default for MemoryKind::SharedHost)",
+            ));
+        }
+        let vk_kind = if options.memory == MemoryKind::SharedHost { Some(MemoryHandleKind::HostMemfd) } else { export };
+        let mut dedicated_only = false;
+        if let Some(kind) = vk_kind {
+            let caps = buffer_capabilities(ctx, options.usage, kind);
+            caps.require_exportable(
+                &format!("a {}-byte buffer", options.size),
+                "vkGetPhysicalDeviceExternalBufferProperties",
+            )
+            .or_else(|e| {
+                if kind == MemoryHandleKind::HostMemfd && caps.importable {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            dedicated_only = caps.dedicated_only;
+        }
+        let buffer = create_vk_buffer(ctx, options.size, options.usage, vk_kind)?;
+        match Self::bind_new_memory(ctx, buffer, options, vk_kind, dedicated_only) {
+            Ok((memory, alignment)) => Ok(Buffer {
+                ctx: ctx.clone(),
+                buffer,
+                memory: Arc::new(memory),
+                offset: 0,
+                size: options.size,
+                alignment,
+                usage: options.usage,
+                on_drop: None,
+            }),
+            Err(e) => {
+                // SAFETY: the buffer is unbound and unused.
+                unsafe { ctx.device().destroy_buffer(buffer, None) };
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_new_memory(
+        ctx: &VulkanContext,
+        buffer: vk::Buffer,
+        options: &BufferOptions,
+        vk_kind: Option<MemoryHandleKind>,
+        dedicated_only: bool,
+    ) -> Result<(DeviceMemory, u64)> {
+        let r = buffer_requirements(ctx, buffer);
+        let memory = if options.memory == MemoryKind::SharedHost {
+            let align = ctx.host_import_alignment().unwrap_or(4096).max(r.reqs.alignment);
+            let host = SharedHostMemory::create(r.reqs.size + options.allocation_padding, align)?;
+            DeviceMemory::import_host(ctx, host, None)?
+        } else {
+            let dedicated = match options.dedicated {
+                DedicatedPolicy::Always => true,
+                DedicatedPolicy::Never => {
+                    if r.requires_dedicated || dedicated_only {
+                        return Err(Error::unsupported(
+                            "a non-dedicated exportable buffer",
+                            "the driver requires a dedicated allocation for it",
+                            "VkMemoryDedicatedRequirements / VK_EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY_BIT",
+                            "use DedicatedPolicy::Auto",
+                        ));
+                    }
+                    false
+                }
+                DedicatedPolicy::Auto => r.requires_dedicated || r.prefers_dedicated || dedicated_only,
+            };
+            let size = r.reqs.size + options.allocation_padding;
+            let candidates = candidate_types(ctx, r.reqs.memory_type_bits, options.memory);
+            if candidates.is_empty() {
+                return Err(Error::unsupported(
+                    format!("a {:?} buffer", options.memory),
+                    "no memory type allowed for it has the needed properties",
+                    "VkMemoryRequirements::memoryTypeBits",
+                    "choose another MemoryLocation",
+                ));
+            }
+            let mut last = None;
+            let mut found = None;
+            for type_index in candidates {
+                let params = AllocateParams {
+                    size,
+                    type_index,
+                    export_kind: vk_kind,
+                    dedicated: dedicated.then_some(DedicatedTo::Buffer(buffer)),
+                };
+                match DeviceMemory::allocate(ctx, params) {
+                    Ok(m) => {
+                        found = Some(m);
+                        break;
+                    }
+                    Err(e @ Error::OutOfMemory { .. }) => return Err(e),
+                    Err(e) => last = Some(e),
+                }
+            }
+            match found {
+                Some(m) => m,
+                None => return Err(last.expect("at least one candidate was tried")),
+            }
+        };
+        // SAFETY: fresh buffer, memory large enough, offset 0 is aligned.
+        unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), 0) }
+            .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding a new buffer"))?;
+        Ok((memory, r.reqs.alignment))
+    }
+
+    /// Binds a new buffer to `memory` at `offset` (the pooled path: many buffers in one block).
+    /// `on_drop` runs after the buffer is destroyed (to return the range to its pool).
+    pub fn bind_at(
+        memory: Arc<DeviceMemory>,
+        offset: u64,
+        size: u64,
+        usage: vk::BufferUsageFlags,
+        on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ) -> Result<Buffer> {
+        let ctx = memory.context().clone();
+        let kind = memory.external_handle_kind();
+        let buffer = create_vk_buffer(&ctx, size, usage, kind)?;
+        let r = buffer_requirements(&ctx, buffer);
+        let fail = |e: Error| {
+            // SAFETY: the buffer is unbound and unused.
+            unsafe { ctx.device().destroy_buffer(buffer, None) };
+            Err(e)
+        };
+        if offset % r.reqs.alignment.max(1) != 0 || offset + r.reqs.size > memory.size() {
+            return fail(Error::invalid(
+                format!("a {size}-byte buffer at offset {offset} of a {}-byte allocation", memory.size()),
+                format!(
+                    "it needs {} bytes aligned to {} (VUID-vkBindBufferMemory-memoryOffset-01036, -size-01037)",
+                    r.reqs.size, r.reqs.alignment
+                ),
+                "check the offset and size against the allocation",
+            ));
+        }
+        if r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+            return fail(Error::invalid(
+                format!("a buffer in memory type {}", memory.memory_type_index()),
+                format!(
+                    "the buffer allows only memory types {:#b} (VUID-vkBindBufferMemory-memory-01035)",
+                    r.reqs.memory_type_bits
+                ),
+                "allocate the block from a memory type buffers accept",
+            ));
+        }
+        // SAFETY: checked alignment, size and type above.
+        if let Err(r) = unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), offset) } {
+            return fail(Error::vk("vkBindBufferMemory", r, format!("binding a buffer at offset {offset}")));
+        }
+        Ok(Buffer { ctx, buffer, memory, offset, size, alignment: r.reqs.alignment, usage, on_drop })
+    }
+
+    /// Imports an exported buffer into `ctx`'s device with the default usage. The fd is
+    /// consumed on success and closed on failure.
+    pub fn import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<Buffer> {
+        Self::import_with_usage(ctx, exported, DEFAULT_BUFFER_USAGE)
+    }
+
+    /// Imports an exported buffer with a given usage (a dedicated allocation must be imported
+    /// with the exporter's usage).
+    pub fn import_with_usage(
+        ctx: &VulkanContext,
+        exported: ExportedBuffer,
+        usage: vk::BufferUsageFlags,
+    ) -> Result<Buffer> {
+        ctx.check_deferred()?;
+        let BufferParts { memory, buffer: desc } = exported;
+        let d = memory.description;
+        if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
+            return Err(Error::invalid(
+                format!("a buffer of {} bytes at offset {}", desc.size, desc.offset),
+                format!("the allocation holds {} bytes", d.allocation_size),
+                "pass the buffer description the exporter gave, unchanged",
+            ));
+        }
+        raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &ctx.identity())?;
+        let buffer = create_vk_buffer(ctx, desc.size, usage, Some(d.handle_kind))?;
+        let imported = if d.dedicated {
+            DeviceMemory::import(ctx, memory, Some(DedicatedTo::Buffer(buffer)))
+        } else {
+            DeviceMemory::import(ctx, memory, None)
+        };
+        let memory = match imported {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                // SAFETY: the buffer is unbound and unused.
+                unsafe { ctx.device().destroy_buffer(buffer, None) };
+                return Err(e);
+            }
+        };
+        // SAFETY: destroying the probe buffer: bind_at creates the real one with the same params.
+        // (Dedicated imports are bound to this very buffer, so keep it for them.)
+        if d.dedicated {
+            let r = buffer_requirements(ctx, buffer);
+            // SAFETY: dedicated memory bound at offset 0 to the buffer it was imported for.
+            if let Err(e) = unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), desc.offset) } {
+                // SAFETY: the buffer is unbound and unused.
+                unsafe { ctx.device().destroy_buffer(buffer, None) };
+                return Err(Error::vk("vkBindBufferMemory", e, "binding an imported dedicated buffer"));
+            }
+            return Ok(Buffer {
+                ctx: ctx.clone(),
+                buffer,
+                memory,
+                offset: desc.offset,
+                size: desc.size,
+                alignment: r.reqs.alignment,
+                usage,
+                on_drop: None,
+            });
+        }
+        // SAFETY: the buffer is unbound and unused.
+        unsafe { ctx.device().destroy_buffer(buffer, None) };
+        Self::bind_at(memory, desc.offset, desc.size, usage, None)
+    }
+
+    /// Exports the buffer: a fresh fd to its memory plus offset, size and alignment.
+    pub fn export_fd(&self) -> Result<ExportedBuffer> {
+        Ok(BufferParts { memory: self.memory.export_fd()?, buffer: self.description() })
+    }
+
+    /// Where the buffer lies in its memory.
+    pub fn description(&self) -> BufferDescription {
+        BufferDescription { offset: self.offset, size: self.size, alignment: self.alignment }
+    }
+
+    /// The Vulkan handle.
+    pub fn handle(&self) -> vk::Buffer {
+        self.buffer
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Offset in its memory.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Usage flags.
+    pub fn usage(&self) -> vk::BufferUsageFlags {
+        self.usage
+    }
+
+    /// The memory it is bound to.
+    pub fn memory(&self) -> &Arc<DeviceMemory> {
+        &self.memory
+    }
+
+    /// The context.
+    pub fn context(&self) -> &VulkanContext {
+        &self.ctx
+    }
+
+    /// Maps the buffer for reading. Only for host-visible memory.
+    pub fn map(&self) -> Result<MappedBuffer<'_>> {
+        let base = self.memory.host_pointer()?;
+        self.memory.invalidate()?;
+        // SAFETY: offset is inside the mapping.
+        Ok(MappedBuffer { ptr: unsafe { base.add(self.offset as usize) }, len: self.size as usize, _buffer: self })
+    }
+
+    /// Maps the buffer for writing; host writes are flushed when the mapping is dropped.
+    pub fn map_mut(&mut self) -> Result<MappedBufferMut<'_>> {
+        let base = self.memory.host_pointer()?;
+        self.memory.invalidate()?;
+        // SAFETY: offset is inside the mapping.
+        Ok(MappedBufferMut { ptr: unsafe { base.add(self.offset as usize) }, len: self.size as usize, buffer: self })
+    }
+
+    fn check_range(&self, offset: u64, len: u64, what: &str) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(Error::invalid(
+                format!("{what} {len} bytes at offset {offset}"),
+                format!("the buffer holds {} bytes", self.size),
+                "stay inside the buffer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`: directly where host-visible, else through a staging copy.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64, "writing")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.memory.is_host_visible() {
+            let base = self.memory.host_pointer()?;
+            // SAFETY: range checked; the caller synchronizes with device work (as with any mapping).
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), base.add((self.offset + offset) as usize), data.len())
+            };
+            return self.memory.flush();
+        }
+        let staging = Buffer::new(
+            &self.ctx,
+            &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
+        )?;
+        staging.write(0, data)?;
+        staging.copy_region_to(0, self, offset, data.len() as u64)
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.check_range(offset, len, "reading")?;
+        if self.memory.is_host_visible() {
+            let base = self.memory.host_pointer()?;
+            self.memory.invalidate()?;
+            let mut out = vec![0u8; len as usize];
+            // SAFETY: range checked.
+            unsafe {
+                std::ptr::copy_nonoverlapping(base.add((self.offset + offset) as usize), out.as_mut_ptr(), out.len())
+            };
+            return Ok(out);
+        }
+        let staging =
+            Buffer::new(&self.ctx, &BufferOptions::new(len.max(1)).memory(MemoryKind::HostVisible).export(None))?;
+        self.copy_region_to(offset, &staging, 0, len)?;
+        staging.read(0, len)
+    }
+
+    /// Fills the whole buffer with a repeated 32-bit value on the GPU (`vkCmdFillBuffer`).
+    pub fn fill(&self, value: u32) -> Result<()> {
+        let size = self.size & !3;
+        self.ctx.run_commands(|dev, cmd| {
+            record_acquire(dev, cmd, self, self.ctx.queue_family_index());
+            // SAFETY: the buffer has TRANSFER_DST usage by default; size is a multiple of 4.
+            unsafe { dev.cmd_fill_buffer(cmd, self.buffer, 0, size, value) };
+            record_release(dev, cmd, self, self.ctx.queue_family_index());
+        })
+    }
+
+    /// Copies all of this buffer into `dst` on the GPU (same device).
+    pub fn copy_to(&self, dst: &Buffer) -> Result<()> {
+        self.copy_region_to(0, dst, 0, self.size.min(dst.size))
+    }
+
+    /// Copies `len` bytes from `src_offset` of this buffer to `dst_offset` of `dst`.
+    pub fn copy_region_to(&self, src_offset: u64, dst: &Buffer, dst_offset: u64, len: u64) -> Result<()> {
+        self.check_range(src_offset, len, "copying")?;
+        dst.check_range(dst_offset, len, "copying")?;
+        if self.ctx.device().handle() != dst.ctx.device().handle() {
+            return Err(Error::invalid(
+                "a copy between buffers of two devices",
+                "vkCmdCopyBuffer works within one VkDevice",
+                "import one buffer into the other's context first",
+            ));
+        }
+        let qf = self.ctx.queue_family_index();
+        self.ctx.run_commands(|dev, cmd| {
+            record_acquire(dev, cmd, self, qf);
+            record_acquire(dev, cmd, dst, qf);
+            let region = [vk::BufferCopy { src_offset, dst_offset, size: len }];
+            // SAFETY: both buffers are live, ranges checked, usages include transfer by default.
+            unsafe { dev.cmd_copy_buffer(cmd, self.buffer, dst.buffer, &region) };
+            record_release(dev, cmd, self, qf);
+            record_release(dev, cmd, dst, qf);
+        })
+    }
+}
+
+/// Records the acquisition of a shared buffer from `VK_QUEUE_FAMILY_EXTERNAL` (what another API
+/// or device wrote becomes visible here). A no-op cost for private buffers.
+fn record_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, queue_family: u32) {
+    let barrier = vk::BufferMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::empty())
+        .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)
+        .src_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
+        .dst_queue_family_index(queue_family)
+        .buffer(buffer.buffer)
+        .offset(0)
+        .size(vk::WHOLE_SIZE);
+    // SAFETY: cmd is recording; the barrier names a live buffer.
+    unsafe {
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TOP_OF_PIPE,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[barrier],
+            &[],
+        )
+    };
+}
+
+/// Records the release of a shared buffer to `VK_QUEUE_FAMILY_EXTERNAL`, so another API or
+/// device may use what this submission wrote.
+fn record_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, queue_family: u32) {
+    let barrier = vk::BufferMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::empty())
+        .src_queue_family_index(queue_family)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
+        .buffer(buffer.buffer)
+        .offset(0)
+        .size(vk::WHOLE_SIZE);
+    // SAFETY: cmd is recording; the barrier names a live buffer.
+    unsafe {
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[barrier],
+            &[],
+        )
+    };
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: lava-flow waits for its own submissions; users must not drop a buffer their own
+        // pending GPU work uses (as with any Vulkan buffer).
+        unsafe { self.ctx.device().destroy_buffer(self.buffer, None) };
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+/// A read-only host view of a buffer, valid while the buffer is borrowed.
+pub struct MappedBuffer<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _buffer: &'a Buffer,
+}
+
+impl MappedBuffer<'_> {
+    /// The bytes. The GPU or another process may be writing them: synchronize first.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping covers len bytes from ptr while the buffer (and its memory) lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A writable host view of a buffer; flushed on drop for non-coherent memory.
+pub struct MappedBufferMut<'a> {
+    ptr: *mut u8,
+    len: usize,
+    buffer: &'a mut Buffer,
+}
+
+impl MappedBufferMut<'_> {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: see MappedBuffer::as_slice.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: see MappedBuffer::as_slice; &mut self excludes other views in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MappedBufferMut<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.buffer.memory.flush() {
+            self.buffer.ctx.defer_error(format!("flushing a mapped buffer: {e}"));
+        }
+    }
+}

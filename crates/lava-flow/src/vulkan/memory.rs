@@ -1,0 +1,571 @@
+//! `DeviceMemory`: one `VkDeviceMemory`, allocated exportable, imported from an fd, or imported
+//! from shareable host memory. Buffers and images hold it in an `Arc`, so it is freed only after
+//! the last resource bound to it is destroyed.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use ash::vk;
+use raw_gpu_handle::{AllocationId, ExportedMemory, Memory, MemoryDescription, MemoryHandleKind, MemoryProperties};
+
+use super::format::{memory_properties, vk_memory_handle_type};
+use super::host::SharedHostMemory;
+use crate::{Error, Result, VulkanContext};
+
+/// Where a `DeviceMemory` came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryOrigin {
+    /// Allocated here.
+    Allocated,
+    /// Imported from another device's or process's fd.
+    Imported,
+    /// Imported from shareable host memory.
+    Host,
+}
+
+/// The resource a dedicated allocation is for (`VkMemoryDedicatedAllocateInfo`).
+#[derive(Clone, Copy, Debug)]
+pub enum DedicatedTo {
+    /// A buffer.
+    Buffer(vk::Buffer),
+    /// An image.
+    Image(vk::Image),
+}
+
+/// One Vulkan memory allocation and what importers need to know about it.
+pub struct DeviceMemory {
+    ctx: VulkanContext,
+    memory: vk::DeviceMemory,
+    size: u64,
+    type_index: u32,
+    properties: vk::MemoryPropertyFlags,
+    export_kind: Option<MemoryHandleKind>,
+    dedicated: bool,
+    origin: MemoryOrigin,
+    allocation_id: AllocationId,
+    host: Option<SharedHostMemory>,
+    mapped: Mutex<Option<usize>>,
+    /// The handle kind this memory was imported from (bind_at needs it in
+    /// VkExternalMemoryBufferCreateInfo: VUID-vkBindBufferMemory-memory-02985).
+    import_kind: Option<MemoryHandleKind>,
+    /// Pool blocks keep the fd of their first export and hand out duplicates, so a buffer carved
+    /// from a block exports with a `dup` instead of a `vkGetMemoryFdKHR`. `None`: fresh fd each time.
+    kept_export: Option<Mutex<Option<OwnedFd>>>,
+}
+
+impl std::fmt::Debug for DeviceMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceMemory")
+            .field("size", &self.size)
+            .field("type_index", &self.type_index)
+            .field("properties", &self.properties)
+            .field("export_kind", &self.export_kind)
+            .field("dedicated", &self.dedicated)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// A process-unique, machine-wide-unlikely-to-collide allocation id: a random per-process prefix
+/// (from the clock, pid and address-space layout) and a counter.
+pub(crate) fn next_allocation_id() -> AllocationId {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        );
+        h.finish()
+    });
+    AllocationId((u128::from(prefix) << 64) | u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Parameters of a new exportable allocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AllocateParams {
+    pub size: u64,
+    pub type_index: u32,
+    pub export_kind: Option<MemoryHandleKind>,
+    pub dedicated: Option<DedicatedTo>,
+}
+
+impl DeviceMemory {
+    /// Allocates `params.size` bytes of memory type `params.type_index`, exportable as
+    /// `params.export_kind`, dedicated to a resource when given.
+    pub(crate) fn allocate(ctx: &VulkanContext, params: AllocateParams) -> Result<DeviceMemory> {
+        let mut export_info = vk::ExportMemoryAllocateInfo::default();
+        let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
+        let mut info =
+            vk::MemoryAllocateInfo::default().allocation_size(params.size).memory_type_index(params.type_index);
+        if let Some(kind) = params.export_kind {
+            export_info = export_info.handle_types(vk_memory_handle_type(kind));
+            info = info.push_next(&mut export_info);
+        }
+        if let Some(target) = params.dedicated {
+            dedicated_info = match target {
+                DedicatedTo::Buffer(b) => dedicated_info.buffer(b),
+                DedicatedTo::Image(i) => dedicated_info.image(i),
+            };
+            info = info.push_next(&mut dedicated_info);
+        }
+        // SAFETY: info and its chain live across the call.
+        let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
+            let what = format!(
+                "allocating {} bytes of memory type {}{}",
+                params.size,
+                params.type_index,
+                params.export_kind.map(|k| format!(" exportable as {k}")).unwrap_or_default()
+            );
+            match r {
+                vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => {
+                    Error::OutOfMemory { what, advice: format!("{r}: free memory or ask for less") }
+                }
+                _ => Error::vk("vkAllocateMemory", r, what),
+            }
+        })?;
+        Ok(Self::wrap(
+            ctx,
+            memory,
+            params.size,
+            params.type_index,
+            params.export_kind,
+            params.dedicated.is_some(),
+            MemoryOrigin::Allocated,
+            next_allocation_id(),
+            None,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn wrap(
+        ctx: &VulkanContext,
+        memory: vk::DeviceMemory,
+        size: u64,
+        type_index: u32,
+        export_kind: Option<MemoryHandleKind>,
+        dedicated: bool,
+        origin: MemoryOrigin,
+        allocation_id: AllocationId,
+        host: Option<SharedHostMemory>,
+    ) -> DeviceMemory {
+        let properties = ctx.memory_properties().memory_types[type_index as usize].property_flags;
+        if origin != MemoryOrigin::Imported {
+            exporters().insert(allocation_id, size);
+        }
+        DeviceMemory {
+            ctx: ctx.clone(),
+            memory,
+            size,
+            type_index,
+            properties,
+            export_kind,
+            dedicated,
+            origin,
+            allocation_id,
+            host,
+            mapped: Mutex::new(None),
+            import_kind: None,
+            kept_export: None,
+        }
+    }
+
+    /// Imports an exported allocation (opaque fd or DMA-BUF) into `ctx`'s device.
+    ///
+    /// Checks first, and refuses with a typed error: another device's or driver's UUIDs, a memory
+    /// type this device does not have or whose flags differ (an opaque-fd import must use the
+    /// exporter's memory type), an fd that is closed or no GPU export (pipe, socket, plain file), an
+    /// fd smaller than the description's size. On success Vulkan owns the fd; on failure it is closed
+    /// exactly once.
+    pub fn import(
+        ctx: &VulkanContext,
+        exported: ExportedMemory,
+        dedicated: Option<DedicatedTo>,
+    ) -> Result<DeviceMemory> {
+        let Memory { handle, description: d } = exported;
+        if d.handle_kind == MemoryHandleKind::HostMemfd {
+            let host = SharedHostMemory::from_fd(handle, d.allocation_size)?;
+            return Self::import_host(ctx, host, d.allocation_id);
+        }
+        let fd = crate::fd::check_exported_memory(handle, &d, &format!("{} memory", d.handle_kind))?;
+        raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &ctx.identity())?;
+        Self::check_description(ctx, &d, dedicated)?;
+        let ext = ctx.external_memory_fd()?;
+        let handle_type = vk_memory_handle_type(d.handle_kind);
+        let mut type_index = d.memory_type_index;
+        if d.handle_kind == MemoryHandleKind::DmaBuf {
+            // DMA-BUFs may come from another driver: ask which of our types can hold it.
+            let mut props = vk::MemoryFdPropertiesKHR::default();
+            // SAFETY: fd is open (checked); props is valid for the call.
+            unsafe {
+                (ext.fp().get_memory_fd_properties_khr)(
+                    ctx.device().handle(),
+                    handle_type,
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &mut props,
+                )
+            }
+            .result()
+            .map_err(|r| {
+                Error::vk("vkGetMemoryFdPropertiesKHR", r, "asking which memory types can import a DMA-BUF")
+            })?;
+            type_index = (0..32).find(|i| props.memory_type_bits & (1 << i) != 0).ok_or_else(|| {
+                Error::unsupported(
+                    "importing this DMA-BUF",
+                    "no memory type accepts it",
+                    "vkGetMemoryFdPropertiesKHR",
+                    "import it on the exporting device",
+                )
+            })?;
+        }
+        let allocation_size = d.allocation_size;
+        crate::fd::import_consuming(fd, |raw| {
+            let mut import_info = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw);
+            let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
+            let mut info = vk::MemoryAllocateInfo::default()
+                .allocation_size(allocation_size)
+                .memory_type_index(type_index)
+                .push_next(&mut import_info);
+            if let Some(target) = dedicated {
+                dedicated_info = match target {
+                    DedicatedTo::Buffer(b) => dedicated_info.buffer(b),
+                    DedicatedTo::Image(i) => dedicated_info.image(i),
+                };
+                info = info.push_next(&mut dedicated_info);
+            }
+            // SAFETY: info and its chain live across the call; raw is an open fd handed to Vulkan.
+            let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
+                Error::vk(
+                    "vkAllocateMemory",
+                    r,
+                    format!(
+                        "importing {allocation_size} bytes of {} memory (type {type_index}) from {}",
+                        d.handle_kind, d.device
+                    ),
+                )
+            })?;
+            let mut imported = Self::wrap(
+                ctx,
+                memory,
+                allocation_size,
+                type_index,
+                None,
+                dedicated.is_some(),
+                MemoryOrigin::Imported,
+                d.allocation_id.unwrap_or_else(next_allocation_id),
+                None,
+            );
+            imported.import_kind = Some(d.handle_kind);
+            Ok(imported)
+        })
+    }
+
+    fn check_description(ctx: &VulkanContext, d: &MemoryDescription, dedicated: Option<DedicatedTo>) -> Result<()> {
+        let props = ctx.memory_properties();
+        if d.allocation_size == 0 {
+            return Err(Error::invalid(
+                "an import of 0 bytes",
+                "the description's allocation size is zero",
+                "pass the size the exporter reported",
+            ));
+        }
+        if d.handle_kind == MemoryHandleKind::OpaqueFd {
+            if d.memory_type_index >= props.memory_type_count {
+                return Err(Error::invalid(
+                    format!("an import into memory type {}", d.memory_type_index),
+                    format!("{} has only {} memory types", ctx.info().name, props.memory_type_count),
+                    "an opaque-fd import must use the exporter's memory type index (VkMemoryAllocateInfo, external memory compatibility); pass the description unchanged",
+                ));
+            }
+            let here = memory_properties(props.memory_types[d.memory_type_index as usize].property_flags);
+            if here != d.memory_properties {
+                return Err(Error::invalid(
+                    format!(
+                        "an import into memory type {} with properties {}",
+                        d.memory_type_index, d.memory_properties
+                    ),
+                    format!("that memory type here has properties {here}"),
+                    "the exporter's memory type must be used unchanged: check the description came from this device",
+                ));
+            }
+        }
+        if d.dedicated && dedicated.is_none() {
+            return Err(Error::invalid(
+                "a non-dedicated import of a dedicated allocation",
+                "the exporter made a dedicated allocation (VkMemoryDedicatedAllocateInfo), which must be imported dedicated to an identical resource",
+                "import it through Buffer::import or Image::import, which do so",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Imports shareable host memory (`VK_EXT_external_memory_host`). The mapping is kept alive
+    /// by the returned memory.
+    pub fn import_host(ctx: &VulkanContext, host: SharedHostMemory, id: Option<AllocationId>) -> Result<DeviceMemory> {
+        let ext = ctx.external_memory_host()?;
+        let align = ctx.host_import_alignment().unwrap_or(4096);
+        if host.len() as u64 % align != 0 || (host.as_ptr() as usize as u64) % align != 0 {
+            return Err(Error::invalid(
+                format!("importing {} bytes of host memory", host.len()),
+                format!("pointer and size must be multiples of minImportedHostPointerAlignment ({align})"),
+                "create it with SharedHostMemory::create, which rounds the size",
+            ));
+        }
+        let handle_type = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
+        let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+        // SAFETY: the pointer is a live mapping of host.len() bytes; props is valid for the call.
+        unsafe {
+            (ext.fp().get_memory_host_pointer_properties_ext)(
+                ctx.device().handle(),
+                handle_type,
+                host.as_ptr().cast_const().cast(),
+                &mut props,
+            )
+        }
+        .result()
+        .map_err(|r| {
+            Error::vk("vkGetMemoryHostPointerPropertiesEXT", r, "asking which memory types can import host memory")
+        })?;
+        let type_index = ctx
+            .find_memory_type(
+                props.memory_type_bits,
+                vk::MemoryPropertyFlags::HOST_VISIBLE,
+                vk::MemoryPropertyFlags::HOST_COHERENT,
+            )
+            .ok_or_else(|| {
+                Error::unsupported(
+                    "importing host memory",
+                    "no host-visible memory type accepts the pointer",
+                    "vkGetMemoryHostPointerPropertiesEXT",
+                    "use device memory exported as an fd instead",
+                )
+            })?;
+        let mut import =
+            vk::ImportMemoryHostPointerInfoEXT::default().handle_type(handle_type).host_pointer(host.as_ptr().cast());
+        let info = vk::MemoryAllocateInfo::default()
+            .allocation_size(host.len() as u64)
+            .memory_type_index(type_index)
+            .push_next(&mut import);
+        // SAFETY: the mapping outlives the memory (it is stored in it and dropped after vkFreeMemory).
+        let memory = unsafe { ctx.device().allocate_memory(&info, None) }
+            .map_err(|r| Error::vk("vkAllocateMemory", r, format!("importing {} bytes of host memory", host.len())))?;
+        let size = host.len() as u64;
+        Ok(Self::wrap(
+            ctx,
+            memory,
+            size,
+            type_index,
+            Some(MemoryHandleKind::HostMemfd),
+            false,
+            MemoryOrigin::Host,
+            id.unwrap_or_else(next_allocation_id),
+            Some(host),
+        ))
+    }
+
+    /// Exports the allocation: a fresh fd each call, plus everything an importer needs.
+    pub fn export_fd(&self) -> Result<ExportedMemory> {
+        self.ctx.check_deferred()?;
+        let description = self.description()?;
+        let handle = match (&self.host, self.export_kind) {
+            (Some(host), _) => host.try_clone_fd()?,
+            (None, Some(kind)) => match &self.kept_export {
+                Some(kept) => {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.is_none() {
+                        *kept = Some(self.get_fd(kind)?);
+                    }
+                    let fd = kept.as_ref().expect("set above");
+                    fd.try_clone().map_err(|e| {
+                        Error::io(format!("duplicating the exported fd of a {}-byte block", self.size), e)
+                    })?
+                }
+                None => self.get_fd(kind)?,
+            },
+            (None, None) => unreachable!("description() refuses non-exportable memory"),
+        };
+        Ok(Memory { handle, description })
+    }
+
+    /// `vkGetMemoryFdKHR`: a new fd the caller owns.
+    fn get_fd(&self, kind: MemoryHandleKind) -> Result<OwnedFd> {
+        let ext = self.ctx.external_memory_fd()?;
+        let info = vk::MemoryGetFdInfoKHR::default().memory(self.memory).handle_type(vk_memory_handle_type(kind));
+        // SAFETY: the memory was allocated exportable as this handle type.
+        let raw = unsafe { ext.get_memory_fd(&info) }
+            .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, format!("exporting {} bytes as {kind}", self.size)))?;
+        // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Makes exports duplicate the first exported fd (see `kept_export`); for pool blocks.
+    pub(crate) fn keep_exported_fd(mut self) -> Self {
+        self.kept_export = Some(Mutex::new(None));
+        self
+    }
+
+    /// The external handle kind this memory was allocated exportable as or imported from.
+    pub fn external_handle_kind(&self) -> Option<MemoryHandleKind> {
+        self.export_kind.or(self.import_kind)
+    }
+
+    /// The description an export carries (without the fd).
+    pub fn description(&self) -> Result<MemoryDescription> {
+        let handle_kind =
+            match (&self.host, self.export_kind) {
+                (Some(_), _) => MemoryHandleKind::HostMemfd,
+                (None, Some(kind)) => kind,
+                (None, None) => return Err(Error::unsupported(
+                    "exporting this memory",
+                    if self.origin == MemoryOrigin::Imported {
+                        "it was imported, and Vulkan does not re-export imported memory here"
+                    } else {
+                        "it was allocated without VkExportMemoryAllocateInfo"
+                    },
+                    "VkExportMemoryAllocateInfo",
+                    "export from the original allocation (duplicate its fd with try_clone to feed several importers)",
+                )),
+            };
+        Ok(MemoryDescription {
+            handle_kind,
+            allocation_size: self.size,
+            memory_type_index: self.type_index,
+            memory_properties: memory_properties(self.properties),
+            dedicated: self.dedicated,
+            device: self.ctx.identity(),
+            allocation_id: Some(self.allocation_id),
+        })
+    }
+
+    /// The Vulkan handle.
+    pub fn handle(&self) -> vk::DeviceMemory {
+        self.memory
+    }
+
+    /// Size of the whole allocation.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Memory type index.
+    pub fn memory_type_index(&self) -> u32 {
+        self.type_index
+    }
+
+    /// Memory type flags.
+    pub fn properties(&self) -> MemoryProperties {
+        memory_properties(self.properties)
+    }
+
+    /// Whether this is a dedicated allocation.
+    pub fn dedicated(&self) -> bool {
+        self.dedicated
+    }
+
+    /// Where it came from.
+    pub fn origin(&self) -> MemoryOrigin {
+        self.origin
+    }
+
+    /// The stable id exports carry.
+    pub fn allocation_id(&self) -> AllocationId {
+        self.allocation_id
+    }
+
+    /// The context it belongs to.
+    pub fn context(&self) -> &VulkanContext {
+        &self.ctx
+    }
+
+    /// The shared host memory behind it, for `SharedHost` allocations.
+    pub fn host_memory(&self) -> Option<&SharedHostMemory> {
+        self.host.as_ref()
+    }
+
+    /// Whether the host can map it.
+    pub fn is_host_visible(&self) -> bool {
+        self.properties.contains(vk::MemoryPropertyFlags::HOST_VISIBLE)
+    }
+
+    /// Pointer to the start of the persistent host mapping, mapping on first use.
+    pub(crate) fn host_pointer(&self) -> Result<*mut u8> {
+        if let Some(host) = &self.host {
+            return Ok(host.as_ptr());
+        }
+        if !self.is_host_visible() {
+            return Err(Error::invalid(
+                "mapping memory",
+                format!("memory type {} is not HOST_VISIBLE ({:?})", self.type_index, self.properties),
+                "allocate with MemoryLocation::HostVisibleVulkan or SharedHost, or use read/write which stage through a copy",
+            ));
+        }
+        let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = *mapped {
+            return Ok(p as *mut u8);
+        }
+        // SAFETY: host-visible memory, not mapped yet (guarded by the lock), whole range.
+        let p = unsafe { self.ctx.device().map_memory(self.memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
+            .map_err(|r| Error::vk("vkMapMemory", r, format!("mapping {} bytes", self.size)))?;
+        *mapped = Some(p as usize);
+        Ok(p.cast())
+    }
+
+    /// Makes device writes visible to the host for non-coherent memory (no-op when coherent).
+    pub(crate) fn invalidate(&self) -> Result<()> {
+        if self.host.is_some() || self.properties.contains(vk::MemoryPropertyFlags::HOST_COHERENT) {
+            return Ok(());
+        }
+        let range = vk::MappedMemoryRange::default().memory(self.memory).offset(0).size(vk::WHOLE_SIZE);
+        // SAFETY: the memory is mapped (host_pointer was called before).
+        unsafe { self.ctx.device().invalidate_mapped_memory_ranges(&[range]) }
+            .map_err(|r| Error::vk("vkInvalidateMappedMemoryRanges", r, "reading mapped memory"))
+    }
+
+    /// Makes host writes visible to the device for non-coherent memory (no-op when coherent).
+    pub(crate) fn flush(&self) -> Result<()> {
+        if self.host.is_some() || self.properties.contains(vk::MemoryPropertyFlags::HOST_COHERENT) {
+            return Ok(());
+        }
+        let range = vk::MappedMemoryRange::default().memory(self.memory).offset(0).size(vk::WHOLE_SIZE);
+        // SAFETY: the memory is mapped (host_pointer was called before).
+        unsafe { self.ctx.device().flush_mapped_memory_ranges(&[range]) }
+            .map_err(|r| Error::vk("vkFlushMappedMemoryRanges", r, "writing mapped memory"))
+    }
+}
+
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        // SAFETY: every buffer and image bound to this memory holds an Arc to it, so none is left;
+        // freeing implicitly unmaps. The host mapping (if any) is dropped after this, as Vulkan
+        // requires the pointer to stay valid until the memory is freed.
+        unsafe { self.ctx.device().free_memory(self.memory, None) };
+        if self.origin != MemoryOrigin::Imported {
+            exporters().remove(&self.allocation_id);
+        }
+    }
+}
+
+/// Allocations exported from this process, by id, with their true sizes. Importers in the same
+/// process check descriptions against it: NVIDIA's CUDA driver accepts an opaque fd with a larger
+/// size than the allocation, which would map memory that is not there.
+fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<AllocationId, u64>> {
+    static EXPORTERS: std::sync::OnceLock<Mutex<std::collections::HashMap<AllocationId, u64>>> =
+        std::sync::OnceLock::new();
+    EXPORTERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses a description whose allocation was made in this process with another size.
+pub(crate) fn check_against_exporter(d: &MemoryDescription) -> Result<()> {
+    let Some(id) = d.allocation_id else { return Ok(()) };
+    match exporters().get(&id) {
+        Some(&size) if size != d.allocation_size => Err(Error::invalid(
+            format!("an import of {} bytes of allocation {id}", d.allocation_size),
+            format!("that allocation was made in this process with {size} bytes"),
+            "pass the description exactly as exported (importers must be given the whole allocation's size)",
+        )),
+        _ => Ok(()),
+    }
+}

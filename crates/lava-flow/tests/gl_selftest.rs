@@ -1,0 +1,39 @@
+//! The GL rows of `lava-flow selftest` and `lava-flow bench` run end to end on this machine's
+//! drivers (llvmpipe here, NVIDIA on the GPU machine).
+#![cfg(feature = "gl")]
+
+mod common;
+
+use lava_flow::gl::{bench, selftest, GlContext};
+use lava_flow::testing;
+
+#[test]
+fn selftest_paths_pass() {
+    let Some(vk) = common::vulkan() else { return };
+    if testing::or_skip("gl", GlContext::for_identity(&vk.identity())).is_none() {
+        return;
+    }
+    let cases = selftest::selftest(&vk);
+    assert_eq!(cases.len(), 4, "{cases:?}");
+    for case in &cases {
+        match &case.result {
+            Ok(detail) => println!("PASS {}: {detail}", case.path),
+            Err(e) => panic!("{} failed: {e}", case.path),
+        }
+    }
+}
+
+#[test]
+fn import_latency_rows_are_measured() {
+    let Some(vk) = common::vulkan() else { return };
+    if testing::or_skip("gl", GlContext::for_identity(&vk.identity())).is_none() {
+        return;
+    }
+    let rows = bench::import_latency(&vk, &[4096, 1 << 20], 5).unwrap();
+    assert_eq!(rows.len(), 3, "two buffer sizes and a texture: {rows:?}");
+    for r in &rows {
+        assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio.is_finite(), "{r:?}");
+        assert_eq!(r.unit, "us");
+        println!("{}", serde_json::to_string(r).unwrap());
+    }
+}

@@ -1,0 +1,203 @@
+//! Vulkan -> GL -> Vulkan ordered by shared binary semaphores (GL_EXT_semaphore_fd), for buffers
+//! and textures over many rounds. llvmpipe has no GL semaphores: these tests skip there with the
+//! reason, and run on the GPU machine (LAVA_FLOW_REQUIRE=semaphores makes a skip a failure).
+#![cfg(feature = "gl")]
+
+mod common;
+
+use ash::vk;
+use common::pattern;
+use lava_flow::gl::{GlContext, TextureLayout, GL_BUFFER_SLACK};
+use lava_flow::raw_gpu_handle::{
+    ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
+};
+use lava_flow::testing::{self, open_fd_count};
+use lava_flow::vulkan::MemoryKind;
+use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
+
+/// An exportable binary Vulkan semaphore (VK_KHR_external_semaphore_fd, opaque fd).
+struct VkSemaphore {
+    ctx: VulkanContext,
+    semaphore: vk::Semaphore,
+}
+
+impl VkSemaphore {
+    fn new(ctx: &VulkanContext) -> VkSemaphore {
+        let mut export =
+            vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
+        // SAFETY: valid device; the chained struct lives across the call.
+        let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }.unwrap();
+        VkSemaphore { ctx: ctx.clone(), semaphore }
+    }
+
+    fn export(&self) -> ExportedSemaphore {
+        let loader = ash::khr::external_semaphore_fd::Device::new(self.ctx.instance(), self.ctx.device());
+        let info = vk::SemaphoreGetFdInfoKHR::default()
+            .semaphore(self.semaphore)
+            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the semaphore was created exportable as an opaque fd.
+        let fd = unsafe { loader.get_semaphore_fd(&info) }.unwrap();
+        // SAFETY: vkGetSemaphoreFdKHR returned a new fd that we own.
+        let handle = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Semaphore {
+            handle,
+            description: SemaphoreDescription {
+                kind: SemaphoreKind::Binary,
+                handle_kind: SemaphoreHandleKind::OpaqueFd,
+                device: self.ctx.identity(),
+            },
+        }
+    }
+
+    /// Submits an empty batch that signals the semaphore after all earlier work on the queue.
+    fn signal(&self) {
+        self.submit(&[], &[self.semaphore]);
+    }
+
+    /// Submits an empty batch that waits for the semaphore, and waits on the host for it.
+    fn wait(&self) {
+        self.submit(&[self.semaphore], &[]);
+    }
+
+    fn submit(&self, wait: &[vk::Semaphore], signal: &[vk::Semaphore]) {
+        let dev = self.ctx.device();
+        // SAFETY: valid device.
+        let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }.unwrap();
+        let stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait.len()];
+        let submit =
+            [vk::SubmitInfo::default().wait_semaphores(wait).wait_dst_stage_mask(&stages).signal_semaphores(signal)];
+        // SAFETY: queue locked by with_queue; semaphores and fence are valid.
+        self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &submit, fence) }).unwrap();
+        // SAFETY: the fence was submitted.
+        unsafe { dev.wait_for_fences(&[fence], true, 10_000_000_000) }.expect("the semaphore batch completes");
+        // SAFETY: signalled, no longer in use.
+        unsafe { dev.destroy_fence(fence, None) };
+    }
+}
+
+impl Drop for VkSemaphore {
+    fn drop(&mut self) {
+        // SAFETY: every batch using it was waited for.
+        unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
+    }
+}
+
+fn setup() -> Option<(VulkanContext, GlContext)> {
+    let vk = common::vulkan()?;
+    let gl = testing::or_skip("gl", GlContext::for_identity(&vk.identity()))?;
+    if !gl.info().semaphore_fd {
+        testing::skip(
+            "semaphores",
+            format!("{} has no GL_EXT_semaphore_fd (llvmpipe has no GL semaphores)", gl.info().renderer),
+        );
+        return None;
+    }
+    if !vk.extensions().external_semaphore_fd {
+        testing::skip("semaphores", format!("{} lacks VK_KHR_external_semaphore_fd", vk.info().name));
+        return None;
+    }
+    Some((vk, gl))
+}
+
+fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
+    let staging = Buffer::new(
+        buffer.context(),
+        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
+    )
+    .unwrap();
+    staging.write(0, data).unwrap();
+    staging.copy_region_to(0, buffer, 0, data.len() as u64).unwrap();
+}
+
+fn vk_gpu_read(buffer: &Buffer, len: u64) -> Vec<u8> {
+    let staging =
+        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
+    buffer.copy_region_to(0, &staging, 0, len).unwrap();
+    staging.read(0, len).unwrap()
+}
+
+fn invert(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().map(|b| !b).collect()
+}
+
+#[test]
+fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
+    let Some((vk, gl)) = setup() else { return };
+    let size = 1 << 20;
+    let buffer = Buffer::new(&vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let glbuf = gl.import_buffer(buffer.export_fd().unwrap()).unwrap();
+    let (to_gl, to_vk) = (VkSemaphore::new(&vk), VkSemaphore::new(&vk));
+    let before = open_fd_count();
+    let gl_wait = gl.import_semaphore(to_gl.export()).unwrap();
+    let gl_signal = gl.import_semaphore(to_vk.export()).unwrap();
+    assert_eq!(open_fd_count(), before, "GL took both semaphore fds");
+    for round in 0..16u32 {
+        let data = pattern(size as usize, round);
+        vk_gpu_write(&buffer, &data);
+        to_gl.signal();
+        gl_wait.wait(&[&glbuf], &[]).unwrap();
+        let seen = glbuf.read(0, size as usize).unwrap();
+        assert!(seen == data, "round {round}: GL sees Vulkan's write after the wait");
+        glbuf.write(0, &invert(&seen)).unwrap();
+        gl_signal.signal(&[&glbuf], &[]).unwrap();
+        to_vk.wait();
+        assert!(vk_gpu_read(&buffer, size) == invert(&data), "round {round}: Vulkan sees GL's write after the wait");
+    }
+    gl.check_deferred().unwrap();
+}
+
+#[test]
+fn semaphores_order_texture_rounds_with_layouts() {
+    let Some((vk, gl)) = setup() else { return };
+    let image =
+        Image::new(&vk, &ImageOptions::d2(lava_flow::raw_gpu_handle::TextureFormat::Rgba8Unorm, 128, 64)).unwrap();
+    let tex = gl.import_texture(image.export_fd().unwrap()).unwrap();
+    let (to_gl, to_vk) = (VkSemaphore::new(&vk), VkSemaphore::new(&vk));
+    let gl_wait = gl.import_semaphore(to_gl.export()).unwrap();
+    let gl_signal = gl.import_semaphore(to_vk.export()).unwrap();
+    // lava-flow's Image leaves the image in GENERAL, released to VK_QUEUE_FAMILY_EXTERNAL, after
+    // each upload and download, and acquires it in GENERAL: GL hands it over in the same layout.
+    let layout = TextureLayout::from_vk(vk::ImageLayout::GENERAL).unwrap();
+    assert_eq!(layout, TextureLayout::General);
+    for round in 0..8u32 {
+        let data = pattern(image.packed_size() as usize, 50 + round);
+        image.upload(&data).unwrap();
+        to_gl.signal();
+        gl_wait.wait(&[], &[(&tex, layout)]).unwrap();
+        let seen = tex.read().unwrap();
+        let stale = round > 0 && seen == invert(&pattern(data.len(), 50 + round - 1));
+        let matching = seen.iter().zip(&data).filter(|(a, b)| a == b).count();
+        assert!(
+            seen == data,
+            "round {round}: GL sees the uploaded texels after the wait ({matching} of {} bytes match; GL still sees its own last write: {stale})",
+            data.len()
+        );
+        tex.write(&invert(&seen)).unwrap();
+        gl_signal.signal(&[], &[(&tex, layout)]).unwrap();
+        to_vk.wait();
+        assert!(image.download().unwrap() == invert(&data), "round {round}: Vulkan sees GL's texels");
+    }
+    gl.check_deferred().unwrap();
+}
+
+#[test]
+fn layouts_map_both_ways() {
+    for layout in [
+        TextureLayout::Undefined,
+        TextureLayout::General,
+        TextureLayout::ColorAttachment,
+        TextureLayout::DepthStencilAttachment,
+        TextureLayout::DepthStencilReadOnly,
+        TextureLayout::ShaderReadOnly,
+        TextureLayout::TransferSrc,
+        TextureLayout::TransferDst,
+        TextureLayout::DepthReadOnlyStencilAttachment,
+        TextureLayout::DepthAttachmentStencilReadOnly,
+    ] {
+        assert_eq!(TextureLayout::from_vk(layout.vk()), Some(layout));
+    }
+    assert_eq!(TextureLayout::ShaderReadOnly.gl(), 0x9591, "GL_LAYOUT_SHADER_READ_ONLY_EXT");
+    assert_eq!(TextureLayout::General.gl(), 0x958D, "GL_LAYOUT_GENERAL_EXT");
+    assert_eq!(TextureLayout::from_vk(vk::ImageLayout::PRESENT_SRC_KHR), None);
+}

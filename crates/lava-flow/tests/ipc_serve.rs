@@ -1,0 +1,161 @@
+//! `serve_pattern` and `attach` in two real processes: host memory, and Vulkan buffers and
+//! images imported by the other process on the same device.
+
+mod ipc_support;
+
+use std::time::Duration;
+
+use ipc_support::{child_command, child_role, run_ok, TempDir};
+use lava_flow::ipc::{
+    attach, serve_pattern, AttachApi, AttachOptions, ServeMemory, ServeOptions, ServerConfig, IMAGE_NAME, PATTERN_NAME,
+};
+use lava_flow::vulkan::MemoryLocation;
+use lava_flow::{testing, VulkanContext};
+use serde_json::Value;
+
+fn attach_child() {
+    let api = match child_role().unwrap().as_str() {
+        "attach-host" => AttachApi::Host,
+        "attach-vulkan" => AttachApi::Vulkan,
+        "attach-cuda" => AttachApi::Cuda,
+        "attach-gl" => AttachApi::Gl,
+        "attach-opencl" => AttachApi::OpenCl,
+        other => panic!("unknown role {other}"),
+    };
+    let socket = std::env::var_os("LAVA_FLOW_TEST_SOCKET").unwrap();
+    let Some(report) = testing::or_skip(api.name(), attach(&AttachOptions::new(socket, api))) else {
+        println!("CHILD-SKIPPED");
+        return;
+    };
+    println!("REPORT {}", serde_json::to_string(&report).unwrap());
+}
+
+/// Runs `attach` as `role` in a child process against `socket` and returns its report, or None
+/// where the child found its API unavailable (it printed why).
+fn try_attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Option<Value> {
+    let mut cmd = child_command(test, role);
+    cmd.env("LAVA_FLOW_TEST_SOCKET", socket);
+    let out = run_ok(cmd, role);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    if stdout.contains("CHILD-SKIPPED") {
+        return None;
+    }
+    let line = stdout.lines().find_map(|l| l.split_once("REPORT ").map(|(_, r)| r)).expect("the child's report");
+    Some(serde_json::from_str(line).unwrap())
+}
+
+fn attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Value {
+    try_attach_in_child(test, role, socket).expect("host and Vulkan attach where the parent served")
+}
+
+fn options(socket: &std::path::Path, size: u64, memory: ServeMemory, image: Option<(u32, u32)>) -> ServeOptions {
+    ServeOptions { socket: socket.into(), size, memory, image, config: ServerConfig::default() }
+}
+
+#[test]
+fn serve_and_attach_host_memory_in_two_processes() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    let dir = TempDir::new("serve-host", 0o700);
+    let socket = dir.path().join("serve.sock");
+    let served = serve_pattern(&options(&socket, 3 << 20, ServeMemory::Host, None)).unwrap();
+    assert_eq!(served.report().objects.len(), 1);
+    let report = attach_in_child("serve_and_attach_host_memory_in_two_processes", "attach-host", &socket);
+    assert_eq!(report["api"], "host");
+    assert_eq!(report["objects"][0]["name"], PATTERN_NAME);
+    assert_eq!(report["objects"][0]["bytes_checked"], 3 << 20);
+    let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["connect", "receive the objects", "map pattern", "verify pattern"]);
+    assert!(served.server().wait_idle(Duration::from_secs(10)));
+    assert_eq!(served.server().stats().objects_sent, 1);
+    assert!(serve_pattern(&options(&socket, 0, ServeMemory::Host, None)).is_err(), "an empty pattern is refused");
+}
+
+fn default_device_index() -> Option<usize> {
+    testing::prefer_software_vulkan_if_no_gpu();
+    testing::or_skip("vulkan", VulkanContext::new()).map(|ctx| ctx.info().index)
+}
+
+#[test]
+fn serve_and_attach_vulkan_buffer_and_image_in_two_processes() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    let Some(device_id) = default_device_index() else { return };
+    let dir = TempDir::new("serve-vulkan", 0o700);
+    let socket = dir.path().join("serve.sock");
+    let location = MemoryLocation::GpuVulkan { device_id };
+    let served = serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), Some((64, 32)))).unwrap();
+    let report = attach_in_child("serve_and_attach_vulkan_buffer_and_image_in_two_processes", "attach-vulkan", &socket);
+    println!("{report:#}");
+    assert_eq!(report["api"], "vulkan");
+    let objects = report["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 2);
+    assert_eq!((&objects[0]["name"], &objects[0]["kind"]), (&PATTERN_NAME.into(), &"buffer".into()));
+    assert_eq!(objects[0]["bytes_checked"], 1 << 20);
+    assert_eq!((&objects[1]["name"], &objects[1]["kind"]), (&IMAGE_NAME.into(), &"texture".into()));
+    assert_eq!(objects[1]["bytes_checked"], 64 * 32 * 4);
+    assert!(served.server().wait_idle(Duration::from_secs(10)));
+}
+
+#[test]
+fn serve_vulkan_shared_host_memory_and_attach_by_mapping_it() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    let Some(device_id) = default_device_index() else { return };
+    let dir = TempDir::new("serve-shared-host", 0o700);
+    let socket = dir.path().join("serve.sock");
+    let location = MemoryLocation::SharedHost { device_id };
+    let Some(served) =
+        testing::or_skip("vulkan", serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), None)))
+    else {
+        return;
+    };
+    let report = attach_in_child("serve_vulkan_shared_host_memory_and_attach_by_mapping_it", "attach-host", &socket);
+    assert_eq!(report["objects"][0]["bytes_checked"], 1 << 20);
+    assert!(report["objects"][0]["summary"].as_str().unwrap().starts_with("host-memfd buffer"), "{report}");
+    drop(served);
+}
+
+/// Serves a Vulkan buffer and image, then attaches with `api` in another process. Skips where
+/// Vulkan or the API is unavailable (fails instead when LAVA_FLOW_REQUIRE names it).
+fn serve_vulkan_and_attach_with(test: &str, role: &str) {
+    let Some(device_id) = default_device_index() else { return };
+    let dir = TempDir::new(role, 0o700);
+    let socket = dir.path().join("serve.sock");
+    let location = MemoryLocation::GpuVulkan { device_id };
+    let served = serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), Some((64, 32)))).unwrap();
+    let Some(report) = try_attach_in_child(test, role, &socket) else { return };
+    println!("{report:#}");
+    let objects = report["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[0]["bytes_checked"], 1 << 20);
+    assert_eq!(objects[1]["bytes_checked"], 64 * 32 * 4);
+    drop(served);
+}
+
+#[test]
+fn attach_with_cuda_imports_and_checks_the_pattern() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_cuda_imports_and_checks_the_pattern", "attach-cuda");
+}
+
+#[test]
+fn attach_with_gl_imports_and_checks_the_pattern() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_gl_imports_and_checks_the_pattern", "attach-gl");
+}
+
+#[test]
+fn attach_with_opencl_imports_and_checks_the_pattern() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    serve_vulkan_and_attach_with("attach_with_opencl_imports_and_checks_the_pattern", "attach-opencl");
+}

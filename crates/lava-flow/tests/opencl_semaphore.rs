@@ -1,0 +1,151 @@
+//! Vulkan -> OpenCL -> Vulkan ordered by shared binary semaphores
+//! (cl_khr_external_semaphore_opaque_fd), over many rounds, with an OpenCL kernel doing the work.
+//! Runs on the GPU machine; elsewhere skips with the reason.
+#![cfg(feature = "opencl")]
+
+mod common;
+
+use ash::vk;
+use common::pattern;
+use lava_flow::opencl::{ClContext, KernelArg};
+use lava_flow::raw_gpu_handle::{
+    ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
+};
+use lava_flow::testing::{self, open_fd_count};
+use lava_flow::vulkan::MemoryKind;
+use lava_flow::{Buffer, BufferOptions, VulkanContext};
+
+/// An exportable binary Vulkan semaphore (VK_KHR_external_semaphore_fd, opaque fd).
+struct VkSemaphore {
+    ctx: VulkanContext,
+    semaphore: vk::Semaphore,
+}
+
+impl VkSemaphore {
+    fn new(ctx: &VulkanContext) -> VkSemaphore {
+        let mut export =
+            vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
+        // SAFETY: valid device; the chained struct lives across the call.
+        let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }.unwrap();
+        VkSemaphore { ctx: ctx.clone(), semaphore }
+    }
+
+    fn export(&self) -> ExportedSemaphore {
+        let loader = ash::khr::external_semaphore_fd::Device::new(self.ctx.instance(), self.ctx.device());
+        let info = vk::SemaphoreGetFdInfoKHR::default()
+            .semaphore(self.semaphore)
+            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the semaphore was created exportable as an opaque fd.
+        let fd = unsafe { loader.get_semaphore_fd(&info) }.unwrap();
+        // SAFETY: vkGetSemaphoreFdKHR returned a new fd that we own.
+        let handle = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Semaphore {
+            handle,
+            description: SemaphoreDescription {
+                kind: SemaphoreKind::Binary,
+                handle_kind: SemaphoreHandleKind::OpaqueFd,
+                device: self.ctx.identity(),
+            },
+        }
+    }
+
+    /// Submits an empty batch that signals the semaphore after all earlier work on the queue.
+    fn signal(&self) {
+        self.submit(&[], &[self.semaphore]);
+    }
+
+    /// Submits an empty batch that waits for the semaphore, and waits on the host for it.
+    fn wait(&self) {
+        self.submit(&[self.semaphore], &[]);
+    }
+
+    fn submit(&self, wait: &[vk::Semaphore], signal: &[vk::Semaphore]) {
+        let dev = self.ctx.device();
+        // SAFETY: valid device.
+        let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }.unwrap();
+        let stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait.len()];
+        let submit =
+            [vk::SubmitInfo::default().wait_semaphores(wait).wait_dst_stage_mask(&stages).signal_semaphores(signal)];
+        // SAFETY: queue locked by with_queue; semaphores and fence are valid.
+        self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &submit, fence) }).unwrap();
+        // SAFETY: the fence was submitted.
+        unsafe { dev.wait_for_fences(&[fence], true, 10_000_000_000) }.expect("the semaphore batch completes");
+        // SAFETY: signalled, no longer in use.
+        unsafe { dev.destroy_fence(fence, None) };
+    }
+}
+
+impl Drop for VkSemaphore {
+    fn drop(&mut self) {
+        // SAFETY: every batch using it was waited for.
+        unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
+    }
+}
+
+fn setup() -> Option<(VulkanContext, ClContext)> {
+    let vk = common::vulkan()?;
+    let cl = testing::or_skip("opencl", ClContext::for_identity(&vk.identity()))?;
+    if !cl.info().external_semaphore_opaque_fd {
+        testing::skip("semaphores", format!("{} lacks cl_khr_external_semaphore_opaque_fd", cl.info().name));
+        return None;
+    }
+    if !vk.extensions().external_semaphore_fd {
+        testing::skip("semaphores", format!("{} lacks VK_KHR_external_semaphore_fd", vk.info().name));
+        return None;
+    }
+    Some((vk, cl))
+}
+
+fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
+    let staging = Buffer::new(
+        buffer.context(),
+        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
+    )
+    .unwrap();
+    staging.write(0, data).unwrap();
+    staging.copy_region_to(0, buffer, 0, data.len() as u64).unwrap();
+}
+
+fn vk_gpu_read(buffer: &Buffer, len: u64) -> Vec<u8> {
+    let staging =
+        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
+    buffer.copy_region_to(0, &staging, 0, len).unwrap();
+    staging.read(0, len).unwrap()
+}
+
+#[test]
+fn semaphores_order_rounds_vulkan_opencl_vulkan() {
+    let Some((vk, cl)) = setup() else { return };
+    let n: usize = 1 << 18;
+    let buffer = Buffer::new(&vk, &BufferOptions::new(n as u64 * 4)).unwrap();
+    let clbuf = cl.import_buffer(buffer.export_fd().unwrap()).unwrap();
+    let (to_cl, to_vk) = (VkSemaphore::new(&vk), VkSemaphore::new(&vk));
+    let before = open_fd_count();
+    let cl_wait = cl.import_semaphore(to_cl.export()).unwrap();
+    let cl_signal = cl.import_semaphore(to_vk.export()).unwrap();
+    assert!(open_fd_count() <= before, "OpenCL took both semaphore fds");
+    let mut kernel = cl
+        .build_kernel("__kernel void add(__global uint* x, uint k) { size_t i = get_global_id(0); x[i] += k; }", "add")
+        .unwrap();
+    for round in 0..16u32 {
+        let words: Vec<u32> =
+            pattern(n * 4, round).chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        vk_gpu_write(&buffer, &bytes);
+        to_cl.signal();
+        cl_wait.wait().unwrap();
+        cl.acquire(&[&clbuf]).unwrap();
+        kernel.enqueue(&[KernelArg::Mem(clbuf.mem()), KernelArg::U32(round + 1)], &[n]).unwrap();
+        cl.release(&[&clbuf]).unwrap();
+        cl_signal.signal().unwrap();
+        to_vk.wait();
+        let out = vk_gpu_read(&buffer, n as u64 * 4);
+        for (i, w) in out.chunks_exact(4).enumerate() {
+            let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+            assert_eq!(v, words[i].wrapping_add(round + 1), "round {round} word {i}");
+        }
+    }
+    cl.finish().unwrap();
+    cl.check_deferred().unwrap();
+}

@@ -1,0 +1,231 @@
+//! `cargo xtask gpu-test`: build everything the GPU machine runs, here, and pack it into `.gpu/`.
+//!
+//! The GPU machine has no cargo and no network (../shared/gpu/README.md): it gets the test
+//! executables, a release `lava-flow`, the loaders' packages and `.gpu/run-all.sh`, which runs it
+//! all and prints one summary line per binary and an overall PASS or FAIL last.
+
+use std::process::Stdio;
+
+use crate::run::{cargo, describe, root, target_dir};
+
+const RUN_ALL: &str = r#"#!/bin/bash
+# Written by `cargo xtask gpu-test`. On the GPU machine, from the project's root:
+#   bash .gpu/on-device.sh bash .gpu/run-all.sh
+# Runs every packed test binary one test at a time (fd counts are per process), then
+# `lava-flow selftest`, `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
+# Logs (and bench.json, info.json) are copied to $OUT when it is set.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+# Binaries too large to carry as they are travel as bin.tar.gz.
+if [ -f "$here/bin.tar.gz" ] && [ ! -d "$here/bin" ]; then tar xzf "$here/bin.tar.gz" -C "$here" || exit 1; fi
+cli="$here/bin/lava-flow"
+# The CLI's own tests run this binary instead of the path they were built with.
+export LAVA_FLOW_BIN="$cli"
+logs=$(mktemp -d)
+status=0
+summary=()
+for t in "$here"/bin/*; do
+  [ -x "$t" ] || continue
+  name=${t##*/}
+  [ "$name" = lava-flow ] && continue
+  echo "=== $name"
+  "$t" --test-threads=1 2>&1 | tee "$logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  result=$(grep -E '^test result:' "$logs/$name.log" | tail -n 1)
+  if [ "$rc" = 0 ]; then verdict=PASS; else verdict=FAIL; status=1; fi
+  summary+=("$verdict $name: ${result:-no test result line} (exit $rc)")
+done
+run_cli() { # label, arguments...
+  local label=$1; shift
+  echo "=== lava-flow $label"
+  "$cli" "$@" 2>&1 | tee "$logs/lava-flow-$label.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ]; then summary+=("PASS lava-flow $label"); else summary+=("FAIL lava-flow $label (exit $rc)"); status=1; fi
+}
+if [ -x "$cli" ]; then
+  run_cli selftest selftest
+  run_cli info info
+  if [ -n "${OUT:-}" ]; then
+    "$cli" info --json > "$OUT/info.json" 2>/dev/null
+    run_cli bench bench --json "$OUT/bench.json"
+  else
+    run_cli bench bench
+  fi
+else
+  summary+=("FAIL lava-flow: not in $here/bin"); status=1
+fi
+[ -n "${OUT:-}" ] && cp "$logs"/*.log "$OUT"/ 2>/dev/null
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+echo "gpu-test: overall $([ $status = 0 ] && echo PASS || echo FAIL)"
+exit $status
+"#;
+
+pub fn gpu_test() -> Result<(), String> {
+    let pack = root().join("../shared/gpu/pack.sh");
+    if !pack.exists() {
+        return Err(format!(
+            "{} not found: the GPU harness lives in shared/ beside the project's root",
+            pack.display()
+        ));
+    }
+
+    println!("==> building test binaries (debug, all features)");
+    let mut build_tests =
+        cargo(&["test", "--workspace", "--exclude", "xtask", "--all-features", "--no-run", "--message-format=json"]);
+    build_tests.stderr(Stdio::inherit());
+    let out = build_tests.output().map_err(|e| format!("could not run {}: {e}", describe(&build_tests)))?;
+    if !out.status.success() {
+        return Err("building the test binaries failed (see above)".into());
+    }
+    let mut paths = test_executables(&String::from_utf8_lossy(&out.stdout));
+    if paths.is_empty() {
+        return Err("cargo reported no test executables".into());
+    }
+    paths.sort();
+    paths.dedup();
+    for p in &paths {
+        println!("    {p}");
+    }
+
+    println!("==> building lava-flow (release)");
+    let mut build_cli = cargo(&["build", "--release", "--package", "lava-flow-cli", "--bin", "lava-flow"]);
+    let status = build_cli.status().map_err(|e| format!("could not run {}: {e}", describe(&build_cli)))?;
+    if !status.success() {
+        return Err("building lava-flow failed".into());
+    }
+    paths.push(target_dir().join("release/lava-flow").display().to_string());
+
+    println!("==> packing into .gpu/");
+    let mut pack_cmd = std::process::Command::new("bash");
+    pack_cmd.arg(&pack).args(&paths).current_dir(root());
+    let status = pack_cmd.status().map_err(|e| format!("could not run pack.sh: {e}"))?;
+    if !status.success() {
+        return Err("pack.sh failed".into());
+    }
+    let gpu_dir = root().join(".gpu");
+    let mut total = strip_and_measure(&gpu_dir)?;
+    println!("xtask: .gpu/ holds {} MiB", total >> 20);
+    if total > CARRY_LIMIT {
+        // Binaries compress about three to one; run-all.sh unpacks them on the GPU machine.
+        let mut tar = std::process::Command::new("tar");
+        tar.args(["czf", "bin.tar.gz", "bin"]).current_dir(&gpu_dir);
+        if !tar.status().is_ok_and(|s| s.success()) {
+            return Err("packing .gpu/bin into bin.tar.gz failed".into());
+        }
+        std::fs::remove_dir_all(gpu_dir.join("bin")).map_err(|e| format!("removing .gpu/bin: {e}"))?;
+        total = size_of(&gpu_dir);
+        println!("xtask: packed the binaries into .gpu/bin.tar.gz: .gpu/ now holds {} MiB", total >> 20);
+    }
+    if total > CARRY_LIMIT {
+        return Err(format!(
+            ".gpu/ is {} MiB, more than the {} MiB the device tool carries",
+            total >> 20,
+            CARRY_LIMIT >> 20
+        ));
+    }
+    let run_all = root().join(".gpu/run-all.sh");
+    std::fs::write(&run_all, RUN_ALL).map_err(|e| format!("writing {}: {e}", run_all.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&run_all, std::fs::Permissions::from_mode(0o755));
+    }
+    println!(
+        "\nPacked {} test binaries and lava-flow into .gpu/. Run them on the GPU machine with the device tool:\n  \
+         carry:   [\".gpu\"]\n  command: bash .gpu/on-device.sh bash .gpu/run-all.sh\n\
+         The last line says PASS or FAIL; logs, info.json and bench.json land in $OUT.",
+        paths.len() - 1
+    );
+    Ok(())
+}
+
+/// The `"executable"` of each test artifact in cargo's JSON messages: those whose `profile` (not
+/// `target`, where `"test":true` only means "testable") says `"test":true`.
+fn test_executables(json_lines: &str) -> Vec<String> {
+    json_lines
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#))
+        .filter(|l| {
+            l.find(r#""profile":{"#).is_some_and(|start| {
+                let profile = &l[start..];
+                profile[..profile.find('}').unwrap_or(profile.len())].contains(r#""test":true"#)
+            })
+        })
+        .filter_map(|l| json_string_field(l, "executable"))
+        .collect()
+}
+
+/// The device tool carries at most this much.
+const CARRY_LIMIT: u64 = 64 << 20;
+
+/// Strips debug info from the packed binaries (the test build carries full DWARF, several times
+/// the code): panics still name file and line, backtraces name functions. Returns the size of
+/// `.gpu/` afterwards.
+fn strip_and_measure(dir: &std::path::Path) -> Result<u64, String> {
+    let bin = dir.join("bin");
+    let entries: Vec<_> = std::fs::read_dir(&bin)
+        .map_err(|e| format!("reading {}: {e}", bin.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let stripped = std::process::Command::new("strip").arg("--strip-debug").args(&entries).status();
+    if !stripped.is_ok_and(|s| s.success()) {
+        println!("xtask: could not strip debug info (is binutils' `strip` installed?); packing as built");
+    }
+    Ok(size_of(dir))
+}
+
+/// Bytes in the files below `path`.
+fn size_of(path: &std::path::Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(path).map(|d| d.flatten().map(|e| size_of(&e.path())).sum()).unwrap_or(0)
+        }
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// The value of a string field in one line of JSON (`"name":"value"`), unescaped; `None` for null.
+fn json_string_field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    let start = line.find(&key)? + key.len();
+    let mut value = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_test_executables_only() {
+        let lines = concat!(
+            r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/debug/deps/smoke-1"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"test":true},"profile":{"test":false},"executable":"/t/debug/lava-flow"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":null}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(test_executables(lines), vec!["/t/debug/deps/smoke-1".to_string()]);
+    }
+
+    #[test]
+    fn unescapes_strings() {
+        assert_eq!(json_string_field(r#"{"executable":"/a\"b\\c"}"#, "executable").as_deref(), Some("/a\"b\\c"));
+    }
+}
