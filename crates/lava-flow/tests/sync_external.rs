@@ -274,10 +274,23 @@ fn acquire_and_read(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Vec<u
     let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
     let (buf, dst, size) = (shared.handle(), out.handle(), shared.size());
     ctx.run_commands(|dev, cmd| {
+        let host = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::HOST_READ);
         // SAFETY: live buffers of ctx's device; cmd is recording on its family.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);
+            // A fence wait covers device accesses only: make the copy visible to the host.
+            dev.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &[host],
+                &[],
+                &[],
+            );
         }
     })
     .unwrap();

@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use ash::vk;
+use lava_flow::raw_gpu_handle::TextureFormat;
 use lava_flow::raw_gpu_handle::{
     ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, SemaphoreDescription, SemaphoreHandleKind,
     SemaphoreKind, Uuid,
@@ -17,7 +18,7 @@ use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, sync_capabilities_all, Fence, FenceOptions,
     OwnershipTransfer, RecordedCommands, Semaphore, SemaphoreOptions, StageAccess, Submission, SyncCapabilities, Turn,
 };
-use lava_flow::vulkan::Buffer;
+use lava_flow::vulkan::{Buffer, Image, ImageOptions};
 use lava_flow::{testing, Error, VulkanContext};
 use sync_common::{assert_all, readback, set_words, shared_buffer, words, WAIT};
 
@@ -401,66 +402,6 @@ fn imports_refused_before_the_driver_close_the_fd_once() {
     ctx.check_deferred().unwrap();
 }
 
-/// A small optimal-tiled RGBA8 image in external (opaque fd) memory, made with raw ash.
-struct TestImage {
-    ctx: VulkanContext,
-    image: vk::Image,
-    memory: vk::DeviceMemory,
-}
-
-impl TestImage {
-    fn new(ctx: &VulkanContext, extent: vk::Extent3D) -> TestImage {
-        let mut external =
-            vk::ExternalMemoryImageCreateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let info = vk::ImageCreateInfo::default()
-            .image_type(vk::ImageType::TYPE_2D)
-            .format(vk::Format::R8G8B8A8_UNORM)
-            .extent(extent)
-            .mip_levels(1)
-            .array_layers(1)
-            .samples(vk::SampleCountFlags::TYPE_1)
-            .tiling(vk::ImageTiling::OPTIMAL)
-            .usage(vk::ImageUsageFlags::TRANSFER_SRC | vk::ImageUsageFlags::TRANSFER_DST)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE)
-            .initial_layout(vk::ImageLayout::UNDEFINED)
-            .push_next(&mut external);
-        // SAFETY: info and its chain live across the call.
-        let image = unsafe { ctx.device().create_image(&info, None) }.expect("vkCreateImage");
-        // SAFETY: image belongs to the device.
-        let req = unsafe { ctx.device().get_image_memory_requirements(image) };
-        let type_index = ctx
-            .find_memory_type(
-                req.memory_type_bits,
-                vk::MemoryPropertyFlags::empty(),
-                vk::MemoryPropertyFlags::DEVICE_LOCAL,
-            )
-            .expect("a memory type for the image");
-        let mut export =
-            vk::ExportMemoryAllocateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().image(image);
-        let alloc = vk::MemoryAllocateInfo::default()
-            .allocation_size(req.size)
-            .memory_type_index(type_index)
-            .push_next(&mut export)
-            .push_next(&mut dedicated);
-        // SAFETY: alloc and its chain live across the call.
-        let memory = unsafe { ctx.device().allocate_memory(&alloc, None) }.expect("vkAllocateMemory (image)");
-        // SAFETY: dedicated allocation of this image, offset 0.
-        unsafe { ctx.device().bind_image_memory(image, memory, 0) }.expect("vkBindImageMemory");
-        TestImage { ctx: ctx.clone(), image, memory }
-    }
-}
-
-impl Drop for TestImage {
-    fn drop(&mut self) {
-        // SAFETY: the test waited for all work on the image.
-        unsafe {
-            self.ctx.device().destroy_image(self.image, None);
-            self.ctx.device().free_memory(self.memory, None);
-        }
-    }
-}
-
 #[test]
 fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
     let Some(ctx) = context() else { return };
@@ -469,23 +410,22 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
     let extent = vk::Extent3D { width: 16, height: 8, depth: 1 };
     let texels = (extent.width * extent.height) as u64;
     let shared = shared_buffer(&ctx, 8 * 1024);
-    let image = TestImage::new(&ctx, extent);
+    let image = Image::new(&ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, extent.width, extent.height)).unwrap();
     let out_buffer = readback(&ctx, shared.size());
     let out_image = readback(&ctx, texels * 4);
     let range = OwnershipTransfer::color_range();
 
     // Side one: write both, release both to the external queue family. The image leaves in
     // GENERAL, the layout the other side is told.
-    let release = OwnershipTransfer::new().release_whole_buffer(&shared, StageAccess::TRANSFER_WRITE).release_image(
-        family,
-        image.image,
-        range,
-        vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-        vk::ImageLayout::GENERAL,
-        StageAccess::TRANSFER_WRITE,
-    );
+    let release =
+        OwnershipTransfer::new().release_whole_buffer(&shared, StageAccess::TRANSFER_WRITE).release_whole_image(
+            &image,
+            vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+            vk::ImageLayout::GENERAL,
+            StageAccess::TRANSFER_WRITE,
+        );
     release.validate().unwrap();
-    let (buf, img) = (shared.handle(), image.image);
+    let (buf, img) = (shared.handle(), image.handle());
     let write = RecordedCommands::record(&ctx, |dev, cmd| {
         let to_dst = vk::ImageMemoryBarrier::default()
             .old_layout(vk::ImageLayout::UNDEFINED)
@@ -520,7 +460,7 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
         .acquire_buffer(family, shared.handle(), 0, vk::WHOLE_SIZE, StageAccess::TRANSFER_READ)
         .acquire_image(
             family,
-            image.image,
+            image.handle(),
             range,
             vk::ImageLayout::GENERAL,
             vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
