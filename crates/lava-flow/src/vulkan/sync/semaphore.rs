@@ -320,11 +320,11 @@ impl Semaphore {
 
     /// Imports an exported semaphore into `ctx`'s device as a semaphore of `expected` kind.
     ///
-    /// Refused before the driver sees the fd (which is then closed, exactly once): a
+    /// Refused before the driver sees the fd (which is then closed, exactly once), in this
+    /// order: an opaque fd from another device or driver ([`Error::IncompatibleSyncDevice`]), a
     /// description of another kind than `expected` (a binary semaphore cannot be imported as a
-    /// timeline one), a sync fd described as timeline, a sync fd that is not a sync_file, an
-    /// opaque fd from another device or driver ([`Error::IncompatibleSyncDevice`]), or a
-    /// handle kind the capability query rules out ([`Error::Unsupported`]). A fd the driver
+    /// timeline one), a sync fd described as timeline, a handle kind the capability query rules
+    /// out ([`Error::Unsupported`]), a sync fd that is not a sync_file. A fd the driver
     /// refuses ([`Error::InvalidHandle`]) is closed too. On success the fd belongs to the
     /// semaphore.
     ///
@@ -334,6 +334,14 @@ impl Semaphore {
         ctx.check_deferred()?;
         let SemaphoreDescription { kind, handle_kind, device } = exported.description;
         let what = format!("{handle_kind} {} semaphore", kind_name(kind));
+        // The identity first, as for every import: an opaque fd from another device or driver is
+        // meaningless whatever else its description says.
+        let opaque = handle_kind == SemaphoreHandleKind::OpaqueFd;
+        let opaque_what = match kind {
+            SemaphoreKind::Binary => "opaque-fd binary semaphore",
+            SemaphoreKind::Timeline => "opaque-fd timeline semaphore",
+        };
+        check_identity(opaque, opaque_what, &device, &ctx.identity())?;
         if kind != expected {
             return Err(Error::InvalidHandle {
                 what: format!("a {} semaphore", kind_name(expected)),
@@ -345,7 +353,6 @@ impl Semaphore {
                 advice: format!("import it as a {} semaphore", kind_name(kind)),
             });
         }
-        let opaque = handle_kind == SemaphoreHandleKind::OpaqueFd;
         if !opaque && kind == SemaphoreKind::Timeline {
             return Err(Error::InvalidHandle {
                 what,
@@ -355,11 +362,6 @@ impl Semaphore {
                 advice: "share timeline semaphores as opaque fds".into(),
             });
         }
-        let opaque_what = match kind {
-            SemaphoreKind::Binary => "opaque-fd binary semaphore",
-            SemaphoreKind::Timeline => "opaque-fd timeline semaphore",
-        };
-        check_identity(opaque, opaque_what, &device, &ctx.identity())?;
         if kind == SemaphoreKind::Timeline {
             check_timeline_support(ctx)?;
         }
