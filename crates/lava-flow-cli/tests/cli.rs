@@ -548,3 +548,63 @@ fn required_semaphores_that_the_driver_cannot_share_fail_selftest() {
     }
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn serve_shares_a_timeline_semaphore_or_says_why_not() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap().clone();
+    let socket = socket_path("serve-semaphore");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--size", "64K", "--clients", "1", "--device"])
+        .arg(ctx.info().index.to_string())
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let report = json(&out);
+    assert!(wait_for_exit(&mut server).success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    let objects = report["objects"].as_array().unwrap();
+    if timeline.exportable && timeline.importable {
+        assert!(text.contains("pattern.ready") && text.contains("Timeline semaphore, opaque-fd"), "{text}");
+        let ready = objects.iter().find(|o| o["name"] == "pattern.ready").expect("attach reports the semaphore");
+        assert!(ready["value"].as_u64().unwrap() >= 1, "{ready}");
+    } else {
+        let why = timeline.limitation.unwrap();
+        assert!(text.contains(&format!("no timeline semaphore shared: {why}")), "serve says why: {text}");
+        assert!(objects.iter().all(|o| o["kind"] != "semaphore"), "{report}");
+        testing::skip("semaphores", why);
+    }
+}
+
+#[test]
+fn ring_with_timeline_semaphores_runs_or_is_refused_with_the_reason() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap().clone();
+    let out = run(&["ring", "--sync", "timeline-semaphore", "--frames", "3000", "--size", "64K", "--json"]);
+    if timeline.exportable && timeline.importable {
+        assert!(out.status.success());
+        let reports = json(&out);
+        let reports = reports.as_array().expect("a producer and a consumer report");
+        assert_eq!(reports.len(), 2);
+        for r in reports {
+            assert_eq!(r["frames"], 3000, "{r}");
+            assert!(r["sync"].as_str().unwrap().contains("timeline semaphores"), "{r}");
+        }
+        assert_eq!(reports[1]["latency"]["samples"], 3000, "every frame's hand-off was measured");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "refused where the driver cannot share them");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(timeline.limitation.as_deref().unwrap()), "the error gives the query's answer: {err}");
+        testing::skip("semaphores", timeline.limitation.unwrap());
+    }
+}
