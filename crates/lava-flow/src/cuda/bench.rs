@@ -14,6 +14,8 @@
 //!   `CudaSemaphore` against `cuWait/SignalExternalSemaphoresAsync` ([`SemaphoreRoundTrips`]);
 //!   `.../timeline-spin` and its p99: the same with the host polling the counter instead of
 //!   sleeping in `vkWaitSemaphores`, so the two show what waking the host thread costs;
+//!   `.../vulkan-leg` and `.../cuda-leg`: host -> Vulkan -> host and host -> CUDA -> host alone
+//!   ([`Route`]), so a slow round trip shows where its time goes;
 //! - `pooled-import/{cached,uncached,cached-vs-map}/64KiB`: CUDA imports of pooled buffers
 //!   through the block cache against the bare import + map and the bare map ([`PooledImports`]);
 //! - `share-vs-copy/{d2d,host}/SIZE`: sharing's one-time export + import + map against the copy
@@ -58,8 +60,8 @@ pub struct BenchConfig {
     pub bandwidth_copies: usize,
     /// Bandwidth trials per side (the median is reported).
     pub bandwidth_trials: usize,
-    /// Timed semaphore round trips per side and host wait (after as many again for warm-up, at
-    /// most 100).
+    /// Timed semaphore round trips per side and row (after as many again for warm-up, at most
+    /// 100).
     pub semaphore_rounds: usize,
     /// Timed imports per `pooled-import` figure (after a tenth as many for warm-up, at most 20).
     #[serde(default = "default_import_iterations")]
@@ -469,7 +471,7 @@ impl Fixture {
     /// untimed; returns each round's duration. For criterion's `iter_custom`.
     pub fn semaphore_round_trips(&self, side: Side, rounds: u64) -> Result<Vec<Duration>> {
         let mut trips = self.round_trips()?;
-        (0..rounds).map(|_| trips.round(side, HostWait::Blocking)).collect()
+        (0..rounds).map(|_| trips.round(side, HostWait::Blocking, Route::Full)).collect()
     }
 
     /// Imports into CUDA of further pooled buffers (see [`PooledImports`]).
@@ -560,6 +562,19 @@ pub enum HostWait {
     /// `vkGetSemaphoreCounterValue` in a busy loop: the difference to [`HostWait::Blocking`] is
     /// what waking a sleeping thread costs.
     Spin,
+}
+
+/// Which part of the round trip a round runs: the whole case, or one leg of it, so a slow
+/// round trip shows which side it loses its time on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// host signal n -> Vulkan (wait n, signal n+1) -> CUDA (wait n+1, signal n+2) -> Vulkan
+    /// (wait n+2, signal n+3) -> host wait n+3.
+    Full,
+    /// host signal n -> Vulkan (wait n, signal n+1) -> host wait n+1.
+    VulkanLeg,
+    /// host signal n -> CUDA stream (wait n, signal n+1) -> host wait n+1.
+    CudaLeg,
 }
 
 /// An empty `vkQueueSubmit` batch that waits for a timeline semaphore at one value and signals
@@ -746,62 +761,89 @@ impl RoundTripSide {
         })
     }
 
-    /// One round from value n: host signal n -> Vulkan (wait n, signal n+1) -> CUDA stream (wait
-    /// n+1, signal n+2) -> Vulkan (wait n+2, signal n+3) -> host wait n+3. Each wait is issued
-    /// after the operation that satisfies it, so no submission waits on a signal not yet
-    /// submitted (which drivers may handle on a slower path). The CUDA context must be current.
-    fn round(&mut self, host_wait: HostWait) -> Result<Duration> {
+    /// One round from value n along `route`. For [`Route::Full`]: host signal n -> Vulkan (wait
+    /// n, signal n+1) -> CUDA stream (wait n+1, signal n+2) -> Vulkan (wait n+2, signal n+3) ->
+    /// host wait n+3. Each wait is issued after the operation that satisfies it, so no
+    /// submission waits for a value whose signal was not issued yet (which drivers may handle on
+    /// a slower path). The CUDA context must be current. Returns the time from the host signal
+    /// to the end of the host wait.
+    fn round(&mut self, host_wait: HostWait, route: Route) -> Result<Duration> {
         let n = self.next;
         self.next += 4;
-        let vk_semaphore = self.semaphore.semaphore;
+        let last = if route == Route::Full { n + 3 } else { n + 1 };
         let start = Instant::now();
+        self.host_signal(n)?;
+        self.issued = n;
+        match route {
+            Route::Full => {
+                self.submit.submit(&self.ctx, n, n + 1)?;
+                self.issued = n + 1;
+                self.cuda_wait_signal(n + 1, n + 2)?;
+                self.issued = n + 2;
+                self.submit.submit(&self.ctx, n + 2, n + 3)?;
+            }
+            Route::VulkanLeg => self.submit.submit(&self.ctx, n, n + 1)?,
+            Route::CudaLeg => self.cuda_wait_signal(n, n + 1)?,
+        }
+        self.issued = last;
+        self.host_wait(last, host_wait)?;
+        Ok(start.elapsed())
+    }
+
+    /// The host sets the timeline to `value`: lava-flow's helper, or the bare `vkSignalSemaphore`.
+    fn host_signal(&self, value: u64) -> Result<()> {
         match &*self.end {
-            CudaEnd::LavaFlow(_) => self.semaphore.host_signal(n)?,
+            CudaEnd::LavaFlow(_) => self.semaphore.host_signal(value),
             CudaEnd::Raw(_) => {
-                let info = vk::SemaphoreSignalInfo::default().semaphore(vk_semaphore).value(n);
-                // SAFETY: a live timeline semaphore of this device, below n.
+                let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore.semaphore).value(value);
+                // SAFETY: a live timeline semaphore of this device, below `value`.
                 unsafe { self.ctx.device().signal_semaphore(&info) }
-                    .map_err(|r| Error::vk("vkSignalSemaphore", r, "raw host signal"))?;
+                    .map_err(|r| Error::vk("vkSignalSemaphore", r, "raw host signal"))
             }
         }
-        self.issued = n;
-        self.submit.submit(&self.ctx, n, n + 1)?;
-        self.issued = n + 1;
+    }
+
+    /// Enqueues a wait for `wait` and a signal of `signal` on the side's stream, without waiting:
+    /// `CudaSemaphore::wait`/`signal` on lava-flow's stream, or the bare calls with parameter
+    /// blocks built once on a raw stream.
+    fn cuda_wait_signal(&mut self, wait_value: u64, signal_value: u64) -> Result<()> {
         match &mut *self.end {
             CudaEnd::LavaFlow(semaphore) => {
                 let stream = self.cuda.stream();
-                semaphore.wait(stream, n + 1)?;
-                semaphore.signal(stream, n + 2)?;
+                semaphore.wait(stream, wait_value)?;
+                semaphore.signal(stream, signal_value)
             }
             CudaEnd::Raw(raw) => {
                 let RawEnd { semaphore, stream, wait, signal, .. } = &mut **raw;
-                wait.params.fence.value = n + 1;
+                wait.params.fence.value = wait_value;
                 // SAFETY: the context is current (caller's rule); one live semaphore and one
                 // parameter block; the stream is live.
                 let r = unsafe { sys::cuWaitExternalSemaphoresAsync(&*semaphore, &*wait, 1, stream.stream) };
                 check(r, "cuWaitExternalSemaphoresAsync", || "raw wait".into())?;
-                signal.params.fence.value = n + 2;
+                signal.params.fence.value = signal_value;
                 // SAFETY: as above.
                 let r = unsafe { sys::cuSignalExternalSemaphoresAsync(&*semaphore, &*signal, 1, stream.stream) };
-                check(r, "cuSignalExternalSemaphoresAsync", || "raw signal".into())?;
+                check(r, "cuSignalExternalSemaphoresAsync", || "raw signal".into())
             }
         }
-        self.issued = n + 2;
-        self.submit.submit(&self.ctx, n + 2, n + 3)?;
-        self.issued = n + 3;
-        match (host_wait, &*self.end) {
-            (HostWait::Spin, _) => spin_wait(&self.ctx, vk_semaphore, n + 3, ROUND_TIMEOUT)?,
-            (HostWait::Blocking, CudaEnd::LavaFlow(_)) => self.semaphore.host_wait(n + 3, ROUND_TIMEOUT)?,
+    }
+
+    /// The host waits until the timeline reaches `value`: polling (both sides alike), lava-flow's
+    /// helper, or the bare `vkWaitSemaphores`.
+    fn host_wait(&self, value: u64, how: HostWait) -> Result<()> {
+        let semaphore = self.semaphore.semaphore;
+        match (how, &*self.end) {
+            (HostWait::Spin, _) => spin_wait(&self.ctx, semaphore, value, ROUND_TIMEOUT),
+            (HostWait::Blocking, CudaEnd::LavaFlow(_)) => self.semaphore.host_wait(value, ROUND_TIMEOUT),
             (HostWait::Blocking, CudaEnd::Raw(_)) => {
-                let semaphores = [vk_semaphore];
-                let values = [n + 3];
+                let semaphores = [semaphore];
+                let values = [value];
                 let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
                 // SAFETY: a live timeline semaphore of this device; the arrays live across the call.
                 unsafe { self.ctx.device().wait_semaphores(&info, ROUND_TIMEOUT.as_nanos() as u64) }
-                    .map_err(|r| Error::vk("vkWaitSemaphores", r, "raw host wait"))?;
+                    .map_err(|r| Error::vk("vkWaitSemaphores", r, "raw host wait"))
             }
         }
-        Ok(start.elapsed())
     }
 
     /// Waits until everything issued has run: the semaphore reached the last value issued and
@@ -880,22 +922,28 @@ pub struct SemaphoreRoundTrips {
 impl SemaphoreRoundTrips {
     /// One round of `side`; the returned duration is from the host signal to the end of the
     /// host wait. Binding the CUDA context happens before the timed part.
-    pub fn round(&mut self, side: Side, host_wait: HostWait) -> Result<Duration> {
+    pub fn round(&mut self, side: Side, host_wait: HostWait, route: Route) -> Result<Duration> {
         self.cuda.bind()?;
         match side {
-            Side::LavaFlow => self.lava.round(host_wait),
-            Side::Raw => self.raw.round(host_wait),
+            Side::LavaFlow => self.lava.round(host_wait, route),
+            Side::Raw => self.raw.round(host_wait, route),
         }
     }
 
     /// `warmup` untimed rounds of each side, then `rounds` timed ones, interleaved one by one
     /// (the side that goes first alternates): (lava-flow, raw) in microseconds.
-    pub fn measure(&mut self, warmup: usize, rounds: usize, host_wait: HostWait) -> Result<(Percentiles, Percentiles)> {
+    pub fn measure(
+        &mut self,
+        warmup: usize,
+        rounds: usize,
+        host_wait: HostWait,
+        route: Route,
+    ) -> Result<(Percentiles, Percentiles)> {
         let (mut lava, mut raw) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
         for i in 0..warmup + rounds {
             let order = if i % 2 == 0 { [Side::LavaFlow, Side::Raw] } else { [Side::Raw, Side::LavaFlow] };
             for side in order {
-                let t = micros(self.round(side, host_wait)?);
+                let t = micros(self.round(side, host_wait, route)?);
                 if i >= warmup {
                     match side {
                         Side::LavaFlow => lava.push(t),
@@ -1119,42 +1167,65 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
     let rounds = config.semaphore_rounds.max(1);
     let warmup = rounds.min(100);
     let mut trips = fx.round_trips();
-    for (name, host_wait, how) in [
-        ("timeline", HostWait::Blocking, "vkWaitSemaphores"),
-        ("timeline-spin", HostWait::Spin, "vkGetSemaphoreCounterValue polled"),
+    let chain = "host vkSignalSemaphore(n) -> vkQueueSubmit(wait n, signal n+1) -> CUDA stream wait n+1, signal n+2 \
+                 -> vkQueueSubmit(wait n+2, signal n+3) -> host";
+    let compared =
+        "lava-flow's CudaSemaphore and host helpers vs ash + cuWait/SignalExternalSemaphoresAsync, interleaved";
+    for (name, host_wait, route, with_p99, note) in [
+        ("timeline", HostWait::Blocking, Route::Full, true, format!("{chain} vkWaitSemaphores(n+3); {compared}")),
+        (
+            "timeline-spin",
+            HostWait::Spin,
+            Route::Full,
+            true,
+            format!("{chain} polls vkGetSemaphoreCounterValue until n+3; {compared}"),
+        ),
+        (
+            "vulkan-leg",
+            HostWait::Blocking,
+            Route::VulkanLeg,
+            false,
+            format!("host signal n -> vkQueueSubmit(wait n, signal n+1) -> host vkWaitSemaphores(n+1); {compared}"),
+        ),
+        (
+            "cuda-leg",
+            HostWait::Blocking,
+            Route::CudaLeg,
+            false,
+            format!("host signal n -> CUDA stream wait n, signal n+1 -> host vkWaitSemaphores(n+1); {compared}"),
+        ),
     ] {
         let case = format!("semaphore-round-trip/{name}");
         let result = match &mut trips {
-            Ok(trips) => trips.measure(warmup, rounds, host_wait).map_err(|e| e.to_string()),
+            Ok(trips) => trips.measure(warmup, rounds, host_wait, route).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match result {
             Ok((lava, raw)) => {
-                let note = format!(
-                    "host vkSignalSemaphore(n) -> vkQueueSubmit(wait n, signal n+1) -> CUDA stream wait n+1, signal n+2 \
-                     -> vkQueueSubmit(wait n+2, signal n+3) -> host {how} (n+3); lava-flow's CudaSemaphore vs \
-                     cuWait/SignalExternalSemaphoresAsync, interleaved"
-                );
                 rows.push(BenchRow::new(
                     case.clone(),
                     lava.median,
                     raw.median,
                     "us",
                     false,
-                    &format!("{note}, median"),
+                    &format!("{note}; median"),
                 ));
-                rows.push(BenchRow::new(
-                    format!("{case}/p99"),
-                    lava.p99,
-                    raw.p99,
-                    "us",
-                    false,
-                    &format!("{note}, p99"),
-                ));
+                if with_p99 {
+                    rows.push(BenchRow::new(
+                        format!("{case}/p99"),
+                        lava.p99,
+                        raw.p99,
+                        "us",
+                        false,
+                        &format!("{note}; p99"),
+                    ));
+                }
             }
             Err(e) => {
                 rows.push(BenchRow::failed(case.clone(), "us", false, &e));
-                rows.push(BenchRow::failed(format!("{case}/p99"), "us", false, &e));
+                if with_p99 {
+                    rows.push(BenchRow::failed(format!("{case}/p99"), "us", false, &e));
+                }
             }
         }
     }
