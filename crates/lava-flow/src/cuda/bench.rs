@@ -14,8 +14,9 @@
 //!   `CudaSemaphore` against `cuWait/SignalExternalSemaphoresAsync` ([`SemaphoreRoundTrips`]);
 //!   `.../timeline-spin` and its p99: the same with the host polling the counter instead of
 //!   sleeping in `vkWaitSemaphores`, so the two show what waking the host thread costs;
-//!   `.../vulkan-leg` and `.../cuda-leg`: host -> Vulkan -> host and host -> CUDA -> host alone
-//!   ([`Route`]), so a slow round trip shows where its time goes;
+//!   `.../timeline-sync-api` and its p99: lava-flow's side through the public `vulkan::sync` API
+//!   ([`VulkanPath`]); `.../vulkan-leg` and `.../cuda-leg`: host -> Vulkan -> host and host ->
+//!   CUDA -> host alone ([`Route`]), so a slow round trip shows where its time goes;
 //! - `pooled-import/{cached,uncached,cached-vs-map}/64KiB`: CUDA imports of pooled buffers
 //!   through the block cache against the bare import + map and the bare map ([`PooledImports`]);
 //! - `share-vs-copy/{d2d,host}/SIZE`: sharing's one-time export + import + map against the copy
@@ -462,8 +463,9 @@ impl Fixture {
     pub fn round_trips(&self) -> Result<SemaphoreRoundTrips> {
         Ok(SemaphoreRoundTrips {
             cuda: self.cuda.clone(),
-            lava: RoundTripSide::new(self, Side::LavaFlow)?,
-            raw: RoundTripSide::new(self, Side::Raw)?,
+            lava: RoundTripSide::new(self, Side::LavaFlow, VulkanPath::Prepared)?,
+            lava_sync_api: RoundTripSide::new(self, Side::LavaFlow, VulkanPath::SyncApi)?,
+            raw: RoundTripSide::new(self, Side::Raw, VulkanPath::Prepared)?,
         })
     }
 
@@ -471,7 +473,7 @@ impl Fixture {
     /// untimed; returns each round's duration. For criterion's `iter_custom`.
     pub fn semaphore_round_trips(&self, side: Side, rounds: u64) -> Result<Vec<Duration>> {
         let mut trips = self.round_trips()?;
-        (0..rounds).map(|_| trips.round(side, HostWait::Blocking, Route::Full)).collect()
+        (0..rounds).map(|_| trips.round(side, VulkanPath::Prepared, HostWait::Blocking, Route::Full)).collect()
     }
 
     /// Imports into CUDA of further pooled buffers (see [`PooledImports`]).
@@ -698,16 +700,44 @@ impl Drop for RawEnd {
     }
 }
 
-/// One side of the round trip: its own exportable timeline semaphore, imported into CUDA, and
-/// its prepared submission.
+/// Which Vulkan API the lava-flow side of a round trip goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VulkanPath {
+    /// The crate's plain-ash semaphore helpers and a prepared submission, as the raw side: the
+    /// difference to raw is what `CudaSemaphore` and the host helpers add.
+    Prepared,
+    /// lava-flow's public `vulkan::sync` API: `Semaphore::signal`/`wait` on the host and a
+    /// `Submission` per batch (with its checks and queue tracking): what a lava-flow user pays.
+    SyncApi,
+}
+
+/// The Vulkan end of one side.
+enum VulkanEnd {
+    /// Created with the crate's helpers, submitted through the prepared batch.
+    Prepared { semaphore: VkSemaphore, submit: TimelineSubmit },
+    /// lava-flow's public synchronization API.
+    SyncApi(crate::vulkan::sync::Semaphore),
+}
+
+impl VulkanEnd {
+    fn handle(&self) -> vk::Semaphore {
+        match self {
+            VulkanEnd::Prepared { semaphore, .. } => semaphore.semaphore,
+            VulkanEnd::SyncApi(semaphore) => semaphore.handle(),
+        }
+    }
+}
+
+/// One side of the round trip: its own exportable timeline semaphore, imported into CUDA.
 struct RoundTripSide {
     ctx: VulkanContext,
     cuda: CudaDevice,
+    /// Whether the host calls are the bare ash ones.
+    raw: bool,
     /// Dropped by hand once nothing pending uses it (see Drop).
     end: ManuallyDrop<CudaEnd>,
-    submit: TimelineSubmit,
     /// Dropped by hand after `end`, once nothing pending uses it.
-    semaphore: ManuallyDrop<VkSemaphore>,
+    vulkan: ManuallyDrop<VulkanEnd>,
     /// The first value of the next round (values only grow: 4 per round).
     next: u64,
     /// The highest value an operation issued so far signals: what Drop waits for.
@@ -715,9 +745,23 @@ struct RoundTripSide {
 }
 
 impl RoundTripSide {
-    fn new(fx: &Fixture, side: Side) -> Result<RoundTripSide> {
-        let semaphore = VkSemaphore::exportable(&fx.ctx, SemaphoreKind::Timeline)?;
-        let exported = semaphore.export()?;
+    /// The raw side for `Side::Raw` (ash and the bare CUDA calls, prepared submissions), else
+    /// lava-flow's side through `path`.
+    fn new(fx: &Fixture, side: Side, path: VulkanPath) -> Result<RoundTripSide> {
+        let (vulkan, exported) = match (side, path) {
+            (Side::LavaFlow, VulkanPath::SyncApi) => {
+                use crate::vulkan::sync::{Semaphore, SemaphoreHandleKind};
+                let semaphore = Semaphore::exportable(&fx.ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
+                let exported = semaphore.export()?;
+                (VulkanEnd::SyncApi(semaphore), exported)
+            }
+            _ => {
+                let semaphore = VkSemaphore::exportable(&fx.ctx, SemaphoreKind::Timeline)?;
+                let exported = semaphore.export()?;
+                let submit = TimelineSubmit::new(semaphore.semaphore);
+                (VulkanEnd::Prepared { semaphore, submit }, exported)
+            }
+        };
         let end = match side {
             Side::LavaFlow => CudaEnd::LavaFlow(fx.cuda.import_semaphore(exported)?),
             Side::Raw => {
@@ -749,13 +793,12 @@ impl RoundTripSide {
                 }))
             }
         };
-        let submit = TimelineSubmit::new(semaphore.semaphore);
         Ok(RoundTripSide {
             ctx: fx.ctx.clone(),
             cuda: fx.cuda.clone(),
+            raw: side == Side::Raw,
             end: ManuallyDrop::new(end),
-            submit,
-            semaphore: ManuallyDrop::new(semaphore),
+            vulkan: ManuallyDrop::new(vulkan),
             next: 1,
             issued: 0,
         })
@@ -776,13 +819,13 @@ impl RoundTripSide {
         self.issued = n;
         match route {
             Route::Full => {
-                self.submit.submit(&self.ctx, n, n + 1)?;
+                self.submit(n, n + 1)?;
                 self.issued = n + 1;
                 self.cuda_wait_signal(n + 1, n + 2)?;
                 self.issued = n + 2;
-                self.submit.submit(&self.ctx, n + 2, n + 3)?;
+                self.submit(n + 2, n + 3)?;
             }
-            Route::VulkanLeg => self.submit.submit(&self.ctx, n, n + 1)?,
+            Route::VulkanLeg => self.submit(n, n + 1)?,
             Route::CudaLeg => self.cuda_wait_signal(n, n + 1)?,
         }
         self.issued = last;
@@ -790,16 +833,31 @@ impl RoundTripSide {
         Ok(start.elapsed())
     }
 
-    /// The host sets the timeline to `value`: lava-flow's helper, or the bare `vkSignalSemaphore`.
+    /// The host sets the timeline to `value`: lava-flow's helper or public API, or the bare
+    /// `vkSignalSemaphore`.
     fn host_signal(&self, value: u64) -> Result<()> {
-        match &*self.end {
-            CudaEnd::LavaFlow(_) => self.semaphore.host_signal(value),
-            CudaEnd::Raw(_) => {
-                let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore.semaphore).value(value);
+        match &*self.vulkan {
+            VulkanEnd::SyncApi(semaphore) => semaphore.signal(value),
+            VulkanEnd::Prepared { semaphore, .. } if !self.raw => semaphore.host_signal(value),
+            VulkanEnd::Prepared { semaphore, .. } => {
+                let info = vk::SemaphoreSignalInfo::default().semaphore(semaphore.semaphore).value(value);
                 // SAFETY: a live timeline semaphore of this device, below `value`.
                 unsafe { self.ctx.device().signal_semaphore(&info) }
                     .map_err(|r| Error::vk("vkSignalSemaphore", r, "raw host signal"))
             }
+        }
+    }
+
+    /// An empty batch waiting for `wait` and signalling `signal`: the prepared one, or a
+    /// `Submission` (whose `Submitted` handle is dropped: that never blocks).
+    fn submit(&self, wait: u64, signal: u64) -> Result<()> {
+        match &*self.vulkan {
+            VulkanEnd::Prepared { submit, .. } => submit.submit(&self.ctx, wait, signal),
+            VulkanEnd::SyncApi(semaphore) => crate::vulkan::sync::Submission::new()
+                .wait(semaphore, wait, vk::PipelineStageFlags::ALL_COMMANDS)
+                .signal(semaphore, signal)
+                .submit(&self.ctx)
+                .map(drop),
         }
     }
 
@@ -828,15 +886,18 @@ impl RoundTripSide {
         }
     }
 
-    /// The host waits until the timeline reaches `value`: polling (both sides alike), lava-flow's
-    /// helper, or the bare `vkWaitSemaphores`.
+    /// The host waits until the timeline reaches `value`: polling (every side alike), lava-flow's
+    /// helper or public API, or the bare `vkWaitSemaphores`.
     fn host_wait(&self, value: u64, how: HostWait) -> Result<()> {
-        let semaphore = self.semaphore.semaphore;
-        match (how, &*self.end) {
-            (HostWait::Spin, _) => spin_wait(&self.ctx, semaphore, value, ROUND_TIMEOUT),
-            (HostWait::Blocking, CudaEnd::LavaFlow(_)) => self.semaphore.host_wait(value, ROUND_TIMEOUT),
-            (HostWait::Blocking, CudaEnd::Raw(_)) => {
-                let semaphores = [semaphore];
+        let handle = self.vulkan.handle();
+        match (how, &*self.vulkan) {
+            (HostWait::Spin, _) => spin_wait(&self.ctx, handle, value, ROUND_TIMEOUT),
+            (HostWait::Blocking, VulkanEnd::SyncApi(semaphore)) => semaphore.wait(value, ROUND_TIMEOUT),
+            (HostWait::Blocking, VulkanEnd::Prepared { semaphore, .. }) if !self.raw => {
+                semaphore.host_wait(value, ROUND_TIMEOUT)
+            }
+            (HostWait::Blocking, VulkanEnd::Prepared { .. }) => {
+                let semaphores = [handle];
                 let values = [value];
                 let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
                 // SAFETY: a live timeline semaphore of this device; the arrays live across the call.
@@ -851,7 +912,7 @@ impl RoundTripSide {
     /// taking the device's deferred errors (they are not this side's, and stay for the caller).
     fn drain(&self) -> Result<()> {
         if self.issued > 0 {
-            spin_wait(&self.ctx, self.semaphore.semaphore, self.issued, ROUND_TIMEOUT)?;
+            spin_wait(&self.ctx, self.vulkan.handle(), self.issued, ROUND_TIMEOUT)?;
         }
         if !self.cuda.bind_for_drop("a semaphore round trip") {
             return Err(Error::invalid("the CUDA context", "it could not be bound", "see the deferred errors"));
@@ -881,7 +942,7 @@ impl Drop for RoundTripSide {
         // the CUDA end (and raw stream) before the Vulkan semaphore.
         unsafe {
             ManuallyDrop::drop(&mut self.end);
-            ManuallyDrop::drop(&mut self.semaphore);
+            ManuallyDrop::drop(&mut self.vulkan);
         }
     }
 }
@@ -908,34 +969,37 @@ impl Percentiles {
 }
 
 /// Timeline semaphore round trips host -> Vulkan -> CUDA stream -> Vulkan -> host, through
-/// lava-flow (`CudaSemaphore` on lava-flow's stream, lava-flow's host signal and wait) and
+/// lava-flow (`CudaSemaphore` on lava-flow's stream, host signal and wait through lava-flow) and
 /// through the bare calls (ash, `cuWait/SignalExternalSemaphoresAsync` on a raw stream), each
-/// side on its own semaphore. Both sides submit the same prepared Vulkan batches (lava-flow's
-/// Vulkan synchronization API is not in this build), so the difference is what lava-flow's CUDA
-/// semaphore wrapper and host helpers add. One thread only.
+/// side on its own semaphore and stream. lava-flow's side comes twice ([`VulkanPath`]): with the
+/// raw side's prepared Vulkan batches, so the difference is what `CudaSemaphore` and the host
+/// helpers add; and through the public `vulkan::sync` API. One thread only.
 pub struct SemaphoreRoundTrips {
     cuda: CudaDevice,
     lava: RoundTripSide,
+    lava_sync_api: RoundTripSide,
     raw: RoundTripSide,
 }
 
 impl SemaphoreRoundTrips {
-    /// One round of `side`; the returned duration is from the host signal to the end of the
-    /// host wait. Binding the CUDA context happens before the timed part.
-    pub fn round(&mut self, side: Side, host_wait: HostWait, route: Route) -> Result<Duration> {
+    /// One round of `side` (lava-flow's through `path`); the returned duration is from the host
+    /// signal to the end of the host wait. Binding the CUDA context happens before the timed part.
+    pub fn round(&mut self, side: Side, path: VulkanPath, host_wait: HostWait, route: Route) -> Result<Duration> {
         self.cuda.bind()?;
-        match side {
-            Side::LavaFlow => self.lava.round(host_wait, route),
-            Side::Raw => self.raw.round(host_wait, route),
+        match (side, path) {
+            (Side::LavaFlow, VulkanPath::Prepared) => self.lava.round(host_wait, route),
+            (Side::LavaFlow, VulkanPath::SyncApi) => self.lava_sync_api.round(host_wait, route),
+            (Side::Raw, _) => self.raw.round(host_wait, route),
         }
     }
 
     /// `warmup` untimed rounds of each side, then `rounds` timed ones, interleaved one by one
-    /// (the side that goes first alternates): (lava-flow, raw) in microseconds.
+    /// (the side that goes first alternates): (lava-flow through `path`, raw) in microseconds.
     pub fn measure(
         &mut self,
         warmup: usize,
         rounds: usize,
+        path: VulkanPath,
         host_wait: HostWait,
         route: Route,
     ) -> Result<(Percentiles, Percentiles)> {
@@ -943,7 +1007,7 @@ impl SemaphoreRoundTrips {
         for i in 0..warmup + rounds {
             let order = if i % 2 == 0 { [Side::LavaFlow, Side::Raw] } else { [Side::Raw, Side::LavaFlow] };
             for side in order {
-                let t = micros(self.round(side, host_wait, route)?);
+                let t = micros(self.round(side, path, host_wait, route)?);
                 if i >= warmup {
                     match side {
                         Side::LavaFlow => lava.push(t),
@@ -1171,17 +1235,38 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
                  -> vkQueueSubmit(wait n+2, signal n+3) -> host";
     let compared =
         "lava-flow's CudaSemaphore and host helpers vs ash + cuWait/SignalExternalSemaphoresAsync, interleaved";
-    for (name, host_wait, route, with_p99, note) in [
-        ("timeline", HostWait::Blocking, Route::Full, true, format!("{chain} vkWaitSemaphores(n+3); {compared}")),
+    let prepared = VulkanPath::Prepared;
+    for (name, path, host_wait, route, with_p99, note) in [
+        (
+            "timeline",
+            prepared,
+            HostWait::Blocking,
+            Route::Full,
+            true,
+            format!("{chain} vkWaitSemaphores(n+3); {compared}"),
+        ),
         (
             "timeline-spin",
+            prepared,
             HostWait::Spin,
             Route::Full,
             true,
             format!("{chain} polls vkGetSemaphoreCounterValue until n+3; {compared}"),
         ),
         (
+            "timeline-sync-api",
+            VulkanPath::SyncApi,
+            HostWait::Blocking,
+            Route::Full,
+            true,
+            format!(
+                "{chain} vkWaitSemaphores(n+3); lava-flow through vulkan::sync (Semaphore::signal/wait, Submission) \
+                 and CudaSemaphore vs ash + cuWait/SignalExternalSemaphoresAsync, interleaved"
+            ),
+        ),
+        (
             "vulkan-leg",
+            prepared,
             HostWait::Blocking,
             Route::VulkanLeg,
             false,
@@ -1189,6 +1274,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
         ),
         (
             "cuda-leg",
+            prepared,
             HostWait::Blocking,
             Route::CudaLeg,
             false,
@@ -1197,7 +1283,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
     ] {
         let case = format!("semaphore-round-trip/{name}");
         let result = match &mut trips {
-            Ok(trips) => trips.measure(warmup, rounds, host_wait, route).map_err(|e| e.to_string()),
+            Ok(trips) => trips.measure(warmup, rounds, path, host_wait, route).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match result {
