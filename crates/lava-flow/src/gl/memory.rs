@@ -680,11 +680,18 @@ impl GlTexture {
             * self.description.format.texel_size() as usize
     }
 
-    /// Reads every texel of every layer, tightly packed, rows then slices then layers. Desktop GL
-    /// uses `glGetTexImage`; GLES reads each layer through a framebuffer with `glReadPixels`
-    /// (formats GLES can read back only).
+    /// Reads every texel of every layer, tightly packed, rows then slices then layers, through a
+    /// framebuffer with `glReadPixels` per layer.
+    ///
+    /// The GPU read through a framebuffer comes first: NVIDIA's `glGetTexImage` can return the
+    /// texture as GL last wrote it even after `glWaitSemaphoreEXT` made another API's later writes
+    /// visible (seen on an H200, driver 580), while a framebuffer read sees them. Formats that are
+    /// not color-renderable fall back to `glGetTexImage` on desktop GL.
     pub fn read(&self) -> Result<Vec<u8>> {
-        self.read_with(false)
+        match self.read_with(true) {
+            Err(Error::Unsupported { .. }) if self.memory.ctx.make_current()?.is_desktop() => self.read_with(false),
+            other => other,
+        }
     }
 
     /// Reads like [`GlTexture::read`], but always through a framebuffer and `glReadPixels` (a GPU
