@@ -276,7 +276,10 @@ impl<'a> Queued<'a> {
     }
 
     fn release(&mut self) {
-        for (wait, signal) in std::mem::take(&mut self.turns) {
+        let mut turns = std::mem::take(&mut self.turns);
+        // In value order, whatever order the two sides' batches were submitted in.
+        turns.sort_unstable();
+        for (wait, signal) in turns {
             let Ok(current) = self.semaphore.value() else { return };
             if current >= signal {
                 continue;
