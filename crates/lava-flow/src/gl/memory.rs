@@ -686,8 +686,15 @@ impl GlTexture {
     /// The GPU read through a framebuffer comes first: NVIDIA's `glGetTexImage` can return the
     /// texture as GL last wrote it even after `glWaitSemaphoreEXT` made another API's later writes
     /// visible (seen on an H200, driver 580), while a framebuffer read sees them. Formats that are
-    /// not color-renderable fall back to `glGetTexImage` on desktop GL.
+    /// not color-renderable, and half-float formats, use `glGetTexImage` on desktop GL.
     pub fn read(&self) -> Result<Vec<u8>> {
+        // Half floats come back through glReadPixels converted (NaN payloads are not kept), so
+        // they are read bit-exact with glGetTexImage.
+        if matches!(self.description.format, TextureFormat::R16Float | TextureFormat::Rgba16Float)
+            && self.memory.ctx.make_current()?.is_desktop()
+        {
+            return self.read_with(false);
+        }
         match self.read_with(true) {
             Err(Error::Unsupported { .. }) if self.memory.ctx.make_current()?.is_desktop() => self.read_with(false),
             other => other,

@@ -223,6 +223,17 @@ impl Fence {
     /// A fd the driver refuses (a semaphore's, say) gives [`Error::InvalidHandle`] and is closed
     /// too. On success the fd belongs to the fence. Sync fds are imported temporarily, as Vulkan
     /// requires: a [`reset`](Self::reset) returns the fence to its own unsignalled payload.
+    ///
+    /// An opaque fd carries no record of what it was exported from (NVIDIA's are all one
+    /// character device, and its driver accepts a semaphore's fd as a fence), so the types keep
+    /// them apart: a semaphore's export is not a fence's.
+    ///
+    /// ```compile_fail
+    /// # fn f(ctx: &lava_flow::VulkanContext, s: lava_flow::vulkan::sync::Semaphore) -> lava_flow::Result<()> {
+    /// let exported = s.export()?; // an ExportedSemaphore
+    /// lava_flow::vulkan::sync::Fence::import(ctx, exported)?; // refused at compile time
+    /// # Ok(()) }
+    /// ```
     pub fn import(ctx: &VulkanContext, exported: ExportedFence) -> Result<Fence> {
         ctx.check_deferred()?;
         let FenceDescription { handle_kind, device } = exported.description;
