@@ -14,7 +14,8 @@ const RUN_ALL: &str = r#"#!/bin/bash
 # Runs every packed test binary one test at a time (fd counts are per process), then
 # `lava-flow selftest`, a 20-round soak (fds, RSS, Vulkan and CUDA device memory back to their
 # levels), `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
-# Logs (and bench.json with its plots, info.json) are copied to $OUT when it is set.
+# Logs (as logs.tar.gz), bench.json, info.json and selftest.json go to $OUT when it is set
+# (`cargo xtask bench-doc` draws bench.json's plots here).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # Binaries too large to carry as they are travel as bin.tar.gz.
@@ -49,14 +50,16 @@ if [ -x "$cli" ]; then
   run_cli info info
   if [ -n "${OUT:-}" ]; then
     "$cli" info --json > "$OUT/info.json" 2>/dev/null
-    run_cli bench bench --json "$OUT/bench.json" --plots "$OUT/plots"
+    "$cli" selftest --json > "$OUT/selftest.json" 2>/dev/null
+    run_cli bench bench --json "$OUT/bench.json"
   else
     run_cli bench bench
   fi
 else
   summary+=("FAIL lava-flow: not in $here/bin"); status=1
 fi
-[ -n "${OUT:-}" ] && cp "$logs"/*.log "$OUT"/ 2>/dev/null
+# The device tool brings back at most 8 files: the logs travel as one archive.
+[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tar.gz" -C "$logs" . 2>/dev/null
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
 echo "gpu-test: overall $([ $status = 0 ] && echo PASS || echo FAIL)"

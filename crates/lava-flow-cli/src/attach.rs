@@ -65,7 +65,12 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let mut objects = Table::new(&["object", "kind", ">checked", "what"]);
     for o in &report.objects {
-        objects.row([o.name.clone(), o.kind.to_string(), table::bytes(o.bytes_checked), o.summary.clone()]);
+        let what = match &o.note {
+            Some(note) => format!("{} ({note})", o.summary),
+            None => o.summary.clone(),
+        };
+        let checked = if o.kind == "semaphore" { "-".to_string() } else { table::bytes(o.bytes_checked) };
+        objects.row([o.name.clone(), o.kind.to_string(), checked, what]);
     }
     out.push_str(&format!("\n{}", objects.render(2)));
     let mut steps = Table::new(&["step", ">took"]);
@@ -73,6 +78,9 @@ pub fn run(args: &Args) -> CmdResult {
         steps.row([s.what.clone(), table::duration(s.took)]);
     }
     out.push_str(&format!("\n{}\npattern verified in every object\n", steps.render(2)));
+    for o in report.objects.iter().filter(|o| o.value.is_some()) {
+        out.push_str(&format!("{} reached {} before the pattern was read\n", o.name, o.value.unwrap_or_default()));
+    }
     crate::emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }

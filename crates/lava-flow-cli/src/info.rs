@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use lava_flow::raw_gpu_handle::MemoryHandleKind;
+use lava_flow::raw_gpu_handle::{FenceHandleKind, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
 use lava_flow::vulkan::caps::{self, ExternalCapabilities};
+use lava_flow::vulkan::sync::SyncCapabilities;
 use lava_flow::vulkan::PhysicalDeviceInfo;
 use lava_flow::VulkanContext;
 use serde::Serialize;
@@ -43,6 +44,9 @@ pub struct VulkanDevice {
     pub info: PhysicalDeviceInfo,
     /// What the device can export and import, by object and handle kind.
     pub sharing: Vec<SharingRow>,
+    /// The driver's full answer for semaphores and fences (compatible and re-exportable handle
+    /// kinds included), where the device could be opened to ask.
+    pub sync: Option<SyncCapabilities>,
 }
 
 /// One API other than Vulkan: whether it is usable here, its devices, and what it imports.
@@ -122,8 +126,8 @@ fn vulkan_section() -> VulkanSection {
             devices: devices
                 .into_iter()
                 .map(|info| {
-                    let sharing = vulkan_sharing(&info);
-                    VulkanDevice { info, sharing }
+                    let (sharing, sync) = vulkan_sharing(&info);
+                    VulkanDevice { info, sharing, sync }
                 })
                 .collect(),
         },
@@ -131,22 +135,29 @@ fn vulkan_section() -> VulkanSection {
     }
 }
 
-/// What one Vulkan device can export and import: memory from the driver's capability queries
-/// (on a context opened for the purpose), semaphores and fences from its extensions.
-fn vulkan_sharing(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
-    let mut rows = match VulkanContext::with_index(info.index) {
-        Ok(ctx) => memory_rows(&ctx),
-        Err(e) => vec![SharingRow {
-            device: None,
-            object: "memory".into(),
-            handle_kind: "-".into(),
-            export: false,
-            import: false,
-            note: format!("could not open the device to ask: {e}"),
-        }],
-    };
-    rows.extend(sync_rows(info));
-    rows
+/// What one Vulkan device can export and import, as the driver's capability queries answer on a
+/// context opened for the purpose: memory (buffers, images, host memory), then semaphores and
+/// fences (`SyncCapabilities::query`).
+fn vulkan_sharing(info: &PhysicalDeviceInfo) -> (Vec<SharingRow>, Option<SyncCapabilities>) {
+    match VulkanContext::with_index(info.index) {
+        Ok(ctx) => {
+            let sync = SyncCapabilities::query(&ctx);
+            let mut rows = memory_rows(&ctx);
+            rows.extend(sync_rows(&sync));
+            (rows, Some(sync))
+        }
+        Err(e) => (
+            vec![SharingRow {
+                device: None,
+                object: "memory, semaphores and fences".into(),
+                handle_kind: "-".into(),
+                export: false,
+                import: false,
+                note: format!("could not open the device to ask: {e}"),
+            }],
+            None,
+        ),
+    }
 }
 
 fn caps_row(object: &str, caps: &ExternalCapabilities, note: &str) -> SharingRow {
@@ -195,24 +206,36 @@ fn memory_rows(ctx: &VulkanContext) -> Vec<SharingRow> {
     rows
 }
 
-/// Semaphores and fences, from the extensions the device offers.
-fn sync_rows(info: &PhysicalDeviceInfo) -> Vec<SharingRow> {
-    let ext = info.extensions;
-    let row = |object: &str, on: bool, note: &str| SharingRow {
-        device: None,
-        object: object.into(),
-        handle_kind: "opaque-fd".into(),
-        export: on,
-        import: on,
-        note: if on { String::new() } else { note.into() },
+/// One row per semaphore type and handle kind, then one per fence handle kind, each with the
+/// driver's answer (`vkGetPhysicalDeviceExternalSemaphoreProperties` with the semaphore type
+/// chained, `vkGetPhysicalDeviceExternalFenceProperties`) and, where it says no, why.
+fn sync_rows(sync: &SyncCapabilities) -> Vec<SharingRow> {
+    let note = |limitation: &Option<String>, sync_fd: bool, shared: bool| match limitation {
+        Some(why) => why.clone(),
+        // A sync fd is a copy of one pending signal, not the object itself: worth saying.
+        None if sync_fd && shared => "a copy of one pending signal, imported temporarily".into(),
+        None => String::new(),
     };
-    let timeline_note =
-        if ext.external_semaphore_fd { "no timelineSemaphore feature" } else { "no VK_KHR_external_semaphore_fd" };
-    vec![
-        row("binary semaphore", ext.external_semaphore_fd, "no VK_KHR_external_semaphore_fd"),
-        row("timeline semaphore", ext.external_semaphore_fd && ext.timeline_semaphore, timeline_note),
-        row("fence", ext.external_fence_fd, "no VK_KHR_external_fence_fd"),
-    ]
+    let semaphores = sync.semaphores.iter().map(|c| SharingRow {
+        device: None,
+        object: match c.kind {
+            SemaphoreKind::Timeline => "timeline semaphore".into(),
+            SemaphoreKind::Binary => "binary semaphore".into(),
+        },
+        handle_kind: c.handle_kind.to_string(),
+        export: c.exportable,
+        import: c.importable,
+        note: note(&c.limitation, c.handle_kind == SemaphoreHandleKind::SyncFd, c.exportable || c.importable),
+    });
+    let fences = sync.fences.iter().map(|c| SharingRow {
+        device: None,
+        object: "fence".into(),
+        handle_kind: c.handle_kind.to_string(),
+        export: c.exportable,
+        import: c.importable,
+        note: note(&c.limitation, c.handle_kind == FenceHandleKind::SyncFd, c.exportable || c.importable),
+    });
+    semaphores.chain(fences).collect()
 }
 
 /// CUDA, OpenCL and OpenGL: each answers through its importer module when built in.
@@ -455,5 +478,15 @@ pub fn render(report: &Report) -> String {
         }
     }
     out.push_str(&t.render(2));
+    let sync: Vec<_> = report.vulkan.devices.iter().filter_map(|d| d.sync.as_ref()).collect();
+    if !sync.is_empty() {
+        out.push_str("\nSemaphores and fences (handle kinds each Vulkan device exports and imports)\n");
+        for s in sync {
+            out.push_str(&format!("  #{} {}\n", s.device_index, s.device));
+            for line in s.to_string().lines() {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
     out
 }

@@ -28,11 +28,14 @@ pub enum Role {
 /// How the two sides signal frames and free slots.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sync {
-    /// The best this build and machine have.
+    /// Producer: timeline semaphores where the Vulkan driver shares them, else host counters.
+    /// Consumer: what the producer chose.
     Auto,
     /// Counters in shared host memory with a futex wait (any machine).
     HostCounters,
-    /// Exported Vulkan timeline semaphores.
+    /// Vulkan timeline semaphores exported by the producer, imported by the consumer (refused
+    /// where the driver cannot share them; `lava-flow info` says why).
+    #[value(alias = "semaphore", alias = "timeline")]
     TimelineSemaphore,
 }
 
@@ -118,6 +121,10 @@ fn both(args: &Args, config: &RingConfig) -> CmdResult {
         .stdout(Stdio::piped());
     let mut child = cmd.spawn()?;
     let produced = run_producer(config);
+    if produced.is_err() {
+        // The consumer would wait for a ring that is not coming until its timeout.
+        let _ = child.kill();
+    }
     let mut out = String::new();
     if let Some(mut stdout) = child.stdout.take() {
         stdout.read_to_string(&mut out)?;

@@ -135,6 +135,9 @@ pub fn run(args: &Args) -> CmdResult {
         objects.row([o.name.clone(), describe(&o.description)]);
     }
     out.push_str(&format!("\n{}", objects.render(2)));
+    if let Some(why) = &report.semaphore_note {
+        out.push_str(&format!("no timeline semaphore shared: {why}\n"));
+    }
     let mut steps = Table::new(&["step", ">took"]);
     for s in &report.steps {
         steps.row([s.what.clone(), table::duration(s.took)]);

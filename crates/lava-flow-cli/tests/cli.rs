@@ -5,6 +5,8 @@
 
 use std::process::{Command, Output};
 
+use lava_flow::raw_gpu_handle::{FenceHandleKind, SemaphoreHandleKind, SemaphoreKind};
+use lava_flow::vulkan::sync::SyncCapabilities;
 use lava_flow::{testing, VulkanContext};
 use serde_json::Value;
 
@@ -393,4 +395,217 @@ fn ring_passes_every_frame_between_two_processes() {
     }
     assert_eq!(reports[0]["ended_by"], "count", "the producer made every frame: {}", reports[0]);
     assert_eq!(reports[1]["latency"]["samples"], 12000, "every frame's hand-off was measured");
+}
+
+/// The (object, handle kind) rows `info` shows for semaphores and fences, in its order.
+const SYNC_ROWS: [(&str, &str); 6] = [
+    ("timeline semaphore", "opaque-fd"),
+    ("timeline semaphore", "sync-fd"),
+    ("binary semaphore", "opaque-fd"),
+    ("binary semaphore", "sync-fd"),
+    ("fence", "opaque-fd"),
+    ("fence", "sync-fd"),
+];
+
+#[test]
+fn info_reports_semaphores_and_fences_as_the_capability_queries_answer() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let out = run(&["info", "--json"]);
+    assert!(out.status.success());
+    let report = json(&out);
+    let device = report["vulkan"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["index"] == ctx.info().index)
+        .expect("the default device is listed")
+        .clone();
+    // The answer this process gets from the same driver.
+    let caps = SyncCapabilities::query(&ctx);
+    let sharing = device["sharing"].as_array().unwrap();
+    for (object, handle_kind) in SYNC_ROWS {
+        let row = sharing
+            .iter()
+            .find(|r| r["object"] == object && r["handle_kind"] == handle_kind)
+            .unwrap_or_else(|| panic!("no {object} {handle_kind} row: {sharing:?}"));
+        let hk = |h: &str| if h == "opaque-fd" { SemaphoreHandleKind::OpaqueFd } else { SemaphoreHandleKind::SyncFd };
+        let (export, import, limitation) = match object {
+            "fence" => {
+                let kind = if handle_kind == "opaque-fd" { FenceHandleKind::OpaqueFd } else { FenceHandleKind::SyncFd };
+                let c = caps.fence(kind).unwrap();
+                (c.exportable, c.importable, c.limitation.clone())
+            }
+            _ => {
+                let kind = if object.starts_with("timeline") { SemaphoreKind::Timeline } else { SemaphoreKind::Binary };
+                let c = caps.semaphore(kind, hk(handle_kind)).unwrap();
+                (c.exportable, c.importable, c.limitation.clone())
+            }
+        };
+        assert_eq!((row["export"].as_bool(), row["import"].as_bool()), (Some(export), Some(import)), "{row}");
+        if let Some(why) = limitation {
+            assert_eq!(row["note"], why.as_str(), "a row that says no carries the query's answer: {row}");
+        }
+        if on_lavapipe() {
+            assert_eq!((export, import), (false, false), "lavapipe shares no {object}: {row}");
+        }
+    }
+    let timeline_sync_fd =
+        sharing.iter().find(|r| r["object"] == "timeline semaphore" && r["handle_kind"] == "sync-fd");
+    assert_eq!(timeline_sync_fd.unwrap()["export"], false, "sync fds never carry timeline semaphores");
+    // The full answer is in the JSON too.
+    assert_eq!(device["sync"]["semaphores"].as_array().unwrap().len(), 4, "{device}");
+    assert_eq!(device["sync"]["fences"].as_array().unwrap().len(), 2, "{device}");
+    assert_eq!(device["sync"]["timeline_semaphores"], ctx.extensions().timeline_semaphore);
+    // And the table says it per device.
+    let text = run(&["info"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Semaphores and fences"), "{text}");
+    assert!(text.contains("timeline semaphores: export"), "{text}");
+    assert!(text.contains("fences: export"), "{text}");
+}
+
+/// The semaphore and fence paths of `selftest`, required (`LAVA_FLOW_REQUIRE=semaphores`) or not.
+const SEMAPHORE_PATHS: [&str; 5] = [
+    "semaphores: timeline opaque-fd, device A <-> device B",
+    "semaphores: timeline opaque-fd <-> other process, fds over SCM_RIGHTS",
+    "semaphores: timeline ping-pong, device A <-> device B",
+    "semaphores: binary opaque-fd, device A <-> device B",
+    "semaphores: fence opaque-fd, exported by device A, waited on device B",
+];
+
+/// Paths of handle kinds Vulkan leaves optional (sync fds): they pass, or skip with the query's answer.
+const OPTIONAL_SEMAPHORE_PATHS: [&str; 2] =
+    ["semaphores: binary sync-fd, device A -> device B", "semaphores: fence sync-fd, exported by device A"];
+
+#[test]
+fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let out = run(&["selftest", "--json", "--only", "semaphores: "]);
+    let report = json(&out);
+    let rows = report["results"].as_array().unwrap();
+    assert_eq!(rows.len(), SEMAPHORE_PATHS.len() + OPTIONAL_SEMAPHORE_PATHS.len(), "{rows:?}");
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap();
+    let shares = timeline.exportable && timeline.importable;
+    for path in SEMAPHORE_PATHS.into_iter().chain(OPTIONAL_SEMAPHORE_PATHS) {
+        let row = result_of(&report, path);
+        match row["result"].as_str().unwrap() {
+            "pass" => {
+                assert!(
+                    !row["detail"].as_str().unwrap_or("").is_empty(),
+                    "a semaphore path says what it checked: {row}"
+                )
+            }
+            "skipped" => {
+                let reason = row["reason"].as_str().unwrap_or("");
+                assert!(reason.contains("is not supported"), "{row}");
+                assert!(reason.contains("vkGetPhysicalDeviceExternal"), "the skip names the capability query: {row}");
+                assert!(
+                    !shares || OPTIONAL_SEMAPHORE_PATHS.contains(&path) || !path.contains("timeline"),
+                    "the device shares timeline semaphores, so this path runs: {row}"
+                );
+            }
+            _ => panic!("{path} failed: {row}"),
+        }
+    }
+    for path in SEMAPHORE_PATHS.into_iter().filter(|p| p.contains("timeline")) {
+        let row = result_of(&report, path);
+        if shares {
+            assert_eq!(row["result"], "pass", "{row}");
+        } else {
+            let why = timeline.limitation.as_deref().unwrap();
+            assert!(row["reason"].as_str().unwrap().contains(why), "{row}");
+        }
+    }
+    assert!(out.status.success(), "no semaphore path fails");
+    if !shares {
+        testing::skip("semaphores", timeline.limitation.clone().unwrap_or_default());
+    }
+}
+
+#[test]
+fn required_semaphores_that_the_driver_cannot_share_fail_selftest() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap();
+    if timeline.exportable && timeline.importable {
+        // A device that shares them runs the paths (the test above): no skip to turn into a failure.
+        println!("{} shares timeline semaphores: nothing to refuse", ctx.info().name);
+        return;
+    }
+    let out = lava_flow()
+        .args(["selftest", "--json", "--only", "semaphores: "])
+        .env("LAVA_FLOW_REQUIRE", "semaphores")
+        .output()
+        .unwrap();
+    let report = json(&out);
+    for path in SEMAPHORE_PATHS {
+        let row = result_of(&report, path);
+        assert_eq!(row["result"], "fail", "{row}");
+        assert!(row["reason"].as_str().unwrap().contains("required (LAVA_FLOW_REQUIRE)"), "{row}");
+    }
+    for path in OPTIONAL_SEMAPHORE_PATHS {
+        assert_eq!(result_of(&report, path)["result"], "skipped", "sync fds stay optional");
+    }
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn serve_shares_a_timeline_semaphore_or_says_why_not() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap().clone();
+    let socket = socket_path("serve-semaphore");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--size", "64K", "--clients", "1", "--device"])
+        .arg(ctx.info().index.to_string())
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let report = json(&out);
+    assert!(wait_for_exit(&mut server).success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    let objects = report["objects"].as_array().unwrap();
+    if timeline.exportable && timeline.importable {
+        assert!(text.contains("pattern.ready") && text.contains("Timeline semaphore, opaque-fd"), "{text}");
+        let ready = objects.iter().find(|o| o["name"] == "pattern.ready").expect("attach reports the semaphore");
+        assert!(ready["value"].as_u64().unwrap() >= 1, "{ready}");
+    } else {
+        let why = timeline.limitation.unwrap();
+        assert!(text.contains(&format!("no timeline semaphore shared: {why}")), "serve says why: {text}");
+        assert!(objects.iter().all(|o| o["kind"] != "semaphore"), "{report}");
+        testing::skip("semaphores", why);
+    }
+}
+
+#[test]
+fn ring_with_timeline_semaphores_runs_or_is_refused_with_the_reason() {
+    let Some(ctx) = vulkan_or_skip() else { return };
+    let caps = SyncCapabilities::query(&ctx);
+    let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap().clone();
+    let out = run(&["ring", "--sync", "timeline-semaphore", "--frames", "3000", "--size", "64K", "--json"]);
+    if timeline.exportable && timeline.importable {
+        assert!(out.status.success());
+        let reports = json(&out);
+        let reports = reports.as_array().expect("a producer and a consumer report");
+        assert_eq!(reports.len(), 2);
+        for r in reports {
+            assert_eq!(r["frames"], 3000, "{r}");
+            assert!(r["sync"].as_str().unwrap().contains("timeline semaphores"), "{r}");
+        }
+        assert_eq!(reports[1]["latency"]["samples"], 3000, "every frame's hand-off was measured");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "refused where the driver cannot share them");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(timeline.limitation.as_deref().unwrap()), "the error gives the query's answer: {err}");
+        testing::skip("semaphores", timeline.limitation.unwrap());
+    }
 }

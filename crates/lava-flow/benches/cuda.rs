@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lava_flow::cuda::bench::{size_name, Fixture, Side};
+use lava_flow::cuda::bench::{size_name, Fixture, PooledImports, Side};
 
 fn fixture() -> Option<Fixture> {
     lava_flow::testing::prefer_software_vulkan_if_no_gpu();
@@ -45,6 +45,23 @@ fn semaphore_round_trip(c: &mut Criterion) {
     group.finish();
 }
 
+fn pooled_import(c: &mut Criterion) {
+    let Some(fx) = fixture() else { return };
+    let imports = fx.pooled_imports().expect("pooled buffers");
+    let mut group = c.benchmark_group("pooled-import-64KiB");
+    type Sample = fn(&PooledImports) -> lava_flow::Result<Duration>;
+    let cases: [(&str, Sample); 4] = [
+        ("lava-flow-cached", PooledImports::cached),
+        ("lava-flow-uncached", PooledImports::uncached),
+        ("raw-import-map", PooledImports::raw_fresh),
+        ("raw-map-only", PooledImports::raw_offset_map),
+    ];
+    for (name, sample) in cases {
+        group.bench_function(name, |b| b.iter_custom(|iters| (0..iters).map(|_| sample(&imports).expect(name)).sum()));
+    }
+    group.finish();
+}
+
 fn copy_bandwidth(c: &mut Criterion) {
     let Some(fx) = fixture() else { return };
     let bytes = 256u64 << 20;
@@ -68,6 +85,6 @@ fn copy_bandwidth(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = export_import_map, semaphore_round_trip, copy_bandwidth
+    targets = export_import_map, semaphore_round_trip, pooled_import, copy_bandwidth
 }
 criterion_main!(benches);

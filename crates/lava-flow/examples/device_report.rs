@@ -44,6 +44,33 @@ fn main() -> Result<(), lava_flow::Error> {
                 caps.dedicated_only
             );
         }
+        describe_exported_fds(&ctx);
     }
     Ok(())
+}
+
+/// What the fds of this driver's exports are (file type, device and inode): importers can only
+/// tell a memory fd from a semaphore or fence fd where the driver makes them differ.
+fn describe_exported_fds(ctx: &VulkanContext) {
+    use lava_flow::vulkan::sync::{Fence, FenceHandleKind, Semaphore, SemaphoreHandleKind, SemaphoreKind};
+    use std::os::fd::AsFd;
+    let show = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
+        let kind = lava_flow::fd::inspect(fd);
+        let stat = rustix::fs::fstat(fd).ok();
+        let ids = stat.map(|s| format!("dev {} ino {} rdev {}", s.st_dev, s.st_ino, s.st_rdev)).unwrap_or_default();
+        println!("    export fd of {what:<20} {} ({ids})", kind.describe());
+    };
+    if let Ok(buffer) = lava_flow::Buffer::new(ctx, &lava_flow::BufferOptions::new(65536)) {
+        if let Ok(e) = buffer.export_fd() {
+            show("a buffer", e.memory.handle.as_fd());
+        }
+    }
+    for kind in [SemaphoreKind::Timeline, SemaphoreKind::Binary] {
+        if let Ok(e) = Semaphore::exportable(ctx, kind, SemaphoreHandleKind::OpaqueFd).and_then(|s| s.export()) {
+            show(&format!("a {kind:?} semaphore"), e.handle.as_fd());
+        }
+    }
+    if let Ok(e) = Fence::exportable(ctx, FenceHandleKind::OpaqueFd).and_then(|f| f.export()) {
+        show("a fence", e.handle.as_fd());
+    }
 }

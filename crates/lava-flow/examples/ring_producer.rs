@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lava_flow::ipc::ring::{run_producer, RingConfig};
+use lava_flow::ipc::ring::{run_producer, RingConfig, RingSync};
 
 fn main() {
     let mut config = RingConfig::default();
@@ -23,6 +23,7 @@ fn main() {
             "--slots" => config.slots = number(&value()) as u32,
             "--slot-size" => config.slot_size = number(&value()) as usize,
             "--timeout-s" => config.timeout = std::time::Duration::from_secs(number(&value())),
+            "--sync" => config.sync = sync(&value()),
             "--json" => json = true,
             other => usage(&format!("unknown argument {other}")),
         }
@@ -48,11 +49,22 @@ fn main() {
     }
 }
 
+/// `auto` (the producer picks timeline semaphores where the driver shares them; the consumer
+/// follows the producer), `host-counters` or `timeline-semaphore`.
+fn sync(text: &str) -> RingSync {
+    match text {
+        "auto" => RingSync::Auto,
+        "host-counters" => RingSync::HostCounters,
+        "timeline-semaphore" => RingSync::TimelineSemaphore,
+        other => usage(&format!("--sync {other}: use auto, host-counters or timeline-semaphore")),
+    }
+}
+
 fn number(text: &str) -> u64 {
     text.parse().unwrap_or_else(|_| usage(&format!("{text} is not a number")))
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("{problem}\nusage: ring_producer [--socket PATH] [--frames N (0: until Enter or the consumer stops)] [--slots N] [--slot-size BYTES] [--timeout-s S] [--json]");
+    eprintln!("{problem}\nusage: ring_producer [--socket PATH] [--frames N (0: until Enter or the consumer stops)] [--slots N] [--slot-size BYTES] [--timeout-s S] [--sync auto|host-counters|timeline-semaphore] [--json]");
     std::process::exit(2)
 }

@@ -81,6 +81,24 @@ pub enum Error {
     #[error(transparent)]
     IncompatibleDevice(#[from] raw_gpu_handle::IncompatibleDevice),
 
+    /// A semaphore or fence handle that only its exporter's device and driver understand (opaque
+    /// fd) was offered to another device or driver.
+    #[error(
+        "{what} exported by {exporter} cannot be imported by {importer}: {reason} (external semaphore and fence \
+         handle types compatibility: opaque fds are only valid between the same physical device and the same \
+         driver); import it on the exporting device, or share a sync fd"
+    )]
+    IncompatibleSyncDevice {
+        /// What was to be imported ("opaque-fd timeline semaphore").
+        what: &'static str,
+        /// Who exported.
+        exporter: raw_gpu_handle::DeviceIdentity,
+        /// Who tried to import.
+        importer: raw_gpu_handle::DeviceIdentity,
+        /// Which UUIDs differ.
+        reason: &'static str,
+    },
+
     /// A size, offset, format or other argument is wrong.
     #[error("invalid {what}: {reason}; {advice}")]
     InvalidArgument {

@@ -167,6 +167,11 @@ fn semaphores_order_texture_rounds_with_layouts() {
         gl_wait.wait(&[], &[(&tex, layout)]).unwrap();
         let seen = tex.read().unwrap();
         let stale = round > 0 && seen == invert(&pattern(data.len(), 50 + round - 1));
+        if seen != data {
+            let through_fbo = tex.read_through_framebuffer().map(|v| v == data);
+            let vulkan_view = image.download().map(|v| v == data);
+            println!("round {round}: glGetTexImage stale; framebuffer read matches: {through_fbo:?}; Vulkan's own download matches: {vulkan_view:?}");
+        }
         let matching = seen.iter().zip(&data).filter(|(a, b)| a == b).count();
         assert!(
             seen == data,

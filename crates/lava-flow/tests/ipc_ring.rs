@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_support::{child_command, child_role, TempDir};
-use lava_flow::ipc::ring::{run_consumer, run_producer, RingConfig, RingReport, RingSync};
+use lava_flow::ipc::ring::{check_sync, run_consumer, run_producer, RingConfig, RingReport, RingSync};
 
 const FRAMES: u64 = 5000;
 
@@ -143,8 +143,12 @@ fn bad_ring_configurations_are_refused() {
         let e = run_producer(&bad).unwrap_err();
         assert!(matches!(e, lava_flow::Error::InvalidArgument { .. }), "{e}");
     }
-    let e = run_producer(&RingConfig { sync: RingSync::TimelineSemaphore, ..config(&socket) }).unwrap_err();
-    assert!(e.is_unavailable(), "{e}");
+    if let Err(why) = check_sync(RingSync::TimelineSemaphore) {
+        // Where the driver cannot share timeline semaphores, asking for them is refused up front.
+        let e = run_producer(&RingConfig { sync: RingSync::TimelineSemaphore, ..config(&socket) }).unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert_eq!(e.to_string(), why.to_string());
+    }
     // Nobody serves: the consumer reports it instead of waiting forever.
     assert!(run_consumer(&config(&socket)).is_err());
 }
@@ -154,18 +158,108 @@ fn ring_with_timeline_semaphores_passes_checked_frames() {
     if child_role().is_some() {
         return consumer_child();
     }
+    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let dir = TempDir::new("ring-timeline", 0o700);
     let socket = dir.path().join("ring.sock");
     let config = RingConfig { frames: Some(FRAMES), sync: RingSync::TimelineSemaphore, ..config(&socket) };
-    // Where exported timeline semaphores exist (the GPU machine) this must run; elsewhere it skips.
-    if let Err(e) = lava_flow::ipc::ring::check_sync(RingSync::TimelineSemaphore) {
+    // Where exported timeline semaphores exist (the GPU machine) this must run; elsewhere it skips
+    // with the capability query's answer.
+    if let Err(e) = check_sync(RingSync::TimelineSemaphore) {
         lava_flow::testing::skip("semaphores", e);
         return;
     }
     let test = "ring_with_timeline_semaphores_passes_checked_frames";
     let consumer = spawn_consumer(test, "consume-all-timeline", &socket);
     let producer = run_producer(&config).unwrap();
+    print(&producer);
     let consumer = consumer.join().unwrap();
+    println!("{consumer}");
     assert_eq!(producer.frames, FRAMES);
-    assert_eq!(consumer["frames"], FRAMES);
+    assert_eq!(producer.ended_by, "count");
+    assert!(producer.sync.contains("timeline semaphores"), "{producer}");
+    assert_eq!(consumer["sync"], producer.sync, "both sides signal through the semaphores");
+    assert_eq!(consumer["frames"], FRAMES, "{consumer}");
+    assert_eq!(consumer["ended_by"], "peer-finished");
+    assert_eq!(consumer["latency"]["samples"], FRAMES, "every frame's hand-off was measured");
+}
+
+#[test]
+fn ring_with_timeline_semaphores_stops_when_the_consumer_does() {
+    if child_role().is_some() {
+        return consumer_child();
+    }
+    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
+    if let Err(e) = check_sync(RingSync::TimelineSemaphore) {
+        lava_flow::testing::skip("semaphores", e);
+        return;
+    }
+    let dir = TempDir::new("ring-timeline-stop", 0o700);
+    let socket = dir.path().join("ring.sock");
+    let test = "ring_with_timeline_semaphores_stops_when_the_consumer_does";
+    let consumer = spawn_consumer(test, "consume-2000-timeline", &socket);
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = run_producer(&RingConfig {
+        frames: None,
+        stop: Some(stop),
+        sync: RingSync::TimelineSemaphore,
+        ..config(&socket)
+    })
+    .unwrap();
+    print(&producer);
+    let consumer = consumer.join().unwrap();
+    assert_eq!(consumer["frames"], 2000);
+    assert_eq!(consumer["ended_by"], "count");
+    assert_eq!(producer.ended_by, "peer-stopped", "the producer woke from its semaphore wait: {producer}");
+    assert!((2000..=2004).contains(&producer.frames), "the producer ran on at most one ring ahead: {producer}");
+}
+
+/// `Auto` picks timeline semaphores where the driver shares them and host counters elsewhere;
+/// the consumer (also `Auto`) follows the producer.
+#[test]
+fn ring_auto_signal_follows_what_the_driver_shares() {
+    if child_role().is_some() {
+        return consumer_child();
+    }
+    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
+    let dir = TempDir::new("ring-auto", 0o700);
+    let socket = dir.path().join("ring.sock");
+    let consumer = spawn_consumer("ring_auto_signal_follows_what_the_driver_shares", "consume-all", &socket);
+    let producer = run_producer(&RingConfig { frames: Some(2000), sync: RingSync::Auto, ..config(&socket) }).unwrap();
+    print(&producer);
+    let consumer = consumer.join().unwrap();
+    match check_sync(RingSync::TimelineSemaphore) {
+        Ok(()) => assert!(producer.sync.contains("timeline semaphores"), "{producer}"),
+        Err(why) => {
+            assert_eq!(producer.sync, "host counters + futex", "{producer}");
+            println!("host counters, since: {why}");
+        }
+    }
+    assert_eq!(consumer["sync"], producer.sync);
+    assert_eq!(consumer["frames"], 2000);
+}
+
+/// A consumer that asks for another signal than the producer chose is refused, and the producer
+/// hears of it at once instead of waiting out its timeout.
+#[test]
+fn ring_consumer_asking_for_another_signal_is_refused() {
+    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
+    let dir = TempDir::new("ring-mismatch", 0o700);
+    let socket = dir.path().join("ring.sock");
+    let timeout = Duration::from_secs(20);
+    let producer = {
+        let config = RingConfig { frames: Some(10), timeout, ..config(&socket) };
+        std::thread::spawn(move || run_producer(&config))
+    };
+    for _ in 0..1000 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = std::time::Instant::now();
+    let e = run_consumer(&RingConfig { sync: RingSync::TimelineSemaphore, ..config(&socket) }).unwrap_err();
+    assert!(e.to_string().contains("the producer signals with host counters"), "{e}");
+    let e = producer.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("could not set up its side of the ring"), "{e}");
+    assert!(started.elapsed() < timeout / 2, "the producer stopped waiting for its consumer at once");
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use ipc_support::{child_command, child_role, run_ok, TempDir};
 use lava_flow::ipc::{
-    attach, serve_pattern, AttachApi, AttachOptions, ServeMemory, ServeOptions, ServerConfig, IMAGE_NAME, PATTERN_NAME,
+    attach, serve_pattern, AttachApi, AttachOptions, ObjectDescription, ServeMemory, ServeOptions, ServerConfig,
+    IMAGE_NAME, PATTERN_NAME, READY_NAME, READY_VALUE,
 };
+use lava_flow::raw_gpu_handle::{SemaphoreHandleKind, SemaphoreKind};
+use lava_flow::vulkan::sync::semaphore_capabilities;
 use lava_flow::vulkan::MemoryLocation;
 use lava_flow::{testing, VulkanContext};
 use serde_json::Value;
@@ -46,6 +49,12 @@ fn try_attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Opti
 
 fn attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Value {
     try_attach_in_child(test, role, socket).expect("host and Vulkan attach where the parent served")
+}
+
+/// The objects of an attach report other than semaphores (a server on a driver that exports
+/// timeline semaphores shares one too).
+fn memory_objects(report: &Value) -> Vec<Value> {
+    report["objects"].as_array().unwrap().iter().filter(|o| o["kind"] != "semaphore").cloned().collect()
 }
 
 fn options(socket: &std::path::Path, size: u64, memory: ServeMemory, image: Option<(u32, u32)>) -> ServeOptions {
@@ -90,7 +99,7 @@ fn serve_and_attach_vulkan_buffer_and_image_in_two_processes() {
     let report = attach_in_child("serve_and_attach_vulkan_buffer_and_image_in_two_processes", "attach-vulkan", &socket);
     println!("{report:#}");
     assert_eq!(report["api"], "vulkan");
-    let objects = report["objects"].as_array().unwrap();
+    let objects = memory_objects(&report);
     assert_eq!(objects.len(), 2);
     assert_eq!((&objects[0]["name"], &objects[0]["kind"]), (&PATTERN_NAME.into(), &"buffer".into()));
     assert_eq!(objects[0]["bytes_checked"], 1 << 20);
@@ -129,7 +138,7 @@ fn serve_vulkan_and_attach_with(test: &str, role: &str) {
     let served = serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), Some((64, 32)))).unwrap();
     let Some(report) = try_attach_in_child(test, role, &socket) else { return };
     println!("{report:#}");
-    let objects = report["objects"].as_array().unwrap();
+    let objects = memory_objects(&report);
     assert_eq!(objects.len(), 2);
     assert_eq!(objects[0]["bytes_checked"], 1 << 20);
     assert_eq!(objects[1]["bytes_checked"], 64 * 32 * 4);
@@ -158,4 +167,54 @@ fn attach_with_opencl_imports_and_checks_the_pattern() {
         return attach_child();
     }
     serve_vulkan_and_attach_with("attach_with_opencl_imports_and_checks_the_pattern", "attach-opencl");
+}
+
+/// Vulkan memory is served with a timeline semaphore at value 1 where the driver exports one;
+/// `attach` imports it, waits for the value, then reads the pattern. Elsewhere the server says
+/// why it shares none, and attach checks the memory alone.
+#[test]
+fn serve_shares_a_ready_timeline_semaphore_where_the_driver_exports_one() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    let Some(device_id) = default_device_index() else { return };
+    let ctx = VulkanContext::with_index(device_id).unwrap();
+    let caps = semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd);
+    drop(ctx);
+    let dir = TempDir::new("serve-semaphore", 0o700);
+    let socket = dir.path().join("serve.sock");
+    let location = MemoryLocation::GpuVulkan { device_id };
+    let served = serve_pattern(&options(&socket, 1 << 20, ServeMemory::Vulkan(location), None)).unwrap();
+    let shared = &served.report().objects;
+    let test = "serve_shares_a_ready_timeline_semaphore_where_the_driver_exports_one";
+    let report = attach_in_child(test, "attach-vulkan", &socket);
+    println!("{report:#}");
+    let objects = report["objects"].as_array().unwrap();
+    assert_eq!(memory_objects(&report)[0]["bytes_checked"], 1 << 20, "the pattern is checked either way");
+    if caps.exportable && caps.importable {
+        assert_eq!(shared.len(), 2, "{shared:?}");
+        assert_eq!(shared[1].name, READY_NAME);
+        match &shared[1].description {
+            ObjectDescription::Semaphore(d) => {
+                assert_eq!((d.kind, d.handle_kind), (SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd));
+            }
+            other => panic!("{READY_NAME} is a {other:?}"),
+        }
+        assert!(served.report().semaphore_note.is_none());
+        let ready = objects.iter().find(|o| o["name"] == READY_NAME).expect("attach lists the semaphore");
+        assert_eq!(ready["kind"], "semaphore");
+        assert!(ready["value"].as_u64().unwrap() >= READY_VALUE, "{ready}");
+        let steps: Vec<&str> =
+            report["steps"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap()).collect();
+        let wait = steps.iter().position(|s| s.starts_with("wait for pattern.ready")).expect("a wait step");
+        let read = steps.iter().position(|s| s.starts_with("read pattern")).expect("a read step");
+        assert!(wait < read, "the semaphore is waited for before the pattern is read: {steps:?}");
+    } else {
+        let why = caps.limitation.unwrap();
+        assert_eq!(shared.len(), 1, "no semaphore where the driver exports none: {shared:?}");
+        assert_eq!(served.report().semaphore_note.as_deref(), Some(why.as_str()));
+        assert_eq!(objects.len(), 1);
+        testing::skip("semaphores", why);
+    }
+    drop(served);
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use lava_flow::ipc::fd_passing::{recv_exact_with_fds, send_with_fds};
 use lava_flow::raw_gpu_handle::{
-    BufferDescription, ExportedBuffer, ExportedTexture, Memory, MemoryDescription, TextureDescription, TextureFormat,
+    BufferDescription, ExportedBuffer, ExportedTexture, Memory, MemoryDescription, SemaphoreDescription,
+    TextureDescription, TextureFormat,
 };
 use lava_flow::vulkan::{ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, SharedHostMemory, VulkanContext};
@@ -51,6 +52,14 @@ pub enum Shared {
     Host { memory: MemoryDescription, buffer: BufferDescription },
     /// Buffers carved from one pool block, one fd each, imported through one block cache.
     PooledBuffers { buffers: Vec<(MemoryDescription, BufferDescription)> },
+    /// A buffer and a timeline semaphore (fds in that order) for `rounds` turns with this
+    /// process, each ordered on the GPU by the semaphore (see `semaphores.rs`).
+    TimelineRounds {
+        memory: MemoryDescription,
+        buffer: BufferDescription,
+        semaphore: SemaphoreDescription,
+        rounds: u64,
+    },
 }
 
 /// Arguments of the hidden peer subcommand.
@@ -183,6 +192,16 @@ fn hand_to_peer(shared: Shared, fd: OwnedFd, transport: Transport, seed: u64, re
 
 /// Starts the peer and sends it `shared` with `fds` in one SCM_RIGHTS message over a socket pair.
 pub fn hand_to_peer_many(shared: Shared, fds: Vec<OwnedFd>, seed: u64, reply: u64, corrupt: bool) -> Step {
+    let (child, sent) = start_peer(shared, fds, seed, reply, corrupt)?;
+    let verdict = wait_peer(child);
+    sent?;
+    verdict
+}
+
+/// Starts the peer and sends it `shared` with `fds`, without waiting for it: for paths where this
+/// process takes turns with the peer. Returns the child and whether the send succeeded (a failed
+/// send still leaves a child to wait for, which then reports what it missed).
+pub fn start_peer(shared: Shared, fds: Vec<OwnedFd>, seed: u64, reply: u64, corrupt: bool) -> Step<(Child, Step)> {
     let description = serde_json::to_string(&shared).map_err(|e| PathError::Failed(e.to_string()))?;
     let (ours, theirs) = UnixStream::pair()?;
     let mut cmd = peer_command(seed, reply, corrupt)?;
@@ -193,14 +212,12 @@ pub fn hand_to_peer_many(shared: Shared, fds: Vec<OwnedFd>, seed: u64, reply: u6
     let mut message = (description.len() as u32).to_le_bytes().to_vec();
     message.extend_from_slice(description.as_bytes());
     let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-    let sent = send_with_fds(ours.as_fd(), &message, &borrowed);
+    let sent = send_with_fds(ours.as_fd(), &message, &borrowed).map_err(PathError::from);
     // The kernel gave the peer its own copies; ours close here.
     drop(borrowed);
     drop(fds);
     drop(ours);
-    let verdict = wait_peer(child);
-    sent?;
-    verdict
+    Ok((child, sent))
 }
 
 fn peer_command(seed: u64, reply: u64, corrupt: bool) -> Step<Command> {
@@ -214,7 +231,7 @@ fn peer_command(seed: u64, reply: u64, corrupt: bool) -> Step<Command> {
 }
 
 /// Waits (bounded) for the peer and turns its report into the path's result.
-fn wait_peer(mut child: Child) -> Step {
+pub fn wait_peer(mut child: Child) -> Step {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -326,6 +343,9 @@ fn peer_body(args: &PeerArgs) -> Step {
         }
         Shared::PooledBuffers { buffers } => {
             super::pool::peer_side(buffers, fds, args.seed, args.reply_seed, args.corrupt)?;
+        }
+        Shared::TimelineRounds { memory, buffer, semaphore, rounds } => {
+            super::semaphores::peer_side(memory, buffer, semaphore, rounds, fds, args.corrupt)?;
         }
     }
     Ok(())

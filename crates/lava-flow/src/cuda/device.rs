@@ -279,6 +279,8 @@ pub(crate) struct DeviceInner {
     pub(crate) uuid: Uuid,
     pub(crate) mig_uuid: Uuid,
     deferred: Mutex<Vec<String>>,
+    /// Imported pooled blocks, so a further buffer of a block costs an offset (`cache.rs`).
+    pub(crate) block_cache: super::cache::BlockCache,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -356,6 +358,7 @@ impl CudaDevice {
                 uuid: info.uuid,
                 mig_uuid: mig,
                 deferred: Mutex::new(Vec::new()),
+                block_cache: Default::default(),
             }),
         })
     }
@@ -413,11 +416,11 @@ impl CudaDevice {
         ImportedMemory::import(self, memory)
     }
 
-    /// Imports a buffer's allocation and maps the buffer at its offset.
+    /// Imports a buffer's allocation and maps the buffer at its offset. A block this device
+    /// imported already (a pooled buffer's block, named by its allocation id) is not imported
+    /// again: the buffer is a view at its offset (see [`import_buffer_cached`](Self::import_buffer_cached)).
     pub fn import_buffer(&self, buffer: ExportedBuffer) -> Result<CudaBuffer<u8>> {
-        let place = buffer.buffer;
-        let memory = self.import_memory(buffer.memory)?;
-        memory.map_buffer(place.offset, place.size)
+        self.import_buffer_cached(buffer).map(|(buffer, _)| buffer)
     }
 
     /// Imports a texture: optimal tiling as a CUDA mipmapped array (level 0 is the image),

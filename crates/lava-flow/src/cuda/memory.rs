@@ -57,9 +57,10 @@ impl std::fmt::Debug for ImportedMemory {
 }
 
 impl ImportedMemory {
-    pub(crate) fn import(device: &CudaDevice, memory: ExportedMemory) -> Result<ImportedMemory> {
-        // Every early return drops `memory`, closing the fd exactly once.
-        let description = memory.description;
+    /// The checks every import makes on the description before any fd is looked at: an opaque
+    /// fd, from this device, of a non-empty allocation. The block cache makes them before a
+    /// lookup too, so a cache hit is refused exactly where a fresh import would be.
+    pub(crate) fn check_description(device: &CudaDevice, description: &MemoryDescription) -> Result<()> {
         if description.handle_kind != MemoryHandleKind::OpaqueFd {
             return Err(Error::unsupported(
                 format!("importing {} memory into CUDA", description.handle_kind),
@@ -76,6 +77,13 @@ impl ImportedMemory {
                 "pass the description exactly as exported",
             ));
         }
+        Ok(())
+    }
+
+    pub(crate) fn import(device: &CudaDevice, memory: ExportedMemory) -> Result<ImportedMemory> {
+        // Every early return drops `memory`, closing the fd exactly once.
+        let description = memory.description;
+        Self::check_description(device, &description)?;
         let fd = crate::fd::check_exported_memory(memory.handle, &description, "CUDA external memory")?;
         device.bind()?;
         let action = || {
@@ -127,22 +135,14 @@ impl ImportedMemory {
     /// Maps `size` bytes at `offset` (where Vulkan bound the buffer) as a device pointer
     /// (`cuExternalMemoryGetMappedBuffer`). Several mappings of one import may coexist.
     pub fn map_buffer(&self, offset: u64, size: u64) -> Result<CudaBuffer<u8>> {
-        let total = self.inner.description.allocation_size;
-        let end = offset.checked_add(size);
-        if size == 0 || end.is_none_or(|end| end > total) {
-            return Err(Error::invalid(
-                format!("mapping of {size} bytes at offset {offset}"),
-                format!("the imported allocation holds {total} bytes and a mapping must be non-empty and inside it"),
-                "map the buffer's offset and size from its export description",
-            ));
-        }
-        let Ok(len) = usize::try_from(size) else {
-            return Err(Error::invalid(
-                format!("mapping of {size} bytes"),
-                "larger than this platform's address space",
-                "map a smaller range",
-            ));
-        };
+        let mapping = Arc::new(self.map_range(offset, size)?);
+        CudaBuffer::in_mapping(mapping, offset, size)
+    }
+
+    /// One `cuExternalMemoryGetMappedBuffer` of `size` bytes at `offset`, checked to lie inside
+    /// the allocation. The mapping holds a clone of this import.
+    pub(crate) fn map_range(&self, offset: u64, size: u64) -> Result<Mapping> {
+        check_range(offset, size, self.inner.description.allocation_size, "the imported allocation")?;
         let device = &self.inner.device;
         device.bind()?;
         let desc = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC { offset, size, flags: 0, reserved: [0; 16] };
@@ -152,23 +152,46 @@ impl ImportedMemory {
         check(r, "cuExternalMemoryGetMappedBuffer", || {
             format!("mapping {size} bytes at offset {offset} of imported memory")
         })?;
-        Ok(CudaBuffer {
-            mapping: Arc::new(Mapping { memory: self.clone(), ptr, offset, size }),
-            ptr,
-            len,
-            stream: device.stream().clone(),
-            _t: PhantomData,
-        })
+        Ok(Mapping { memory: self.clone(), ptr, offset, size })
     }
 }
 
+/// Refuses an empty range, or one that does not lie inside `total` bytes or the address space.
+pub(crate) fn check_range(offset: u64, size: u64, total: u64, inside: &str) -> Result<()> {
+    let end = offset.checked_add(size);
+    if size == 0 || end.is_none_or(|end| end > total) {
+        return Err(Error::invalid(
+            format!("mapping of {size} bytes at offset {offset}"),
+            format!("{inside} holds {total} bytes and a mapping must be non-empty and inside it"),
+            "map the buffer's offset and size from its export description",
+        ));
+    }
+    if usize::try_from(size).is_err() {
+        return Err(Error::invalid(
+            format!("mapping of {size} bytes"),
+            "larger than this platform's address space",
+            "map a smaller range",
+        ));
+    }
+    Ok(())
+}
+
 /// One `cuExternalMemoryGetMappedBuffer` mapping, freed with `cuMemFree` when the last
-/// [`CudaBuffer`] view of it goes.
-struct Mapping {
+/// [`CudaBuffer`] view of it goes. It holds its import, so the import is destroyed only after
+/// its last mapping. The block cache keeps (weakly) one whole-block mapping per pooled block, and
+/// every buffer of the block is a view into it.
+pub(crate) struct Mapping {
     memory: ImportedMemory,
     ptr: sys::CUdeviceptr,
     offset: u64,
     size: u64,
+}
+
+impl Mapping {
+    /// The import it maps.
+    pub(crate) fn memory(&self) -> &ImportedMemory {
+        &self.memory
+    }
 }
 
 impl Drop for Mapping {
@@ -196,6 +219,9 @@ impl Drop for Mapping {
 pub struct CudaBuffer<T = u8> {
     mapping: Arc<Mapping>,
     ptr: sys::CUdeviceptr,
+    /// Offset of the buffer in the imported allocation (`ptr` is the mapping's pointer plus the
+    /// distance from the mapping's own offset).
+    offset: u64,
     len: usize,
     stream: Arc<CudaStream>,
     _t: PhantomData<*const T>,
@@ -213,9 +239,36 @@ impl<T> std::fmt::Debug for CudaBuffer<T> {
             .field("ptr", &format_args!("{:#x}", self.ptr))
             .field("len", &self.len)
             .field("element_size", &std::mem::size_of::<T>())
-            .field("offset_in_allocation", &self.mapping.offset)
+            .field("offset_in_allocation", &self.offset)
+            .field("mapping_offset", &self.mapping.offset)
             .field("mapping_size", &self.mapping.size)
             .finish()
+    }
+}
+
+impl CudaBuffer<u8> {
+    /// The `size` bytes at `offset` of the allocation, inside `mapping`: no driver call, the
+    /// pointer is the mapping's plus the distance between the offsets.
+    pub(crate) fn in_mapping(mapping: Arc<Mapping>, offset: u64, size: u64) -> Result<CudaBuffer<u8>> {
+        let inside = offset
+            .checked_sub(mapping.offset)
+            .filter(|rel| rel.checked_add(size).is_some_and(|end| end <= mapping.size));
+        let (Some(rel), Ok(len)) = (inside, usize::try_from(size)) else {
+            return Err(Error::invalid(
+                format!("a buffer of {size} bytes at offset {offset}"),
+                format!(
+                    "the mapping it would be a view of covers offsets {} to {}",
+                    mapping.offset,
+                    mapping.offset.saturating_add(mapping.size)
+                ),
+                "pass the buffer description the exporter gave, unchanged",
+            ));
+        };
+        if size == 0 {
+            return Err(Error::invalid("a buffer of 0 bytes", "CUDA buffers are non-empty", "map a non-empty range"));
+        }
+        let stream = mapping.memory.inner.device.stream().clone();
+        Ok(CudaBuffer { ptr: mapping.ptr + rel, mapping, offset, len, stream, _t: PhantomData })
     }
 }
 
@@ -245,9 +298,9 @@ impl<T> CudaBuffer<T> {
         &self.mapping.memory
     }
 
-    /// Offset of the mapping in the imported allocation.
+    /// Offset of the buffer in the imported allocation (where Vulkan bound it).
     pub fn offset_in_allocation(&self) -> u64 {
-        self.mapping.offset
+        self.offset
     }
 
     /// The device.
@@ -267,7 +320,14 @@ impl<T> CudaBuffer<T> {
                 "map a range that fits the element type",
             ));
         }
-        Ok(CudaBuffer { len: bytes / size, mapping: self.mapping, ptr: self.ptr, stream: self.stream, _t: PhantomData })
+        Ok(CudaBuffer {
+            len: bytes / size,
+            mapping: self.mapping,
+            ptr: self.ptr,
+            offset: self.offset,
+            stream: self.stream,
+            _t: PhantomData,
+        })
     }
 
     /// Another view of the same mapping (both stay valid; the mapping is freed after the last).
@@ -275,6 +335,7 @@ impl<T> CudaBuffer<T> {
         CudaBuffer {
             mapping: self.mapping.clone(),
             ptr: self.ptr,
+            offset: self.offset,
             len: self.len,
             stream: self.stream.clone(),
             _t: PhantomData,

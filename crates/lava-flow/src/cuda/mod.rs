@@ -19,6 +19,7 @@
 //! passed to cudarc kernels with `launch_builder(..).arg(&mut buffer)`; see `docs/CUDA.md`.
 
 pub mod bench;
+mod cache;
 mod device;
 pub mod kernels;
 mod memory;

@@ -680,15 +680,39 @@ impl GlTexture {
             * self.description.format.texel_size() as usize
     }
 
-    /// Reads every texel of every layer, tightly packed, rows then slices then layers. Desktop GL
-    /// uses `glGetTexImage`; GLES reads each layer through a framebuffer with `glReadPixels`
-    /// (formats GLES can read back only).
+    /// Reads every texel of every layer, tightly packed, rows then slices then layers, through a
+    /// framebuffer with `glReadPixels` per layer.
+    ///
+    /// The GPU read through a framebuffer comes first: NVIDIA's `glGetTexImage` can return the
+    /// texture as GL last wrote it even after `glWaitSemaphoreEXT` made another API's later writes
+    /// visible (seen on an H200, driver 580), while a framebuffer read sees them. Formats that are
+    /// not color-renderable, and half-float formats, use `glGetTexImage` on desktop GL.
     pub fn read(&self) -> Result<Vec<u8>> {
+        // Half floats come back through glReadPixels converted (NaN payloads are not kept), so
+        // they are read bit-exact with glGetTexImage.
+        if matches!(self.description.format, TextureFormat::R16Float | TextureFormat::Rgba16Float)
+            && self.memory.ctx.make_current()?.is_desktop()
+        {
+            return self.read_with(false);
+        }
+        match self.read_with(true) {
+            Err(Error::Unsupported { .. }) if self.memory.ctx.make_current()?.is_desktop() => self.read_with(false),
+            other => other,
+        }
+    }
+
+    /// Reads like [`GlTexture::read`], but always through a framebuffer and `glReadPixels` (a GPU
+    /// read of the texture), also on desktop GL.
+    pub fn read_through_framebuffer(&self) -> Result<Vec<u8>> {
+        self.read_with(true)
+    }
+
+    fn read_with(&self, framebuffer: bool) -> Result<Vec<u8>> {
         let gl = self.memory.ctx.make_current()?;
         let mut out = vec![0u8; self.packed_size()];
         let p = self.plan;
         gl.clear_errors();
-        if gl.is_desktop() {
+        if gl.is_desktop() && !framebuffer {
             // SAFETY: current context; `out` holds the whole level packed with alignment 1.
             unsafe {
                 (gl.pixel_storei)(f::PACK_ALIGNMENT, 1);

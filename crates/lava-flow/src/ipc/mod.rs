@@ -32,7 +32,8 @@ pub use client::{Client, DEFAULT_REPLY_TIMEOUT};
 pub use object::{NamedObject, SharedObject};
 pub use serve::{
     attach, check_pattern, pattern_bytes, pattern_word, serve_pattern, AttachApi, AttachOptions, AttachReport,
-    AttachedObject, PatternServer, ServeMemory, ServeOptions, ServeReport, Step, IMAGE_NAME, PATTERN_NAME,
+    AttachedObject, PatternServer, ServeMemory, ServeOptions, ServeReport, Step, IMAGE_NAME, PATTERN_NAME, READY_NAME,
+    READY_VALUE,
 };
 pub use server::{Server, ServerConfig, ServerStats};
 pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};

@@ -8,7 +8,13 @@
 //!
 //! How the two sides signal each other is a [`RingSignal`]. On CPU machines it is a pair of
 //! counters in the shared control block, waited on with a short spin and then a process-shared
-//! futex ([`HostCounters`]). Timeline semaphores exported by a GPU driver plug in the same way.
+//! futex ([`HostCounters`]). Where the GPU driver exports Vulkan timeline semaphores as opaque fds,
+//! the producer can share two of them instead ([`TimelineSemaphores`]): `ring.filled` reaches
+//! `k + 1` once frame `k` is in its slot, `ring.released` reaches `k + 1` once the consumer is done
+//! with it. Both sides wait on the host (`vkWaitSemaphores` with a timeout): the slots are host
+//! memory that the CPU writes and reads, so there is no device work to order. A GPU consumer
+//! (a Vulkan queue, a CUDA stream) that imports the same semaphores can wait for `ring.filled` on
+//! the device and signal `ring.released` there; the values mean the same.
 //!
 //! Control block layout (little endian, one 4096-byte sealed memfd, `ring.control`):
 //!
@@ -19,24 +25,33 @@
 //! | 12 | u32 slot count |
 //! | 16 | u64 slot size in bytes |
 //! | 24 | u64 frames planned (0: until stopped) |
+//! | 32 | u32 signal: 0 host counters, 1 timeline semaphores (`ring.filled`, `ring.released`) |
 //! | 64 | u64 frames published; 72: u32 futex word; 76: u32 consumer sleeping |
 //! | 128 | u64 frames released; 136: u32 futex word; 140: u32 producer sleeping |
 //! | 192 | u32 flags: 1 consumer attached, 2 producer finished, 4 consumer stopped, 8 failed |
 //! | 256 + 64 i | slot i: u64 frame index, u64 publish time (`CLOCK_MONOTONIC` ns) |
+//!
+//! With timeline semaphores the counters at 64 and 128 still follow the semaphores' values
+//! (each is stored after its semaphore is signalled), so the control block shows progress
+//! either way; the futex words are then unused.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raw_gpu_handle::{ExportedSemaphore, SemaphoreHandleKind, SemaphoreKind};
+
 use super::object::{NamedObject, SharedObject};
 use super::shm;
 use super::{Client, Server, ServerConfig};
-use crate::{Error, Result, SharedHostMemory};
+use crate::vulkan::sync::{semaphore_capabilities, Semaphore};
+use crate::{Error, Result, SharedHostMemory, VulkanContext};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"LVFRING1");
 const VERSION: u32 = 1;
 const CONTROL_LEN: usize = 4096;
+const SIGNAL_KIND: usize = 32;
 const PUBLISHED: usize = 64;
 const PUBLISHED_SEQ: usize = 72;
 const CONSUMER_SLEEPING: usize = 76;
@@ -52,11 +67,20 @@ const FLAG_FINISHED: u32 = 2;
 const FLAG_STOPPED: u32 = 4;
 const FLAG_FAILED: u32 = 8;
 
+/// Control block value at offset 32: the ring is signalled through its counters.
+const SIGNAL_HOST_COUNTERS: u32 = 0;
+/// Control block value at offset 32: the ring is signalled through `ring.filled` and `ring.released`.
+const SIGNAL_TIMELINE: u32 = 1;
+
 /// Most slots a ring may have.
 pub const MAX_SLOTS: u32 = 32;
 
 /// The name the control block is shared under.
 pub const CONTROL_NAME: &str = "ring.control";
+/// The name the "frames filled" timeline semaphore is shared under (timeline rings).
+pub const FILLED_NAME: &str = "ring.filled";
+/// The name the "frames released" timeline semaphore is shared under (timeline rings).
+pub const RELEASED_NAME: &str = "ring.released";
 
 /// The name slot `i` is shared under.
 pub fn slot_name(i: u32) -> String {
@@ -66,13 +90,14 @@ pub fn slot_name(i: u32) -> String {
 /// Which mechanism signals frames and free slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RingSync {
-    /// The best mechanism this build has for the machine: host counters for now; timeline
-    /// semaphores once their signal is wired in.
+    /// Producer: timeline semaphores where the default Vulkan device exports and imports them
+    /// as opaque fds, else host counters. Consumer: whatever the producer chose.
     #[default]
     Auto,
     /// Counters in shared host memory with a futex wait.
     HostCounters,
-    /// Exported Vulkan timeline semaphores.
+    /// Vulkan timeline semaphores exported by the producer, imported by the consumer
+    /// ([`TimelineSemaphores`]); an error where the driver cannot share them.
     TimelineSemaphore,
 }
 
@@ -298,23 +323,199 @@ impl RingSignal for HostCounters {
     }
 }
 
-/// Whether this build and machine can signal a ring with `sync`: `Ok` or the reason it cannot
-/// (an error for which [`Error::is_unavailable`] holds).
-pub fn check_sync(sync: RingSync) -> Result<()> {
-    match sync {
-        RingSync::Auto | RingSync::HostCounters => Ok(()),
-        RingSync::TimelineSemaphore => Err(Error::unsupported(
-            "a ring signalled by timeline semaphores",
-            "this build's ring has no Vulkan timeline-semaphore signal yet",
-            "VK_KHR_external_semaphore_fd with VK_SEMAPHORE_TYPE_TIMELINE",
-            "use RingSync::HostCounters (or Auto)",
-        )),
+/// The [`RingSignal`] over Vulkan timeline semaphores: `filled` counts frames published,
+/// `released` frames consumed. The producer creates and exports both; the consumer imports them.
+/// Each side signals one of them from the host after it wrote or read a slot, and waits on the
+/// other from the host, in short slices so that stop flags are looked at.
+pub struct TimelineSemaphores {
+    filled: Semaphore,
+    released: Semaphore,
+    control: Arc<SharedHostMemory>,
+    /// The last values signalled from this side, so that a repeated count is not signalled
+    /// twice (timeline values only grow).
+    last_filled: AtomicU64,
+    last_released: AtomicU64,
+}
+
+/// Opens the default Vulkan device and checks that it exports and imports timeline semaphores
+/// as opaque fds; else the capability query's answer as [`Error::Unsupported`].
+fn timeline_context() -> Result<VulkanContext> {
+    crate::testing::prefer_software_vulkan_if_no_gpu();
+    let ctx = VulkanContext::new()?;
+    let caps = semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd);
+    caps.require_export()?;
+    caps.require_import()?;
+    Ok(ctx)
+}
+
+impl TimelineSemaphores {
+    /// The producer's side: two exportable timeline semaphores on `ctx`, both at 0. `control` is
+    /// the ring's control block, whose counters follow the semaphores.
+    pub fn create(ctx: &VulkanContext, control: Arc<SharedHostMemory>) -> Result<TimelineSemaphores> {
+        let filled = Semaphore::exportable(ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
+        let released = Semaphore::exportable(ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
+        Ok(Self::from_parts(filled, released, control))
+    }
+
+    /// The consumer's side: imports what the producer shared as [`FILLED_NAME`] and
+    /// [`RELEASED_NAME`] into the exporter's device (found by its device UUID).
+    pub fn import(
+        filled: ExportedSemaphore,
+        released: ExportedSemaphore,
+        control: Arc<SharedHostMemory>,
+    ) -> Result<TimelineSemaphores> {
+        crate::testing::prefer_software_vulkan_if_no_gpu();
+        for s in [&filled, &released] {
+            if s.description.kind != SemaphoreKind::Timeline {
+                return Err(Error::Protocol {
+                    reason: format!(
+                        "the ring shares a {:?} semaphore where a timeline one belongs",
+                        s.description.kind
+                    ),
+                    advice: "the producer does not follow the ring protocol".into(),
+                });
+            }
+        }
+        let ctx = VulkanContext::with_uuid(filled.description.device.device_uuid)?;
+        let filled = Semaphore::import(&ctx, filled)?;
+        let released = Semaphore::import(&ctx, released)?;
+        Ok(Self::from_parts(filled, released, control))
+    }
+
+    fn from_parts(filled: Semaphore, released: Semaphore, control: Arc<SharedHostMemory>) -> TimelineSemaphores {
+        TimelineSemaphores {
+            filled,
+            released,
+            control,
+            last_filled: AtomicU64::new(0),
+            last_released: AtomicU64::new(0),
+        }
+    }
+
+    /// Fresh exports of both semaphores, to share as [`FILLED_NAME`] and [`RELEASED_NAME`].
+    pub fn export(&self) -> Result<(ExportedSemaphore, ExportedSemaphore)> {
+        Ok((self.filled.export()?, self.released.export()?))
+    }
+
+    /// The "frames filled" semaphore.
+    pub fn filled(&self) -> &Semaphore {
+        &self.filled
+    }
+
+    /// The "frames released" semaphore.
+    pub fn released(&self) -> &Semaphore {
+        &self.released
+    }
+
+    /// Signals `semaphore` to `count` from the host (unless this side already did), then stores
+    /// `count` in the control block's counter at `mirror`.
+    fn signal(&self, semaphore: &Semaphore, last: &AtomicU64, count: u64, mirror: usize) -> Result<()> {
+        // The slot's bytes are written (or read) before the other process can see the signal.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if count > last.load(Ordering::Acquire) {
+            semaphore.signal(count)?;
+            last.store(count, Ordering::Release);
+        }
+        shm::atomic_u64(&self.control, mirror)?.store(count, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Waits on the host until `semaphore` reaches `count`, `abort` says stop, or `timeout`
+    /// passes; returns the value reached.
+    fn wait(semaphore: &Semaphore, count: u64, timeout: Duration, what: &str, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = semaphore.value()?;
+            if value >= count || abort() {
+                // What the other side wrote before its signal is visible after it.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                return Ok(value);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { action: what.to_owned(), timeout });
+            }
+            match semaphore.wait(count, (deadline - now).min(Duration::from_millis(10))) {
+                Ok(()) | Err(Error::Timeout { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
-fn choose_signal(sync: RingSync, control: &Arc<SharedHostMemory>) -> Result<Box<dyn RingSignal>> {
-    check_sync(sync)?;
-    Ok(Box::new(HostCounters::new(control.clone())))
+impl RingSignal for TimelineSemaphores {
+    fn name(&self) -> String {
+        format!("Vulkan timeline semaphores on {}", self.filled.context().info().name)
+    }
+    fn publish(&self, count: u64) -> Result<()> {
+        self.signal(&self.filled, &self.last_filled, count, PUBLISHED)
+    }
+    fn wait_published(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let what = format!("waiting for the producer to fill frame {} (ring.filled)", count.saturating_sub(1));
+        Self::wait(&self.filled, count, timeout, &what, abort)
+    }
+    fn release(&self, count: u64) -> Result<()> {
+        self.signal(&self.released, &self.last_released, count, RELEASED)
+    }
+    fn wait_released(&self, count: u64, timeout: Duration, abort: &dyn Fn() -> bool) -> Result<u64> {
+        let what = format!("waiting for the consumer to release frame {} (ring.released)", count.saturating_sub(1));
+        Self::wait(&self.released, count, timeout, &what, abort)
+    }
+}
+
+/// Whether this build and machine can signal a ring with `sync`: `Ok` or the reason it cannot
+/// (an error for which [`Error::is_unavailable`] holds: no Vulkan, or a driver whose capability
+/// query rules out sharing timeline semaphores).
+pub fn check_sync(sync: RingSync) -> Result<()> {
+    match sync {
+        RingSync::Auto | RingSync::HostCounters => Ok(()),
+        RingSync::TimelineSemaphore => timeline_context().map(|_| ()),
+    }
+}
+
+/// The producer's choice: the device to create timeline semaphores on, or `None` for host
+/// counters.
+fn producer_sync(sync: RingSync) -> Result<Option<VulkanContext>> {
+    match sync {
+        RingSync::HostCounters => Ok(None),
+        RingSync::TimelineSemaphore => timeline_context().map(Some),
+        RingSync::Auto => Ok(timeline_context().ok()),
+    }
+}
+
+/// The consumer's signal: what the producer chose (control block offset 32), checked against
+/// what `sync` asks for.
+fn consumer_signal(
+    sync: RingSync,
+    kind: u32,
+    semaphores: Option<(ExportedSemaphore, ExportedSemaphore)>,
+    control: &Arc<SharedHostMemory>,
+) -> Result<Box<dyn RingSignal>> {
+    let mismatch = |producer: &str, asked: &str| {
+        Err(Error::invalid(
+            "ring signal",
+            format!("the producer signals with {producer}, and {asked} were asked for"),
+            "consume with RingSync::Auto (`--sync auto`), which follows the producer",
+        ))
+    };
+    match (kind, sync, semaphores) {
+        (SIGNAL_HOST_COUNTERS, RingSync::TimelineSemaphore, _) => mismatch("host counters", "timeline semaphores"),
+        (SIGNAL_HOST_COUNTERS, _, _) => Ok(Box::new(HostCounters::new(control.clone()))),
+        (SIGNAL_TIMELINE, RingSync::HostCounters, _) => mismatch("timeline semaphores", "host counters"),
+        (SIGNAL_TIMELINE, _, Some((filled, released))) => {
+            Ok(Box::new(TimelineSemaphores::import(filled, released, control.clone())?))
+        }
+        (SIGNAL_TIMELINE, _, None) => Err(Error::Protocol {
+            reason: format!(
+                "the control block names timeline semaphores but {FILLED_NAME} or {RELEASED_NAME} is missing"
+            ),
+            advice: "the producer does not follow the ring protocol".into(),
+        }),
+        (other, _, _) => Err(Error::Protocol {
+            reason: format!("the control block names signal mechanism {other}, which this lava-flow does not know"),
+            advice: "use the same lava-flow version on both sides".into(),
+        }),
+    }
 }
 
 /// Monotonic nanoseconds, comparable between processes on one machine.
@@ -411,6 +612,7 @@ fn check_producer_config(config: &RingConfig) -> Result<()> {
 /// produces frames until the count is reached, `stop` is set or the consumer stops.
 pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     check_producer_config(config)?;
+    let timeline = producer_sync(config.sync)?;
     let mut control = shm::create(CONTROL_LEN)?;
     let slots = (0..config.slots).map(|_| shm::create(config.slot_size)).collect::<Result<Vec<_>>>()?;
     let header = control.as_mut_slice();
@@ -419,17 +621,38 @@ pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     header[12..16].copy_from_slice(&config.slots.to_le_bytes());
     header[16..24].copy_from_slice(&(config.slot_size as u64).to_le_bytes());
     header[24..32].copy_from_slice(&config.frames.unwrap_or(0).to_le_bytes());
+    let kind = if timeline.is_some() { SIGNAL_TIMELINE } else { SIGNAL_HOST_COUNTERS };
+    header[SIGNAL_KIND..SIGNAL_KIND + 4].copy_from_slice(&kind.to_le_bytes());
     let ring = Mapped { control: Arc::new(control), slots, slot_len: config.slot_size };
-    let signal = choose_signal(config.sync, &ring.control)?;
+    let mut shared_semaphores = Vec::new();
+    let signal: Box<dyn RingSignal> = match &timeline {
+        Some(ctx) => {
+            let semaphores = TimelineSemaphores::create(ctx, ring.control.clone())?;
+            let (filled, released) = semaphores.export()?;
+            shared_semaphores.push(NamedObject::new(FILLED_NAME, filled));
+            shared_semaphores.push(NamedObject::new(RELEASED_NAME, released));
+            Box::new(semaphores)
+        }
+        None => Box::new(HostCounters::new(ring.control.clone())),
+    };
 
     let server = Server::bind(&config.socket, config.server.clone())?;
     server.publish(NamedObject::new(CONTROL_NAME, shm::export(&ring.control)?))?;
     for (i, s) in ring.slots.iter().enumerate() {
         server.publish(NamedObject::new(slot_name(i as u32), shm::export(s)?))?;
     }
+    for semaphore in shared_semaphores {
+        server.publish(semaphore)?;
+    }
     let flags = ring.flags();
     let attach_deadline = Instant::now() + config.timeout;
     while flags.load(Ordering::Acquire) & FLAG_ATTACHED == 0 {
+        if flags.load(Ordering::Acquire) & FLAG_FAILED != 0 {
+            return Err(Error::Protocol {
+                reason: format!("the consumer at {} could not set up its side of the ring", config.socket.display()),
+                advice: "see the consumer's error".into(),
+            });
+        }
         if stopped(&config.stop) {
             return Ok(report("producer", &*signal, config, 0, Duration::ZERO, None, 0, "stopped"));
         }
@@ -519,7 +742,11 @@ fn report(
     }
 }
 
-fn attach_ring(config: &RingConfig) -> Result<Mapped> {
+/// What a consumer attaches to: the mapped ring, the control block's signal kind, and the
+/// timeline semaphores where the producer shared them.
+type Attached = (Mapped, u32, Option<(ExportedSemaphore, ExportedSemaphore)>);
+
+fn attach_ring(config: &RingConfig) -> Result<Attached> {
     let client = Client::connect_with_timeout(&config.socket, config.timeout)?;
     let mut objects = client.get_all()?;
     let bad = |reason: String| Error::Protocol {
@@ -549,7 +776,19 @@ fn attach_ring(config: &RingConfig) -> Result<Mapped> {
     let slots = (0..slot_count)
         .map(|i| shm::map_sealed(take(&mut objects, &slot_name(i))?.handle, slot_size as u64))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Mapped { control: Arc::new(control), slots, slot_len: slot_size })
+    let signal_kind = u32::from_le_bytes(control.as_slice()[SIGNAL_KIND..SIGNAL_KIND + 4].try_into().expect("4 bytes"));
+    let mut take_semaphore = |name: &str| -> Option<ExportedSemaphore> {
+        let i = objects.iter().position(|o| o.name == name)?;
+        match objects.swap_remove(i).object {
+            SharedObject::Semaphore(s) => Some(s),
+            _ => None,
+        }
+    };
+    let semaphores = match (take_semaphore(FILLED_NAME), take_semaphore(RELEASED_NAME)) {
+        (Some(filled), Some(released)) => Some((filled, released)),
+        _ => None,
+    };
+    Ok((Mapped { control: Arc::new(control), slots, slot_len: slot_size }, signal_kind, semaphores))
 }
 
 /// Keeps at most `CAP` latency samples (reservoir sampling beyond that) for the percentiles.
@@ -607,11 +846,21 @@ impl Latencies {
 /// Runs the consumer: attaches to the ring at `config.socket` and consumes frames, checking each
 /// one completely, until the producer finishes, the count is reached or `stop` is set.
 pub fn run_consumer(config: &RingConfig) -> Result<RingReport> {
-    let ring = attach_ring(config)?;
-    let signal = choose_signal(config.sync, &ring.control)?;
+    let (ring, signal_kind, semaphores) = attach_ring(config)?;
+    let flags = ring.flags();
+    let signal = match consumer_signal(config.sync, signal_kind, semaphores, &ring.control) {
+        Ok(signal) => signal,
+        Err(e) => {
+            // Tell the producer, which would otherwise wait for a consumer until its timeout
+            // (unless another consumer already runs, which this one must not stop).
+            if flags.load(Ordering::Acquire) & FLAG_ATTACHED == 0 {
+                flags.fetch_or(FLAG_FAILED, Ordering::SeqCst);
+            }
+            return Err(e);
+        }
+    };
     let n = ring.slots.len() as u64;
     let slot_size = ring.slot_len;
-    let flags = ring.flags();
     if flags.fetch_or(FLAG_ATTACHED, Ordering::SeqCst) & FLAG_ATTACHED != 0 {
         return Err(Error::Protocol {
             reason: format!("the ring at {} already has a consumer", config.socket.display()),
@@ -696,6 +945,55 @@ mod tests {
         slot[777] ^= 1;
         let e = check_frame(&slot, 41).unwrap_err().to_string();
         assert!(e.contains("word 777"), "{e}");
+    }
+
+    /// The timeline signal's counting, waiting, aborting and timing out, on semaphores that stay
+    /// on one device (every Vulkan 1.2 driver has those); sharing them is tested across
+    /// processes in tests/ipc_ring.rs where the driver exports them.
+    #[test]
+    fn timeline_signal_hands_counts_between_threads() {
+        crate::testing::prefer_software_vulkan_if_no_gpu();
+        let Some(ctx) = crate::testing::or_skip("vulkan", VulkanContext::new()) else { return };
+        let control = Arc::new(shm::create(CONTROL_LEN).unwrap());
+        let signal = Arc::new(TimelineSemaphores::from_parts(
+            Semaphore::new(&ctx).unwrap(),
+            Semaphore::new(&ctx).unwrap(),
+            control.clone(),
+        ));
+        let short = Duration::from_millis(30);
+        let e = signal.wait_published(1, short, &|| false).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }) && e.to_string().contains("ring.filled"), "{e}");
+        assert_eq!(signal.wait_released(1, Duration::from_secs(10), &|| true).unwrap(), 0, "abort ends the wait");
+
+        const FRAMES: u64 = 500;
+        const SLOTS: u64 = 4;
+        let producer = {
+            let signal = signal.clone();
+            std::thread::spawn(move || {
+                for k in 0..FRAMES {
+                    if k >= SLOTS {
+                        assert!(
+                            signal.wait_released(k - SLOTS + 1, Duration::from_secs(10), &|| false).unwrap()
+                                > k - SLOTS
+                        );
+                    }
+                    signal.publish(k + 1).unwrap();
+                }
+                // A repeated count (the producer's final wake-up) is not signalled again.
+                signal.publish(FRAMES).unwrap();
+            })
+        };
+        for k in 0..FRAMES {
+            let available = signal.wait_published(k + 1, Duration::from_secs(10), &|| false).unwrap();
+            assert!(available > k && available <= (k + SLOTS).min(FRAMES), "frame {k}: {available} published");
+            signal.release(k + 1).unwrap();
+        }
+        producer.join().unwrap();
+        assert_eq!(signal.filled().value().unwrap(), FRAMES);
+        assert_eq!(signal.released().value().unwrap(), FRAMES);
+        let counter = |at| shm::atomic_u64(&control, at).unwrap().load(Ordering::SeqCst);
+        assert_eq!((counter(PUBLISHED), counter(RELEASED)), (FRAMES, FRAMES), "the control block follows");
+        ctx.check_deferred().unwrap();
     }
 
     #[test]

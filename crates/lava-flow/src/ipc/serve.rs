@@ -1,15 +1,17 @@
 //! `lava-flow serve` and `attach` as library calls: a server that allocates memory, fills a known
-//! pattern and shares it; a client that imports what it is given, checks the pattern and reports
-//! what it received and how long each step took.
+//! pattern and shares it (with a timeline semaphore that says the pattern is ready, where the
+//! Vulkan driver exports one); a client that imports what it is given, waits for the semaphore,
+//! checks the pattern and reports what it received and how long each step took.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use raw_gpu_handle::{MemoryHandleKind, TextureFormat};
+use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind, TextureFormat};
 
 use super::object::{NamedObject, SharedObject};
 use super::wire::{NamedDescription, ObjectDescription};
 use super::{shm, Client, Server, ServerConfig};
+use crate::vulkan::sync::{semaphore_capabilities, Semaphore};
 use crate::vulkan::{DeviceSelector, MemoryLocation};
 use crate::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
 
@@ -21,6 +23,11 @@ const GL_SLACK: u64 = 8;
 pub const PATTERN_NAME: &str = "pattern";
 /// The name the pattern image is shared under.
 pub const IMAGE_NAME: &str = "pattern.image";
+/// The name the timeline semaphore is shared under (Vulkan memory, where the driver exports
+/// timeline semaphores as opaque fds).
+pub const READY_NAME: &str = "pattern.ready";
+/// The value `pattern.ready` holds once the pattern is in place.
+pub const READY_VALUE: u64 = 1;
 
 /// Word `i` (little-endian u32) of the pattern `serve` fills: every word differs from its
 /// neighbours, so a wrong offset or a stale page is caught.
@@ -99,6 +106,9 @@ pub struct ServeReport {
     pub objects: Vec<NamedDescription>,
     /// Allocation, fill, export, bind.
     pub steps: Vec<Step>,
+    /// Why no timeline semaphore is shared, where Vulkan memory is served without one (the
+    /// capability query's answer).
+    pub semaphore_note: Option<String>,
 }
 
 /// A running pattern server; dropping it stops serving and frees the memory.
@@ -108,6 +118,7 @@ pub struct PatternServer {
     _host: Option<SharedHostMemory>,
     _buffer: Option<Buffer>,
     _image: Option<Image>,
+    _semaphore: Option<Semaphore>,
     report: ServeReport,
 }
 
@@ -137,9 +148,10 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
         .filter(|s| *s > 0)
         .ok_or_else(|| Error::invalid("pattern size", format!("{} bytes", options.size), "ask for 1 byte or more"))?;
     let mut steps = Vec::new();
-    let (mut host, mut kept_buffer, mut kept_image) = (None, None, None);
+    let (mut host, mut kept_buffer, mut kept_image, mut kept_semaphore) = (None, None, None, None);
     let mut objects = Vec::new();
     let mut device = None;
+    let mut semaphore_note = None;
     match options.memory {
         ServeMemory::Host => {
             if options.image.is_some() {
@@ -184,6 +196,21 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
                 objects.push(NamedObject::new(IMAGE_NAME, exported));
                 kept_image = Some(image);
             }
+            // Shared last, so the memory objects keep their places in the list.
+            let caps = semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd);
+            if caps.exportable {
+                let semaphore = timed(&mut steps, "create an exportable timeline semaphore", || {
+                    Semaphore::exportable(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)
+                })?;
+                // The writes above finished on the host's watch (each upload waits for its
+                // copy), so a host signal starts the chain: value 1 says the pattern is there.
+                timed(&mut steps, format!("signal {READY_NAME} to {READY_VALUE}"), || semaphore.signal(READY_VALUE))?;
+                let exported = timed(&mut steps, "export the semaphore", || semaphore.export())?;
+                objects.push(NamedObject::new(READY_NAME, exported));
+                kept_semaphore = Some(semaphore);
+            } else {
+                semaphore_note = Some(caps.limitation.unwrap_or_else(|| "the driver does not export them".into()));
+            }
         }
     }
     let server = timed(&mut steps, "bind the socket", || Server::bind(&options.socket, options.config.clone()))?;
@@ -196,7 +223,8 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
         _host: host,
         _buffer: kept_buffer,
         _image: kept_image,
-        report: ServeReport { device, objects: described, steps },
+        _semaphore: kept_semaphore,
+        report: ServeReport { device, objects: described, steps, semaphore_note },
     })
 }
 
@@ -257,8 +285,14 @@ pub struct AttachedObject {
     pub kind: &'static str,
     /// Its handle kind and sizes, in words.
     pub summary: String,
-    /// Bytes compared with the pattern.
+    /// Bytes compared with the pattern (0 for a semaphore).
     pub bytes_checked: u64,
+    /// A timeline semaphore's value once waited for (at least [`READY_VALUE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// Why an object was received but not imported (an API that cannot import it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What `attach` received, imported and verified, and how long each step took.
@@ -420,6 +454,52 @@ impl Importer {
         }
     }
 
+    /// Imports a semaphore and waits until it reaches [`READY_VALUE`]: the value it reached,
+    /// or (`Err` of a note) why this API does not import it. A failed import or wait is an error.
+    fn wait_ready(
+        &self,
+        s: ExportedSemaphore,
+        name: &str,
+        timeout: Duration,
+        steps: &mut Vec<Step>,
+    ) -> Result<std::result::Result<u64, String>> {
+        let api = self.name();
+        if s.description.kind != SemaphoreKind::Timeline {
+            return Ok(Err(format!("not imported: a {:?} semaphore has no value to wait for", s.description.kind)));
+        }
+        match self {
+            Importer::Host => Ok(Err("not imported: host attach maps memory only (attach with vulkan or cuda)".into())),
+            Importer::Vulkan(ctx) => {
+                let semaphore = timed(steps, format!("import {name} into {api}"), || Semaphore::import(ctx, s))?;
+                timed(steps, format!("wait for {name} to reach {READY_VALUE}"), || {
+                    semaphore.wait(READY_VALUE, timeout)
+                })?;
+                Ok(Ok(semaphore.value()?))
+            }
+            #[cfg(feature = "cuda")]
+            Importer::Cuda(dev) => {
+                let semaphore = timed(steps, format!("import {name} into {api}"), || dev.import_semaphore(s))?;
+                // A device wait on the stream; the value was reached before the server shared
+                // the semaphore, so synchronizing cannot block for long.
+                timed(steps, format!("wait for {name} to reach {READY_VALUE} on a CUDA stream"), || {
+                    semaphore.wait(dev.stream(), READY_VALUE)?;
+                    dev.synchronize()
+                })?;
+                Ok(Ok(READY_VALUE))
+            }
+            #[cfg(feature = "gl")]
+            Importer::Gl(_) => Ok(Err(
+                "not imported: OpenGL imports binary semaphores only (GL_EXT_semaphore); this one is a timeline".into(),
+            )),
+            #[cfg(feature = "opencl")]
+            Importer::OpenCl(_) => Ok(Err(
+                "not imported: lava-flow's OpenCL imports binary semaphores only (cl_khr_external_semaphore); this \
+                 one is a timeline"
+                    .into(),
+            )),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Importer::Host => "host",
@@ -452,8 +532,30 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
         AttachApi::Host => Importer::Host,
         api => timed(&mut steps, format!("open {}", api.name()), || Importer::open(api, options.device, &exporter))?,
     };
+    // Semaphores first: a ready signal is waited for before the memory is read. The report keeps
+    // the order the server shared the objects in.
+    let mut waited = Vec::new();
+    let mut memory_objects = Vec::new();
+    for (i, NamedObject { name, object }) in objects.into_iter().enumerate() {
+        match object {
+            SharedObject::Semaphore(s) => {
+                let summary = summary(&ObjectDescription::Semaphore(s.description));
+                let reached = importer.wait_ready(s, &name, options.timeout, &mut steps)?;
+                let (value, note) = match reached {
+                    Ok(v) => (Some(v), None),
+                    Err(note) => (None, Some(note)),
+                };
+                let summary = match value {
+                    Some(v) => format!("{summary}, value {v}"),
+                    None => summary,
+                };
+                waited.push((i, AttachedObject { name, kind: "semaphore", summary, bytes_checked: 0, value, note }));
+            }
+            other => memory_objects.push((i, NamedObject { name, object: other })),
+        }
+    }
     let mut attached = Vec::new();
-    for NamedObject { name, object } in objects {
+    for (i, NamedObject { name, object }) in memory_objects {
         let description = object.description();
         let kind = object.kind_name();
         let summary = summary(&description);
@@ -468,14 +570,18 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
                 return Err(Error::unsupported(
                     format!("attaching {name} ({}) with {}", other.kind_name(), options.api.name()),
                     format!("{summary} holds no pattern to check"),
-                    "serve shares host memory, buffers and textures",
+                    "serve shares host memory, buffers, textures and a timeline semaphore",
                     "attach to a `lava-flow serve` socket",
                 ))
             }
         };
         timed(&mut steps, format!("verify {name}"), || check_pattern(&name, &bytes))?;
-        attached.push(AttachedObject { name, kind, summary, bytes_checked: bytes.len() as u64 });
+        let bytes_checked = bytes.len() as u64;
+        attached.push((i, AttachedObject { name, kind, summary, bytes_checked, value: None, note: None }));
     }
+    attached.extend(waited);
+    attached.sort_by_key(|(i, _)| *i);
+    let attached = attached.into_iter().map(|(_, o)| o).collect();
     Ok(AttachReport { api: options.api.name(), device: importer.device(), objects: attached, steps })
 }
 

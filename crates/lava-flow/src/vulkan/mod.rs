@@ -22,3 +22,5 @@ pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 pub use crate::pool::AllocationStrategy;
 pub(crate) use buffer::candidate_types;
 pub(crate) use memory::AllocateParams;
+pub mod sync;
+pub use sync::{Fence, OwnershipTransfer, RecordedCommands, Semaphore, Submission, SyncCapabilities};

@@ -1,0 +1,108 @@
+//! Synchronization that crosses devices, APIs and processes: exportable timeline and binary
+//! semaphores, exportable fences, queue submissions that wait on and signal them, and the queue
+//! family ownership transfers a buffer or image needs when another API takes it over.
+//!
+//! Shared memory is only correct when both sides take turns. The usual pattern, in one process
+//! or two:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ash::vk;
+//! use lava_flow::vulkan::sync::{RecordedCommands, Semaphore, SemaphoreHandleKind, SemaphoreKind, Submission};
+//! use lava_flow::VulkanContext;
+//!
+//! let writer = VulkanContext::new()?;
+//! let reader = VulkanContext::new()?; // another device, process or API in real use
+//! let turns = Semaphore::exportable(&writer, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
+//! let theirs = Semaphore::import(&reader, turns.export()?)?;
+//! let write = RecordedCommands::record(&writer, |_dev, _cmd| { /* fill the shared buffer */ })?;
+//! let read = RecordedCommands::record(&reader, |_dev, _cmd| { /* copy it out */ })?;
+//! // Submitted first, runs second: the reader's queue waits for value 1 on the device.
+//! Submission::new().wait(&theirs, 1, vk::PipelineStageFlags::TRANSFER).commands(&read).signal(&theirs, 2).submit(&reader)?;
+//! Submission::new().commands(&write).signal(&turns, 1).submit(&writer)?;
+//! turns.wait(2, Duration::from_secs(5))?;
+//! # Ok::<(), lava_flow::Error>(())
+//! ```
+//!
+//! `docs/SYNC.md` has the rules: semaphores signalled on the device, ownership transfers and
+//! image layouts, and what each API supports.
+
+mod caps;
+mod fence;
+mod in_flight;
+mod ping_pong;
+mod semaphore;
+mod submit;
+mod transfer;
+
+pub use caps::{
+    fence_capabilities, semaphore_capabilities, sync_capabilities_all, FenceCapabilities, SemaphoreCapabilities,
+    SyncCapabilities,
+};
+pub use fence::{Fence, FenceOptions};
+pub use ping_pong::{ping_pong, PingPong, Turn};
+pub use raw_gpu_handle::{FenceHandleKind, SemaphoreHandleKind, SemaphoreKind};
+pub use semaphore::{Semaphore, SemaphoreOptions};
+pub use submit::{RecordedCommands, Submission, Submitted};
+pub use transfer::{gl_layout, vk_layout_from_gl, OwnershipTransfer, StageAccess};
+
+use std::time::Duration;
+
+/// Vulkan takes timeouts in nanoseconds; a `Duration` too long for a `u64` waits forever.
+pub(crate) fn timeout_ns(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `vk::ExternalSemaphoreHandleTypeFlags` bit for a handle kind.
+pub(crate) fn semaphore_handle_bit(kind: SemaphoreHandleKind) -> ash::vk::ExternalSemaphoreHandleTypeFlags {
+    use ash::vk::ExternalSemaphoreHandleTypeFlags as F;
+    match kind {
+        SemaphoreHandleKind::OpaqueFd => F::OPAQUE_FD,
+        SemaphoreHandleKind::SyncFd => F::SYNC_FD,
+        // Handle kinds of other platforms: no bit here; capability queries answer "unsupported".
+        _ => F::empty(),
+    }
+}
+
+/// `vk::ExternalFenceHandleTypeFlags` bit for a handle kind.
+pub(crate) fn fence_handle_bit(kind: FenceHandleKind) -> ash::vk::ExternalFenceHandleTypeFlags {
+    use ash::vk::ExternalFenceHandleTypeFlags as F;
+    match kind {
+        FenceHandleKind::OpaqueFd => F::OPAQUE_FD,
+        FenceHandleKind::SyncFd => F::SYNC_FD,
+        _ => F::empty(),
+    }
+}
+
+/// The semaphore handle kinds lava-flow knows, in table order.
+pub(crate) const SEMAPHORE_HANDLE_KINDS: [SemaphoreHandleKind; 2] =
+    [SemaphoreHandleKind::OpaqueFd, SemaphoreHandleKind::SyncFd];
+
+/// The fence handle kinds lava-flow knows, in table order.
+pub(crate) const FENCE_HANDLE_KINDS: [FenceHandleKind; 2] = [FenceHandleKind::OpaqueFd, FenceHandleKind::SyncFd];
+
+/// "timeline" / "binary", for messages.
+pub(crate) fn kind_name(kind: SemaphoreKind) -> &'static str {
+    match kind {
+        SemaphoreKind::Binary => "binary",
+        SemaphoreKind::Timeline => "timeline",
+    }
+}
+
+/// Whether a sync fd names a Linux sync_file, checked before a driver sees it: a driver handed
+/// another kind of fd as a sync fd may crash instead of failing.
+pub(crate) fn check_sync_file(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> crate::Result<()> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| crate::Error::io(format!("inspecting the fd passed as {what}"), e))?;
+    let link = link.to_string_lossy();
+    if link == "anon_inode:sync_file" {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidHandle {
+            what: what.to_string(),
+            reason: format!("it is {link}, not a sync_file (anon_inode:sync_file)"),
+            advice: "pass the fd a sync-fd export returned, or describe the handle as opaque-fd".into(),
+        })
+    }
+}

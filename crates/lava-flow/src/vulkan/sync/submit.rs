@@ -1,0 +1,322 @@
+//! Queue submissions that wait on and signal semaphores at given values, without hand-written
+//! `VkTimelineSemaphoreSubmitInfo` chains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ash::vk;
+use raw_gpu_handle::SemaphoreKind;
+
+use super::fence::Fence;
+use super::in_flight::{InFlight, LastUse, QueueTimeline};
+use super::semaphore::{BinaryState, Semaphore};
+use crate::vulkan::VulkanContext;
+use crate::{Error, Result};
+
+/// A primary command buffer recorded once and submitted any number of times (one submission at
+/// a time), with its own command pool so recording never contends with other threads.
+pub struct RecordedCommands {
+    ctx: VulkanContext,
+    pool: vk::CommandPool,
+    cmd: vk::CommandBuffer,
+    pub(crate) last_use: LastUse,
+}
+
+impl std::fmt::Debug for RecordedCommands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordedCommands").field("cmd", &self.cmd).finish()
+    }
+}
+
+impl RecordedCommands {
+    /// Records commands with `record` (between `vkBeginCommandBuffer` and `vkEndCommandBuffer`)
+    /// on `ctx`'s queue family. Objects the commands use must outlive every submission of them.
+    pub fn record(
+        ctx: &VulkanContext,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<RecordedCommands> {
+        ctx.check_deferred()?;
+        let device = ctx.device();
+        let pool_info = vk::CommandPoolCreateInfo::default().queue_family_index(ctx.queue_family_index());
+        // SAFETY: the device is valid while ctx lives; pool_info lives across the call.
+        let pool = unsafe { device.create_command_pool(&pool_info, None) }
+            .map_err(|r| Error::vk("vkCreateCommandPool", r, "creating a command pool"))?;
+        let result = (|| {
+            let alloc = vk::CommandBufferAllocateInfo::default()
+                .command_pool(pool)
+                .level(vk::CommandBufferLevel::PRIMARY)
+                .command_buffer_count(1);
+            // SAFETY: the pool is ours alone.
+            let cmd = unsafe { device.allocate_command_buffers(&alloc) }
+                .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
+            // SAFETY: cmd is fresh; its pool is ours alone.
+            unsafe { device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()) }
+                .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
+            record(device, cmd);
+            // SAFETY: cmd is recording.
+            unsafe { device.end_command_buffer(cmd) }
+                .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
+            Ok(cmd)
+        })();
+        match result {
+            Ok(cmd) => Ok(RecordedCommands { ctx: ctx.clone(), pool, cmd, last_use: LastUse::default() }),
+            Err(e) => {
+                // SAFETY: nothing from the pool was submitted; destroying it frees its buffers.
+                unsafe { device.destroy_command_pool(pool, None) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The raw command buffer.
+    pub fn handle(&self) -> vk::CommandBuffer {
+        self.cmd
+    }
+
+    /// Whether its last submission may still be running.
+    pub fn is_pending(&self) -> Result<bool> {
+        self.last_use.is_pending()
+    }
+
+    /// Waits for its last submission; [`Error::Timeout`] after `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        self.last_use.wait(timeout, "waiting for a command buffer's submission")
+    }
+}
+
+impl Drop for RecordedCommands {
+    fn drop(&mut self) {
+        if self.last_use.settle_for_drop(&self.ctx, "a recorded command buffer") {
+            // SAFETY: no pending submission uses the command buffer; destroying the pool frees it.
+            unsafe { self.ctx.device().destroy_command_pool(self.pool, None) };
+        }
+    }
+}
+
+/// A handle on one submission: wait for it, or ask whether it finished.
+#[derive(Clone)]
+pub struct Submitted {
+    in_flight: Arc<InFlight>,
+}
+
+impl std::fmt::Debug for Submitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitted").field("in_flight", &self.in_flight).finish()
+    }
+}
+
+impl Submitted {
+    /// Waits on the host for the submission to finish; [`Error::Timeout`] after `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        self.in_flight.wait(timeout, "waiting for a queue submission to finish")
+    }
+
+    /// Whether it finished.
+    pub fn is_complete(&self) -> Result<bool> {
+        self.in_flight.is_complete()
+    }
+}
+
+/// One batch for a context's queue: semaphores to wait on (with the pipeline stages that wait),
+/// command buffers, semaphores to signal, and an optional fence.
+///
+/// ```no_run
+/// # use ash::vk;
+/// # use lava_flow::vulkan::sync::{RecordedCommands, Semaphore, Submission};
+/// # fn f(ctx: &lava_flow::VulkanContext, sem: &Semaphore, cmd: &RecordedCommands) -> lava_flow::Result<()> {
+/// Submission::new().wait(sem, 1, vk::PipelineStageFlags::TRANSFER).commands(cmd).signal(sem, 2).submit(ctx)?;
+/// # Ok(()) }
+/// ```
+///
+/// Timeline semaphores wait for and signal the given values; binary semaphores ignore them
+/// (`VkTimelineSemaphoreSubmitInfo` gets 0 for them).
+#[derive(Default)]
+pub struct Submission<'a> {
+    waits: Vec<(&'a Semaphore, u64, vk::PipelineStageFlags)>,
+    signals: Vec<(&'a Semaphore, u64)>,
+    commands: Vec<&'a RecordedCommands>,
+    raw_commands: Vec<vk::CommandBuffer>,
+    fence: Option<&'a Fence>,
+}
+
+impl<'a> Submission<'a> {
+    /// An empty batch (submitting it still waits and signals).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits, before `stage` of the batch's commands, until `semaphore` reaches `value`
+    /// (timeline) or is signalled (binary; `value` ignored).
+    pub fn wait(mut self, semaphore: &'a Semaphore, value: u64, stage: vk::PipelineStageFlags) -> Self {
+        self.waits.push((semaphore, value, stage));
+        self
+    }
+
+    /// Signals `semaphore` to `value` (timeline) or signals it (binary; `value` ignored) once
+    /// the batch's commands completed.
+    pub fn signal(mut self, semaphore: &'a Semaphore, value: u64) -> Self {
+        self.signals.push((semaphore, value));
+        self
+    }
+
+    /// Adds a recorded command buffer. It must not be pending from an earlier submission.
+    pub fn commands(mut self, commands: &'a RecordedCommands) -> Self {
+        self.commands.push(commands);
+        self
+    }
+
+    /// Adds a command buffer lava-flow did not record.
+    ///
+    /// # Safety
+    ///
+    /// `cmd` must be a command buffer of the submitting context's device, allocated for its
+    /// queue family, in the executable state, not pending elsewhere (unless recorded with
+    /// `SIMULTANEOUS_USE`), and it and everything it uses must stay alive until the submission
+    /// completes ([`Submitted::wait`]).
+    pub unsafe fn raw_command_buffer(mut self, cmd: vk::CommandBuffer) -> Self {
+        self.raw_commands.push(cmd);
+        self
+    }
+
+    /// Signals `fence` when the batch completes. It must be unsignalled and not pending.
+    pub fn fence(mut self, fence: &'a Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Checks what Vulkan would otherwise leave undefined, then submits on `ctx`'s queue
+    /// (`vkQueueSubmit` under the queue lock). Every object must belong to `ctx`'s device.
+    pub fn submit(self, ctx: &VulkanContext) -> Result<Submitted> {
+        ctx.check_deferred()?;
+        self.validate(ctx)?;
+        // Binary semaphores: check and record wait/signal order, undone if the submit fails.
+        let mut undo: Vec<(&Semaphore, BinaryState)> = Vec::new();
+        let noted = (|| {
+            for (s, _, _) in &self.waits {
+                undo.push((s, s.binary_state()));
+                s.note_binary_wait()?;
+            }
+            for (s, _) in &self.signals {
+                undo.push((s, s.binary_state()));
+                s.note_binary_signal()?;
+            }
+            Ok(())
+        })();
+        let result = noted.and_then(|()| self.submit_checked(ctx));
+        if result.is_err() {
+            for (s, state) in undo.into_iter().rev() {
+                s.restore_binary_state(state);
+            }
+        }
+        result
+    }
+
+    fn validate(&self, ctx: &VulkanContext) -> Result<()> {
+        let same = |other: &VulkanContext| Arc::ptr_eq(&other.inner, &ctx.inner);
+        let foreign = |what: &str| {
+            Error::invalid(
+                format!("{what} in a submission on {}", ctx.info().name),
+                "it belongs to another VulkanContext (another VkDevice)",
+                "import it into this context first (export + import), or submit on its own context",
+            )
+        };
+        for (s, _, _) in &self.waits {
+            if !same(s.context()) {
+                return Err(foreign("a wait semaphore"));
+            }
+        }
+        for (s, value) in &self.signals {
+            if !same(s.context()) {
+                return Err(foreign("a signal semaphore"));
+            }
+            if s.kind() == SemaphoreKind::Timeline {
+                let current = s.value()?;
+                if *value <= current {
+                    return Err(Error::invalid(
+                        format!("signal of a timeline semaphore to {value}"),
+                        format!(
+                            "it is already at {current}; a signal must raise the value (VUID-VkSubmitInfo-pNext-03241)"
+                        ),
+                        "signal a value greater than Semaphore::value()",
+                    ));
+                }
+            }
+        }
+        for c in &self.commands {
+            if !same(&c.ctx) {
+                return Err(foreign("a command buffer"));
+            }
+            if c.is_pending()? {
+                return Err(Error::invalid(
+                    "command buffer in a submission",
+                    "its previous submission is still pending (VUID-vkQueueSubmit-pCommandBuffers-00071)",
+                    "wait for it (RecordedCommands::wait) or record another",
+                ));
+            }
+        }
+        if let Some(f) = self.fence {
+            if !same(f.context()) {
+                return Err(foreign("a fence"));
+            }
+            if f.last_use.is_pending()? || f.is_signaled()? {
+                return Err(Error::invalid(
+                    "fence in a submission",
+                    "it is signalled or still pending from an earlier submission (VUID-vkQueueSubmit-fence-00063)",
+                    "reset it (Fence::reset) once it signalled",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn submit_checked(&self, ctx: &VulkanContext) -> Result<Submitted> {
+        let timeline = QueueTimeline::of(ctx)?;
+        let wait_handles: Vec<vk::Semaphore> = self.waits.iter().map(|(s, _, _)| s.handle()).collect();
+        let wait_values: Vec<u64> =
+            self.waits.iter().map(|(s, v, _)| if s.kind() == SemaphoreKind::Timeline { *v } else { 0 }).collect();
+        let wait_stages: Vec<vk::PipelineStageFlags> = self.waits.iter().map(|(_, _, st)| *st).collect();
+        // The queue's private timeline is signalled last, with a value taken under the queue lock.
+        let mut signal_handles: Vec<vk::Semaphore> = self.signals.iter().map(|(s, _)| s.handle()).collect();
+        signal_handles.push(timeline.semaphore());
+        let mut signal_values: Vec<u64> =
+            self.signals.iter().map(|(s, v)| if s.kind() == SemaphoreKind::Timeline { *v } else { 0 }).collect();
+        let cmds: Vec<vk::CommandBuffer> =
+            self.commands.iter().map(|c| c.cmd).chain(self.raw_commands.iter().copied()).collect();
+        let fence = self.fence.map_or(vk::Fence::null(), |f| f.handle());
+        let device = ctx.device();
+
+        let in_flight = ctx.with_queue(|queue| {
+            let tracking_value = timeline.next_value();
+            signal_values.push(tracking_value);
+            let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
+                .wait_semaphore_values(&wait_values)
+                .signal_semaphore_values(&signal_values);
+            let submit = vk::SubmitInfo::default()
+                .wait_semaphores(&wait_handles)
+                .wait_dst_stage_mask(&wait_stages)
+                .command_buffers(&cmds)
+                .signal_semaphores(&signal_handles)
+                .push_next(&mut timeline_info);
+            // SAFETY: the queue is locked; every handle belongs to this device and was checked in
+            // validate() (command buffers not pending, the fence unsignalled and not pending,
+            // timeline signals above the current values); the arrays live across the call.
+            unsafe { device.queue_submit(queue, &[submit], fence) }
+                .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting a batch"))?;
+            timeline.commit(tracking_value);
+            Ok::<_, Error>(InFlight::new(timeline.clone(), tracking_value))
+        })?;
+        if let Some(f) = self.fence {
+            f.last_use.set(&in_flight);
+        }
+        for (s, _, _) in &self.waits {
+            s.last_use.set(&in_flight);
+        }
+        for (s, _) in &self.signals {
+            s.last_use.set(&in_flight);
+        }
+        for c in &self.commands {
+            c.last_use.set(&in_flight);
+        }
+        Ok(Submitted { in_flight })
+    }
+}
