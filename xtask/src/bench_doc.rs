@@ -44,6 +44,8 @@ pub fn bench_doc(args: &[String]) -> Result<(), String> {
             .arg("--markdown")
             .arg("--plots")
             .arg(&plots)
+            .arg("--label")
+            .arg(format!("{} machine", label.to_uppercase()))
             .output()
             .map_err(|e| format!("running {}: {e}", bin.display()))?;
         if !out.status.success() && out.stdout.is_empty() {

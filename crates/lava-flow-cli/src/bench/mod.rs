@@ -32,6 +32,10 @@ pub struct Args {
     /// reproduces it (docs/BENCHMARKS.md is made of these).
     #[arg(long)]
     markdown: bool,
+    /// Name the machine in the plots' titles (beside its device, where the run recorded it),
+    /// for example "GPU machine".
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
     /// Run only these groups: vulkan, pool, cuda, opencl, gl (repeat to name several).
     #[arg(long, value_name = "GROUP")]
     only: Vec<String>,
@@ -213,9 +217,14 @@ pub fn run(args: &Args) -> CmdResult {
         eprintln!("bench: wrote {}", path.display());
     }
     if let Some(dir) = &args.plots {
-        let title =
-            report.machine.as_ref().and_then(|m| m.vulkan_device.clone()).unwrap_or_else(|| "this machine".into());
-        for path in crate::plot::write_plots(&report.rows, dir, &short_device(&title))? {
+        let device = report.machine.as_ref().and_then(|m| m.vulkan_device.as_deref()).map(short_device);
+        let title = match (&args.label, device) {
+            (Some(label), Some(device)) => format!("{label} ({device})"),
+            (Some(label), None) => label.clone(),
+            (None, Some(device)) => device,
+            (None, None) => "this machine".into(),
+        };
+        for path in crate::plot::write_plots(&report.rows, dir, &title)? {
             eprintln!("bench: wrote {}", path.display());
         }
     }
