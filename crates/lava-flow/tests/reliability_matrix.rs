@@ -1085,6 +1085,9 @@ fn bad_input_matrix() {
             // Connections of earlier cells close on the server's threads: let them finish first.
             env.server.wait_idle(WAIT);
             let baseline = open_fd_count();
+            // Straight to stderr, past the test harness's capture: if a cell aborts the process,
+            // the log still names it.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("matrix: running {label}\n").as_bytes());
             let cell = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&env, column)));
             let cell = match cell {
                 Ok(Ok(cell)) => cell,

@@ -119,7 +119,10 @@ impl<T> ImportCache<T> {
         };
         let mut entry = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = entry.upgrade() {
-            drop(fd);
+            // The fd is a duplicate of the block's handle and is closed here, but only after the
+            // same checks a fresh import makes: a closed number must be forgotten, not closed
+            // (it may belong to someone else by now), and a pipe or socket is a caller's bug.
+            drop(crate::fd::check_memory_fd(fd, "the fd of a pooled buffer's block", 0, false)?);
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.duplicate_fds_closed.fetch_add(1, Ordering::Relaxed);
             return Ok((found, CacheOutcome::Hit));
