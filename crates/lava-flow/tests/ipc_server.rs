@@ -432,8 +432,12 @@ fn a_peer_of_another_uid_is_refused_by_the_credential_check() {
             .env(ipc_support::ROLE, role)
             .env("LAVA_FLOW_TEST_SOCKET", &path);
         run_ok(cmd, role);
-        assert!(server.wait_idle(WAIT));
-        let stats = server.stats();
+        // A refusal is counted once its connection is closed; a served client once it is gone.
+        let refused = role == "other-uid-refused";
+        let (stats, settled) = server.wait_for(WAIT, |s| {
+            s.connections_active == 0 && if refused { s.connections_refused == 1 } else { s.connections_closed == 1 }
+        });
+        assert!(settled, "{role}: {stats:?}");
         if role == "other-uid-refused" {
             assert_eq!((stats.connections_refused, stats.connections_accepted), (1, 0), "{stats:?}");
             assert_eq!(stats.objects_sent, 0);

@@ -21,8 +21,16 @@ use lava_flow::raw_gpu_handle::{
 /// Mutations per target after the corpus.
 const MUTATIONS: usize = 4000;
 
+/// `fuzz/seeds/<target>` of the source tree the test was built from, or of the working directory
+/// (the GPU machine runs the packed tests from a copy of the project's root).
 fn seeds_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
+    let here = Path::new("fuzz/seeds").join(target);
+    if !built.exists() && here.exists() {
+        here
+    } else {
+        built
+    }
 }
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {

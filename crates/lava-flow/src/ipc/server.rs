@@ -364,19 +364,20 @@ fn admit(shared: &Arc<Shared>, conn: OwnedFd) -> Option<JoinHandle<()>> {
     let uid = match rustix::net::sockopt::socket_peercred(&conn) {
         Ok(cred) => cred.uid.as_raw(),
         Err(e) => {
-            shared.count(|s| s.connections_refused += 1);
             reply_and_close(conn, ErrorCode::Refused, format!("SO_PEERCRED failed: {e}"), config.send_timeout);
+            // Counted once the connection is closed, so that a counter never runs ahead of the fds.
+            shared.count(|s| s.connections_refused += 1);
             return None;
         }
     };
     if uid != shared.euid && !config.allow_uids.contains(&uid) {
-        shared.count(|s| s.connections_refused += 1);
         let text = format!(
             "peer uid {uid} is not allowed: this server runs as uid {} and allows {:?} besides (SO_PEERCRED check); \
              start the server with that uid in allow_uids",
             shared.euid, config.allow_uids
         );
         reply_and_close(conn, ErrorCode::Refused, text, config.send_timeout);
+        shared.count(|s| s.connections_refused += 1);
         return None;
     }
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
@@ -384,13 +385,12 @@ fn admit(shared: &Arc<Shared>, conn: OwnedFd) -> Option<JoinHandle<()>> {
     {
         let mut state = shared.state();
         if state.clients.len() >= config.max_clients {
-            state.stats.connections_busy += 1;
             drop(state);
-            shared.changed.notify_all();
             let text = format!("{} clients are being served, the limit; try again later", config.max_clients);
             if let Ok(conn) = Arc::try_unwrap(sock) {
                 reply_and_close(conn, ErrorCode::Busy, text, config.send_timeout);
             }
+            shared.count(|s| s.connections_busy += 1);
             return None;
         }
         state.clients.insert(id, sock.clone());
