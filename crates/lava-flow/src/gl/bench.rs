@@ -10,41 +10,11 @@ use super::memory::{raw_import_buffer, raw_import_texture, raw_release_buffer, r
 use crate::vulkan::{Buffer, BufferOptions, Image, ImageOptions};
 use crate::{Result, VulkanContext};
 
-/// One row of `lava-flow bench`: a case measured through lava-flow and through the raw API.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BenchRow {
-    /// What was measured.
-    pub case: String,
-    /// The median through lava-flow.
-    pub lava_flow: f64,
-    /// The median of the raw API calls doing the same.
-    pub raw: f64,
-    /// Unit of both figures.
-    pub unit: &'static str,
-    /// Iterations behind each figure.
-    pub iterations: u32,
-    /// `lava_flow / raw` (above 1: lava-flow is slower, for a latency).
-    pub ratio: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
+use crate::bench::median;
+pub use crate::bench::BenchRow;
 
 fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
-    BenchRow {
-        case,
-        lava_flow,
-        raw,
-        unit,
-        iterations: iterations.max(1) as u32,
-        ratio: if raw > 0.0 { lava_flow / raw } else { f64::NAN },
-    }
+    BenchRow::new(case, lava_flow, raw, unit, iterations)
 }
 
 /// Import latency of buffers of each size in `sizes` and of a 2D RGBA8 texture, `iterations`

@@ -14,22 +14,7 @@ use crate::vulkan::caps::DEFAULT_BUFFER_USAGE;
 use crate::vulkan::{candidate_types, vk_memory_handle_type, MemoryKind};
 use crate::{Buffer, BufferOptions, Error, MemoryAllocator, Result, VulkanContext};
 
-/// One measured case: lava-flow's median and the raw API's median for the same work.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct BenchRow {
-    /// What was measured.
-    pub case: String,
-    /// lava-flow's median.
-    pub lava_flow: f64,
-    /// The raw Vulkan calls' median.
-    pub raw: f64,
-    /// Unit of both medians ("us").
-    pub unit: &'static str,
-    /// `lava_flow / raw`: below 1 is faster than the raw route (0.05 is 20 times faster).
-    pub ratio: f64,
-    /// Iterations behind each median.
-    pub iterations: u32,
-}
+pub use crate::bench::BenchRow;
 
 /// Median time of `f` over `iterations` runs after `warmup` runs; what `f` returns is dropped
 /// outside the timed part, and so is what `setup` prepares.
