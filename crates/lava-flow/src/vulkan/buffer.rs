@@ -191,6 +191,66 @@ fn required_flags(kind: MemoryKind) -> vk::MemoryPropertyFlags {
     }
 }
 
+/// What [`allocate_for`] needs to know besides the requirements.
+pub(crate) struct MemoryChoice {
+    pub policy: DedicatedPolicy,
+    /// The capability query said the handle kind is dedicated-only.
+    pub dedicated_only: bool,
+    pub kind: MemoryKind,
+    pub export: Option<MemoryHandleKind>,
+    /// The resource a dedicated allocation is for.
+    pub target: DedicatedTo,
+    /// "buffer" or "image", for messages.
+    pub what: &'static str,
+}
+
+/// Allocates `size` bytes for a new buffer or image: dedicated where the policy, the driver
+/// (`VkMemoryDedicatedRequirements`) or the handle kind asks for it, from the best memory type
+/// that works. Types are tried in order because some drivers export only some of them (NVIDIA
+/// exports DEVICE_LOCAL but not DEVICE_LOCAL|HOST_VISIBLE); running out of memory stops at once.
+pub(crate) fn allocate_for(
+    ctx: &VulkanContext,
+    r: &Requirements,
+    size: u64,
+    choice: &MemoryChoice,
+) -> Result<DeviceMemory> {
+    let dedicated = match choice.policy {
+        DedicatedPolicy::Always => true,
+        DedicatedPolicy::Never if r.requires_dedicated || choice.dedicated_only => {
+            return Err(Error::unsupported(
+                format!("a non-dedicated exportable {}", choice.what),
+                "the driver requires a dedicated allocation for it",
+                "VkMemoryDedicatedRequirements / VK_EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY_BIT",
+                "use DedicatedPolicy::Auto",
+            ))
+        }
+        DedicatedPolicy::Never => false,
+        DedicatedPolicy::Auto => r.requires_dedicated || r.prefers_dedicated || choice.dedicated_only,
+    };
+    let mut last = None;
+    for type_index in candidate_types(ctx, r.reqs.memory_type_bits, choice.kind) {
+        let params = AllocateParams {
+            size,
+            type_index,
+            export_kind: choice.export,
+            dedicated: dedicated.then_some(choice.target),
+        };
+        match DeviceMemory::allocate(ctx, params) {
+            Ok(m) => return Ok(m),
+            Err(e @ Error::OutOfMemory { .. }) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::unsupported(
+            format!("a {:?} {}", choice.kind, choice.what),
+            "no memory type allowed for it has the needed properties",
+            "VkMemoryRequirements::memoryTypeBits",
+            "choose another memory location (or tiling, for an image)",
+        )
+    }))
+}
+
 /// Memory requirements of a resource, with the driver's dedicated-allocation wishes.
 pub(crate) struct Requirements {
     pub reqs: vk::MemoryRequirements,
@@ -292,53 +352,15 @@ impl Buffer {
             let host = SharedHostMemory::create(r.reqs.size + options.allocation_padding, align)?;
             DeviceMemory::import_host(ctx, host, None)?
         } else {
-            let dedicated = match options.dedicated {
-                DedicatedPolicy::Always => true,
-                DedicatedPolicy::Never => {
-                    if r.requires_dedicated || dedicated_only {
-                        return Err(Error::unsupported(
-                            "a non-dedicated exportable buffer",
-                            "the driver requires a dedicated allocation for it",
-                            "VkMemoryDedicatedRequirements / VK_EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY_BIT",
-                            "use DedicatedPolicy::Auto",
-                        ));
-                    }
-                    false
-                }
-                DedicatedPolicy::Auto => r.requires_dedicated || r.prefers_dedicated || dedicated_only,
+            let choice = MemoryChoice {
+                policy: options.dedicated,
+                dedicated_only,
+                kind: options.memory,
+                export: vk_kind,
+                target: DedicatedTo::Buffer(buffer),
+                what: "buffer",
             };
-            let size = r.reqs.size + options.allocation_padding;
-            let candidates = candidate_types(ctx, r.reqs.memory_type_bits, options.memory);
-            if candidates.is_empty() {
-                return Err(Error::unsupported(
-                    format!("a {:?} buffer", options.memory),
-                    "no memory type allowed for it has the needed properties",
-                    "VkMemoryRequirements::memoryTypeBits",
-                    "choose another MemoryLocation",
-                ));
-            }
-            let mut last = None;
-            let mut found = None;
-            for type_index in candidates {
-                let params = AllocateParams {
-                    size,
-                    type_index,
-                    export_kind: vk_kind,
-                    dedicated: dedicated.then_some(DedicatedTo::Buffer(buffer)),
-                };
-                match DeviceMemory::allocate(ctx, params) {
-                    Ok(m) => {
-                        found = Some(m);
-                        break;
-                    }
-                    Err(e @ Error::OutOfMemory { .. }) => return Err(e),
-                    Err(e) => last = Some(e),
-                }
-            }
-            match found {
-                Some(m) => m,
-                None => return Err(last.expect("at least one candidate was tried")),
-            }
+            allocate_for(ctx, &r, r.reqs.size + options.allocation_padding, &choice)?
         };
         // SAFETY: fresh buffer, memory large enough, offset 0 is aligned.
         unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), 0) }

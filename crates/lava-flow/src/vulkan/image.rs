@@ -14,10 +14,12 @@ use raw_gpu_handle::{
     TextureTiling, TextureUsage,
 };
 
-use super::buffer::{candidate_types, check_size, Buffer, BufferOptions, DedicatedPolicy, MemoryKind, Requirements};
+use super::buffer::{
+    allocate_for, check_size, Buffer, BufferOptions, DedicatedPolicy, MemoryChoice, MemoryKind, Requirements,
+};
 use super::caps::{image_capabilities, ImageQuery};
 use super::format::{vk_format, vk_image_type, vk_memory_handle_type};
-use super::memory::{AllocateParams, DedicatedTo, DeviceMemory};
+use super::memory::{DedicatedTo, DeviceMemory};
 use crate::{Error, Result, VulkanContext};
 
 /// Linear or optimal tiling for a new image.
@@ -281,46 +283,17 @@ impl Image {
             Some(kind) => image_capabilities(ctx, query, kind).map(|c| c.0.dedicated_only).unwrap_or(false),
             None => false,
         };
-        let dedicated = match options.dedicated {
-            DedicatedPolicy::Always => true,
-            DedicatedPolicy::Never if r.requires_dedicated || dedicated_only => {
-                return fail(Error::unsupported(
-                    "a non-dedicated exportable image",
-                    "the driver requires a dedicated allocation for it",
-                    "VkMemoryDedicatedRequirements / VK_EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY_BIT",
-                    "use DedicatedPolicy::Auto",
-                ))
-            }
-            DedicatedPolicy::Never => false,
-            DedicatedPolicy::Auto => r.requires_dedicated || r.prefers_dedicated || dedicated_only,
+        let choice = MemoryChoice {
+            policy: options.dedicated,
+            dedicated_only,
+            kind: options.memory,
+            export: options.export,
+            target: DedicatedTo::Image(image),
+            what: "image",
         };
-        let mut last = None;
-        let mut memory = None;
-        for type_index in candidate_types(ctx, r.reqs.memory_type_bits, options.memory) {
-            let params = AllocateParams {
-                size: r.reqs.size,
-                type_index,
-                export_kind: options.export,
-                dedicated: dedicated.then_some(DedicatedTo::Image(image)),
-            };
-            match DeviceMemory::allocate(ctx, params) {
-                Ok(m) => {
-                    memory = Some(m);
-                    break;
-                }
-                Err(e @ Error::OutOfMemory { .. }) => return fail(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some(memory) = memory else {
-            return fail(last.unwrap_or_else(|| {
-                Error::unsupported(
-                    "an image of this kind",
-                    "no memory type allowed for it has the needed properties",
-                    "VkMemoryRequirements::memoryTypeBits",
-                    "choose another memory kind or tiling",
-                )
-            }));
+        let memory = match allocate_for(ctx, &r, r.reqs.size, &choice) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
         };
         // SAFETY: fresh image, fresh memory of the required size at offset 0.
         if let Err(e) = unsafe { ctx.device().bind_image_memory(image, memory.handle(), 0) } {
