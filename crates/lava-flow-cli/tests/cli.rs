@@ -11,7 +11,6 @@ use lava_flow::{testing, VulkanContext};
 use serde_json::Value;
 
 fn lava_flow() -> Command {
-    testing::prefer_software_vulkan_if_no_gpu();
     let bin = std::env::var_os("LAVA_FLOW_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lava-flow").into());
     Command::new(bin)
 }
@@ -34,7 +33,6 @@ fn json(out: &Output) -> Value {
 
 /// Opens Vulkan in the test process the way the CLI will, or skips with the reason.
 fn vulkan_or_skip() -> Option<VulkanContext> {
-    testing::prefer_software_vulkan_if_no_gpu();
     testing::or_skip("vulkan", VulkanContext::new())
 }
 

@@ -8,7 +8,6 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lava_flow::cuda::bench::{size_name, Fixture, PooledImports, Side};
 
 fn fixture() -> Option<Fixture> {
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     match Fixture::new(None) {
         Ok(f) => Some(f),
         Err(e) => {

@@ -12,7 +12,6 @@ const SIZE: u64 = 64 << 10;
 const BATCH: BatchSize = BatchSize::NumIterations(64);
 
 fn contexts() -> Option<(VulkanContext, VulkanContext)> {
-    testing::prefer_software_vulkan_if_no_gpu();
     let a = testing::or_skip("vulkan", VulkanContext::new())?;
     let b = VulkanContext::with_uuid(a.identity().device_uuid).expect("a second device on the same GPU");
     Some((a, b))

@@ -7,7 +7,6 @@ use lava_flow::vulkan::caps::{buffer_capability_table, image_capability_table};
 use lava_flow::VulkanContext;
 
 fn main() -> Result<(), lava_flow::Error> {
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     for info in VulkanContext::enumerate()? {
         let ctx = VulkanContext::with_index(info.index)?;
         println!(

@@ -263,7 +263,6 @@ fn barrier(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let rounds: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
     let ctx = VulkanContext::new()?;
     let cuda = match CudaDevice::for_identity(&ctx.identity()) {
@@ -285,7 +284,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let bytes = u64::from(WORDS) * 4;
-    let shared = Buffer::new(&ctx, &BufferOptions::new(bytes))?;
+    let mut shared = Buffer::new(&ctx, &BufferOptions::new(bytes))?;
     let results =
         Buffer::new(&ctx, &BufferOptions::new(bytes * u64::from(rounds)).memory(MemoryKind::HostVisible).export(None))?;
     let fill = FillPipeline::new(&ctx, &shared)?;

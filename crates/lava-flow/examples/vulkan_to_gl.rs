@@ -133,7 +133,7 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
 
     fn vk_write(buffer: &Buffer, words: &[u32]) -> lava_flow::Result<()> {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let staging = Buffer::new(
+        let mut staging = Buffer::new(
             buffer.context(),
             &BufferOptions::new(bytes.len() as u64).memory(MemoryKind::HostVisible).export(None),
         )?;
@@ -151,7 +151,6 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
 
     pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         let rounds: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
-        lava_flow::testing::prefer_software_vulkan_if_no_gpu();
         let vk = VulkanContext::new()?;
         let gl = match GlContext::for_identity(&vk.identity()) {
             Ok(gl) => gl,

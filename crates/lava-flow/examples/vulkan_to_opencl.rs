@@ -98,7 +98,7 @@ mod example {
 
     fn vk_write(buffer: &Buffer, words: &[u32]) -> lava_flow::Result<()> {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let staging = Buffer::new(
+        let mut staging = Buffer::new(
             buffer.context(),
             &BufferOptions::new(bytes.len() as u64).memory(MemoryKind::HostVisible).export(None),
         )?;
@@ -116,7 +116,6 @@ mod example {
 
     pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         let rounds: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
-        lava_flow::testing::prefer_software_vulkan_if_no_gpu();
         let vk = VulkanContext::new()?;
         let cl = match ClContext::for_identity(&vk.identity()) {
             Ok(cl) => cl,

@@ -47,24 +47,3 @@ pub fn or_skip<T>(api: &str, result: crate::Result<T>) -> Option<T> {
 pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
 }
-
-/// Points the Vulkan loader at lavapipe when the machine has no GPU device node
-/// (`/dev/dri/renderD*`, `/dev/nvidia0`), so tests on CPU machines don't probe absent hardware
-/// drivers (Mesa installs Intel and AMD manifests beside lavapipe's). Does nothing when
-/// `VK_DRIVER_FILES` or `VK_ICD_FILENAMES` is already set.
-pub fn prefer_software_vulkan_if_no_gpu() {
-    if std::env::var_os("VK_DRIVER_FILES").is_some() || std::env::var_os("VK_ICD_FILENAMES").is_some() {
-        return;
-    }
-    let render_node = std::fs::read_dir("/dev/dri")
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("renderD")))
-        .unwrap_or(false);
-    if render_node || std::path::Path::new("/dev/nvidia0").exists() {
-        return;
-    }
-    let lvp = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json";
-    if std::path::Path::new(lvp).exists() {
-        // Tests call this before starting threads; edition 2021 keeps set_var safe.
-        std::env::set_var("VK_DRIVER_FILES", lvp);
-    }
-}

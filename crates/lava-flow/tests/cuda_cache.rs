@@ -29,8 +29,9 @@ fn pooled(ctx: &VulkanContext, config: PoolConfig, size: u64, count: usize) -> (
 #[test]
 fn two_buffers_of_one_block_share_one_import_and_each_others_bytes() {
     let Some((ctx, cuda)) = devices() else { return };
-    let (_allocator, vk) = pooled(&ctx, PoolConfig::default(), SIZE, 2);
-    let (a, b) = (&vk[0], &vk[1]);
+    let (_allocator, mut vk) = pooled(&ctx, PoolConfig::default(), SIZE, 2);
+    let (a, b) = vk.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
     assert_ne!(a.offset(), b.offset());
     let (pa, pb) = (selftest::pattern(SIZE as usize, 21), selftest::pattern(SIZE as usize, 22));
     a.write(0, &pa).unwrap();
@@ -79,9 +80,9 @@ fn two_buffers_of_one_block_share_one_import_and_each_others_bytes() {
 #[test]
 fn the_cache_lets_go_with_the_last_buffer_and_serves_buffers_sent_without_fds() {
     let Some((ctx, cuda)) = devices() else { return };
-    let (_allocator, vk) = pooled(&ctx, PoolConfig::default(), SIZE, 4);
+    let (_allocator, mut vk) = pooled(&ctx, PoolConfig::default(), SIZE, 4);
     let patterns: Vec<Vec<u8>> = (0..4).map(|i| selftest::pattern(SIZE as usize, 30 + i)).collect();
-    for (b, p) in vk.iter().zip(&patterns) {
+    for (b, p) in vk.iter_mut().zip(&patterns) {
         b.write(0, p).unwrap();
     }
     let start = cuda.block_cache_stats();
@@ -187,7 +188,7 @@ fn hits_close_their_duplicate_fd_and_refusals_close_it_once() {
 fn dedicated_and_unnamed_exports_are_imported_on_their_own() {
     let Some((ctx, cuda)) = devices() else { return };
     let start = cuda.block_cache_stats();
-    let dedicated = Buffer::new(&ctx, &BufferOptions::new(1 << 20).dedicated(DedicatedPolicy::Always)).unwrap();
+    let mut dedicated = Buffer::new(&ctx, &BufferOptions::new(1 << 20).dedicated(DedicatedPolicy::Always)).unwrap();
     let data = selftest::pattern(1 << 20, 41);
     dedicated.write(0, &data).unwrap();
     let (x, ox) = cuda.import_buffer_cached(dedicated.export_fd().unwrap()).unwrap();
@@ -196,7 +197,7 @@ fn dedicated_and_unnamed_exports_are_imported_on_their_own() {
     assert_ne!(x.memory().raw(), y.memory().raw(), "dedicated allocations are imported one by one");
     assert_eq!(y.copy_to_host().unwrap(), data);
 
-    let own = Buffer::new(&ctx, &BufferOptions::new(1 << 20).strategy(AllocationStrategy::Dedicated)).unwrap();
+    let mut own = Buffer::new(&ctx, &BufferOptions::new(1 << 20).strategy(AllocationStrategy::Dedicated)).unwrap();
     own.write(0, &data).unwrap();
     let mut unnamed = own.export_fd().unwrap();
     unnamed.memory.description.allocation_id = None;
@@ -210,7 +211,7 @@ fn dedicated_and_unnamed_exports_are_imported_on_their_own() {
 #[test]
 fn a_view_outlives_the_exporter_and_the_other_buffers_of_its_block() {
     let Some((ctx, cuda)) = devices() else { return };
-    let (allocator, vk) = pooled(&ctx, PoolConfig::default(), SIZE, 2);
+    let (allocator, mut vk) = pooled(&ctx, PoolConfig::default(), SIZE, 2);
     let pb = selftest::pattern(SIZE as usize, 51);
     vk[1].write(0, &pb).unwrap();
     let ca = cuda.import_buffer(vk[0].export_fd().unwrap()).unwrap();
@@ -229,9 +230,9 @@ fn a_view_outlives_the_exporter_and_the_other_buffers_of_its_block() {
 #[test]
 fn eight_threads_importing_one_block_import_it_once() {
     let Some((ctx, cuda)) = devices() else { return };
-    let (_allocator, vk) = pooled(&ctx, PoolConfig::default(), SIZE, 8);
+    let (_allocator, mut vk) = pooled(&ctx, PoolConfig::default(), SIZE, 8);
     let patterns: Vec<Vec<u8>> = (0..8).map(|i| selftest::pattern(SIZE as usize, 60 + i)).collect();
-    for (b, p) in vk.iter().zip(&patterns) {
+    for (b, p) in vk.iter_mut().zip(&patterns) {
         b.write(0, p).unwrap();
     }
     let start = cuda.block_cache_stats();

@@ -23,7 +23,7 @@ fn buffer_round_trips_both_ways_at_several_sizes() {
 fn several_mappings_of_one_import_see_the_same_bytes() {
     let Some((ctx, cuda)) = devices() else { return };
     let size = 8u64 << 20;
-    let buffer = Buffer::new(&ctx, &BufferOptions::new(size)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(size)).unwrap();
     let data = selftest::pattern(size as usize, 11);
     buffer.write(0, &data).unwrap();
     let exported = buffer.export_fd().unwrap();
@@ -48,7 +48,7 @@ fn several_mappings_of_one_import_see_the_same_bytes() {
 fn mapping_outlives_the_vulkan_buffer_and_allocation() {
     let Some((ctx, cuda)) = devices() else { return };
     let size = 1u64 << 20;
-    let buffer = Buffer::new(&ctx, &BufferOptions::new(size)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(size)).unwrap();
     let data = selftest::pattern(size as usize, 13);
     buffer.write(0, &data).unwrap();
     let mapped = cuda.import_buffer(buffer.export_fd().unwrap()).unwrap();
@@ -62,7 +62,7 @@ fn mapping_outlives_the_vulkan_buffer_and_allocation() {
 fn dedicated_allocation_is_imported_with_the_dedicated_flag() {
     let Some((ctx, cuda)) = devices() else { return };
     let size = 32u64 << 20;
-    let buffer = Buffer::new(&ctx, &BufferOptions::new(size).dedicated(DedicatedPolicy::Always)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(size).dedicated(DedicatedPolicy::Always)).unwrap();
     let data = selftest::pattern(size as usize, 14);
     buffer.write(0, &data).unwrap();
     let exported = buffer.export_fd().unwrap();
@@ -169,7 +169,7 @@ fn kernels_launched_through_cudarc_read_and_write_imported_memory() {
 
     let Some((ctx, cuda)) = devices() else { return };
     let words = 1usize << 20;
-    let buffer = Buffer::new(&ctx, &BufferOptions::new(words as u64 * 4)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(words as u64 * 4)).unwrap();
     let input: Vec<u32> = (0..words as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
     let bytes: Vec<u8> = input.iter().flat_map(|w| w.to_ne_bytes()).collect();
     buffer.write(0, &bytes).unwrap();

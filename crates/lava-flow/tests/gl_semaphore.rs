@@ -101,7 +101,7 @@ fn setup() -> Option<(VulkanContext, GlContext)> {
 }
 
 fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )

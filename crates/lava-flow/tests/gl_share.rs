@@ -23,7 +23,7 @@ fn vulkan_and_gl() -> Option<(VulkanContext, GlContext)> {
 
 /// Writes `data` into `buffer` with a Vulkan transfer command (not a host mapping).
 fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )

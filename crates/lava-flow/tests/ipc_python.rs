@@ -48,7 +48,7 @@ fn the_documented_python_client_reads_a_live_server() {
     let socket = dir.path().join("server.sock");
     let server = Server::bind(&socket, ServerConfig::default()).unwrap();
     let mut memory = shm::create(1 << 16).unwrap();
-    memory.as_mut_slice()[0..][..pattern_bytes(3, 1 << 16).len()].copy_from_slice(&pattern_bytes(3, 1 << 16));
+    memory.write(0, &pattern_bytes(3, 1 << 16)).unwrap();
     server.publish(NamedObject::new("frames", shm::export(&memory).unwrap())).unwrap();
     let buffer = Buffer {
         memory: shm::export(&memory).unwrap(),

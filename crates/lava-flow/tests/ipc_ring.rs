@@ -158,7 +158,6 @@ fn ring_with_timeline_semaphores_passes_checked_frames() {
     if child_role().is_some() {
         return consumer_child();
     }
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let dir = TempDir::new("ring-timeline", 0o700);
     let socket = dir.path().join("ring.sock");
     let config = RingConfig { frames: Some(FRAMES), sync: RingSync::TimelineSemaphore, ..config(&socket) };
@@ -188,7 +187,6 @@ fn ring_with_timeline_semaphores_stops_when_the_consumer_does() {
     if child_role().is_some() {
         return consumer_child();
     }
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     if let Err(e) = check_sync(RingSync::TimelineSemaphore) {
         lava_flow::testing::skip("semaphores", e);
         return;
@@ -220,7 +218,6 @@ fn ring_auto_signal_follows_what_the_driver_shares() {
     if child_role().is_some() {
         return consumer_child();
     }
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let dir = TempDir::new("ring-auto", 0o700);
     let socket = dir.path().join("ring.sock");
     let consumer = spawn_consumer("ring_auto_signal_follows_what_the_driver_shares", "consume-all", &socket);
@@ -242,7 +239,6 @@ fn ring_auto_signal_follows_what_the_driver_shares() {
 /// hears of it at once instead of waiting out its timeout.
 #[test]
 fn ring_consumer_asking_for_another_signal_is_refused() {
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let dir = TempDir::new("ring-mismatch", 0o700);
     let socket = dir.path().join("ring.sock");
     let timeout = Duration::from_secs(20);

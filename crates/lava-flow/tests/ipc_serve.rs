@@ -82,7 +82,6 @@ fn serve_and_attach_host_memory_in_two_processes() {
 }
 
 fn default_device_index() -> Option<usize> {
-    testing::prefer_software_vulkan_if_no_gpu();
     testing::or_skip("vulkan", VulkanContext::new()).map(|ctx| ctx.info().index)
 }
 

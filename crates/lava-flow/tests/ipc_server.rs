@@ -44,7 +44,7 @@ fn texture_description() -> TextureDescription {
 /// Host memory with the pattern, published whole, as a buffer in it and as a linear texture in it.
 fn serve_shared_memory(server: &Server) -> lava_flow::SharedHostMemory {
     let mut memory = shm::create(SIZE).unwrap();
-    memory.as_mut_slice()[0..][..pattern_bytes(SEED, SIZE).len()].copy_from_slice(&pattern_bytes(SEED, SIZE));
+    memory.write(0, &pattern_bytes(SEED, SIZE)).unwrap();
     server.publish(NamedObject::new("memory", shm::export(&memory).unwrap())).unwrap();
     let buffer = Buffer {
         memory: shm::export(&memory).unwrap(),
@@ -79,24 +79,24 @@ fn share_child() {
     let mapped = map_memory_of(texture);
     let TextureTiling::Linear { row_pitch, .. } = td.tiling else { unreachable!() };
     let row5 = td.offset as usize + 5 * row_pitch as usize;
-    let row = &mapped.as_slice()[row5..][..64 * 4];
+    let row = mapped.read(row5, 64 * 4).unwrap();
     assert_eq!(row, &expected[row5..row5 + row.len()], "texture row 5 seen through the texture's own fd");
 
     let buffer = objects.pop().unwrap().object;
     let ObjectDescription::Buffer { buffer: bd, .. } = buffer.description() else { panic!("not a buffer") };
     let mapped = map_memory_of(buffer);
-    let bytes = &mapped.as_slice()[bd.offset as usize..][..bd.size as usize];
+    let bytes = mapped.read(bd.offset as usize, bd.size as usize).unwrap();
     assert_eq!(bytes, &expected[bd.offset as usize..(bd.offset + bd.size) as usize]);
 
     let mut memory = map_memory_of(objects.pop().unwrap().object);
-    let all = &memory.as_slice()[0..][..SIZE];
+    let all = memory.read(0, SIZE).unwrap();
     assert!(all == expected, "the whole allocation holds the server's pattern");
     // Answer through the same pages: the parent sees this without any copy over the socket.
-    memory.as_mut_slice()[SIZE - 4096..][..pattern_bytes(99, 4096).len()].copy_from_slice(&pattern_bytes(99, 4096));
+    memory.write(SIZE - 4096, &pattern_bytes(99, 4096)).unwrap();
 
     // And hand memory of our own back to the server.
     let mut own = shm::create(8192).unwrap();
-    own.as_mut_slice()[0..][..pattern_bytes(1234, 8192).len()].copy_from_slice(&pattern_bytes(1234, 8192));
+    own.write(0, &pattern_bytes(1234, 8192)).unwrap();
     client.publish(&[NamedObject::new("from-child", shm::export(&own).unwrap())]).unwrap();
     println!("child: verified {} bytes through memory, buffer and texture fds and published its own", SIZE);
 }
@@ -116,12 +116,12 @@ fn two_processes_share_host_memory_buffers_and_textures() {
     child.env("LAVA_FLOW_TEST_SOCKET", &path);
     run_ok(child, "the child process");
 
-    let written = &memory.as_slice()[SIZE - 4096..][..4096];
+    let written = memory.read(SIZE - 4096, 4096).unwrap();
     assert_eq!(written, pattern_bytes(99, 4096), "the child's writes are visible in the parent's mapping");
 
     let from_child = server.remove("from-child").expect("the child published an object");
     let theirs = map_memory_of(from_child.object);
-    let bytes = &theirs.as_slice()[0..][..8192];
+    let bytes = theirs.read(0, 8192).unwrap();
     assert_eq!(bytes, pattern_bytes(1234, 8192));
     drop(theirs);
 
@@ -176,7 +176,7 @@ fn send_raw(path: &std::path::Path, bytes: &[u8], n_fds: usize) -> Message {
 fn check_good_client(path: &std::path::Path) {
     let client = Client::connect(path).unwrap();
     let memory = map_memory_of(client.get_one("memory").unwrap());
-    let head = &memory.as_slice()[0..][..4096];
+    let head = memory.read(0, 4096).unwrap();
     assert_eq!(head, pattern_bytes(SEED, 4096));
 }
 
@@ -394,7 +394,7 @@ fn other_uid_child() {
         }
         _ => {
             let memory = map_memory_of(client.get_one("memory").unwrap());
-            let head = &memory.as_slice()[0..][..4096];
+            let head = memory.read(0, 4096).unwrap();
             assert_eq!(head, pattern_bytes(SEED, 4096));
             println!("allowed uid read the memory");
         }

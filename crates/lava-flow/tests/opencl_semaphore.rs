@@ -98,7 +98,7 @@ fn setup() -> Option<(VulkanContext, ClContext)> {
 }
 
 fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )

@@ -25,7 +25,7 @@ fn vulkan_and_cl() -> Option<(VulkanContext, ClContext)> {
 }
 
 fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )

@@ -117,8 +117,8 @@ fn second_device_imports_a_block_once() {
     let Some((a, b)) = two_devices() else { return };
     let alloc = allocator(&a, PoolConfig::default());
     let id = device_id(&a);
-    let bufs: Vec<Buffer> = (0..3).map(|_| alloc.allocate_buffer(id, &pooled(KIB64)).unwrap()).collect();
-    for (i, buf) in bufs.iter().enumerate() {
+    let mut bufs: Vec<Buffer> = (0..3).map(|_| alloc.allocate_buffer(id, &pooled(KIB64)).unwrap()).collect();
+    for (i, buf) in bufs.iter_mut().enumerate() {
         buf.write(0, &pattern(KIB64 as usize, i as u32 + 1)).unwrap();
     }
     let importer = BlockImporter::new(&b);
@@ -206,20 +206,22 @@ fn memory_is_returned_after_all_frees() {
 fn an_imported_mapping_outlives_the_exporter() {
     let Some((a, b)) = two_devices() else { return };
     let data = pattern(KIB64 as usize, 9);
-    let imported = {
+    let mut imported = {
         let alloc = allocator(&a, PoolConfig { retain_empty_blocks: 0, ..PoolConfig::default() });
-        let buf = alloc.allocate_buffer(device_id(&a), &pooled(KIB64).memory(MemoryKind::HostVisible)).unwrap();
+        let mut buf = alloc.allocate_buffer(device_id(&a), &pooled(KIB64).memory(MemoryKind::HostVisible)).unwrap();
         buf.write(0, &data).unwrap();
         let importer = BlockImporter::new(&b);
         importer.import_buffer(buf.export_fd().unwrap()).unwrap()
         // The exporter's buffer, pool, block and importer all go here.
     };
-    match imported.map() {
-        Ok(m) => assert_eq!(m.as_slice(), &data[..], "the mapping reads the block after the exporter let go"),
-        Err(e) => {
-            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-            assert_eq!(imported.read(0, KIB64).unwrap(), data);
-        }
+    assert!(imported.is_shared(), "an imported block is shared memory");
+    let e = imported.map().map(|_| ()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert_eq!(imported.read(0, KIB64).unwrap(), data, "a copy reads the block after the exporter let go");
+    if imported.memory().is_host_visible() {
+        // SAFETY: nothing else writes the block: its exporter and every other import are gone.
+        let m = unsafe { imported.map_unchecked() }.unwrap();
+        assert_eq!(m.as_slice(), &data[..], "the mapping reads the block after the exporter let go");
     }
 }
 
@@ -271,7 +273,7 @@ fn threads_share_one_pool() {
                 for i in 0..60u32 {
                     let seed = t * 1000 + i;
                     let size = 256 + (seed.wrapping_mul(2_654_435_761) >> 12) % (192 << 10);
-                    let buf = alloc.allocate_buffer(id, &pooled(u64::from(size))).unwrap();
+                    let mut buf = alloc.allocate_buffer(id, &pooled(u64::from(size))).unwrap();
                     buf.write(0, &pattern(size as usize, seed)).unwrap();
                     live.push((buf, seed));
                     if i % 3 == 2 {
@@ -314,8 +316,9 @@ fn second_process_imports_a_block_once() {
     }
     let Some(ctx) = vulkan() else { return };
     let alloc = allocator(&ctx, PoolConfig::default());
-    let bufs: Vec<Buffer> = (0..2).map(|_| alloc.allocate_buffer(device_id(&ctx), &pooled(KIB64)).unwrap()).collect();
-    for (i, buf) in bufs.iter().enumerate() {
+    let mut bufs: Vec<Buffer> =
+        (0..2).map(|_| alloc.allocate_buffer(device_id(&ctx), &pooled(KIB64)).unwrap()).collect();
+    for (i, buf) in bufs.iter_mut().enumerate() {
         buf.write(0, &pattern(KIB64 as usize, 20 + i as u32)).unwrap();
     }
     let mut env = Vec::new();
@@ -361,7 +364,7 @@ fn child_imports() {
     let s = importer.stats();
     assert_eq!((s.misses, s.hits, s.live_blocks), (1, 1, 1));
     assert!(Arc::ptr_eq(imported[0].memory(), imported[1].memory()));
-    for (i, buf) in imported.iter().enumerate() {
+    for (i, buf) in imported.iter_mut().enumerate() {
         buf.write(0, &pattern(KIB64 as usize, 40 + i as u32)).unwrap();
     }
     println!("pool child: miss then hit");
@@ -388,7 +391,7 @@ fn bench_rows_measure_every_case() {
 fn a_block_imported_once_serves_buffers_sent_without_fds() {
     let Some((a, b)) = two_devices() else { return };
     let alloc = allocator(&a, PoolConfig::default());
-    let bufs: Vec<Buffer> = (0..2).map(|_| alloc.allocate_buffer(device_id(&a), &pooled(KIB64)).unwrap()).collect();
+    let mut bufs: Vec<Buffer> = (0..2).map(|_| alloc.allocate_buffer(device_id(&a), &pooled(KIB64)).unwrap()).collect();
     bufs[1].write(0, &pattern(KIB64 as usize, 77)).unwrap();
     let importer = BlockImporter::new(&b);
     let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
@@ -413,7 +416,7 @@ fn shared_host_memory_goes_through_the_cache() {
         return;
     }
     let alloc = allocator(&a, PoolConfig::default());
-    let buf = alloc.allocate_buffer(device_id(&a), &BufferOptions::new(KIB64).memory(MemoryKind::SharedHost)).unwrap();
+    let mut buf = alloc.allocate_buffer(device_id(&a), &BufferOptions::new(KIB64).memory(MemoryKind::SharedHost)).unwrap();
     buf.write(0, &pattern(KIB64 as usize, 5)).unwrap();
     let importer = BlockImporter::new(&b);
     let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;

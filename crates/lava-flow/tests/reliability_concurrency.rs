@@ -73,10 +73,10 @@ fn allocator_pooled_dedicated_host_and_images_from_eight_threads() {
                 3 if shared_host => MemoryKind::SharedHost,
                 _ => MemoryKind::DeviceLocal,
             };
-            let buffer = alloc.allocate_buffer(0, &BufferOptions::new(size).memory(kind)).unwrap();
+            let mut buffer = alloc.allocate_buffer(0, &BufferOptions::new(size).memory(kind)).unwrap();
             let data = pattern(size as usize, seed);
             buffer.write(0, &data).unwrap();
-            let imported = Buffer::import(&importer, buffer.export_fd().unwrap()).unwrap();
+            let mut imported = Buffer::import(&importer, buffer.export_fd().unwrap()).unwrap();
             assert_eq!(imported.read(0, size).unwrap(), data, "thread {t} round {round}: {kind:?} {size} bytes");
             let back = pattern(size as usize, seed + 7);
             imported.write(0, &back).unwrap();
@@ -105,8 +105,9 @@ fn one_allocation_imported_by_eight_threads_at_once() {
     // memfd on import; imports at once of such duplicates must not disturb each other.
     let Some((a, b)) = two_devices() else { return };
     let size = 1u64 << 20;
-    let buffer = Arc::new(Buffer::new(&a, &BufferOptions::new(size)).unwrap());
+    let mut buffer = Buffer::new(&a, &BufferOptions::new(size)).unwrap();
     buffer.write(0, &pattern(size as usize, 3)).unwrap();
+    let buffer = Arc::new(buffer);
     drop(Buffer::import(&b, buffer.export_fd().unwrap()).unwrap());
     let baseline = open_fd_count();
     let (exporter, importer) = (Arc::clone(&buffer), b.clone());
@@ -140,7 +141,7 @@ fn one_gl_context_imports_from_eight_threads() {
     on_eight_threads(move |t| {
         for round in 0..6u32 {
             let size = 16384 * (1 + (t + round) as u64 % 4);
-            let buffer = gl_exportable(&vk2, size);
+            let mut buffer = gl_exportable(&vk2, size);
             let data = pattern(size as usize, t * 100 + round);
             buffer.write(0, &data).unwrap();
             let imported = gl2.import_buffer(buffer.export_fd().unwrap()).unwrap();
@@ -169,7 +170,7 @@ fn one_cuda_device_imports_from_eight_threads() {
     on_eight_threads(move |t| {
         for round in 0..10u32 {
             let size = (1u64 << 20) * (1 + (t + round) as u64 % 4);
-            let buffer = Buffer::new(&vk2, &BufferOptions::new(size)).unwrap();
+            let mut buffer = Buffer::new(&vk2, &BufferOptions::new(size)).unwrap();
             let data = pattern(size as usize, t * 100 + round);
             buffer.write(0, &data).unwrap();
             let imported = cuda2.import_buffer(buffer.export_fd().unwrap()).unwrap();
@@ -202,7 +203,7 @@ fn one_opencl_context_imports_from_eight_threads() {
     on_eight_threads(move |t| {
         for round in 0..10u32 {
             let size = (1u64 << 20) * (1 + (t + round) as u64 % 4);
-            let buffer = Buffer::new(&vk2, &BufferOptions::new(size)).unwrap();
+            let mut buffer = Buffer::new(&vk2, &BufferOptions::new(size)).unwrap();
             let data = pattern(size as usize, t * 100 + round);
             buffer.write(0, &data).unwrap();
             let imported = cl2.import_buffer(buffer.export_fd().unwrap()).unwrap();
@@ -236,7 +237,7 @@ fn client_process(index: u32) {
             match (o.name.as_str(), o.object) {
                 ("host", SharedObject::Memory(m)) => {
                     let mapped = shm::map_exported(m).unwrap();
-                    assert_eq!(&mapped.as_slice()[..HOST_SIZE], &pattern(HOST_SIZE, 1)[..], "client {index}: host");
+                    assert_eq!(mapped.read(0, HOST_SIZE).unwrap(), pattern(HOST_SIZE, 1), "client {index}: host");
                     saw += 1;
                 }
                 ("gpu", SharedObject::Buffer(b)) => {
@@ -249,7 +250,7 @@ fn client_process(index: u32) {
         }
         assert_eq!(saw, 2, "client {index} round {round} got both served objects");
         let mut own = shm::create(4096).unwrap();
-        own.as_mut_slice().copy_from_slice(&pattern(4096, 100 + index * 10 + round));
+        own.write(0, &pattern(4096, 100 + index * 10 + round)).unwrap();
         client.publish(&[NamedObject::new(format!("client-{index}-{round}"), shm::export(&own).unwrap())]).unwrap();
     }
     println!("client {index}: {CLIENT_ROUNDS} rounds checked");
@@ -266,9 +267,9 @@ fn eight_client_processes_against_one_server() {
     let path = dir.join("server.sock");
     let server = Server::bind(&path, ServerConfig { max_clients: 16, ..Default::default() }).unwrap();
     let mut host = shm::create(HOST_SIZE).unwrap();
-    host.as_mut_slice()[..HOST_SIZE].copy_from_slice(&pattern(HOST_SIZE, 1));
+    host.write(0, &pattern(HOST_SIZE, 1)).unwrap();
     server.publish(NamedObject::new("host", shm::export(&host).unwrap())).unwrap();
-    let gpu = Buffer::new(&ctx, &BufferOptions::new(GPU_SIZE)).unwrap();
+    let mut gpu = Buffer::new(&ctx, &BufferOptions::new(GPU_SIZE)).unwrap();
     gpu.write(0, &pattern(GPU_SIZE as usize, 2)).unwrap();
     server.publish(NamedObject::new("gpu", gpu.export_fd().unwrap())).unwrap();
     let baseline = open_fd_count();
@@ -312,7 +313,7 @@ fn eight_client_processes_against_one_server() {
             let object = server.remove(&format!("client-{i}-{round}")).expect("published");
             let SharedObject::Memory(memory) = object.object else { panic!("not memory") };
             let mapped = shm::map_exported(memory).unwrap();
-            assert_eq!(mapped.as_slice(), pattern(4096, 100 + i * 10 + round), "client {i} round {round}");
+            assert_eq!(mapped.read(0, mapped.len()).unwrap(), pattern(4096, 100 + i * 10 + round), "client {i} round {round}");
         }
     }
     assert_eq!(open_fd_count(), baseline, "nothing is left once the published objects are removed");

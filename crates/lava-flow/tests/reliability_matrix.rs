@@ -366,7 +366,7 @@ impl Imported {
         }
     }
 
-    fn write(&self, data: &[u8]) -> lava_flow::Result<()> {
+    fn write(&mut self, data: &[u8]) -> lava_flow::Result<()> {
         match self {
             Imported::Vulkan(b) => b.write(0, data),
             Imported::Cuda(b) => b.copy_from_host(data),
@@ -390,7 +390,7 @@ impl Env {
         let dir = TempDir::new();
         let server = Server::bind(dir.0.join("matrix.sock"), ServerConfig::default()).unwrap();
         let mut host = shm::create(SIZE as usize).unwrap();
-        host.as_mut_slice().copy_from_slice(&pattern(1));
+        host.write(0, &pattern(1)).unwrap();
         server.publish(NamedObject::new("memory", shm::export(&host).unwrap())).unwrap();
         // The exporting child runs now, so that what it leaves (one fd) counts in every baseline.
         let dead_exporter = exporter_that_exits();
@@ -419,7 +419,7 @@ impl Env {
 
     /// A buffer on device A holding `pattern(seed)`, exportable with the slack GL needs.
     fn exporter(&self, seed: u32) -> Buffer {
-        let buffer = Buffer::new(&self.a, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+        let mut buffer = Buffer::new(&self.a, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
         buffer.write(0, &pattern(seed)).unwrap();
         buffer
     }
@@ -451,7 +451,8 @@ impl Env {
             return good_client(self.server.path());
         }
         let exporter = self.exporter(77);
-        let imported = self.import(column, exporter.export_fd().unwrap()).map_err(|e| format!("good import: {e}"))?;
+        let mut imported =
+            self.import(column, exporter.export_fd().unwrap()).map_err(|e| format!("good import: {e}"))?;
         if imported.read().map_err(|e| e.to_string())? != pattern(77) {
             return Err("a good import after the cell read wrong bytes".into());
         }
@@ -608,7 +609,7 @@ fn good_client(path: &Path) -> Result<(), String> {
     let object = client.get_one("memory").map_err(|e| format!("GET: {e}"))?;
     let SharedObject::Memory(memory) = object else { return Err("memory is not memory".into()) };
     let mapped = shm::map_exported(memory).map_err(|e| format!("map: {e}"))?;
-    if mapped.as_slice() != pattern(1) {
+    if mapped.read(0, mapped.len()).map_err(|e| format!("read: {e}"))? != pattern(1) {
         return Err("the shared memory reads other bytes".into());
     }
     Ok(())
@@ -803,9 +804,11 @@ fn imported_twice(env: &Env, column: Column) -> CellResult {
         let (SharedObject::Memory(a), SharedObject::Memory(b)) = (a, b) else { return Err("not memory".into()) };
         let (mut a, b) =
             (shm::map_exported(a).map_err(|e| e.to_string())?, shm::map_exported(b).map_err(|e| e.to_string())?);
-        a.as_mut_slice()[0] ^= 0xff;
-        let same = b.as_slice()[0] == a.as_slice()[0];
-        a.as_mut_slice()[0] ^= 0xff;
+        let byte = |m: &lava_flow::SharedHostMemory| m.read(0, 1).map(|v| v[0]).map_err(|e| e.to_string());
+        let flipped = byte(&a)? ^ 0xff;
+        a.write(0, &[flipped]).map_err(|e| e.to_string())?;
+        let same = byte(&b)? == flipped;
+        a.write(0, &[flipped ^ 0xff]).map_err(|e| e.to_string())?;
         return if same {
             Ok(Cell::Works("both clients map the same pages".into()))
         } else {
@@ -815,7 +818,7 @@ fn imported_twice(env: &Env, column: Column) -> CellResult {
     let exporter = env.exporter(6);
     let exported = exporter.export_fd().unwrap();
     let twin = exported.try_clone().unwrap();
-    let first = env.import(column, exported).map_err(|e| format!("first import: {e}"))?;
+    let mut first = env.import(column, exported).map_err(|e| format!("first import: {e}"))?;
     let second = env.import(column, twin).map_err(|e| format!("second import: {e}"))?;
     first.write(&pattern(7)).map_err(|e| e.to_string())?;
     if let Imported::Gl(b) = &first {
@@ -976,7 +979,7 @@ fn exporter_child() {
     // SAFETY: the parent made this fd inheritable for us; nothing else here owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(n) };
     let ctx = common::vulkan().expect("the parent opened Vulkan");
-    let buffer = Buffer::new(&ctx, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
     buffer.write(0, &pattern(11)).unwrap();
     let exported = buffer.export_fd().unwrap();
     let text = serde_json::to_vec(&(exported.memory.description, exported.buffer)).unwrap();

@@ -32,7 +32,6 @@ const SOCKET: &str = "LAVA_FLOW_SYNC_SOCKET";
 /// The first device, when it can share timeline semaphores and memory as opaque fds; else skips
 /// with the query's reason.
 fn shared_device() -> Option<VulkanContext> {
-    testing::prefer_software_vulkan_if_no_gpu();
     let ctx = testing::or_skip("vulkan", VulkanContext::new())?;
     let caps = semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd);
     if !(caps.exportable && caps.importable) {
@@ -218,7 +217,6 @@ fn timeline_semaphore_orders_two_processes() {
 /// The child side: import the semaphore and the memory, read what the writer wrote each round,
 /// write back, signal.
 fn reader_process() {
-    testing::prefer_software_vulkan_if_no_gpu();
     let stream = UnixStream::connect(std::env::var(SOCKET).expect("socket path")).expect("connect to the writer");
     let (body, mut fds) = recv_with_fds(&stream);
     assert_eq!(fds.len(), 2, "the memory fd and the semaphore fd");

@@ -190,7 +190,6 @@ fn unsupported_requests_name_the_rule() {
 
 #[test]
 fn unknown_device_is_a_typed_error() {
-    lava_flow::testing::prefer_software_vulkan_if_no_gpu();
     let Some(allocator) = lava_flow::testing::or_skip("vulkan", MemoryAllocator::new()) else { return };
     let err = allocator.allocate(64, MemoryLocation::SharedHost { device_id: 7 }).unwrap_err();
     assert!(matches!(err, Error::DeviceNotFound { .. }), "{err}");

@@ -20,7 +20,7 @@ fn eight_threads_allocate_export_import_and_check() {
                 for round in 0..12u32 {
                     let size = 4096 * (1 + (t + round) as usize % 7);
                     let seed = t * 1000 + round;
-                    let buffer = allocator.allocate_buffer(0, &BufferOptions::new(size as u64)).unwrap();
+                    let mut buffer = allocator.allocate_buffer(0, &BufferOptions::new(size as u64)).unwrap();
                     buffer.write(0, &pattern(size, seed)).unwrap();
                     let imported = Buffer::import(&b, buffer.export_fd().unwrap()).unwrap();
                     assert_eq!(imported.read(0, size as u64).unwrap(), pattern(size, seed), "thread {t} round {round}");

@@ -144,7 +144,7 @@ fn transport_name(t: Transport) -> &'static str {
 }
 
 fn buffer_to_peer(ctx: &VulkanContext, kind: MemoryKind, transport: Transport, corrupt: bool) -> Step {
-    let buffer = Buffer::new(ctx, &BufferOptions::new(BUFFER_SIZE).memory(kind))?;
+    let mut buffer = Buffer::new(ctx, &BufferOptions::new(BUFFER_SIZE).memory(kind))?;
     buffer.write(0, &pattern(11, BUFFER_SIZE as usize))?;
     let exported = buffer.export_fd()?;
     let shared = Shared::Buffer { memory: exported.memory.description, buffer: exported.buffer };
@@ -334,12 +334,13 @@ fn peer_body(args: &PeerArgs) -> Step {
         }
         Shared::Host { memory, buffer } => {
             let mut map = SharedHostMemory::from_fd(one(fds)?, memory.allocation_size)?;
-            let range = buffer.offset as usize..(buffer.offset + buffer.size) as usize;
-            let bytes = map.as_mut_slice().get_mut(range).ok_or_else(|| {
+            let (offset, len) = (buffer.offset as usize, buffer.size as usize);
+            // Copies in and out: the exporter's GPU writes these bytes too, so they are never a slice here.
+            let bytes = map.read(offset, len).map_err(|_| {
                 PathError::Failed(format!("buffer {buffer:?} lies outside {} mapped bytes", memory.allocation_size))
             })?;
-            check_bytes("the mapped host memory", &pattern(args.seed, bytes.len()), bytes)?;
-            bytes.copy_from_slice(&reply(bytes.len()));
+            check_bytes("the mapped host memory", &pattern(args.seed, bytes.len()), &bytes)?;
+            map.write(offset, &reply(len))?;
         }
         Shared::PooledBuffers { buffers } => {
             super::pool::peer_side(buffers, fds, args.seed, args.reply_seed, args.corrupt)?;

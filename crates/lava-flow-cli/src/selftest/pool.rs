@@ -34,7 +34,7 @@ fn pooled_buffers(ctx: &VulkanContext, seed: u64) -> Step<(MemoryAllocator, Vec<
     let options = BufferOptions::new(POOLED_SIZE).strategy(AllocationStrategy::Pooled);
     let mut buffers = Vec::new();
     for i in 0..POOLED_COUNT {
-        let buffer = allocator.allocate_buffer(ctx.info().index, &options)?;
+        let mut buffer = allocator.allocate_buffer(ctx.info().index, &options)?;
         buffer.write(0, &pattern(seed + i as u64, POOLED_SIZE as usize))?;
         buffers.push(buffer);
     }

@@ -37,7 +37,7 @@ pub fn gpu_read(buffer: &Buffer) -> lava_flow::Result<Vec<u8>> {
 
 /// Writes a buffer through a GPU copy from a private buffer of the same device.
 pub fn gpu_write(buffer: &Buffer, data: &[u8]) -> lava_flow::Result<()> {
-    let tmp = Buffer::new(buffer.context(), &BufferOptions::new(buffer.size()).export(None))?;
+    let mut tmp = Buffer::new(buffer.context(), &BufferOptions::new(buffer.size()).export(None))?;
     tmp.write(0, data)?;
     tmp.copy_to(buffer)
 }
@@ -85,7 +85,7 @@ pub fn image_bytes(o: &ImageOptions) -> u64 {
 }
 
 fn buffer_between(a: &VulkanContext, b: &VulkanContext, kind: MemoryKind, corrupt: bool) -> Step {
-    let exporter = Buffer::new(a, &BufferOptions::new(BUFFER_SIZE).memory(kind))?;
+    let mut exporter = Buffer::new(a, &BufferOptions::new(BUFFER_SIZE).memory(kind))?;
     let sent = pattern(1, BUFFER_SIZE as usize);
     exporter.write(0, &sent)?;
     let importer = Buffer::import(b, exporter.export_fd()?)?;

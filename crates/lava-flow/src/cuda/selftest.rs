@@ -141,7 +141,7 @@ fn size_text(bytes: u64) -> String {
 
 /// Vulkan writes a pattern into an exported device-local buffer; CUDA reads it back.
 pub fn buffer_vulkan_to_cuda(ctx: &VulkanContext, cuda: &CudaDevice, size: u64) -> Result<String> {
-    let buffer = Buffer::new(ctx, &BufferOptions::new(size))?;
+    let mut buffer = Buffer::new(ctx, &BufferOptions::new(size))?;
     let want = pattern(size as usize, 1);
     buffer.write(0, &want)?;
     let imported = cuda.import_buffer(buffer.export_fd()?)?;

@@ -328,7 +328,6 @@ mod tests {
 
     #[test]
     fn timeline_chain_waits_for_the_stand_in_and_signals_in_order() {
-        testing::prefer_software_vulkan_if_no_gpu();
         let Some(ctx) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
         let Some(sem) = testing::or_skip("vulkan", VkSemaphore::create(&ctx, SemaphoreKind::Timeline, false)) else {
             return;
@@ -353,7 +352,6 @@ mod tests {
 
     #[test]
     fn binary_signal_then_wait_with_fence_and_recorded_commands() {
-        testing::prefer_software_vulkan_if_no_gpu();
         let Some(ctx) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
         let sem = VkSemaphore::create(&ctx, SemaphoreKind::Binary, false).unwrap();
         let submitter = Submitter::new(&ctx).unwrap();

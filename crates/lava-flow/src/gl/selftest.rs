@@ -32,7 +32,7 @@ pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 /// Writes through a Vulkan transfer (a GPU write, not a host mapping).
 pub(crate) fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) -> Result<()> {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )?;

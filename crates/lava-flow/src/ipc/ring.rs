@@ -340,7 +340,6 @@ pub struct TimelineSemaphores {
 /// Opens the default Vulkan device and checks that it exports and imports timeline semaphores
 /// as opaque fds; else the capability query's answer as [`Error::Unsupported`].
 fn timeline_context() -> Result<VulkanContext> {
-    crate::testing::prefer_software_vulkan_if_no_gpu();
     let ctx = VulkanContext::new()?;
     let caps = semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd);
     caps.require_export()?;
@@ -364,7 +363,6 @@ impl TimelineSemaphores {
         released: ExportedSemaphore,
         control: Arc<SharedHostMemory>,
     ) -> Result<TimelineSemaphores> {
-        crate::testing::prefer_software_vulkan_if_no_gpu();
         for s in [&filled, &released] {
             if s.description.kind != SemaphoreKind::Timeline {
                 return Err(Error::Protocol {
@@ -530,16 +528,19 @@ pub fn frame_word(k: u64, j: usize) -> u64 {
     k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x5555
 }
 
-/// Fills `slot` with frame `k`.
-pub fn write_frame(slot: &mut [u64], k: u64) {
-    for (j, w) in slot.iter_mut().enumerate() {
-        *w = frame_word(k, j);
+/// Fills `slot` with frame `k`. The slot's words are shared with the other process, so they are
+/// atomics, stored with relaxed ordering: the hand-off's release (the counter or semaphore signal)
+/// orders them.
+pub fn write_frame(slot: &[AtomicU64], k: u64) {
+    for (j, w) in slot.iter().enumerate() {
+        w.store(frame_word(k, j), Ordering::Relaxed);
     }
 }
 
-/// Checks that `slot` holds frame `k`, naming the first wrong word.
-pub fn check_frame(slot: &[u64], k: u64) -> Result<()> {
-    match slot.iter().enumerate().find(|(j, w)| **w != frame_word(k, *j)) {
+/// Checks that `slot` holds frame `k`, naming the first wrong word. Loads are relaxed: the
+/// hand-off's acquire (the wait for the signal) orders them after the producer's stores.
+pub fn check_frame(slot: &[AtomicU64], k: u64) -> Result<()> {
+    match slot.iter().map(|w| w.load(Ordering::Relaxed)).enumerate().find(|(j, w)| *w != frame_word(k, *j)) {
         None => Ok(()),
         Some((j, w)) => Err(Error::Protocol {
             reason: format!("frame {k}: word {j} is {w:#018x}, expected {:#018x}", frame_word(k, j)),
@@ -565,17 +566,13 @@ impl Mapped {
             shm::atomic_u64(&self.control, at + 8).expect("slot metadata is inside the control block"),
         )
     }
-    /// The slot's words.
-    ///
-    /// # Safety
-    /// The caller must own the slot under the ring protocol (no other process touches it).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn words(&self, slot: usize) -> &mut [u64] {
-        let s = &self.slots[slot];
-        debug_assert!(self.slot_len <= s.len());
-        // SAFETY: the mapping is page aligned and at least `slot_len` bytes, a multiple of 8
-        // (checked when the ring was made or attached); the caller owns the slot exclusively.
-        unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast::<u64>(), self.slot_len / 8) }
+    /// The slot's words, as atomics: the other process writes them too (the producer before it
+    /// publishes a frame, and a faulty or hostile peer at any time), so this process never holds
+    /// a `&[u64]` or `&mut [u64]` over them. The ring protocol decides who writes when; a peer
+    /// that breaks it makes `check_frame` fail, never this process misbehave.
+    fn words(&self, slot: usize) -> &[AtomicU64] {
+        shm::atomic_u64_slice(&self.slots[slot], 0, self.slot_len / 8)
+            .expect("slots are mapped with at least slot_len bytes, a multiple of 8")
     }
 }
 
@@ -615,7 +612,7 @@ pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     let timeline = producer_sync(config.sync)?;
     let mut control = shm::create(CONTROL_LEN)?;
     let slots = (0..config.slots).map(|_| shm::create(config.slot_size)).collect::<Result<Vec<_>>>()?;
-    let header = control.as_mut_slice();
+    let mut header = [0u8; SIGNAL_KIND + 4];
     header[0..8].copy_from_slice(&MAGIC.to_le_bytes());
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&config.slots.to_le_bytes());
@@ -623,6 +620,8 @@ pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     header[24..32].copy_from_slice(&config.frames.unwrap_or(0).to_le_bytes());
     let kind = if timeline.is_some() { SIGNAL_TIMELINE } else { SIGNAL_HOST_COUNTERS };
     header[SIGNAL_KIND..SIGNAL_KIND + 4].copy_from_slice(&kind.to_le_bytes());
+    // Written before the control block is shared with anyone.
+    control.write(0, &header)?;
     let ring = Mapped { control: Arc::new(control), slots, slot_len: config.slot_size };
     let mut shared_semaphores = Vec::new();
     let signal: Box<dyn RingSignal> = match &timeline {
@@ -694,9 +693,9 @@ pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
             }
         }
         let slot = (k % n) as usize;
-        // SAFETY: frame k - N was released, so the consumer no longer reads this slot, and it will
-        // not before `publish` below.
-        write_frame(unsafe { ring.words(slot) }, k);
+        // Frame k - N was released, so the consumer no longer reads this slot, and it will not
+        // before `publish` below.
+        write_frame(ring.words(slot), k);
         let (frame, stamp) = ring.meta(slot);
         frame.store(k, Ordering::Relaxed);
         stamp.store(now_ns(), Ordering::Relaxed);
@@ -761,7 +760,9 @@ fn attach_ring(config: &RingConfig) -> Result<Attached> {
         }
     };
     let control = shm::map_sealed(take(&mut objects, CONTROL_NAME)?.handle, CONTROL_LEN as u64)?;
-    let header = &control.as_slice()[..32];
+    // A copy: the producer could still be writing the control block (it must not, but a copy
+    // cannot be broken by it).
+    let header = control.read(0, SIGNAL_KIND + 4)?;
     let magic = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let slot_count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
@@ -776,7 +777,7 @@ fn attach_ring(config: &RingConfig) -> Result<Attached> {
     let slots = (0..slot_count)
         .map(|i| shm::map_sealed(take(&mut objects, &slot_name(i))?.handle, slot_size as u64))
         .collect::<Result<Vec<_>>>()?;
-    let signal_kind = u32::from_le_bytes(control.as_slice()[SIGNAL_KIND..SIGNAL_KIND + 4].try_into().expect("4 bytes"));
+    let signal_kind = u32::from_le_bytes(header[SIGNAL_KIND..SIGNAL_KIND + 4].try_into().expect("4 bytes"));
     let mut take_semaphore = |name: &str| -> Option<ExportedSemaphore> {
         let i = objects.iter().position(|o| o.name == name)?;
         match objects.swap_remove(i).object {
@@ -905,9 +906,9 @@ pub fn run_consumer(config: &RingConfig) -> Result<RingReport> {
             if !queued {
                 wake_latencies.add(seen_at.saturating_sub(stamp));
             }
-            // SAFETY: frame k is published and not yet released: the producer will not write
-            // this slot until `release` below.
-            check_frame(unsafe { ring.words(slot) }, k)?;
+            // Frame k is published and not yet released: the producer will not write this slot
+            // until `release` below.
+            check_frame(ring.words(slot), k)?;
             signal.release(k + 1)?;
             k += 1;
         }
@@ -938,11 +939,11 @@ mod tests {
 
     #[test]
     fn a_changed_word_is_caught() {
-        let mut slot = vec![0u64; 1024];
-        write_frame(&mut slot, 41);
+        let slot: Vec<AtomicU64> = (0..1024).map(|_| AtomicU64::new(0)).collect();
+        write_frame(&slot, 41);
         check_frame(&slot, 41).unwrap();
         assert!(check_frame(&slot, 42).is_err(), "a stale frame passes");
-        slot[777] ^= 1;
+        slot[777].fetch_xor(1, Ordering::Relaxed);
         let e = check_frame(&slot, 41).unwrap_err().to_string();
         assert!(e.contains("word 777"), "{e}");
     }
@@ -952,7 +953,6 @@ mod tests {
     /// processes in tests/ipc_ring.rs where the driver exports them.
     #[test]
     fn timeline_signal_hands_counts_between_threads() {
-        crate::testing::prefer_software_vulkan_if_no_gpu();
         let Some(ctx) = crate::testing::or_skip("vulkan", VulkanContext::new()) else { return };
         let control = Arc::new(shm::create(CONTROL_LEN).unwrap());
         let signal = Arc::new(TimelineSemaphores::from_parts(

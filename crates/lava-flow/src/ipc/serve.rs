@@ -165,22 +165,19 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             // The memfd is rounded up to whole pages and shared whole (its description carries only
             // the allocation size), so the pattern fills every byte a client maps and checks.
             timed(&mut steps, "fill the pattern", || {
-                let all = memory.as_mut_slice();
-                let len = all.len();
-                all.copy_from_slice(&pattern_bytes(len));
-                Ok(())
+                let len = memory.len();
+                memory.write(0, &pattern_bytes(len))
             })?;
             let exported = timed(&mut steps, "export", || shm::export(&memory))?;
             objects.push(NamedObject::new(PATTERN_NAME, exported));
             host = Some(memory);
         }
         ServeMemory::Vulkan(location) => {
-            crate::testing::prefer_software_vulkan_if_no_gpu();
             let ctx = timed(&mut steps, "open Vulkan", || {
                 VulkanContext::with_selector(DeviceSelector::Index(location.device_id()))
             })?;
             device = Some(format!("{} ({})", ctx.info().name, ctx.identity()));
-            let buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
+            let mut buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
                 Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).allocation_padding(GL_SLACK))
             })?;
             timed(&mut steps, "fill the pattern", || buffer.write(0, &pattern_bytes(size)))?;
@@ -362,10 +359,7 @@ impl Importer {
         let _ = exporter;
         Ok(match api {
             AttachApi::Host => Importer::Host,
-            AttachApi::Vulkan => {
-                crate::testing::prefer_software_vulkan_if_no_gpu();
-                Importer::Vulkan(VulkanContext::with_selector(selector)?)
-            }
+            AttachApi::Vulkan => Importer::Vulkan(VulkanContext::with_selector(selector)?),
             #[cfg(feature = "cuda")]
             AttachApi::Cuda => Importer::Cuda(crate::cuda::CudaDevice::with_uuid(exporter.device_uuid)?),
             #[cfg(feature = "gl")]
@@ -398,7 +392,7 @@ impl Importer {
             Importer::Host => {
                 let (offset, len) = (b.buffer.offset as usize, size as usize);
                 let mapped = timed(steps, format!("map {name}"), || shm::map_exported(b.memory))?;
-                Ok(mapped.as_slice()[offset..offset + len].to_vec())
+                mapped.read(offset, len)
             }
             Importer::Vulkan(ctx) => {
                 let buffer = timed(steps, format!("import {name} into {api}"), || Buffer::import(ctx, b))?;
@@ -562,7 +556,7 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
         let bytes = match object {
             SharedObject::Memory(m) if m.description.handle_kind == MemoryHandleKind::HostMemfd => {
                 let mapped = timed(&mut steps, format!("map {name}"), || shm::map_exported(m))?;
-                mapped.as_slice().to_vec()
+                mapped.read(0, mapped.len())?
             }
             SharedObject::Buffer(b) => importer.read_buffer(b, &name, &mut steps)?,
             SharedObject::Texture(t) => importer.read_texture(t, &name, &mut steps)?,

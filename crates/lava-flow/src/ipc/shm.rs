@@ -67,28 +67,75 @@ pub fn export(memory: &SharedHostMemory) -> Result<ExportedMemory> {
     })
 }
 
-fn check(memory: &SharedHostMemory, offset: usize, size: usize) -> Result<()> {
-    if offset.checked_add(size).is_none_or(|end| end > memory.len()) || offset % size != 0 {
+fn check(memory: &SharedHostMemory, offset: usize, size: usize, count: usize) -> Result<()> {
+    let bytes = size.checked_mul(count);
+    if bytes.and_then(|b| offset.checked_add(b)).is_none_or(|end| end > memory.len()) || offset % size != 0 {
         return Err(Error::invalid(
             "atomic in shared memory",
-            format!("{size} bytes at offset {offset} are outside the {} mapped or misaligned", memory.len()),
+            format!(
+                "{count} x {size} bytes at offset {offset} are outside the {} mapped or misaligned",
+                memory.len()
+            ),
             "use an aligned offset inside the mapping",
         ));
     }
     Ok(())
 }
 
+// Why handing out `&AtomicU64`/`&AtomicU32` over shared memory is sound:
+// - alignment: the mapping starts on a page boundary (`mmap`), and `check` requires the offset to
+//   be a multiple of the atomic's size, which on every target lava-flow builds for (64-bit Linux)
+//   is also its alignment;
+// - lifetime: the reference borrows `memory`, which keeps the pages mapped until it is dropped,
+//   and the memfd is sealed against shrinking (`map_sealed`), so the pages cannot vanish under it;
+// - concurrent access: an atomic may be modified by anyone at any time, which is exactly what
+//   another process does to these bytes; this process never makes a `&[u8]` over them from safe
+//   code (`SharedHostMemory` copies with volatile accesses), so no reference promises otherwise.
+// Mixing plain copies and atomics on the same bytes at the same time is a protocol error (the copy
+// may see a torn value), not something the borrow checker can see: protocols keep them apart.
+
 /// The 64-bit atomic at `offset` (8-byte aligned), shared with every process mapping the memory.
 pub fn atomic_u64(memory: &SharedHostMemory, offset: usize) -> Result<&AtomicU64> {
-    check(memory, offset, 8)?;
-    // SAFETY: in bounds and aligned (mappings are page aligned); the protocol that asks for this
-    // offset only ever accesses it atomically; the borrow cannot outlive the mapping.
+    check(memory, offset, 8, 1)?;
+    // SAFETY: in bounds and 8-byte aligned (page-aligned mapping, offset checked); the borrow of
+    // `memory` keeps the mapping alive; atomics tolerate concurrent writers (see above).
     Ok(unsafe { &*memory.as_ptr().add(offset).cast::<AtomicU64>() })
+}
+
+/// `count` consecutive 64-bit atomics from `offset` (8-byte aligned): data words shared with
+/// another process, which each side reads and writes with atomic loads and stores.
+pub fn atomic_u64_slice(memory: &SharedHostMemory, offset: usize, count: usize) -> Result<&[AtomicU64]> {
+    check(memory, offset, 8, count)?;
+    // SAFETY: `count` words in bounds and 8-byte aligned (checked); the borrow of `memory` keeps
+    // the mapping alive; atomics tolerate concurrent writers (see above).
+    Ok(unsafe { std::slice::from_raw_parts(memory.as_ptr().add(offset).cast::<AtomicU64>(), count) })
 }
 
 /// The 32-bit atomic at `offset` (4-byte aligned); usable as a futex word across processes.
 pub fn atomic_u32(memory: &SharedHostMemory, offset: usize) -> Result<&AtomicU32> {
-    check(memory, offset, 4)?;
-    // SAFETY: as for `atomic_u64`.
+    check(memory, offset, 4, 1)?;
+    // SAFETY: in bounds and 4-byte aligned (page-aligned mapping, offset checked); the borrow of
+    // `memory` keeps the mapping alive; atomics tolerate concurrent writers (see above).
     Ok(unsafe { &*memory.as_ptr().add(offset).cast::<AtomicU32>() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn atomics_are_checked_for_bounds_and_alignment() {
+        let memory = create(4096).unwrap();
+        assert!(atomic_u64(&memory, 4088).is_ok());
+        assert!(atomic_u64(&memory, 4092).is_err(), "misaligned");
+        assert!(atomic_u64(&memory, 4096).is_err(), "past the end");
+        assert!(atomic_u32(&memory, 4).is_ok());
+        assert!(atomic_u32(&memory, 6).is_err(), "misaligned");
+        assert!(atomic_u64_slice(&memory, 8, 511).is_ok());
+        assert!(atomic_u64_slice(&memory, 8, 512).is_err(), "runs past the end");
+        assert!(atomic_u64_slice(&memory, 8, usize::MAX).is_err(), "an overflowing count is refused");
+        atomic_u64_slice(&memory, 16, 2).unwrap()[1].store(0x0102_0304_0506_0708, Ordering::Relaxed);
+        assert_eq!(memory.read(24, 8).unwrap(), 0x0102_0304_0506_0708u64.to_ne_bytes());
+    }
 }

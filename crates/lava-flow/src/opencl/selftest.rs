@@ -34,7 +34,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn vk_gpu_write(buffer: &Buffer, data: &[u8]) -> Result<()> {
-    let staging = Buffer::new(
+    let mut staging = Buffer::new(
         buffer.context(),
         &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
     )?;

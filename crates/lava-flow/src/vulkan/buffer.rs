@@ -1,5 +1,82 @@
 //! Exportable buffers, their import into another device or process, and host access.
+//!
+//! # Host access
+//!
+//! A buffer's bytes may be shared: memory that is exportable (it may have been exported to
+//! another device or process), imported (its exporter, or another importer, may write it), or
+//! shared host memory (any process may map the memfd). Another device or process can write such
+//! bytes at any moment, so a `&[u8]` over them (which promises that they do not change) or a
+//! `&mut [u8]` (which promises that nobody else reads them) would be a lie. lava-flow therefore:
+//!
+//! - copies: [`Buffer::read`] and [`Buffer::read_into`] copy out (`&self`), [`Buffer::write`]
+//!   copies in and takes `&mut self`, so within this process one thread at a time writes a
+//!   buffer and no view of it is alive meanwhile. Copies from host-visible memory are volatile:
+//!   each byte is touched once, where the copy says, through raw pointers (no reference to the
+//!   shared bytes exists), so bytes another device or process writes during a copy may come out
+//!   torn, never undefined behaviour. Order the copy after the other side's work (semaphores,
+//!   fences, docs/SYNC.md) to read a consistent state. Other `Buffer` objects over the same
+//!   bytes (an import of this buffer in this process, [`Buffer::bind_at`] over an overlapping
+//!   range) count as another device here.
+//! - maps with a guard that borrows the buffer exclusively: [`Buffer::map`] returns a
+//!   [`MappedBuffer`] with `&[u8]`/`&mut [u8]` views, only for a buffer whose memory nobody else
+//!   can reach (not exportable, not imported, not shared host memory, and no other `Buffer` or
+//!   clone of its `Arc<DeviceMemory>`). For shared memory it refuses, and
+//!   [`Buffer::map_unchecked`] is the `unsafe` way in, under a `# Safety` contract that no other
+//!   device or process writes the bytes while the guard lives.
+//!
+//! lava-flow's own GPU work on a buffer (`fill`, `copy_to`, staging for `read`/`write`) has
+//! finished when the call returns. Work you submit yourself through [`Buffer::handle`] is yours
+//! to wait for before mapping, as with any Vulkan buffer.
+//!
+//! Writing through a shared borrow does not compile (two threads could write at once):
+//!
+//! ```compile_fail,E0596
+//! fn stamp(buffer: &lava_flow::Buffer) -> lava_flow::Result<()> {
+//!     buffer.write(0, b"lava")
+//! }
+//! ```
+//!
+//! Nor does writing while a mapped view is alive:
+//!
+//! ```compile_fail,E0499
+//! fn stale(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<u8> {
+//!     let view = buffer.map()?;
+//!     buffer.write(0, &[1])?;
+//!     Ok(view.as_slice()[0])
+//! }
+//! ```
+//!
+//! Nor does keeping a view past the guard, or reading a buffer while it is mapped for writing:
+//!
+//! ```compile_fail,E0502
+//! fn peek(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<()> {
+//!     let mut view = buffer.map()?;
+//!     let first = buffer.read(0, 1)?;
+//!     view.as_mut_slice()[0] = first[0];
+//!     Ok(())
+//! }
+//! ```
+//!
+//! What does compile: copies, and a guarded map of a private buffer.
+//!
+//! ```no_run
+//! use lava_flow::vulkan::MemoryKind;
+//! use lava_flow::{Buffer, BufferOptions, VulkanContext};
+//!
+//! let ctx = VulkanContext::new()?;
+//! let mut shared = Buffer::new(&ctx, &BufferOptions::new(4096))?; // exportable
+//! shared.write(0, b"lava")?;
+//! assert_eq!(shared.read(0, 4)?, b"lava");
+//! assert!(shared.map().is_err(), "exportable memory is not mapped as a safe slice");
+//!
+//! let options = BufferOptions::new(4096).memory(MemoryKind::HostVisible).export(None);
+//! let mut private = Buffer::new(&ctx, &options)?;
+//! private.map()?.as_mut_slice()[..4].copy_from_slice(b"flow");
+//! assert_eq!(&private.map()?.as_slice()[..4], b"flow");
+//! # Ok::<(), lava_flow::Error>(())
+//! ```
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use ash::vk;
@@ -7,8 +84,8 @@ use raw_gpu_handle::{Buffer as BufferParts, BufferDescription, ExportedBuffer, M
 
 use super::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
 use super::format::vk_memory_handle_type;
-use super::host::SharedHostMemory;
-use super::memory::{AllocateParams, DedicatedTo, DeviceMemory};
+use super::host::{copy_from_shared, copy_to_shared, SharedHostMemory};
+use super::memory::{AllocateParams, DedicatedTo, DeviceMemory, MemoryOrigin};
 use crate::{Error, Result, VulkanContext};
 
 /// Which kind of memory a resource lives in, on a device already chosen.
@@ -517,20 +594,60 @@ impl Buffer {
         &self.ctx
     }
 
-    /// Maps the buffer for reading. Only for host-visible memory.
-    pub fn map(&self) -> Result<MappedBuffer<'_>> {
-        let base = self.memory.host_pointer()?;
-        self.memory.invalidate()?;
-        // SAFETY: offset is inside the mapping.
-        Ok(MappedBuffer { ptr: unsafe { base.add(self.offset as usize) }, len: self.size as usize, _buffer: self })
+    /// Whether another device or process may reach this buffer's bytes: its memory is
+    /// exportable, imported, or shared host memory, or another `Buffer` (or a clone of its
+    /// `Arc<DeviceMemory>`) shares the allocation. Such a buffer is read and written with copies
+    /// ([`read`](Self::read), [`write`](Self::write)) or mapped with the `unsafe`
+    /// [`map_unchecked`](Self::map_unchecked).
+    pub fn is_shared(&self) -> bool {
+        self.memory.origin() != MemoryOrigin::Allocated
+            || self.memory.external_handle_kind().is_some()
+            || Arc::strong_count(&self.memory) != 1
+            || Arc::weak_count(&self.memory) != 0
     }
 
-    /// Maps the buffer for writing; host writes are flushed when the mapping is dropped.
-    pub fn map_mut(&mut self) -> Result<MappedBufferMut<'_>> {
+    /// Maps the buffer for host access through a guard that borrows it exclusively: its
+    /// `&[u8]`/`&mut [u8]` views are sound because nothing else can touch the bytes while the
+    /// guard lives. Only for host-visible memory that nobody else can reach
+    /// ([`is_shared`](Self::is_shared) is false, for example
+    /// `BufferOptions::new(n).memory(MemoryKind::HostVisible).export(None)`); shared memory is
+    /// refused with [`Error::InvalidArgument`]: use [`read`](Self::read)/[`write`](Self::write), or
+    /// [`map_unchecked`](Self::map_unchecked) where you can keep its contract. Host writes are
+    /// flushed when the guard is dropped.
+    pub fn map(&mut self) -> Result<MappedBuffer<'_>> {
+        if self.is_shared() {
+            return Err(Error::invalid(
+                "a safe host mapping of a shared buffer",
+                "its memory is exportable, imported, shared host memory or shared with another buffer, so another \
+                 device or process may write the bytes while a slice over them lives",
+                "copy with Buffer::read/read_into/write, or use the unsafe Buffer::map_unchecked and keep its contract",
+            ));
+        }
+        self.map_inner()
+    }
+
+    /// Maps the buffer for host access whoever else may reach its memory. Host writes are
+    /// flushed when the guard is dropped.
+    ///
+    /// # Safety
+    /// While the returned guard (and any slice from it) lives, no other device, process or
+    /// `Buffer` object may write the buffer's bytes, nor read them while a `&mut [u8]` from the
+    /// guard lives: not the GPU work of any API that imported the memory, not another process
+    /// that mapped or imported it, not another `Buffer` bound to the same bytes in this process.
+    /// Establish it by synchronization (the other side waits for a semaphore this process
+    /// signals after dropping the guard) or by never having shared the memory.
+    pub unsafe fn map_unchecked(&mut self) -> Result<MappedBuffer<'_>> {
+        self.map_inner()
+    }
+
+    fn map_inner(&mut self) -> Result<MappedBuffer<'_>> {
         let base = self.memory.host_pointer()?;
         self.memory.invalidate()?;
-        // SAFETY: offset is inside the mapping.
-        Ok(MappedBufferMut { ptr: unsafe { base.add(self.offset as usize) }, len: self.size as usize, buffer: self })
+        // SAFETY: `host_pointer` returned the start of a live mapping of the whole allocation,
+        // and the buffer's range [offset, offset + size) lies inside the allocation (checked when
+        // it was bound), so the sum stays inside the mapping and is non-null.
+        let ptr = unsafe { NonNull::new_unchecked(base.add(self.offset as usize)) };
+        Ok(MappedBuffer { ptr, len: self.size as usize, buffer: self })
     }
 
     fn check_range(&self, offset: u64, len: u64, what: &str) -> Result<()> {
@@ -544,21 +661,26 @@ impl Buffer {
         Ok(())
     }
 
-    /// Writes `data` at `offset`: directly where host-visible, else through a staging copy.
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `offset`: directly where host-visible (a volatile copy into the
+    /// mapping, see the module docs), else through a staging copy on the GPU. `&mut self`: one
+    /// writer at a time, and no [`MappedBuffer`] of this buffer alive meanwhile. Another device
+    /// or process sharing the memory must not use the range until you tell it (a semaphore).
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64, "writing")?;
         if data.is_empty() {
             return Ok(());
         }
         if self.memory.is_host_visible() {
             let base = self.memory.host_pointer()?;
-            // SAFETY: range checked; the caller synchronizes with device work (as with any mapping).
-            unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), base.add((self.offset + offset) as usize), data.len())
-            };
+            // SAFETY: the range lies inside the buffer (checked above), which lies inside the live
+            // mapping `host_pointer` returned; `&mut self` excludes every other access to this
+            // buffer from this process (views, reads, writes), and the copy uses raw pointers
+            // with volatile stores, so other devices or processes can race only with bytes, not
+            // with a reference's promise.
+            unsafe { copy_to_shared(data, base.add((self.offset + offset) as usize)) };
             return self.memory.flush();
         }
-        let staging = Buffer::new(
+        let mut staging = Buffer::new(
             &self.ctx,
             &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
         )?;
@@ -566,23 +688,38 @@ impl Buffer {
         staging.copy_region_to(0, self, offset, data.len() as u64)
     }
 
-    /// Reads `len` bytes at `offset`.
+    /// Reads `len` bytes at `offset` (see [`read_into`](Self::read_into)).
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.check_range(offset, len, "reading")?;
+        let len = usize::try_from(len).map_err(|_| {
+            Error::invalid(format!("reading {len} bytes"), "it exceeds the address space", "read less at a time")
+        })?;
+        let mut out = vec![0u8; len];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies `out.len()` bytes at `offset` into `out`: directly where host-visible (a volatile
+    /// copy out of the mapping: bytes another device or process writes meanwhile may come out
+    /// torn, see the module docs), else through a staging copy on the GPU.
+    pub fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let len = out.len() as u64;
+        self.check_range(offset, len, "reading")?;
+        if len == 0 {
+            return Ok(());
+        }
         if self.memory.is_host_visible() {
             let base = self.memory.host_pointer()?;
             self.memory.invalidate()?;
-            let mut out = vec![0u8; len as usize];
-            // SAFETY: range checked.
-            unsafe {
-                std::ptr::copy_nonoverlapping(base.add((self.offset + offset) as usize), out.as_mut_ptr(), out.len())
-            };
-            return Ok(out);
+            // SAFETY: the range lies inside the buffer (checked above), inside the live mapping;
+            // the copy reads through raw pointers with volatile loads (no reference to the shared
+            // bytes exists) into `out`, which this call borrows exclusively.
+            unsafe { copy_from_shared(base.add((self.offset + offset) as usize), out) };
+            return Ok(());
         }
-        let staging =
-            Buffer::new(&self.ctx, &BufferOptions::new(len.max(1)).memory(MemoryKind::HostVisible).export(None))?;
+        let staging = Buffer::new(&self.ctx, &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None))?;
         self.copy_region_to(offset, &staging, 0, len)?;
-        staging.read(0, len)
+        staging.read_into(0, out)
     }
 
     /// Fills the whole buffer with a repeated 32-bit value on the GPU (`vkCmdFillBuffer`).
@@ -686,43 +823,49 @@ impl Drop for Buffer {
     }
 }
 
-/// A read-only host view of a buffer, valid while the buffer is borrowed.
+/// A host view of a buffer, holding it borrowed exclusively (from [`Buffer::map`] or
+/// [`Buffer::map_unchecked`]); host writes are flushed when it is dropped.
 pub struct MappedBuffer<'a> {
-    ptr: *mut u8,
-    len: usize,
-    _buffer: &'a Buffer,
-}
-
-impl MappedBuffer<'_> {
-    /// The bytes. The GPU or another process may be writing them: synchronize first.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping covers len bytes from ptr while the buffer (and its memory) lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-/// A writable host view of a buffer; flushed on drop for non-coherent memory.
-pub struct MappedBufferMut<'a> {
-    ptr: *mut u8,
+    ptr: NonNull<u8>,
     len: usize,
     buffer: &'a mut Buffer,
 }
 
-impl MappedBufferMut<'_> {
+impl MappedBuffer<'_> {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: see MappedBuffer::as_slice.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        // SAFETY: `ptr` is the buffer's first byte in a live mapping of at least `len` bytes,
+        // which the exclusively borrowed buffer (and its memory) keeps mapped. Nothing else
+        // writes the bytes while this borrow lives: `map` checked that no other device, process
+        // or buffer can reach them, and `map_unchecked`'s caller promised it.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: see MappedBuffer::as_slice; &mut self excludes other views in this process.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        // SAFETY: as for `as_slice`; `&mut self` also excludes every other view from this guard,
+        // and the guard's exclusive borrow of the buffer excludes every other access to it in
+        // this process.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The buffer's first byte in the mapping (for another API's copy, e.g. `cuMemcpyHtoD`).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty (never, for a mapped buffer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
-impl Drop for MappedBufferMut<'_> {
+impl Drop for MappedBuffer<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.buffer.memory.flush() {
             self.buffer.ctx.defer_error(format!("flushing a mapped buffer: {e}"));

@@ -18,6 +18,56 @@ pub enum DeviceSelector {
     Index(usize),
     /// The device with this `deviceUUID`.
     Uuid(Uuid),
+    /// The first device of type CPU: a software driver such as Mesa's lavapipe, which runs
+    /// anywhere. Errors with [`Error::DeviceNotFound`] where the loader lists none.
+    Software,
+}
+
+/// How to open a [`VulkanContext`]: which device, among the devices of which driver.
+///
+/// Driver choice is explicit here because lava-flow never changes the process environment: the
+/// Vulkan loader's own knob, `VK_DRIVER_FILES`, is read from the environment when the loader
+/// starts, and changing the environment while other threads run is undefined behaviour in C.
+/// A program that wants to restrict the loader to one driver manifest sets `VK_DRIVER_FILES` in
+/// its shell, or at the very top of its `main` before any thread starts; a library chooses among
+/// the devices the loader lists, with these options.
+///
+/// ```no_run
+/// use lava_flow::vulkan::{ContextOptions, DeviceSelector, VulkanContext};
+///
+/// // The software device (lavapipe), wherever the loader lists it beside GPUs.
+/// let cpu = VulkanContext::with_options(&ContextOptions::new().selector(DeviceSelector::Software))?;
+/// // The default choice among the devices of NVIDIA's driver only.
+/// let nvidia = VulkanContext::with_options(&ContextOptions::new().driver("NVIDIA"))?;
+/// # Ok::<(), lava_flow::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContextOptions {
+    /// Which device among those left by `driver`.
+    pub selector: DeviceSelector,
+    /// Only devices whose driver has this name (`VkPhysicalDeviceDriverProperties::driverName`,
+    /// compared without regard to case; the `driver` column of `lava-flow info`): `llvmpipe` for
+    /// Mesa's lavapipe, `NVIDIA` for NVIDIA's driver. `None`: every device.
+    pub driver: Option<String>,
+}
+
+impl ContextOptions {
+    /// The default device of any driver.
+    pub fn new() -> Self {
+        ContextOptions::default()
+    }
+
+    /// Sets the device selector.
+    pub fn selector(mut self, selector: DeviceSelector) -> Self {
+        self.selector = selector;
+        self
+    }
+
+    /// Restricts the choice to devices of the driver named `name`.
+    pub fn driver(mut self, name: impl Into<String>) -> Self {
+        self.driver = Some(name.into());
+        self
+    }
 }
 
 /// What `lava-flow info` and device selection know about one physical device.
@@ -270,10 +320,21 @@ impl VulkanContext {
 
     /// Opens a device chosen by `selector`, with every sharing extension it supports enabled.
     pub fn with_selector(selector: DeviceSelector) -> Result<VulkanContext> {
+        Self::with_options(&ContextOptions::new().selector(selector))
+    }
+
+    /// Opens the software device (see [`DeviceSelector::Software`]).
+    pub fn software() -> Result<VulkanContext> {
+        Self::with_selector(DeviceSelector::Software)
+    }
+
+    /// Opens a device chosen by `options` (device and driver), with every sharing extension it
+    /// supports enabled.
+    pub fn with_options(options: &ContextOptions) -> Result<VulkanContext> {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
         // The entry (which keeps libvulkan loaded) must outlive the instance on the error path too.
-        match Self::open_device(entry.clone(), instance.clone(), selector) {
+        match Self::open_device(entry.clone(), instance.clone(), options) {
             Ok(ctx) => Ok(ctx),
             Err(e) => {
                 // SAFETY: open_device failed before any device was created from the instance, or
@@ -285,7 +346,8 @@ impl VulkanContext {
         }
     }
 
-    fn open_device(entry: ash::Entry, instance: ash::Instance, selector: DeviceSelector) -> Result<VulkanContext> {
+    fn open_device(entry: ash::Entry, instance: ash::Instance, options: &ContextOptions) -> Result<VulkanContext> {
+        let selector = options.selector;
         // SAFETY: instance is valid.
         let physicals = unsafe { instance.enumerate_physical_devices() }
             .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
@@ -297,27 +359,35 @@ impl VulkanContext {
             } else {
                 infos
                     .iter()
-                    .map(|i| format!("[{}] {} {}", i.index, i.name, i.identity.device_uuid))
+                    .map(|i| format!("[{}] {} (driver {}) {}", i.index, i.name, i.driver_name, i.identity.device_uuid))
                     .collect::<Vec<_>>()
                     .join(", ")
             }
         };
+        let driver_matches =
+            |i: &&PhysicalDeviceInfo| options.driver.as_ref().is_none_or(|d| i.driver_name.eq_ignore_ascii_case(d));
+        let mut candidates = infos.iter().filter(driver_matches);
         let chosen = match selector {
-            DeviceSelector::Default => infos.iter().min_by_key(|i| (type_rank(&i.device_type), i.index)),
-            DeviceSelector::Index(n) => infos.get(n),
-            DeviceSelector::Uuid(u) => infos.iter().find(|i| i.identity.device_uuid == u),
+            DeviceSelector::Default => candidates.min_by_key(|i| (type_rank(&i.device_type), i.index)),
+            DeviceSelector::Index(n) => candidates.find(|i| i.index == n),
+            DeviceSelector::Uuid(u) => candidates.find(|i| i.identity.device_uuid == u),
+            DeviceSelector::Software => candidates.find(|i| i.device_type == device_type_name(vk::PhysicalDeviceType::CPU)),
         };
         let Some(info) = chosen.cloned() else {
-            let wanted = match selector {
+            let mut wanted = match selector {
                 DeviceSelector::Default => "(any)".to_string(),
                 DeviceSelector::Index(n) => format!("at index {n}"),
                 DeviceSelector::Uuid(u) => format!("with device UUID {u}"),
+                DeviceSelector::Software => "of type CPU (a software driver such as lavapipe)".to_string(),
             };
+            if let Some(d) = &options.driver {
+                wanted.push_str(&format!(" of driver {d:?}"));
+            }
             return Err(Error::DeviceNotFound {
                 api: "Vulkan",
                 wanted,
                 found: found(),
-                advice: "run `lava-flow info` to list devices; install a driver if none is listed (`apt-get install mesa-vulkan-drivers`)".into(),
+                advice: "run `lava-flow info` to list devices and their drivers; install a driver if none is listed (`apt-get install mesa-vulkan-drivers` for the software one); where VK_DRIVER_FILES is set, the loader sees only the manifests it names".into(),
             });
         };
         let physical = physicals[info.index];

@@ -2,6 +2,43 @@
 //! `VK_EXT_external_memory_host`. This is the practical form of the `VK_EXT_map_memory_fd` idea:
 //! the allocating process and the mapping process need not be the same, and the GPU reads and
 //! writes the very pages the other process sees.
+//!
+//! # Host access to memory others may write
+//!
+//! Every byte of a shared mapping may be written at any moment by another process, or by a GPU
+//! that imported it. Rust's rules for references (`&[u8]` promises that nothing changes the bytes
+//! while it lives, `&mut [u8]` that nothing else even reads them) cannot hold there, so lava-flow
+//! never hands out such a reference from safe code. It offers instead:
+//!
+//! - copies in and out ([`SharedHostMemory::read`], [`read_into`](SharedHostMemory::read_into),
+//!   [`write`](SharedHostMemory::write)), made with volatile accesses: each byte is read or
+//!   written exactly once, where the code says, and no Rust reference to the shared bytes ever
+//!   exists. A copy that races with another writer may see a mix of old and new bytes (make the
+//!   other side wait, with a semaphore, a fence or a counter, to get a consistent copy); it is
+//!   never undefined behaviour. `write` takes `&mut self`, so within this process one writer at
+//!   a time goes through one mapping;
+//! - atomics at aligned offsets (`lava_flow::ipc::shm::atomic_u64`, `atomic_u32`,
+//!   `atomic_u64_slice`) for protocols that share counters and data words with other processes;
+//! - [`as_ptr`](SharedHostMemory::as_ptr), and `unsafe` slice views
+//!   ([`as_slice`](SharedHostMemory::as_slice), [`as_mut_slice`](SharedHostMemory::as_mut_slice))
+//!   whose `# Safety` contract is exactly the promise a reference makes, for code that can keep it
+//!   (a protocol that gives this process the bytes exclusively for a while).
+//!
+//! A reference from safe code does not compile:
+//!
+//! ```compile_fail,E0133
+//! fn first_byte(memory: &lava_flow::SharedHostMemory) -> u8 {
+//!     memory.as_slice()[0] // unsafe: another process may write these bytes
+//! }
+//! ```
+//!
+//! Neither does writing through a shared borrow (two threads could write the same bytes at once):
+//!
+//! ```compile_fail,E0596
+//! fn stamp(memory: &lava_flow::SharedHostMemory) -> lava_flow::Result<()> {
+//!     memory.write(0, b"lava")
+//! }
+//! ```
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -18,11 +55,14 @@ pub struct SharedHostMemory {
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory; access to its bytes is governed by the borrow rules
-// of `as_slice`/`as_mut_slice` (within this process) and by the user's synchronization with other
-// processes and the GPU, exactly as for any shared memory.
+// SAFETY: the struct owns its fd and its mapping; neither is tied to a thread. Its bytes are only
+// reached through raw pointers (volatile copies, atomics) or through `unsafe` views whose callers
+// promise exclusivity, so moving the owner to another thread cannot create a reference race.
 unsafe impl Send for SharedHostMemory {}
-// SAFETY: see Send; `&self` only hands out shared slices.
+// SAFETY: what `&self` offers is sound from several threads at once: `read`/`read_into` make
+// volatile copies (bytes may be torn by a concurrent writer, never UB, see the module docs),
+// `as_ptr` hands out a raw pointer, and the atomics of `ipc::shm` are atomics. Writing takes
+// `&mut self`, and the only `&[u8]` is `unsafe`, under a contract the caller keeps.
 unsafe impl Sync for SharedHostMemory {}
 
 impl std::fmt::Debug for SharedHostMemory {
@@ -111,21 +151,76 @@ impl SharedHostMemory {
         self.len == 0
     }
 
-    /// Start of the mapping.
+    /// Start of the mapping (page aligned). Another process or a device may write the bytes
+    /// behind it at any time: read and write them with volatile or atomic accesses, or keep the
+    /// contract of [`as_slice`](Self::as_slice) before making references.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    /// The bytes. Other processes and the GPU may write them concurrently: synchronize (a
-    /// semaphore, a fence wait, a shared counter) before trusting what you read.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is live for self's lifetime and len bytes long.
+    fn check_range(&self, offset: usize, len: usize, what: &str) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::invalid(
+                format!("{what} {len} bytes at offset {offset} of shared host memory"),
+                format!("the mapping holds {} bytes", self.len),
+                "stay inside the mapping",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`. Bytes another process or a device
+    /// writes during the copy may come out torn (old and new mixed): order the copy after their
+    /// writes (a semaphore, a fence wait, a shared counter) to read a consistent state.
+    pub fn read_into(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check_range(offset, out.len(), "reading")?;
+        // SAFETY: the range lies inside the live mapping (checked above, and `self` keeps it
+        // mapped for the call); the copy only uses raw pointers into it, so concurrent writers
+        // elsewhere can tear bytes but not break any reference's promise.
+        unsafe { copy_from_shared(self.ptr.as_ptr().add(offset), out) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `offset` out (see [`read_into`](Self::read_into)).
+    pub fn read(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
+        self.check_range(offset, len, "reading")?;
+        let mut out = vec![0u8; len];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies `data` in at `offset`. `&mut self` keeps other threads of this process from
+    /// writing through this mapping at the same time; another process or a device may still
+    /// access the bytes, so tell it when they are ready (a semaphore, a counter).
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len(), "writing")?;
+        // SAFETY: the range lies inside the live mapping (checked above); the copy only uses raw
+        // pointers into it (no reference to the shared bytes exists).
+        unsafe { copy_to_shared(data, self.ptr.as_ptr().add(offset)) };
+        Ok(())
+    }
+
+    /// The bytes, as a slice.
+    ///
+    /// # Safety
+    /// While the slice lives, nothing may write these bytes: no other process that maps the
+    /// memfd, no device that imported it (GPU work through Vulkan, CUDA, OpenCL, GL), and no
+    /// other mapping or atomic in this process. Ensure it by protocol (the other side waits
+    /// for a signal this process gives after dropping the slice) or by never sharing the memory.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is live and `len` bytes long for as long as `self` is borrowed; the
+        // caller promises that nobody writes the bytes while the slice lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// The bytes, for writing.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as for as_slice; &mut self excludes other borrows in this process.
+    /// The bytes, writable.
+    ///
+    /// # Safety
+    /// While the slice lives, nothing else may read or write these bytes: no other process that
+    /// maps the memfd, no device that imported it, and no other mapping or atomic in this process.
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is live and `len` bytes long; `&mut self` excludes other borrows of
+        // this mapping, and the caller promises that no other party touches the bytes meanwhile.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
@@ -145,5 +240,97 @@ impl Drop for SharedHostMemory {
         // SAFETY: ptr/len are exactly the mapping made in `map`; nothing borrows it any more.
         // munmap of a valid mapping cannot fail in a way worth reporting.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Copies `dst.len()` bytes from `src`, memory that another process or device may write: volatile
+/// loads (8 bytes at a time where `src` is aligned), so each byte is read once, where the copy
+/// reads it, and no reference to the shared bytes is made.
+///
+/// # Safety
+/// `src` must be valid for reads of `dst.len()` bytes for the whole call.
+pub(crate) unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let head = src.align_offset(8).min(len);
+    let words = (len - head) / 8;
+    let out = dst.as_mut_ptr();
+    // SAFETY: every index below is < len, and the caller made src valid for len bytes; the word
+    // loads are at `src + head + 8 w`, 8-byte aligned (`align_offset`), inside the range; `out`
+    // is a distinct, exclusively borrowed buffer of len bytes written with unaligned stores.
+    unsafe {
+        for i in 0..head {
+            *out.add(i) = std::ptr::read_volatile(src.add(i));
+        }
+        let src_words = src.add(head).cast::<u64>();
+        for w in 0..words {
+            let v = std::ptr::read_volatile(src_words.add(w));
+            out.add(head + 8 * w).cast::<u64>().write_unaligned(v);
+        }
+        for i in head + 8 * words..len {
+            *out.add(i) = std::ptr::read_volatile(src.add(i));
+        }
+    }
+}
+
+/// Copies `src` to `dst`, memory that another process or device may read or write: volatile
+/// stores (8 bytes at a time where `dst` is aligned); no reference to the shared bytes is made.
+///
+/// # Safety
+/// `dst` must be valid for writes of `src.len()` bytes for the whole call, and no other thread
+/// of this process may access those bytes during it except through volatile or atomic accesses
+/// (callers hold `&mut` of the mapping's owner).
+pub(crate) unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
+    let len = src.len();
+    let head = dst.align_offset(8).min(len);
+    let words = (len - head) / 8;
+    let from = src.as_ptr();
+    // SAFETY: as in `copy_from_shared` with the roles swapped: every index is < len, the word
+    // stores are 8-byte aligned inside the caller's range, and `from` is read unaligned.
+    unsafe {
+        for i in 0..head {
+            std::ptr::write_volatile(dst.add(i), *from.add(i));
+        }
+        let dst_words = dst.add(head).cast::<u64>();
+        for w in 0..words {
+            let v = from.add(head + 8 * w).cast::<u64>().read_unaligned();
+            std::ptr::write_volatile(dst_words.add(w), v);
+        }
+        for i in head + 8 * words..len {
+            std::ptr::write_volatile(dst.add(i), *from.add(i));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The volatile copies move every byte, whatever the alignment of either side.
+    #[test]
+    fn copies_in_and_out_at_every_alignment() {
+        let mut memory = SharedHostMemory::create(4096, 1).unwrap();
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        for offset in 0..9 {
+            for len in [0, 1, 7, 8, 9, 63, 64, 65, 191] {
+                let chunk = &data[offset..offset + len];
+                memory.write(offset, chunk).unwrap();
+                assert_eq!(memory.read(offset, len).unwrap(), chunk, "offset {offset} len {len}");
+                let mut unaligned = vec![0u8; len + 3];
+                memory.read_into(offset, &mut unaligned[3..]).unwrap();
+                assert_eq!(&unaligned[3..], chunk);
+            }
+        }
+        let e = memory.read(4090, 7).unwrap_err().to_string();
+        assert!(e.contains("4096"), "{e}");
+        assert!(memory.write(usize::MAX, &[1]).is_err(), "an offset past the end is refused");
+    }
+
+    /// Two mappings of one memfd (as two processes have) see each other's copies.
+    #[test]
+    fn a_second_mapping_sees_the_first_ones_writes() {
+        let mut a = SharedHostMemory::create(8192, 1).unwrap();
+        let b = SharedHostMemory::from_fd(a.try_clone_fd().unwrap(), 8192).unwrap();
+        a.write(4093, b"lava-flow").unwrap();
+        assert_eq!(b.read(4093, 9).unwrap(), b"lava-flow");
     }
 }

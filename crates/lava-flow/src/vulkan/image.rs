@@ -509,7 +509,7 @@ impl Image {
                 "pass exactly width*height*depth*layers*texel size bytes",
             ));
         }
-        let staging =
+        let mut staging =
             Buffer::new(&self.ctx, &BufferOptions::new(expected).memory(MemoryKind::HostVisible).export(None))?;
         staging.write(0, data)?;
         let region = [self.region()];

@@ -11,8 +11,8 @@ mod image;
 mod memory;
 
 pub use allocator::{MemoryAllocator, MemoryLocation};
-pub use buffer::{Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MappedBufferMut, MemoryKind};
-pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
+pub use buffer::{Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind};
+pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};

@@ -10,7 +10,6 @@ use lava_flow::{testing, VulkanContext};
 /// Opens the default Vulkan device, or prints why not and returns None (panics when
 /// LAVA_FLOW_REQUIRE names vulkan).
 pub fn vulkan() -> Option<VulkanContext> {
-    testing::prefer_software_vulkan_if_no_gpu();
     testing::or_skip("vulkan", VulkanContext::new())
 }
 

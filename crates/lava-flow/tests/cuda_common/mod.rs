@@ -14,7 +14,6 @@ use lava_flow::{testing, VulkanContext};
 /// The default Vulkan device and the CUDA device with the same UUID, or None after printing why
 /// (panics instead when LAVA_FLOW_REQUIRE names the missing API).
 pub fn devices() -> Option<(VulkanContext, CudaDevice)> {
-    testing::prefer_software_vulkan_if_no_gpu();
     let ctx = testing::or_skip("vulkan", VulkanContext::new())?;
     let cuda = testing::or_skip("cuda", CudaDevice::for_identity(&ctx.identity()))?;
     Some((ctx, cuda))

@@ -30,12 +30,12 @@ pub fn readback(ctx: &VulkanContext, size: u64) -> Buffer {
 
 /// Every word of a host-visible buffer. Call only once the device finished writing it.
 pub fn words(buffer: &Buffer) -> Vec<u32> {
-    let map = buffer.map().expect("mapping a readback buffer");
-    map.as_slice().chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
+    let bytes = buffer.read(0, buffer.size()).expect("reading a readback buffer");
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
 }
 
 /// Sets every word of a host-visible buffer from the host (fresh memory holds garbage).
-pub fn set_words(buffer: &Buffer, value: u32) {
+pub fn set_words(buffer: &mut Buffer, value: u32) {
     let bytes: Vec<u8> = std::iter::repeat_n(value.to_le_bytes(), (buffer.size() / 4) as usize).flatten().collect();
     buffer.write(0, &bytes).expect("writing a readback buffer");
 }
