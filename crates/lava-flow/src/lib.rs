@@ -28,8 +28,8 @@ pub mod vulkan;
 pub use error::{Error, Result};
 pub use raw_gpu_handle;
 pub use vulkan::{
-    Buffer, BufferOptions, DeviceSelector, Image, ImageOptions, MemoryAllocator, MemoryLocation, SharedHostMemory,
-    VulkanContext,
+    Buffer, BufferOptions, ContextOptions, DeviceSelector, Image, ImageOptions, MemoryAllocator, MemoryLocation,
+    SharedHostMemory, VulkanContext,
 };
 
 #[cfg(feature = "cuda")]

@@ -416,7 +416,8 @@ fn shared_host_memory_goes_through_the_cache() {
         return;
     }
     let alloc = allocator(&a, PoolConfig::default());
-    let mut buf = alloc.allocate_buffer(device_id(&a), &BufferOptions::new(KIB64).memory(MemoryKind::SharedHost)).unwrap();
+    let mut buf =
+        alloc.allocate_buffer(device_id(&a), &BufferOptions::new(KIB64).memory(MemoryKind::SharedHost)).unwrap();
     buf.write(0, &pattern(KIB64 as usize, 5)).unwrap();
     let importer = BlockImporter::new(&b);
     let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;

@@ -313,7 +313,11 @@ fn eight_client_processes_against_one_server() {
             let object = server.remove(&format!("client-{i}-{round}")).expect("published");
             let SharedObject::Memory(memory) = object.object else { panic!("not memory") };
             let mapped = shm::map_exported(memory).unwrap();
-            assert_eq!(mapped.read(0, mapped.len()).unwrap(), pattern(4096, 100 + i * 10 + round), "client {i} round {round}");
+            assert_eq!(
+                mapped.read(0, mapped.len()).unwrap(),
+                pattern(4096, 100 + i * 10 + round),
+                "client {i} round {round}"
+            );
         }
     }
     assert_eq!(open_fd_count(), baseline, "nothing is left once the published objects are removed");

@@ -72,10 +72,7 @@ fn check(memory: &SharedHostMemory, offset: usize, size: usize, count: usize) ->
     if bytes.and_then(|b| offset.checked_add(b)).is_none_or(|end| end > memory.len()) || offset % size != 0 {
         return Err(Error::invalid(
             "atomic in shared memory",
-            format!(
-                "{count} x {size} bytes at offset {offset} are outside the {} mapped or misaligned",
-                memory.len()
-            ),
+            format!("{count} x {size} bytes at offset {offset} are outside the {} mapped or misaligned", memory.len()),
             "use an aligned offset inside the mapping",
         ));
     }

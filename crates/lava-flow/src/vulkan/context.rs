@@ -371,7 +371,9 @@ impl VulkanContext {
             DeviceSelector::Default => candidates.min_by_key(|i| (type_rank(&i.device_type), i.index)),
             DeviceSelector::Index(n) => candidates.find(|i| i.index == n),
             DeviceSelector::Uuid(u) => candidates.find(|i| i.identity.device_uuid == u),
-            DeviceSelector::Software => candidates.find(|i| i.device_type == device_type_name(vk::PhysicalDeviceType::CPU)),
+            DeviceSelector::Software => {
+                candidates.find(|i| i.device_type == device_type_name(vk::PhysicalDeviceType::CPU))
+            }
         };
         let Some(info) = chosen.cloned() else {
             let mut wanted = match selector {
