@@ -1,6 +1,6 @@
 //! Host access to buffers: a safe `&[u8]`/`&mut [u8]` only over memory that nobody else can
 //! reach, copies for shared memory, and the `unsafe` map under its contract. What must not
-//! compile is in the `compile_fail` examples of `lava_flow::vulkan` (buffer.rs, host.rs).
+//! compile is in the `compile_fail` examples of the rustdoc of `Buffer` and `SharedHostMemory`.
 
 mod common;
 

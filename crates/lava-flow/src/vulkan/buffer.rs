@@ -1,80 +1,4 @@
 //! Exportable buffers, their import into another device or process, and host access.
-//!
-//! # Host access
-//!
-//! A buffer's bytes may be shared: memory that is exportable (it may have been exported to
-//! another device or process), imported (its exporter, or another importer, may write it), or
-//! shared host memory (any process may map the memfd). Another device or process can write such
-//! bytes at any moment, so a `&[u8]` over them (which promises that they do not change) or a
-//! `&mut [u8]` (which promises that nobody else reads them) would be a lie. lava-flow therefore:
-//!
-//! - copies: [`Buffer::read`] and [`Buffer::read_into`] copy out (`&self`), [`Buffer::write`]
-//!   copies in and takes `&mut self`, so within this process one thread at a time writes a
-//!   buffer and no view of it is alive meanwhile. Copies from host-visible memory are volatile:
-//!   each byte is touched once, where the copy says, through raw pointers (no reference to the
-//!   shared bytes exists), so bytes another device or process writes during a copy may come out
-//!   torn, never undefined behaviour. Order the copy after the other side's work (semaphores,
-//!   fences, docs/SYNC.md) to read a consistent state. Other `Buffer` objects over the same
-//!   bytes (an import of this buffer in this process, [`Buffer::bind_at`] over an overlapping
-//!   range) count as another device here.
-//! - maps with a guard that borrows the buffer exclusively: [`Buffer::map`] returns a
-//!   [`MappedBuffer`] with `&[u8]`/`&mut [u8]` views, only for a buffer whose memory nobody else
-//!   can reach (not exportable, not imported, not shared host memory, and no other `Buffer` or
-//!   clone of its `Arc<DeviceMemory>`). For shared memory it refuses, and
-//!   [`Buffer::map_unchecked`] is the `unsafe` way in, under a `# Safety` contract that no other
-//!   device or process writes the bytes while the guard lives.
-//!
-//! lava-flow's own GPU work on a buffer (`fill`, `copy_to`, staging for `read`/`write`) has
-//! finished when the call returns. Work you submit yourself through [`Buffer::handle`] is yours
-//! to wait for before mapping, as with any Vulkan buffer.
-//!
-//! Writing through a shared borrow does not compile (two threads could write at once):
-//!
-//! ```compile_fail,E0596
-//! fn stamp(buffer: &lava_flow::Buffer) -> lava_flow::Result<()> {
-//!     buffer.write(0, b"lava")
-//! }
-//! ```
-//!
-//! Nor does writing while a mapped view is alive:
-//!
-//! ```compile_fail,E0499
-//! fn stale(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<u8> {
-//!     let view = buffer.map()?;
-//!     buffer.write(0, &[1])?;
-//!     Ok(view.as_slice()[0])
-//! }
-//! ```
-//!
-//! Nor does keeping a view past the guard, or reading a buffer while it is mapped for writing:
-//!
-//! ```compile_fail,E0502
-//! fn peek(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<()> {
-//!     let mut view = buffer.map()?;
-//!     let first = buffer.read(0, 1)?;
-//!     view.as_mut_slice()[0] = first[0];
-//!     Ok(())
-//! }
-//! ```
-//!
-//! What does compile: copies, and a guarded map of a private buffer.
-//!
-//! ```no_run
-//! use lava_flow::vulkan::MemoryKind;
-//! use lava_flow::{Buffer, BufferOptions, VulkanContext};
-//!
-//! let ctx = VulkanContext::new()?;
-//! let mut shared = Buffer::new(&ctx, &BufferOptions::new(4096))?; // exportable
-//! shared.write(0, b"lava")?;
-//! assert_eq!(shared.read(0, 4)?, b"lava");
-//! assert!(shared.map().is_err(), "exportable memory is not mapped as a safe slice");
-//!
-//! let options = BufferOptions::new(4096).memory(MemoryKind::HostVisible).export(None);
-//! let mut private = Buffer::new(&ctx, &options)?;
-//! private.map()?.as_mut_slice()[..4].copy_from_slice(b"flow");
-//! assert_eq!(&private.map()?.as_slice()[..4], b"flow");
-//! # Ok::<(), lava_flow::Error>(())
-//! ```
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -190,6 +114,82 @@ impl BufferOptions {
 }
 
 /// A `VkBuffer` bound to (part of) a [`DeviceMemory`], which it keeps alive.
+///
+/// # Host access
+///
+/// A buffer's bytes may be shared: memory that is exportable (it may have been exported to
+/// another device or process), imported (its exporter, or another importer, may write it), or
+/// shared host memory (any process may map the memfd). Another device or process can write such
+/// bytes at any moment, so a `&[u8]` over them (which promises that they do not change) or a
+/// `&mut [u8]` (which promises that nobody else reads them) would be a lie. lava-flow therefore:
+///
+/// - copies: [`Buffer::read`] and [`Buffer::read_into`] copy out (`&self`), [`Buffer::write`]
+///   copies in and takes `&mut self`, so within this process one thread at a time writes a
+///   buffer and no view of it is alive meanwhile. Copies from host-visible memory are volatile:
+///   each byte is touched once, where the copy says, through raw pointers (no reference to the
+///   shared bytes exists), so bytes another device or process writes during a copy may come out
+///   torn, never undefined behaviour. Order the copy after the other side's work (semaphores,
+///   fences, docs/SYNC.md) to read a consistent state. Other `Buffer` objects over the same
+///   bytes (an import of this buffer in this process, [`Buffer::bind_at`] over an overlapping
+///   range) count as another device here.
+/// - maps with a guard that borrows the buffer exclusively: [`Buffer::map`] returns a
+///   [`MappedBuffer`] with `&[u8]`/`&mut [u8]` views, only for a buffer whose memory nobody else
+///   can reach (not exportable, not imported, not shared host memory, and no other `Buffer` or
+///   clone of its `Arc<DeviceMemory>`). For shared memory it refuses, and
+///   [`Buffer::map_unchecked`] is the `unsafe` way in, under a `# Safety` contract that no other
+///   device or process writes the bytes while the guard lives.
+///
+/// lava-flow's own GPU work on a buffer (`fill`, `copy_to`, staging for `read`/`write`) has
+/// finished when the call returns. Work you submit yourself through [`Buffer::handle`] is yours
+/// to wait for before mapping, as with any Vulkan buffer.
+///
+/// Writing through a shared borrow does not compile (two threads could write at once):
+///
+/// ```compile_fail,E0596
+/// fn stamp(buffer: &lava_flow::Buffer) -> lava_flow::Result<()> {
+///     buffer.write(0, b"lava")
+/// }
+/// ```
+///
+/// Nor does writing while a mapped view is alive:
+///
+/// ```compile_fail,E0499
+/// fn stale(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<u8> {
+///     let view = buffer.map()?;
+///     buffer.write(0, &[1])?;
+///     Ok(view.as_slice()[0])
+/// }
+/// ```
+///
+/// Nor does keeping a view past the guard, or reading a buffer while it is mapped for writing:
+///
+/// ```compile_fail,E0502
+/// fn peek(buffer: &mut lava_flow::Buffer) -> lava_flow::Result<()> {
+///     let mut view = buffer.map()?;
+///     let first = buffer.read(0, 1)?;
+///     view.as_mut_slice()[0] = first[0];
+///     Ok(())
+/// }
+/// ```
+///
+/// What does compile: copies, and a guarded map of a private buffer.
+///
+/// ```no_run
+/// use lava_flow::vulkan::MemoryKind;
+/// use lava_flow::{Buffer, BufferOptions, VulkanContext};
+///
+/// let ctx = VulkanContext::new()?;
+/// let mut shared = Buffer::new(&ctx, &BufferOptions::new(4096))?; // exportable
+/// shared.write(0, b"lava")?;
+/// assert_eq!(shared.read(0, 4)?, b"lava");
+/// assert!(shared.map().is_err(), "exportable memory is not mapped as a safe slice");
+///
+/// let options = BufferOptions::new(4096).memory(MemoryKind::HostVisible).export(None);
+/// let mut private = Buffer::new(&ctx, &options)?;
+/// private.map()?.as_mut_slice()[..4].copy_from_slice(b"flow");
+/// assert_eq!(&private.map()?.as_slice()[..4], b"flow");
+/// # Ok::<(), lava_flow::Error>(())
+/// ```
 pub struct Buffer {
     ctx: VulkanContext,
     buffer: vk::Buffer,

@@ -526,7 +526,7 @@ impl VulkanContext {
         self.inner.physical
     }
 
-    /// The queue family of [`Self::queue`].
+    /// The queue family of the queue ([`Self::with_queue`]).
     pub fn queue_family_index(&self) -> u32 {
         self.inner.queue_family
     }

@@ -2,43 +2,6 @@
 //! `VK_EXT_external_memory_host`. This is the practical form of the `VK_EXT_map_memory_fd` idea:
 //! the allocating process and the mapping process need not be the same, and the GPU reads and
 //! writes the very pages the other process sees.
-//!
-//! # Host access to memory others may write
-//!
-//! Every byte of a shared mapping may be written at any moment by another process, or by a GPU
-//! that imported it. Rust's rules for references (`&[u8]` promises that nothing changes the bytes
-//! while it lives, `&mut [u8]` that nothing else even reads them) cannot hold there, so lava-flow
-//! never hands out such a reference from safe code. It offers instead:
-//!
-//! - copies in and out ([`SharedHostMemory::read`], [`read_into`](SharedHostMemory::read_into),
-//!   [`write`](SharedHostMemory::write)), made with volatile accesses: each byte is read or
-//!   written exactly once, where the code says, and no Rust reference to the shared bytes ever
-//!   exists. A copy that races with another writer may see a mix of old and new bytes (make the
-//!   other side wait, with a semaphore, a fence or a counter, to get a consistent copy); it is
-//!   never undefined behaviour. `write` takes `&mut self`, so within this process one writer at
-//!   a time goes through one mapping;
-//! - atomics at aligned offsets (`lava_flow::ipc::shm::atomic_u64`, `atomic_u32`,
-//!   `atomic_u64_slice`) for protocols that share counters and data words with other processes;
-//! - [`as_ptr`](SharedHostMemory::as_ptr), and `unsafe` slice views
-//!   ([`as_slice`](SharedHostMemory::as_slice), [`as_mut_slice`](SharedHostMemory::as_mut_slice))
-//!   whose `# Safety` contract is exactly the promise a reference makes, for code that can keep it
-//!   (a protocol that gives this process the bytes exclusively for a while).
-//!
-//! A reference from safe code does not compile:
-//!
-//! ```compile_fail,E0133
-//! fn first_byte(memory: &lava_flow::SharedHostMemory) -> u8 {
-//!     memory.as_slice()[0] // unsafe: another process may write these bytes
-//! }
-//! ```
-//!
-//! Neither does writing through a shared borrow (two threads could write the same bytes at once):
-//!
-//! ```compile_fail,E0596
-//! fn stamp(memory: &lava_flow::SharedHostMemory) -> lava_flow::Result<()> {
-//!     memory.write(0, b"lava")
-//! }
-//! ```
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -49,6 +12,43 @@ use rustix::mm::{MapFlags, ProtFlags};
 use crate::{Error, Result};
 
 /// A shared mapping of a memfd (or any mmap-able fd). Unmapped on drop.
+///
+/// # Host access to memory others may write
+///
+/// Every byte of a shared mapping may be written at any moment by another process, or by a GPU
+/// that imported it. Rust's rules for references (`&[u8]` promises that nothing changes the bytes
+/// while it lives, `&mut [u8]` that nothing else even reads them) cannot hold there, so lava-flow
+/// never hands out such a reference from safe code. It offers instead:
+///
+/// - copies in and out ([`SharedHostMemory::read`], [`read_into`](SharedHostMemory::read_into),
+///   [`write`](SharedHostMemory::write)), made with volatile accesses: each byte is read or
+///   written exactly once, where the code says, and no Rust reference to the shared bytes ever
+///   exists. A copy that races with another writer may see a mix of old and new bytes (make the
+///   other side wait, with a semaphore, a fence or a counter, to get a consistent copy); it is
+///   never undefined behaviour. `write` takes `&mut self`, so within this process one writer at
+///   a time goes through one mapping;
+/// - atomics at aligned offsets (`lava_flow::ipc::shm::atomic_u64`, `atomic_u32`,
+///   `atomic_u64_slice`) for protocols that share counters and data words with other processes;
+/// - [`as_ptr`](SharedHostMemory::as_ptr), and `unsafe` slice views
+///   ([`as_slice`](SharedHostMemory::as_slice), [`as_mut_slice`](SharedHostMemory::as_mut_slice))
+///   whose `# Safety` contract is exactly the promise a reference makes, for code that can keep it
+///   (a protocol that gives this process the bytes exclusively for a while).
+///
+/// A reference from safe code does not compile:
+///
+/// ```compile_fail,E0133
+/// fn first_byte(memory: &lava_flow::SharedHostMemory) -> u8 {
+///     memory.as_slice()[0] // unsafe: another process may write these bytes
+/// }
+/// ```
+///
+/// Neither does writing through a shared borrow (two threads could write the same bytes at once):
+///
+/// ```compile_fail,E0596
+/// fn stamp(memory: &lava_flow::SharedHostMemory) -> lava_flow::Result<()> {
+///     memory.write(0, b"lava")
+/// }
+/// ```
 pub struct SharedHostMemory {
     fd: OwnedFd,
     ptr: NonNull<u8>,
