@@ -10,12 +10,12 @@ use ipc_support::{pattern_bytes, TempDir};
 use lava_flow::ipc::shm;
 use lava_flow::ipc::wire::{encode, Message, NamedDescription, ObjectDescription, HEADER_LEN};
 use lava_flow::ipc::{serve_pattern, NamedObject, ServeMemory, ServeOptions, Server, ServerConfig, PATTERN_NAME};
-use lava_flow::vulkan::MemoryLocation;
 use lava_flow::raw_gpu_handle::{
     AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind,
     MemoryDescription, MemoryHandleKind, MemoryProperties, PlaneLayout, SemaphoreDescription, SemaphoreHandleKind,
     SemaphoreKind, Texture, TextureDescription, TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
+use lava_flow::vulkan::MemoryLocation;
 use serde_json::Value;
 
 /// The first ```python block after the Python heading of docs/PROTOCOL.md, written to `dir`.
@@ -211,7 +211,10 @@ fn the_documented_python_client_reads_served_shared_host_memory() {
     assert!(ok, "python client failed: {err}");
     let objects: Value = serde_json::from_str(&out).unwrap();
     let m = &objects[0]["memory"];
-    assert_eq!((&m["handle_kind"], &m["memory_type_index"], &m["memory_properties"]), (&"host-memfd".into(), &0.into(), &6.into()));
+    assert_eq!(
+        (&m["handle_kind"], &m["memory_type_index"], &m["memory_properties"]),
+        (&"host-memfd".into(), &0.into(), &6.into())
+    );
     assert_eq!(m["device"]["device_uuid"], "00".repeat(16));
     let first16: String = lava_flow::ipc::pattern_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(objects[0]["first_bytes"], first16);

@@ -19,8 +19,8 @@ use lava_flow::raw_gpu_handle::{
     MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
     TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
-use rustix::fs::{MemfdFlags, SealFlags};
 use lava_flow::{testing, Error};
+use rustix::fs::{MemfdFlags, SealFlags};
 
 const SIZE: usize = 1 << 20;
 const SEED: u32 = 7;
@@ -232,7 +232,12 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
         ("an empty datagram with fds", Vec::new(), 2, ErrorCode::Malformed),
         ("unknown message type", unknown_type(), 0, ErrorCode::Unexpected),
         ("unknown message type with fds", unknown_type(), 1, ErrorCode::Unexpected),
-        ("fds on a WAIT", encode(&Message::Wait { name: "memory".into(), timeout_ms: 0 }).unwrap(), 1, ErrorCode::FdCountMismatch),
+        (
+            "fds on a WAIT",
+            encode(&Message::Wait { name: "memory".into(), timeout_ms: 0 }).unwrap(),
+            1,
+            ErrorCode::FdCountMismatch,
+        ),
     ];
     let (mut rejected, mut not_found) = (0, 0);
     for (what, bytes, n_fds, code) in cases {
@@ -730,7 +735,10 @@ fn wait_for_polls_a_server_that_predates_wait() {
                 _ => {
                     gets += 1;
                     let export = shm::export(&memory).unwrap();
-                    let named = NamedDescription { name: "x".into(), description: ObjectDescription::Memory(export.description) };
+                    let named = NamedDescription {
+                        name: "x".into(),
+                        description: ObjectDescription::Memory(export.description),
+                    };
                     (Message::Objects(vec![named]), vec![export.handle])
                 }
             };

@@ -405,7 +405,8 @@ fn host_memory_carries_no_device_and_no_memory_type() {
     let named_device = MemoryDescription { device: sample_memory().device, ..host };
     let typed = MemoryDescription { memory_type_index: 3, ..host };
     let device_local = MemoryDescription { memory_properties: MemoryProperties::DEVICE_LOCAL, ..host };
-    for (what, bad) in [("a device identity", named_device), ("a memory type", typed), ("other properties", device_local)]
+    for (what, bad) in
+        [("a device identity", named_device), ("a memory type", typed), ("other properties", device_local)]
     {
         let e = encode(&message(bad)).expect_err(what);
         assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
@@ -515,14 +516,8 @@ fn wait_layout_matches_the_protocol_document() {
     let bytes = encode(&Message::Wait { name: "frames".into(), timeout_ms: 2500 }).unwrap();
     assert_eq!(
         bytes,
-        [
-            &b"LVFL"[..],
-            &[1, 0, 6, 0, 14, 0, 0, 0, 0, 0, 0, 0],
-            &2500u32.to_le_bytes(),
-            &[6, 0, 0, 0],
-            b"frames"
-        ]
-        .concat()
+        [&b"LVFL"[..], &[1, 0, 6, 0, 14, 0, 0, 0, 0, 0, 0, 0], &2500u32.to_le_bytes(), &[6, 0, 0, 0], b"frames"]
+            .concat()
     );
     assert_eq!(decode(&bytes, 0).unwrap(), Message::Wait { name: "frames".into(), timeout_ms: 2500 });
     let mut reserved = bytes.clone();

@@ -73,8 +73,12 @@ fn small_buffers_share_a_block_and_exports_name_it() {
 #[test]
 fn strategy_and_threshold_choose_the_allocation() {
     let Some(ctx) = vulkan() else { return };
-    let config =
-        PoolConfig { block_size: 8 << 20, dedicated_threshold: 1 << 20, retain_empty_blocks: 0, ..PoolConfig::default() };
+    let config = PoolConfig {
+        block_size: 8 << 20,
+        dedicated_threshold: 1 << 20,
+        retain_empty_blocks: 0,
+        ..PoolConfig::default()
+    };
     let alloc = allocator(&ctx, config);
     let id = device_id(&ctx);
     let small = alloc.allocate_buffer(id, &BufferOptions::new(KIB64)).unwrap();

@@ -41,9 +41,8 @@ impl Client {
     /// Uses an already connected seqpacket socket (one inherited from a parent, say), with the
     /// timeouts it has.
     pub fn from_socket(sock: OwnedFd) -> Client {
-        let reply_timeout = rustix::net::sockopt::socket_timeout(&sock, rustix::net::sockopt::Timeout::Recv)
-            .ok()
-            .flatten();
+        let reply_timeout =
+            rustix::net::sockopt::socket_timeout(&sock, rustix::net::sockopt::Timeout::Recv).ok().flatten();
         Client { sock, path: PathBuf::new(), reply_timeout }
     }
 

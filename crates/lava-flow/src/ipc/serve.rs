@@ -531,11 +531,14 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
     // none; a server of shared host memory names its device in the semaphore it shares).
     let exporter = objects
         .iter()
-        .find_map(|o| match &o.object {
-            SharedObject::Semaphore(s) => Some(s.description.device),
-            SharedObject::Fence(f) => Some(f.description.device),
-            other => other.memory().map(|m| m.description.device),
-        }.filter(|d| *d != raw_gpu_handle::DeviceIdentity::default()))
+        .find_map(|o| {
+            match &o.object {
+                SharedObject::Semaphore(s) => Some(s.description.device),
+                SharedObject::Fence(f) => Some(f.description.device),
+                other => other.memory().map(|m| m.description.device),
+            }
+            .filter(|d| *d != raw_gpu_handle::DeviceIdentity::default())
+        })
         .unwrap_or_default();
     let importer = match options.api {
         AttachApi::Host => Importer::Host,

@@ -24,7 +24,9 @@ use rustix::net::SocketFlags;
 
 use super::object::{join, NamedObject};
 use super::socket::{borrow_all, recv_datagram, send_message, set_timeouts, unix_address, Received};
-use super::wire::{check_consistent, decode, ErrorCode, Message, NamedDescription, WireError, MAX_FDS, MAX_MESSAGE_LEN};
+use super::wire::{
+    check_consistent, decode, ErrorCode, Message, NamedDescription, WireError, MAX_FDS, MAX_MESSAGE_LEN,
+};
 use crate::{Error, Result};
 
 /// How a server behaves towards its clients.
@@ -490,26 +492,23 @@ enum Answer {
 }
 
 /// The `OBJECTS` reply for `name` ("" for all), or `None` where no object has that name.
-fn objects_reply(
-    objects: &[NamedObject],
-    name: &str,
-) -> std::result::Result<Option<(Message, Vec<OwnedFd>)>, (ErrorCode, String)> {
+fn objects_reply(objects: &[NamedObject], name: &str) -> Option<Answer> {
     let chosen: Vec<&NamedObject> = objects.iter().filter(|o| name.is_empty() || o.name == name).collect();
     if chosen.is_empty() && !name.is_empty() {
-        return Ok(None);
+        return None;
     }
     let mut descriptions = Vec::with_capacity(chosen.len());
     let mut dups = Vec::with_capacity(chosen.len());
     for o in chosen {
-        let dup = o
-            .object
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|e| (ErrorCode::Internal, format!("duplicating the fd of {:?}: {e}", o.name)))?;
+        match o.object.fd().try_clone_to_owned() {
+            Ok(dup) => dups.push(dup),
+            Err(e) => {
+                return Some(Answer::Refuse(ErrorCode::Internal, format!("duplicating the fd of {:?}: {e}", o.name)))
+            }
+        }
         descriptions.push(o.named_description());
-        dups.push(dup);
     }
-    Ok(Some((Message::Objects(descriptions), dups)))
+    Some(Answer::Reply(Message::Objects(descriptions), dups))
 }
 
 /// Whether the client closed its end (`POLLHUP`); a client that only stopped sending still waits.
@@ -526,16 +525,17 @@ fn wait_for_name(shared: &Shared, sock: BorrowedFd<'_>, name: &str, timeout: Dur
     let deadline = Instant::now() + timeout;
     let mut objects = shared.objects();
     loop {
-        match objects_reply(&objects, name) {
-            Ok(Some((reply, fds))) => return Answer::Reply(reply, fds),
-            Ok(None) => {}
-            Err((code, text)) => return Answer::Refuse(code, text),
+        if let Some(answer) = objects_reply(&objects, name) {
+            return answer;
         }
         let now = Instant::now();
         if now >= deadline || shared.stopping.load(Ordering::SeqCst) {
             return Answer::Refuse(
                 ErrorCode::NotFound,
-                format!("no object named {name:?} was published within {} ms; WAIT again to go on waiting", timeout.as_millis()),
+                format!(
+                    "no object named {name:?} was published within {} ms; WAIT again to go on waiting",
+                    timeout.as_millis()
+                ),
             );
         }
         // Woken by every publish; the slice bounds how long a client that hung up holds the thread.
@@ -550,14 +550,12 @@ fn wait_for_name(shared: &Shared, sock: BorrowedFd<'_>, name: &str, timeout: Dur
 /// What the server answers to one decoded request.
 fn respond(shared: &Shared, sock: BorrowedFd<'_>, message: Message, fds: Vec<OwnedFd>) -> Answer {
     match message {
-        Message::Get { name } => match objects_reply(&shared.objects(), &name) {
-            Ok(Some((reply, fds))) => Answer::Reply(reply, fds),
-            Ok(None) => Answer::Refuse(
+        Message::Get { name } => objects_reply(&shared.objects(), &name).unwrap_or_else(|| {
+            Answer::Refuse(
                 ErrorCode::NotFound,
                 format!("no object is named {name:?}; GET \"\" lists them all, WAIT waits for one to be published"),
-            ),
-            Err((code, text)) => Answer::Refuse(code, text),
-        },
+            )
+        }),
         Message::Wait { name, timeout_ms } => {
             wait_for_name(shared, sock, &name, Duration::from_millis(u64::from(timeout_ms)))
         }
