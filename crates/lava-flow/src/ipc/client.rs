@@ -122,9 +122,11 @@ impl Client {
     /// [`POLL_INTERVAL`] instead; `not-found` answers never count against a connection.
     pub fn wait_for(&self, name: &str, timeout: Duration) -> Result<SharedObject> {
         super::wire::check_name(name, false)?;
-        let deadline = Instant::now() + timeout;
+        // Past any real deadline (and no overflow for Duration::MAX): about 136 years.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(1 << 32));
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // One WAIT asks for at most u32::MAX ms (49 days); a longer timeout waits again.
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(u32::MAX.into()));
             let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
             // The reply may take the whole wait, plus the usual time for a reply.
             let patience = left.saturating_add(self.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT));

@@ -7,7 +7,8 @@
 //! [`ServerConfig::allow_uids`]; reads are bounded in size ([`MAX_MESSAGE_LEN`], [`MAX_FDS`]) and
 //! time ([`ServerConfig::idle_timeout`]); a message that fails to decode gets an `ERROR` reply and
 //! its fds are closed at once, and the connection (and every other one) goes on. Published fds
-//! are checked against their descriptions ([`SharedObject::check_handle`](super::SharedObject::check_handle)), descriptions of one
+//! are checked against their descriptions
+//! ([`SharedObject::check_handle`](super::SharedObject::check_handle)), descriptions of one
 //! allocation against each other ([`check_consistent`]), and memory of a private pool block of
 //! this process is never published ([`check_publishable`](crate::pool::check_publishable)).
 
@@ -254,11 +255,11 @@ impl Server {
     /// Adds an object that clients can `GET`. Names are unique.
     ///
     /// Refused: an invalid name or description; an fd that is not what its description says
-    /// ([`SharedObject::check_handle`](super::SharedObject::check_handle): host memory must be a memfd sealed against shrinking and
-    /// large enough, device memory no pipe, socket or file); a description of an allocation that
-    /// an object already held describes otherwise; memory of a private pool block
-    /// ([`check_publishable`](crate::pool::check_publishable): its fd would show peers every other
-    /// buffer of the block).
+    /// ([`SharedObject::check_handle`](super::SharedObject::check_handle): host memory must be a
+    /// memfd sealed against shrinking and large enough, device memory no pipe, socket or file); a
+    /// description of an allocation that an object already held describes otherwise; memory of a
+    /// private pool block ([`check_publishable`](crate::pool::check_publishable): its fd would show
+    /// peers every other buffer of the block).
     pub fn publish(&self, object: NamedObject) -> Result<()> {
         super::wire::check_name(&object.name, false)?;
         super::wire::validate_description(&object.object.description())?;
