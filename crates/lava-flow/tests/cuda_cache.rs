@@ -266,7 +266,7 @@ fn no_cuda_memory_or_fd_leak_across_1000_pooled_import_cycles() {
     // Small blocks, none kept empty: each cycle's block is allocated, then freed by Vulkan before
     // CUDA lets go, so only CUDA's release returns the memory.
     let block = 4u64 << 20;
-    let config = PoolConfig { block_size: block, dedicated_threshold: 1 << 20, retain_empty_blocks: 0 };
+    let config = PoolConfig { block_size: block, dedicated_threshold: 1 << 20, ..PoolConfig::default() };
     let allocator = MemoryAllocator::with_context(ctx.clone()).with_pool_config(config);
     let options = BufferOptions::new(SIZE).strategy(AllocationStrategy::Pooled);
     let cycle = || {

@@ -9,12 +9,13 @@ use std::process::Command;
 use ipc_support::{pattern_bytes, TempDir};
 use lava_flow::ipc::shm;
 use lava_flow::ipc::wire::{encode, Message, NamedDescription, ObjectDescription, HEADER_LEN};
-use lava_flow::ipc::{NamedObject, Server, ServerConfig};
+use lava_flow::ipc::{serve_pattern, NamedObject, ServeMemory, ServeOptions, Server, ServerConfig, PATTERN_NAME};
 use lava_flow::raw_gpu_handle::{
     AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind,
     MemoryDescription, MemoryHandleKind, MemoryProperties, PlaneLayout, SemaphoreDescription, SemaphoreHandleKind,
     SemaphoreKind, Texture, TextureDescription, TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
+use lava_flow::vulkan::MemoryLocation;
 use serde_json::Value;
 
 /// The first ```python block after the Python heading of docs/PROTOCOL.md, written to `dir`.
@@ -184,4 +185,115 @@ fn the_documented_python_parser_reads_every_object_kind() {
     );
     assert_eq!((&v[3]["kind"], &v[3]["sync_fd"]), (&"fence".into(), &true.into()));
     assert_eq!(v[3]["fd"], 6, "object i is paired with fd i");
+}
+
+/// The Python client against `serve_pattern`'s shared host memory (`lava-flow serve --location
+/// shared-host`): the descriptions carry no device and no memory type, as the client checks.
+#[test]
+fn the_documented_python_client_reads_served_shared_host_memory() {
+    if python().is_none() {
+        eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
+        return;
+    }
+    let Some(ctx) = lava_flow::testing::or_skip("vulkan", lava_flow::VulkanContext::new()) else { return };
+    let dir = TempDir::new("python-shared-host", 0o700);
+    let client = write_client(dir.path());
+    let socket = dir.path().join("serve.sock");
+    let options = ServeOptions {
+        socket: socket.clone(),
+        size: 1 << 16,
+        memory: ServeMemory::Vulkan(MemoryLocation::SharedHost { device_id: ctx.info().index }),
+        image: None,
+        config: ServerConfig::default(),
+    };
+    let Some(served) = lava_flow::testing::or_skip("vulkan", serve_pattern(&options)) else { return };
+    let (ok, out, err) = run_python(dir.path(), &[client.to_str().unwrap(), socket.to_str().unwrap(), PATTERN_NAME]);
+    assert!(ok, "python client failed: {err}");
+    let objects: Value = serde_json::from_str(&out).unwrap();
+    let m = &objects[0]["memory"];
+    assert_eq!(
+        (&m["handle_kind"], &m["memory_type_index"], &m["memory_properties"]),
+        (&"host-memfd".into(), &0.into(), &6.into())
+    );
+    assert_eq!(m["device"]["device_uuid"], "00".repeat(16));
+    let first16: String = lava_flow::ipc::pattern_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(objects[0]["first_bytes"], first16);
+    drop(served);
+}
+
+/// `client.py SOCKET NAME MILLISECONDS` sends WAIT: it gets the object once it is published.
+#[test]
+fn the_documented_python_client_waits_for_a_name() {
+    if python().is_none() {
+        eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
+        return;
+    }
+    let dir = TempDir::new("python-wait", 0o700);
+    let client = write_client(dir.path());
+    let socket = dir.path().join("server.sock");
+    let server = Server::bind(&socket, ServerConfig::default()).unwrap();
+    let waiter = Command::new("python3")
+        .args([client.to_str().unwrap(), socket.to_str().unwrap(), "late", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(server.wait_for(std::time::Duration::from_secs(10), |s| s.connections_active == 1).1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let memory = shm::create(4096).unwrap();
+    server.publish(NamedObject::new("late", shm::export(&memory).unwrap())).unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(objects[0]["name"], "late");
+    // A wait that runs out is not-found (code 5).
+    let (ok, _, err) = run_python(dir.path(), &[client.to_str().unwrap(), socket.to_str().unwrap(), "never", "100"]);
+    assert!(!ok && err.contains("server error 5"), "{err}");
+}
+
+/// A server that hands out an unsealed memfd, or one smaller than described: the Python client
+/// refuses to map it (mapping it would let the owner kill the client with SIGBUS).
+#[test]
+fn the_documented_python_client_checks_seals_and_size_before_mapping() {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    if python().is_none() {
+        eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
+        return;
+    }
+    let dir = TempDir::new("python-seals", 0o700);
+    let client = write_client(dir.path());
+    for (what, seals, real, described, says) in [
+        ("unsealed", SealFlags::empty(), 8192, 8192, "not sealed against shrinking"),
+        ("short", SealFlags::SHRINK | SealFlags::GROW, 4096, 1 << 20, "fewer than"),
+        ("good", SealFlags::SHRINK | SealFlags::GROW, 8192, 8192, ""),
+    ] {
+        let socket = dir.path().join(format!("{what}.sock"));
+        let fd = rustix::fs::memfd_create(what, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, real).unwrap();
+        if !seals.is_empty() {
+            rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        }
+        let mut description = shm::export(&shm::create(4096).unwrap()).unwrap().description;
+        description.allocation_size = described;
+        // lava-flow's server refuses such fds, so a hand-made one answers the GET.
+        let listener = lava_flow::ipc::socket::seqpacket_socket().unwrap();
+        rustix::net::bind(&listener, &lava_flow::ipc::socket::unix_address(&socket).unwrap()).unwrap();
+        rustix::net::listen(&listener, 1).unwrap();
+        let serving = std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            let conn = rustix::net::accept(&listener).unwrap();
+            lava_flow::ipc::socket::recv_datagram(conn.as_fd(), 65536).unwrap().expect("a GET");
+            let named = NamedDescription { name: "frames".into(), description: ObjectDescription::Memory(description) };
+            let bytes = encode(&Message::Objects(vec![named])).unwrap();
+            lava_flow::ipc::socket::send_with_fds(conn.as_fd(), &bytes, &[fd.as_fd()]).unwrap();
+        });
+        let (ok, out, err) = run_python(dir.path(), &[client.to_str().unwrap(), socket.to_str().unwrap()]);
+        serving.join().unwrap();
+        if says.is_empty() {
+            assert!(ok, "{what}: {err}");
+            assert!(out.contains("first_bytes"), "{what}: {out}");
+        } else {
+            assert!(!ok && err.contains("refusing to map frames") && err.contains(says), "{what}: {err}");
+        }
+    }
 }

@@ -15,10 +15,12 @@ use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, send_with_fds};
 use lava_flow::ipc::wire::{decode, encode, ErrorCode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
 use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::{
-    Buffer, BufferDescription, Extent3d, Texture, TextureDescription, TextureDimension, TextureFormat, TextureTiling,
-    TextureUsage,
+    AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, Memory, MemoryDescription, MemoryHandleKind,
+    MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
+    TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
 use lava_flow::{testing, Error};
+use rustix::fs::{MemfdFlags, SealFlags};
 
 const SIZE: usize = 1 << 20;
 const SEED: u32 = 7;
@@ -173,6 +175,13 @@ fn send_raw(path: &std::path::Path, bytes: &[u8], n_fds: usize) -> Message {
     decode(&reply.bytes, 0).unwrap()
 }
 
+/// A header with message type 99 and no payload.
+fn unknown_type() -> Vec<u8> {
+    let mut bytes = encode(&Message::Ok).unwrap();
+    bytes[6] = 99;
+    bytes
+}
+
 fn check_good_client(path: &std::path::Path) {
     let client = Client::connect(path).unwrap();
     let memory = map_memory_of(client.get_one("memory").unwrap());
@@ -219,8 +228,18 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
         ("OBJECTS from a client", objects_from_client, 1, ErrorCode::Unexpected),
         ("ERROR from a client", encode(&Message::error(ErrorCode::Busy, "x")).unwrap(), 0, ErrorCode::Unexpected),
         ("GET of a missing name", encode(&Message::Get { name: "nope".into() }).unwrap(), 0, ErrorCode::NotFound),
+        ("an empty datagram", Vec::new(), 0, ErrorCode::Malformed),
+        ("an empty datagram with fds", Vec::new(), 2, ErrorCode::Malformed),
+        ("unknown message type", unknown_type(), 0, ErrorCode::Unexpected),
+        ("unknown message type with fds", unknown_type(), 1, ErrorCode::Unexpected),
+        (
+            "fds on a WAIT",
+            encode(&Message::Wait { name: "memory".into(), timeout_ms: 0 }).unwrap(),
+            1,
+            ErrorCode::FdCountMismatch,
+        ),
     ];
-    let mut rejected = 0;
+    let (mut rejected, mut not_found) = (0, 0);
     for (what, bytes, n_fds, code) in cases {
         let reply = send_raw(&path, &bytes, n_fds);
         match reply {
@@ -230,7 +249,11 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
             }
             other => panic!("{what}: expected an error, got {other:?}"),
         }
-        rejected += 1;
+        if code == ErrorCode::NotFound {
+            not_found += 1;
+        } else {
+            rejected += 1;
+        }
         assert!(server.wait_idle(WAIT), "{what}: the connection was not closed");
         assert_eq!(testing::open_fd_count(), baseline, "{what}: fds left open in the server's process");
         assert_eq!(server.objects().len(), 3, "{what}: nothing was stored");
@@ -238,6 +261,7 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
     }
     let stats = server.stats();
     assert_eq!(stats.messages_rejected, rejected, "{stats:?}");
+    assert_eq!(stats.names_not_found, not_found, "not-found answers are not rejections: {stats:?}");
     // 70 fds were cut to the 64 the server receives; the kernel closed the rest.
     assert_eq!(stats.fds_closed_on_rejection, stats.fds_received, "{stats:?}");
 
@@ -451,7 +475,6 @@ fn a_peer_of_another_uid_is_refused_by_the_credential_check() {
 
 #[test]
 fn host_memory_that_could_shrink_or_is_short_is_not_mapped() {
-    use rustix::fs::{MemfdFlags, SealFlags};
     let before = testing::open_fd_count();
     let unsealed = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&unsealed, 8192).unwrap();
@@ -467,4 +490,266 @@ fn host_memory_that_could_shrink_or_is_short_is_not_mapped() {
     assert!(shm::map_sealed(pipe_r, 4096).is_err(), "a pipe is not host memory");
     drop(_pipe_w);
     assert_eq!(testing::open_fd_count(), before, "every refused fd was closed");
+}
+
+fn host_description(size: u64) -> MemoryDescription {
+    MemoryDescription { allocation_size: size, ..shm::export(&shm::create(4096).unwrap()).unwrap().description }
+}
+
+fn device_description(size: u64) -> MemoryDescription {
+    MemoryDescription {
+        handle_kind: MemoryHandleKind::OpaqueFd,
+        allocation_size: size,
+        memory_type_index: 1,
+        memory_properties: MemoryProperties::DEVICE_LOCAL,
+        dedicated: false,
+        device: DeviceIdentity { device_uuid: Uuid([0x11; 16]), driver_uuid: Uuid([0x22; 16]), luid: None },
+        allocation_id: Some(AllocationId(0x5eed)),
+    }
+}
+
+fn memfd(size: u64, seals: SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, size).unwrap();
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+fn regular_file(size: u64) -> OwnedFd {
+    let path = std::env::temp_dir().join(format!("lava-flow-server-file-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(size).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file.into()
+}
+
+/// The server's reply to a PUBLISH of one object with `fd`, sent on a new connection.
+fn publish_raw(path: &std::path::Path, name: &str, description: ObjectDescription, fd: OwnedFd) -> Message {
+    let sock = connect_seqpacket(path).unwrap();
+    lava_flow::ipc::socket::set_timeouts(sock.as_fd(), Some(WAIT), Some(WAIT)).unwrap();
+    let bytes = encode(&Message::Publish(vec![NamedDescription { name: name.into(), description }])).unwrap();
+    send_with_fds(sock.as_fd(), &bytes, &[fd.as_fd()]).unwrap();
+    drop(fd);
+    let reply = recv_datagram(sock.as_fd(), MAX_MESSAGE_LEN).unwrap().expect("a reply");
+    decode(&reply.bytes, reply.fds.len()).unwrap()
+}
+
+/// Host memory must be a memfd sealed against shrinking and as large as described; device memory,
+/// semaphores and fences no pipe, socket or file. The server refuses the rest (`malformed`), closes
+/// the fds and stores nothing; the same objects published in-process are refused too.
+#[test]
+fn published_fds_must_match_their_descriptions() {
+    let dir = TempDir::new("fd-checks", 0o700);
+    let path = dir.path().join("server.sock");
+    let baseline = testing::open_fd_count();
+    let server = Server::bind(&path, ServerConfig::default()).unwrap();
+    let sealed = SealFlags::SHRINK | SealFlags::GROW;
+    let host = |size| ObjectDescription::Memory(host_description(size));
+    let device = |size| ObjectDescription::Memory(device_description(size));
+    let semaphore = ObjectDescription::Semaphore(SemaphoreDescription {
+        kind: SemaphoreKind::Binary,
+        handle_kind: SemaphoreHandleKind::OpaqueFd,
+        device: device_description(1).device,
+    });
+    let pipe = || -> OwnedFd { rustix::pipe::pipe().unwrap().0 };
+    let socket = || -> OwnedFd { std::os::unix::net::UnixStream::pair().unwrap().0.into() };
+    let cases: Vec<(&str, ObjectDescription, OwnedFd, &str)> = vec![
+        ("an unsealed memfd as host memory", host(8192), memfd(8192, SealFlags::empty()), "F_SEAL_SHRINK"),
+        ("a memfd sealed against growing only", host(8192), memfd(8192, SealFlags::GROW), "F_SEAL_SHRINK"),
+        ("a 4 KiB memfd described as 1 MiB of host memory", host(1 << 20), memfd(4096, sealed), "fewer than"),
+        ("a pipe as host memory", host(4096), pipe(), "a pipe"),
+        ("a socket as host memory", host(4096), socket(), "a socket"),
+        ("a regular file as host memory", host(4096), regular_file(4096), "a regular file"),
+        ("/dev/null as host memory", host(4096), std::fs::File::open("/dev/null").unwrap().into(), "character"),
+        ("a pipe as device memory", device(4096), pipe(), "a pipe"),
+        ("a socket as device memory", device(4096), socket(), "a socket"),
+        ("a regular file as device memory", device(4096), regular_file(4096), "a regular file"),
+        ("a 4 KiB memfd described as 1 MiB of device memory", device(1 << 20), memfd(4096, sealed), "fewer than"),
+        ("a pipe as a semaphore", semaphore.clone(), pipe(), "a pipe"),
+        ("a directory as a semaphore", semaphore, std::fs::File::open("/").unwrap().into(), "a directory"),
+    ];
+    for (what, description, fd, says) in cases {
+        let before = testing::open_fd_count();
+        match publish_raw(&path, "suspect", description, fd) {
+            Message::Error { code: ErrorCode::Malformed, text } => {
+                assert!(text.contains("does not match its description") && text.contains(says), "{what}: {text}");
+                eprintln!("{what}: {text}");
+            }
+            other => panic!("{what}: expected a malformed error, got {other:?}"),
+        }
+        assert!(server.wait_idle(WAIT), "{what}");
+        assert!(server.objects().is_empty(), "{what}: nothing is stored");
+        assert_eq!(testing::open_fd_count(), before - 1, "{what}: the refused fd was closed, here and there");
+    }
+    // What the descriptions say, the fds are: accepted.
+    assert_eq!(publish_raw(&path, "host", host(8192), memfd(8192, sealed)), Message::Ok);
+    assert_eq!(publish_raw(&path, "device", device(4096), memfd(8192, SealFlags::empty())), Message::Ok);
+    // In-process publishes pass the same checks.
+    let unsealed = Memory { handle: memfd(8192, SealFlags::empty()), description: host_description(8192) };
+    let e = server.publish(NamedObject::new("local", unsealed)).unwrap_err();
+    assert!(matches!(e, Error::InvalidHandle { .. }) && e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+    assert_eq!(server.objects().len(), 2);
+    drop(server);
+    assert_eq!(testing::open_fd_count(), baseline);
+}
+
+/// Objects already held and a new PUBLISH must describe one allocation id alike; a contradicting
+/// one is refused, so every later `GET ""` stays a message a validating client accepts.
+#[test]
+fn a_publish_that_contradicts_a_held_description_is_refused() {
+    let dir = TempDir::new("consistent", 0o700);
+    let path = dir.path().join("server.sock");
+    let server = Server::bind(&path, ServerConfig::default()).unwrap();
+    let memory = shm::create(1 << 20).unwrap();
+    let described = |size| Memory {
+        handle: shm::export(&memory).unwrap().handle,
+        description: MemoryDescription { allocation_id: Some(AllocationId(42)), ..host_description(size) },
+    };
+    let client = Client::connect(&path).unwrap();
+    client.publish(&[NamedObject::new("a", described(1 << 20))]).unwrap();
+    // The same allocation again, described alike: fine.
+    client.publish(&[NamedObject::new("again", described(1 << 20))]).unwrap();
+    let e = client.publish(&[NamedObject::new("b", described(1 << 19))]).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("malformed") && text.contains("\"a\"") && text.contains("\"b\""), "{text}");
+    let e = server.publish(NamedObject::new("b", described(1 << 19))).unwrap_err();
+    assert!(e.to_string().contains("different descriptions"), "{e}");
+    let all = client.get_all().expect("GET \"\" decodes");
+    assert_eq!(all.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["a", "again"]);
+}
+
+/// Polling with `GET` for a name not published yet is not misbehaviour: 40 not-found answers on
+/// one connection, then the name appears and the same connection gets it. An empty datagram on
+/// that connection is answered with an error, and the connection goes on.
+#[test]
+fn a_client_polling_for_a_name_is_not_dropped() {
+    let dir = TempDir::new("poll", 0o700);
+    let path = dir.path().join("server.sock");
+    let server = Server::bind(&path, ServerConfig::default()).unwrap();
+    let client = Client::connect(&path).unwrap();
+    for i in 0..40 {
+        let e = client.get("later").unwrap_err();
+        assert!(e.to_string().contains("no object is named"), "poll {i}: {e}");
+    }
+    send_with_fds(client.socket(), &[], &[]).unwrap();
+    let (reply, _) = client.receive().unwrap();
+    assert!(matches!(reply, Message::Error { code: ErrorCode::Malformed, .. }), "{reply:?}");
+    let memory = shm::create(4096).unwrap();
+    server.publish(NamedObject::new("later", shm::export(&memory).unwrap())).unwrap();
+    assert!(matches!(client.get_one("later").unwrap(), SharedObject::Memory(_)));
+    let stats = server.stats();
+    assert_eq!((stats.names_not_found, stats.messages_rejected, stats.requests_served), (40, 1, 1), "{stats:?}");
+}
+
+/// `WAIT` answers as soon as the name is published, `not-found` when its time is up (or the
+/// server's limit on one wait, after which `Client::wait_for` waits again); a client that hangs
+/// up, or a server that stops, ends a wait at once.
+#[test]
+fn wait_answers_when_the_name_is_published() {
+    let dir = TempDir::new("wait", 0o700);
+    let path = dir.path().join("server.sock");
+    let config = ServerConfig { max_wait: Duration::from_millis(150), ..Default::default() };
+    let server = std::sync::Arc::new(Server::bind(&path, config).unwrap());
+    let client = Client::connect(&path).unwrap();
+
+    let started = std::time::Instant::now();
+    let e = client.wait_for("soon", Duration::from_millis(400)).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "waited the whole timeout");
+    // The server answered not-found at its 150 ms limit, and the client asked again.
+    assert!(server.stats().names_not_found >= 2, "{:?}", server.stats());
+
+    let memory = shm::create(4096).unwrap();
+    let export = shm::export(&memory).unwrap();
+    let publisher = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            server.publish(NamedObject::new("soon", export)).unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    let object = client.wait_for("soon", WAIT).unwrap();
+    let waited = started.elapsed();
+    publisher.join().unwrap();
+    assert!(matches!(object, SharedObject::Memory(_)));
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "{waited:?}");
+    // Present already: answered at once, even with a zero timeout.
+    let (reply, fds) = client.request(&Message::Wait { name: "soon".into(), timeout_ms: 0 }, &[]).unwrap();
+    assert!(matches!(reply, Message::Objects(ref o) if o.len() == 1) && fds.len() == 1, "{reply:?}");
+    let (reply, _) = client.request(&Message::Wait { name: "never".into(), timeout_ms: 0 }, &[]).unwrap();
+    assert!(matches!(reply, Message::Error { code: ErrorCode::NotFound, .. }), "{reply:?}");
+    drop(client);
+    assert!(server.wait_idle(WAIT));
+    let rejected = server.stats().messages_rejected;
+    assert_eq!(rejected, 0, "waits that ran out are not rejections");
+
+    // A waiting client that hangs up frees its connection long before the wait would end.
+    let sock = connect_seqpacket(&path).unwrap();
+    send_with_fds(sock.as_fd(), &encode(&Message::Wait { name: "never".into(), timeout_ms: 60_000 }).unwrap(), &[])
+        .unwrap();
+    assert!(server.wait_for(WAIT, |s| s.connections_active == 1).1);
+    drop(sock);
+    let started = std::time::Instant::now();
+    assert!(server.wait_idle(WAIT));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // Stopping the server ends a wait in progress.
+    let server = std::sync::Arc::into_inner(server).unwrap();
+    let long = Server::bind(dir.path().join("long.sock"), ServerConfig::default()).unwrap();
+    let sock = connect_seqpacket(long.path()).unwrap();
+    send_with_fds(sock.as_fd(), &encode(&Message::Wait { name: "never".into(), timeout_ms: 60_000 }).unwrap(), &[])
+        .unwrap();
+    assert!(long.wait_for(WAIT, |s| s.connections_active == 1).1);
+    let started = std::time::Instant::now();
+    drop(long);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop((sock, server));
+}
+
+/// Against a server from before `WAIT` (it answers the unknown message type with an error),
+/// `Client::wait_for` polls with `GET` until the name is there.
+#[test]
+fn wait_for_polls_a_server_that_predates_wait() {
+    let dir = TempDir::new("old-server", 0o700);
+    let path = dir.path().join("old.sock");
+    let listener = lava_flow::ipc::socket::seqpacket_socket().unwrap();
+    rustix::net::bind(&listener, &lava_flow::ipc::socket::unix_address(&path).unwrap()).unwrap();
+    rustix::net::listen(&listener, 1).unwrap();
+    let old = std::thread::spawn(move || {
+        let conn = rustix::net::accept(&listener).unwrap();
+        let memory = shm::create(4096).unwrap();
+        let (mut waits, mut gets) = (0, 0);
+        while let Some(received) = recv_datagram(conn.as_fd(), MAX_MESSAGE_LEN).unwrap() {
+            let (reply, fds) = match received.bytes.get(6) {
+                Some(6) => {
+                    waits += 1;
+                    (Message::error(ErrorCode::Malformed, "unknown message type 6"), vec![])
+                }
+                _ if gets < 3 => {
+                    gets += 1;
+                    (Message::error(ErrorCode::NotFound, "no object is named \"x\""), vec![])
+                }
+                _ => {
+                    gets += 1;
+                    let export = shm::export(&memory).unwrap();
+                    let named = NamedDescription {
+                        name: "x".into(),
+                        description: ObjectDescription::Memory(export.description),
+                    };
+                    (Message::Objects(vec![named]), vec![export.handle])
+                }
+            };
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            send_with_fds(conn.as_fd(), &encode(&reply).unwrap(), &borrowed).unwrap();
+        }
+        (waits, gets)
+    });
+    let client = Client::connect(&path).unwrap();
+    let object = client.wait_for("x", WAIT).unwrap();
+    assert!(matches!(object, SharedObject::Memory(_)));
+    drop(client);
+    assert_eq!(old.join().unwrap(), (1, 4), "one WAIT, then GET until the name was there");
 }

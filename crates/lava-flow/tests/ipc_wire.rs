@@ -2,8 +2,8 @@
 //! (never panics on) anything else.
 
 use lava_flow::ipc::wire::{
-    decode, decode_header, encode, ErrorCode, Message, NamedDescription, ObjectDescription, HEADER_LEN, MAX_FDS,
-    MAX_MESSAGE_LEN, MEMORY_BLOCK_LEN,
+    decode, decode_header, encode, ErrorCode, Message, NamedDescription, ObjectDescription, HEADER_LEN,
+    HOST_MEMFD_PROPERTIES, MAX_FDS, MAX_MESSAGE_LEN, MEMORY_BLOCK_LEN,
 };
 use lava_flow::raw_gpu_handle::{
     AllocationId, BufferDescription, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind, MemoryDescription,
@@ -35,13 +35,15 @@ fn memory(min_size: u64) -> impl Strategy<Value = MemoryDescription> {
         any::<Option<u128>>(),
     )
         .prop_map(|(handle_kind, allocation_size, memory_type_index, props, dedicated, device, id)| {
+            let host = handle_kind == MemoryHandleKind::HostMemfd;
             MemoryDescription {
                 handle_kind,
                 allocation_size,
-                memory_type_index,
-                memory_properties: MemoryProperties(props),
+                // Host memory names no device and no memory type (docs/PROTOCOL.md).
+                memory_type_index: if host { 0 } else { memory_type_index },
+                memory_properties: if host { HOST_MEMFD_PROPERTIES } else { MemoryProperties(props & 0xF) },
                 dedicated,
-                device,
+                device: if host { DeviceIdentity::default() } else { device },
                 allocation_id: id.map(AllocationId),
             }
         })
@@ -94,8 +96,20 @@ fn texture() -> impl Strategy<Value = ObjectDescription> {
     )
         .prop_map(|(memory, (dimension, extent, layers), format, tiling, u, size, offset, modifier, planes)| {
             let row = u64::from(extent.width) * u64::from(format.texel_size());
+            let mut size = size;
             let tiling = match tiling {
-                0 => TextureTiling::Linear { row_pitch: row + offset % 64, array_pitch: modifier % 99, depth_pitch: 7 },
+                0 => {
+                    // Pitches that keep rows, layers and slices apart, and a size that holds them all.
+                    let row_pitch = row + offset % 64;
+                    let slice = row_pitch * u64::from(extent.height);
+                    let (array_pitch, depth_pitch) = (slice + modifier % 99, slice + 7);
+                    let end = u64::from(layers - 1) * array_pitch
+                        + u64::from(extent.depth - 1) * depth_pitch
+                        + u64::from(extent.height - 1) * row_pitch
+                        + row;
+                    size = size.max(end);
+                    TextureTiling::Linear { row_pitch, array_pitch, depth_pitch }
+                }
                 1 => TextureTiling::Optimal,
                 _ => TextureTiling::DrmModifier {
                     modifier,
@@ -146,9 +160,15 @@ fn objects() -> impl Strategy<Value = Vec<NamedDescription>> {
     proptest::collection::vec(("[!-~]{1,60}", object()), 0..12).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (name, description))| NamedDescription {
-                name: format!("{i}{name}").chars().take(64).collect(),
-                description,
+            .map(|(i, (name, mut description))| {
+                // Allocation ids unique within the message: one id is one allocation, described once.
+                if let ObjectDescription::Memory(m)
+                | ObjectDescription::Buffer { memory: m, .. }
+                | ObjectDescription::Texture { memory: m, .. } = &mut description
+                {
+                    m.allocation_id = m.allocation_id.map(|a| AllocationId(a.0 ^ i as u128));
+                }
+                NamedDescription { name: format!("{i}{name}").chars().take(64).collect(), description }
             })
             .collect()
     })
@@ -160,6 +180,7 @@ fn message() -> impl Strategy<Value = Message> {
         objects().prop_map(Message::Objects),
         objects().prop_map(Message::Publish),
         Just(Message::Ok),
+        ("[!-~]{1,64}", any::<u32>()).prop_map(|(name, timeout_ms)| Message::Wait { name, timeout_ms }),
         (1u32..=9, "\\PC{0,200}").prop_map(|(c, text)| Message::error(ErrorCode::from_u32(c).unwrap(), text)),
     ]
 }
@@ -272,7 +293,7 @@ fn each_bad_field_is_rejected_with_its_code() {
     let cases: Vec<(&str, Mutation, ErrorCode)> = vec![
         ("magic", Box::new(|b| b[0] = b'X'), ErrorCode::Malformed),
         ("version", Box::new(|b| b[4] = 2), ErrorCode::UnsupportedVersion),
-        ("message type", Box::new(|b| b[6] = 99), ErrorCode::Malformed),
+        ("message type", Box::new(|b| b[6] = 99), ErrorCode::Unexpected),
         ("header reserved", Box::new(|b| b[15] = 1), ErrorCode::Malformed),
         ("payload length too long", Box::new(|b| b[8] += 1), ErrorCode::Malformed),
         (
@@ -288,6 +309,8 @@ fn each_bad_field_is_rejected_with_its_code() {
         ("memory flags", Box::new(|b| b[BODY + 1] |= 0x80), ErrorCode::Malformed),
         ("memory reserved", Box::new(|b| b[BODY + 2] = 1), ErrorCode::Malformed),
         ("memory type index", Box::new(|b| b[BODY + 4] = 32), ErrorCode::Malformed),
+        ("memory property bit 0x10", Box::new(|b| b[BODY + 8] |= 0x10), ErrorCode::Malformed),
+        ("memory property bit 0x100", Box::new(|b| b[BODY + 9] = 1), ErrorCode::Malformed),
         ("zero allocation size", Box::new(|b| b[BODY + 16..BODY + 24].fill(0)), ErrorCode::Malformed),
         ("allocation id without flag", Box::new(|b| b[BODY + 1] = 1), ErrorCode::Malformed),
         ("device flags", Box::new(|b| b[BODY + 40] = 2), ErrorCode::Malformed),
@@ -361,6 +384,151 @@ fn inconsistent_descriptions_are_rejected_both_ways() {
     assert!(encode(&twice).is_err());
 }
 
+/// Host memory names no device and no memory type: a description that does is refused by the
+/// encoder and the decoder (lava-flow's `--location shared-host` once sent the Vulkan device's).
+#[test]
+fn host_memory_carries_no_device_and_no_memory_type() {
+    let host = MemoryDescription {
+        handle_kind: MemoryHandleKind::HostMemfd,
+        allocation_size: 1 << 16,
+        memory_type_index: 0,
+        memory_properties: HOST_MEMFD_PROPERTIES,
+        dedicated: false,
+        device: DeviceIdentity::default(),
+        allocation_id: Some(AllocationId(7)),
+    };
+    let message = |m: MemoryDescription| {
+        Message::Objects(vec![NamedDescription { name: "h".into(), description: ObjectDescription::Memory(m) }])
+    };
+    let good = encode(&message(host)).unwrap();
+    assert_eq!(decode(&good, 1).unwrap(), message(host));
+    let named_device = MemoryDescription { device: sample_memory().device, ..host };
+    let typed = MemoryDescription { memory_type_index: 3, ..host };
+    let device_local = MemoryDescription { memory_properties: MemoryProperties::DEVICE_LOCAL, ..host };
+    for (what, bad) in
+        [("a device identity", named_device), ("a memory type", typed), ("other properties", device_local)]
+    {
+        let e = encode(&message(bad)).expect_err(what);
+        assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
+        // The same bytes, patched into a good message, are refused on receipt.
+        let mut bytes = good.clone();
+        let m = &mut bytes[BODY..BODY + MEMORY_BLOCK_LEN];
+        m[4..8].copy_from_slice(&bad.memory_type_index.to_le_bytes());
+        m[8..12].copy_from_slice(&bad.memory_properties.0.to_le_bytes());
+        m[48..64].copy_from_slice(&bad.device.device_uuid.0);
+        m[64..80].copy_from_slice(&bad.device.driver_uuid.0);
+        let e = decode(&bytes, 1).expect_err(what);
+        assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
+        assert!(e.reason.contains("host"), "{what}: {e}");
+    }
+}
+
+/// Two records of one allocation id must describe one allocation: different sizes (or types, or
+/// handle kinds) are an inconsistent description, refused when encoding and when decoding.
+#[test]
+fn one_allocation_id_with_two_descriptions_is_malformed() {
+    let m = MemoryDescription { dedicated: false, ..sample_memory() };
+    let other_id = AllocationId(0x0a0b_0c0d_0e0f);
+    let buffer = |memory, offset| ObjectDescription::Buffer {
+        memory,
+        buffer: BufferDescription { offset, size: 4096, alignment: 256 },
+    };
+    let two = |second: MemoryDescription| {
+        Message::Publish(vec![
+            NamedDescription { name: "a".into(), description: buffer(m, 0) },
+            NamedDescription { name: "b".into(), description: buffer(second, 4096) },
+        ])
+    };
+    // The same allocation twice, described alike: fine.
+    assert!(decode(&encode(&two(m)).unwrap(), 2).is_ok());
+    for (what, second) in [
+        ("a different size", MemoryDescription { allocation_size: 2 << 20, ..m }),
+        ("a different memory type", MemoryDescription { memory_type_index: 5, ..m }),
+        ("a different handle kind", MemoryDescription { handle_kind: MemoryHandleKind::DmaBuf, ..m }),
+    ] {
+        let e = encode(&two(second)).expect_err(what);
+        assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
+        // Encoded under another id, then given the first object's id: the decoder refuses it.
+        let mut bytes = encode(&two(MemoryDescription { allocation_id: Some(other_id), ..second })).unwrap();
+        let at = bytes.windows(16).rposition(|w| w == other_id.0.to_le_bytes()).unwrap();
+        bytes[at..at + 16].copy_from_slice(&m.allocation_id.unwrap().0.to_le_bytes());
+        let e = decode(&bytes, 2).expect_err(what);
+        assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
+        assert!(e.reason.contains("\"a\"") && e.reason.contains("\"b\""), "names both objects: {e}");
+    }
+}
+
+/// A linear texture's rows (and layers, and slices) must fit in its size.
+#[test]
+fn a_linear_texture_larger_than_its_size_is_malformed() {
+    let texture = |dimension, extent: Extent3d, layers, tiling, size| ObjectDescription::Texture {
+        memory: MemoryDescription { allocation_size: 1 << 30, dedicated: false, ..sample_memory() },
+        texture: TextureDescription {
+            format: TextureFormat::Rgba8Unorm,
+            dimension,
+            extent,
+            array_layers: layers,
+            tiling,
+            usage: TextureUsage::default(),
+            offset: 0,
+            size,
+        },
+    };
+    let linear = |row_pitch, array_pitch, depth_pitch| TextureTiling::Linear { row_pitch, array_pitch, depth_pitch };
+    let d2 = Extent3d { width: 64, height: 32, depth: 1 };
+    // 31 rows of 512 bytes, then one row of 64 texels (256 bytes).
+    let fits = 512 * 31 + 256;
+    let cases = [
+        ("2D", texture(TextureDimension::D2, d2, 1, linear(512, 0, 0), fits), true),
+        ("2D one byte short", texture(TextureDimension::D2, d2, 1, linear(512, 0, 0), fits - 1), false),
+        ("2D array", texture(TextureDimension::D2Array, d2, 3, linear(512, 16384, 0), 2 * 16384 + fits), true),
+        ("2D array short", texture(TextureDimension::D2Array, d2, 3, linear(512, 16384, 0), 16384 + fits), false),
+        (
+            "3D",
+            texture(TextureDimension::D3, Extent3d { depth: 4, ..d2 }, 1, linear(512, 0, 16384), 3 * 16384 + fits),
+            true,
+        ),
+        (
+            "3D short",
+            texture(TextureDimension::D3, Extent3d { depth: 4, ..d2 }, 1, linear(512, 0, 16384), 2 * 16384 + fits),
+            false,
+        ),
+        ("huge pitch", texture(TextureDimension::D2, d2, 1, linear(u64::MAX / 2, 0, 0), fits), false),
+    ];
+    for (what, description, ok) in cases {
+        let message = Message::Objects(vec![NamedDescription { name: "t".into(), description }]);
+        match encode(&message) {
+            Ok(bytes) => {
+                assert!(ok, "{what} encodes");
+                assert_eq!(decode(&bytes, 1).unwrap(), message, "{what}");
+            }
+            Err(e) => {
+                assert!(!ok, "{what}: {e}");
+                assert_eq!(e.code, ErrorCode::Malformed, "{what}: {e}");
+            }
+        }
+    }
+}
+
+/// `WAIT` as docs/PROTOCOL.md writes it: timeout (u32 ms), name length (u16), reserved (u16), name.
+#[test]
+fn wait_layout_matches_the_protocol_document() {
+    let bytes = encode(&Message::Wait { name: "frames".into(), timeout_ms: 2500 }).unwrap();
+    assert_eq!(
+        bytes,
+        [&b"LVFL"[..], &[1, 0, 6, 0, 14, 0, 0, 0, 0, 0, 0, 0], &2500u32.to_le_bytes(), &[6, 0, 0, 0], b"frames"]
+            .concat()
+    );
+    assert_eq!(decode(&bytes, 0).unwrap(), Message::Wait { name: "frames".into(), timeout_ms: 2500 });
+    let mut reserved = bytes.clone();
+    reserved[22] = 1;
+    assert_eq!(decode(&reserved, 0).unwrap_err().code, ErrorCode::Malformed);
+    assert_eq!(decode(&bytes, 1).unwrap_err().code, ErrorCode::FdCountMismatch, "a WAIT carries no fds");
+    assert!(encode(&Message::Wait { name: String::new(), timeout_ms: 0 }).is_err(), "WAIT needs a name");
+    let empty = [&bytes[..8], &8u32.to_le_bytes(), &bytes[12..20], &[0, 0, 0, 0]].concat();
+    assert_eq!(decode(&empty, 0).unwrap_err().code, ErrorCode::Malformed, "an empty name");
+}
+
 /// One valid message of every type, as fuzz seeds: the first byte is the fd count.
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let memory = sample_memory();
@@ -368,6 +536,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ("get", Message::Get { name: "frames".into() }),
         ("get-all", Message::Get { name: String::new() }),
         ("ok", Message::Ok),
+        ("wait", Message::Wait { name: "frames".into(), timeout_ms: 1000 }),
         ("error", Message::error(ErrorCode::NotFound, "no object is named \"x\"")),
         (
             "objects",

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{pattern, two_devices, vulkan};
+use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::pool::{AllocationStrategy, BlockImporter, BufferPool, CacheOutcome, PoolConfig};
 use lava_flow::raw_gpu_handle::{BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid};
 use lava_flow::testing::open_fd_count;
@@ -72,7 +73,12 @@ fn small_buffers_share_a_block_and_exports_name_it() {
 #[test]
 fn strategy_and_threshold_choose_the_allocation() {
     let Some(ctx) = vulkan() else { return };
-    let config = PoolConfig { block_size: 8 << 20, dedicated_threshold: 1 << 20, retain_empty_blocks: 0 };
+    let config = PoolConfig {
+        block_size: 8 << 20,
+        dedicated_threshold: 1 << 20,
+        retain_empty_blocks: 0,
+        ..PoolConfig::default()
+    };
     let alloc = allocator(&ctx, config);
     let id = device_id(&ctx);
     let small = alloc.allocate_buffer(id, &BufferOptions::new(KIB64)).unwrap();
@@ -426,4 +432,148 @@ fn shared_host_memory_goes_through_the_cache() {
     assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit), "host memory is one import too");
     assert!(Arc::ptr_eq(one.memory(), two.memory()));
     assert_eq!(two.read(0, KIB64).unwrap(), pattern(KIB64 as usize, 5));
+}
+
+/// The bytes of the secret that a peer must never see.
+const SECRET_SEED: u32 = 0x5ec7;
+
+fn served_socket() -> std::path::PathBuf {
+    std::env::var_os("POOL_TEST_SOCKET").expect("POOL_TEST_SOCKET").into()
+}
+
+/// A pooled buffer served to another process shows it nothing that was not published to it:
+/// a buffer of an ordinary (private) pool is refused by the server and the client, exports kept
+/// after the block is gone included; what is served instead (a buffer of a pool made for peers,
+/// a buffer with its own allocation) lets the peer, which reads every byte its fds map, find no
+/// byte of the secret that shared a block with the refused buffer.
+#[test]
+fn a_peer_never_sees_a_sibling_of_a_served_pooled_buffer() {
+    if common::child_role().as_deref() == Some("pool-peer") {
+        return peer_reads_all_it_was_served();
+    }
+    let Some(ctx) = vulkan() else { return };
+    let id = device_id(&ctx);
+    let private = allocator(&ctx, PoolConfig { block_size: 4 << 20, ..PoolConfig::default() });
+    let secret = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    secret.write(0, &pattern(KIB64 as usize, SECRET_SEED)).unwrap();
+    let sibling = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    assert!(Arc::ptr_eq(secret.memory(), sibling.memory()), "one block holds both");
+    // What serving the sibling would hand out: its fd maps the whole block, secret included (the
+    // search the peer runs below finds it there).
+    {
+        let importer = BlockImporter::new(&ctx);
+        let exported = sibling.export_fd().unwrap();
+        let block = exported.memory.description;
+        let _anchor = importer.import_buffer(exported).unwrap();
+        let whole = BufferDescription { offset: 0, size: block.allocation_size, alignment: 0 };
+        let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+        let view = importer.import_from_cache(&block, whole, usage).unwrap().unwrap();
+        let needle = &pattern(KIB64 as usize, SECRET_SEED)[..32];
+        assert!(view.read(0, block.allocation_size).unwrap().windows(32).any(|w| w == needle));
+    }
+
+    let dir = std::env::temp_dir().join(format!("lava-flow-pool-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::bind(dir.join("pool.sock"), ServerConfig::default()).unwrap();
+    for (what, object) in [
+        ("the sibling buffer", NamedObject::new("sibling", sibling.export_fd().unwrap())),
+        ("the block's memory", NamedObject::new("block", sibling.memory().export_fd().unwrap())),
+    ] {
+        let e = server.publish(object).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{what}: {e}");
+        assert!(e.to_string().contains("share_blocks_with_peers"), "{what}: {e}");
+    }
+    let client = Client::connect(server.path()).unwrap();
+    let e = client.publish(&[NamedObject::new("sibling", sibling.export_fd().unwrap())]).unwrap_err();
+    assert!(e.to_string().contains("share_blocks_with_peers"), "refused before sending: {e}");
+    drop(client);
+    assert!(server.objects().is_empty());
+
+    // What may be published: a buffer of a pool made for peers, and one with its own allocation.
+    let for_peers = allocator(&ctx, PoolConfig { block_size: 4 << 20, ..PoolConfig::for_peers() });
+    let shared = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    shared.write(0, &pattern(KIB64 as usize, 1)).unwrap();
+    let own = private.allocate_buffer(id, &BufferOptions::new(KIB64).strategy(AllocationStrategy::Dedicated)).unwrap();
+    own.write(0, &pattern(KIB64 as usize, 2)).unwrap();
+    server.publish(NamedObject::new("shared", shared.export_fd().unwrap())).unwrap();
+    server.publish(NamedObject::new("own", own.export_fd().unwrap())).unwrap();
+    let out = common::run_child(
+        "a_peer_never_sees_a_sibling_of_a_served_pooled_buffer",
+        "pool-peer",
+        &[("POOL_TEST_SOCKET", server.path().to_string_lossy().into_owned())],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("peer: read"), "the peer checked what it got");
+
+    // An export kept after its block is gone still names a private block: refused.
+    let kept = sibling.export_fd().unwrap();
+    drop((secret, sibling));
+    assert_eq!(private.pool().stats().blocks, 0, "the private block was released");
+    let e = server.publish(NamedObject::new("kept", kept)).unwrap_err();
+    assert!(e.to_string().contains("share_blocks_with_peers"), "{e}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The peer's side: every object it is served, read whole (the whole allocation its fd maps,
+/// wherever the import allows it), holds its pattern and no byte of the secret.
+fn peer_reads_all_it_was_served() {
+    let Some(ctx) = vulkan() else { panic!("the parent opened Vulkan, the child must too") };
+    let client = Client::connect(served_socket()).unwrap();
+    let objects = client.get_all().unwrap();
+    assert_eq!(objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["shared", "own"]);
+    let needle = &pattern(KIB64 as usize, SECRET_SEED)[..32];
+    let importer = BlockImporter::new(&ctx);
+    let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+    let mut read = 0;
+    for (seed, object) in (1..).zip(objects) {
+        let SharedObject::Buffer(exported) = object.object else { panic!("{} is not a buffer", object.name) };
+        let (memory, described) = (exported.memory.description, exported.buffer);
+        let buffer = importer.import_buffer(exported).unwrap();
+        assert_eq!(buffer.read(0, KIB64).unwrap(), pattern(KIB64 as usize, seed), "{}", object.name);
+        // A dedicated allocation can only be bound to its own resource; it holds nothing else.
+        let all = if memory.dedicated {
+            buffer.read(0, described.size).unwrap()
+        } else {
+            let whole = BufferDescription { offset: 0, size: memory.allocation_size, alignment: 0 };
+            let view = importer.import_from_cache(&memory, whole, usage).unwrap().expect("the block is imported");
+            view.read(0, memory.allocation_size).unwrap()
+        };
+        assert!(!all.windows(needle.len()).any(|w| w == needle), "{}: the secret is readable", object.name);
+        read += all.len();
+    }
+    println!("peer: read {read} bytes of what it was served; no secret among them");
+}
+
+/// In a pool made for peers a freed range is never handed out again while its block lives (a
+/// peer may still map it), and the block is released with its last buffer, not retained; an
+/// ordinary pool reuses the range at once.
+#[test]
+fn a_block_shared_with_peers_never_hands_a_freed_range_out_again() {
+    let Some(ctx) = vulkan() else { return };
+    let id = device_id(&ctx);
+    let private = allocator(&ctx, PoolConfig::default());
+    let keep = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let first = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let range = first.offset()..first.offset() + KIB64;
+    drop(first);
+    let again = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    assert_eq!(again.offset(), range.start, "an ordinary pool reuses the range");
+    drop((keep, again));
+
+    let config = PoolConfig { retain_empty_blocks: 2, ..PoolConfig::for_peers() };
+    let for_peers = allocator(&ctx, config);
+    let keep = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let first = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let range = first.offset()..first.offset() + KIB64;
+    drop(first);
+    let s = for_peers.pool().stats();
+    assert_eq!((s.live_buffers, s.retired_bytes), (1, KIB64), "{s:?}");
+    for _ in 0..8 {
+        let next = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
+        assert!(next.offset() >= range.end || next.offset() + KIB64 <= range.start, "a retired range came back");
+        assert!(Arc::ptr_eq(next.memory(), keep.memory()), "the block's unused space is still used");
+    }
+    drop(keep);
+    let s = for_peers.pool().stats();
+    assert_eq!((s.blocks, s.blocks_released), (0, 1), "released with its last buffer, not retained: {s:?}");
 }

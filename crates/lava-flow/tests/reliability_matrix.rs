@@ -198,65 +198,65 @@ fn cases() -> Vec<Case> {
         Case {
             name: "regular file",
             importers: "a 1 MiB file in place of the export",
-            protocol: "a file published as host memory, then fetched and mapped by a client",
+            protocol: "PUBLISH of a file as host memory (the server checks each fd against its description)",
             expect: [
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
-                Refused(&["InvalidHandle"]),
+                Refused(&["ERROR Malformed"]),
             ],
             run: regular_file,
         },
         Case {
             name: "pipe",
             importers: "a pipe in place of the export",
-            protocol: "a pipe published as host memory, then fetched and mapped",
+            protocol: "PUBLISH of a pipe as host memory",
             expect: [
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
-                Refused(&["InvalidHandle"]),
+                Refused(&["ERROR Malformed"]),
             ],
             run: pipe,
         },
         Case {
             name: "socket",
             importers: "a Unix socket in place of the export",
-            protocol: "a socket published as host memory, then fetched and mapped",
+            protocol: "PUBLISH of a socket as host memory",
             expect: [
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
                 Refused(&["InvalidHandle"]),
-                Refused(&["InvalidHandle"]),
+                Refused(&["ERROR Malformed"]),
             ],
             run: socket,
         },
         Case {
             name: "memfd that is not an export",
             importers: "a memfd of the right size in place of an opaque fd",
-            protocol: "a memfd not sealed against shrinking, published as host memory, then mapped",
+            protocol: "PUBLISH of a memfd not sealed against shrinking as host memory",
             expect: [
                 Refused(&["Vulkan"]),
                 Refused(&["Api"]),
                 Refused(&["Api"]),
                 Refused(&["Api"]),
-                Refused(&["InvalidHandle"]),
+                Refused(&["ERROR Malformed"]),
             ],
             run: memfd,
         },
         Case {
             name: "character device that is not GPU memory",
             importers: "/dev/null in place of the export",
-            protocol: "/dev/null published as host memory, then mapped",
+            protocol: "PUBLISH of /dev/null as host memory",
             expect: [
                 Refused(&["Vulkan"]),
                 Refused(&["Api"]),
                 Refused(&["Api"]),
                 Refused(&["Api"]),
-                Refused(&["InvalidHandle"]),
+                Refused(&["ERROR Malformed"]),
             ],
             run: dev_null,
         },
@@ -299,6 +299,27 @@ fn cases() -> Vec<Case> {
             protocol: "a datagram larger than the 64 KiB limit, with fds",
             expect: [NA, NA, NA, NA, Refused(&["ERROR TooLarge"])],
             run: oversized_message,
+        },
+        Case {
+            name: "empty datagram",
+            importers: "-",
+            protocol: "a datagram of zero bytes",
+            expect: [NA, NA, NA, NA, Refused(&["ERROR Malformed"])],
+            run: empty_datagram,
+        },
+        Case {
+            name: "unknown message type",
+            importers: "-",
+            protocol: "a header whose message type is 99",
+            expect: [NA, NA, NA, NA, Refused(&["ERROR Unexpected"])],
+            run: unknown_message_type,
+        },
+        Case {
+            name: "one allocation, two descriptions",
+            importers: "-",
+            protocol: "a PUBLISH of two objects naming one allocation id with different sizes",
+            expect: [NA, NA, NA, NA, Refused(&["ERROR Malformed"])],
+            run: inconsistent_allocation,
         },
         Case {
             name: "fds disagree with the header",
@@ -615,34 +636,24 @@ fn good_client(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Publishes `fd` as host memory through a client, then fetches it with another client and maps
-/// it as host memory: the mapping is what refuses it.
-fn published_then_mapped(env: &Env, fd: OwnedFd) -> CellResult {
+/// PUBLISHes `fd` as 4096 bytes of host memory on a raw connection: the server checks the fd
+/// against the description and answers with an error (the fd is closed on both sides).
+fn published_as_host_memory(env: &Env, fd: OwnedFd) -> CellResult {
     let mut description = memory_description();
     description.allocation_size = 4096;
-    let object = NamedObject::new("suspect", Memory { handle: fd, description });
-    let publisher = Client::connect(env.server.path()).map_err(|e| e.to_string())?;
-    publisher.publish(&[object]).map_err(|e| format!("the server refused the publish: {e}"))?;
-    drop(publisher);
-    let reader = Client::connect(env.server.path()).map_err(|e| e.to_string())?;
-    let fetched = reader.get_one("suspect").map_err(|e| e.to_string())?;
-    drop(reader);
-    drop(env.server.remove("suspect"));
-    // The server (in this process) closes its side of both connections on its own threads: let it,
-    // so that the count below moves only with the mapping.
-    if !env.server.wait_idle(WAIT) {
-        return Err("the server kept a connection open".into());
+    let sock = connect_seqpacket(env.server.path()).map_err(|e| e.to_string())?;
+    set_timeouts(sock.as_fd(), Some(WAIT), Some(WAIT)).map_err(|e| e.to_string())?;
+    let named = NamedDescription { name: "suspect".into(), description: ObjectDescription::Memory(description) };
+    let bytes = encode(&Message::Publish(vec![named])).map_err(|e| e.to_string())?;
+    send_unchecked(sock.as_fd(), &bytes, &[fd.as_fd()]);
+    drop(fd);
+    let reply = recv_datagram(sock.as_fd(), MAX_MESSAGE_LEN).map_err(|e| e.to_string())?.ok_or("no reply")?;
+    if env.server.remove("suspect").is_some() {
+        return Ok(Cell::Works("the server stored it".into()));
     }
-    let SharedObject::Memory(memory) = fetched else { return Err("not memory".into()) };
-    let before = open_fd_count();
-    match shm::map_exported(memory) {
-        Ok(_) => Ok(Cell::Works("mapped".into())),
-        Err(e) => {
-            if open_fd_count() != before - 1 {
-                return Err(format!("the refused mapping did not close its fd: {e}"));
-            }
-            Ok(refused(&e))
-        }
+    match decode(&reply.bytes, reply.fds.len()).map_err(|e| format!("{e:?}"))? {
+        Message::Error { code, text } => Ok(Cell::Refused(format!("ERROR {code:?}"), text)),
+        other => Ok(Cell::Works(format!("the server answered {:?}", other.message_type()))),
     }
 }
 
@@ -744,7 +755,7 @@ fn temp_file(bytes: u64) -> OwnedFd {
 
 fn regular_file(env: &Env, column: Column) -> CellResult {
     if column == Column::Protocol {
-        return published_then_mapped(env, temp_file(4096));
+        return published_as_host_memory(env, temp_file(4096));
     }
     tampered(env, column, |e| (with_fd(e, temp_file(1 << 20)), Handed::Open, None))
 }
@@ -753,7 +764,7 @@ fn pipe(env: &Env, column: Column) -> CellResult {
     let (reader, writer) = rustix::pipe::pipe().unwrap();
     drop(writer);
     if column == Column::Protocol {
-        return published_then_mapped(env, reader);
+        return published_as_host_memory(env, reader);
     }
     tampered(env, column, |e| (with_fd(e, reader), Handed::Open, None))
 }
@@ -761,7 +772,7 @@ fn pipe(env: &Env, column: Column) -> CellResult {
 fn socket(env: &Env, column: Column) -> CellResult {
     let (one, _other) = std::os::unix::net::UnixStream::pair().unwrap();
     if column == Column::Protocol {
-        return published_then_mapped(env, one.into());
+        return published_as_host_memory(env, one.into());
     }
     tampered(env, column, |e| (with_fd(e, one.into()), Handed::Open, None))
 }
@@ -771,7 +782,7 @@ fn memfd(env: &Env, column: Column) -> CellResult {
     if column == Column::Protocol {
         let fd = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 4096).unwrap();
-        return published_then_mapped(env, fd);
+        return published_as_host_memory(env, fd);
     }
     tampered(env, column, |e| {
         let size = e.memory.description.allocation_size;
@@ -787,7 +798,7 @@ fn memfd(env: &Env, column: Column) -> CellResult {
 fn dev_null(env: &Env, column: Column) -> CellResult {
     let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
     if column == Column::Protocol {
-        return published_then_mapped(env, null);
+        return published_as_host_memory(env, null);
     }
     tampered(env, column, |e| (with_fd(e, null), Handed::Open, None))
 }
@@ -883,6 +894,36 @@ fn oversized_message(env: &Env, column: Column) -> CellResult {
         return Ok(Cell::Skipped("not a case for an importer".into()));
     }
     raw_request(env, &vec![0u8; 2 * MAX_MESSAGE_LEN], 4)
+}
+
+fn empty_datagram(env: &Env, column: Column) -> CellResult {
+    if column != Column::Protocol {
+        return Ok(Cell::Skipped("not a case for an importer".into()));
+    }
+    raw_request(env, &[], 0)
+}
+
+fn unknown_message_type(env: &Env, column: Column) -> CellResult {
+    if column != Column::Protocol {
+        return Ok(Cell::Skipped("not a case for an importer".into()));
+    }
+    let mut bytes = encode(&Message::Ok).unwrap();
+    bytes[6] = 99;
+    raw_request(env, &bytes, 0)
+}
+
+fn inconsistent_allocation(env: &Env, column: Column) -> CellResult {
+    if column != Column::Protocol {
+        return Ok(Cell::Skipped("not a case for an importer".into()));
+    }
+    // encode() refuses the contradiction, so the second object gets its own id, then the first's.
+    let (one, two) = (lava_flow::raw_gpu_handle::AllocationId(0x1111), lava_flow::raw_gpu_handle::AllocationId(0x2222));
+    let first = MemoryDescription { allocation_id: Some(one), ..memory_description() };
+    let second = MemoryDescription { allocation_id: Some(two), allocation_size: 2048, ..first };
+    let mut bytes = publish_bytes(vec![ObjectDescription::Memory(first), ObjectDescription::Memory(second)]);
+    let at = bytes.windows(16).rposition(|w| w == two.0.to_le_bytes()).ok_or("the second id is not found")?;
+    bytes[at..at + 16].copy_from_slice(&one.0.to_le_bytes());
+    raw_request(env, &bytes, 2)
 }
 
 fn fd_count_mismatch(env: &Env, column: Column) -> CellResult {

@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::object::{join, NamedObject, SharedObject};
 use super::socket::{connect_seqpacket, recv_datagram, send_message, set_timeouts};
@@ -12,11 +12,16 @@ use crate::{Error, Result};
 /// How long a client waits for a reply unless told otherwise.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often [`Client::wait_for`] asks again with `GET` when the server predates `WAIT`.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A connection to a lava-flow server.
 #[derive(Debug)]
 pub struct Client {
     sock: OwnedFd,
     path: PathBuf,
+    /// The receive timeout set on the socket (restored after a `WAIT`).
+    reply_timeout: Option<Duration>,
 }
 
 impl Client {
@@ -30,12 +35,15 @@ impl Client {
         let path = path.as_ref().to_path_buf();
         let sock = connect_seqpacket(&path)?;
         set_timeouts(sock.as_fd(), Some(timeout), Some(timeout))?;
-        Ok(Client { sock, path })
+        Ok(Client { sock, path, reply_timeout: Some(timeout) })
     }
 
-    /// Uses an already connected seqpacket socket (one inherited from a parent, say).
+    /// Uses an already connected seqpacket socket (one inherited from a parent, say), with the
+    /// timeouts it has.
     pub fn from_socket(sock: OwnedFd) -> Client {
-        Client { sock, path: PathBuf::new() }
+        let reply_timeout =
+            rustix::net::sockopt::socket_timeout(&sock, rustix::net::sockopt::Timeout::Recv).ok().flatten();
+        Client { sock, path: PathBuf::new(), reply_timeout }
     }
 
     /// The connected socket.
@@ -102,18 +110,70 @@ impl Client {
 
     /// Asks for one object by name.
     pub fn get_one(&self, name: &str) -> Result<SharedObject> {
-        let mut objects = self.get(name)?;
-        match (objects.pop(), objects.is_empty()) {
-            (Some(o), true) if o.name == name => Ok(o.object),
-            _ => Err(Error::Protocol {
-                reason: format!("asked for {name:?} and got a different set of objects"),
-                advice: "the server does not follow docs/PROTOCOL.md".into(),
-            }),
+        one_object(self.get(name)?, name)
+    }
+
+    /// Waits until an object named `name` is published (at most `timeout`), then returns it.
+    ///
+    /// Sends `WAIT` (docs/PROTOCOL.md), again after each `not-found` the server answers when its
+    /// own limit on one wait passes, until `timeout` is spent; then the error is
+    /// [`Error::Timeout`]. A server that predates `WAIT` (it answers `unexpected`, or `malformed`
+    /// as lava-flow servers did before `WAIT` existed) is polled with `GET` every
+    /// [`POLL_INTERVAL`] instead; `not-found` answers never count against a connection.
+    pub fn wait_for(&self, name: &str, timeout: Duration) -> Result<SharedObject> {
+        super::wire::check_name(name, false)?;
+        // Past any real deadline (and no overflow for Duration::MAX): about 136 years.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(1 << 32));
+        loop {
+            // One WAIT asks for at most u32::MAX ms (49 days); a longer timeout waits again.
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(u32::MAX.into()));
+            let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+            // The reply may take the whole wait, plus the usual time for a reply.
+            let patience = left.saturating_add(self.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT));
+            set_timeouts(self.sock.as_fd(), Some(patience), self.reply_timeout)?;
+            let answer = self.request(&Message::Wait { name: name.to_owned(), timeout_ms: ms }, &[]);
+            set_timeouts(self.sock.as_fd(), self.reply_timeout, self.reply_timeout)?;
+            let (reply, fds) = answer?;
+            match reply {
+                Message::Objects(descriptions) => return one_object(join(descriptions, fds)?, name),
+                Message::Error { code: ErrorCode::NotFound, .. } if Instant::now() < deadline => {}
+                Message::Error { code: ErrorCode::NotFound, .. } => return Err(wait_timeout(name, timeout)),
+                Message::Error { code: ErrorCode::Unexpected | ErrorCode::Malformed, .. } => {
+                    return self.poll_for(name, deadline, timeout)
+                }
+                other => return Err(reply_error(other, "WAIT")),
+            }
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for) against a server without `WAIT`: `GET` until the name is there.
+    fn poll_for(&self, name: &str, deadline: Instant, timeout: Duration) -> Result<SharedObject> {
+        loop {
+            let (reply, fds) = self.request(&Message::Get { name: name.to_owned() }, &[])?;
+            match reply {
+                Message::Objects(descriptions) => return one_object(join(descriptions, fds)?, name),
+                Message::Error { code: ErrorCode::NotFound, .. } => {}
+                other => return Err(reply_error(other, "GET")),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(wait_timeout(name, timeout));
+            }
+            std::thread::sleep(left.min(POLL_INTERVAL));
         }
     }
 
     /// Hands objects to the server (it keeps duplicates of their fds; these stay open here).
+    ///
+    /// Memory of a private pool block of this process is refused before anything is sent
+    /// ([`check_publishable`](crate::pool::check_publishable)): its fd would show the server and
+    /// every client of it all the other buffers of the block.
     pub fn publish(&self, objects: &[NamedObject]) -> Result<()> {
+        for o in objects {
+            if let Some(m) = o.object.memory() {
+                crate::pool::check_publishable(&o.name, &m.description)?;
+            }
+        }
         let descriptions = objects.iter().map(NamedObject::named_description).collect();
         let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.object.fd()).collect();
         let (reply, _) = self.request(&Message::Publish(descriptions), &fds)?;
@@ -122,6 +182,21 @@ impl Client {
             other => Err(reply_error(other, "PUBLISH")),
         }
     }
+}
+
+/// The single object named `name` that a reply must hold.
+fn one_object(mut objects: Vec<NamedObject>, name: &str) -> Result<SharedObject> {
+    match (objects.pop(), objects.is_empty()) {
+        (Some(o), true) if o.name == name => Ok(o.object),
+        _ => Err(Error::Protocol {
+            reason: format!("asked for {name:?} and got a different set of objects"),
+            advice: "the server does not follow docs/PROTOCOL.md".into(),
+        }),
+    }
+}
+
+fn wait_timeout(name: &str, timeout: Duration) -> Error {
+    Error::Timeout { action: format!("waiting for an object named {name:?} to be published"), timeout }
 }
 
 fn reply_error(reply: Message, request: &str) -> Error {

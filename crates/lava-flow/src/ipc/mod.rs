@@ -28,7 +28,7 @@ pub mod shm;
 pub mod socket;
 pub mod wire;
 
-pub use client::{Client, DEFAULT_REPLY_TIMEOUT};
+pub use client::{Client, DEFAULT_REPLY_TIMEOUT, POLL_INTERVAL};
 pub use object::{NamedObject, SharedObject};
 pub use serve::{
     attach, check_pattern, pattern_bytes, pattern_word, serve_pattern, AttachApi, AttachOptions, AttachReport,

@@ -1,11 +1,12 @@
 //! Shared objects with their fds: what a server holds and a client receives.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use raw_gpu_handle::{
     Buffer, ExportedBuffer, ExportedFence, ExportedMemory, ExportedSemaphore, ExportedTexture, Fence, Memory,
-    Semaphore, Texture,
+    MemoryDescription, MemoryHandleKind, Semaphore, Texture,
 };
+use rustix::fs::{FileType, SealFlags};
 
 use super::wire::{NamedDescription, ObjectDescription};
 use crate::{Error, Result};
@@ -95,6 +96,31 @@ impl SharedObject {
         }
     }
 
+    /// Checks the fd against the description, as far as anything outside the driver that made it
+    /// can tell (docs/PROTOCOL.md, "What the server checks"):
+    ///
+    /// - host-memfd memory: a memfd, sealed against shrinking (`F_SEAL_SHRINK`), holding at least
+    ///   the allocation size;
+    /// - device memory (opaque fd, DMA-BUF), semaphores and fences: not a pipe, socket, directory,
+    ///   block device or regular file on a file system (a memfd, a DMA-BUF, an anonymous inode or a
+    ///   character device passes, since drivers export those); memory whose size the fd shows (a
+    ///   memfd, a DMA-BUF) holds at least the allocation size.
+    ///
+    /// The error says what the fd is and what its description claims.
+    pub fn check_handle(&self) -> Result<()> {
+        let reason = match self.memory() {
+            Some(m) => check_memory_handle(m.handle.as_fd(), &m.description),
+            None => check_sync_handle(self.fd()),
+        };
+        reason.map_err(|reason| Error::InvalidHandle {
+            what: format!("shared {}", self.kind_name()),
+            reason,
+            advice: "share the fd an export returned, with its description unchanged (host memory: a memfd sealed \
+                     with F_SEAL_SHRINK, as ipc::shm::create makes)"
+                .into(),
+        })
+    }
+
     /// The memory, where this object is or lives in one.
     pub fn memory(&self) -> Option<&ExportedMemory> {
         match self {
@@ -171,4 +197,98 @@ pub(crate) fn join(descriptions: Vec<NamedDescription>, fds: Vec<OwnedFd>) -> Re
         .zip(fds)
         .map(|(d, fd)| NamedObject { name: d.name, object: SharedObject::from_parts(d.description, fd) })
         .collect())
+}
+
+/// What the kernel says an fd is: its type, `st_size` and `/proc/self/fd` link.
+struct FdFacts {
+    kind: FileType,
+    size: u64,
+    target: String,
+}
+
+impl FdFacts {
+    fn of(fd: BorrowedFd<'_>) -> std::result::Result<FdFacts, String> {
+        let stat = rustix::fs::fstat(fd).map_err(|e| format!("fstat fails ({e})"))?;
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(FdFacts { kind: FileType::from_raw_mode(stat.st_mode), size: stat.st_size.max(0) as u64, target })
+    }
+
+    /// A memfd, a DMA-BUF or an anonymous inode: what drivers export; regular files elsewhere
+    /// live on a file system no driver exports from.
+    fn is_driver_file(&self) -> bool {
+        ["/memfd:", "/dmabuf:", "anon_inode:"].iter().any(|p| self.target.starts_with(p))
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.kind {
+            FileType::Fifo => "a pipe",
+            FileType::Socket => "a socket",
+            FileType::Directory => "a directory",
+            FileType::BlockDevice => "a block device",
+            FileType::CharacterDevice => "a character device",
+            FileType::RegularFile => "a regular file",
+            FileType::Symlink => "a symbolic link",
+            _ => "an anonymous inode",
+        };
+        if self.target.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{what} ({})", self.target)
+        }
+    }
+
+    /// Pipes, sockets, directories, block devices and files on a file system: never a driver's
+    /// export of memory, a semaphore or a fence.
+    fn refuse_non_driver(&self) -> std::result::Result<(), String> {
+        let refused = match self.kind {
+            FileType::Fifo | FileType::Socket | FileType::Directory | FileType::BlockDevice | FileType::Symlink => true,
+            FileType::RegularFile => !self.is_driver_file(),
+            _ => false,
+        };
+        if refused {
+            return Err(format!("it is {}, which no GPU driver exports", self.describe()));
+        }
+        Ok(())
+    }
+}
+
+fn check_memory_handle(fd: BorrowedFd<'_>, d: &MemoryDescription) -> std::result::Result<(), String> {
+    let facts = FdFacts::of(fd)?;
+    let short = |size: u64| {
+        format!(
+            "the fd holds {size} bytes, fewer than the allocation size of {} bytes its description names",
+            d.allocation_size
+        )
+    };
+    if d.handle_kind == MemoryHandleKind::HostMemfd {
+        if facts.kind != FileType::RegularFile {
+            return Err(format!("host memory must be a memfd, and this fd is {}", facts.describe()));
+        }
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+            format!("host memory must be a memfd, and this fd is {} whose seals cannot be read ({e})", facts.describe())
+        })?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err("the host memfd is not sealed against shrinking (F_SEAL_SHRINK): its owner could truncate it \
+                        and make every process that maps it fault with SIGBUS"
+                .into());
+        }
+        if facts.size < d.allocation_size {
+            return Err(short(facts.size));
+        }
+        return Ok(());
+    }
+    facts.refuse_non_driver()?;
+    // Sizes are known for memfds (Mesa's software drivers export these) and DMA-BUFs; a
+    // character device or an anonymous inode shows none.
+    let sized = facts.target.starts_with("/memfd:") || facts.target.starts_with("/dmabuf:");
+    if sized && facts.size < d.allocation_size {
+        return Err(short(facts.size));
+    }
+    Ok(())
+}
+
+fn check_sync_handle(fd: BorrowedFd<'_>) -> std::result::Result<(), String> {
+    FdFacts::of(fd)?.refuse_non_driver()
 }

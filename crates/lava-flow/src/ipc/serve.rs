@@ -521,7 +521,19 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport> {
             advice: "start it with `lava-flow serve`".into(),
         });
     }
-    let exporter = objects.iter().find_map(|o| o.object.memory()).map(|m| m.description.device).unwrap_or_default();
+    // The device to open the importing API on: the first object that names one (host memory names
+    // none; a server of shared host memory names its device in the semaphore it shares).
+    let exporter = objects
+        .iter()
+        .find_map(|o| {
+            match &o.object {
+                SharedObject::Semaphore(s) => Some(s.description.device),
+                SharedObject::Fence(f) => Some(f.description.device),
+                other => other.memory().map(|m| m.description.device),
+            }
+            .filter(|d| *d != raw_gpu_handle::DeviceIdentity::default())
+        })
+        .unwrap_or_default();
     let importer = match options.api {
         AttachApi::Host => Importer::Host,
         api => timed(&mut steps, format!("open {}", api.name()), || Importer::open(api, options.device, &exporter))?,

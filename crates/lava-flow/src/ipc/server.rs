@@ -6,7 +6,11 @@
 //! the mode is set); each peer's `SO_PEERCRED` uid must be the server's own or listed in
 //! [`ServerConfig::allow_uids`]; reads are bounded in size ([`MAX_MESSAGE_LEN`], [`MAX_FDS`]) and
 //! time ([`ServerConfig::idle_timeout`]); a message that fails to decode gets an `ERROR` reply and
-//! its fds are closed at once, and the connection (and every other one) goes on.
+//! its fds are closed at once, and the connection (and every other one) goes on. Published fds
+//! are checked against their descriptions
+//! ([`SharedObject::check_handle`](super::SharedObject::check_handle)), descriptions of one
+//! allocation against each other ([`check_consistent`]), and memory of a private pool block of
+//! this process is never published ([`check_publishable`](crate::pool::check_publishable)).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -20,8 +24,10 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::SocketFlags;
 
 use super::object::{join, NamedObject};
-use super::socket::{borrow_all, recv_datagram, send_message, set_timeouts, unix_address};
-use super::wire::{decode, ErrorCode, Message, NamedDescription, WireError, MAX_FDS, MAX_MESSAGE_LEN};
+use super::socket::{borrow_all, recv_datagram, send_message, set_timeouts, unix_address, Received};
+use super::wire::{
+    check_consistent, decode, ErrorCode, Message, NamedDescription, WireError, MAX_FDS, MAX_MESSAGE_LEN,
+};
 use crate::{Error, Result};
 
 /// How a server behaves towards its clients.
@@ -43,8 +49,11 @@ pub struct ServerConfig {
     pub accept_publish: bool,
     /// Most objects the server holds (at most [`MAX_FDS`], so `GET` of everything fits one message).
     pub max_objects: usize,
-    /// A connection that sent this many rejected messages is closed.
+    /// A connection that sent this many rejected messages is closed. `not-found` answers (a `GET`
+    /// of a name not published yet, a `WAIT` that timed out) are not rejections and do not count.
     pub max_errors_per_connection: u32,
+    /// Longest a `WAIT` is held before it is answered `not-found` (the client may wait again).
+    pub max_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +67,7 @@ impl Default for ServerConfig {
             accept_publish: true,
             max_objects: MAX_FDS,
             max_errors_per_connection: 16,
+            max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -77,12 +87,15 @@ pub struct ServerStats {
     pub connections_closed: u64,
     /// Connections closed because the client was silent for `idle_timeout`.
     pub idle_timeouts: u64,
-    /// Requests answered successfully (`GET`, `PUBLISH`).
+    /// Requests answered successfully (`GET`, `WAIT`, `PUBLISH`).
     pub requests_served: u64,
     /// Objects handed out in `OBJECTS` replies.
     pub objects_sent: u64,
-    /// Messages answered with an `ERROR` (malformed, oversized, unexpected, not found).
+    /// Messages answered with an `ERROR` other than `not-found` (malformed, oversized, unexpected,
+    /// busy, ...); they count towards [`ServerConfig::max_errors_per_connection`].
     pub messages_rejected: u64,
+    /// `GET`s of a name nobody published and `WAIT`s that timed out, answered `not-found`.
+    pub names_not_found: u64,
     /// fds that arrived with client messages.
     pub fds_received: u64,
     /// fds that arrived with rejected messages and were closed.
@@ -98,6 +111,8 @@ struct Shared {
     config: ServerConfig,
     euid: u32,
     objects: Mutex<Vec<NamedObject>>,
+    /// Notified whenever objects are added, and when the server stops (waking `WAIT`s).
+    published: Condvar,
     state: Mutex<State>,
     changed: Condvar,
     stopping: AtomicBool,
@@ -218,6 +233,7 @@ impl Server {
             config,
             euid: rustix::process::geteuid().as_raw(),
             objects: Mutex::new(Vec::new()),
+            published: Condvar::new(),
             state: Mutex::new(State { stats: ServerStats::default(), clients: HashMap::new() }),
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -237,11 +253,22 @@ impl Server {
     }
 
     /// Adds an object that clients can `GET`. Names are unique.
+    ///
+    /// Refused: an invalid name or description; an fd that is not what its description says
+    /// ([`SharedObject::check_handle`](super::SharedObject::check_handle): host memory must be a
+    /// memfd sealed against shrinking and large enough, device memory no pipe, socket or file); a
+    /// description of an allocation that an object already held describes otherwise; memory of a
+    /// private pool block ([`check_publishable`](crate::pool::check_publishable): its fd would show
+    /// peers every other buffer of the block).
     pub fn publish(&self, object: NamedObject) -> Result<()> {
         super::wire::check_name(&object.name, false)?;
         super::wire::validate_description(&object.object.description())?;
+        check_local_object(&object)?;
         let mut objects = self.shared.objects();
-        insert_objects(&mut objects, vec![object], self.shared.config.max_objects).map_err(|(code, reason)| {
+        let result = insert_objects(&mut objects, vec![object], self.shared.config.max_objects);
+        drop(objects);
+        self.shared.published.notify_all();
+        result.map_err(|(code, reason)| {
             Error::invalid("object to publish", format!("{code}: {reason}"), "use a new name or remove objects first")
         })
     }
@@ -293,6 +320,11 @@ impl Server {
 
     fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        {
+            // Taken so that a WAIT between its stop check and its sleep cannot miss the wake-up.
+            let _objects = self.shared.objects();
+            self.shared.published.notify_all();
+        }
         if let Some(w) = self.wake.take() {
             let _ = rustix::io::write(&w, &[1]);
         }
@@ -432,49 +464,147 @@ fn insert_objects(
     if objects.len() + new.len() > max {
         return Err((ErrorCode::Busy, format!("the server holds {} objects and takes at most {max}", objects.len())));
     }
+    // Every GET '' must stay a message a validating client accepts: one allocation id, one
+    // description, across everything held.
+    let held: Vec<NamedDescription> = objects.iter().map(NamedObject::named_description).collect();
+    let added: Vec<NamedDescription> = new.iter().map(NamedObject::named_description).collect();
+    check_consistent(&held, &added).map_err(|e| (e.code, e.reason))?;
     objects.extend(new);
     Ok(())
 }
 
+/// The checks an object published from this process passes besides its description's: its fd
+/// matches the description, and it is no private pool block's memory.
+fn check_local_object(object: &NamedObject) -> Result<()> {
+    if let Some(m) = object.object.memory() {
+        crate::pool::check_publishable(&object.name, &m.description)?;
+    }
+    object.object.check_handle()
+}
+
+/// What the server does with one message.
+enum Answer {
+    /// Send this reply with these fds.
+    Reply(Message, Vec<OwnedFd>),
+    /// Send an `ERROR` with this code and text.
+    Refuse(ErrorCode, String),
+    /// The client hung up while its `WAIT` was held: close the connection.
+    Hangup,
+}
+
+/// The `OBJECTS` reply for `name` ("" for all), or `None` where no object has that name.
+fn objects_reply(objects: &[NamedObject], name: &str) -> Option<Answer> {
+    let chosen: Vec<&NamedObject> = objects.iter().filter(|o| name.is_empty() || o.name == name).collect();
+    if chosen.is_empty() && !name.is_empty() {
+        return None;
+    }
+    let mut descriptions = Vec::with_capacity(chosen.len());
+    let mut dups = Vec::with_capacity(chosen.len());
+    for o in chosen {
+        match o.object.fd().try_clone_to_owned() {
+            Ok(dup) => dups.push(dup),
+            Err(e) => {
+                return Some(Answer::Refuse(ErrorCode::Internal, format!("duplicating the fd of {:?}: {e}", o.name)))
+            }
+        }
+        descriptions.push(o.named_description());
+    }
+    Some(Answer::Reply(Message::Objects(descriptions), dups))
+}
+
+/// Whether the client closed its end (`POLLHUP`); a client that only stopped sending still waits.
+fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&sock, PollFlags::empty())];
+    matches!(rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
+}
+
+/// Holds a `WAIT` until `name` is published, the time is up, the server stops or the client
+/// hangs up.
+fn wait_for_name(shared: &Shared, sock: BorrowedFd<'_>, name: &str, timeout: Duration) -> Answer {
+    let timeout = timeout.min(shared.config.max_wait);
+    let deadline = Instant::now() + timeout;
+    let mut objects = shared.objects();
+    loop {
+        if let Some(answer) = objects_reply(&objects, name) {
+            return answer;
+        }
+        let now = Instant::now();
+        if now >= deadline || shared.stopping.load(Ordering::SeqCst) {
+            return Answer::Refuse(
+                ErrorCode::NotFound,
+                format!(
+                    "no object named {name:?} was published within {} ms; WAIT again to go on waiting",
+                    timeout.as_millis()
+                ),
+            );
+        }
+        // Woken by every publish; the slice bounds how long a client that hung up holds the thread.
+        let slice = (deadline - now).min(Duration::from_millis(200));
+        objects = shared.published.wait_timeout(objects, slice).unwrap_or_else(|p| p.into_inner()).0;
+        if hung_up(sock) {
+            return Answer::Hangup;
+        }
+    }
+}
+
 /// What the server answers to one decoded request.
-fn respond(
-    shared: &Shared,
-    message: Message,
-    fds: Vec<OwnedFd>,
-) -> std::result::Result<(Message, Vec<OwnedFd>), (ErrorCode, String)> {
+fn respond(shared: &Shared, sock: BorrowedFd<'_>, message: Message, fds: Vec<OwnedFd>) -> Answer {
     match message {
-        Message::Get { name } => {
-            let objects = shared.objects();
-            let chosen: Vec<&NamedObject> = objects.iter().filter(|o| name.is_empty() || o.name == name).collect();
-            if chosen.is_empty() && !name.is_empty() {
-                return Err((ErrorCode::NotFound, format!("no object is named {name:?}")));
-            }
-            let mut descriptions = Vec::with_capacity(chosen.len());
-            let mut dups = Vec::with_capacity(chosen.len());
-            for o in chosen {
-                let dup = o
-                    .object
-                    .fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| (ErrorCode::Internal, format!("duplicating the fd of {:?}: {e}", o.name)))?;
-                descriptions.push(o.named_description());
-                dups.push(dup);
-            }
-            Ok((Message::Objects(descriptions), dups))
+        Message::Get { name } => objects_reply(&shared.objects(), &name).unwrap_or_else(|| {
+            Answer::Refuse(
+                ErrorCode::NotFound,
+                format!("no object is named {name:?}; GET \"\" lists them all, WAIT waits for one to be published"),
+            )
+        }),
+        Message::Wait { name, timeout_ms } => {
+            wait_for_name(shared, sock, &name, Duration::from_millis(u64::from(timeout_ms)))
         }
         Message::Publish(descriptions) => {
             if !shared.config.accept_publish {
-                return Err((ErrorCode::Unexpected, "this server does not take published objects".into()));
+                return Answer::Refuse(ErrorCode::Unexpected, "this server does not take published objects".into());
             }
-            let new = join(descriptions, fds).map_err(|e| (ErrorCode::FdCountMismatch, e.to_string()))?;
+            let new = match join(descriptions, fds) {
+                Ok(new) => new,
+                Err(e) => return Answer::Refuse(ErrorCode::FdCountMismatch, e.to_string()),
+            };
+            if let Some((i, o, e)) =
+                new.iter().enumerate().find_map(|(i, o)| o.object.check_handle().err().map(|e| (i, o, e)))
+            {
+                return Answer::Refuse(
+                    ErrorCode::Malformed,
+                    format!("object {i} ({:?}) does not match its description: {e}", o.name),
+                );
+            }
             let mut objects = shared.objects();
-            insert_objects(&mut objects, new, shared.config.max_objects)?;
-            Ok((Message::Ok, Vec::new()))
+            let inserted = insert_objects(&mut objects, new, shared.config.max_objects);
+            drop(objects);
+            shared.published.notify_all();
+            match inserted {
+                Ok(()) => Answer::Reply(Message::Ok, Vec::new()),
+                Err((code, text)) => Answer::Refuse(code, text),
+            }
         }
-        other => {
-            Err((ErrorCode::Unexpected, format!("a client may send GET or PUBLISH, not {:?}", other.message_type())))
-        }
+        other => Answer::Refuse(
+            ErrorCode::Unexpected,
+            format!("a client may send GET, WAIT or PUBLISH, not {:?}", other.message_type()),
+        ),
     }
+}
+
+/// After a read of zero bytes without fds: whether the client is gone (an orderly end of the
+/// connection) rather than having sent an empty datagram. A peer that shut down its sending side
+/// with nothing queued is gone; if a datagram is still queued, the zero bytes were one.
+fn ended(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    let hung_up = matches!(rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR);
+    if !hung_up {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let peeked = rustix::net::recv(sock, &mut byte, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT);
+    !matches!(peeked, Ok((n, _)) if n > 0)
 }
 
 fn serve_client(shared: &Shared, sock: BorrowedFd<'_>) {
@@ -486,7 +616,10 @@ fn serve_client(shared: &Shared, sock: BorrowedFd<'_>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let received = match recv_datagram(sock, MAX_MESSAGE_LEN) {
             Ok(Some(r)) => r,
-            Ok(None) => return,
+            // Zero bytes: the end of the connection, or an empty datagram, which is a message too
+            // short for a header and is answered like one.
+            Ok(None) if ended(sock) => return,
+            Ok(None) => Received { bytes: Vec::new(), fds: Vec::new(), truncated: false, fds_truncated: false },
             Err(Error::Timeout { .. }) => {
                 shared.count(|s| s.idle_timeouts += 1);
                 return;
@@ -506,15 +639,16 @@ fn serve_client(shared: &Shared, sock: BorrowedFd<'_>) {
             decode(&received.bytes, received.fds.len())
         };
         let outcome = match decoded {
-            Ok(message) => respond(shared, message, received.fds),
+            Ok(message) => respond(shared, sock, message, received.fds),
             Err(e) => {
                 // The fds of a rejected message close here, before the reply goes out.
                 drop(received.fds);
-                Err((e.code, e.reason))
+                Answer::Refuse(e.code, e.reason)
             }
         };
         match outcome {
-            Ok((reply, fds)) => {
+            Answer::Hangup => return,
+            Answer::Reply(reply, fds) => {
                 let objects = fds.len() as u64;
                 let sent = send_message(sock, &reply, &borrow_all(&fds));
                 drop(fds);
@@ -526,14 +660,21 @@ fn serve_client(shared: &Shared, sock: BorrowedFd<'_>) {
                     s.objects_sent += objects;
                 });
             }
-            Err((code, text)) => {
+            Answer::Refuse(code, text) => {
                 // A rejected message's fds were dropped above or inside `respond` (a failed join
                 // or a refused publish drops them with its arguments).
+                let not_found = code == ErrorCode::NotFound;
                 shared.count(|s| {
-                    s.messages_rejected += 1;
+                    if not_found {
+                        s.names_not_found += 1;
+                    } else {
+                        s.messages_rejected += 1;
+                    }
                     s.fds_closed_on_rejection += fd_count;
                 });
-                errors += 1;
+                // A name not published (yet) is an answer, not a fault: a client polling for it
+                // is not dropped.
+                errors += u32::from(!not_found);
                 if send_message(sock, &Message::error(code, text), &[]).is_err()
                     || errors >= config.max_errors_per_connection
                 {

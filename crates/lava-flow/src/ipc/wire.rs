@@ -35,6 +35,12 @@ pub const MAX_PLANES: usize = 4;
 /// Vulkan's `VK_MAX_MEMORY_TYPES`: memory type indices are below it.
 pub const MAX_MEMORY_TYPES: u32 = 32;
 
+/// The memory property bits the protocol defines (`VkMemoryPropertyFlags` device-local 1,
+/// host-visible 2, host-coherent 4, host-cached 8); a description with any other bit is malformed.
+pub const MEMORY_PROPERTY_BITS: u32 = 0xF;
+/// The memory properties of every host-memfd description: host-visible and host-coherent.
+pub const HOST_MEMFD_PROPERTIES: MemoryProperties = MemoryProperties(0x6);
+
 /// Bytes of an encoded memory description.
 pub const MEMORY_BLOCK_LEN: usize = 88;
 /// Bytes of an encoded device identity.
@@ -54,6 +60,8 @@ pub enum MessageType {
     Ok = 4,
     /// A request was refused; the payload says why.
     Error = 5,
+    /// Client asks for one object and waits until it is published or a timeout passes.
+    Wait = 6,
 }
 
 impl MessageType {
@@ -65,6 +73,7 @@ impl MessageType {
             3 => MessageType::Publish,
             4 => MessageType::Ok,
             5 => MessageType::Error,
+            6 => MessageType::Wait,
             _ => return None,
         })
     }
@@ -75,7 +84,7 @@ impl MessageType {
 #[repr(u32)]
 pub enum ErrorCode {
     /// The bytes are not a valid message (bad magic, reserved field set, unknown enum value,
-    /// inconsistent lengths or description).
+    /// inconsistent lengths or description, an fd that is not what its description says).
     Malformed = 1,
     /// The header's version is not one this side speaks.
     UnsupportedVersion = 2,
@@ -87,8 +96,8 @@ pub enum ErrorCode {
     NotFound = 5,
     /// The peer's credentials are not allowed.
     Refused = 6,
-    /// A valid message this side does not accept (a client sending `OBJECTS`, publishing to a
-    /// server that takes no objects).
+    /// A message this side does not accept: an unknown message type, a client sending `OBJECTS`,
+    /// publishing to a server that takes no objects, a name already published.
     Unexpected = 7,
     /// The server is at a limit (connections, stored objects); try later.
     Busy = 8,
@@ -251,6 +260,15 @@ pub enum Message {
         /// Details, UTF-8, at most [`MAX_ERROR_TEXT_LEN`] bytes.
         text: String,
     },
+    /// Ask for the object with this name, waiting up to `timeout_ms` milliseconds for it to be
+    /// published; answered with `OBJECTS` (the one object) or, once the time is up, `ERROR`
+    /// `not-found`.
+    Wait {
+        /// The name (not empty).
+        name: String,
+        /// Longest wait in milliseconds; 0 answers at once, as `GET` does.
+        timeout_ms: u32,
+    },
 }
 
 impl Message {
@@ -262,6 +280,7 @@ impl Message {
             Message::Publish(_) => MessageType::Publish,
             Message::Ok => MessageType::Ok,
             Message::Error { .. } => MessageType::Error,
+            Message::Wait { .. } => MessageType::Wait,
         }
     }
 
@@ -483,6 +502,7 @@ fn write_objects(w: &mut Writer, objects: &[NamedDescription]) -> Result<(), Wir
             format!("{} objects exceed the limit of {MAX_FDS} per message", objects.len()),
         ));
     }
+    check_consistent([], objects)?;
     w.u16(objects.len() as u16);
     w.u16(0);
     for (i, o) in objects.iter().enumerate() {
@@ -520,6 +540,13 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
         }
         Message::Objects(objects) | Message::Publish(objects) => write_objects(&mut w, objects)?,
         Message::Ok => {}
+        Message::Wait { name, timeout_ms } => {
+            check_name(name, false)?;
+            w.u32(*timeout_ms);
+            w.u16(name.len() as u16);
+            w.u16(0);
+            w.bytes(name.as_bytes());
+        }
         Message::Error { code, text } => {
             if text.len() > MAX_ERROR_TEXT_LEN {
                 return Err(WireError::new(
@@ -610,6 +637,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A header whose message type this side does not know: `unexpected` (7), so that a client can
+/// tell a message a server predates from a malformed one (docs/PROTOCOL.md, "Versions").
+fn unknown_type(message_type: u16) -> WireError {
+    WireError::new(
+        ErrorCode::Unexpected,
+        format!("unknown message type {message_type}: this side speaks types 1 to 6 of protocol version 1"),
+    )
+}
+
 /// Reads and checks the fixed header: magic, version, reserved field, type, and the limits on
 /// payload length and fd count. Does not compare the payload length with the datagram's.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
@@ -647,7 +683,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
         return Err(WireError::new(ErrorCode::TooLarge, format!("fd count {fd_count} exceeds the limit of {MAX_FDS}")));
     }
     if MessageType::from_u16(message_type).is_none() {
-        return Err(WireError::malformed(format!("unknown message type {message_type}")));
+        return Err(unknown_type(message_type));
     }
     Ok(Header { version, message_type, payload_len, fd_count })
 }
@@ -807,7 +843,43 @@ fn check_memory(m: &MemoryDescription) -> Result<(), WireError> {
             m.memory_type_index
         )));
     }
+    let unknown = m.memory_properties.0 & !MEMORY_PROPERTY_BITS;
+    if unknown != 0 {
+        return Err(WireError::malformed(format!(
+            "memory property bits {unknown:#x} are not defined by the protocol (only 1 device-local, 2 host-visible, \
+             4 host-coherent, 8 host-cached)"
+        )));
+    }
+    if m.handle_kind == MemoryHandleKind::HostMemfd {
+        // Host memory belongs to no device: any process maps it, and an importing GPU API picks its
+        // own memory type for it.
+        if m.device != DeviceIdentity::default() {
+            return Err(WireError::malformed(format!(
+                "host-memfd memory names device {}: host memory carries an all-zero device identity",
+                m.device
+            )));
+        }
+        if m.memory_type_index != 0 || m.memory_properties != HOST_MEMFD_PROPERTIES {
+            return Err(WireError::malformed(format!(
+                "host-memfd memory has memory type {} and properties {}: host memory carries memory type 0 and \
+                 properties 6 (host-visible, host-coherent)",
+                m.memory_type_index, m.memory_properties
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Where a linear texture's last texel ends, from its start: (layers - 1) x array pitch +
+/// (depth - 1) x depth pitch + (height - 1) x row pitch + width x texel size. Pitches of a dimension
+/// the texture does not have (one layer, depth 1) do not count.
+fn linear_extent(t: &TextureDescription, row_pitch: u64, array_pitch: u64, depth_pitch: u64) -> u128 {
+    let e = t.extent;
+    let less_one = |n: u32| u128::from(n.saturating_sub(1));
+    less_one(t.array_layers) * u128::from(array_pitch)
+        + less_one(e.depth) * u128::from(depth_pitch)
+        + less_one(e.height) * u128::from(row_pitch)
+        + u128::from(e.width) * u128::from(t.format.texel_size())
 }
 
 fn check_range(what: &str, offset: u64, size: u64, allocation_size: u64) -> Result<(), WireError> {
@@ -846,6 +918,20 @@ pub fn validate_description(d: &ObjectDescription) -> Result<(), WireError> {
             check_memory(memory)?;
             texture.validate().map_err(|e| WireError::malformed(format!("texture: {e}")))?;
             check_range("texture", texture.offset, texture.size, memory.allocation_size)?;
+            if let TextureTiling::Linear { row_pitch, array_pitch, depth_pitch } = texture.tiling {
+                let end = linear_extent(texture, row_pitch, array_pitch, depth_pitch);
+                if end > u128::from(texture.size) {
+                    return Err(WireError::malformed(format!(
+                        "a linear texture of {}x{}x{} with {} layers and pitches {row_pitch} (row), {array_pitch} \
+                         (array), {depth_pitch} (depth) ends {end} bytes in, past its size of {}",
+                        texture.extent.width,
+                        texture.extent.height,
+                        texture.extent.depth,
+                        texture.array_layers,
+                        texture.size
+                    )));
+                }
+            }
             if let TextureTiling::DrmModifier { planes, .. } = &texture.tiling {
                 if planes.is_empty() || planes.len() > MAX_PLANES {
                     return Err(WireError::malformed(format!(
@@ -867,6 +953,54 @@ pub fn validate_description(d: &ObjectDescription) -> Result<(), WireError> {
         }
         ObjectDescription::Fence(_) => Ok(()),
     }
+}
+
+/// The memory an object lives in, where it has one.
+pub fn memory_of(d: &ObjectDescription) -> Option<&MemoryDescription> {
+    match d {
+        ObjectDescription::Memory(m) => Some(m),
+        ObjectDescription::Buffer { memory, .. } | ObjectDescription::Texture { memory, .. } => Some(memory),
+        ObjectDescription::Semaphore(_) | ObjectDescription::Fence(_) => None,
+    }
+}
+
+/// Checks that objects naming one allocation id describe that allocation identically: equal ids
+/// mean one allocation, which has one size, memory type, handle kind and exporter. `held` are
+/// descriptions already accepted (a server's stored objects), `new` the ones to add; an
+/// inconsistency is `malformed`, naming both objects.
+pub fn check_consistent<'a>(
+    held: impl IntoIterator<Item = &'a NamedDescription>,
+    new: &'a [NamedDescription],
+) -> Result<(), WireError> {
+    let mut seen: Vec<(&'a NamedDescription, &'a MemoryDescription)> = Vec::new();
+    for o in held {
+        if let Some(m) = memory_of(&o.description).filter(|m| m.allocation_id.is_some()) {
+            seen.push((o, m));
+        }
+    }
+    for o in new {
+        let Some(m) = memory_of(&o.description).filter(|m| m.allocation_id.is_some()) else { continue };
+        if let Some((first, fm)) = seen.iter().find(|(_, fm)| fm.allocation_id == m.allocation_id) {
+            if *fm != m {
+                return Err(WireError::malformed(format!(
+                    "objects {:?} and {:?} name allocation {} with different descriptions ({} and {} bytes, \
+                     memory types {} and {}, {} and {}): one allocation id is one allocation, described once",
+                    first.name,
+                    o.name,
+                    m.allocation_id.map(|a| a.to_string()).unwrap_or_default(),
+                    fm.allocation_size,
+                    m.allocation_size,
+                    fm.memory_type_index,
+                    m.memory_type_index,
+                    fm.handle_kind,
+                    m.handle_kind
+                )));
+            }
+            continue;
+        }
+        seen.push((o, m));
+    }
+    Ok(())
 }
 
 fn read_objects(r: &mut Reader<'_>, fd_count: usize) -> Result<Vec<NamedDescription>, WireError> {
@@ -903,6 +1037,7 @@ fn read_objects(r: &mut Reader<'_>, fd_count: usize) -> Result<Vec<NamedDescript
             .map_err(|e| WireError { code: e.code, reason: format!("object {i} ({name:?}): {}", e.reason) })?;
         objects.push(NamedDescription { name, description });
     }
+    check_consistent([], &objects)?;
     Ok(objects)
 }
 
@@ -924,8 +1059,7 @@ pub fn decode(bytes: &[u8], fds_received: usize) -> Result<Message, WireError> {
             format!("header announces {} fds but {fds_received} arrived", header.fd_count),
         ));
     }
-    let ty = MessageType::from_u16(header.message_type)
-        .ok_or_else(|| WireError::malformed(format!("unknown message type {}", header.message_type)))?;
+    let ty = MessageType::from_u16(header.message_type).ok_or_else(|| unknown_type(header.message_type))?;
     if !matches!(ty, MessageType::Objects | MessageType::Publish) && header.fd_count != 0 {
         return Err(WireError::new(
             ErrorCode::FdCountMismatch,
@@ -945,6 +1079,16 @@ pub fn decode(bytes: &[u8], fds_received: usize) -> Result<Message, WireError> {
         MessageType::Objects => Message::Objects(read_objects(&mut r, header.fd_count as usize)?),
         MessageType::Publish => Message::Publish(read_objects(&mut r, header.fd_count as usize)?),
         MessageType::Ok => Message::Ok,
+        MessageType::Wait => {
+            let timeout_ms = r.u32()?;
+            let len = r.u16()? as usize;
+            r.zeros(2, "wait field")?;
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| WireError::malformed("requested name is not UTF-8"))?
+                .to_owned();
+            check_name(&name, false).map_err(|e| WireError::malformed(format!("WAIT: {}", e.reason)))?;
+            Message::Wait { name, timeout_ms }
+        }
         MessageType::Error => {
             let code_value = r.u32()?;
             let code = ErrorCode::from_u32(code_value)

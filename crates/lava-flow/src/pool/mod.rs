@@ -14,6 +14,11 @@
 //!   import produces, so Vulkan, CUDA, GL and OpenCL importers share one implementation;
 //!   [`BlockImporter`] is the Vulkan one.
 //!
+//! A block's fd maps the whole block, so the buffers of an ordinary pool never reach another
+//! process: the IPC server and client refuse them ([`check_publishable`]). A pool made for peers
+//! ([`PoolConfig::share_blocks_with_peers`]) holds buffers that may be published, and never
+//! hands a freed range of a block out again while the block lives.
+//!
 //! See `docs/POOLS.md` for the policy (block sizes, dedicated allocations) and the lifetime rules.
 
 pub mod bench;
@@ -25,7 +30,9 @@ use std::sync::Mutex;
 
 pub use cache::{BlockKey, CacheOutcome, CacheStats, ImportCache};
 pub use tlsf::{Allocation, SuballocError, SuballocStats, Tlsf};
-pub use vulkan::{AllocationStrategy, BlockImporter, BufferPool, PoolConfig, PoolStats};
+pub use vulkan::{
+    check_publishable, is_private_block, AllocationStrategy, BlockImporter, BufferPool, PoolConfig, PoolStats,
+};
 
 use crate::Error;
 

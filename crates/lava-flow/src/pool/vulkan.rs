@@ -2,19 +2,20 @@
 //! imports each block once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ash::vk;
 use raw_gpu_handle::{
-    Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
+    AllocationId, Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription,
+    MemoryHandleKind, Uuid,
 };
 
 use super::{Allocation, BlockKey, CacheOutcome, CacheStats, ImportCache, Suballocator};
 use crate::vulkan::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
 use crate::vulkan::{
-    candidate_types, vk_memory_handle_type, AllocateParams, Buffer, BufferOptions, DedicatedPolicy, DeviceMemory,
-    MemoryKind,
+    allocation_id_prefix, candidate_types, next_allocation_id, vk_memory_handle_type, AllocateParams, Buffer,
+    BufferOptions, DedicatedPolicy, DeviceMemory, MemoryKind,
 };
 use crate::{Error, Result, VulkanContext};
 
@@ -51,11 +52,36 @@ pub struct PoolConfig {
     /// with the last buffer. 1 avoids allocate/release churn where a single buffer comes and goes
     /// ([`BufferPool::trim`] releases retained blocks).
     pub retain_empty_blocks: usize,
+    /// Whether this pool's buffers may be handed to other processes (`false` by default).
+    ///
+    /// A pooled buffer's export is the fd of its whole block, so a peer that receives one buffer
+    /// can read and write every buffer of the block. Blocks of a pool without this flag are
+    /// private: [`Server::publish`](crate::ipc::Server::publish) and
+    /// [`Client::publish`](crate::ipc::Client::publish) refuse their buffers (give a buffer you
+    /// publish its own allocation, [`AllocationStrategy::Dedicated`], or take it from a pool with
+    /// this flag). Set it on a pool that holds only buffers every peer of any of them may see:
+    /// its blocks are then publishable, and since a peer may map any range of a block for as long
+    /// as it likes, a freed range of such a block is never handed out again; the block is
+    /// released (never retained) once its last buffer is gone. See docs/POOLS.md.
+    pub share_blocks_with_peers: bool,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { block_size: 64 << 20, dedicated_threshold: 4 << 20, retain_empty_blocks: 0 }
+        PoolConfig {
+            block_size: 64 << 20,
+            dedicated_threshold: 4 << 20,
+            retain_empty_blocks: 0,
+            share_blocks_with_peers: false,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The default configuration with [`share_blocks_with_peers`](Self::share_blocks_with_peers)
+    /// set: a pool for buffers that are published to other processes.
+    pub fn for_peers() -> PoolConfig {
+        PoolConfig { share_blocks_with_peers: true, ..PoolConfig::default() }
     }
 }
 
@@ -70,6 +96,9 @@ pub struct PoolStats {
     pub block_bytes: u64,
     /// Bytes of blocks reserved by live buffers (sizes rounded to the memory requirements).
     pub used_bytes: u64,
+    /// Bytes of blocks shared with peers that buffers no longer use but that are not handed out
+    /// again while their block lives (a peer may still map them).
+    pub retired_bytes: u64,
     /// Live pooled buffers.
     pub live_buffers: usize,
     /// Blocks allocated so far.
@@ -86,6 +115,56 @@ pub struct PoolStats {
 struct Block {
     memory: Arc<DeviceMemory>,
     sub: Suballocator,
+    /// The pool shares its blocks with peers: freed ranges stay allocated in `sub` (retired)
+    /// instead of going back to the free lists.
+    peer_shared: bool,
+    /// Live buffers in the block (placing one takes the class lock, so under that lock a block
+    /// with none stays without).
+    live: AtomicUsize,
+    /// Bytes of retired ranges (`peer_shared` blocks only).
+    retired: AtomicU64,
+}
+
+impl Block {
+    fn unused(&self) -> bool {
+        self.live.load(Ordering::Acquire) == 0
+    }
+}
+
+/// The upper half of a private block's allocation id is this process's id prefix XOR this tag,
+/// so that every export of a private block, even one kept after the block is gone, is recognized
+/// by [`check_publishable`] without a table that grows with every block.
+const PRIVATE_BLOCK_TAG: u64 = 0x7072_6976_2d62_6c6b; // "priv-blk"
+
+fn private_block_id() -> AllocationId {
+    AllocationId(next_allocation_id().0 ^ (u128::from(PRIVATE_BLOCK_TAG) << 64))
+}
+
+/// Whether `id` names a block of a private pool (one without
+/// [`PoolConfig::share_blocks_with_peers`]) allocated in this process.
+pub fn is_private_block(id: AllocationId) -> bool {
+    (id.0 >> 64) as u64 == allocation_id_prefix() ^ PRIVATE_BLOCK_TAG
+}
+
+/// Refuses memory that must not reach another process: a buffer (or the memory) of a private
+/// pool block of this process, whose fd would let the peer read every other buffer of the block.
+/// The server and the client run it on every object they publish.
+pub fn check_publishable(name: &str, memory: &MemoryDescription) -> Result<()> {
+    match memory.allocation_id {
+        Some(id) if is_private_block(id) => Err(Error::invalid(
+            format!("publishing {name:?} to other processes"),
+            format!(
+                "it lies in pool block {id} ({} bytes), whose fd maps every buffer of the block, and the pool is \
+                 private (PoolConfig::share_blocks_with_peers is off; docs/POOLS.md, \"Sharing blocks with other \
+                 processes\")",
+                memory.allocation_size
+            ),
+            "give the buffer its own allocation (AllocationStrategy::Dedicated), or allocate it from a \
+             MemoryAllocator whose pool is made for peers (PoolConfig::for_peers()), whose blocks hold only \
+             buffers that peers may see",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The blocks of one (device, memory type, handle kind). Its lock is held while a buffer is
@@ -177,21 +256,25 @@ struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(a) = self.allocation.take() {
-            if let Err(e) = self.block.sub.free(a) {
+            if self.block.peer_shared {
+                // A peer may still map this range: it stays allocated until the block goes.
+                self.block.retired.fetch_add(a.size().next_multiple_of(GRANULARITY), Ordering::Relaxed);
+            } else if let Err(e) = self.block.sub.free(a) {
                 self.block.memory.context().defer_error(format!("returning a buffer's range to its pool block: {e}"));
             }
         }
-        if !self.block.sub.is_empty() {
+        if self.block.live.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
         let pool = self.pool.upgrade();
-        let retain = pool.as_ref().map_or(0, |p| p.config.retain_empty_blocks);
+        // A block shared with peers has no range left to reuse that a peer cannot see: never kept.
+        let retain = if self.block.peer_shared { 0 } else { pool.as_ref().map_or(0, |p| p.config.retain_empty_blocks) };
         let mut blocks = self.class.lock();
         // Placing a buffer takes this lock, so emptiness cannot change while it is held.
-        if !self.block.sub.is_empty() {
+        if !self.block.unused() {
             return;
         }
-        if blocks.iter().filter(|b| b.sub.is_empty()).count() > retain {
+        if self.block.peer_shared || blocks.iter().filter(|b| b.unused()).count() > retain {
             if let Some(i) = blocks.iter().position(|b| Arc::ptr_eq(b, &self.block)) {
                 blocks.remove(i);
                 if let Some(p) = pool {
@@ -282,7 +365,7 @@ impl BufferPool {
             let class = self.class(key);
             let placed = {
                 let mut blocks = class.lock();
-                match place(&blocks, reserved, reqs.alignment) {
+                let found = match place(&blocks, reserved, reqs.alignment) {
                     Some(found) => Some(found),
                     None => match self.new_block(ctx, memory_type, options.export, reserved) {
                         Ok(block) => {
@@ -296,7 +379,13 @@ impl BufferPool {
                             None
                         }
                     },
+                };
+                // Counted under the class lock, where a lease that drops the count to zero
+                // checks it again before releasing the block.
+                if let Some((block, _)) = &found {
+                    block.live.fetch_add(1, Ordering::AcqRel);
                 }
+                found
             };
             let Some((block, allocation)) = placed else { continue };
             let offset = allocation.offset();
@@ -319,7 +408,9 @@ impl BufferPool {
         const MIB: u64 = 1 << 20;
         let size = self.shared.config.block_size.max(reserved.div_ceil(MIB).saturating_mul(MIB));
         let params = AllocateParams { size, type_index: memory_type, export_kind: export, dedicated: None };
-        let mut memory = DeviceMemory::allocate(ctx, params)?;
+        let peer_shared = self.shared.config.share_blocks_with_peers;
+        let id = if peer_shared { next_allocation_id() } else { private_block_id() };
+        let mut memory = DeviceMemory::allocate_with_id(ctx, params, id)?;
         if export.is_some() {
             memory = memory.keep_exported_fd();
         }
@@ -327,6 +418,9 @@ impl BufferPool {
         Ok(Arc::new(Block {
             memory: Arc::new(memory),
             sub: Suballocator::with_granularity(size, GRANULARITY).expect("GRANULARITY is a power of two"),
+            peer_shared,
+            live: AtomicUsize::new(0),
+            retired: AtomicU64::new(0),
         }))
     }
 
@@ -405,11 +499,13 @@ impl BufferPool {
         for class in classes {
             for block in class.lock().iter() {
                 let b = block.sub.stats();
+                let retired = block.retired.load(Ordering::Relaxed);
                 s.blocks += 1;
-                s.empty_blocks += usize::from(b.allocation_count == 0);
+                s.empty_blocks += usize::from(block.unused());
                 s.block_bytes += b.capacity;
-                s.used_bytes += b.used;
-                s.live_buffers += b.allocation_count;
+                s.used_bytes += b.used.saturating_sub(retired);
+                s.retired_bytes += retired;
+                s.live_buffers += block.live.load(Ordering::Relaxed);
             }
         }
         s
@@ -424,7 +520,7 @@ impl BufferPool {
         for class in classes {
             let mut blocks = class.lock();
             let before = blocks.len();
-            blocks.retain(|b| !b.sub.is_empty());
+            blocks.retain(|b| !b.unused());
             released += before - blocks.len();
         }
         self.shared.blocks_released.fetch_add(released as u64, Ordering::Relaxed);

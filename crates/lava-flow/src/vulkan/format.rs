@@ -41,7 +41,10 @@ pub fn vk_memory_handle_type(kind: MemoryHandleKind) -> vk::ExternalMemoryHandle
     }
 }
 
-/// Memory property flags as raw-gpu-handle carries them (same bits).
+/// Memory property flags as raw-gpu-handle carries them: Vulkan's device-local, host-visible,
+/// host-coherent and host-cached bits, the ones docs/PROTOCOL.md defines. Other bits (protected,
+/// lazily allocated, vendor bits) say nothing an importer in another API or process can use, and a
+/// description carrying them is malformed on the wire.
 pub fn memory_properties(flags: vk::MemoryPropertyFlags) -> MemoryProperties {
-    MemoryProperties(flags.as_raw())
+    MemoryProperties(flags.as_raw() & crate::ipc::wire::MEMORY_PROPERTY_BITS)
 }

@@ -71,8 +71,13 @@ impl std::fmt::Debug for DeviceMemory {
 /// (from the clock, pid and address-space layout) and a counter.
 pub(crate) fn next_allocation_id() -> AllocationId {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
+    AllocationId((u128::from(allocation_id_prefix()) << 64) | u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// The random per-process upper half of the ids [`next_allocation_id`] hands out.
+pub(crate) fn allocation_id_prefix() -> u64 {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
+    *PREFIX.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
@@ -80,8 +85,7 @@ pub(crate) fn next_allocation_id() -> AllocationId {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
         );
         h.finish()
-    });
-    AllocationId((u128::from(prefix) << 64) | u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)))
+    })
 }
 
 /// Parameters of a new exportable allocation.
@@ -97,6 +101,16 @@ impl DeviceMemory {
     /// Allocates `params.size` bytes of memory type `params.type_index`, exportable as
     /// `params.export_kind`, dedicated to a resource when given.
     pub(crate) fn allocate(ctx: &VulkanContext, params: AllocateParams) -> Result<DeviceMemory> {
+        Self::allocate_with_id(ctx, params, next_allocation_id())
+    }
+
+    /// As [`allocate`](Self::allocate), with the allocation id exports will carry (pool blocks
+    /// mark theirs, see `pool::vulkan`); it must be unique in this process.
+    pub(crate) fn allocate_with_id(
+        ctx: &VulkanContext,
+        params: AllocateParams,
+        allocation_id: AllocationId,
+    ) -> Result<DeviceMemory> {
         let mut export_info = vk::ExportMemoryAllocateInfo::default();
         let mut dedicated_info = vk::MemoryDedicatedAllocateInfo::default();
         let mut info =
@@ -135,7 +149,7 @@ impl DeviceMemory {
             params.export_kind,
             params.dedicated.is_some(),
             MemoryOrigin::Allocated,
-            next_allocation_id(),
+            allocation_id,
             None,
         ))
     }
@@ -439,6 +453,19 @@ impl DeviceMemory {
                     "export from the original allocation (duplicate its fd with try_clone to feed several importers)",
                 )),
             };
+        if handle_kind == MemoryHandleKind::HostMemfd {
+            // Host memory belongs to no device: any process maps the memfd and an importing API
+            // picks its own memory type, so the description names neither (docs/PROTOCOL.md).
+            return Ok(MemoryDescription {
+                handle_kind,
+                allocation_size: self.size,
+                memory_type_index: 0,
+                memory_properties: crate::ipc::wire::HOST_MEMFD_PROPERTIES,
+                dedicated: false,
+                device: raw_gpu_handle::DeviceIdentity::default(),
+                allocation_id: Some(self.allocation_id),
+            });
+        }
         Ok(MemoryDescription {
             handle_kind,
             allocation_size: self.size,

@@ -16,7 +16,7 @@ pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDev
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};
-pub(crate) use memory::check_against_exporter;
+pub(crate) use memory::{allocation_id_prefix, check_against_exporter, next_allocation_id};
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 
 pub use crate::pool::AllocationStrategy;
