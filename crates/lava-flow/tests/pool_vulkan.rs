@@ -454,7 +454,7 @@ fn a_peer_never_sees_a_sibling_of_a_served_pooled_buffer() {
     let Some(ctx) = vulkan() else { return };
     let id = device_id(&ctx);
     let private = allocator(&ctx, PoolConfig { block_size: 4 << 20, ..PoolConfig::default() });
-    let secret = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let mut secret = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
     secret.write(0, &pattern(KIB64 as usize, SECRET_SEED)).unwrap();
     let sibling = private.allocate_buffer(id, &pooled(KIB64)).unwrap();
     assert!(Arc::ptr_eq(secret.memory(), sibling.memory()), "one block holds both");
@@ -491,9 +491,9 @@ fn a_peer_never_sees_a_sibling_of_a_served_pooled_buffer() {
 
     // What may be published: a buffer of a pool made for peers, and one with its own allocation.
     let for_peers = allocator(&ctx, PoolConfig { block_size: 4 << 20, ..PoolConfig::for_peers() });
-    let shared = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
+    let mut shared = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
     shared.write(0, &pattern(KIB64 as usize, 1)).unwrap();
-    let own = private.allocate_buffer(id, &BufferOptions::new(KIB64).strategy(AllocationStrategy::Dedicated)).unwrap();
+    let mut own = private.allocate_buffer(id, &BufferOptions::new(KIB64).strategy(AllocationStrategy::Dedicated)).unwrap();
     own.write(0, &pattern(KIB64 as usize, 2)).unwrap();
     server.publish(NamedObject::new("shared", shared.export_fd().unwrap())).unwrap();
     server.publish(NamedObject::new("own", own.export_fd().unwrap())).unwrap();
