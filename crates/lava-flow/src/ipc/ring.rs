@@ -622,7 +622,9 @@ pub fn check_producer_config(config: &RingConfig) -> Result<()> {
 }
 
 /// Runs the producer: creates and serves the ring at `config.socket`, waits for a consumer, then
-/// produces frames until the count is reached, `stop` is set or the consumer stops.
+/// produces frames until the count is reached, `stop` is set or the consumer stops. Settings that
+/// cannot work, a ring larger than the host memory this process can get included, are refused
+/// before anything is allocated ([`check_producer_config`]).
 pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     check_producer_config(config)?;
     let timeline = producer_sync(config.sync)?;

@@ -152,6 +152,9 @@ impl PatternServer {
 
 /// Allocates `options.size` bytes where asked, fills the pattern ([`pattern_word`]), optionally
 /// an image too, and serves them at `options.socket` to every allowed client that connects.
+/// A size the device or the machine cannot hold is refused with [`Error::OutOfMemory`] before
+/// anything is allocated (`crate::limits`); the pattern is written in pieces, so filling it
+/// needs no host copy of the whole size.
 pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
     let size = usize::try_from(options.size)
         .ok()
