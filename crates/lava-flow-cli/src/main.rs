@@ -9,6 +9,7 @@ mod plot;
 mod ring;
 mod selftest;
 mod serve;
+mod stop;
 mod table;
 
 use std::process::ExitCode;
@@ -59,13 +60,30 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lava-flow: {e}");
-            ExitCode::FAILURE
+            if e.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-/// What a subcommand returns: its exit code, or an error to print (exit code 1).
+/// What a subcommand returns: its exit code, or an error to print (exit code 1, or 2 for a
+/// [`UsageError`]).
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// A bad command line that clap's own checks let through (exit code 2, as for clap's errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// Writes a command's output to stdout. A reader that went away (`lava-flow info | head`) is not
 /// an error: the output is simply no longer wanted.

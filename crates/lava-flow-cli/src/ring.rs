@@ -5,13 +5,16 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lava_flow::ipc::ring::{run_consumer, run_producer, RingConfig, RingReport, RingSync};
+use lava_flow::ipc::ring::{
+    check_producer_config, run_consumer, run_producer, RingConfig, RingReport, RingSync, MAX_SLOTS,
+};
 
 use crate::serve::parse_size;
+use crate::stop::StopSignal;
 use crate::CmdResult;
 
 /// Which side this process plays.
@@ -43,17 +46,19 @@ pub enum Sync {
 pub struct Args {
     #[arg(long, value_enum, default_value = "both")]
     pub role: Role,
-    /// The Unix socket the producer serves the ring on (default for `both`: a fresh path in the
-    /// temporary directory).
-    #[arg(long, value_name = "PATH")]
+    /// The Unix socket the producer serves the ring on (needed for `producer` and `consumer`;
+    /// default for `both`: a fresh path in the temporary directory).
+    #[arg(long, value_name = "PATH", required_if_eq_any([("role", "producer"), ("role", "consumer")]))]
     pub socket: Option<PathBuf>,
-    /// Buffers in the ring.
-    #[arg(long, default_value_t = 4)]
+    /// Buffers in the ring (1 to 32).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
     pub slots: u32,
-    /// Bytes per frame (K, M, G suffixes; a multiple of 8).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    /// Bytes per frame (K, M, G suffixes; a multiple of 8). The producer refuses a ring larger
+    /// than the host memory the machine can still give it.
+    #[arg(long, default_value = "1M", value_parser = parse_frame_size)]
     pub size: u64,
-    /// Frames to pass; 0 runs until Enter is pressed (or the other side stops).
+    /// Frames to pass; 0 runs until SIGINT (Ctrl-C) or SIGTERM, Enter on a terminal, or the
+    /// other side stops.
     #[arg(long, default_value_t = 10_000)]
     pub frames: u64,
     /// How the sides signal each other.
@@ -65,6 +70,16 @@ pub struct Args {
     /// Print JSON (one report per side) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A frame size: a size ([`parse_size`]) that is a positive multiple of 8 (the ring checks
+/// frames a 64-bit word at a time).
+fn parse_frame_size(text: &str) -> Result<u64, String> {
+    let n = parse_size(text)?;
+    if n == 0 || n % 8 != 0 {
+        return Err(format!("a frame of {n} bytes is not a positive multiple of 8 bytes (e.g. 8, 4K, 1M)"));
+    }
+    Ok(n)
 }
 
 fn config(args: &Args, socket: PathBuf) -> Result<RingConfig, Box<dyn std::error::Error>> {
@@ -89,13 +104,23 @@ pub fn run(args: &Args) -> CmdResult {
     let socket = match (&args.socket, args.role) {
         (Some(p), _) => p.clone(),
         (None, Role::Both) => std::env::temp_dir().join(format!("lava-flow-ring-{}.sock", std::process::id())),
-        (None, _) => return Err("--socket is needed for --role producer and --role consumer".into()),
+        (None, _) => {
+            return Err(crate::UsageError("--socket is needed for --role producer and --role consumer".into()).into())
+        }
     };
     let mut config = config(args, socket)?;
-    if config.frames.is_none() {
-        config.stop = Some(stop_on_enter());
+    if args.role != Role::Consumer {
+        // Before anything is allocated or a consumer process started: a ring the machine cannot
+        // hold is refused here, with the size and the limit.
+        check_producer_config(&RingConfig { stop: Some(Arc::default()), ..config.clone() })?;
     }
-    match args.role {
+    // SIGINT and SIGTERM end the run cleanly: each side stops, tells the other and reports.
+    let stop = StopSignal::install()?;
+    config.stop = Some(stop.flag());
+    if config.frames.is_none() {
+        stop_on_enter(&stop, args.role != Role::Consumer);
+    }
+    let result = match args.role {
         Role::Producer => {
             eprintln!(
                 "ring: serving {} slots of {} bytes on {}",
@@ -103,15 +128,19 @@ pub fn run(args: &Args) -> CmdResult {
                 config.slot_size,
                 config.socket.display()
             );
-            print_reports(args.json, &[run_producer(&config)?])
+            run_producer(&config).map_err(Into::into).and_then(|r| print_reports(args.json, &[r]))
         }
-        Role::Consumer => print_reports(args.json, &[consume(&config)?]),
-        Role::Both => both(args, &config),
+        Role::Consumer => consume(&config).map_err(Into::into).and_then(|r| print_reports(args.json, &[r])),
+        Role::Both => both(args, &config, &stop),
+    };
+    if stop.stopped() {
+        eprintln!("ring: stopped by {}", stop.reason());
     }
+    result
 }
 
 /// Producer here, consumer in a second process (this binary with `--role consumer`).
-fn both(args: &Args, config: &RingConfig) -> CmdResult {
+fn both(args: &Args, config: &RingConfig, stop: &StopSignal) -> CmdResult {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["ring", "--role", "consumer", "--json", "--socket"])
         .arg(&config.socket)
@@ -134,8 +163,16 @@ fn both(args: &Args, config: &RingConfig) -> CmdResult {
     let consumer = serde_json::from_str::<Vec<serde_json::Value>>(&out)
         .ok()
         .filter(|v| status.success() && v.len() == 1)
-        .and_then(|mut v| v.pop())
-        .ok_or_else(|| format!("the consumer process failed ({status}); its output: {}", out.trim()))?;
+        .and_then(|mut v| v.pop());
+    let consumer = match consumer {
+        Some(c) => c,
+        // Stopped before the consumer attached: the producer's report is the whole story.
+        None if stop.stopped() && producer.frames == 0 => {
+            eprintln!("ring: the consumer process ended before it attached ({status})");
+            return print_reports(args.json, &[producer]);
+        }
+        None => return Err(format!("the consumer process failed ({status}); its output: {}", out.trim()).into()),
+    };
     if args.json {
         let both = serde_json::Value::Array(vec![report_value(&producer), consumer]);
         crate::emit(&(serde_json::to_string_pretty(&both)? + "\n"))?;
@@ -161,10 +198,27 @@ fn sync_name(s: Sync) -> &'static str {
 }
 
 /// The consumer, waiting (up to the timeout) for the producer's socket to appear first, so the
-/// two processes may start in either order.
+/// two processes may start in either order. Stopped while it waits, it reports no frames.
 fn consume(config: &RingConfig) -> lava_flow::Result<RingReport> {
     let started = Instant::now();
+    let stopped = || config.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     while !config.socket.exists() && started.elapsed() < config.timeout {
+        if stopped() {
+            return Ok(RingReport {
+                role: "consumer",
+                sync: "none (no producer appeared)".into(),
+                slots: 0,
+                slot_size: 0,
+                frames: 0,
+                elapsed: started.elapsed(),
+                frames_per_second: 0.0,
+                bytes_per_second: 0.0,
+                latency: None,
+                wake_latency: None,
+                producer_waits: 0,
+                ended_by: "stopped",
+            });
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     run_consumer(config)
@@ -182,18 +236,18 @@ fn print_reports(json: bool, reports: &[RingReport]) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A flag set when a line is typed on a terminal's standard input; a closed or redirected one
-/// (a script) never stops the run.
-fn stop_on_enter() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
+/// For `--frames 0`: on a terminal, a line typed on standard input sets the stop flag too. A
+/// closed or redirected standard input (a script) does not stop the run: SIGINT or SIGTERM does.
+fn stop_on_enter(stop: &StopSignal, say_how: bool) {
     if std::io::stdin().is_terminal() {
-        let flag = stop.clone();
-        eprintln!("ring: press Enter to stop");
+        let flag = stop.flag();
+        eprintln!("ring: press Enter (or Ctrl-C) to stop");
         std::thread::spawn(move || {
             if matches!(std::io::stdin().read_line(&mut String::new()), Ok(n) if n > 0) {
-                flag.store(true, Ordering::Relaxed);
+                flag.store(true, Ordering::SeqCst);
             }
         });
+    } else if say_how {
+        eprintln!("ring: running until SIGINT (Ctrl-C) or SIGTERM");
     }
-    stop
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lava_flow::ipc::{serve_pattern, ObjectDescription, ServeMemory, ServeOptions, ServerConfig, ServerStats};
 use lava_flow::MemoryLocation;
 
+use crate::stop::StopSignal;
 use crate::table::{self, Table};
 use crate::CmdResult;
 
@@ -29,8 +30,9 @@ pub struct Args {
     /// The Unix socket to listen on (created mode 0600 unless --allow-uid is given).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Bytes to allocate (suffixes K, M, G: powers of 1024).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    /// Bytes to allocate (suffixes K, M, G: powers of 1024; "1.5M" works). A size the device or
+    /// the machine cannot hold is refused before anything is allocated.
+    #[arg(long, default_value = "1M", value_parser = parse_nonzero_size)]
     pub size: u64,
     /// Where the memory lives.
     #[arg(long, value_enum, default_value = "gpu")]
@@ -41,7 +43,7 @@ pub struct Args {
     /// Vulkan device index (see `lava-flow info`).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
-    /// Serve this many clients, then exit (default: until interrupted).
+    /// Serve this many clients, then exit (default: until SIGINT or SIGTERM).
     #[arg(long, value_name = "N")]
     pub clients: Option<u64>,
     /// Also accept clients running as this user id (default: only the server's own user).
@@ -53,20 +55,47 @@ pub struct Args {
     pub socket_mode: Option<u32>,
 }
 
-/// Parses a byte count with an optional K/M/G suffix (powers of 1024; "KiB" and "k" work too).
+/// Parses a byte count with an optional K/M/G suffix (powers of 1024; "KiB" and "k" work too)
+/// and an optional decimal fraction ("1.5M") that must come to a whole number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size (e.g. 4096, 64K, 1M, 2G)"))?;
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let not_a_size = || format!("`{text}` is not a size (e.g. 4096, 64K, 1.5M, 2G)");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(not_a_size());
+    }
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("unknown size unit in `{text}` (use K, M or G)")),
+        _ => return Err(format!("unknown size unit in `{text}` (use K, M or G, powers of 1024)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+    let too_large = || format!("`{text}` is too large");
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_large())? };
+    let mut bytes = whole.checked_mul(1 << shift).ok_or_else(too_large)?;
+    if !fraction.is_empty() {
+        // fraction / 10^digits of a unit, in exact integer arithmetic.
+        let digits = u32::try_from(fraction.len()).ok().filter(|d| *d <= 18).ok_or_else(not_a_size)?;
+        let numerator = u128::from(fraction.parse::<u64>().map_err(|_| not_a_size())?) << shift;
+        let denominator = 10u128.pow(digits);
+        if numerator % denominator != 0 {
+            return Err(format!("`{text}` is not a whole number of bytes"));
+        }
+        let part = u64::try_from(numerator / denominator).map_err(|_| too_large())?;
+        bytes = bytes.checked_add(part).ok_or_else(too_large)?;
+    }
+    Ok(bytes)
+}
+
+/// A size of at least one byte.
+fn parse_nonzero_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(format!("`{text}` is zero bytes: serve at least one byte")),
+        n => Ok(n),
+    }
 }
 
 fn parse_extent(text: &str) -> Result<(u32, u32), String> {
@@ -111,6 +140,8 @@ pub fn describe(d: &ObjectDescription) -> String {
 }
 
 pub fn run(args: &Args) -> CmdResult {
+    // SIGINT and SIGTERM end serving cleanly: the last line says so and the socket is removed.
+    let stop = StopSignal::install()?;
     let memory = match args.location {
         Location::Gpu => ServeMemory::Vulkan(MemoryLocation::GpuVulkan { device_id: args.device }),
         Location::HostVisible => ServeMemory::Vulkan(MemoryLocation::HostVisibleVulkan { device_id: args.device }),
@@ -146,16 +177,17 @@ pub fn run(args: &Args) -> CmdResult {
     out.push_str(
         match args.clients {
             Some(n) => format!("waiting for {n} client(s)\n"),
-            None => "serving until interrupted (Ctrl-C)\n".to_string(),
+            None => "serving until SIGINT (Ctrl-C) or SIGTERM\n".to_string(),
         }
         .as_str(),
     );
     crate::emit(&out)?;
 
     // Say what happens as it happens; stop after `--clients` connections are served and closed.
+    // A signal is seen within a tenth of a second.
     let mut seen = ServerStats::default();
     loop {
-        let (stats, _) = server.server().wait_for(Duration::from_secs(1), |s| *s != seen);
+        let (stats, _) = server.server().wait_for(Duration::from_millis(100), |s| *s != seen);
         if stats != seen {
             let news = client_news(&seen, &stats);
             if !news.is_empty() {
@@ -164,6 +196,17 @@ pub fn run(args: &Args) -> CmdResult {
             seen = stats;
         }
         if args.clients.is_some_and(|n| seen.connections_closed + seen.connections_refused >= n) {
+            break;
+        }
+        if stop.stopped() {
+            let served = seen.connections_closed;
+            // Dropping the server disconnects any client, frees the memory and removes the socket.
+            drop(server);
+            crate::emit(&format!(
+                "stopped by {}: {served} client(s) served; {} removed\n",
+                stop.reason(),
+                args.socket.display()
+            ))?;
             break;
         }
     }
@@ -194,6 +237,21 @@ fn client_news(before: &ServerStats, now: &ServerStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_decimal_fractions_of_whole_bytes() {
+        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size(".25G"), Ok(1 << 28));
+        assert_eq!(parse_size("2.0"), Ok(2));
+        assert_eq!(parse_size("1.5"), Err("`1.5` is not a whole number of bytes".into()));
+        let e = parse_size("0.1K").unwrap_err();
+        assert!(e.contains("whole number of bytes"), "{e}");
+        assert!(parse_size("1.2.3M").is_err());
+        assert!(parse_size(".").is_err());
+        assert!(parse_size("1.5T").unwrap_err().contains("unknown size unit"));
+        assert!(parse_nonzero_size("0").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

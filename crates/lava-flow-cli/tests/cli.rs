@@ -515,7 +515,10 @@ fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
             assert!(row["reason"].as_str().unwrap().contains(why), "{row}");
         }
     }
-    assert!(out.status.success(), "no semaphore path fails");
+    assert_eq!(report["failed"], 0, "no semaphore path fails");
+    // A run in which nothing passed fails (lavapipe shares no semaphores: every path skips).
+    let passed = report["passed"].as_u64().unwrap();
+    assert_eq!(out.status.success(), passed > 0, "exit code 0 when a path passed, 1 when none did");
     if !shares {
         testing::skip("semaphores", timeline.limitation.clone().unwrap_or_default());
     }
@@ -605,5 +608,280 @@ fn ring_with_timeline_semaphores_runs_or_is_refused_with_the_reason() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(timeline.limitation.as_deref().unwrap()), "the error gives the query's answer: {err}");
         testing::skip("semaphores", timeline.limitation.unwrap());
+    }
+}
+
+/// Runs `lava-flow args` under an address-space limit (`ulimit -v`, 16 GiB), so that a command
+/// which tried to map what it was asked for would fail there instead of filling the machine's
+/// memory.
+fn run_limited(args: &[&str]) -> Output {
+    let bin = std::env::var_os("LAVA_FLOW_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lava-flow").into());
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -v 16777216 && exec \"$0\" \"$@\""])
+        .arg(bin)
+        .args(args)
+        .output()
+        .expect("start lava-flow under sh");
+    eprintln!(
+        "lava-flow {} -> {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn sizes_the_machine_cannot_hold_are_refused_before_allocating() {
+    let available = lava_flow::limits::host_memory_available().expect("Linux reports its available memory");
+    let twice = (available.bytes * 2 / (1 << 20) + 1).to_string() + "M";
+    let ring_socket = socket_path("ring-huge");
+    let serve_socket = socket_path("serve-huge");
+    for args in [
+        vec!["ring", "--size", "100G", "--frames", "10", "--timeout", "2"],
+        vec!["ring", "--size", &twice, "--frames", "10", "--timeout", "2"],
+        vec![
+            "ring",
+            "--role",
+            "producer",
+            "--size",
+            &twice,
+            "--timeout",
+            "2",
+            "--socket",
+            ring_socket.to_str().unwrap(),
+        ],
+        vec![
+            "serve",
+            "--location",
+            "host",
+            "--size",
+            &twice,
+            "--clients",
+            "1",
+            "--socket",
+            serve_socket.to_str().unwrap(),
+        ],
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_limited(&args);
+        assert_eq!(out.status.code(), Some(1), "a clean error, not a crash: {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("out of memory"), "{err}");
+        assert!(err.contains("MemAvailable") || err.contains("cgroup"), "the error names the limit: {err}");
+        assert!(err.contains("bytes") && err.contains("GiB"), "the error gives the sizes: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "refused up front: {args:?}");
+        assert!(!ring_socket.exists() && !serve_socket.exists(), "nothing was served");
+    }
+}
+
+#[test]
+fn a_refused_second_serve_leaves_the_live_one_its_client() {
+    let socket = socket_path("probe");
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .args(["serve", "--location", "host", "--size", "64K", "--clients", "1", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    let out = run(&["serve", "--location", "host", "--size", "64K", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening there"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(server.try_wait().unwrap().is_none(), "the live server counted the refused one as its client and left");
+    assert!(socket.exists(), "the live server's socket is still there");
+    let out = run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success(), "the real client is served");
+    assert!(wait_for_exit(&mut server).success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("client done (1 served)"), "{text}");
+    assert!(!text.contains("(2 so far)"), "one client only: {text}");
+}
+
+#[test]
+fn selftest_that_passes_nothing_fails_and_names_the_driver_files() {
+    let missing = "/nonexistent/lava-flow-no-driver.json";
+    let out = lava_flow()
+        .args(["selftest", "--json"])
+        .env("VK_DRIVER_FILES", missing)
+        .env_remove("VK_ICD_FILENAMES")
+        .env_remove("LAVA_FLOW_REQUIRE")
+        .output()
+        .unwrap();
+    let report = json(&out);
+    assert_eq!(report["passed"], 0, "{report}");
+    assert_eq!(out.status.code(), Some(1), "a run in which nothing passed fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing passed"), "{err}");
+    assert!(
+        err.contains(&format!("VK_DRIVER_FILES is set, so the loader used only what it names: {missing}")),
+        "{err}"
+    );
+    // The table says the same.
+    let out =
+        lava_flow().arg("selftest").env("VK_DRIVER_FILES", missing).env_remove("LAVA_FLOW_REQUIRE").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 passed, 0 failed"));
+    // An --only that names no path is a bad command line.
+    let out = run(&["selftest", "--only", "no path is called this"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no path is called this"));
+}
+
+#[test]
+fn every_path_of_a_required_api_that_cannot_run_fails() {
+    // Vulkan missing: every Vulkan, ipc and pool path fails, not one row per group.
+    let out = lava_flow()
+        .args(["selftest", "--json", "--only", "vulkan: ", "--only", "ipc: ", "--only", "pool: "])
+        .env("VK_DRIVER_FILES", "/nonexistent/lava-flow-no-driver.json")
+        .env("LAVA_FLOW_REQUIRE", "vulkan")
+        .output()
+        .unwrap();
+    let report = json(&out);
+    let rows = report["results"].as_array().unwrap();
+    for path in CORE_PATHS.iter().chain(DRIVER_DEPENDENT_PATHS.iter()) {
+        let row = result_of(&report, path);
+        assert_eq!(row["result"], "fail", "{row}");
+        assert!(row["reason"].as_str().unwrap().contains("required (LAVA_FLOW_REQUIRE)"), "{row}");
+    }
+    assert!(rows.len() >= CORE_PATHS.len() + DRIVER_DEPENDENT_PATHS.len(), "{rows:?}");
+    assert_eq!(out.status.code(), Some(1));
+    // The importers: where an API cannot run here, requiring it fails each of its paths.
+    #[cfg_attr(not(any(feature = "opencl", feature = "gl", feature = "cuda")), allow(unused_mut))]
+    let mut apis: Vec<(&str, Vec<&str>)> = Vec::new();
+    #[cfg(feature = "opencl")]
+    apis.push(("opencl", lava_flow::opencl::selftest::PATHS.to_vec()));
+    #[cfg(feature = "gl")]
+    apis.push(("gl", lava_flow::gl::selftest::PATHS.to_vec()));
+    #[cfg(feature = "cuda")]
+    apis.push(("cuda", lava_flow::cuda::selftest::PATHS.to_vec()));
+    for (api, paths) in apis {
+        let only = format!("{api}: ");
+        let out =
+            lava_flow().args(["selftest", "--json", "--only", &only]).env_remove("LAVA_FLOW_REQUIRE").output().unwrap();
+        let report = json(&out);
+        if report["passed"].as_u64().unwrap() > 0 {
+            println!("{api} runs here: nothing to require");
+            continue;
+        }
+        let out =
+            lava_flow().args(["selftest", "--json", "--only", &only]).env("LAVA_FLOW_REQUIRE", api).output().unwrap();
+        let report = json(&out);
+        let rows = report["results"].as_array().unwrap();
+        for path in &paths {
+            let row = result_of(&report, &format!("{api}: {path}"));
+            assert_eq!(row["result"], "fail", "{api}: every path fails when required: {row}");
+        }
+        assert_eq!(report["failed"].as_u64().unwrap() as usize, rows.len(), "{rows:?}");
+        assert_eq!(out.status.code(), Some(1));
+    }
+}
+
+/// Sends `signal` ("INT", "TERM") to a child process.
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal}");
+}
+
+#[test]
+fn sigint_and_sigterm_stop_ring_and_serve_cleanly() {
+    for signal in ["INT", "TERM"] {
+        // `--frames 0` with a standard input that is not a terminal runs until signalled.
+        let socket = socket_path(&format!("ring-{signal}"));
+        let _ = std::fs::remove_file(&socket);
+        let mut ring = lava_flow()
+            .args(["ring", "--frames", "0", "--size", "8K", "--sync", "host-counters", "--socket"])
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The producer removes its socket once the consumer attached: wait for that (bounded).
+        let started = std::time::Instant::now();
+        let mut seen = false;
+        while started.elapsed() < std::time::Duration::from_secs(10) {
+            match socket.exists() {
+                true => seen = true,
+                false if seen => break,
+                false => {}
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        println!("SIG{signal}: the ring's socket came and went: {seen}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(ring.try_wait().unwrap().is_none(), "ring --frames 0 ended by itself");
+        send_signal(&ring, signal);
+        let status = wait_for_exit(&mut ring);
+        let mut out = String::new();
+        std::io::Read::read_to_string(ring.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(ring.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "SIG{signal}: {status}; {err}");
+        assert!(out.contains("producer: ") && out.contains("ended by stopped"), "the producer's report: {out}");
+        assert!(!seen || out.contains("consumer: "), "the consumer's report: {out}");
+        assert!(err.contains(&format!("ring: stopped by SIG{signal}")), "{err}");
+        assert!(!socket.exists(), "the ring's socket is removed");
+
+        let socket = socket_path(&format!("serve-{signal}"));
+        let _ = std::fs::remove_file(&socket);
+        let mut server = lava_flow()
+            .args(["serve", "--location", "host", "--size", "64K", "--socket"])
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_server(&mut server, &socket);
+        assert!(run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]).status.success());
+        send_signal(&server, signal);
+        let status = wait_for_exit(&mut server);
+        let mut out = String::new();
+        std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(status.success(), "SIG{signal}: {status}");
+        assert!(out.contains(&format!("stopped by SIG{signal}: 1 client(s) served")), "{out}");
+        assert!(!socket.exists(), "serve removes its socket");
+    }
+}
+
+#[test]
+fn smaller_command_line_mistakes_get_clear_answers() {
+    // A decimal size is a size.
+    let out = run(&["ring", "--size", "1.5M", "--frames", "20", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(json(&out)[0]["slot_size"], 3 << 19);
+    let out = run(&["ring", "--size", "0.1K", "--frames", "20"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whole number of bytes"));
+    // attach on a regular file says it is not a socket.
+    let file = std::env::temp_dir().join(format!("lava-flow-cli-test-file-{}", std::process::id()));
+    std::fs::write(&file, b"not a socket").unwrap();
+    let out = run(&["attach", "--api", "host", "--socket", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a socket but a regular file") && !err.contains("Connection refused\n"), "{err}");
+    // serve in a missing directory names it.
+    let dir = std::env::temp_dir().join(format!("lava-flow-cli-test-missing-{}", std::process::id()));
+    let out = run(&["serve", "--location", "host", "--socket", dir.join("x.sock").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("in {}: the directory does not exist", dir.display())), "{err}");
+    assert!(!err.contains(".lava-flow-bind"), "{err}");
+    // Bad command lines exit with 2, as CLI.md promises.
+    for args in [
+        vec!["ring", "--role", "consumer"],
+        vec!["ring", "--role", "producer"],
+        vec!["ring", "--slots", "0"],
+        vec!["ring", "--size", "12"],
+        vec!["bench", "--only", "nosuch"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }

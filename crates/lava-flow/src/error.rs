@@ -226,3 +226,25 @@ impl Error {
         matches!(self, Error::LibraryUnavailable { .. } | Error::DeviceNotFound { .. } | Error::Unsupported { .. })
     }
 }
+
+impl Error {
+    /// For the rows after the first of a self-test whose shared set-up failed: the same "this
+    /// machine lacks it" error again (a missing library or device stays that, so that
+    /// `LAVA_FLOW_REQUIRE` fails every row of the API, not only the first), or `None` for any
+    /// other error.
+    #[cfg_attr(not(any(feature = "gl", feature = "opencl")), allow(dead_code))]
+    pub(crate) fn same_absence(&self) -> Option<Error> {
+        match self {
+            Error::LibraryUnavailable { library, reason, advice } => {
+                Some(Error::LibraryUnavailable { library, reason: reason.clone(), advice: advice.clone() })
+            }
+            Error::DeviceNotFound { api, wanted, found, advice } => Some(Error::DeviceNotFound {
+                api,
+                wanted: wanted.clone(),
+                found: found.clone(),
+                advice: advice.clone(),
+            }),
+            _ => None,
+        }
+    }
+}

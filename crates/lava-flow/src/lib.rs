@@ -22,6 +22,7 @@
 pub mod bench;
 pub mod error;
 pub mod fd;
+pub mod limits;
 pub mod testing;
 pub mod vulkan;
 

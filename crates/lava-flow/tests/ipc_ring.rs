@@ -259,3 +259,23 @@ fn ring_consumer_asking_for_another_signal_is_refused() {
     assert!(e.to_string().contains("could not set up its side of the ring"), "{e}");
     assert!(started.elapsed() < timeout / 2, "the producer stopped waiting for its consumer at once");
 }
+
+/// A ring larger than the host memory the machine can give (four slots of twice `MemAvailable`)
+/// is refused before anything is allocated or served: no socket appears, and the error names the
+/// size asked for and the limit.
+#[test]
+fn a_ring_larger_than_the_machine_is_refused_before_allocating() {
+    let dir = TempDir::new("ring-huge", 0o700);
+    let socket = dir.path().join("ring.sock");
+    let available = lava_flow::limits::host_memory_available().expect("Linux reports its available memory");
+    let slot_size = usize::try_from(available.bytes * 2).unwrap() & !7;
+    let huge = RingConfig { slot_size, timeout: Duration::from_secs(1), ..config(&socket) };
+    let e = run_producer(&huge).unwrap_err();
+    assert!(matches!(e, lava_flow::Error::OutOfMemory { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("4 slots of {slot_size} bytes")), "the error names the ring asked for: {text}");
+    assert!(text.contains(&format!("{} bytes", 4 * slot_size as u64 + 4096)), "and its total: {text}");
+    assert!(text.contains(&available.source), "and the limit: {text}");
+    assert!(!socket.exists(), "nothing was served");
+    assert!(lava_flow::ipc::ring::check_producer_config(&huge).is_err(), "the same check, callable up front");
+}

@@ -217,3 +217,58 @@ fn serve_shares_a_ready_timeline_semaphore_where_the_driver_exports_one() {
     }
     drop(served);
 }
+
+/// A second server refused on a live socket checks it without connecting: the live server
+/// counts no connection, so a `max_clients`-style count (`lava-flow serve --clients 1`) is not
+/// spent on the probe, and its clients still find it.
+#[test]
+fn a_refused_second_server_is_not_a_client_of_the_live_one() {
+    if child_role().is_some() {
+        return attach_child();
+    }
+    let dir = TempDir::new("serve-probe", 0o700);
+    let socket = dir.path().join("serve.sock");
+    let served = serve_pattern(&options(&socket, 4096, ServeMemory::Host, None)).unwrap();
+    let e = serve_pattern(&options(&socket, 4096, ServeMemory::Host, None)).unwrap_err();
+    assert!(e.to_string().contains("another server is listening there"), "{e}");
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = served.server().stats();
+    assert_eq!(stats, Default::default(), "the probe reached the live server: {stats:?}");
+    assert!(socket.exists());
+    let report = attach_in_child("a_refused_second_server_is_not_a_client_of_the_live_one", "attach-host", &socket);
+    assert_eq!(report["objects"][0]["name"], PATTERN_NAME);
+    assert!(served.server().wait_idle(Duration::from_secs(10)));
+    assert_eq!(served.server().stats().connections_closed, 1, "{:?}", served.server().stats());
+    // A stale socket file (its server gone) is still replaced.
+    drop(served);
+    let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(stale);
+    assert!(socket.exists());
+    let again = serve_pattern(&options(&socket, 4096, ServeMemory::Host, None)).unwrap();
+    assert_eq!(again.server().stats(), Default::default());
+}
+
+/// A server in a directory that does not exist names that directory (not the private
+/// directory it binds in first).
+#[test]
+fn serving_in_a_missing_directory_names_it() {
+    let dir = TempDir::new("serve-missing", 0o700);
+    let missing = dir.path().join("no-such-dir");
+    let e = serve_pattern(&options(&missing.join("serve.sock"), 4096, ServeMemory::Host, None)).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&format!("in {}", missing.display())), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(!text.contains(".lava-flow-bind"), "an internal path leaked into the error: {text}");
+}
+
+/// Attaching to a regular file says it is not a socket (not "Connection refused").
+#[test]
+fn attaching_to_a_regular_file_says_it_is_not_a_socket() {
+    let dir = TempDir::new("attach-file", 0o700);
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"x").unwrap();
+    let e = attach(&AttachOptions::new(&file, AttachApi::Host)).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("not a socket") && text.contains("regular file"), "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+}

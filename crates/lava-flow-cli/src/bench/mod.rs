@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     label: Option<String>,
     /// Run only these groups: vulkan, pool, cuda, opencl, gl (repeat to name several).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", value_parser = clap::builder::PossibleValuesParser::new(GROUPS))]
     only: Vec<String>,
 }
 
@@ -194,9 +194,6 @@ pub struct Report {
 }
 
 pub fn run(args: &Args) -> CmdResult {
-    if let Some(bad) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
-        return Err(format!("unknown bench group `{bad}` (groups: {})", GROUPS.join(", ")).into());
-    }
     let report = match &args.from_json {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;

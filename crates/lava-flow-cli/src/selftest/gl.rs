@@ -6,14 +6,17 @@ use super::Runner;
 
 #[cfg(feature = "gl")]
 pub fn run(runner: &mut Runner) {
+    const SUMMARY: (&str, &str) = ("gl", "gl: Vulkan <-> OpenGL buffers and textures");
+    // The importer runs its paths together (they share one GL context); the time is theirs.
+    // Without Vulkan or the library every path stops at the same place: say it once (every path,
+    // where required).
+    let paths: Vec<_> = lava_flow::gl::selftest::PATHS.iter().map(|p| ("gl", format!("gl: {p}"))).collect();
     let ctx = match lava_flow::VulkanContext::new() {
         Ok(ctx) => ctx,
-        Err(e) => return runner.skip("gl", "gl: Vulkan <-> OpenGL buffers and textures", 0, e.to_string()),
+        Err(e) => return runner.skip_all(SUMMARY, &paths, e.to_string()),
     };
-    // The importer runs its paths together (they share one GL context); the time is theirs.
-    // Without the library every path stops at the same place: say it once.
     if let Err(e) = lava_flow::gl::GlContext::enumerate() {
-        return runner.skip("gl", "gl: Vulkan <-> OpenGL buffers and textures", 0, e.to_string());
+        return runner.skip_all(SUMMARY, &paths, e.to_string());
     }
     for case in lava_flow::gl::selftest::selftest(&ctx) {
         runner.record_result("gl", &format!("gl: {}", case.path), 0, case.result);

@@ -100,17 +100,19 @@ struct PeerReport {
     error: Option<String>,
 }
 
-pub fn run(runner: &mut Runner) {
-    let device = match VulkanContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => return runner.skip("vulkan", "ipc: two processes", 0, e.to_string()),
-    };
+/// One cross-process path: what it moves, and how the fd travels.
+enum Case {
+    Buffer(Transport),
+    Image(ImageOptions, Transport),
+    Host(Transport),
+}
+
+/// Every path, named as the table shows it.
+fn cases() -> Vec<(String, Case)> {
+    let mut cases = Vec::new();
     for transport in [Transport::ScmRights, Transport::Inherited] {
         let how = transport_name(transport);
-        let path = format!("ipc: buffer device-local -> other process, {how}");
-        runner.run("vulkan", &path, BUFFER_SIZE, |r| {
-            buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
-        });
+        cases.push((format!("ipc: buffer device-local -> other process, {how}"), Case::Buffer(transport)));
     }
     let images = [
         (
@@ -126,13 +128,36 @@ pub fn run(runner: &mut Runner) {
     ];
     for (name, options, transport) in images {
         let path = format!("ipc: {name} -> other process, {}", transport_name(transport));
-        runner.run("vulkan", &path, image_bytes(&options), |r| {
-            image_to_peer(&device, &options, transport, r.corrupt(&path))
-        });
+        cases.push((path, Case::Image(options, transport)));
     }
     for transport in [Transport::ScmRights, Transport::Inherited] {
         let path = format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(transport));
-        runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)));
+        cases.push((path, Case::Host(transport)));
+    }
+    cases
+}
+
+pub fn run(runner: &mut Runner) {
+    let cases = cases();
+    let device = match VulkanContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let paths: Vec<_> = cases.into_iter().map(|(path, _)| ("vulkan", path)).collect();
+            return runner.skip_all(("vulkan", "ipc: two processes"), &paths, e.to_string());
+        }
+    };
+    for (path, case) in cases {
+        match case {
+            Case::Buffer(transport) => runner.run("vulkan", &path, BUFFER_SIZE, |r| {
+                buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
+            }),
+            Case::Image(options, transport) => runner.run("vulkan", &path, image_bytes(&options), |r| {
+                image_to_peer(&device, &options, transport, r.corrupt(&path))
+            }),
+            Case::Host(transport) => {
+                runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)))
+            }
+        }
     }
 }
 

@@ -168,6 +168,40 @@ impl Runner {
         });
     }
 
+    /// Lists paths that cannot run here because something they all need is missing (a library,
+    /// the Vulkan device): one row `summary` (api, path) saying why, or, where `LAVA_FLOW_REQUIRE`
+    /// names the API of any of `paths`, one row per path, so that every path of a required API
+    /// fails, not only the first. The summary row stands for the paths under `--only` too.
+    pub fn skip_all(
+        &mut self,
+        summary: (&'static str, &str),
+        paths: &[(&'static str, String)],
+        reason: impl Into<String>,
+    ) {
+        let reason = reason.into();
+        let required = |api: &str| api.split('+').any(lava_flow::testing::is_required);
+        if paths.iter().any(|(api, _)| required(api)) {
+            for (api, path) in paths {
+                self.skip(api, path, 0, reason.clone());
+            }
+            return;
+        }
+        let (api, path) = summary;
+        if self.repeat_of.is_some() || !(self.wanted(path) || paths.iter().any(|(_, p)| self.wanted(p))) {
+            return;
+        }
+        let outcome = required_or(api, Outcome::Skipped(reason));
+        self.record(PathResult {
+            api,
+            path: path.into(),
+            size: 0,
+            outcome,
+            time_ms: Duration::ZERO,
+            runs: 1,
+            detail: None,
+        });
+    }
+
     /// Runs one path; a panic inside it is caught and reported as that path's failure.
     pub fn run(&mut self, api: &'static str, path: &str, size: u64, body: impl FnOnce(&Runner) -> Step) {
         self.run_detailed(api, path, size, |r| body(r).map(|()| None));
@@ -290,6 +324,13 @@ pub fn run(args: &Args) -> CmdResult {
         eprint!("\r\x1b[K");
     }
 
+    if results.is_empty() && !args.only.is_empty() {
+        let only = args.only.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+        return Err(crate::UsageError(format!(
+            "no selftest path's name contains {only}: `lava-flow selftest` lists every path's name"
+        ))
+        .into());
+    }
     let passed = results.iter().filter(|r| r.outcome == Outcome::Pass).count();
     let failed = results.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).count();
     let skipped = results.len() - passed - failed;
@@ -323,7 +364,62 @@ pub fn run(args: &Args) -> CmdResult {
         }
         crate::emit(&format!("{}\n{passed} passed, {failed} failed, {skipped} skipped\n", t.render(0)))?;
     }
+    // A run in which nothing passed proved nothing: it fails, saying why.
+    if passed == 0 {
+        eprintln!("selftest: {}", nothing_passed(failed, skipped));
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Why a run passed nothing: the counts, and where Vulkan cannot be used, what the loader was
+/// given (`VK_DRIVER_FILES`, `VK_ICD_FILENAMES`) and which driver manifests the machine has.
+fn nothing_passed(failed: usize, skipped: usize) -> String {
+    let mut out = format!(
+        "nothing passed ({failed} failed, {skipped} skipped), so this run proves nothing about sharing on this machine"
+    );
+    match lava_flow::VulkanContext::enumerate() {
+        Ok(devices) if !devices.is_empty() => {
+            out.push_str(": the skips above say what each path lacks");
+            return out;
+        }
+        Ok(_) => out.push_str(". Vulkan is not usable: the loader lists no devices"),
+        Err(e) => out.push_str(&format!(". Vulkan is not usable: {e}")),
+    }
+    let mut named = false;
+    for var in ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"] {
+        let Some(value) = std::env::var_os(var) else { continue };
+        named = true;
+        let files: Vec<String> = std::env::split_paths(&value)
+            .map(|p| match std::fs::metadata(&p) {
+                Ok(_) => format!("{} (exists, but the loader could not use it)", p.display()),
+                Err(e) => format!("{} ({e})", p.display()),
+            })
+            .collect();
+        out.push_str(&format!(
+            ". {var} is set, so the loader used only what it names: {}",
+            if files.is_empty() { "nothing".to_string() } else { files.join(", ") }
+        ));
+    }
+    let manifests: Vec<String> = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| p.display().to_string())
+        .collect();
+    let fix = if named { "unset it, or point it at a driver manifest" } else { "install a Vulkan driver" };
+    if manifests.is_empty() {
+        out.push_str(&format!(
+            "; this machine has no Vulkan driver manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d: {fix} \
+             (`apt-get install mesa-vulkan-drivers` for the software one, or your GPU vendor's)"
+        ));
+    } else {
+        out.push_str(&format!("; driver manifests on this machine: {}: {fix}", manifests.join(", ")));
+    }
+    out
 }
 
 /// A deterministic byte pattern that differs with `seed` and position, so a shifted, truncated

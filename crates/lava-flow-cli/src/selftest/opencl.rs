@@ -6,13 +6,16 @@ use super::Runner;
 
 #[cfg(feature = "opencl")]
 pub fn run(runner: &mut Runner) {
+    const SUMMARY: (&str, &str) = ("opencl", "opencl: Vulkan <-> OpenCL buffers and images");
+    // Without Vulkan or the library every path stops at the same place: say it once (every path,
+    // where required).
+    let paths: Vec<_> = lava_flow::opencl::selftest::PATHS.iter().map(|p| ("opencl", format!("opencl: {p}"))).collect();
     let ctx = match lava_flow::VulkanContext::new() {
         Ok(ctx) => ctx,
-        Err(e) => return runner.skip("opencl", "opencl: Vulkan <-> OpenCL buffers and images", 0, e.to_string()),
+        Err(e) => return runner.skip_all(SUMMARY, &paths, e.to_string()),
     };
-    // Without the library every path stops at the same place: say it once.
     if let Err(e) = lava_flow::opencl::ClContext::enumerate() {
-        return runner.skip("opencl", "opencl: Vulkan <-> OpenCL buffers and images", 0, e.to_string());
+        return runner.skip_all(SUMMARY, &paths, e.to_string());
     }
     for case in lava_flow::opencl::selftest::selftest(&ctx) {
         runner.record_result("opencl", &format!("opencl: {}", case.path), 0, case.result);

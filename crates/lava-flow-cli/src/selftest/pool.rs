@@ -15,17 +15,21 @@ pub const POOLED_SIZE: u64 = 64 << 10;
 pub const POOLED_COUNT: usize = 4;
 
 pub fn run(runner: &mut Runner) {
+    let devices_path =
+        format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block, device A <-> device B, cached imports");
+    let process_path =
+        format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS");
     let pair = VulkanContext::new().and_then(|a| VulkanContext::with_uuid(a.identity().device_uuid).map(|b| (a, b)));
     let (a, b) = match pair {
         Ok(p) => p,
-        Err(e) => return runner.skip("vulkan", "pool: pooled buffers", 0, e.to_string()),
+        Err(e) => {
+            let paths = [("vulkan", devices_path), ("vulkan", process_path)];
+            return runner.skip_all(("vulkan", "pool: pooled buffers"), &paths, e.to_string());
+        }
     };
     let size = POOLED_SIZE * POOLED_COUNT as u64;
-    let path =
-        format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block, device A <-> device B, cached imports");
-    runner.run("vulkan", &path, size, |r| between_devices(&a, &b, r.corrupt(&path)));
-    let path = format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS");
-    runner.run("vulkan", &path, size, |r| to_peer(&a, r.corrupt(&path)));
+    runner.run("vulkan", &devices_path, size, |r| between_devices(&a, &b, r.corrupt(&devices_path)));
+    runner.run("vulkan", &process_path, size, |r| to_peer(&a, r.corrupt(&process_path)));
 }
 
 /// Allocates `POOLED_COUNT` pooled buffers on `ctx` (one block), each written with its own pattern.

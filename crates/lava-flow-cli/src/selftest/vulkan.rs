@@ -42,11 +42,27 @@ pub fn gpu_write(buffer: &Buffer, data: &[u8]) -> lava_flow::Result<()> {
     tmp.copy_to(buffer)
 }
 
+/// The buffer paths: name, memory kind.
+const BUFFERS: [(&str, MemoryKind); 3] = [
+    ("buffer device-local", MemoryKind::DeviceLocal),
+    ("buffer host-visible", MemoryKind::HostVisible),
+    ("buffer in shared host memory", MemoryKind::SharedHost),
+];
+
+/// Every path's name for one device (`tag` tells devices apart where there are several).
+fn path_names(tag: &str) -> Vec<(&'static str, String)> {
+    let names = BUFFERS.iter().map(|(name, _)| *name).chain(images().into_iter().map(|(name, _)| name));
+    names.map(|name| ("vulkan", format!("vulkan: {name}, device A <-> device B{tag}"))).collect()
+}
+
 pub fn run(runner: &mut Runner) {
     let devices = match VulkanContext::enumerate() {
         Ok(d) if !d.is_empty() => d,
-        Ok(_) => return runner.skip("vulkan", "vulkan: two devices", 0, "the Vulkan loader lists no devices"),
-        Err(e) => return runner.skip("vulkan", "vulkan: two devices", 0, e.to_string()),
+        Ok(_) => {
+            let reason = "the Vulkan loader lists no devices";
+            return runner.skip_all(("vulkan", "vulkan: two devices"), &path_names(""), reason);
+        }
+        Err(e) => return runner.skip_all(("vulkan", "vulkan: two devices"), &path_names(""), e.to_string()),
     };
     for device in &devices {
         let tag = if devices.len() > 1 { format!(" [device {}]", device.index) } else { String::new() };
@@ -55,15 +71,12 @@ pub fn run(runner: &mut Runner) {
         let (a, b) = match pair {
             Ok(p) => p,
             Err(e) => {
-                runner.skip("vulkan", &format!("vulkan: two devices{tag}"), 0, e.to_string());
+                let summary = format!("vulkan: two devices{tag}");
+                runner.skip_all(("vulkan", &summary), &path_names(&tag), e.to_string());
                 continue;
             }
         };
-        for (name, kind) in [
-            ("buffer device-local", MemoryKind::DeviceLocal),
-            ("buffer host-visible", MemoryKind::HostVisible),
-            ("buffer in shared host memory", MemoryKind::SharedHost),
-        ] {
+        for (name, kind) in BUFFERS {
             let path = format!("vulkan: {name}, device A <-> device B{tag}");
             runner.run("vulkan", &path, BUFFER_SIZE, |r| buffer_between(&a, &b, kind, r.corrupt(&path)));
         }

@@ -60,7 +60,9 @@ fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
 
 /// The same failure for every path after the first, keeping "unavailable" meaning unavailable.
 pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) -> Error {
-    if first.is_unavailable() {
+    if let Some(absent) = first.same_absence() {
+        absent
+    } else if first.is_unavailable() {
         Error::unsupported(path, format!("{api} is unavailable: {first}"), "see the first row", "see the first row")
     } else {
         Error::Api {
@@ -73,7 +75,9 @@ pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) ->
     }
 }
 
-const PATHS: [&str; 4] = ["Vulkan -> GL buffer", "GL -> Vulkan buffer", "Vulkan -> GL texture", "GL -> Vulkan texture"];
+/// The paths, in the order [`selftest`] reports them.
+pub const PATHS: [&str; 4] =
+    ["Vulkan -> GL buffer", "GL -> Vulkan buffer", "Vulkan -> GL texture", "GL -> Vulkan texture"];
 
 /// Runs the GL paths against `vk`'s device: a 1 MiB buffer and a 256x256 RGBA8 optimal texture,
 /// each written on one side and compared on the other.
@@ -168,4 +172,20 @@ pub fn selftest(vk: &VulkanContext) -> Vec<SelftestCase> {
         out.push(SelftestCase { path: "GL objects released", result: Err(e) });
     }
     out
+}
+
+#[cfg(test)]
+mod follow_on_tests {
+    use super::*;
+
+    /// A missing library or device stays missing in every row after the first, so that
+    /// `LAVA_FLOW_REQUIRE=gl` fails every row, not only the first.
+    #[test]
+    fn rows_after_the_first_keep_its_kind_of_error() {
+        let missing = Error::LibraryUnavailable { library: "libEGL.so.1", reason: "absent".into(), advice: "x".into() };
+        assert!(matches!(follow_on(PATHS[1], &missing, "OpenGL"), Error::LibraryUnavailable { .. }));
+        let no_device =
+            Error::DeviceNotFound { api: "OpenGL", wanted: "w".into(), found: "none".into(), advice: "x".into() };
+        assert!(matches!(follow_on(PATHS[2], &no_device, "OpenGL"), Error::DeviceNotFound { .. }));
+    }
 }

@@ -580,7 +580,11 @@ fn stopped(stop: &Option<Arc<AtomicBool>>) -> bool {
     stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
-fn check_producer_config(config: &RingConfig) -> Result<()> {
+/// Checks a producer's settings before anything is allocated: the slot count and size, a way
+/// for the run to end, and that the ring's shared memory (slots times slot size, and the control
+/// block) fits in the host memory this process can still get ([`crate::limits`]). `run_producer`
+/// calls it first; a caller that starts a consumer process beside the producer calls it before.
+pub fn check_producer_config(config: &RingConfig) -> Result<()> {
     if config.slots == 0 || config.slots > MAX_SLOTS {
         return Err(Error::invalid(
             "ring slot count",
@@ -595,6 +599,15 @@ fn check_producer_config(config: &RingConfig) -> Result<()> {
             "use a multiple of 8 bytes",
         ));
     }
+    let total = u64::from(config.slots)
+        .checked_mul(config.slot_size as u64)
+        .and_then(|t| t.checked_add(CONTROL_LEN as u64))
+        .unwrap_or(u64::MAX);
+    crate::limits::check_host_memory(
+        &format!("a ring of {} slots of {} bytes", config.slots, config.slot_size),
+        total,
+        "use fewer or smaller slots (the ring's memory is shared host memory, charged to RAM as it is written)",
+    )?;
     if config.frames.is_none() && config.stop.is_none() {
         return Err(Error::invalid(
             "ring run length",
@@ -606,7 +619,9 @@ fn check_producer_config(config: &RingConfig) -> Result<()> {
 }
 
 /// Runs the producer: creates and serves the ring at `config.socket`, waits for a consumer, then
-/// produces frames until the count is reached, `stop` is set or the consumer stops.
+/// produces frames until the count is reached, `stop` is set or the consumer stops. Settings that
+/// cannot work, a ring larger than the host memory this process can get included, are refused
+/// before anything is allocated ([`check_producer_config`]).
 pub fn run_producer(config: &RingConfig) -> Result<RingReport> {
     check_producer_config(config)?;
     let timeline = producer_sync(config.sync)?;

@@ -37,8 +37,18 @@ pub fn pattern_word(i: usize) -> u32 {
 
 /// The first `len` bytes of the pattern.
 pub fn pattern_bytes(len: usize) -> Vec<u8> {
-    (0..len.div_ceil(4)).flat_map(|i| pattern_word(i).to_le_bytes()).take(len).collect()
+    pattern_bytes_at(0, len)
 }
+
+/// `len` bytes of the pattern from byte `start` (a multiple of 4).
+pub fn pattern_bytes_at(start: usize, len: usize) -> Vec<u8> {
+    debug_assert_eq!(start % 4, 0);
+    (start / 4..(start + len).div_ceil(4)).flat_map(|i| pattern_word(i).to_le_bytes()).take(len).collect()
+}
+
+/// The pattern is written in pieces of this many bytes (a multiple of 4), so that filling a large
+/// allocation never needs a host copy of its whole size.
+const FILL_CHUNK: usize = 64 << 20;
 
 /// Checks `bytes` against the pattern; names the first wrong word.
 pub fn check_pattern(what: &str, bytes: &[u8]) -> Result<()> {
@@ -142,6 +152,9 @@ impl PatternServer {
 
 /// Allocates `options.size` bytes where asked, fills the pattern ([`pattern_word`]), optionally
 /// an image too, and serves them at `options.socket` to every allowed client that connects.
+/// A size the device or the machine cannot hold is refused with [`Error::OutOfMemory`] before
+/// anything is allocated (`crate::limits`); the pattern is written in pieces, so filling it
+/// needs no host copy of the whole size.
 pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
     let size = usize::try_from(options.size)
         .ok()
@@ -166,7 +179,9 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             // the allocation size), so the pattern fills every byte a client maps and checks.
             timed(&mut steps, "fill the pattern", || {
                 let len = memory.len();
-                memory.write(0, &pattern_bytes(len))
+                (0..len).step_by(FILL_CHUNK).try_for_each(|start| {
+                    memory.write(start, &pattern_bytes_at(start, FILL_CHUNK.min(len - start)))
+                })
             })?;
             let exported = timed(&mut steps, "export", || shm::export(&memory))?;
             objects.push(NamedObject::new(PATTERN_NAME, exported));
@@ -180,7 +195,11 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             let mut buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
                 Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).allocation_padding(GL_SLACK))
             })?;
-            timed(&mut steps, "fill the pattern", || buffer.write(0, &pattern_bytes(size)))?;
+            timed(&mut steps, "fill the pattern", || {
+                (0..size).step_by(FILL_CHUNK).try_for_each(|start| {
+                    buffer.write(start as u64, &pattern_bytes_at(start, FILL_CHUNK.min(size - start)))
+                })
+            })?;
             let exported = timed(&mut steps, "export the buffer", || buffer.export_fd())?;
             objects.push(NamedObject::new(PATTERN_NAME, exported));
             kept_buffer = Some(buffer);
@@ -387,6 +406,12 @@ impl Importer {
     /// Imports a buffer and reads it back whole.
     fn read_buffer(&self, b: raw_gpu_handle::ExportedBuffer, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
         let size = b.buffer.size;
+        // The copy read back lives in this process's memory: refuse one it cannot hold.
+        crate::limits::check_host_memory(
+            &format!("reading back the {size}-byte buffer {name} to check it"),
+            size,
+            "attach on a machine with more free memory, or serve a smaller size",
+        )?;
         let api = self.name();
         match self {
             Importer::Host => {
@@ -617,5 +642,39 @@ mod tests {
         assert_eq!(report.objects.len(), 1);
         assert!(report.objects[0].bytes_checked >= 100_000, "{:?}", report.objects);
         assert_eq!(report.objects[0].bytes_checked % 4096, 0, "the whole mapping was checked: {:?}", report.objects);
+    }
+
+    #[test]
+    fn the_pattern_written_in_pieces_is_the_pattern_written_whole() {
+        let whole = pattern_bytes(1000);
+        for (start, len) in [(0, 1000), (4, 996), (8, 13), (400, 1), (996, 4)] {
+            assert_eq!(pattern_bytes_at(start, len), &whole[start..start + len], "from byte {start}");
+        }
+        check_pattern("pieces", &[pattern_bytes_at(0, 512), pattern_bytes_at(512, 488)].concat()).unwrap();
+    }
+
+    /// A size the machine cannot hold is refused before anything is allocated (no memfd, no
+    /// socket), naming the size and the limit.
+    #[test]
+    fn an_absurd_host_size_is_refused_before_allocating() {
+        let dir = std::env::temp_dir().join(format!("lava-flow-serve-absurd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("serve.sock");
+        let size = crate::limits::host_memory_available().expect("/proc/meminfo").bytes * 2 + (1 << 30);
+        let options = ServeOptions {
+            socket: socket.clone(),
+            size,
+            memory: ServeMemory::Host,
+            image: None,
+            config: ServerConfig::default(),
+        };
+        let e = serve_pattern(&options).unwrap_err();
+        let exists = socket.exists();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&size.to_string()), "the error names the size: {text}");
+        assert!(text.contains("MemAvailable") || text.contains("cgroup"), "the error names the limit: {text}");
+        assert!(!exists, "nothing was served");
     }
 }

@@ -158,14 +158,20 @@ fn refuse_existing(path: &Path) -> Result<()> {
             "choose another path or remove the file",
         ));
     }
-    match super::socket::connect_seqpacket(path) {
-        Ok(_) => Err(Error::invalid(
+    // The probe never connects to the live server (see `socket_is_live`), so it takes none of
+    // that server's client slots and is not counted by it.
+    if super::socket::socket_is_live(path)? {
+        return Err(Error::invalid(
             format!("socket path {}", path.display()),
             "another server is listening there",
             "stop it or choose another path",
-        )),
-        Err(_) => std::fs::remove_file(path)
-            .map_err(|e| Error::io(format!("removing the stale socket {}", path.display()), e)),
+        ));
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing the stale socket {}", path.display()), e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -178,10 +184,22 @@ fn private_dir_near(path: &Path) -> Result<PathBuf> {
     };
     let dir =
         parent.join(format!(".lava-flow-bind-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::io(format!("creating the private directory {}", dir.display()), e))?;
+    // The error names the user's directory: the private one is an implementation detail.
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "the directory does not exist",
+            std::io::ErrorKind::PermissionDenied => "this user may not create files in that directory",
+            _ => "the directory cannot be written",
+        };
+        Error::io(
+            format!(
+                "creating the socket {} in {}: {why}; choose a directory that exists and that you can write",
+                path.display(),
+                parent.display()
+            ),
+            e,
+        )
+    })?;
     // The umask may have removed bits we need; it cannot have added any.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;

@@ -52,9 +52,61 @@ pub fn unix_address(path: &Path) -> Result<SocketAddrUnix> {
 pub fn connect_seqpacket(path: &Path) -> Result<OwnedFd> {
     let sock = seqpacket_socket()?;
     let addr = unix_address(path)?;
-    rustix::net::connect(&sock, &addr)
-        .map_err(|e| Error::io(format!("connecting to the lava-flow socket {}", path.display()), e.into()))?;
+    rustix::net::connect(&sock, &addr).map_err(|e| connect_error(path, e))?;
     Ok(sock)
+}
+
+/// Why connecting to `path` failed, in the user's terms: a file that is not a socket, a socket
+/// file nobody listens on, a socket of another kind; else the OS error.
+fn connect_error(path: &Path, e: rustix::io::Errno) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = format!("the lava-flow socket {}", path.display());
+    let kind = std::fs::symlink_metadata(path).ok().map(|m| m.file_type());
+    match (e, kind) {
+        (rustix::io::Errno::CONNREFUSED, Some(t)) if !t.is_socket() => Error::invalid(
+            format!("socket path {}", path.display()),
+            format!(
+                "it is not a socket but a {} (connect: {e})",
+                if t.is_dir() {
+                    "directory"
+                } else if t.is_file() {
+                    "regular file"
+                } else {
+                    "file of another kind"
+                }
+            ),
+            "give the path of the socket that `lava-flow serve --socket` (or the ring producer) created",
+        ),
+        (rustix::io::Errno::CONNREFUSED, Some(_)) => Error::io(
+            format!(
+                "connecting to {what}: no server is listening there (a socket left behind by a server that exited); \
+                 start the server, or check the path"
+            ),
+            e.into(),
+        ),
+        (rustix::io::Errno::PROTOTYPE, _) => Error::invalid(
+            format!("socket path {}", path.display()),
+            format!("a socket of another type is listening there, not a lava-flow server's SOCK_SEQPACKET ({e})"),
+            "give the path of a lava-flow server's socket",
+        ),
+        _ => Error::io(format!("connecting to {what}"), e.into()),
+    }
+}
+
+/// Whether a live socket is bound at `path`, found without connecting to it. A `SOCK_DGRAM`
+/// socket's `connect` to the path fails with `EPROTOTYPE` while a server's `SOCK_SEQPACKET`
+/// socket is bound there, and with `ECONNREFUSED` when the file is left over from a process that
+/// is gone; the kernel answers from the socket's type without queueing anything, so no server
+/// ever accepts (or counts) the probe. A live datagram socket there accepts the connect, which
+/// sends nothing, and counts as live.
+pub fn socket_is_live(path: &Path) -> Result<bool> {
+    let probe = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)
+        .map_err(|e| Error::io("creating a Unix SOCK_DGRAM socket to probe a socket path", e.into()))?;
+    match rustix::net::connect(&probe, &unix_address(path)?) {
+        Ok(()) | Err(rustix::io::Errno::PROTOTYPE) => Ok(true),
+        Err(rustix::io::Errno::CONNREFUSED | rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(Error::io(format!("checking whether a server listens at {}", path.display()), e.into())),
+    }
 }
 
 /// Sets the receive and send timeouts (`SO_RCVTIMEO`, `SO_SNDTIMEO`); `None` waits forever.

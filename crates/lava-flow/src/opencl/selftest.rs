@@ -18,7 +18,8 @@ pub struct SelftestCase {
     pub result: Result<String>,
 }
 
-const PATHS: [&str; 4] =
+/// The paths, in the order [`selftest`] reports them.
+pub const PATHS: [&str; 4] =
     ["Vulkan -> OpenCL buffer", "OpenCL -> Vulkan buffer", "Vulkan -> OpenCL image", "OpenCL -> Vulkan image"];
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -60,7 +61,9 @@ fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
 }
 
 fn follow_on(path: &'static str, first: &Error) -> Error {
-    if first.is_unavailable() {
+    if let Some(absent) = first.same_absence() {
+        absent
+    } else if first.is_unavailable() {
         Error::unsupported(path, format!("OpenCL is unavailable: {first}"), "see the first row", "see the first row")
     } else {
         Error::Api {
@@ -187,4 +190,29 @@ pub fn selftest(vk: &VulkanContext) -> Vec<SelftestCase> {
         out.push(SelftestCase { path: "OpenCL objects released", result: Err(e) });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows after a failed set-up say what the first said: a missing library or device stays
+    /// missing (so `LAVA_FLOW_REQUIRE=opencl` fails every row), a failure stays a failure.
+    #[test]
+    fn rows_after_the_first_keep_its_kind_of_error() {
+        let missing =
+            Error::LibraryUnavailable { library: "libOpenCL.so.1", reason: "absent".into(), advice: "x".into() };
+        assert!(matches!(follow_on(PATHS[1], &missing), Error::LibraryUnavailable { .. }));
+        let no_device = Error::DeviceNotFound {
+            api: "OpenCL",
+            wanted: "with UUID 1".into(),
+            found: "none".into(),
+            advice: "x".into(),
+        };
+        assert!(matches!(follow_on(PATHS[2], &no_device), Error::DeviceNotFound { .. }));
+        let refused = Error::unsupported("an image", "the driver says no", "a query", "x");
+        assert!(matches!(follow_on(PATHS[3], &refused), Error::Unsupported { .. }));
+        let broken = Error::invalid("x", "y", "z");
+        assert!(!follow_on(PATHS[3], &broken).is_unavailable());
+    }
 }

@@ -211,7 +211,16 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
-pub(crate) fn check_size(ctx: &VulkanContext, size: u64, required: vk::MemoryPropertyFlags, what: &str) -> Result<()> {
+/// Refuses a zero size, and one that the device cannot hold ([`super::limits::check_allocation`]:
+/// heap sizes, allocation and buffer size limits, memory budget, host memory where the device's
+/// memory is the machine's RAM), before anything is created.
+pub(crate) fn check_size(
+    ctx: &VulkanContext,
+    size: u64,
+    required: vk::MemoryPropertyFlags,
+    what: &str,
+    is_buffer: bool,
+) -> Result<()> {
     if size == 0 {
         return Err(Error::invalid(
             format!("{what} of 0 bytes"),
@@ -219,22 +228,7 @@ pub(crate) fn check_size(ctx: &VulkanContext, size: u64, required: vk::MemoryPro
             "ask for at least one byte",
         ));
     }
-    let props = ctx.memory_properties();
-    let largest = (0..props.memory_type_count as usize)
-        .filter(|i| props.memory_types[*i].property_flags.contains(required))
-        .map(|i| props.memory_heaps[props.memory_types[i].heap_index as usize].size)
-        .max()
-        .unwrap_or(0);
-    if size > largest {
-        return Err(Error::OutOfMemory {
-            what: format!("{what} of {size} bytes"),
-            advice: format!(
-                "the largest suitable memory heap of {} holds {largest} bytes: ask for less",
-                ctx.info().name
-            ),
-        });
-    }
-    Ok(())
+    super::limits::check_allocation(ctx, size, required, what, is_buffer)
 }
 
 /// Memory types that fit `type_bits` and `kind`, best first. Exportable device memory on some
@@ -370,7 +364,7 @@ impl Buffer {
     /// heap size) that the request can be met.
     pub fn new(ctx: &VulkanContext, options: &BufferOptions) -> Result<Buffer> {
         ctx.check_deferred()?;
-        check_size(ctx, options.size, required_flags(options.memory), "a buffer")?;
+        check_size(ctx, options.size, required_flags(options.memory), "a buffer", true)?;
         let export = options.export;
         if options.memory == MemoryKind::SharedHost && export.is_some_and(|k| k != MemoryHandleKind::HostMemfd) {
             return Err(Error::invalid(

@@ -75,19 +75,12 @@ fn page_size() -> u64 {
     rustix::param::page_size() as u64
 }
 
-/// Rounds `value` up to a multiple of `align` (a power of two or any non-zero number).
-pub(crate) fn round_up(value: u64, align: u64) -> u64 {
-    if align <= 1 {
-        value
-    } else {
-        value.div_ceil(align) * align
-    }
-}
-
 impl SharedHostMemory {
     /// Creates a zero-filled memfd of at least `size` bytes (rounded up to `alignment` and the
     /// page size) and maps it. Growing and shrinking are sealed off, so an importer can trust the
-    /// size it sees.
+    /// size it sees. A size larger than the host memory this process can still get
+    /// ([`crate::limits::host_memory_available`]) is refused with [`Error::OutOfMemory`] before
+    /// the memfd is made.
     pub fn create(size: u64, alignment: u64) -> Result<SharedHostMemory> {
         if size == 0 {
             return Err(Error::invalid(
@@ -96,7 +89,16 @@ impl SharedHostMemory {
                 "ask for at least one byte",
             ));
         }
-        let len = round_up(size, alignment.max(page_size()));
+        let len = size.checked_next_multiple_of(alignment.max(page_size())).ok_or_else(|| {
+            Error::invalid(format!("shared host memory of {size} bytes"), "the size overflows", "ask for less")
+        })?;
+        // The memfd's pages are charged to RAM (and the memory cgroup) as they are touched: a size
+        // the machine cannot hold is refused here, not by the OOM killer later.
+        crate::limits::check_host_memory(
+            &format!("shared host memory of {size} bytes"),
+            len,
+            "ask for less, or free memory first",
+        )?;
         let fd = rustix::fs::memfd_create("lava-flow-shared", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| Error::io("creating a memfd for shared host memory", e.into()))?;
         rustix::fs::ftruncate(&fd, len).map_err(|e| Error::io(format!("sizing a memfd to {len} bytes"), e.into()))?;

@@ -276,7 +276,7 @@ impl Image {
             MemoryKind::DeviceLocal => vk::MemoryPropertyFlags::DEVICE_LOCAL,
             _ => vk::MemoryPropertyFlags::HOST_VISIBLE,
         };
-        if let Err(e) = check_size(ctx, r.reqs.size, required, "an image") {
+        if let Err(e) = check_size(ctx, r.reqs.size, required, "an image", false) {
             return fail(e);
         }
         let dedicated_only = match options.export {

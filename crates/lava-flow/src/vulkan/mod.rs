@@ -8,6 +8,7 @@ mod context;
 mod format;
 mod host;
 mod image;
+mod limits;
 mod memory;
 
 pub use allocator::{MemoryAllocator, MemoryLocation};
