@@ -35,7 +35,7 @@ impl std::fmt::Display for Tally {
 /// One skip a test reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skip {
-    /// The test, as nextest names it (`binary test`).
+    /// The test: `binary::test` (see [`from_junit`]), or libtest's name.
     pub test: String,
     /// The case, for a case of a test that ran others; `None` when the whole test skipped.
     pub case: Option<String>,
@@ -99,7 +99,10 @@ pub fn from_junit(xml: &str) -> TestRun {
         rest = next;
         let name = attribute(open, "name").unwrap_or_default();
         let class = attribute(open, "classname").unwrap_or_default();
-        let test = if class.is_empty() { name } else { format!("{class} {name}") };
+        // `binary::test`: nextest's binary id without its crate (`lava-flow::gl_share` is
+        // `gl_share`); a library's unit tests keep the crate's name.
+        let binary = class.rsplit("::").next().unwrap_or_default();
+        let test = if binary.is_empty() { name } else { format!("{binary}::{name}") };
         if body.contains("<failure") || body.contains("<error") {
             run.tally.failed += 1;
             continue;
@@ -330,7 +333,7 @@ test imports ... ok
         assert_eq!(run.tally, Tally { passed: 2, failed: 1, skipped: 3 });
         assert_eq!(run.skips.len(), 4, "{:?}", run.skips);
         let cuda = &run.skips[0];
-        assert_eq!(cuda.test, "lava-flow::cuda_memory imports");
+        assert_eq!(cuda.test, "cuda_memory::imports");
         assert_eq!(cuda.reason, r#"could not load libcuda.so.1 (<none>); install "the driver""#, "unescaped");
         assert_eq!(run.skips[2].case.as_deref(), Some("Rgba8Unorm D2 Linear"));
         assert_eq!(run.skips[3].tag, "ignored");
@@ -343,9 +346,9 @@ test imports ... ok
             lines,
             [
                 r#"cuda unavailable: could not load libcuda.so.1 (<none>); install "the driver" (2 tests)"#,
-                "    lava-flow::cuda_memory imports, lava-flow::cuda_memory refuses",
+                "    cuda_memory::imports, cuda_memory::refuses",
                 "gl capability: GL_TILING_TYPES_EXT says optimal (1 case)",
-                "    lava-flow::gl_share textures [Rgba8Unorm D2 Linear]",
+                "    gl_share::textures [Rgba8Unorm D2 Linear]",
                 "ignored: #[ignore] (nextest did not run them) (1 test)",
                 "    1 test(s)",
             ]

@@ -43,8 +43,9 @@ fn try_attach_in_child(test: &str, role: &str, socket: &std::path::Path) -> Opti
     if stdout.contains("CHILD-SKIPPED") {
         // The child skipped through the helper (it fails instead when LAVA_FLOW_REQUIRE names its
         // API): repeat its marker, so that this test counts as skipped with the child's reason.
-        let marker = stdout.lines().find(|l| l.starts_with("SKIPPED (")).expect("the child's SKIPPED line");
-        println!("{marker}");
+        // libtest prints it after the child's `test name ... `.
+        let marker = stdout.lines().find_map(|l| l.find("SKIPPED (").map(|at| &l[at..]));
+        println!("{}", marker.expect("the child's SKIPPED line"));
         return None;
     }
     let line = stdout.lines().find_map(|l| l.split_once("REPORT ").map(|(_, r)| r)).expect("the child's report");
