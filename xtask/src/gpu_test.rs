@@ -2,7 +2,8 @@
 //!
 //! The GPU machine has no cargo and no network (../shared/gpu/README.md): it gets the test
 //! executables, a release `lava-flow`, the loaders' packages and `.gpu/run-all.sh`, which runs it
-//! all and prints one summary line per binary and an overall PASS or FAIL last.
+//! all and prints one summary line per binary, the skips grouped by reason, an overall PASS or
+//! FAIL, and last `N passed, M failed, K skipped`.
 
 use std::process::Stdio;
 
@@ -13,7 +14,11 @@ const RUN_ALL: &str = r#"#!/bin/bash
 #   bash .gpu/on-device.sh bash .gpu/run-all.sh
 # Runs every packed test binary one test at a time (fd counts are per process), then
 # `lava-flow selftest`, a 20-round soak (fds, RSS, Vulkan and CUDA device memory back to their
-# levels), `lava-flow info` and `lava-flow bench`; the last line says PASS or FAIL.
+# levels), `lava-flow info` and `lava-flow bench`. Prints one line per binary and command, the
+# skips grouped by reason (a test that could not run prints `SKIPPED (<tag>): <reason>`, one case
+# of several `SKIPPED CASE [<case>] (<tag>): <reason>`), `gpu-test: overall PASS` or `FAIL`, and
+# last `N passed, M failed, K skipped` over the test binaries (a skipped test counts as skipped,
+# not passed; each command counts as one).
 # Logs (as logs.tar.gz), bench.json, info.json and selftest.json go to $OUT when it is set
 # (`cargo xtask bench-doc` draws bench.json's plots here).
 set -u
@@ -26,23 +31,37 @@ export LAVA_FLOW_BIN="$cli"
 logs=$(mktemp -d)
 status=0
 summary=()
+passed=0; failed=0; skipped=0
+# The tests of a libtest log (run with --nocapture) that printed a whole-test SKIPPED line.
+skipped_tests() {
+  awk '/^test .* \.\.\. / { t = $0; sub(/^test /, "", t); sub(/ \.\.\. .*/, "", t) }
+       /(^|\.\.\. )SKIPPED \(/ { if (!(t in seen)) { seen[t] = 1; n++ } }
+       END { print n + 0 }' "$1"
+}
 for t in "$here"/bin/*; do
   [ -x "$t" ] || continue
   name=${t##*/}
   [ "$name" = lava-flow ] && continue
   echo "=== $name"
-  "$t" --test-threads=1 2>&1 | tee "$logs/$name.log"
-  rc=${PIPESTATUS[0]}
+  # --nocapture: the skip lines reach the log (the console gets the result line only).
+  "$t" --test-threads=1 --nocapture > "$logs/$name.log" 2>&1
+  rc=$?
   result=$(grep -E '^test result:' "$logs/$name.log" | tail -n 1)
-  if [ "$rc" = 0 ]; then verdict=PASS; else verdict=FAIL; status=1; fi
-  summary+=("$verdict $name: ${result:-no test result line} (exit $rc)")
+  echo "${result:-no test result line (exit $rc)}"
+  p=$(sed -nE 's/.* ([0-9]+) passed;.*/\1/p' <<< "$result"); f=$(sed -nE 's/.* ([0-9]+) failed;.*/\1/p' <<< "$result")
+  i=$(sed -nE 's/.* ([0-9]+) ignored;.*/\1/p' <<< "$result"); s=$(skipped_tests "$logs/$name.log")
+  p=${p:-0}; f=${f:-0}; i=${i:-0}
+  if [ "$rc" = 0 ]; then verdict=PASS; else verdict=FAIL; status=1; [ "$f" = 0 ] && f=1; fi
+  passed=$((passed + p - s)); failed=$((failed + f)); skipped=$((skipped + s + i))
+  summary+=("$verdict $name: $((p - s)) passed, $f failed, $((s + i)) skipped (exit $rc)")
 done
 run_cli() { # label, arguments...
   local label=$1; shift
   echo "=== lava-flow $label"
   "$cli" "$@" 2>&1 | tee "$logs/lava-flow-$label.log"
   local rc=${PIPESTATUS[0]}
-  if [ "$rc" = 0 ]; then summary+=("PASS lava-flow $label"); else summary+=("FAIL lava-flow $label (exit $rc)"); status=1; fi
+  if [ "$rc" = 0 ]; then summary+=("PASS lava-flow $label"); passed=$((passed + 1))
+  else summary+=("FAIL lava-flow $label (exit $rc)"); failed=$((failed + 1)); status=1; fi
 }
 if [ -x "$cli" ]; then
   run_cli selftest selftest
@@ -56,13 +75,17 @@ if [ -x "$cli" ]; then
     run_cli bench bench
   fi
 else
-  summary+=("FAIL lava-flow: not in $here/bin"); status=1
+  summary+=("FAIL lava-flow: not in $here/bin"); failed=$((failed + 1)); status=1
 fi
 # The device tool brings back at most 8 files: the logs travel as one archive.
 [ -n "${OUT:-}" ] && tar czf "$OUT/logs.tar.gz" -C "$logs" . 2>/dev/null
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
+reasons=$(cat "$logs"/*.log | grep -oE '(^|\.\.\. )SKIPPED (CASE \[[^]]*\] )?\(.*' \
+  | sed -E 's/^\.\.\. //; s/^SKIPPED CASE \[[^]]*\] /SKIPPED /' | sort | uniq -c | sort -rn)
+if [ -n "$reasons" ]; then echo "=== skipped, by reason (count of tests and cases)"; echo "$reasons"; fi
 echo "gpu-test: overall $([ $status = 0 ] && echo PASS || echo FAIL)"
+echo "$passed passed, $failed failed, $skipped skipped"
 exit $status
 "#;
 
@@ -138,7 +161,8 @@ pub fn gpu_test() -> Result<(), String> {
     println!(
         "\nPacked {} test binaries and lava-flow into .gpu/. Run them on the GPU machine with the device tool:\n  \
          carry:   [\".gpu\"]\n  command: bash .gpu/on-device.sh bash .gpu/run-all.sh\n\
-         The last line says PASS or FAIL; logs, info.json and bench.json land in $OUT.",
+         It ends with `gpu-test: overall PASS` or `FAIL` and the counts; logs, info.json and bench.json land in \
+         $OUT.",
         paths.len() - 1
     );
     Ok(())

@@ -6,6 +6,8 @@ mod bench_doc;
 mod driver;
 mod fuzz;
 mod gpu_test;
+mod report;
+mod require;
 mod run;
 
 use std::process::ExitCode;
@@ -18,8 +20,10 @@ usage: cargo xtask <command>
 
 commands:
   demo       set up a Vulkan driver if none is found, then run `lava-flow selftest` and `lava-flow info`
-  test       set up drivers, then the whole suite: fmt, clippy, tests (nextest), doc tests, examples,
-             the soak (`lava-flow selftest --soak`) and the fuzz targets (libFuzzer on nightly, else a replay)
+  test       set up drivers, then the whole suite: fmt, clippy (all features, then each feature set users
+             can pick), tests (nextest), doc tests, examples, the soak (`lava-flow selftest --soak`) and the
+             fuzz targets (libFuzzer on nightly, else a replay). Runs with LAVA_FLOW_REQUIRE=vulkan,gl unless
+             LAVA_FLOW_REQUIRE is set; the last line is `N passed, M failed, K skipped`
   bench-doc CPU.json [GPU.json]
              regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
 
 /// Builds the CLI once and runs `selftest`, then `info`.
 fn demo() -> Result<(), String> {
+    require::check_env()?;
     driver::ensure_drivers()?;
     let vk_env = driver::software_vulkan_env();
     let started = Instant::now();
@@ -75,14 +80,20 @@ fn demo() -> Result<(), String> {
 /// (`docs/RELIABILITY.md`).
 const SOAK_ROUNDS: u32 = 50;
 
+/// The feature sets users can pick, each checked by clippy on its own (the workspace's clippy
+/// step checks all features, all targets): the CLI with a feature set checks lava-flow's library
+/// with the same one.
+const FEATURE_SETS: [&[&str]; 4] = [&[], &["cuda"], &["gl"], &["opencl"]];
+
 /// The whole suite, in the order that fails fastest, on one (debug) profile so nothing builds twice.
 fn test() -> Result<(), String> {
+    let require = require::for_suite()?;
     driver::ensure_drivers()?;
     let vk_env = driver::software_vulkan_env();
     let started = Instant::now();
     let mut summary = Summary::default();
     let with_env = |mut cmd: std::process::Command| {
-        cmd.envs(vk_env.iter().cloned());
+        cmd.envs(vk_env.iter().cloned()).env("LAVA_FLOW_REQUIRE", &require);
         cmd
     };
     summary.run(Step::new("cargo fmt --check", cargo(&["fmt", "--all", "--", "--check"])).keep_going())?;
@@ -93,35 +104,59 @@ fn test() -> Result<(), String> {
         )
         .keep_going(),
     )?;
+    let mut per_feature_set: Vec<std::process::Command> = FEATURE_SETS
+        .iter()
+        .map(|features| {
+            let mut args = vec!["clippy", "--package", "lava-flow-cli", "--no-default-features"];
+            let list = features.join(",");
+            if !features.is_empty() {
+                args.extend(["--features", &list]);
+            }
+            args.extend(["--", "-D", "warnings"]);
+            cargo(&args)
+        })
+        .collect();
+    // raw-gpu-handle without its `serde` feature (lava-flow always turns it on).
+    per_feature_set.push(cargo(&["clippy", "--package", "raw-gpu-handle", "--", "-D", "warnings"]));
+    summary.run(Step::all("clippy per feature set", per_feature_set).keep_going())?;
     if run::has_nextest() {
-        // `--success-output final` repeats passing tests' output at the end, so the lines of tests
-        // that skipped for a missing API can be counted and listed in the summary.
+        // The `suite` profile (.config/nextest.toml) writes a JUnit report with every test's
+        // output, where the skip markers are read from: the run itself stays one line per test.
+        let cmd = with_env(cargo(&["nextest", "run", "--workspace", "--all-features", "--profile", "suite"]));
+        let reports = [run::target_dir(), run::root().join("target")]
+            .map(|dir| dir.join("nextest").join("suite").join("junit.xml"))
+            .to_vec();
+        summary.run(Step::new("cargo nextest run", cmd).junit(reports).keep_going())?;
+    } else {
+        println!("xtask: cargo-nextest is not installed; falling back to `cargo test` (install it: https://nexte.st)");
+        // One test at a time (the fd counts are per process), with its output, where the skip
+        // markers are read from.
         let cmd = with_env(cargo(&[
-            "nextest",
-            "run",
+            "test",
             "--workspace",
             "--all-features",
             "--no-fail-fast",
-            "--success-output",
-            "final",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
         ]));
-        summary.run(Step::new("cargo nextest run", cmd).keep_going().collect_skips("Summary ["))?;
-    } else {
-        println!("xtask: cargo-nextest is not installed; falling back to `cargo test` (install it: https://nexte.st)");
-        let cmd =
-            with_env(cargo(&["test", "--workspace", "--all-features", "--no-fail-fast", "--lib", "--bins", "--tests"]));
-        summary.run(Step::new("cargo test (nextest absent)", cmd).keep_going().collect_skips("test result:"))?;
+        summary.run(Step::new("cargo test (nextest absent)", cmd).libtest().keep_going())?;
     }
     summary.run(
-        Step::new("doc tests", with_env(cargo(&["test", "--workspace", "--all-features", "--doc"]))).keep_going(),
+        Step::new("doc tests", with_env(cargo(&["test", "--workspace", "--all-features", "--doc"])))
+            .libtest()
+            .keep_going(),
     )?;
     summary.run(
         Step::new("build examples", cargo(&["build", "--workspace", "--all-features", "--examples"])).keep_going(),
     )?;
     // The soak runs the binary the test build made (the same features: nothing is rebuilt).
     let mut soak = std::process::Command::new(run::target_dir().join("debug").join("lava-flow"));
-    soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]).envs(vk_env.iter().cloned());
-    summary.run(Step::new(&format!("soak: lava-flow selftest --soak {SOAK_ROUNDS}"), soak).keep_going())?;
+    soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]);
+    summary.run(Step::new(&format!("soak: lava-flow selftest --soak {SOAK_ROUNDS}"), with_env(soak)).keep_going())?;
     let replay = if run::has_nextest() {
         with_env(cargo(&[
             "nextest",

@@ -1,10 +1,15 @@
-//! Running the steps of a task, timing them, and the summary printed last.
+//! Running the steps of a task, timing them, and the summary printed last: one line per step,
+//! the skips grouped by reason, the verdict, and last, alone on its line,
+//! `N passed, M failed, K skipped`: every test of the steps that run tests (self-reported skips
+//! counted as skipped), and every other step as one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::report::{self, Tally, TestRun};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
@@ -60,18 +65,33 @@ pub fn describe(cmd: &Command) -> String {
     text
 }
 
-/// One command of a task.
+/// How a step's result is counted in the last line.
+enum Count {
+    /// One step: passed or failed.
+    Step,
+    /// nextest with a JUnit report (the `suite` profile of .config/nextest.toml), written to one
+    /// of these paths: every test case.
+    Junit(Vec<PathBuf>),
+    /// libtest's output (doc tests, `cargo test`): its `test result:` lines and the skip markers.
+    Libtest,
+}
+
+/// One step of a task: a command, or several run one after another (all must pass).
 pub struct Step {
     name: String,
-    cmd: Command,
+    cmds: Vec<Command>,
     keep_going: bool,
-    /// Set when the output is watched: the start of the test runner's summary line.
-    summary_prefix: Option<&'static str>,
+    count: Count,
 }
 
 impl Step {
     pub fn new(name: &str, cmd: Command) -> Step {
-        Step { name: name.into(), cmd, keep_going: false, summary_prefix: None }
+        Step { name: name.into(), cmds: vec![cmd], keep_going: false, count: Count::Step }
+    }
+
+    /// Several commands as one step; each runs even when one before it failed.
+    pub fn all(name: &str, cmds: Vec<Command>) -> Step {
+        Step { name: name.into(), cmds, keep_going: false, count: Count::Step }
     }
 
     /// A failure is recorded and the task goes on to the next step (it still fails at the end).
@@ -80,10 +100,16 @@ impl Step {
         self
     }
 
-    /// Watch the output for tests that printed `SKIPPED (...)` and for the test runner's own
-    /// summary line (starting with `summary_prefix`), to repeat them in the summary.
-    pub fn collect_skips(mut self, summary_prefix: &'static str) -> Step {
-        self.summary_prefix = Some(summary_prefix);
+    /// The command is `cargo nextest run --profile suite`: count its tests from the JUnit report
+    /// it writes (stale reports are removed first).
+    pub fn junit(mut self, paths: Vec<PathBuf>) -> Step {
+        self.count = Count::Junit(paths);
+        self
+    }
+
+    /// The command runs libtest binaries: count its tests from their output.
+    pub fn libtest(mut self) -> Step {
+        self.count = Count::Libtest;
         self
     }
 }
@@ -92,10 +118,30 @@ struct Record {
     name: String,
     passed: bool,
     elapsed: Duration,
-    notes: Vec<String>,
+    /// The tests it ran, for steps that run tests and could be read.
+    tests: Option<TestRun>,
 }
 
-/// What ran, how long it took, and what it said worth repeating.
+impl Record {
+    /// What the step adds to the last line: its tests, or itself as one.
+    fn tally(&self) -> Tally {
+        match &self.tests {
+            Some(run) => {
+                let mut t = run.tally;
+                // A step that failed with no failed test (a build error, a crash of the runner)
+                // is itself a failure.
+                if !self.passed && t.failed == 0 {
+                    t.failed += 1;
+                }
+                t
+            }
+            None if self.passed => Tally { passed: 1, ..Tally::default() },
+            None => Tally { failed: 1, ..Tally::default() },
+        }
+    }
+}
+
+/// What ran, how long it took, and what the tests reported.
 #[derive(Default)]
 pub struct Summary {
     records: Vec<Record>,
@@ -104,23 +150,42 @@ pub struct Summary {
 impl Summary {
     /// Runs `step`, returning whether it passed; `Err` when it failed and may not be passed over.
     pub fn run(&mut self, mut step: Step) -> Result<bool, String> {
-        println!("\n==> {}: {}", step.name, describe(&step.cmd));
-        let _ = std::io::stdout().flush();
         let started = Instant::now();
-        let (status, notes) = match step.summary_prefix {
-            Some(prefix) => run_collecting(&mut step.cmd, prefix),
-            None => (step.cmd.status(), Vec::new()),
-        };
+        let mut passed = true;
+        let mut output = String::new();
+        if let Count::Junit(paths) = &step.count {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        for cmd in &mut step.cmds {
+            println!("\n==> {}: {}", step.name, describe(cmd));
+            let _ = std::io::stdout().flush();
+            let status = match step.count {
+                Count::Libtest => run_capturing(cmd, &mut output),
+                _ => cmd.status(),
+            };
+            match status {
+                Ok(s) if s.success() => {}
+                Ok(_) => passed = false,
+                Err(e) => {
+                    eprintln!("xtask: could not start `{}`: {e}", describe(cmd));
+                    passed = false;
+                }
+            }
+        }
         let elapsed = started.elapsed();
-        let passed = match &status {
-            Ok(s) => s.success(),
-            Err(e) => {
-                eprintln!("xtask: could not start `{}`: {e}", describe(&step.cmd));
-                false
+        let tests = match &step.count {
+            Count::Step => None,
+            Count::Libtest => Some(report::from_libtest(&output)),
+            Count::Junit(paths) => {
+                paths.iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|xml| report::from_junit(&xml))
             }
         };
-        println!("<== {}: {} in {}", step.name, if passed { "ok" } else { "FAILED" }, fmt_duration(elapsed));
-        self.records.push(Record { name: step.name.clone(), passed, elapsed, notes });
+        let record = Record { name: step.name.clone(), passed, elapsed, tests };
+        let counted = record.tests.as_ref().map(|_| format!(": {}", record.tally())).unwrap_or_default();
+        println!("<== {}: {} in {}{counted}", step.name, if passed { "ok" } else { "FAILED" }, fmt_duration(elapsed));
+        self.records.push(record);
         if !passed && !step.keep_going {
             return Err(format!("{} failed", step.name));
         }
@@ -131,24 +196,39 @@ impl Summary {
         self.records.iter().all(|r| r.passed)
     }
 
-    /// Prints one line per step, then the notes (skips, runner summaries), then the verdict.
+    /// Every test and step, counted as the last line says.
+    pub fn tally(&self) -> Tally {
+        let mut total = Tally::default();
+        for r in &self.records {
+            total.add(r.tally());
+        }
+        total
+    }
+
+    /// Prints one line per step, the skips grouped by reason, the verdict, and last, alone on
+    /// its line, `N passed, M failed, K skipped`.
     pub fn print(&self, started: Instant) {
         let width = self.records.iter().map(|r| r.name.len()).max().unwrap_or(0);
         println!("\n== summary");
         for r in &self.records {
+            let tests = r.tests.as_ref().map(|_| format!("  {}", r.tally())).unwrap_or_default();
             println!(
-                "  {:<width$}  {:<6}  {:>8}",
+                "  {:<width$}  {:<6}  {:>8}{tests}",
                 r.name,
                 if r.passed { "ok" } else { "FAILED" },
                 fmt_duration(r.elapsed)
             );
         }
-        for r in &self.records {
-            for n in &r.notes {
-                println!("  {}: {n}", r.name);
+        let skips: Vec<report::Skip> =
+            self.records.iter().filter_map(|r| r.tests.as_ref()).flat_map(|t| t.skips.iter().cloned()).collect();
+        if !skips.is_empty() {
+            println!("== skipped, by reason");
+            for line in report::grouped(&skips) {
+                println!("  {line}");
             }
         }
         println!("== {} in {}", if self.all_passed() { "PASS" } else { "FAIL" }, fmt_duration(started.elapsed()));
+        println!("{}", self.tally());
     }
 }
 
@@ -161,66 +241,27 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Runs `cmd` with its output passed through line by line, and keeps the lines worth repeating:
-/// the runner's summary, and each distinct `SKIPPED (...)` line with the test it came from.
-fn run_collecting(
-    cmd: &mut Command,
-    summary_prefix: &'static str,
-) -> (std::io::Result<std::process::ExitStatus>, Vec<String>) {
+/// Runs `cmd` with its output passed through line by line, and appends its stdout to `output`.
+fn run_capturing(cmd: &mut Command, output: &mut String) -> std::io::Result<std::process::ExitStatus> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return (Err(e), Vec::new()),
-    };
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let out = child.stdout.take().map(|s| pump(s, false, summary_prefix, seen.clone()));
-    let err = child.stderr.take().map(|s| pump(s, true, summary_prefix, seen.clone()));
+    let mut child = cmd.spawn()?;
+    let kept = Arc::new(Mutex::new(String::new()));
+    let out = child.stdout.take().map(|s| pump(s, false, Some(kept.clone())));
+    let err = child.stderr.take().map(|s| pump(s, true, None));
     let status = child.wait();
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    (status, seen.notes())
-}
-
-/// What the output said that the summary repeats.
-#[derive(Default)]
-struct Seen {
-    summaries: Vec<String>,
-    /// (test, reason) of each `SKIPPED (...)` line.
-    skips: Vec<(String, String)>,
-}
-
-impl Seen {
-    /// The runner's summary, then one line per distinct skip reason with the tests it skipped.
-    fn notes(self) -> Vec<String> {
-        let mut notes = self.summaries;
-        let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
-        for (test, reason) in self.skips {
-            let short = test.rsplit(' ').next().unwrap_or(&test).to_string();
-            match reasons.iter_mut().find(|(r, _)| *r == reason) {
-                Some((_, tests)) if tests.contains(&short) => {}
-                Some((_, tests)) => tests.push(short),
-                None => reasons.push((reason, vec![short])),
-            }
-        }
-        for (reason, tests) in reasons {
-            let names =
-                if tests.iter().all(|t| t.is_empty()) { String::new() } else { format!(": {}", tests.join(", ")) };
-            notes.push(format!("{} test(s) {reason}{names}", tests.len()));
-        }
-        notes
-    }
+    output.push_str(&kept.lock().unwrap_or_else(|p| p.into_inner()));
+    status
 }
 
 fn pump(
     stream: impl Read + Send + 'static,
     to_stderr: bool,
-    summary_prefix: &'static str,
-    seen: Arc<Mutex<Seen>>,
+    keep: Option<Arc<Mutex<String>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut current_test = String::new();
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if to_stderr {
@@ -228,54 +269,47 @@ fn pump(
             } else {
                 println!("{line}");
             }
-            let trimmed = line.trim();
-            if let Some(rest) = output_header(trimmed) {
-                current_test = rest.to_string();
-            } else if let Some(pos) = trimmed.find("SKIPPED (") {
-                let skip = (current_test.clone(), trimmed[pos..].to_string());
-                seen.lock().unwrap_or_else(|p| p.into_inner()).skips.push(skip);
-            } else if trimmed.starts_with(summary_prefix) {
-                seen.lock().unwrap_or_else(|p| p.into_inner()).summaries.push(trimmed.to_string());
+            if let Some(keep) = &keep {
+                let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
+                k.push_str(&line);
+                k.push('\n');
             }
         }
     })
 }
 
-/// The test whose captured output follows: nextest heads it with the test's status line
-/// (`PASS [ 0.1s] (3/9) crate::binary test_name`) or, in older versions, `--- STDOUT: name ---`.
-fn output_header(line: &str) -> Option<&str> {
-    for status in ["PASS [", "FAIL [", "SLOW [", "LEAK [", "FLAKY "] {
-        if line.starts_with(status) {
-            let after = &line[line.find(']')? + 1..];
-            let after = after.trim_start();
-            // Skip the "(3/9)" counter when present.
-            let name = if after.starts_with('(') { &after[after.find(')')? + 1..] } else { after };
-            return Some(name.trim());
-        }
-    }
-    for marker in ["STDOUT:", "STDERR:"] {
-        if let Some(pos) = line.find(marker) {
-            let prefix = &line[..pos];
-            if prefix.chars().all(|c| c == '-' || c == '─' || c.is_whitespace()) {
-                let rest = line[pos + marker.len()..].trim();
-                return Some(rest.trim_end_matches(|c: char| c == '-' || c == '─' || c.is_whitespace()));
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
-    use super::output_header;
+    use super::*;
+
+    fn record(name: &str, passed: bool, tests: Option<TestRun>) -> Record {
+        Record { name: name.into(), passed, elapsed: Duration::ZERO, tests }
+    }
 
     #[test]
-    fn finds_the_test_of_captured_output() {
-        assert_eq!(
-            output_header("PASS [   0.008s] (1/1) lava-flow-cli::cli info_table"),
-            Some("lava-flow-cli::cli info_table")
-        );
-        assert_eq!(output_header("--- STDOUT: lava-flow::smoke opens ---"), Some("lava-flow::smoke opens"));
-        assert_eq!(output_header("SKIPPED (vulkan unavailable): no driver"), None);
+    fn the_last_line_counts_tests_and_every_other_step_once() {
+        let junit = r#"<testsuites tests="3" skipped="0">
+<testcase name="a" classname="lava-flow::x"><system-out>SKIPPED (cuda unavailable): no libcuda</system-out></testcase>
+<testcase name="b" classname="lava-flow::x"/>
+<testcase name="c" classname="lava-flow::x"><system-out>ok</system-out></testcase>
+</testsuites>"#;
+        let summary = Summary {
+            records: vec![
+                record("cargo fmt --check", true, None),
+                record("cargo nextest run", true, Some(report::from_junit(junit))),
+                record("doc tests", true, Some(report::from_libtest("test result: ok. 4 passed; 0 failed; 0 ignored"))),
+                record("soak", false, None),
+            ],
+        };
+        assert_eq!(summary.tally(), Tally { passed: 1 + 2 + 4, failed: 1, skipped: 1 });
+        assert_eq!(summary.tally().to_string(), "7 passed, 1 failed, 1 skipped");
+    }
+
+    #[test]
+    fn a_test_step_that_failed_without_a_failed_test_counts_as_a_failure() {
+        let build_error = record("cargo nextest run", false, Some(TestRun::default()));
+        assert_eq!(build_error.tally(), Tally { passed: 0, failed: 1, skipped: 0 });
+        let unreadable = record("cargo nextest run", false, None);
+        assert_eq!(unreadable.tally(), Tally { passed: 0, failed: 1, skipped: 0 });
     }
 }

@@ -30,7 +30,8 @@ enum Command {
     /// Every sharing path this machine supports, end to end, with a data check.
     #[command(after_help = "Exit code 1 when a path that runs fails; paths this machine cannot run are listed \
                             as skipped with the reason.\nLAVA_FLOW_REQUIRE=vulkan,cuda,opencl,gl,semaphores (or \
-                            `all`) turns the skips of those APIs into failures.")]
+                            `all`) turns the skips of those APIs into failures; a name it does not know is a \
+                            command-line error (exit code 2).")]
     Selftest(selftest::Args),
     /// lava-flow against the raw API calls, measured in one run.
     Bench(bench::Args),
@@ -49,7 +50,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
-        Command::Selftest(args) => selftest::run(&args),
+        Command::Selftest(args) => {
+            // A name LAVA_FLOW_REQUIRE does not know must not pass as no requirement.
+            if let Err(e) = lava_flow::testing::required() {
+                eprintln!("lava-flow: {e}");
+                return ExitCode::from(2);
+            }
+            selftest::run(&args)
+        }
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Attach(args) => attach::run(&args),

@@ -145,18 +145,29 @@ fn selftest_passes_buffer_image_and_host_memory_paths() {
     let report = json(&out);
     let ext = ctx.extensions();
     if !(ext.external_memory_fd && ext.external_memory_host) {
-        return testing::skip("vulkan", format!("{} lacks opaque-fd or host-memory sharing", ctx.info().name));
+        return testing::skip_capability(
+            "vulkan",
+            format!("{} lacks VK_KHR_external_memory_fd or VK_EXT_external_memory_host", ctx.info().name),
+        );
     }
     for path in CORE_PATHS {
         let row = result_of(&report, path);
         assert_eq!(row["result"], "pass", "{path}: {row}");
         assert!(row["size"].as_u64().unwrap() > 0, "{row}");
     }
+    let mut cases = testing::Cases::new("driver-dependent selftest paths", DRIVER_DEPENDENT_PATHS.len());
     for path in DRIVER_DEPENDENT_PATHS {
         let row = result_of(&report, path);
-        let declined = row["result"] == "skipped" && row["reason"].as_str().unwrap_or("").contains("not supported");
-        assert!(row["result"] == "pass" || (declined && !on_lavapipe()), "{path}: {row}");
+        if row["result"] == "pass" {
+            cases.ran();
+            continue;
+        }
+        let reason = row["reason"].as_str().unwrap_or("");
+        let declined = row["result"] == "skipped" && reason.contains("not supported");
+        assert!(declined && !on_lavapipe(), "{path}: {row}");
+        cases.skip_capability("vulkan", path, reason);
     }
+    cases.finish();
     assert_eq!(report["failed"], 0, "no path fails");
     assert!(out.status.success(), "exit code 0 when every runnable path passes");
     for row in report["results"].as_array().unwrap() {
@@ -234,18 +245,50 @@ fn selftest_soak_keeps_fds_and_memory_level() {
 
 #[test]
 fn required_api_that_is_missing_fails_selftest() {
-    // On a machine without CUDA the CUDA path skips; naming CUDA as required turns it into a failure.
-    let out = run(&["selftest", "--json", "--only", "cuda"]);
-    let report = json(&out);
-    let row = result_of(&report, "cuda");
-    if row["result"] == "pass" {
-        return; // a machine with CUDA: nothing to show here
-    }
-    let required =
-        lava_flow().args(["selftest", "--json", "--only", "cuda"]).env("LAVA_FLOW_REQUIRE", "cuda").output().unwrap();
-    let report = json(&required);
-    assert_eq!(result_of(&report, "cuda")["result"], "fail");
+    // Vulkan made missing on any machine: a loader given a driver manifest that does not exist.
+    // Its path skips; naming Vulkan as required turns that into a failure.
+    let no_driver = |require: Option<&str>| {
+        let mut cmd = lava_flow();
+        cmd.args(["selftest", "--json", "--only", "vulkan: "])
+            .env("VK_DRIVER_FILES", "/nonexistent/lava-flow-test.json");
+        match require {
+            Some(r) => cmd.env("LAVA_FLOW_REQUIRE", r),
+            None => cmd.env_remove("LAVA_FLOW_REQUIRE"),
+        };
+        cmd.output().unwrap()
+    };
+    let optional = no_driver(None);
+    assert_eq!(result_of(&json(&optional), "vulkan: ")["result"], "skipped");
+    let required = no_driver(Some("vulkan"));
+    assert_eq!(result_of(&json(&required), "vulkan: ")["result"], "fail");
     assert_eq!(required.status.code(), Some(1));
+    // The same for CUDA where it is missing (on a machine with CUDA its path passes instead).
+    let out =
+        lava_flow().args(["selftest", "--json", "--only", "cuda"]).env_remove("LAVA_FLOW_REQUIRE").output().unwrap();
+    if result_of(&json(&out), "cuda")["result"] != "pass" {
+        let required = lava_flow()
+            .args(["selftest", "--json", "--only", "cuda"])
+            .env("LAVA_FLOW_REQUIRE", "cuda")
+            .output()
+            .unwrap();
+        assert_eq!(result_of(&json(&required), "cuda")["result"], "fail");
+        assert_eq!(required.status.code(), Some(1));
+    }
+}
+
+#[test]
+fn an_unknown_required_name_is_a_command_line_error() {
+    let out = lava_flow()
+        .args(["selftest", "--json", "--only", "cuda"])
+        .env("LAVA_FLOW_REQUIRE", "vulkan,cudaa")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad LAVA_FLOW_REQUIRE is a bad command line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`cudaa` is not a name") && err.contains("did you mean `cuda`?"), "{err}");
+    for name in lava_flow::testing::NAMES {
+        assert!(err.contains(name), "the error lists {name}: {err}");
+    }
 }
 
 #[test]
@@ -485,6 +528,7 @@ fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
     let caps = SyncCapabilities::query(&ctx);
     let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap();
     let shares = timeline.exportable && timeline.importable;
+    let mut cases = testing::Cases::new("semaphore paths", rows.len());
     for path in SEMAPHORE_PATHS.into_iter().chain(OPTIONAL_SEMAPHORE_PATHS) {
         let row = result_of(&report, path);
         match row["result"].as_str().unwrap() {
@@ -492,7 +536,8 @@ fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
                 assert!(
                     !row["detail"].as_str().unwrap_or("").is_empty(),
                     "a semaphore path says what it checked: {row}"
-                )
+                );
+                cases.ran();
             }
             "skipped" => {
                 let reason = row["reason"].as_str().unwrap_or("");
@@ -502,6 +547,12 @@ fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
                     !shares || OPTIONAL_SEMAPHORE_PATHS.contains(&path) || !path.contains("timeline"),
                     "the device shares timeline semaphores, so this path runs: {row}"
                 );
+                // Sync fds are optional in Vulkan; the other paths need what `semaphores` requires.
+                if OPTIONAL_SEMAPHORE_PATHS.contains(&path) {
+                    cases.skip_capability("vulkan", path, reason);
+                } else {
+                    cases.skip("semaphores", path, reason);
+                }
             }
             _ => panic!("{path} failed: {row}"),
         }
@@ -519,9 +570,7 @@ fn selftest_semaphore_paths_pass_or_skip_with_the_capability_answer() {
     // A run in which nothing passed fails (lavapipe shares no semaphores: every path skips).
     let passed = report["passed"].as_u64().unwrap();
     assert_eq!(out.status.success(), passed > 0, "exit code 0 when a path passed, 1 when none did");
-    if !shares {
-        testing::skip("semaphores", timeline.limitation.clone().unwrap_or_default());
-    }
+    cases.finish();
 }
 
 #[test]
@@ -531,8 +580,10 @@ fn required_semaphores_that_the_driver_cannot_share_fail_selftest() {
     let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap();
     if timeline.exportable && timeline.importable {
         // A device that shares them runs the paths (the test above): no skip to turn into a failure.
-        println!("{} shares timeline semaphores: nothing to refuse", ctx.info().name);
-        return;
+        return testing::skip_capability(
+            "semaphores",
+            format!("{} shares timeline semaphores, so selftest has no skip to turn into a failure", ctx.info().name),
+        );
     }
     let out = lava_flow()
         .args(["selftest", "--json", "--only", "semaphores: "])

@@ -10,6 +10,7 @@
 #[cfg(not(feature = "gl"))]
 fn main() {
     eprintln!("this example needs lava-flow's `gl` feature");
+    std::process::exit(1);
 }
 
 #[cfg(feature = "gl")]
@@ -152,14 +153,9 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
     pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         let rounds: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
         let vk = VulkanContext::new()?;
-        let gl = match GlContext::for_identity(&vk.identity()) {
-            Ok(gl) => gl,
-            Err(e) if e.is_unavailable() => {
-                println!("OpenGL is unavailable here, nothing to show: {e}");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // Without OpenGL there is nothing to show: that is an error (exit code 1), not a success.
+        let gl = GlContext::for_identity(&vk.identity())
+            .map_err(|e| format!("OpenGL is unavailable here, nothing to show: {e}"))?;
         println!("Vulkan: {}  OpenGL: {} ({}), {}", vk.info().name, gl.info().renderer, gl.info().api, gl.identity());
 
         // GL buffers need slack after them on llvmpipe (docs/GL.md); harmless elsewhere.

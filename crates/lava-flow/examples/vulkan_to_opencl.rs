@@ -10,6 +10,7 @@
 #[cfg(not(feature = "opencl"))]
 fn main() {
     eprintln!("this example needs lava-flow's `opencl` feature");
+    std::process::exit(1);
 }
 
 #[cfg(feature = "opencl")]
@@ -117,14 +118,9 @@ mod example {
     pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         let rounds: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
         let vk = VulkanContext::new()?;
-        let cl = match ClContext::for_identity(&vk.identity()) {
-            Ok(cl) => cl,
-            Err(e) if e.is_unavailable() => {
-                println!("OpenCL interop is unavailable here, nothing to show: {e}");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // Without OpenCL there is nothing to show: that is an error (exit code 1), not a success.
+        let cl = ClContext::for_identity(&vk.identity())
+            .map_err(|e| format!("OpenCL interop is unavailable here, nothing to show: {e}"))?;
         let info = cl.info();
         println!("Vulkan: {}  OpenCL: {} / {}, {}", vk.info().name, info.platform, info.name, cl.identity());
         let buffer = Buffer::new(&vk, &BufferOptions::new((WORDS * 4) as u64))?;

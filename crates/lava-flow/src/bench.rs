@@ -33,6 +33,7 @@ impl BenchRow {
 }
 
 /// The median of `values` (0 for none).
+#[cfg(any(feature = "gl", feature = "opencl"))]
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(0.0)

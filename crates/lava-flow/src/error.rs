@@ -221,7 +221,12 @@ impl Error {
     }
 
     /// Whether this error means "this machine cannot do that" rather than a bug or bad input:
-    /// missing libraries, devices or driver support. Tests and `selftest` skip on these.
+    /// a missing library or device ([`Error::LibraryUnavailable`], [`Error::DeviceNotFound`]), or
+    /// a driver whose capability query says no ([`Error::Unsupported`]). `selftest` and `bench`
+    /// list such paths as skipped. Tests tell the two apart: an API that cannot be opened skips
+    /// the test ([`testing::or_skip`](crate::testing::or_skip)), while an `Unsupported` from an
+    /// operation is a skip only where it is the refusal of the capability query the test expects
+    /// to decide ([`testing::skip_refused`](crate::testing::skip_refused)), and a failure otherwise.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::LibraryUnavailable { .. } | Error::DeviceNotFound { .. } | Error::Unsupported { .. })
     }

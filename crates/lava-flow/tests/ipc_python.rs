@@ -41,8 +41,7 @@ fn run_python(dir: &Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn the_documented_python_client_reads_a_live_server() {
     if python().is_none() {
-        eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
-        return;
+        return lava_flow::testing::skip("python", "python3 (3.9 or later, with socket.recv_fds) is not installed");
     }
     let dir = TempDir::new("python", 0o700);
     let client = write_client(dir.path());
@@ -110,8 +109,7 @@ fn the_documented_python_client_reads_a_live_server() {
 #[test]
 fn the_documented_python_parser_reads_every_object_kind() {
     if python().is_none() {
-        eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
-        return;
+        return lava_flow::testing::skip("python", "python3 (3.9 or later, with socket.recv_fds) is not installed");
     }
     let dir = TempDir::new("python-parse", 0o700);
     write_client(dir.path());

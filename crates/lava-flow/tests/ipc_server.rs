@@ -431,13 +431,11 @@ fn a_peer_of_another_uid_is_refused_by_the_credential_check() {
         return other_uid_child();
     }
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: running a client as another uid needs root (setpriv)");
-        return;
+        return lava_flow::testing::skip("root", "running a client as another uid needs root (setpriv)");
     }
     let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists())
     else {
-        eprintln!("SKIPPED: setpriv is not installed (util-linux)");
-        return;
+        return lava_flow::testing::skip("root", "setpriv is not installed (util-linux)");
     };
     // The directory and socket are open to everyone so that only the uid check can refuse.
     let dir = TempDir::new("uid", 0o755);

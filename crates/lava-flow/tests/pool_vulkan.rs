@@ -418,8 +418,10 @@ fn a_block_imported_once_serves_buffers_sent_without_fds() {
 fn shared_host_memory_goes_through_the_cache() {
     let Some((a, b)) = two_devices() else { return };
     if !a.extensions().external_memory_host {
-        lava_flow::testing::skip("vulkan", "the device lacks VK_EXT_external_memory_host");
-        return;
+        return lava_flow::testing::skip_capability(
+            "vulkan",
+            format!("{} lacks VK_EXT_external_memory_host", a.info().name),
+        );
     }
     let alloc = allocator(&a, PoolConfig::default());
     let mut buf =

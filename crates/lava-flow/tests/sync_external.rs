@@ -16,6 +16,7 @@ use lava_flow::raw_gpu_handle::{
     ExportedBuffer, ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, Memory, SemaphoreDescription,
     SemaphoreHandleKind, SemaphoreKind,
 };
+use lava_flow::testing::Cases;
 use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, Fence, OwnershipTransfer, RecordedCommands, Semaphore,
     StageAccess, Submission, Turn,
@@ -318,12 +319,17 @@ fn exported_fence_is_waited_on_another_device() {
     assert!(fence_a.is_signaled().unwrap());
     assert_all(&acquire_and_read(&b, &shared_b, &out), 0xFE7C_E001, "read on B after its imported fence signalled");
     println!("opaque-fd fence: exported by A, waited on B, data verified");
+    let mut kinds = Cases::new("fence handle kinds", 2);
+    kinds.ran();
 
-    // The sync-fd form: a copy of the pending signal, imported temporarily.
+    // The sync-fd form: a copy of the pending signal, imported temporarily. Vulkan leaves sync
+    // fds optional, so a driver without them is a capability skip even under
+    // LAVA_FLOW_REQUIRE=semaphores.
     let sync_a = fence_capabilities(&a, FenceHandleKind::SyncFd);
     let sync_b = fence_capabilities(&b, FenceHandleKind::SyncFd);
     if !(sync_a.exportable && sync_b.importable) {
-        println!("SKIPPED sync-fd fences: {}", sync_a.limitation.or(sync_b.limitation).unwrap_or_default());
+        kinds.skip_capability("vulkan", "sync-fd fence", sync_a.limitation.or(sync_b.limitation).unwrap_or_default());
+        kinds.finish();
         return;
     }
     // B acquired the buffer last: hand it back before A writes again.
@@ -347,6 +353,8 @@ fn exported_fence_is_waited_on_another_device() {
     }
     cmds.wait(WAIT).unwrap();
     assert_all(&acquire_and_read(&b, &shared_b, &out), 0x5F5F_0002, "read on B after the sync-fd fence");
+    kinds.ran();
+    kinds.finish();
     a.check_deferred().unwrap();
     b.check_deferred().unwrap();
 }
@@ -357,8 +365,8 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
     let caps_a = semaphore_capabilities(&a, SemaphoreKind::Binary, SemaphoreHandleKind::SyncFd);
     let caps_b = semaphore_capabilities(&b, SemaphoreKind::Binary, SemaphoreHandleKind::SyncFd);
     if !(caps_a.exportable && caps_b.importable) {
-        println!("SKIPPED sync-fd binary semaphores: {}", caps_a.limitation.or(caps_b.limitation).unwrap_or_default());
-        return;
+        // Sync fds are optional in Vulkan: a capability skip, even under LAVA_FLOW_REQUIRE=semaphores.
+        return testing::skip_capability("vulkan", caps_a.limitation.or(caps_b.limitation).unwrap_or_default());
     }
     let (shared_a, shared_b) = share_buffer(&a, &b);
     let out = readback(&b, SIZE);
@@ -484,6 +492,8 @@ fn wrong_kind_imports_are_refused_without_leaking() {
     assert_eq!(testing::open_fd_count(), before);
 
     // A binary semaphore imported as timeline.
+    let mut kinds = Cases::new("semaphore kinds imported as the other", 2);
+    kinds.ran();
     let binary_caps = semaphore_capabilities(&a, SemaphoreKind::Binary, SemaphoreHandleKind::OpaqueFd);
     if binary_caps.exportable {
         let binary = Semaphore::exportable(&a, SemaphoreKind::Binary, SemaphoreHandleKind::OpaqueFd).unwrap();
@@ -497,9 +507,11 @@ fn wrong_kind_imports_are_refused_without_leaking() {
         // Imported as what it is, it works.
         let ok = Semaphore::import(&b, binary.export().unwrap()).unwrap();
         assert_eq!(ok.kind(), SemaphoreKind::Binary);
+        kinds.ran();
     } else {
-        println!("SKIPPED binary opaque-fd semaphores: {}", binary_caps.limitation.unwrap_or_default());
+        kinds.skip("semaphores", "binary as timeline", binary_caps.limitation.unwrap_or_default());
     }
+    kinds.finish();
 
     // The same fd twice is not possible (it is moved); a clone is an explicit second fd.
     let exported = timeline.export().unwrap();
