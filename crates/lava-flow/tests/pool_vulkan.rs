@@ -495,7 +495,8 @@ fn a_peer_never_sees_a_sibling_of_a_served_pooled_buffer() {
     let for_peers = allocator(&ctx, PoolConfig { block_size: 4 << 20, ..PoolConfig::for_peers() });
     let mut shared = for_peers.allocate_buffer(id, &pooled(KIB64)).unwrap();
     shared.write(0, &pattern(KIB64 as usize, 1)).unwrap();
-    let mut own = private.allocate_buffer(id, &BufferOptions::new(KIB64).strategy(AllocationStrategy::Dedicated)).unwrap();
+    let mut own =
+        private.allocate_buffer(id, &BufferOptions::new(KIB64).strategy(AllocationStrategy::Dedicated)).unwrap();
     own.write(0, &pattern(KIB64 as usize, 2)).unwrap();
     server.publish(NamedObject::new("shared", shared.export_fd().unwrap())).unwrap();
     server.publish(NamedObject::new("own", own.export_fd().unwrap())).unwrap();

@@ -179,9 +179,9 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             // the allocation size), so the pattern fills every byte a client maps and checks.
             timed(&mut steps, "fill the pattern", || {
                 let len = memory.len();
-                (0..len).step_by(FILL_CHUNK).try_for_each(|start| {
-                    memory.write(start, &pattern_bytes_at(start, FILL_CHUNK.min(len - start)))
-                })
+                (0..len)
+                    .step_by(FILL_CHUNK)
+                    .try_for_each(|start| memory.write(start, &pattern_bytes_at(start, FILL_CHUNK.min(len - start))))
             })?;
             let exported = timed(&mut steps, "export", || shm::export(&memory))?;
             objects.push(NamedObject::new(PATTERN_NAME, exported));
