@@ -275,7 +275,13 @@ impl Fence {
             unsafe { ctx.device().destroy_fence(handle, None) };
             return Err(e);
         }
-        Ok(Fence { ctx: ctx.clone(), handle, exportable: Vec::new(), imported: Some(handle_kind), last_use: LastUse::default() })
+        Ok(Fence {
+            ctx: ctx.clone(),
+            handle,
+            exportable: Vec::new(),
+            imported: Some(handle_kind),
+            last_use: LastUse::default(),
+        })
     }
 }
 

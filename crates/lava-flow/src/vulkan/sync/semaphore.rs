@@ -388,9 +388,10 @@ impl Semaphore {
             unsafe { loader.import_semaphore_fd(&info) }.map_err(|r| match r {
                 vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
                     what: what.clone(),
-                    reason: "the driver refused it (vkImportSemaphoreFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
+                    reason:
+                        "the driver refused it (vkImportSemaphoreFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
                              it is not such a semaphore of this driver"
-                        .into(),
+                            .into(),
                     advice: "pass the fd and description exactly as the exporter returned them".into(),
                 },
                 r => Error::vk("vkImportSemaphoreFdKHR", r, format!("importing a {what}")),
