@@ -295,7 +295,7 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
         table.add(Row { api: "Vulkan memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
 
-    let mut bigger = d.clone();
+    let mut bigger = d;
     bigger.allocation_size += 1;
     bigger.allocation_id = None; // as from another process: no exporter here to compare with
     row(
@@ -305,7 +305,7 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
         export().handle,
         bigger,
     );
-    let mut twice = d.clone();
+    let mut twice = d;
     twice.allocation_size *= 2;
     twice.allocation_id = None;
     row(
@@ -322,7 +322,7 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
                 != props.memory_types[d.memory_type_index as usize].property_flags
     });
     if let Some(t) = other_type {
-        let mut other = d.clone();
+        let mut other = d;
         other.memory_type_index = t;
         other.memory_properties = memory_properties(props.memory_types[t as usize].property_flags);
         row(
@@ -340,17 +340,17 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
         garbage_memfd(d.allocation_size),
         &|fd| allocate(fd, d.allocation_size, d.memory_type_index, opaque),
         garbage_memfd(d.allocation_size),
-        d.clone(),
+        d,
     );
     row(
         "/dev/null (a character device)",
         dev_null(),
         &|fd| allocate(fd, d.allocation_size, d.memory_type_index, opaque),
         dev_null(),
-        d.clone(),
+        d,
     );
     if b.extensions().external_memory_dma_buf {
-        let mut dma = d.clone();
+        let mut dma = d;
         dma.handle_kind = MemoryHandleKind::DmaBuf;
         row(
             "an opaque fd imported as a DMA-BUF",
@@ -447,7 +447,7 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
     let mut row = |failure: &'static str, raw_fd: OwnedFd, lava_fd: OwnedFd| {
         println!("Vulkan fence: {failure}");
         let memfd = is_memfd(&raw_fd);
-        let raw = raw_import(raw_fd, &import_fence);
+        let raw = raw_import(raw_fd, import_fence);
         let lava = lava_import(|| Fence::import(b, as_fence(lava_fd)));
         table.add(Row { api: "Vulkan fence", driver: driver.clone(), failure, raw, lava, memfd });
     };
@@ -498,7 +498,7 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
         let lava = lava_import(|| cuda.import_memory(ExportedMemory { handle: lava_fd, description }));
         table.add(Row { api: "CUDA memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
-    let mut twice = d.clone();
+    let mut twice = d;
     twice.allocation_size *= 2;
     twice.allocation_id = None;
     row("twice the allocation size", export().handle, d.allocation_size * 2, export().handle, twice);
@@ -507,9 +507,9 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
         garbage_memfd(d.allocation_size),
         d.allocation_size,
         garbage_memfd(d.allocation_size),
-        d.clone(),
+        d,
     );
-    row("/dev/null (a character device)", dev_null(), d.allocation_size, dev_null(), d.clone());
+    row("/dev/null (a character device)", dev_null(), d.allocation_size, dev_null(), d);
 
     // Semaphores.
     let Some(timeline) = testing::or_skip(
@@ -549,7 +549,7 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
     let mut row = |failure: &'static str, raw_fd: OwnedFd, lava_fd: OwnedFd| {
         println!("CUDA semaphore: {failure}");
         let memfd = is_memfd(&raw_fd);
-        let raw = raw_import(raw_fd, &import_semaphore);
+        let raw = raw_import(raw_fd, import_semaphore);
         let lava = lava_import(|| cuda.import_semaphore(binary(lava_fd)));
         table.add(Row { api: "CUDA semaphore", driver: driver.clone(), failure, raw, lava, memfd });
     };
@@ -612,7 +612,7 @@ fn opencl(table: &mut Table, a: &VulkanContext) {
         let lava = lava_import(|| ctx.import_buffer(exported));
         table.add(Row { api: "OpenCL memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
-    let mut twice = d.clone();
+    let mut twice = d;
     twice.allocation_size *= 2;
     twice.allocation_id = None;
     row(
@@ -627,9 +627,9 @@ fn opencl(table: &mut Table, a: &VulkanContext) {
         garbage_memfd(d.allocation_size),
         d.allocation_size,
         garbage_memfd(d.allocation_size),
-        d.clone(),
+        d,
     );
-    row("/dev/null (a character device)", dev_null(), d.allocation_size, dev_null(), d.clone());
+    row("/dev/null (a character device)", dev_null(), d.allocation_size, dev_null(), d);
 }
 
 #[cfg(feature = "gl")]
@@ -672,7 +672,7 @@ fn gl(table: &mut Table, a: &VulkanContext) {
         };
         table.add(Row { api: "GL memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
-    let mut twice = d.clone();
+    let mut twice = d;
     twice.allocation_size *= 2;
     twice.allocation_id = None;
     row(
@@ -685,13 +685,13 @@ fn gl(table: &mut Table, a: &VulkanContext) {
         "a memfd that is no export",
         garbage_memfd(d.allocation_size),
         &|fd| import(fd, d.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT),
-        Some((garbage_memfd(d.allocation_size), d.clone())),
+        Some((garbage_memfd(d.allocation_size), d)),
     );
     row(
         "/dev/null (a character device)",
         dev_null(),
         &|fd| import(fd, d.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT),
-        Some((dev_null(), d.clone())),
+        Some((dev_null(), d)),
     );
     // GL_HANDLE_TYPE_OPAQUE_WIN32_EXT: a valid enum of the extension family, not an fd type.
     row("a handle type GL does not know", export().handle, &|fd| import(fd, d.allocation_size, 0x9587), None);

@@ -109,8 +109,9 @@ impl std::fmt::Debug for GlSemaphore {
 }
 
 impl GlContext {
-    /// Imports an exported binary semaphore (`glImportSemaphoreFdEXT`). Consumes the fd on
-    /// success; closes it once on failure. GL semaphores are binary: timeline semaphores and
+    /// Imports an exported binary semaphore (`glImportSemaphoreFdEXT`). Consumes the fd whether
+    /// the import succeeds or fails (docs/OWNERSHIP.md): on success GL owns it, on failure
+    /// lava-flow closes it once. GL semaphores are binary: timeline semaphores and
     /// sync fds are refused.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<GlSemaphore> {
         let ExportedSemaphore { handle, description } = semaphore;

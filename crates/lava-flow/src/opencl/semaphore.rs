@@ -27,7 +27,8 @@ impl std::fmt::Debug for ClSemaphore {
 
 impl ClContext {
     /// Imports an exported binary semaphore (`clCreateSemaphoreWithPropertiesKHR` with
-    /// `CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR`). Consumes the fd on success; closes it once on failure.
+    /// `CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR`). Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<ClSemaphore> {
         self.check_deferred()?;
         let ExportedSemaphore { handle, description } = semaphore;

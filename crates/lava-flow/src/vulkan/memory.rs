@@ -178,8 +178,8 @@ impl DeviceMemory {
     /// Checks first, and refuses with a typed error: another device's or driver's UUIDs, a memory
     /// type this device does not have or whose flags differ (an opaque-fd import must use the
     /// exporter's memory type), an fd that is closed or no GPU export (pipe, socket, plain file), an
-    /// fd smaller than the description's size. On success Vulkan owns the fd; on failure it is closed
-    /// exactly once.
+    /// fd smaller than the description's size. Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success Vulkan owns it, on failure lava-flow closes it exactly once.
     pub fn import(
         ctx: &VulkanContext,
         exported: ExportedMemory,

@@ -217,12 +217,14 @@ impl Fence {
 
     /// Imports an exported fence into `ctx`'s device, to wait on it from this process.
     ///
-    /// Refused before the driver sees the fd (which is then closed, exactly once): an opaque fd
-    /// from another device or driver ([`Error::IncompatibleSyncDevice`]), a sync fd that is not
-    /// a sync_file, or a handle kind the capability query rules out ([`Error::Unsupported`]).
-    /// A fd the driver refuses (a semaphore's, say) gives [`Error::InvalidHandle`] and is closed
-    /// too. On success the fd belongs to the fence. Sync fds are imported temporarily, as Vulkan
-    /// requires: a [`reset`](Self::reset) returns the fence to its own unsignalled payload.
+    /// Refused before the driver sees the fd: an opaque fd from another device or driver
+    /// ([`Error::IncompatibleSyncDevice`]), an opaque fd that is a pipe, socket, file or memfd, a
+    /// sync fd that is not a sync_file, or a handle kind the capability query rules out
+    /// ([`Error::Unsupported`]). A fd the driver refuses (a semaphore's, say) gives
+    /// [`Error::InvalidHandle`]. Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success it belongs to the fence, on failure lava-flow closes it
+    /// exactly once. Sync fds are imported temporarily, as Vulkan requires: a
+    /// [`reset`](Self::reset) returns the fence to its own unsignalled payload.
     ///
     /// An opaque fd carries no record of what it was exported from (NVIDIA's are all one
     /// character device, and its driver accepts a semaphore's fd as a fence), so the types keep

@@ -320,13 +320,16 @@ impl Semaphore {
 
     /// Imports an exported semaphore into `ctx`'s device as a semaphore of `expected` kind.
     ///
-    /// Refused before the driver sees the fd (which is then closed, exactly once), in this
-    /// order: an opaque fd from another device or driver ([`Error::IncompatibleSyncDevice`]), a
-    /// description of another kind than `expected` (a binary semaphore cannot be imported as a
-    /// timeline one), a sync fd described as timeline, a handle kind the capability query rules
-    /// out ([`Error::Unsupported`]), a sync fd that is not a sync_file. A fd the driver
-    /// refuses ([`Error::InvalidHandle`]) is closed too. On success the fd belongs to the
-    /// semaphore.
+    /// Refused before the driver sees the fd, in this order: an opaque fd from another device or
+    /// driver ([`Error::IncompatibleSyncDevice`]), a description of another kind than `expected`
+    /// (a binary semaphore cannot be imported as a timeline one), a sync fd described as
+    /// timeline, a handle kind the capability query rules out ([`Error::Unsupported`]), an
+    /// opaque fd that is a pipe, socket, file or memfd, a sync fd that is not a sync_file. A fd the
+    /// driver refuses gives [`Error::InvalidHandle`].
+    ///
+    /// Consumes the fd whether the import succeeds or fails (docs/OWNERSHIP.md): on success it
+    /// belongs to the semaphore, on failure lava-flow closes it exactly once. The driver gets a
+    /// copy through [`crate::fd::import_consuming`], like every other import.
     ///
     /// Opaque fds are imported permanently; sync fds temporarily (until the first wait), as
     /// Vulkan requires for copy transference.
