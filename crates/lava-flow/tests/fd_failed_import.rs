@@ -59,6 +59,7 @@ enum Lava {
     /// The driver refused it; lava-flow's verdict on the copy it had handed over.
     Failed(AfterFailure),
     /// lava-flow cannot be asked for this (it never makes such a call).
+    #[cfg_attr(not(feature = "gl"), allow(dead_code))]
     NotExpressible,
 }
 

@@ -248,14 +248,26 @@ impl DeviceMemory {
             }
             // SAFETY: info and its chain live across the call; raw is an open fd handed to Vulkan.
             let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
-                Error::vk(
+                let mut e = Error::vk(
                     "vkAllocateMemory",
                     r,
                     format!(
                         "importing {allocation_size} bytes of {} memory (type {type_index}) from {}",
                         d.handle_kind, d.device
                     ),
-                )
+                );
+                if let Error::Vulkan { result, advice, .. } = &mut e {
+                    if matches!(*result, vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY)
+                    {
+                        // An import allocates nothing new: lavapipe answers a size larger than
+                        // the export's this way.
+                        *advice = format!(
+                            "the driver refused the import: check that the description (size {allocation_size}, \
+                             memory type {type_index}) is exactly the exporter's; else {advice}"
+                        );
+                    }
+                }
+                e
             })?;
             let mut imported = Self::wrap(
                 ctx,
