@@ -1,10 +1,17 @@
-//! What an fd handed to an import really is, checked before a driver sees it.
+//! What an fd handed to an import really is, checked before a driver sees it, and who owns it
+//! afterwards.
 //!
 //! Drivers react badly to fds of the wrong kind (some crash, some map whatever file they are
 //! given), so every importer first asks [`inspect`] and refuses closed fds, pipes, sockets,
 //! directories and plain files where a GPU export is expected, with a typed error.
+//!
+//! Every import then runs through [`import_consuming`], which carries lava-flow's one ownership
+//! rule: an import consumes the caller's fd whether it succeeds or fails (closed exactly once,
+//! never handed to the driver), the driver gets a copy, and after a failure that copy's number is
+//! closed only where lava-flow can prove it still names the copy ([`AfterFailure`]).
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::FileType;
 
@@ -84,7 +91,7 @@ pub fn inspect(fd: BorrowedFd<'_>) -> FdKind {
     }
 }
 
-/// Whether the raw fd number is open, without taking ownership.
+/// Whether the fd number is open, without taking ownership.
 fn is_open(fd: &OwnedFd) -> bool {
     rustix::io::fcntl_getfd(fd).is_ok()
 }
@@ -130,46 +137,208 @@ pub(crate) fn check_memory_fd(fd: OwnedFd, what: &str, min_size: u64, host_memor
     }
 }
 
-/// Runs an import that takes ownership of an fd on success (Vulkan, CUDA, GL and OpenCL imports
-/// all do), handing it a duplicate so the caller's fd is consumed exactly once whatever the driver
-/// does on failure. Some drivers close the fd even when the import fails (NVIDIA's Vulkan driver
-/// does for a wrong allocation size), which would make a plain "close it on failure" rule close it
-/// twice. After a failure the duplicate is closed only if its number still names the same file.
-///
-/// A memfd (any regular file) is handed over as a new open file description of the same file
-/// (reopened through `/proc/self/fd`) rather than a plain duplicate: Mesa's software drivers check an imported memfd
-/// with `lseek(fd, 0)` then `read(header)`, and duplicates share one file offset, so two imports
-/// at once of exports of one allocation (all duplicates of one fd) could read each other's offset
-/// and be refused.
-pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) -> Result<T>) -> Result<T> {
-    // Only memory files reach an import as regular files (check_memory_fd refuses the others), so
-    // the file type alone says whether to reopen: one fstat, no readlink.
-    let regular = rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-    let dup = if regular { reopen(&fd) } else { None };
-    let dup = match dup {
-        Some(d) => d,
-        None => {
-            rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| Error::io("duplicating an fd for import", e.into()))?
-        }
-    };
-    let identity = |f: BorrowedFd<'_>| rustix::fs::fstat(f).ok().map(|s| (s.st_dev, s.st_ino));
-    let before = identity(std::os::fd::AsFd::as_fd(&dup));
-    let raw = dup.as_raw_fd();
-    // From here the duplicate may be owned by the driver; we only track its number.
-    let raw_dup = std::os::fd::IntoRawFd::into_raw_fd(dup);
-    let result = import(raw);
-    drop(fd); // the caller's fd: consumed in every case
-    if result.is_err() {
-        // SAFETY: we only borrow the number to compare identities; it is not closed here.
-        let still_ours = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw_dup) }).is_ok()
-            // SAFETY: as above.
-            && identity(unsafe { BorrowedFd::borrow_raw(raw_dup) }) == before;
-        if still_ours {
-            // SAFETY: the driver did not take or close the duplicate, so we still own it.
-            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw_dup) });
+/// Whether the number `raw` is an open fd of this process. Asked of the number itself: no
+/// `BorrowedFd` is made for a number that may not be open (or may belong to someone else).
+fn number_is_open(raw: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the close-on-exec flag of the fd table entry `raw`; for a number
+    // that is not open it fails with EBADF. No memory is passed, nothing is changed.
+    unsafe { libc::fcntl(raw, libc::F_GETFD) != -1 }
+}
+
+/// `kcmp(pid, pid, KCMP_FILE, a, b)` for two numbers of this process: `Ok(true)` when both name
+/// the same open file description, `Ok(false)` when both are open and name different ones,
+/// `Err(EBADF)` when one of them is not open, `Err(EPERM | ENOSYS)` where a seccomp filter or a
+/// kernel without `CONFIG_KCMP` refuses the call.
+fn kcmp_file(a: RawFd, b: RawFd) -> std::io::Result<bool> {
+    // include/uapi/linux/kcmp.h: enum kcmp_type { KCMP_FILE, ... }.
+    const KCMP_FILE: libc::c_long = 0;
+    let pid = libc::c_long::from(rustix::process::getpid().as_raw_nonzero().get());
+    // SAFETY: kcmp(2) compares two entries of this process's fd table by the kernel objects they
+    // point to. It takes integers only, dereferences no pointer of ours and changes no state, so
+    // any argument values are sound (a number that is not open gives EBADF).
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as libc::c_ulong, b as libc::c_ulong) };
+    match r {
+        0 => Ok(true),
+        1..=3 => Ok(false),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Whether `a` and `b` name the same open file description (`kcmp(KCMP_FILE)`): true for an fd
+/// and its `dup`s or `try_clone`s, false for two opens of one file, for instance two exports of
+/// one NVIDIA allocation or a memfd and its reopening through `/proc/self/fd`. Errors where the
+/// kernel or a seccomp filter refuses `kcmp` (`ENOSYS`, `EPERM`).
+pub fn same_open_file_description(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> std::io::Result<bool> {
+    kcmp_file(a.as_raw_fd(), b.as_raw_fd())
+}
+
+/// What lava-flow found, after a failed import, at the number of the copy it had handed the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The number still named lava-flow's own open file description (a memory file reopened for
+    /// this import, which nothing outside the import holds): lava-flow closed it.
+    ClosedHere,
+    /// The number was not open: the driver closed it (Mesa's Vulkan and GL drivers do on a failed
+    /// import, NVIDIA's Vulkan driver on some). Nothing to close.
+    ClosedByDriver,
+    /// The number named another open file description: the driver closed the copy and the number
+    /// went to another file, which is not lava-flow's. Left alone.
+    NumberReused,
+    /// The number named a description shared with the caller's other fds (a GPU driver's
+    /// character device, a DMA-BUF, a sync_file), or `kcmp` was refused, so lava-flow could not
+    /// prove the number was still its copy rather than a clone another thread made after the
+    /// driver closed the copy. Left open: one fd leaked rather than another's closed.
+    LeftOpen,
+}
+
+static CLOSED_HERE: AtomicU64 = AtomicU64::new(0);
+static CLOSED_BY_DRIVER: AtomicU64 = AtomicU64::new(0);
+static NUMBER_REUSED: AtomicU64 = AtomicU64::new(0);
+static LEFT_OPEN: AtomicU64 = AtomicU64::new(0);
+
+impl AfterFailure {
+    fn record(self) {
+        let counter = match self {
+            AfterFailure::ClosedHere => &CLOSED_HERE,
+            AfterFailure::ClosedByDriver => &CLOSED_BY_DRIVER,
+            AfterFailure::NumberReused => &NUMBER_REUSED,
+            AfterFailure::LeftOpen => &LEFT_OPEN,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many failed imports of this process ended each way ([`AfterFailure`]), since it started.
+/// `left_open` is the number of fds lava-flow leaked rather than risk closing one it could not
+/// prove its own (docs/OWNERSHIP.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedImportFds {
+    /// [`AfterFailure::ClosedHere`].
+    pub closed_here: u64,
+    /// [`AfterFailure::ClosedByDriver`].
+    pub closed_by_driver: u64,
+    /// [`AfterFailure::NumberReused`].
+    pub number_reused: u64,
+    /// [`AfterFailure::LeftOpen`]: fds leaked.
+    pub left_open: u64,
+}
+
+impl FailedImportFds {
+    /// Failed imports that reached a driver, all outcomes together.
+    pub fn total(&self) -> u64 {
+        self.closed_here + self.closed_by_driver + self.number_reused + self.left_open
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &FailedImportFds) -> FailedImportFds {
+        FailedImportFds {
+            closed_here: self.closed_here - earlier.closed_here,
+            closed_by_driver: self.closed_by_driver - earlier.closed_by_driver,
+            number_reused: self.number_reused - earlier.number_reused,
+            left_open: self.left_open - earlier.left_open,
         }
     }
-    result
+}
+
+/// The process-wide counts of [`FailedImportFds`].
+pub fn failed_import_fds() -> FailedImportFds {
+    FailedImportFds {
+        closed_here: CLOSED_HERE.load(Ordering::Relaxed),
+        closed_by_driver: CLOSED_BY_DRIVER.load(Ordering::Relaxed),
+        number_reused: NUMBER_REUSED.load(Ordering::Relaxed),
+        left_open: LEFT_OPEN.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs an import that takes ownership of an fd on success (Vulkan memory, semaphores and fences,
+/// CUDA, OpenCL and GL imports all go through here), so that every import follows one rule
+/// (docs/OWNERSHIP.md):
+///
+/// - The caller's fd is consumed whatever happens, and closed exactly once by lava-flow: the
+///   driver never sees it. A number that is not open (`EBADF`: an `OwnedFd` around a closed
+///   number) is forgotten, not closed, and refused.
+/// - The driver gets a copy: a new open file description of the same file for a memory file
+///   (memfd, reopened through `/proc/self/fd`; it also gets its own file offset, which Mesa's
+///   import reads from), else a duplicate. On success the driver owns the copy.
+/// - After a failure the copy's number is closed only when lava-flow can prove it still names the
+///   copy. Drivers differ (Mesa's Vulkan and GL drivers close the fd on a failed import, NVIDIA's
+///   Vulkan driver does on some, the specifications only say that a successful import takes it),
+///   and once a driver closed it the number may already be another thread's. lava-flow keeps a
+///   second fd of the copy's description (the witness) and asks `kcmp(KCMP_FILE)` whether the
+///   number still names it: see [`AfterFailure`] for each answer. Only a reopened memory file is
+///   a proof, because only lava-flow holds that description; a duplicate shares its description
+///   with the caller's clones, so a match may be a clone another thread made at that number, and
+///   the number is left open ([`AfterFailure::LeftOpen`], counted in [`failed_import_fds`]).
+pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(RawFd) -> Result<T>) -> Result<T> {
+    import_traced(fd, import).0
+}
+
+/// [`import_consuming`], also saying what it found after a failure that reached `import`.
+pub(crate) fn import_traced<T>(
+    fd: OwnedFd,
+    import: impl FnOnce(RawFd) -> Result<T>,
+) -> (Result<T>, Option<AfterFailure>) {
+    if !is_open(&fd) {
+        // Not an open fd: closing the number could close a file opened since by someone else.
+        std::mem::forget(fd);
+        let err = Error::InvalidHandle {
+            what: "an fd given to an import".into(),
+            reason: "it is not an open fd (EBADF)".into(),
+            advice: "pass the fd exactly as exported, and do not close it before importing".into(),
+        };
+        return (Err(err), None);
+    }
+    // Only memory files reach an import as regular files (the importers' checks refuse the
+    // others), so the file type alone says whether to reopen: one fstat, no readlink.
+    let regular = rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+    let copies = match if regular { reopen(&fd) } else { None } {
+        Some(private) => rustix::io::fcntl_dupfd_cloexec(&private, 0).map(|witness| (private, Some(witness))),
+        None => rustix::io::fcntl_dupfd_cloexec(&fd, 0).map(|copy| (copy, None)),
+    };
+    let (copy, private_witness) = match copies {
+        Ok(c) => c,
+        Err(e) => return (Err(Error::io("duplicating an fd for an import", e.into())), None),
+    };
+    // From here the copy may belong to the driver: only its number is kept.
+    let raw = copy.into_raw_fd();
+    let result = import(raw);
+    let after = result.is_err().then(|| {
+        let after = match &private_witness {
+            Some(witness) => after_failure(raw, witness.as_fd(), true),
+            // A duplicate shares the caller's description: the caller's fd is the witness.
+            None => after_failure(raw, fd.as_fd(), false),
+        };
+        after.record();
+        after
+    });
+    drop(private_witness);
+    drop(fd); // the caller's fd: closed exactly once, in every case
+    (result, after)
+}
+
+/// Decides, after a failed import, what to do with the number `raw` of the copy handed to the
+/// driver. `witness` is another fd of the copy's open file description; `private` says that no
+/// code outside this import holds that description.
+fn after_failure(raw: RawFd, witness: BorrowedFd<'_>, private: bool) -> AfterFailure {
+    match kcmp_file(raw, witness.as_raw_fd()) {
+        // The witness is open (we hold it), so EBADF is about `raw`: the driver closed it.
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => AfterFailure::ClosedByDriver,
+        Ok(false) => AfterFailure::NumberReused,
+        Ok(true) if private => {
+            // SAFETY: `raw` names the open file description this import created by reopening the
+            // memory file; only the copy handed to the driver and the witness were fds of it, and
+            // both were made here, so `raw` is that copy. The import failed, so the driver did not
+            // take it (had it closed it, no other fd of this description could have been made
+            // at that number), and we own it: closed once, here.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+            AfterFailure::ClosedHere
+        }
+        Ok(true) => AfterFailure::LeftOpen,
+        // kcmp refused (seccomp, CONFIG_KCMP off): a closed number is still known to be closed;
+        // an open one cannot be proved ours.
+        Err(_) if !number_is_open(raw) => AfterFailure::ClosedByDriver,
+        Err(_) => AfterFailure::LeftOpen,
+    }
 }
 
 /// A new open file description of the file behind `fd` (its own file offset), with the same
@@ -179,6 +348,28 @@ fn reopen(fd: &OwnedFd) -> Option<OwnedFd> {
     let access = rustix::fs::fcntl_getfl(fd).ok()? & OFlags::RWMODE;
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     rustix::fs::open(path.as_str(), access | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
+/// Checks that `fd` can be a driver's opaque-fd export of a semaphore or fence, before a driver
+/// sees it: refuses closed fds, pipes, sockets, directories, plain files and memfds, which no GPU
+/// driver exports as one (NVIDIA's are a character device, Mesa's DRM sync objects anonymous
+/// inodes). On error the fd is consumed: closed once if it was open, forgotten if it was not.
+pub(crate) fn check_sync_object_fd(fd: OwnedFd, what: &str) -> Result<OwnedFd> {
+    let kind = inspect(fd.as_fd());
+    let reason = match kind {
+        FdKind::CharDevice | FdKind::Other { .. } => return Ok(fd),
+        FdKind::Closed => {
+            // Not an open fd: closing the number could close a file opened since by someone else.
+            std::mem::forget(fd);
+            "it is not an open fd (EBADF)".to_string()
+        }
+        other => format!("it is {}, which no GPU driver exports as a semaphore or fence", other.describe()),
+    };
+    Err(Error::InvalidHandle {
+        what: what.into(),
+        reason,
+        advice: "pass the fd a semaphore or fence export returned, exactly once".into(),
+    })
 }
 
 /// [`check_memory_fd`] for an exported allocation, plus a check of its size against the exporter
@@ -213,5 +404,141 @@ mod tests {
         // A plain duplicate would have shown the twin's offset, and moved it.
         assert!(seen.unwrap_err().to_string().contains("offset 0"));
         assert_eq!(rustix::fs::seek(&twin, rustix::fs::SeekFrom::Current(0)).unwrap(), 100);
+    }
+
+    fn memfd(size: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("fd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, size).unwrap();
+        fd
+    }
+
+    fn refused<T>(what: &str) -> Result<T> {
+        Err(Error::invalid(what, "the test's stand-in for a driver refused it", "-"))
+    }
+
+    /// What a driver that closes the fd on failure does, and what another thread may do in the
+    /// same instant: the number `raw` is closed, then `other` is installed at that number.
+    /// Returns the new fd at `raw`, which belongs to that other thread.
+    fn close_then_reuse(raw: RawFd, other: BorrowedFd<'_>) -> OwnedFd {
+        // SAFETY: the import hands `raw` to this stand-in driver, which closes it as some drivers do.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        // SAFETY: dup3 installs a copy of `other` at the (now free) number `raw`; no memory passed.
+        let n = unsafe { libc::dup3(other.as_raw_fd(), raw, libc::O_CLOEXEC) };
+        assert_eq!(n, raw, "dup3: {}", std::io::Error::last_os_error());
+        // SAFETY: dup3 just created this fd; the other thread of the scenario owns it.
+        unsafe { OwnedFd::from_raw_fd(n) }
+    }
+
+    #[test]
+    fn a_number_reused_by_another_open_of_the_same_memfd_is_not_closed() {
+        // The fstat (device, inode) comparison this replaces took such an fd for the copy and
+        // closed it: every open of one memfd (or of NVIDIA's device) has the same inode.
+        let fd = memfd(4096);
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let theirs = rustix::fs::open(path.as_str(), rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()).unwrap();
+        let mut reused = None;
+        let (result, after) = import_traced(fd, |raw| {
+            reused = Some(close_then_reuse(raw, theirs.as_fd()));
+            refused::<()>("a memfd")
+        });
+        assert!(result.is_err());
+        assert_eq!(after, Some(AfterFailure::NumberReused));
+        let reused = reused.unwrap();
+        assert!(same_open_file_description(reused.as_fd(), theirs.as_fd()).unwrap(), "the other thread's fd is intact");
+    }
+
+    #[test]
+    fn a_number_reused_by_a_clone_of_the_callers_fd_is_left_open() {
+        // A duplicate shares the caller's description, so a clone made at that number is
+        // indistinguishable from the copy: left open (counted), never closed.
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let clone = reader.try_clone().unwrap();
+        let mut reused = None;
+        let (result, after) = import_traced(reader, |raw| {
+            reused = Some(close_then_reuse(raw, clone.as_fd()));
+            refused::<()>("a pipe")
+        });
+        assert!(result.is_err());
+        assert_eq!(after, Some(AfterFailure::LeftOpen));
+        let reused = reused.unwrap();
+        assert!(same_open_file_description(reused.as_fd(), clone.as_fd()).unwrap(), "the clone is intact");
+    }
+
+    #[test]
+    fn a_copy_the_driver_left_is_closed_when_it_is_a_private_reopening() {
+        let fd = memfd(4096);
+        let (result, after) = import_traced(fd, |_| refused::<()>("a memfd"));
+        assert!(result.is_err());
+        assert_eq!(after, Some(AfterFailure::ClosedHere));
+    }
+
+    #[test]
+    fn a_copy_the_driver_left_is_left_open_when_it_shares_the_callers_description() {
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let witness = reader.try_clone().unwrap();
+        let mut copy = -1;
+        let (result, after) = import_traced(reader, |raw| {
+            copy = raw;
+            refused::<()>("a pipe")
+        });
+        assert!(result.is_err());
+        assert_eq!(after, Some(AfterFailure::LeftOpen));
+        // SAFETY: lava-flow left the copy open and forgot it; this test made the pipe, so the
+        // copy is this test's to close (after checking that the number is still that copy).
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        assert!(same_open_file_description(copy.as_fd(), witness.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn a_copy_the_driver_closed_is_not_closed_again() {
+        let fd = memfd(4096);
+        let (result, after) = import_traced(fd, |raw| {
+            // SAFETY: the stand-in driver closes the fd it was handed, as Mesa's do on failure.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+            refused::<()>("a memfd")
+        });
+        assert!(result.is_err());
+        assert!(matches!(after, Some(AfterFailure::ClosedByDriver | AfterFailure::NumberReused)), "{after:?}");
+    }
+
+    #[test]
+    fn a_successful_import_keeps_its_copy_and_closes_the_callers_fd() {
+        let fd = memfd(4096);
+        let caller = fd.as_raw_fd();
+        let (result, after) = import_traced(fd, |raw| {
+            // SAFETY: on success the stand-in driver owns the copy.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        });
+        let copy = result.unwrap();
+        assert_eq!(after, None);
+        assert_ne!(copy.as_raw_fd(), caller);
+        assert!(rustix::fs::fstat(&copy).is_ok());
+    }
+
+    #[test]
+    fn a_closed_number_is_refused_and_not_closed() {
+        let fd = memfd(1);
+        let number = fd.into_raw_fd();
+        // SAFETY: closing our own fd so that the number is stale.
+        drop(unsafe { OwnedFd::from_raw_fd(number) });
+        // SAFETY (test only): an OwnedFd around a closed number, what a buggy caller hands over.
+        let stale = unsafe { OwnedFd::from_raw_fd(number) };
+        let mut called = false;
+        let (result, after) = import_traced(stale, |_| {
+            called = true;
+            Ok(())
+        });
+        assert!(result.unwrap_err().to_string().contains("EBADF"));
+        assert!(!called && after.is_none());
+    }
+
+    #[test]
+    fn kcmp_tells_descriptions_apart() {
+        let fd = memfd(1);
+        let dup = fd.try_clone().unwrap();
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let reopened = rustix::fs::open(path.as_str(), rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap();
+        assert!(same_open_file_description(fd.as_fd(), dup.as_fd()).unwrap());
+        assert!(!same_open_file_description(fd.as_fd(), reopened.as_fd()).unwrap());
     }
 }

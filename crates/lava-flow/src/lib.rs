@@ -13,9 +13,15 @@
 //! # Ok::<(), lava_flow::Error>(())
 //! ```
 //!
-//! Ownership rules: a successful import consumes the fd; a failed one closes it exactly once
-//! (clone it first with `try_clone` to retry elsewhere); imported objects keep what they depend
-//! on alive; `Drop` never panics.
+//! Ownership rules (docs/OWNERSHIP.md):
+//! - An import consumes the fd whether it succeeds or fails. On success the importing API owns
+//!   it; on failure lava-flow closes it exactly once. Clone it first with `try_clone` to retry
+//!   elsewhere.
+//! - The driver only ever gets a copy. After a failure lava-flow closes the copy only where it can
+//!   prove the number still names it, and never closes an fd number it cannot prove it owns
+//!   ([`fd::import_consuming`]).
+//! - Imported objects keep what they depend on alive.
+//! - `Drop` never panics.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -554,11 +554,15 @@ fn tampered(
     let exporter = env.exporter(5);
     let (exported, handed, accepted_bytes) = tamper(exporter.export_fd().unwrap());
     let before = open_fd_count();
+    let left_open = lava_flow::fd::failed_import_fds().left_open;
     match env.import(column, exported) {
         Err(e) => {
             let after = open_fd_count();
+            // The caller's fd is closed once; a driver's copy that lava-flow could not prove its
+            // own after the failure is left open and counted (docs/OWNERSHIP.md).
+            let leaked = (lava_flow::fd::failed_import_fds().left_open - left_open) as usize;
             let expected = match handed {
-                Handed::Open => before - 1,
+                Handed::Open => before - 1 + leaked,
                 Handed::NotOpen => before,
             };
             if after != expected {
@@ -1137,6 +1141,7 @@ fn bad_input_matrix() {
             // Connections of earlier cells close on the server's threads: let them finish first.
             env.server.wait_idle(WAIT);
             let baseline = open_fd_count();
+            let left_open = lava_flow::fd::failed_import_fds().left_open;
             // Straight to stderr, past the test harness's capture: if a cell aborts the process,
             // the log still names it.
             let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("matrix: running {label}\n").as_bytes());
@@ -1177,6 +1182,13 @@ fn bad_input_matrix() {
             if let Err(e) = env.deferred(column) {
                 failures.push(format!("{label}: errors deferred from drops: {e}"));
             }
+            // Copies lava-flow left open after a failed import (it could not prove them its own)
+            // are counted, not lost: the baseline moves by exactly that many.
+            let leaked = lava_flow::fd::failed_import_fds().left_open - left_open;
+            if leaked > 0 {
+                println!("{label}: {leaked} driver copy left open after the failed import (docs/OWNERSHIP.md)");
+            }
+            let baseline = baseline + leaked as usize;
             let after = open_fd_count();
             if after != baseline {
                 failures.push(format!("{label}: {baseline} fds before the cell, {after} after"));

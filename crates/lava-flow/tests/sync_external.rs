@@ -473,11 +473,15 @@ fn wrong_kind_imports_are_refused_without_leaking() {
     // NVIDIA's are all the same character device, and its driver accepts a semaphore's fd as a
     // fence (seen on an H200, driver 580). Where a driver refuses, the fd is closed once; where
     // it accepts, the fence is released cleanly and nothing leaks.
+    let left_open = lava_flow::fd::failed_import_fds().left_open;
     match Fence::import(&b, forged) {
         Err(e) => {
             assert!(matches!(e, Error::InvalidHandle { .. } | Error::Unsupported { .. } | Error::Vulkan { .. }), "{e}");
             println!("semaphore fd as fence: refused: {e}");
-            assert_eq!(testing::open_fd_count(), before, "the refused fd is closed, exactly once");
+            // The caller's fd is closed once; the driver's copy is closed by the driver or, where
+            // lava-flow cannot prove it its own, left open and counted (docs/OWNERSHIP.md).
+            let leaked = (lava_flow::fd::failed_import_fds().left_open - left_open) as usize;
+            assert_eq!(testing::open_fd_count(), before + leaked, "the refused fd is closed, exactly once");
         }
         Ok(accepted) => {
             println!("semaphore fd as fence: accepted by {} (opaque fds carry no kind)", b.info().name);
@@ -485,6 +489,8 @@ fn wrong_kind_imports_are_refused_without_leaking() {
             assert!(testing::open_fd_count() <= before, "the accepted fd is released with the fence");
         }
     }
+    // A copy left open above stays open: later counts start from there.
+    let before = before + (lava_flow::fd::failed_import_fds().left_open - left_open) as usize;
 
     // A timeline semaphore imported as binary.
     let e = Semaphore::import_as(&b, timeline.export().unwrap(), SemaphoreKind::Binary).unwrap_err();

@@ -14,8 +14,11 @@
 //! | borrowed ([`BorrowedMemory`], ...) | [`BorrowedFd`](std::os::fd::BorrowedFd) | the owner it borrows from |
 //! | owned ([`ExportedMemory`], ...) | [`OwnedFd`](std::os::fd::OwnedFd) | this value, on drop |
 //!
-//! Importers take the owned tier: a successful import consumes the handle (Vulkan, CUDA, OpenGL
-//! and OpenCL all take ownership of an imported fd), a failed one gives it back.
+//! Importers take the owned tier, and an import consumes the handle whether it succeeds or fails.
+//! On success the importing API owns it (Vulkan, CUDA, OpenGL and OpenCL all take ownership of an
+//! imported fd). On failure the importer closes it exactly once, and never closes an fd number it
+//! cannot prove it still owns. lava-flow's importers follow this rule (its docs/OWNERSHIP.md
+//! explains how). To try another importer after a failure, `try_clone` the handle first.
 //!
 //! The crate does no checks by itself beyond [`check_compatible`]; the libraries that import must
 //! follow the rules written on each type.

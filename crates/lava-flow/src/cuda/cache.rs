@@ -41,8 +41,8 @@ impl CudaDevice {
     /// Imports a buffer, through the block cache where the export names its block (see the
     /// module docs), saying whether the block was found. [`CacheOutcome::Miss`] also stands for
     /// exports the cache does not take (dedicated, or without an allocation id), which are
-    /// imported on their own. The fd is consumed in every case: by the import on a miss, closed
-    /// as a duplicate on a hit, closed on failure.
+    /// imported on their own. The fd is consumed in every case (docs/OWNERSHIP.md): by the import
+    /// on a miss, closed as a duplicate on a hit, closed exactly once on failure.
     pub fn import_buffer_cached(&self, buffer: ExportedBuffer) -> Result<(CudaBuffer<u8>, CacheOutcome)> {
         // Every early return drops `buffer`, closing its fd exactly once.
         let place = buffer.buffer;

@@ -410,7 +410,8 @@ impl CudaDevice {
     }
 
     /// Imports an exported allocation (whole size, dedicated flag as exported). Consumes the fd
-    /// on success; on failure the fd is closed. Map buffers from the result with
+    /// whether the import succeeds or fails (docs/OWNERSHIP.md): on success CUDA owns it, on
+    /// failure lava-flow closes it exactly once. Map buffers from the result with
     /// [`ImportedMemory::map_buffer`].
     pub fn import_memory(&self, memory: ExportedMemory) -> Result<ImportedMemory> {
         ImportedMemory::import(self, memory)
@@ -419,17 +420,20 @@ impl CudaDevice {
     /// Imports a buffer's allocation and maps the buffer at its offset. A block this device
     /// imported already (a pooled buffer's block, named by its allocation id) is not imported
     /// again: the buffer is a view at its offset (see [`import_buffer_cached`](Self::import_buffer_cached)).
+    /// Consumes the fd whether the import succeeds or fails (docs/OWNERSHIP.md).
     pub fn import_buffer(&self, buffer: ExportedBuffer) -> Result<CudaBuffer<u8>> {
         self.import_buffer_cached(buffer).map(|(buffer, _)| buffer)
     }
 
     /// Imports a texture: optimal tiling as a CUDA mipmapped array (level 0 is the image),
-    /// linear tiling as a pitched buffer.
+    /// linear tiling as a pitched buffer. Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md).
     pub fn import_texture(&self, texture: ExportedTexture) -> Result<CudaTexture> {
         CudaTexture::import(self, texture)
     }
 
-    /// Imports a binary or timeline semaphore. Consumes the fd on success; closes it on failure.
+    /// Imports a binary or timeline semaphore. Consumes the fd whether the import succeeds or
+    /// fails (docs/OWNERSHIP.md): on success CUDA owns it, on failure lava-flow closes it once.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<CudaSemaphore> {
         CudaSemaphore::import(self, semaphore)
     }

@@ -95,9 +95,9 @@ impl ImportedMemory {
                 device.ordinal()
             )
         };
-        // The driver gets a duplicate: it owns it after a successful import (CUDA docs: ownership
+        // The driver gets a copy: it owns it after a successful import (CUDA docs: ownership
         // of the fd is transferred), and `import_consuming` closes the caller's fd exactly once
-        // whatever the driver does with the duplicate on failure.
+        // whatever the driver does with the copy on failure (closed only where provably ours).
         let handle = crate::fd::import_consuming(fd, |raw| {
             let mut handle_desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
                 type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,

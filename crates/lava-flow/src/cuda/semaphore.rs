@@ -1,7 +1,5 @@
 //! Vulkan semaphores imported into CUDA: wait and signal on a stream.
 
-use std::os::fd::{AsFd, OwnedFd};
-
 use cudarc::driver::{sys, CudaStream};
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
 
@@ -45,27 +43,6 @@ impl Drop for CudaSemaphore {
     }
 }
 
-/// Refuses fds no driver exports semaphores as (closed fds, pipes, sockets, directories,
-/// files) before CUDA sees them. On error the fd is closed once (or forgotten if not open).
-fn check_semaphore_fd(fd: OwnedFd) -> Result<OwnedFd> {
-    use crate::fd::FdKind;
-    let kind = crate::fd::inspect(fd.as_fd());
-    let reason = match kind {
-        FdKind::CharDevice | FdKind::Other { .. } => return Ok(fd),
-        FdKind::Closed => {
-            // Not an open fd: closing the number could close another file opened meanwhile.
-            std::mem::forget(fd);
-            "it is not an open fd (EBADF)".to_string()
-        }
-        other => format!("it is {}, which no GPU driver exports as a semaphore", other.describe()),
-    };
-    Err(Error::InvalidHandle {
-        what: "CUDA external semaphore".into(),
-        reason,
-        advice: "pass the fd a semaphore export returned, exactly once".into(),
-    })
-}
-
 impl CudaSemaphore {
     pub(crate) fn import(device: &CudaDevice, semaphore: ExportedSemaphore) -> Result<CudaSemaphore> {
         // Every early return drops `semaphore`, closing the fd exactly once.
@@ -85,10 +62,10 @@ impl CudaSemaphore {
             }
             SemaphoreKind::Binary => sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD,
         };
-        let fd = check_semaphore_fd(semaphore.handle)?;
+        let fd = crate::fd::check_sync_object_fd(semaphore.handle, "CUDA external semaphore")?;
         device.bind()?;
-        // As for memory: the driver gets a duplicate it owns after success; the caller's fd is
-        // closed exactly once either way.
+        // As for memory: the driver gets a copy it owns after success; the caller's fd is closed
+        // exactly once either way, and a failed import's copy only where provably ours.
         let handle = crate::fd::import_consuming(fd, |raw| {
             let mut handle_desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
                 type_,

@@ -37,8 +37,9 @@ impl std::fmt::Debug for GlMemory {
 }
 
 impl GlContext {
-    /// Imports an exported allocation as a GL memory object. Consumes the fd on success; on
-    /// failure the fd is closed exactly once (by dropping it) and the error says why.
+    /// Imports an exported allocation as a GL memory object. Consumes the fd whether the import
+    /// succeeds or fails (docs/OWNERSHIP.md): on success GL owns it, on failure lava-flow closes
+    /// it exactly once and the error says why.
     pub fn import_memory(&self, memory: ExportedMemory) -> Result<Arc<GlMemory>> {
         let ExportedMemory { handle, description } = memory;
         let gl = self.make_current()?;
@@ -48,7 +49,8 @@ impl GlContext {
     }
 
     /// Imports an exported buffer: a memory object plus a GL buffer at the export's offset
-    /// (`glBufferStorageMemEXT`). Consumes the fd on success; closes it once on failure.
+    /// (`glBufferStorageMemEXT`). Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md).
     pub fn import_buffer(&self, buffer: ExportedBuffer) -> Result<GlBuffer> {
         check_buffer_range(&buffer.buffer, &buffer.memory.description)?;
         check_offset(self.info(), buffer.buffer.offset, "buffer", "glBufferStorageMemEXT")?;
@@ -57,8 +59,8 @@ impl GlContext {
     }
 
     /// Imports an exported texture: a memory object plus a texture with the export's tiling
-    /// (`glTexStorageMem2DEXT` / `glTexStorageMem3DEXT`). Consumes the fd on success; closes it
-    /// once on failure.
+    /// (`glTexStorageMem2DEXT` / `glTexStorageMem3DEXT`). Consumes the fd whether the import
+    /// succeeds or fails (docs/OWNERSHIP.md).
     pub fn import_texture(&self, texture: ExportedTexture) -> Result<GlTexture> {
         let plan = TexturePlan::new(&texture.texture, &texture.memory.description, self.is_desktop())?;
         check_offset(self.info(), texture.texture.offset, "texture", "glTexStorageMem*EXT")?;
@@ -111,8 +113,8 @@ fn import_memory_object(
         // SAFETY: a fresh memory object (mutable until imported); one GLint in.
         unsafe { (gl.memory_object_parameteriv_ext)(name, f::DEDICATED_MEMORY_OBJECT_EXT, &one) };
     }
-    // GL gets a duplicate: the caller's fd is consumed exactly once whether the driver takes the
-    // duplicate (success), leaves it (failure, closed here) or closes it itself (some drivers do).
+    // GL gets a copy (fd::import_consuming): the caller's fd is closed exactly once, and after a
+    // failure the copy is closed only where provably ours (Mesa closes it itself, even on failure).
     let imported = crate::fd::import_consuming(handle, |raw| {
         // SAFETY: `raw` is an open fd handed to GL; GL takes it if the import succeeds.
         unsafe { (gl.import_memory_fd_ext)(name, description.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };

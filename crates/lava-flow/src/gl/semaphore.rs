@@ -109,8 +109,9 @@ impl std::fmt::Debug for GlSemaphore {
 }
 
 impl GlContext {
-    /// Imports an exported binary semaphore (`glImportSemaphoreFdEXT`). Consumes the fd on
-    /// success; closes it once on failure. GL semaphores are binary: timeline semaphores and
+    /// Imports an exported binary semaphore (`glImportSemaphoreFdEXT`). Consumes the fd whether
+    /// the import succeeds or fails (docs/OWNERSHIP.md): on success GL owns it, on failure
+    /// lava-flow closes it once. GL semaphores are binary: timeline semaphores and
     /// sync fds are refused.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<GlSemaphore> {
         let ExportedSemaphore { handle, description } = semaphore;
@@ -141,26 +142,7 @@ impl GlContext {
         }
         // Opaque semaphore fds follow the opaque memory rule: same device, same driver.
         raw_gpu_handle::check_compatible(MemoryHandleKind::OpaqueFd, &description.device, &self.identity())?;
-        let kind = crate::fd::inspect(std::os::fd::AsFd::as_fd(&handle));
-        if matches!(
-            kind,
-            crate::fd::FdKind::Closed
-                | crate::fd::FdKind::Pipe
-                | crate::fd::FdKind::Socket
-                | crate::fd::FdKind::Directory
-                | crate::fd::FdKind::RegularFile { .. }
-                | crate::fd::FdKind::Memfd { .. }
-        ) {
-            if kind == crate::fd::FdKind::Closed {
-                // Not an open fd: closing the number could close someone else's fd.
-                std::mem::forget(handle);
-            }
-            return Err(Error::InvalidHandle {
-                what: "GL semaphore import".into(),
-                reason: format!("it is {}, not a semaphore export", kind.describe()),
-                advice: "pass the fd vkGetSemaphoreFdKHR returned".into(),
-            });
-        }
+        let handle = crate::fd::check_sync_object_fd(handle, "GL semaphore import")?;
         let gl = self.make_current()?;
         let mut name: GLuint = 0;
         gl.clear_errors();

@@ -78,7 +78,8 @@ impl std::fmt::Debug for ClBuffer {
 impl ClContext {
     /// Imports an exported buffer (`clCreateBufferWithProperties` with
     /// `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR` and `CL_MEM_DEVICE_HANDLE_LIST_KHR`, then a
-    /// sub-buffer at the export's offset). Consumes the fd on success; closes it once on failure.
+    /// sub-buffer at the export's offset). Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_buffer(&self, exported: ExportedBuffer) -> Result<ClBuffer> {
         self.check_deferred()?;
         let ExportedBuffer { memory, buffer: desc } = exported;
@@ -94,8 +95,8 @@ impl ClContext {
             ));
         }
         let fd = check_import(self, memory.handle, &d, "OpenCL buffer import")?;
-        // OpenCL gets a duplicate, so the caller's fd is consumed exactly once whatever the driver
-        // does with it on failure.
+        // OpenCL gets a copy (fd::import_consuming), so the caller's fd is consumed exactly once
+        // whatever the driver does with the copy on failure.
         let imported = crate::fd::import_consuming(fd, |raw| {
             let props = properties(self, raw);
             // SAFETY: the property list is 0-terminated and names an open fd; no host pointer.
@@ -297,7 +298,8 @@ impl ClContext {
     /// import the allocation from its start, so the texture must be at offset 0 (its own
     /// allocation, as lava-flow's `Image` makes it), and its tiling must be the one the driver
     /// assumes for opaque fds (optimal, unless the device lists opaque fds as linear).
-    /// Consumes the fd on success; closes it once on failure.
+    /// Consumes the fd whether the import succeeds or fails (docs/OWNERSHIP.md): on success
+    /// OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_image(&self, exported: ExportedTexture) -> Result<ClImage> {
         self.check_deferred()?;
         let ExportedTexture { memory, texture: t } = exported;

@@ -27,7 +27,8 @@ impl std::fmt::Debug for ClSemaphore {
 
 impl ClContext {
     /// Imports an exported binary semaphore (`clCreateSemaphoreWithPropertiesKHR` with
-    /// `CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR`). Consumes the fd on success; closes it once on failure.
+    /// `CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR`). Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<ClSemaphore> {
         self.check_deferred()?;
         let ExportedSemaphore { handle, description } = semaphore;
@@ -58,27 +59,7 @@ impl ClContext {
             ));
         }
         self.check_exporter(&description.device)?;
-        let kind = crate::fd::inspect(std::os::fd::AsFd::as_fd(&handle));
-        use crate::fd::FdKind;
-        if matches!(
-            kind,
-            FdKind::Closed
-                | FdKind::Pipe
-                | FdKind::Socket
-                | FdKind::Directory
-                | FdKind::RegularFile { .. }
-                | FdKind::Memfd { .. }
-        ) {
-            if kind == FdKind::Closed {
-                // Not an open fd: closing the number could close someone else's fd.
-                std::mem::forget(handle);
-            }
-            return Err(Error::InvalidHandle {
-                what: "OpenCL semaphore import".into(),
-                reason: format!("it is {}, not a semaphore export", kind.describe()),
-                advice: "pass the fd vkGetSemaphoreFdKHR returned".into(),
-            });
-        }
+        let handle = crate::fd::check_sync_object_fd(handle, "OpenCL semaphore import")?;
         let attempt = |fd: std::os::fd::OwnedFd, device_list: bool| {
             crate::fd::import_consuming(fd, |raw| {
                 let mut props = vec![cl::CL_SEMAPHORE_TYPE_KHR as u64, cl::CL_SEMAPHORE_TYPE_BINARY_KHR as u64];

@@ -630,13 +630,15 @@ impl BlockImporter {
         &self.cache
     }
 
-    /// Imports a buffer with the default usage (storage, transfer source and destination).
+    /// Imports a buffer with the default usage (storage, transfer source and destination). The fd
+    /// is consumed in every case, as for [`import_buffer_with_usage`](Self::import_buffer_with_usage).
     pub fn import_buffer(&self, exported: ExportedBuffer) -> Result<Buffer> {
         self.import_buffer_with_usage(exported, DEFAULT_BUFFER_USAGE).map(|(b, _)| b)
     }
 
     /// Imports a buffer with `usage`, saying whether its block was found in the cache. The fd
-    /// is consumed: by the import on a miss, closed as a duplicate on a hit, closed on failure.
+    /// is consumed in every case (docs/OWNERSHIP.md): by the import on a miss, closed as a
+    /// duplicate on a hit, closed exactly once on failure.
     pub fn import_buffer_with_usage(
         &self,
         exported: ExportedBuffer,

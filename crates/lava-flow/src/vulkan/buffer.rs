@@ -484,8 +484,9 @@ impl Buffer {
         Ok(Buffer { ctx, buffer, memory, offset, size, alignment: r.reqs.alignment, usage, on_drop })
     }
 
-    /// Imports an exported buffer into `ctx`'s device with the default usage. The fd is
-    /// consumed on success and closed on failure.
+    /// Imports an exported buffer into `ctx`'s device with the default usage. Consumes the fd
+    /// whether the import succeeds or fails (docs/OWNERSHIP.md): on success Vulkan owns it, on
+    /// failure lava-flow closes it exactly once.
     pub fn import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<Buffer> {
         Self::import_with_usage(ctx, exported, DEFAULT_BUFFER_USAGE)
     }

@@ -314,8 +314,9 @@ impl Image {
     }
 
     /// Imports an exported texture. Refuses a description that does not fit its allocation or
-    /// whose linear pitches differ from what this device would lay out. The fd is consumed on
-    /// success and closed on failure. The image starts in `GENERAL`, owned by the external side.
+    /// whose linear pitches differ from what this device would lay out. Consumes the fd whether the
+    /// import succeeds or fails (docs/OWNERSHIP.md): on success Vulkan owns it, on failure
+    /// lava-flow closes it exactly once. The image starts in `GENERAL`, owned by the external side.
     pub fn import(ctx: &VulkanContext, exported: ExportedTexture) -> Result<Image> {
         ctx.check_deferred()?;
         let Texture { memory, texture: d } = exported;

@@ -192,8 +192,8 @@ impl DeviceMemory {
     /// Checks first, and refuses with a typed error: another device's or driver's UUIDs, a memory
     /// type this device does not have or whose flags differ (an opaque-fd import must use the
     /// exporter's memory type), an fd that is closed or no GPU export (pipe, socket, plain file), an
-    /// fd smaller than the description's size. On success Vulkan owns the fd; on failure it is closed
-    /// exactly once.
+    /// fd smaller than the description's size. Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success Vulkan owns it, on failure lava-flow closes it exactly once.
     pub fn import(
         ctx: &VulkanContext,
         exported: ExportedMemory,
@@ -262,14 +262,26 @@ impl DeviceMemory {
             }
             // SAFETY: info and its chain live across the call; raw is an open fd handed to Vulkan.
             let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
-                Error::vk(
+                let mut e = Error::vk(
                     "vkAllocateMemory",
                     r,
                     format!(
                         "importing {allocation_size} bytes of {} memory (type {type_index}) from {}",
                         d.handle_kind, d.device
                     ),
-                )
+                );
+                if let Error::Vulkan { result, advice, .. } = &mut e {
+                    if matches!(*result, vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY)
+                    {
+                        // An import allocates nothing new: lavapipe answers a size larger than
+                        // the export's this way.
+                        *advice = format!(
+                            "the driver refused the import: check that the description (size {allocation_size}, \
+                             memory type {type_index}) is exactly the exporter's; else {advice}"
+                        );
+                    }
+                }
+                e
             })?;
             let mut imported = Self::wrap(
                 ctx,

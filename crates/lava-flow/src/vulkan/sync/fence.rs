@@ -1,6 +1,6 @@
 //! Fences exportable as opaque fds and sync fds, imported elsewhere and waited on from the host.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use ash::vk;
@@ -217,12 +217,14 @@ impl Fence {
 
     /// Imports an exported fence into `ctx`'s device, to wait on it from this process.
     ///
-    /// Refused before the driver sees the fd (which is then closed, exactly once): an opaque fd
-    /// from another device or driver ([`Error::IncompatibleSyncDevice`]), a sync fd that is not
-    /// a sync_file, or a handle kind the capability query rules out ([`Error::Unsupported`]).
-    /// A fd the driver refuses (a semaphore's, say) gives [`Error::InvalidHandle`] and is closed
-    /// too. On success the fd belongs to the fence. Sync fds are imported temporarily, as Vulkan
-    /// requires: a [`reset`](Self::reset) returns the fence to its own unsignalled payload.
+    /// Refused before the driver sees the fd: an opaque fd from another device or driver
+    /// ([`Error::IncompatibleSyncDevice`]), an opaque fd that is a pipe, socket, file or memfd, a
+    /// sync fd that is not a sync_file, or a handle kind the capability query rules out
+    /// ([`Error::Unsupported`]). A fd the driver refuses (a semaphore's, say) gives
+    /// [`Error::InvalidHandle`]. Consumes the fd whether the import succeeds or fails
+    /// (docs/OWNERSHIP.md): on success it belongs to the fence, on failure lava-flow closes it
+    /// exactly once. Sync fds are imported temporarily, as Vulkan requires: a
+    /// [`reset`](Self::reset) returns the fence to its own unsignalled payload.
     ///
     /// An opaque fd carries no record of what it was exported from (NVIDIA's are all one
     /// character device, and its driver accepts a semaphore's fd as a fence), so the types keep
@@ -241,49 +243,47 @@ impl Fence {
         let opaque = handle_kind == FenceHandleKind::OpaqueFd;
         check_identity(opaque, "opaque-fd fence", &device, &ctx.identity())?;
         fence_capabilities(ctx, handle_kind).require_import()?;
-        if !opaque {
-            check_sync_file(exported.handle.as_fd(), &what)?;
-        }
+        // The fd's kind before a driver sees it: a sync_file for sync fds, for opaque fds no
+        // pipe, socket, plain file or memfd (refused, closed once; a closed number is forgotten).
+        let fd = if opaque {
+            crate::fd::check_sync_object_fd(exported.handle, &what)?
+        } else {
+            check_sync_file(exported.handle, &what)?
+        };
         let loader = ctx.external_fence_fd()?;
         let handle = create_raw(ctx, false, vk::ExternalFenceHandleTypeFlags::empty())?;
         let flags = if opaque { vk::FenceImportFlags::empty() } else { vk::FenceImportFlags::TEMPORARY };
-        let info = vk::ImportFenceFdInfoKHR::default()
-            .fence(handle)
-            .flags(flags)
-            .handle_type(fence_handle_bit(handle_kind))
-            .fd(exported.handle.as_raw_fd());
-        // SAFETY: the fence is fresh (no queue uses it); the fd is open (owned by `exported`) and
-        // of the described kind as far as lava-flow can check. A driver that refuses it does not
-        // take it.
-        match unsafe { loader.import_fence_fd(&info) } {
-            Ok(()) => {
-                // The driver owns the fd now: release it without closing.
-                let _ = exported.handle.into_raw_fd();
-                Ok(Fence {
-                    ctx: ctx.clone(),
-                    handle,
-                    exportable: Vec::new(),
-                    imported: Some(handle_kind),
-                    last_use: LastUse::default(),
-                })
-            }
-            Err(r) => {
-                // SAFETY: the fence was never used.
-                unsafe { ctx.device().destroy_fence(handle, None) };
-                // `exported.handle` is dropped (closed once) on return.
-                Err(match r {
-                    vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
-                        what,
-                        reason:
-                            "the driver refused it (vkImportFenceFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
-                                 it is not a fence of this driver"
-                                .into(),
-                        advice: "pass the fd and description exactly as a fence export returned them".into(),
-                    },
-                    r => Error::vk("vkImportFenceFdKHR", r, format!("importing a {what}")),
-                })
-            }
+        let handle_type = fence_handle_bit(handle_kind);
+        // The driver gets a copy of the fd and owns it after success; the caller's fd is closed
+        // exactly once either way, and a failed import's copy only where provably ours.
+        let imported = crate::fd::import_consuming(fd, |raw| {
+            let info = vk::ImportFenceFdInfoKHR::default().fence(handle).flags(flags).handle_type(handle_type).fd(raw);
+            // SAFETY: the fence is fresh (no queue uses it); `raw` is an open fd of the described
+            // handle kind as far as lava-flow can check (identity, capability query, sync_file
+            // type), and `info` outlives the call.
+            unsafe { loader.import_fence_fd(&info) }.map_err(|r| match r {
+                vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
+                    what: what.clone(),
+                    reason: "the driver refused it (vkImportFenceFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
+                             it is not a fence of this driver"
+                        .into(),
+                    advice: "pass the fd and description exactly as a fence export returned them".into(),
+                },
+                r => Error::vk("vkImportFenceFdKHR", r, format!("importing a {what}")),
+            })
+        });
+        if let Err(e) = imported {
+            // SAFETY: the fence was created above and never used (the import failed).
+            unsafe { ctx.device().destroy_fence(handle, None) };
+            return Err(e);
         }
+        Ok(Fence {
+            ctx: ctx.clone(),
+            handle,
+            exportable: Vec::new(),
+            imported: Some(handle_kind),
+            last_use: LastUse::default(),
+        })
     }
 }
 

@@ -90,14 +90,24 @@ pub(crate) fn kind_name(kind: SemaphoreKind) -> &'static str {
 }
 
 /// Whether a sync fd names a Linux sync_file, checked before a driver sees it: a driver handed
-/// another kind of fd as a sync fd may crash instead of failing.
-pub(crate) fn check_sync_file(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> crate::Result<()> {
+/// another kind of fd as a sync fd may crash instead of failing. Returns the fd; on error it is
+/// consumed: closed once if it was open, forgotten if it was not (EBADF).
+pub(crate) fn check_sync_file(fd: std::os::fd::OwnedFd, what: &str) -> crate::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
+    if crate::fd::inspect(std::os::fd::AsFd::as_fd(&fd)) == crate::fd::FdKind::Closed {
+        // Not an open fd: closing the number could close a file opened since by someone else.
+        std::mem::forget(fd);
+        return Err(crate::Error::InvalidHandle {
+            what: what.to_string(),
+            reason: "it is not an open fd (EBADF)".into(),
+            advice: "pass the fd a sync-fd export returned, exactly once".into(),
+        });
+    }
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(|e| crate::Error::io(format!("inspecting the fd passed as {what}"), e))?;
     let link = link.to_string_lossy();
     if link == "anon_inode:sync_file" {
-        Ok(())
+        Ok(fd)
     } else {
         Err(crate::Error::InvalidHandle {
             what: what.to_string(),

@@ -1,7 +1,7 @@
 //! Timeline and binary semaphores, exportable as opaque fds (and sync fds for binary ones), and
 //! imported from another device, process or API.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -320,13 +320,16 @@ impl Semaphore {
 
     /// Imports an exported semaphore into `ctx`'s device as a semaphore of `expected` kind.
     ///
-    /// Refused before the driver sees the fd (which is then closed, exactly once), in this
-    /// order: an opaque fd from another device or driver ([`Error::IncompatibleSyncDevice`]), a
-    /// description of another kind than `expected` (a binary semaphore cannot be imported as a
-    /// timeline one), a sync fd described as timeline, a handle kind the capability query rules
-    /// out ([`Error::Unsupported`]), a sync fd that is not a sync_file. A fd the driver
-    /// refuses ([`Error::InvalidHandle`]) is closed too. On success the fd belongs to the
-    /// semaphore.
+    /// Refused before the driver sees the fd, in this order: an opaque fd from another device or
+    /// driver ([`Error::IncompatibleSyncDevice`]), a description of another kind than `expected`
+    /// (a binary semaphore cannot be imported as a timeline one), a sync fd described as
+    /// timeline, a handle kind the capability query rules out ([`Error::Unsupported`]), an
+    /// opaque fd that is a pipe, socket, file or memfd, a sync fd that is not a sync_file. A fd the
+    /// driver refuses gives [`Error::InvalidHandle`].
+    ///
+    /// Consumes the fd whether the import succeeds or fails (docs/OWNERSHIP.md): on success it
+    /// belongs to the semaphore, on failure lava-flow closes it exactly once. The driver gets a
+    /// copy through [`crate::fd::import_consuming`], like every other import.
     ///
     /// Opaque fds are imported permanently; sync fds temporarily (until the first wait), as
     /// Vulkan requires for copy transference.
@@ -366,52 +369,52 @@ impl Semaphore {
             check_timeline_support(ctx)?;
         }
         semaphore_capabilities(ctx, kind, handle_kind).require_import()?;
-        if !opaque {
-            check_sync_file(exported.handle.as_fd(), &what)?;
-        }
+        // The fd's kind before a driver sees it: a sync_file for sync fds, for opaque fds no
+        // pipe, socket, plain file or memfd (refused, closed once; a closed number is forgotten).
+        let fd = if opaque {
+            crate::fd::check_sync_object_fd(exported.handle, &what)?
+        } else {
+            check_sync_file(exported.handle, &what)?
+        };
         let loader = ctx.external_semaphore_fd()?;
         let handle = create_raw(ctx, kind, 0, vk::ExternalSemaphoreHandleTypeFlags::empty())?;
         let flags = if opaque { vk::SemaphoreImportFlags::empty() } else { vk::SemaphoreImportFlags::TEMPORARY };
-        let info = vk::ImportSemaphoreFdInfoKHR::default()
-            .semaphore(handle)
-            .flags(flags)
-            .handle_type(semaphore_handle_bit(handle_kind))
-            .fd(exported.handle.as_raw_fd());
-        // SAFETY: the semaphore is fresh (no queue uses it) and of the kind the description
-        // names; the fd is open (owned by `exported`) and of the described handle kind as far as
-        // lava-flow can check. A driver that refuses it does not take it.
-        match unsafe { loader.import_semaphore_fd(&info) } {
-            Ok(()) => {
-                // The driver owns the fd now: release it without closing.
-                let _ = exported.handle.into_raw_fd();
-                let state = if opaque { BinaryState::Shared } else { BinaryState::SignalPending };
-                Ok(Semaphore {
-                    ctx: ctx.clone(),
-                    handle,
-                    kind,
-                    exportable: Vec::new(),
-                    imported: Some(handle_kind),
-                    binary_state: Mutex::new(state),
-                    last_use: LastUse::default(),
-                })
-            }
-            Err(r) => {
-                // SAFETY: the semaphore was never used.
-                unsafe { ctx.device().destroy_semaphore(handle, None) };
-                // `exported.handle` is dropped (closed once) on return.
-                Err(match r {
-                    vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
-                        what,
-                        reason:
-                            "the driver refused it (vkImportSemaphoreFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
-                                 it is not such a semaphore of this driver"
-                                .into(),
-                        advice: "pass the fd and description exactly as the exporter returned them".into(),
-                    },
-                    r => Error::vk("vkImportSemaphoreFdKHR", r, format!("importing a {what}")),
-                })
-            }
+        let handle_type = semaphore_handle_bit(handle_kind);
+        // The driver gets a copy of the fd and owns it after success; the caller's fd is closed
+        // exactly once either way, and a failed import's copy only where provably ours.
+        let imported = crate::fd::import_consuming(fd, |raw| {
+            let info =
+                vk::ImportSemaphoreFdInfoKHR::default().semaphore(handle).flags(flags).handle_type(handle_type).fd(raw);
+            // SAFETY: the semaphore is fresh (no queue uses it) and of the kind the description
+            // names; `raw` is an open fd of the described handle kind as far as lava-flow can
+            // check (identity, capability query, sync_file type), and `info` outlives the call.
+            unsafe { loader.import_semaphore_fd(&info) }.map_err(|r| match r {
+                vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
+                    what: what.clone(),
+                    reason:
+                        "the driver refused it (vkImportSemaphoreFdKHR returned VK_ERROR_INVALID_EXTERNAL_HANDLE): \
+                             it is not such a semaphore of this driver"
+                            .into(),
+                    advice: "pass the fd and description exactly as the exporter returned them".into(),
+                },
+                r => Error::vk("vkImportSemaphoreFdKHR", r, format!("importing a {what}")),
+            })
+        });
+        if let Err(e) = imported {
+            // SAFETY: the semaphore was created above and never used (the import failed).
+            unsafe { ctx.device().destroy_semaphore(handle, None) };
+            return Err(e);
         }
+        let state = if opaque { BinaryState::Shared } else { BinaryState::SignalPending };
+        Ok(Semaphore {
+            ctx: ctx.clone(),
+            handle,
+            kind,
+            exportable: Vec::new(),
+            imported: Some(handle_kind),
+            binary_state: Mutex::new(state),
+            last_use: LastUse::default(),
+        })
     }
 
     fn require_timeline(&self, operation: &str) -> Result<()> {
