@@ -253,7 +253,7 @@ fn with_fd(template: &ExportedBuffer, fd: OwnedFd) -> ExportedBuffer {
 #[test]
 fn vulkan_memory_imports_on_eight_threads() {
     let Some((a, b)) = common::two_devices() else { return };
-    let exporter = Buffer::new(&a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
+    let mut exporter = Buffer::new(&a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
     let data = common::pattern(64, 7);
     exporter.write(0, &data).unwrap();
     let template = exporter.export_fd().unwrap();
@@ -298,7 +298,7 @@ fn gl_memory_imports_on_eight_threads() {
         return testing::skip("gl", format!("{} lacks GL_EXT_memory_object_fd", gl.info().renderer));
     }
     let options = BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK).dedicated(DedicatedPolicy::Never);
-    let exporter = Buffer::new(&vk, &options).unwrap();
+    let mut exporter = Buffer::new(&vk, &options).unwrap();
     let data = common::pattern(64, 9);
     exporter.write(0, &data).unwrap();
     let template = exporter.export_fd().unwrap();
