@@ -232,6 +232,22 @@ fn selftest_soak_keeps_fds_and_memory_level() {
     let row = result_of(&report, "vulkan: buffer device-local");
     assert_eq!(row["runs"], 4, "the first round and three soak rounds: {row}");
     assert_eq!(row["result"], "pass");
+    // A sample after the warm-up round and after each soak round; memory judged by its slope
+    // over the second half (rounds 2 and 3).
+    let samples = soak["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 4, "{soak}");
+    assert_eq!(soak["rss"]["from_round"], 2, "{soak}");
+    assert!(soak["rss"]["slope_per_round"].is_f64(), "{soak}");
+    assert_eq!(soak["rss"]["pass"], true, "{soak}");
+    // Nothing lava-flow made outlives its round.
+    for s in samples {
+        assert_eq!(s["live"], samples[0]["live"], "live objects after every round: {soak}");
+    }
+    for level in ["soak: open fds", "soak: live lava-flow Vulkan contexts", "soak: live lava-flow device memories"] {
+        assert_eq!(result_of(&report, level)["result"], "pass", "{level}");
+    }
+    let rss = result_of(&report, "soak: host memory (RSS)");
+    assert!(rss["path"].as_str().unwrap().contains("/round"), "the row shows the slope: {rss}");
 }
 
 #[test]

@@ -9,9 +9,14 @@ pub fn run(runner: &mut Runner) {
     use lava_flow::cuda::selftest::{run_path, PATHS};
     use lava_flow::VulkanContext;
 
+    const GROUP: &str = "cuda: Vulkan <-> CUDA buffers, images and semaphores";
+    let paths = PATHS.map(|p| format!("cuda: {p}"));
+    if !runner.wants_any(paths.iter().map(String::as_str).chain([GROUP])) {
+        return;
+    }
     // Without libcuda every path stops at the same place: say it once.
     if let Err(e) = lava_flow::cuda::load_driver() {
-        return runner.skip("cuda", "cuda: Vulkan <-> CUDA buffers, images and semaphores", 0, e.to_string());
+        return runner.skip("cuda", GROUP, 0, e.to_string());
     }
     let ctx = VulkanContext::new();
     for path in PATHS {

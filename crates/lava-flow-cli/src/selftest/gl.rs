@@ -6,14 +6,19 @@ use super::Runner;
 
 #[cfg(feature = "gl")]
 pub fn run(runner: &mut Runner) {
+    const GROUP: &str = "gl: Vulkan <-> OpenGL buffers and textures";
+    let paths = lava_flow::gl::selftest::PATHS.map(|p| format!("gl: {p}"));
+    if !runner.wants_any(paths.iter().map(String::as_str).chain([GROUP])) {
+        return;
+    }
     let ctx = match lava_flow::VulkanContext::new() {
         Ok(ctx) => ctx,
-        Err(e) => return runner.skip("gl", "gl: Vulkan <-> OpenGL buffers and textures", 0, e.to_string()),
+        Err(e) => return runner.skip("gl", GROUP, 0, e.to_string()),
     };
     // The importer runs its paths together (they share one GL context); the time is theirs.
     // Without the library every path stops at the same place: say it once.
     if let Err(e) = lava_flow::gl::GlContext::enumerate() {
-        return runner.skip("gl", "gl: Vulkan <-> OpenGL buffers and textures", 0, e.to_string());
+        return runner.skip("gl", GROUP, 0, e.to_string());
     }
     for case in lava_flow::gl::selftest::selftest(&ctx) {
         runner.record_result("gl", &format!("gl: {}", case.path), 0, case.result);

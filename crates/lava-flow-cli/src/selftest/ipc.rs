@@ -100,19 +100,9 @@ struct PeerReport {
     error: Option<String>,
 }
 
-pub fn run(runner: &mut Runner) {
-    let device = match VulkanContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => return runner.skip("vulkan", "ipc: two processes", 0, e.to_string()),
-    };
-    for transport in [Transport::ScmRights, Transport::Inherited] {
-        let how = transport_name(transport);
-        let path = format!("ipc: buffer device-local -> other process, {how}");
-        runner.run("vulkan", &path, BUFFER_SIZE, |r| {
-            buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
-        });
-    }
-    let images = [
+/// The images handed to another process: name, options, how.
+fn images() -> [(&'static str, ImageOptions, Transport); 2] {
+    [
         (
             "image 2D rgba8unorm 256x256 optimal",
             ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256),
@@ -123,15 +113,50 @@ pub fn run(runner: &mut Runner) {
             ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256).tiling(ImageTiling::Linear),
             Transport::Inherited,
         ),
-    ];
-    for (name, options, transport) in images {
-        let path = format!("ipc: {name} -> other process, {}", transport_name(transport));
+    ]
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::ScmRights, Transport::Inherited];
+
+fn buffer_path(t: Transport) -> String {
+    format!("ipc: buffer device-local -> other process, {}", transport_name(t))
+}
+
+fn image_path(name: &str, t: Transport) -> String {
+    format!("ipc: {name} -> other process, {}", transport_name(t))
+}
+
+fn host_path(t: Transport) -> String {
+    format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(t))
+}
+
+pub fn run(runner: &mut Runner) {
+    let paths = TRANSPORTS
+        .into_iter()
+        .flat_map(|t| [buffer_path(t), host_path(t)])
+        .chain(images().map(|(name, _, t)| image_path(name, t)))
+        .chain(["ipc: two processes".to_string()]);
+    if !runner.wants_any(paths) {
+        return;
+    }
+    let device = match VulkanContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => return runner.skip("vulkan", "ipc: two processes", 0, e.to_string()),
+    };
+    for transport in TRANSPORTS {
+        let path = buffer_path(transport);
+        runner.run("vulkan", &path, BUFFER_SIZE, |r| {
+            buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
+        });
+    }
+    for (name, options, transport) in images() {
+        let path = image_path(name, transport);
         runner.run("vulkan", &path, image_bytes(&options), |r| {
             image_to_peer(&device, &options, transport, r.corrupt(&path))
         });
     }
-    for transport in [Transport::ScmRights, Transport::Inherited] {
-        let path = format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(transport));
+    for transport in TRANSPORTS {
+        let path = host_path(transport);
         runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)));
     }
 }

@@ -151,6 +151,13 @@ impl Runner {
         }
     }
 
+    /// Whether any of `paths` is to run (see `--only`; in soak rounds, only paths that passed the
+    /// first round run). Each group asks before it opens a device, so that a soak narrowed with
+    /// `--only` opens no device for the groups it leaves out and can be bisected by path.
+    pub fn wants_any<S: AsRef<str>>(&self, paths: impl IntoIterator<Item = S>) -> bool {
+        paths.into_iter().any(|p| self.wanted(p.as_ref()))
+    }
+
     /// Lists a path that cannot run here.
     pub fn skip(&mut self, api: &'static str, path: &str, size: u64, reason: impl Into<String>) {
         if !self.wanted(path) || self.repeat_of.is_some() {

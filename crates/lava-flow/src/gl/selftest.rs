@@ -73,7 +73,9 @@ pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) ->
     }
 }
 
-const PATHS: [&str; 4] = ["Vulkan -> GL buffer", "GL -> Vulkan buffer", "Vulkan -> GL texture", "GL -> Vulkan texture"];
+/// The paths [`selftest`] runs (its cases' `path`s), in order.
+pub const PATHS: [&str; 4] =
+    ["Vulkan -> GL buffer", "GL -> Vulkan buffer", "Vulkan -> GL texture", "GL -> Vulkan texture"];
 
 /// Runs the GL paths against `vk`'s device: a 1 MiB buffer and a 256x256 RGBA8 optimal texture,
 /// each written on one side and compared on the other.

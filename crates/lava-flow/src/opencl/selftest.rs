@@ -18,7 +18,8 @@ pub struct SelftestCase {
     pub result: Result<String>,
 }
 
-const PATHS: [&str; 4] =
+/// The paths [`selftest`] runs (its cases' `path`s), in order.
+pub const PATHS: [&str; 4] =
     ["Vulkan -> OpenCL buffer", "OpenCL -> Vulkan buffer", "Vulkan -> OpenCL image", "OpenCL -> Vulkan image"];
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {

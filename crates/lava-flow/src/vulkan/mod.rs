@@ -8,6 +8,7 @@ mod context;
 mod format;
 mod host;
 mod image;
+mod live;
 mod memory;
 
 pub use allocator::{MemoryAllocator, MemoryLocation};
@@ -16,6 +17,8 @@ pub use context::{DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanC
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};
+#[doc(hidden)]
+pub use live::{live_objects, LiveObjects};
 pub(crate) use memory::check_against_exporter;
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 
