@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Repeat every runnable path N times after a warm-up round and check that the process's
-    /// open fds and memory come back to where they were.
+    /// open fds and lava-flow's objects come back to where they were and that its memory does not
+    /// grow over the second half of the rounds.
     #[arg(long, value_name = "N")]
     soak: Option<u32>,
     /// Run only the paths whose name contains this text (repeat to name several).
@@ -288,6 +289,9 @@ pub fn run(args: &Args) -> CmdResult {
     } else {
         Progress::Quiet
     };
+    if args.soak.is_some() {
+        soak::steady_allocator();
+    }
     let mut runner = Runner::new(args.only.clone(), args.corrupt.clone(), progress);
     run_all(&mut runner);
     let mut results = std::mem::take(&mut runner.results);
