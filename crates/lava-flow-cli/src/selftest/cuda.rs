@@ -9,16 +9,16 @@ pub fn run(runner: &mut Runner) {
     use lava_flow::cuda::selftest::{run_path, PATHS};
     use lava_flow::VulkanContext;
 
+    const GROUP: &str = "cuda: Vulkan <-> CUDA buffers, images and semaphores";
     // The semaphore paths test external semaphores as much as CUDA.
     let api_of = |path: &str| if path.contains("semaphore") { "cuda+semaphores" } else { "cuda" };
+    let paths: Vec<_> = PATHS.iter().map(|p| (api_of(p), format!("cuda: {p}"))).collect();
+    if !runner.wants_any(paths.iter().map(|(_, p)| p.as_str()).chain([GROUP])) {
+        return;
+    }
     // Without libcuda every path stops at the same place: say it once (every path, where required).
     if let Err(e) = lava_flow::cuda::load_driver() {
-        let paths: Vec<_> = PATHS.iter().map(|p| (api_of(p), format!("cuda: {p}"))).collect();
-        return runner.skip_all(
-            ("cuda", "cuda: Vulkan <-> CUDA buffers, images and semaphores"),
-            &paths,
-            e.to_string(),
-        );
+        return runner.skip_all(("cuda", GROUP), &paths, e.to_string());
     }
     let ctx = VulkanContext::new();
     for path in PATHS {

@@ -100,21 +100,9 @@ struct PeerReport {
     error: Option<String>,
 }
 
-/// One cross-process path: what it moves, and how the fd travels.
-enum Case {
-    Buffer(Transport),
-    Image(ImageOptions, Transport),
-    Host(Transport),
-}
-
-/// Every path, named as the table shows it.
-fn cases() -> Vec<(String, Case)> {
-    let mut cases = Vec::new();
-    for transport in [Transport::ScmRights, Transport::Inherited] {
-        let how = transport_name(transport);
-        cases.push((format!("ipc: buffer device-local -> other process, {how}"), Case::Buffer(transport)));
-    }
-    let images = [
+/// The images handed to another process: name, options, how.
+fn images() -> [(&'static str, ImageOptions, Transport); 2] {
+    [
         (
             "image 2D rgba8unorm 256x256 optimal",
             ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256),
@@ -125,39 +113,53 @@ fn cases() -> Vec<(String, Case)> {
             ImageOptions::d2(TextureFormat::Rgba8Unorm, 256, 256).tiling(ImageTiling::Linear),
             Transport::Inherited,
         ),
-    ];
-    for (name, options, transport) in images {
-        let path = format!("ipc: {name} -> other process, {}", transport_name(transport));
-        cases.push((path, Case::Image(options, transport)));
-    }
-    for transport in [Transport::ScmRights, Transport::Inherited] {
-        let path = format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(transport));
-        cases.push((path, Case::Host(transport)));
-    }
-    cases
+    ]
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::ScmRights, Transport::Inherited];
+
+fn buffer_path(t: Transport) -> String {
+    format!("ipc: buffer device-local -> other process, {}", transport_name(t))
+}
+
+fn image_path(name: &str, t: Transport) -> String {
+    format!("ipc: {name} -> other process, {}", transport_name(t))
+}
+
+fn host_path(t: Transport) -> String {
+    format!("ipc: shared host memory, GPU copy <-> other process's mmap, {}", transport_name(t))
 }
 
 pub fn run(runner: &mut Runner) {
-    let cases = cases();
+    let paths: Vec<_> = TRANSPORTS
+        .into_iter()
+        .flat_map(|t| [buffer_path(t), host_path(t)])
+        .chain(images().map(|(name, _, t)| image_path(name, t)))
+        .map(|path| ("vulkan", path))
+        .collect();
+    if !runner.wants_any(paths.iter().map(|(_, p)| p.as_str()).chain(["ipc: two processes"])) {
+        return;
+    }
     let device = match VulkanContext::new() {
         Ok(ctx) => ctx,
-        Err(e) => {
-            let paths: Vec<_> = cases.into_iter().map(|(path, _)| ("vulkan", path)).collect();
-            return runner.skip_all(("vulkan", "ipc: two processes"), &paths, e.to_string());
-        }
+        // Without Vulkan every path stops at the same place: say it once (every path, where required).
+        Err(e) => return runner.skip_all(("vulkan", "ipc: two processes"), &paths, e.to_string()),
     };
-    for (path, case) in cases {
-        match case {
-            Case::Buffer(transport) => runner.run("vulkan", &path, BUFFER_SIZE, |r| {
-                buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
-            }),
-            Case::Image(options, transport) => runner.run("vulkan", &path, image_bytes(&options), |r| {
-                image_to_peer(&device, &options, transport, r.corrupt(&path))
-            }),
-            Case::Host(transport) => {
-                runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)))
-            }
-        }
+    for transport in TRANSPORTS {
+        let path = buffer_path(transport);
+        runner.run("vulkan", &path, BUFFER_SIZE, |r| {
+            buffer_to_peer(&device, MemoryKind::DeviceLocal, transport, r.corrupt(&path))
+        });
+    }
+    for (name, options, transport) in images() {
+        let path = image_path(name, transport);
+        runner.run("vulkan", &path, image_bytes(&options), |r| {
+            image_to_peer(&device, &options, transport, r.corrupt(&path))
+        });
+    }
+    for transport in TRANSPORTS {
+        let path = host_path(transport);
+        runner.run("vulkan", &path, BUFFER_SIZE, |r| host_to_peer(&device, transport, r.corrupt(&path)));
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Repeat every runnable path N times after a warm-up round and check that the process's
-    /// open fds and memory come back to where they were.
+    /// open fds and lava-flow's objects come back to where they were and that its memory does not
+    /// grow over the second half of the rounds.
     #[arg(long, value_name = "N")]
     soak: Option<u32>,
     /// Run only the paths whose name contains this text (repeat to name several).
@@ -149,6 +150,13 @@ impl Runner {
             Some(first) => first.iter().any(|r| r.path == path && r.outcome == Outcome::Pass),
             None => true,
         }
+    }
+
+    /// Whether any of `paths` is to run (see `--only`; in soak rounds, only paths that passed the
+    /// first round run). Each group asks before it opens a device, so that a soak narrowed with
+    /// `--only` opens no device for the groups it leaves out and can be bisected by path.
+    pub fn wants_any<S: AsRef<str>>(&self, paths: impl IntoIterator<Item = S>) -> bool {
+        paths.into_iter().any(|p| self.wanted(p.as_ref()))
     }
 
     /// Lists a path that cannot run here.
@@ -315,6 +323,9 @@ pub fn run(args: &Args) -> CmdResult {
     } else {
         Progress::Quiet
     };
+    if args.soak.is_some() {
+        soak::steady_allocator();
+    }
     let mut runner = Runner::new(args.only.clone(), args.corrupt.clone(), progress);
     run_all(&mut runner);
     let mut results = std::mem::take(&mut runner.results);

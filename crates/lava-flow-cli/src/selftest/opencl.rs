@@ -10,6 +10,9 @@ pub fn run(runner: &mut Runner) {
     // Without Vulkan or the library every path stops at the same place: say it once (every path,
     // where required).
     let paths: Vec<_> = lava_flow::opencl::selftest::PATHS.iter().map(|p| ("opencl", format!("opencl: {p}"))).collect();
+    if !runner.wants_any(paths.iter().map(|(_, p)| p.as_str()).chain([SUMMARY.1])) {
+        return;
+    }
     let ctx = match lava_flow::VulkanContext::new() {
         Ok(ctx) => ctx,
         Err(e) => return runner.skip_all(SUMMARY, &paths, e.to_string()),

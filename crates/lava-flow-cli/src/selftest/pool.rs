@@ -14,22 +14,28 @@ pub const POOLED_SIZE: u64 = 64 << 10;
 /// Buffers carved from the block per path.
 pub const POOLED_COUNT: usize = 4;
 
+/// The pool paths' names.
+const BETWEEN_DEVICES: &str = "pool: 4 pooled 64 KiB buffers of one block, device A <-> device B, cached imports";
+const TO_PEER: &str = "pool: 4 pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS";
+
+// The names above spell out the count and size.
+const _: () = assert!(POOLED_COUNT == 4 && POOLED_SIZE == 64 << 10);
+
 pub fn run(runner: &mut Runner) {
-    let devices_path =
-        format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block, device A <-> device B, cached imports");
-    let process_path =
-        format!("pool: {POOLED_COUNT} pooled 64 KiB buffers of one block -> other process, fds over SCM_RIGHTS");
+    if !runner.wants_any([BETWEEN_DEVICES, TO_PEER, "pool: pooled buffers"]) {
+        return;
+    }
     let pair = VulkanContext::new().and_then(|a| VulkanContext::with_uuid(a.identity().device_uuid).map(|b| (a, b)));
     let (a, b) = match pair {
         Ok(p) => p,
         Err(e) => {
-            let paths = [("vulkan", devices_path), ("vulkan", process_path)];
+            let paths = [("vulkan", BETWEEN_DEVICES.to_string()), ("vulkan", TO_PEER.to_string())];
             return runner.skip_all(("vulkan", "pool: pooled buffers"), &paths, e.to_string());
         }
     };
     let size = POOLED_SIZE * POOLED_COUNT as u64;
-    runner.run("vulkan", &devices_path, size, |r| between_devices(&a, &b, r.corrupt(&devices_path)));
-    runner.run("vulkan", &process_path, size, |r| to_peer(&a, r.corrupt(&process_path)));
+    runner.run("vulkan", BETWEEN_DEVICES, size, |r| between_devices(&a, &b, r.corrupt(BETWEEN_DEVICES)));
+    runner.run("vulkan", TO_PEER, size, |r| to_peer(&a, r.corrupt(TO_PEER)));
 }
 
 /// Allocates `POOLED_COUNT` pooled buffers on `ctx` (one block), each written with its own pattern.

@@ -67,6 +67,9 @@ const PATHS: [(&str, &str, u64); 7] = [
 ];
 
 pub fn run(runner: &mut Runner) {
+    if !runner.wants_any(PATHS.map(|(_, path, _)| path)) {
+        return;
+    }
     let pair = VulkanContext::new().and_then(|a| VulkanContext::with_index(a.info().index).map(|b| (a, b)));
     let (a, b) = match pair {
         Ok(p) => p,

@@ -42,20 +42,37 @@ pub fn gpu_write(buffer: &Buffer, data: &[u8]) -> lava_flow::Result<()> {
     tmp.copy_to(buffer)
 }
 
-/// The buffer paths: name, memory kind.
 const BUFFERS: [(&str, MemoryKind); 3] = [
     ("buffer device-local", MemoryKind::DeviceLocal),
     ("buffer host-visible", MemoryKind::HostVisible),
     ("buffer in shared host memory", MemoryKind::SharedHost),
 ];
 
+fn path_name(name: &str, tag: &str) -> String {
+    format!("vulkan: {name}, device A <-> device B{tag}")
+}
+
 /// Every path's name for one device (`tag` tells devices apart where there are several).
 fn path_names(tag: &str) -> Vec<(&'static str, String)> {
     let names = BUFFERS.iter().map(|(name, _)| *name).chain(images().into_iter().map(|(name, _)| name));
-    names.map(|name| ("vulkan", format!("vulkan: {name}, device A <-> device B{tag}"))).collect()
+    names.map(|name| ("vulkan", path_name(name, tag))).collect()
 }
 
 pub fn run(runner: &mut Runner) {
+    // Asked before the devices are listed, so that a run narrowed to other groups creates no
+    // Vulkan instance here: the names on a machine of one device, and with the tag that a
+    // machine of several devices adds (" [device N]", which `--only` text may name).
+    let names: Vec<String> = BUFFERS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(images().iter().map(|(name, _)| *name))
+        .map(|name| path_name(name, ""))
+        .chain(["vulkan: two devices".to_string()])
+        .collect();
+    let tagged = names.iter().flat_map(|n| (0..64).map(move |k| format!("{n} [device {k}]")));
+    if !runner.wants_any(names.iter().cloned().chain(tagged)) {
+        return;
+    }
     let devices = match VulkanContext::enumerate() {
         Ok(d) if !d.is_empty() => d,
         Ok(_) => {
@@ -77,11 +94,11 @@ pub fn run(runner: &mut Runner) {
             }
         };
         for (name, kind) in BUFFERS {
-            let path = format!("vulkan: {name}, device A <-> device B{tag}");
+            let path = path_name(name, &tag);
             runner.run("vulkan", &path, BUFFER_SIZE, |r| buffer_between(&a, &b, kind, r.corrupt(&path)));
         }
         for (name, options) in images() {
-            let path = format!("vulkan: {name}, device A <-> device B{tag}");
+            let path = path_name(name, &tag);
             let size = image_bytes(&options);
             runner.run("vulkan", &path, size, |r| image_between(&a, &b, &options, r.corrupt(&path)));
         }

@@ -75,7 +75,7 @@ pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) ->
     }
 }
 
-/// The paths, in the order [`selftest`] reports them.
+/// The paths [`selftest`] runs (its cases' `path`s), in order.
 pub const PATHS: [&str; 4] =
     ["Vulkan -> GL buffer", "GL -> Vulkan buffer", "Vulkan -> GL texture", "GL -> Vulkan texture"];
 

@@ -18,7 +18,7 @@ pub struct SelftestCase {
     pub result: Result<String>,
 }
 
-/// The paths, in the order [`selftest`] reports them.
+/// The paths [`selftest`] runs (its cases' `path`s), in order.
 pub const PATHS: [&str; 4] =
     ["Vulkan -> OpenCL buffer", "OpenCL -> Vulkan buffer", "Vulkan -> OpenCL image", "OpenCL -> Vulkan image"];
 

@@ -154,6 +154,8 @@ pub(crate) struct ContextInner {
     pub(crate) external_fence_fd: Option<ash::khr::external_fence_fd::Device>,
     pub(crate) command_pool: Mutex<vk::CommandPool>,
     pub(crate) deferred_errors: Mutex<Vec<String>>,
+    /// Counted in `live_objects()` while the device is open.
+    _live: super::live::Live,
 }
 
 impl std::fmt::Debug for VulkanContext {
@@ -492,6 +494,7 @@ impl VulkanContext {
             host_import_alignment,
             command_pool: Mutex::new(command_pool),
             deferred_errors: Mutex::new(Vec::new()),
+            _live: super::live::Live::context(),
         };
         Ok(VulkanContext { inner: Arc::new(inner) })
     }

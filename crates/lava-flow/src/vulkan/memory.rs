@@ -52,6 +52,8 @@ pub struct DeviceMemory {
     /// Pool blocks keep the fd of their first export and hand out duplicates, so a buffer carved
     /// from a block exports with a `dup` instead of a `vkGetMemoryFdKHR`. `None`: fresh fd each time.
     kept_export: Option<Mutex<Option<OwnedFd>>>,
+    /// Counted in `live_objects()` while allocated.
+    _live: super::live::Live,
 }
 
 impl std::fmt::Debug for DeviceMemory {
@@ -184,6 +186,7 @@ impl DeviceMemory {
             mapped: Mutex::new(None),
             import_kind: None,
             kept_export: None,
+            _live: super::live::Live::memory(),
         }
     }
 

@@ -9,6 +9,7 @@ mod format;
 mod host;
 mod image;
 mod limits;
+mod live;
 mod memory;
 
 pub use allocator::{MemoryAllocator, MemoryLocation};
@@ -17,6 +18,8 @@ pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDev
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};
+#[doc(hidden)]
+pub use live::{live_objects, LiveObjects};
 pub(crate) use memory::{allocation_id_prefix, check_against_exporter, next_allocation_id};
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 
