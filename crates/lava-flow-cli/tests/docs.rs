@@ -85,7 +85,9 @@ fn output_of(command_line: &str) -> String {
 
 fn is_uuid(s: &[char]) -> bool {
     s.len() == 36
-        && s.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == '-' } else { c.is_ascii_hexdigit() })
+        && s.iter()
+            .enumerate()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 /// One line with what changes between runs and machines replaced by placeholders.
@@ -115,7 +117,10 @@ fn normalise_line(line: &str) -> String {
                 }
             }
         } else if chars[i].is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_ascii_digit() || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))) {
+            while i < chars.len()
+                && (chars[i].is_ascii_digit()
+                    || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+            {
                 i += 1;
             }
             out.push('N');
@@ -267,16 +272,13 @@ fn the_normaliser_keeps_words_and_drops_what_changes() {
     );
     assert_eq!(normalise_line("------  ---"), "---");
     assert_eq!(
-        normalise_line("manifests on this machine: /usr/share/vulkan/icd.d/a.json, /usr/share/vulkan/icd.d/b.json: unset"),
+        normalise_line(
+            "manifests on this machine: /usr/share/vulkan/icd.d/a.json, /usr/share/vulkan/icd.d/b.json: unset"
+        ),
         "manifests on this machine: <manifest>: unset"
     );
-    assert_eq!(shell_words(r#"VK=/x lava-flow selftest --only "vulkan: " --only 'a b'"#), [
-        "VK=/x",
-        "lava-flow",
-        "selftest",
-        "--only",
-        "vulkan: ",
-        "--only",
-        "a b"
-    ]);
+    assert_eq!(
+        shell_words(r#"VK=/x lava-flow selftest --only "vulkan: " --only 'a b'"#),
+        ["VK=/x", "lava-flow", "selftest", "--only", "vulkan: ", "--only", "a b"]
+    );
 }
