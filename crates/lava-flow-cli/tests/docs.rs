@@ -8,7 +8,8 @@
 //!
 //! The samples are captured on lavapipe and llvmpipe without CUDA or OpenCL; elsewhere the test
 //! prints `SKIPPED (docs machine): ...`. `LAVA_FLOW_BLESS_DOCS=1` rewrites the blocks with this
-//! machine's output instead of comparing.
+//! machine's output instead of comparing. The commands run without `LAVA_FLOW_REQUIRE` unless a
+//! sample sets it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ fn shell_words(line: &str) -> Vec<String> {
 fn output_of(command_line: &str) -> String {
     let words = shell_words(command_line);
     let mut cmd = lava_flow();
+    // The samples show what a user sees, with no test suite's requirements.
+    cmd.env_remove("LAVA_FLOW_REQUIRE");
     let mut args = words.iter();
     for word in args.by_ref() {
         if word == "lava-flow" {
