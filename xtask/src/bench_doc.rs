@@ -1,6 +1,6 @@
 //! `cargo xtask bench-doc CPU.json [GPU.json]`: turns `lava-flow bench --json` files into the
 //! tables and plots of docs/BENCHMARKS.md. The CLI renders them (`bench --from-json --markdown
-//! --plots`); this copies each JSON to docs/bench/<machine>.json, writes the SVGs beside it and
+//! --plots`); this copies each JSON to `docs/bench/<machine>.json`, writes the SVGs beside it and
 //! replaces the text between the machine's markers in the document:
 //! `<!-- bench-doc:cpu begin -->` ... `<!-- bench-doc:cpu end -->` (and `gpu`).
 

@@ -3,9 +3,11 @@
 //! Only `std`: this runs before anything else is built, so it must compile fast and fetch nothing.
 
 mod bench_doc;
+mod docs_check;
 mod driver;
 mod fuzz;
 mod gpu_test;
+mod msrv;
 mod report;
 mod require;
 mod run;
@@ -20,15 +22,31 @@ usage: cargo xtask <command>
 
 commands:
   demo       set up a Vulkan driver if none is found, then run `lava-flow selftest` and `lava-flow info`
-  test       set up drivers, then the whole suite: fmt, clippy (all features, then each feature set users
-             can pick), tests (nextest), doc tests, examples, the soak (`lava-flow selftest --soak`) and the
-             fuzz targets (libFuzzer on nightly, else a replay). Runs with LAVA_FLOW_REQUIRE=vulkan,gl unless
-             LAVA_FLOW_REQUIRE is set; the last line is `N passed, M failed, K skipped`
+  test       set up drivers, then the whole suite (README.md lists its steps). Runs with
+             LAVA_FLOW_REQUIRE=vulkan,gl unless LAVA_FLOW_REQUIRE is set; prints one line per step (each
+             step's output is in target/xtask-logs/, and printed when the step fails), then the summary;
+             the last line is `N passed, M failed, K skipped`
   bench-doc CPU.json [GPU.json]
              regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
   help       this text
 ";
+
+/// The steps of `cargo xtask test`, in order: the start of each step's name in the summary, and
+/// what it checks. README.md lists them (a test compares), and `test` fails when it runs a step
+/// this list does not name.
+pub const STEPS: [(&str, &str); 10] = [
+    ("cargo fmt --check", "formatting"),
+    ("cargo clippy -D warnings", "clippy on the workspace, all features, all targets"),
+    ("clippy per feature set", "clippy on the CLI with each feature set users can pick, and raw-gpu-handle alone"),
+    ("cargo doc -D warnings", "rustdoc: broken intra-doc links and missing docs of the public API fail"),
+    ("msrv", "`cargo check` with the toolchain `rust-version` names, where it is installed"),
+    ("tests", "every test, through cargo-nextest (`cargo test` where it is absent)"),
+    ("doc tests", "the examples in the API docs"),
+    ("build examples", "the programs in crates/lava-flow/examples"),
+    ("soak", "`lava-flow selftest --soak 50`: every path again and again, fds and memory checked"),
+    ("fuzz", "the fuzz targets: libFuzzer on nightly, else a replay of the corpus"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,10 +82,10 @@ fn demo() -> Result<(), String> {
     let mut selftest = std::process::Command::new(&bin);
     selftest.arg("selftest").envs(vk_env.iter().cloned());
     // A failing selftest still shows `info`: it tells what the machine lacks.
-    let selftest_ok = summary.run(Step::new("lava-flow selftest", selftest).keep_going()).is_ok();
+    let selftest_ok = summary.run(Step::new("lava-flow selftest", selftest).shown().keep_going()).is_ok();
     let mut info = std::process::Command::new(&bin);
     info.arg("info").envs(vk_env.iter().cloned());
-    summary.run(Step::new("lava-flow info", info).keep_going())?;
+    summary.run(Step::new("lava-flow info", info).shown().keep_going())?;
     summary.print(started);
     if selftest_ok && summary.all_passed() {
         Ok(())
@@ -119,6 +137,10 @@ fn test() -> Result<(), String> {
     // raw-gpu-handle without its `serde` feature (lava-flow always turns it on).
     per_feature_set.push(cargo(&["clippy", "--package", "raw-gpu-handle", "--", "-D", "warnings"]));
     summary.run(Step::all("clippy per feature set", per_feature_set).keep_going())?;
+    let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    summary.run(Step::new("cargo doc -D warnings", doc).keep_going())?;
+    msrv::step(&mut summary)?;
     if run::has_nextest() {
         // The `suite` profile (.config/nextest.toml) writes a JUnit report with every test's
         // output, where the skip markers are read from: the run itself stays one line per test.
@@ -126,7 +148,7 @@ fn test() -> Result<(), String> {
         let reports = [run::target_dir(), run::root().join("target")]
             .map(|dir| dir.join("nextest").join("suite").join("junit.xml"))
             .to_vec();
-        summary.run(Step::new("cargo nextest run", cmd).junit(reports).keep_going())?;
+        summary.run(Step::new("tests: cargo nextest run", cmd).junit(reports).keep_going())?;
     } else {
         println!("xtask: cargo-nextest is not installed; falling back to `cargo test` (install it: https://nexte.st)");
         // One test at a time (the fd counts are per process), with its output, where the skip
@@ -143,7 +165,7 @@ fn test() -> Result<(), String> {
             "--test-threads=1",
             "--nocapture",
         ]));
-        summary.run(Step::new("cargo test (nextest absent)", cmd).libtest().keep_going())?;
+        summary.run(Step::new("tests: cargo test (nextest absent)", cmd).libtest().keep_going())?;
     }
     summary.run(
         Step::new("doc tests", with_env(cargo(&["test", "--workspace", "--all-features", "--doc"])))
@@ -173,6 +195,9 @@ fn test() -> Result<(), String> {
     };
     fuzz::steps(&mut summary, replay)?;
     summary.print(started);
+    if let Some(name) = summary.names().find(|n| !STEPS.iter().any(|(start, _)| n.starts_with(start))) {
+        return Err(format!("test: the step `{name}` is missing from xtask's STEPS (and README.md's list)"));
+    }
     if summary.all_passed() {
         Ok(())
     } else {

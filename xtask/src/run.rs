@@ -3,10 +3,9 @@
 //! `N passed, M failed, K skipped`: every test of the steps that run tests (self-reported skips
 //! counted as skipped), and every other step as one.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::report::{self, Tally, TestRun};
@@ -82,21 +81,29 @@ pub struct Step {
     cmds: Vec<Command>,
     keep_going: bool,
     count: Count,
+    /// Output goes to the terminal as it comes (`demo`, whose output is what the user asked for).
+    shown: bool,
 }
 
 impl Step {
     pub fn new(name: &str, cmd: Command) -> Step {
-        Step { name: name.into(), cmds: vec![cmd], keep_going: false, count: Count::Step }
+        Step { name: name.into(), cmds: vec![cmd], keep_going: false, count: Count::Step, shown: false }
     }
 
     /// Several commands as one step; each runs even when one before it failed.
     pub fn all(name: &str, cmds: Vec<Command>) -> Step {
-        Step { name: name.into(), cmds, keep_going: false, count: Count::Step }
+        Step { name: name.into(), cmds, keep_going: false, count: Count::Step, shown: false }
     }
 
     /// A failure is recorded and the task goes on to the next step (it still fails at the end).
     pub fn keep_going(mut self) -> Step {
         self.keep_going = true;
+        self
+    }
+
+    /// The commands' output goes to the terminal, not to a log.
+    pub fn shown(mut self) -> Step {
+        self.shown = true;
         self
     }
 
@@ -149,47 +156,70 @@ pub struct Summary {
 
 impl Summary {
     /// Runs `step`, returning whether it passed; `Err` when it failed and may not be passed over.
+    ///
+    /// The step's output (stdout and stderr of every command) goes to a log file under
+    /// `target/xtask-logs/`, not to the terminal: a step prints one line, and a failed step then
+    /// prints its log (the last [`LOG_LINES_ON_FAILURE`] lines of it, with the file's path).
     pub fn run(&mut self, mut step: Step) -> Result<bool, String> {
         let started = Instant::now();
         let mut passed = true;
-        let mut output = String::new();
         if let Count::Junit(paths) = &step.count {
             for p in paths {
                 let _ = std::fs::remove_file(p);
             }
         }
+        let log_path = log_dir().join(format!("{}.log", slug(&step.name)));
+        if step.shown {
+            println!("==> {}", step.name);
+        } else {
+            print!("{:<52} ", step.name);
+        }
+        let _ = std::io::stdout().flush();
+        let mut log = String::new();
         for cmd in &mut step.cmds {
-            println!("\n==> {}: {}", step.name, describe(cmd));
-            let _ = std::io::stdout().flush();
-            let status = match step.count {
-                Count::Libtest => run_capturing(cmd, &mut output),
-                _ => cmd.status(),
-            };
+            log.push_str(&format!("$ {}\n", describe(cmd)));
+            let status = if step.shown { cmd.status() } else { run_capturing(cmd, &mut log) };
             match status {
                 Ok(s) if s.success() => {}
-                Ok(_) => passed = false,
+                Ok(s) => {
+                    log.push_str(&format!("xtask: `{}` exited with {s}\n", describe(cmd)));
+                    passed = false;
+                }
                 Err(e) => {
-                    eprintln!("xtask: could not start `{}`: {e}", describe(cmd));
+                    log.push_str(&format!("xtask: could not start `{}`: {e}\n", describe(cmd)));
                     passed = false;
                 }
             }
         }
         let elapsed = started.elapsed();
+        let _ = std::fs::create_dir_all(log_dir());
+        let saved = std::fs::write(&log_path, &log).is_ok();
         let tests = match &step.count {
             Count::Step => None,
-            Count::Libtest => Some(report::from_libtest(&output)),
+            Count::Libtest => Some(report::from_libtest(&log)),
             Count::Junit(paths) => {
                 paths.iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|xml| report::from_junit(&xml))
             }
         };
         let record = Record { name: step.name.clone(), passed, elapsed, tests };
-        let counted = record.tests.as_ref().map(|_| format!(": {}", record.tally())).unwrap_or_default();
-        println!("<== {}: {} in {}{counted}", step.name, if passed { "ok" } else { "FAILED" }, fmt_duration(elapsed));
+        let counted = record.tests.as_ref().map(|_| format!("  {}", record.tally())).unwrap_or_default();
+        if step.shown {
+            print!("<== {} ", step.name);
+        }
+        println!("{:<6} {:>8}{counted}", if passed { "ok" } else { "FAILED" }, fmt_duration(elapsed));
+        if !passed {
+            print_failure_log(&step.name, &log, saved.then_some(&log_path));
+        }
         self.records.push(record);
         if !passed && !step.keep_going {
             return Err(format!("{} failed", step.name));
         }
         Ok(passed)
+    }
+
+    /// The names of the steps run so far.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.records.iter().map(|r| r.name.as_str())
     }
 
     pub fn all_passed(&self) -> bool {
@@ -241,40 +271,65 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Runs `cmd` with its output passed through line by line, and appends its stdout to `output`.
+/// How much of a failed step's log is printed (the end of it, where the failure is).
+pub const LOG_LINES_ON_FAILURE: usize = 400;
+
+/// Where each step's output is kept: `target/xtask-logs/<step>.log`, rewritten by every run.
+pub fn log_dir() -> PathBuf {
+    target_dir().join("xtask-logs")
+}
+
+/// A file name for a step: its name's letters and digits, the rest as `-`.
+fn slug(name: &str) -> String {
+    let mut s = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    s.trim_matches('-').to_string()
+}
+
+/// The end of a failed step's log, framed by its name and the file that holds all of it.
+fn print_failure_log(name: &str, log: &str, path: Option<&PathBuf>) {
+    let lines: Vec<&str> = log.lines().collect();
+    let shown = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+    let whole = path.map(|p| format!(" (all of it: {})", p.display())).unwrap_or_default();
+    if shown.len() < lines.len() {
+        println!("---- {name}: the last {} of {} lines of its output{whole}", shown.len(), lines.len());
+    } else {
+        println!("---- {name}: its output{whole}");
+    }
+    for line in shown {
+        println!("{line}");
+    }
+    println!("---- end of {name}");
+}
+
+/// Runs `cmd` with stdout and stderr captured, both appended to `output` (stderr's lines after
+/// stdout's: libtest's and nextest's counts are read from stdout, which stays in order).
 fn run_capturing(cmd: &mut Command, output: &mut String) -> std::io::Result<std::process::ExitStatus> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
-    let kept = Arc::new(Mutex::new(String::new()));
-    let out = child.stdout.take().map(|s| pump(s, false, Some(kept.clone())));
-    let err = child.stderr.take().map(|s| pump(s, true, None));
+    let out = child.stdout.take().map(pump);
+    let err = child.stderr.take().map(pump);
     let status = child.wait();
     for t in [out, err].into_iter().flatten() {
-        let _ = t.join();
+        if let Ok(text) = t.join() {
+            output.push_str(&text);
+        }
     }
-    output.push_str(&kept.lock().unwrap_or_else(|p| p.into_inner()));
     status
 }
 
-fn pump(
-    stream: impl Read + Send + 'static,
-    to_stderr: bool,
-    keep: Option<Arc<Mutex<String>>>,
-) -> std::thread::JoinHandle<()> {
+/// Reads a child's stream to its end on a thread of its own (a full pipe would block the child).
+fn pump(mut stream: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if to_stderr {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
-            if let Some(keep) = &keep {
-                let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
-                k.push_str(&line);
-                k.push('\n');
-            }
-        }
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
     })
 }
 
@@ -311,5 +366,19 @@ mod tests {
         assert_eq!(build_error.tally(), Tally { passed: 0, failed: 1, skipped: 0 });
         let unreadable = record("cargo nextest run", false, None);
         assert_eq!(unreadable.tally(), Tally { passed: 0, failed: 1, skipped: 0 });
+    }
+
+    #[test]
+    fn a_step_keeps_its_output_in_a_log_and_a_failed_step_is_recorded() {
+        let mut summary = Summary::default();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out-line; echo err-line >&2; exit 3"]);
+        assert_eq!(summary.run(Step::new("xtask self-check: failing step", cmd).keep_going()), Ok(false));
+        let log = std::fs::read_to_string(log_dir().join("xtask-self-check-failing-step.log")).unwrap();
+        assert!(log.contains("out-line") && log.contains("err-line") && log.contains("exited with"), "{log}");
+        assert!(!summary.all_passed());
+        let mut ok = Command::new("true");
+        ok.arg("--");
+        assert!(Summary::default().run(Step::new("xtask self-check: passing step", ok)).unwrap());
     }
 }

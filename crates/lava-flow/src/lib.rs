@@ -24,6 +24,7 @@
 //! - `Drop` never panics.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod error;

@@ -18,7 +18,7 @@
 //!   `SKIPPED (<api> capability): <reason>`; never a failure under `LAVA_FLOW_REQUIRE`, since the
 //!   driver decides it (except for `semaphores`, which is itself a name to require: a test needing
 //!   external semaphores calls [`skip`]`("semaphores", ...)`). An operation's
-//!   [`Error::Unsupported`](crate::Error::Unsupported) is such an answer only when its `rule` names
+//!   [`Error::Unsupported`] is such an answer only when its `rule` names
 //!   the capability query the test expects to decide ([`skip_refused`] checks it); any other
 //!   `Unsupported` from an operation the query allowed is a failure.
 //! - [`Cases`]: a test that runs several cases (formats, shapes, matrix cells) counts them; a

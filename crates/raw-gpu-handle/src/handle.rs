@@ -3,6 +3,7 @@ use std::fmt;
 /// How an allocation's OS handle is to be interpreted by the importer.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum MemoryHandleKind {
     /// A driver-private fd (`VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT`,
@@ -51,6 +52,7 @@ impl fmt::Display for MemoryHandleKind {
 /// How a semaphore's OS handle is to be interpreted.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum SemaphoreHandleKind {
     /// `VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD_BIT`; CUDA's `OPAQUE_FD` (binary) or
@@ -81,6 +83,7 @@ impl fmt::Display for SemaphoreHandleKind {
 /// How a fence's OS handle is to be interpreted.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum FenceHandleKind {
     /// `VK_EXTERNAL_FENCE_HANDLE_TYPE_OPAQUE_FD_BIT` (reference semantics).

@@ -3,6 +3,7 @@ use crate::{DeviceIdentity, FenceHandleKind, SemaphoreHandleKind};
 /// Binary or timeline semaphore.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum SemaphoreKind {
     /// Signalled once, waited once (`VK_SEMAPHORE_TYPE_BINARY`; the only kind GL and OpenCL have).
     Binary,

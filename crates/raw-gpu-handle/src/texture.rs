@@ -4,6 +4,7 @@ use std::fmt;
 /// format with a channel count, one GL internal format and one OpenCL image format.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum TextureFormat {
     /// One 8-bit unsigned normalized channel.
@@ -99,6 +100,7 @@ impl fmt::Display for TextureFormat {
 /// The shape of a texture. Arrays carry their layer count in [`TextureDescription::array_layers`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum TextureDimension {
     /// One-dimensional: height and depth are 1.
     D1,
@@ -146,6 +148,7 @@ pub struct PlaneLayout {
 /// How texels are laid out in memory.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum TextureTiling {
     /// Row-major; importers that read memory directly (a CUDA linear buffer, GL's linear tiling)
     /// need the pitches. `array_pitch` is the distance between layers, `depth_pitch` between 3D

@@ -46,7 +46,7 @@ pub const GROUPS: [&str; 5] = ["vulkan", "pool", "cuda", "opencl", "gl"];
 
 /// Whether a bigger figure is better (bandwidth) or a smaller one (latency).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Better {
     Lower,
     Higher,

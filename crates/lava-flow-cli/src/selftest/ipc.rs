@@ -42,7 +42,7 @@ pub enum Transport {
 
 /// What the peer receives, without its fd.
 #[derive(Serialize, Deserialize, Debug)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Shared {
     /// A Vulkan buffer, imported by the peer into its own VkDevice.
     Buffer { memory: MemoryDescription, buffer: BufferDescription },
@@ -83,7 +83,7 @@ pub struct PeerArgs {
 
 /// How the peer's side went.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 enum PeerOutcome {
     Pass,
     /// See [`PathError::Unavailable`].

@@ -44,7 +44,7 @@ pub struct Args {
 
 /// How a path ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", content = "reason", rename_all = "snake_case")]
+#[serde(tag = "result", content = "reason", rename_all = "kebab-case")]
 pub enum Outcome {
     Pass,
     Fail(String),

@@ -1,4 +1,4 @@
-//! lava-flow's own CUDA kernels ([`KERNELS_PTX`](super::KERNELS_PTX)), loaded with
+//! lava-flow's own CUDA kernels ([`KERNELS_PTX`]), loaded with
 //! `cuModuleLoadData` and launched with `cuLaunchKernel`: no NVRTC needed at run time.
 
 use std::ffi::{c_void, CString};
