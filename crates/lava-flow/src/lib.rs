@@ -25,11 +25,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod bench;
 pub mod error;
 pub mod fd;
 pub mod limits;
-pub mod testing;
 pub mod vulkan;
 
 pub use error::{Error, Result};

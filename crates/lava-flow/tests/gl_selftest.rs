@@ -4,8 +4,9 @@
 
 mod common;
 
-use lava_flow::gl::{bench, selftest, GlContext};
-use lava_flow::testing;
+use lava_flow::gl::GlContext;
+use lava_flow_diag::testing;
+use lava_flow_diag::{bench::gl as bench, selftest::gl as selftest};
 
 #[test]
 fn selftest_paths_pass() {

@@ -4,8 +4,9 @@
 
 mod common;
 
-use lava_flow::opencl::{bench, selftest, ClContext};
-use lava_flow::testing;
+use lava_flow::opencl::ClContext;
+use lava_flow_diag::testing;
+use lava_flow_diag::{bench::opencl as bench, selftest::opencl as selftest};
 
 #[test]
 fn selftest_paths_pass_or_are_unavailable() {

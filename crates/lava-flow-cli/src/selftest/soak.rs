@@ -112,7 +112,7 @@ impl Probe {
 
     fn levels(&self) -> Levels {
         Levels {
-            open_fds: lava_flow::testing::open_fd_count(),
+            open_fds: lava_flow_diag::testing::open_fd_count(),
             rss_kib: rss_kib(),
             vulkan_heap_usage: self.vulkan.as_ref().ok().and_then(|c| c.heap_usage()).map(|h| h.iter().sum()),
             cuda_used: self.cuda_used(),
