@@ -273,8 +273,8 @@ fn unescape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The literals lava-flow's own test (tests/testing_require.rs) checks `skip_line` and
-    /// `case_skip_line` against: the two sides agree on the format.
+    /// The literals lava-flow's own test (crates/lava-flow-diag/tests/testing_require.rs) checks
+    /// `skip_line` and `case_skip_line` against: the two sides agree on the format.
     #[test]
     fn reads_the_markers_lava_flow_prints() {
         assert_eq!(
