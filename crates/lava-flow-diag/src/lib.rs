@@ -6,7 +6,7 @@
 //!   `LAVA_FLOW_REQUIRE` names it), count the cases of a test, count open fds.
 //! - [`selftest`]: end-to-end checks of every Vulkan <-> CUDA, OpenCL and GL path, each moving a
 //!   pattern and checking every byte on the other side.
-//! - [`bench`]: lava-flow measured against the raw API calls doing the same work, in one run
+//! - [`bench`](mod@bench): lava-flow measured against the raw API calls doing the same work, in one run
 //!   ([`bench::BenchRow`]).
 //! - [`raw_vk`]: the plain ash calls the CUDA self-tests and benchmarks record and submit
 //!   (exportable semaphores, queue-family transfers, the bare export the raw figures time).

@@ -12,13 +12,13 @@
 //!   open), or what [`NAMES`] lists beside the APIs. Prints `SKIPPED (<name> unavailable): <reason>`;
 //!   panics instead when `LAVA_FLOW_REQUIRE` names it. [`or_skip`] is for *opening* an API
 //!   (`VulkanContext::new`, `GlContext::for_identity`, ...), where every
-//!   [`Error::is_unavailable`](lava_flow::Error::is_unavailable) error means that API cannot be used.
+//!   [`Error::is_unavailable`] error means that API cannot be used.
 //! - [`skip_capability`] / [`skip_refused`]: the API is here, but the driver's capability query
 //!   says no (a format, tiling, memory kind or extension it cannot share). Prints
 //!   `SKIPPED (<api> capability): <reason>`; never a failure under `LAVA_FLOW_REQUIRE`, since the
 //!   driver decides it (except for `semaphores`, which is itself a name to require: a test needing
 //!   external semaphores calls [`skip`]`("semaphores", ...)`). An operation's
-//!   [`Error::Unsupported`](lava_flow::Error::Unsupported) is such an answer only when its `rule` names
+//!   [`Error::Unsupported`] is such an answer only when its `rule` names
 //!   the capability query the test expects to decide ([`skip_refused`] checks it); any other
 //!   `Unsupported` from an operation the query allowed is a failure.
 //! - [`Cases`]: a test that runs several cases (formats, shapes, matrix cells) counts them; a
@@ -193,7 +193,7 @@ fn check_refusal(query: &str, err: &Error) {
 
 /// Unwraps the result of opening an API (`VulkanContext::new`, `GlContext::for_identity`,
 /// `CudaDevice::for_identity`, ...), or skips (see [`skip`]) when the error means the API cannot
-/// be used here ([`Error::is_unavailable`](lava_flow::Error::is_unavailable): no library, no device, a
+/// be used here ([`Error::is_unavailable`]: no library, no device, a
 /// driver lacking what lava-flow needs to open it). Other errors panic. Not for operations on an
 /// opened API: there an [`Error::Unsupported`] is the driver's capability answer
 /// ([`skip_refused`]) or a bug.

@@ -69,7 +69,8 @@ impl GlContext {
     }
 }
 
-/// The checks and calls of one import, shared with the raw-call benchmark's counterpart.
+/// The checks and calls of one memory-object import (every buffer and texture import of a
+/// [`GlContext`] goes through it).
 fn import_memory_object(
     gl: &CurrentGl<'_>,
     ctx: &GlContext,
