@@ -23,6 +23,8 @@
 //!   a user would otherwise make at every hand-off (device to device, or read back through the
 //!   host and uploaded again).
 
+pub mod kernels;
+
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
@@ -34,8 +36,8 @@ use ash::vk;
 use cudarc::driver::sys;
 use raw_gpu_handle::SemaphoreKind;
 
+use self::kernels::Kernels;
 use crate::raw_vk::{raw_export_fd, VkSemaphore};
-use lava_flow::cuda::kernels::Kernels;
 use lava_flow::cuda::{check, driver_error, CudaBuffer, CudaDevice, CudaSemaphore};
 use lava_flow::pool::{AllocationStrategy, CacheOutcome};
 use lava_flow::vulkan::{BufferOptions, MemoryKind};

@@ -20,7 +20,6 @@
 
 mod cache;
 mod device;
-pub mod kernels;
 mod memory;
 mod semaphore;
 mod texture;
