@@ -1,7 +1,7 @@
 //! Reading what the tests ran: nextest's JUnit report and libtest's output, with the skip markers
-//! `lava_flow::testing` prints, into counts and skips grouped by reason.
+//! `lava_flow_diag::testing` prints, into counts and skips grouped by reason.
 //!
-//! The markers (crates/lava-flow/src/testing.rs, `skip_line` and `case_skip_line`):
+//! The markers (crates/lava-flow-diag/src/testing.rs, `skip_line` and `case_skip_line`):
 //! - `SKIPPED (<tag>): <reason>`: the whole test skipped (it passes, and counts as skipped);
 //! - `SKIPPED CASE [<case>] (<tag>): <reason>`: one case of a test that ran others.
 //!
@@ -273,8 +273,8 @@ fn unescape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The literals lava-flow's own test (tests/testing_require.rs) checks `skip_line` and
-    /// `case_skip_line` against: the two sides agree on the format.
+    /// The literals lava-flow's own test (crates/lava-flow-diag/tests/testing_require.rs) checks
+    /// `skip_line` and `case_skip_line` against: the two sides agree on the format.
     #[test]
     fn reads_the_markers_lava_flow_prints() {
         assert_eq!(

@@ -4,7 +4,7 @@
 //! Vulkan and GL tests that skip would be tests that silently did not run: the suite requires
 //! `vulkan,gl` unless `LAVA_FLOW_REQUIRE` is already set, the same on a laptop and in CI.
 
-/// The names lava-flow understands (`lava_flow::testing::NAMES`; a test below keeps the two the
+/// The names lava-flow understands (`lava_flow_diag::testing::NAMES`; a test below keeps the two the
 /// same), besides `all`.
 pub const NAMES: [&str; 7] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "root"];
 
@@ -74,7 +74,7 @@ mod tests {
     /// The list here and lava-flow's are one list.
     #[test]
     fn names_are_lava_flows() {
-        let source = std::fs::read_to_string(crate::run::root().join("crates/lava-flow/src/testing.rs")).unwrap();
+        let source = std::fs::read_to_string(crate::run::root().join("crates/lava-flow-diag/src/testing.rs")).unwrap();
         let line = source.lines().find(|l| l.starts_with("pub const NAMES:")).expect("testing::NAMES");
         let list = &line[line.find("= [").expect("an array") + 3..line.rfind(']').unwrap()];
         let theirs: Vec<&str> = list.split(',').map(|n| n.trim().trim_matches('"')).filter(|n| !n.is_empty()).collect();

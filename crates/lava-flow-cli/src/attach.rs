@@ -1,12 +1,12 @@
 //! `lava-flow attach`: connect to a `lava-flow serve`, import what it shares into one API, verify
-//! the pattern, and print what arrived and how long each step took (`lava_flow::ipc::attach`).
+//! the pattern, and print what arrived and how long each step took (`lava_flow_diag::pattern::attach`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lava_flow::ipc::{attach, AttachApi, AttachOptions};
 use lava_flow::DeviceSelector;
+use lava_flow_diag::pattern::{attach, AttachApi, AttachOptions};
 
 use crate::table::{self, Table};
 use crate::CmdResult;

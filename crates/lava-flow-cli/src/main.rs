@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Selftest(args) => {
             // A name LAVA_FLOW_REQUIRE does not know must not pass as no requirement.
-            if let Err(e) = lava_flow::testing::required() {
+            if let Err(e) = lava_flow_diag::testing::required() {
                 eprintln!("lava-flow: {e}");
                 return ExitCode::from(2);
             }

@@ -1,12 +1,13 @@
 //! `lava-flow serve`: allocate, fill a known pattern, and share it with every client of a Unix
-//! socket (the protocol of docs/PROTOCOL.md), through `lava_flow::ipc::serve_pattern`.
+//! socket (the protocol of docs/PROTOCOL.md), through `lava_flow_diag::pattern::serve_pattern`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lava_flow::ipc::{serve_pattern, ObjectDescription, ServeMemory, ServeOptions, ServerConfig, ServerStats};
+use lava_flow::ipc::{ObjectDescription, ServerConfig, ServerStats};
 use lava_flow::MemoryLocation;
+use lava_flow_diag::pattern::{serve_pattern, ServeMemory, ServeOptions};
 
 use crate::stop::StopSignal;
 use crate::table::{self, Table};

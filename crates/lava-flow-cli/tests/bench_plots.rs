@@ -24,7 +24,7 @@ fn scratch(tag: &str) -> PathBuf {
 
 #[test]
 fn quick_bench_draws_svg_plots_and_renders_markdown_from_its_json() {
-    let Some(_ctx) = lava_flow::testing::or_skip("vulkan", lava_flow::VulkanContext::new()) else { return };
+    let Some(_ctx) = lava_flow_diag::testing::or_skip("vulkan", lava_flow::VulkanContext::new()) else { return };
     let dir = scratch("run");
     let json = dir.join("bench.json");
     let plots = dir.join("plots");

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use lava_flow::raw_gpu_handle::{FenceHandleKind, SemaphoreHandleKind, SemaphoreKind};
 use lava_flow::vulkan::sync::SyncCapabilities;
-use lava_flow::{testing, VulkanContext};
+use lava_flow::VulkanContext;
+use lava_flow_diag::testing;
 use serde_json::Value;
 
 fn lava_flow() -> Command {
@@ -304,7 +305,7 @@ fn an_unknown_required_name_is_a_command_line_error() {
     assert_eq!(out.status.code(), Some(2), "a bad LAVA_FLOW_REQUIRE is a bad command line");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`cudaa` is not a name") && err.contains("did you mean `cuda`?"), "{err}");
-    for name in lava_flow::testing::NAMES {
+    for name in lava_flow_diag::testing::NAMES {
         assert!(err.contains(name), "the error lists {name}: {err}");
     }
 }
@@ -824,11 +825,11 @@ fn every_path_of_a_required_api_that_cannot_run_fails() {
     #[cfg_attr(not(any(feature = "opencl", feature = "gl", feature = "cuda")), allow(unused_mut))]
     let mut apis: Vec<(&str, Vec<&str>)> = Vec::new();
     #[cfg(feature = "opencl")]
-    apis.push(("opencl", lava_flow::opencl::selftest::PATHS.to_vec()));
+    apis.push(("opencl", lava_flow_diag::selftest::opencl::PATHS.to_vec()));
     #[cfg(feature = "gl")]
-    apis.push(("gl", lava_flow::gl::selftest::PATHS.to_vec()));
+    apis.push(("gl", lava_flow_diag::selftest::gl::PATHS.to_vec()));
     #[cfg(feature = "cuda")]
-    apis.push(("cuda", lava_flow::cuda::selftest::PATHS.to_vec()));
+    apis.push(("cuda", lava_flow_diag::selftest::cuda::PATHS.to_vec()));
     for (api, paths) in apis {
         let only = format!("{api}: ");
         let out =

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use lava_flow::testing;
+use lava_flow_diag::testing;
 use serde_json::Value;
 
 const BLESS: &str = "LAVA_FLOW_BLESS_DOCS";

@@ -1,11 +1,11 @@
 //! Criterion benchmarks of the CUDA importer against the raw driver calls (same cases as
-//! `lava-flow bench`, see `lava_flow::cuda::bench`). Without CUDA it prints why and measures
+//! `lava-flow bench`, see `lava_flow_diag::bench::cuda`). Without CUDA it prints why and measures
 //! nothing.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lava_flow::cuda::bench::{size_name, Fixture, PooledImports, Side};
+use lava_flow_diag::bench::cuda::{size_name, Fixture, PooledImports, Side};
 
 fn fixture() -> Option<Fixture> {
     match Fixture::new(None) {

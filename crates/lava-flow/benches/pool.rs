@@ -1,10 +1,11 @@
 //! Pooled against own exportable allocations (allocate + export of 64 KiB buffers) and cached
 //! against fresh imports of a further buffer of a block, each beside the raw Vulkan calls.
-//! `lava-flow bench` runs the same fixtures (`lava_flow::pool::bench::run`) and prints ratios.
+//! `lava-flow bench` runs the same fixtures (`lava_flow_diag::bench::pool::run`) and prints ratios.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use lava_flow::pool::bench::{AllocExportFixture, ImportFixture};
-use lava_flow::{testing, VulkanContext};
+use lava_flow::VulkanContext;
+use lava_flow_diag::bench::pool::{AllocExportFixture, ImportFixture};
+use lava_flow_diag::testing;
 
 const SIZE: u64 = 64 << 10;
 /// Outputs (buffers and their fds) live until their batch ends and are dropped untimed: small

@@ -182,8 +182,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Shorthand for [`Error::Vulkan`].
-    pub(crate) fn vk(call: &'static str, result: ash::vk::Result, action: impl Into<String>) -> Error {
+    /// Shorthand for [`Error::Vulkan`], with advice for the common results (also for code that
+    /// makes its own ash calls on a lava-flow context).
+    pub fn vk(call: &'static str, result: ash::vk::Result, action: impl Into<String>) -> Error {
         let advice = match result {
             ash::vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => "free device memory or ask for less",
             ash::vk::Result::ERROR_OUT_OF_HOST_MEMORY => "free host memory or ask for less",
@@ -206,12 +207,12 @@ impl Error {
     }
 
     /// Shorthand for [`Error::InvalidArgument`].
-    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>, advice: impl Into<String>) -> Error {
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>, advice: impl Into<String>) -> Error {
         Error::InvalidArgument { what: what.into(), reason: reason.into(), advice: advice.into() }
     }
 
     /// Shorthand for [`Error::Unsupported`].
-    pub(crate) fn unsupported(
+    pub fn unsupported(
         what: impl Into<String>,
         reason: impl Into<String>,
         rule: impl Into<String>,
@@ -224,32 +225,10 @@ impl Error {
     /// a missing library or device ([`Error::LibraryUnavailable`], [`Error::DeviceNotFound`]), or
     /// a driver whose capability query says no ([`Error::Unsupported`]). `selftest` and `bench`
     /// list such paths as skipped. Tests tell the two apart: an API that cannot be opened skips
-    /// the test ([`testing::or_skip`](crate::testing::or_skip)), while an `Unsupported` from an
-    /// operation is a skip only where it is the refusal of the capability query the test expects
-    /// to decide ([`testing::skip_refused`](crate::testing::skip_refused)), and a failure otherwise.
+    /// the test (`lava_flow_diag::testing::or_skip`), while an `Unsupported` from an operation is
+    /// a skip only where it is the refusal of the capability query the test expects to decide
+    /// (`lava_flow_diag::testing::skip_refused`), and a failure otherwise.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::LibraryUnavailable { .. } | Error::DeviceNotFound { .. } | Error::Unsupported { .. })
-    }
-}
-
-impl Error {
-    /// For the rows after the first of a self-test whose shared set-up failed: the same "this
-    /// machine lacks it" error again (a missing library or device stays that, so that
-    /// `LAVA_FLOW_REQUIRE` fails every row of the API, not only the first), or `None` for any
-    /// other error.
-    #[cfg_attr(not(any(feature = "gl", feature = "opencl")), allow(dead_code))]
-    pub(crate) fn same_absence(&self) -> Option<Error> {
-        match self {
-            Error::LibraryUnavailable { library, reason, advice } => {
-                Some(Error::LibraryUnavailable { library, reason: reason.clone(), advice: advice.clone() })
-            }
-            Error::DeviceNotFound { api, wanted, found, advice } => Some(Error::DeviceNotFound {
-                api,
-                wanted: wanted.clone(),
-                found: found.clone(),
-                advice: advice.clone(),
-            }),
-            _ => None,
-        }
     }
 }

@@ -26,11 +26,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod error;
 pub mod fd;
 pub mod limits;
-pub mod testing;
 pub mod vulkan;
 
 pub use error::{Error, Result};

@@ -7,11 +7,13 @@
 mod cuda_common;
 
 use cuda_common::devices;
-use lava_flow::cuda::{selftest, CudaDevice};
+use lava_flow::cuda::CudaDevice;
 use lava_flow::pool::{AllocationStrategy, CacheOutcome, PoolConfig};
 use lava_flow::raw_gpu_handle::Uuid;
 use lava_flow::vulkan::DedicatedPolicy;
-use lava_flow::{testing, Buffer, BufferOptions, Error, MemoryAllocator, VulkanContext};
+use lava_flow::{Buffer, BufferOptions, Error, MemoryAllocator, VulkanContext};
+use lava_flow_diag::selftest::cuda as selftest;
+use lava_flow_diag::testing;
 
 const SIZE: u64 = 64 << 10;
 

@@ -5,8 +5,10 @@
 mod cuda_common;
 
 use cuda_common::devices;
-use lava_flow::cuda::{bench, list_devices, load_driver, selftest, CudaDevice};
-use lava_flow::{testing, Error, VulkanContext};
+use lava_flow::cuda::{list_devices, load_driver, CudaDevice};
+use lava_flow::{Error, VulkanContext};
+use lava_flow_diag::testing;
+use lava_flow_diag::{bench::cuda as bench, selftest::cuda as selftest};
 
 #[test]
 fn without_libcuda_every_entry_point_is_an_error_not_a_panic() {

@@ -5,10 +5,12 @@
 mod cuda_common;
 
 use cuda_common::devices;
-use lava_flow::cuda::{selftest, CudaDevice};
+use lava_flow::cuda::CudaDevice;
 use lava_flow::raw_gpu_handle::Uuid;
 use lava_flow::vulkan::DedicatedPolicy;
-use lava_flow::{testing, Buffer, BufferOptions, Error};
+use lava_flow::{Buffer, BufferOptions, Error};
+use lava_flow_diag::selftest::cuda as selftest;
+use lava_flow_diag::testing;
 
 #[test]
 fn buffer_round_trips_both_ways_at_several_sizes() {

@@ -5,9 +5,10 @@
 mod cuda_common;
 
 use cuda_common::{devices, export_semaphore};
-use lava_flow::cuda::selftest;
 use lava_flow::raw_gpu_handle::{SemaphoreHandleKind, SemaphoreKind, Uuid};
-use lava_flow::{testing, Error};
+use lava_flow::Error;
+use lava_flow_diag::selftest::cuda as selftest;
+use lava_flow_diag::testing;
 
 #[test]
 fn timeline_orders_vulkan_then_cuda_over_1000_rounds() {

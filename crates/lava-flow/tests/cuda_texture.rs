@@ -5,10 +5,12 @@
 mod cuda_common;
 
 use cuda_common::devices;
-use lava_flow::cuda::{selftest, CudaDevice, TextureStorage};
+use lava_flow::cuda::{CudaDevice, TextureStorage};
 use lava_flow::raw_gpu_handle::{Extent3d, TextureDimension, TextureFormat, TextureUsage};
 use lava_flow::vulkan::ImageTiling;
-use lava_flow::{testing, Error, Image, ImageOptions, VulkanContext};
+use lava_flow::{Error, Image, ImageOptions, VulkanContext};
+use lava_flow_diag::selftest::cuda as selftest;
+use lava_flow_diag::testing;
 
 fn usage(color_attachment: bool, storage: bool) -> TextureUsage {
     TextureUsage { sampled: true, storage, color_attachment, transfer: true }

@@ -29,10 +29,10 @@ use lava_flow::raw_gpu_handle::{
     ExportedFence, ExportedMemory, ExportedSemaphore, FenceDescription, FenceHandleKind, MemoryHandleKind,
     SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
 };
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::vulkan::sync::{Fence, Semaphore};
 use lava_flow::vulkan::{memory_properties, DedicatedPolicy, DeviceMemory};
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 const SIZE: u64 = 1 << 16;
 

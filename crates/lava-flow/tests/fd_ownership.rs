@@ -24,10 +24,10 @@ use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{
     ExportedBuffer, ExportedFence, ExportedSemaphore, FenceHandleKind, SemaphoreHandleKind, SemaphoreKind, Uuid,
 };
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::vulkan::sync::{Fence, Semaphore};
 use lava_flow::vulkan::DedicatedPolicy;
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 const THREADS: u32 = 8;
 const SIZE: u64 = 1 << 16;

@@ -11,9 +11,9 @@ use lava_flow::gl::{GlContext, TextureLayout, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{
     ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
 };
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 /// An exportable binary Vulkan semaphore (VK_KHR_external_semaphore_fd, opaque fd).
 struct VkSemaphore {

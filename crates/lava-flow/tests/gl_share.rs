@@ -11,9 +11,9 @@ use std::sync::Arc;
 use common::pattern;
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{BufferDescription, TextureFormat};
-use lava_flow::testing::{self, open_fd_count, Cases};
 use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count, Cases};
 
 fn vulkan_and_gl() -> Option<(VulkanContext, GlContext)> {
     let vk = common::vulkan()?;

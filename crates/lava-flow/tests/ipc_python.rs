@@ -9,13 +9,14 @@ use std::process::Command;
 use ipc_support::{pattern_bytes, TempDir};
 use lava_flow::ipc::shm;
 use lava_flow::ipc::wire::{encode, Message, NamedDescription, ObjectDescription, HEADER_LEN};
-use lava_flow::ipc::{serve_pattern, NamedObject, ServeMemory, ServeOptions, Server, ServerConfig, PATTERN_NAME};
+use lava_flow::ipc::{NamedObject, Server, ServerConfig};
 use lava_flow::raw_gpu_handle::{
     AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind,
     MemoryDescription, MemoryHandleKind, MemoryProperties, PlaneLayout, SemaphoreDescription, SemaphoreHandleKind,
     SemaphoreKind, Texture, TextureDescription, TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
 use lava_flow::vulkan::MemoryLocation;
+use lava_flow_diag::pattern::{serve_pattern, ServeMemory, ServeOptions, PATTERN_NAME};
 use serde_json::Value;
 
 /// The first ```python block after the Python heading of docs/PROTOCOL.md, written to `dir`.
@@ -41,7 +42,10 @@ fn run_python(dir: &Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn the_documented_python_client_reads_a_live_server() {
     if python().is_none() {
-        return lava_flow::testing::skip("python", "python3 (3.9 or later, with socket.recv_fds) is not installed");
+        return lava_flow_diag::testing::skip(
+            "python",
+            "python3 (3.9 or later, with socket.recv_fds) is not installed",
+        );
     }
     let dir = TempDir::new("python", 0o700);
     let client = write_client(dir.path());
@@ -109,7 +113,10 @@ fn the_documented_python_client_reads_a_live_server() {
 #[test]
 fn the_documented_python_parser_reads_every_object_kind() {
     if python().is_none() {
-        return lava_flow::testing::skip("python", "python3 (3.9 or later, with socket.recv_fds) is not installed");
+        return lava_flow_diag::testing::skip(
+            "python",
+            "python3 (3.9 or later, with socket.recv_fds) is not installed",
+        );
     }
     let dir = TempDir::new("python-parse", 0o700);
     write_client(dir.path());
@@ -193,7 +200,7 @@ fn the_documented_python_client_reads_served_shared_host_memory() {
         eprintln!("SKIPPED: python3 (3.9 or later, with socket.recv_fds) is not installed");
         return;
     }
-    let Some(ctx) = lava_flow::testing::or_skip("vulkan", lava_flow::VulkanContext::new()) else { return };
+    let Some(ctx) = lava_flow_diag::testing::or_skip("vulkan", lava_flow::VulkanContext::new()) else { return };
     let dir = TempDir::new("python-shared-host", 0o700);
     let client = write_client(dir.path());
     let socket = dir.path().join("serve.sock");
@@ -204,7 +211,7 @@ fn the_documented_python_client_reads_served_shared_host_memory() {
         image: None,
         config: ServerConfig::default(),
     };
-    let Some(served) = lava_flow::testing::or_skip("vulkan", serve_pattern(&options)) else { return };
+    let Some(served) = lava_flow_diag::testing::or_skip("vulkan", serve_pattern(&options)) else { return };
     let (ok, out, err) = run_python(dir.path(), &[client.to_str().unwrap(), socket.to_str().unwrap(), PATTERN_NAME]);
     assert!(ok, "python client failed: {err}");
     let objects: Value = serde_json::from_str(&out).unwrap();
@@ -214,7 +221,7 @@ fn the_documented_python_client_reads_served_shared_host_memory() {
         (&"host-memfd".into(), &0.into(), &6.into())
     );
     assert_eq!(m["device"]["device_uuid"], "00".repeat(16));
-    let first16: String = lava_flow::ipc::pattern_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
+    let first16: String = lava_flow_diag::pattern::pattern_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(objects[0]["first_bytes"], first16);
     drop(served);
 }

@@ -164,7 +164,7 @@ fn ring_with_timeline_semaphores_passes_checked_frames() {
     // Where exported timeline semaphores exist (the GPU machine) this must run; elsewhere it skips
     // with the capability query's answer.
     if let Err(e) = check_sync(RingSync::TimelineSemaphore) {
-        lava_flow::testing::skip("semaphores", e);
+        lava_flow_diag::testing::skip("semaphores", e);
         return;
     }
     let test = "ring_with_timeline_semaphores_passes_checked_frames";
@@ -188,7 +188,7 @@ fn ring_with_timeline_semaphores_stops_when_the_consumer_does() {
         return consumer_child();
     }
     if let Err(e) = check_sync(RingSync::TimelineSemaphore) {
-        lava_flow::testing::skip("semaphores", e);
+        lava_flow_diag::testing::skip("semaphores", e);
         return;
     }
     let dir = TempDir::new("ring-timeline-stop", 0o700);

@@ -6,14 +6,16 @@ mod ipc_support;
 use std::time::Duration;
 
 use ipc_support::{child_command, child_role, run_ok, TempDir};
-use lava_flow::ipc::{
-    attach, serve_pattern, AttachApi, AttachOptions, ObjectDescription, ServeMemory, ServeOptions, ServerConfig,
-    IMAGE_NAME, PATTERN_NAME, READY_NAME, READY_VALUE,
-};
+use lava_flow::ipc::{ObjectDescription, ServerConfig};
 use lava_flow::raw_gpu_handle::{SemaphoreHandleKind, SemaphoreKind};
 use lava_flow::vulkan::sync::semaphore_capabilities;
 use lava_flow::vulkan::MemoryLocation;
-use lava_flow::{testing, VulkanContext};
+use lava_flow::VulkanContext;
+use lava_flow_diag::pattern::{
+    attach, serve_pattern, AttachApi, AttachOptions, ServeMemory, ServeOptions, IMAGE_NAME, PATTERN_NAME, READY_NAME,
+    READY_VALUE,
+};
+use lava_flow_diag::testing;
 use serde_json::Value;
 
 fn attach_child() {

@@ -19,7 +19,8 @@ use lava_flow::raw_gpu_handle::{
     MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
     TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
 };
-use lava_flow::{testing, Error};
+use lava_flow::Error;
+use lava_flow_diag::testing;
 use rustix::fs::{MemfdFlags, SealFlags};
 
 const SIZE: usize = 1 << 20;
@@ -431,11 +432,11 @@ fn a_peer_of_another_uid_is_refused_by_the_credential_check() {
         return other_uid_child();
     }
     if !rustix::process::geteuid().is_root() {
-        return lava_flow::testing::skip("root", "running a client as another uid needs root (setpriv)");
+        return lava_flow_diag::testing::skip("root", "running a client as another uid needs root (setpriv)");
     }
     let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists())
     else {
-        return lava_flow::testing::skip("root", "setpriv is not installed (util-linux)");
+        return lava_flow_diag::testing::skip("root", "setpriv is not installed (util-linux)");
     };
     // The directory and socket are open to everyone so that only the uid check can refuse.
     let dir = TempDir::new("uid", 0o755);

@@ -11,8 +11,8 @@ use lava_flow::raw_gpu_handle::{
     DeviceIdentity, ExportedBuffer, MemoryHandleKind, Semaphore, SemaphoreDescription, SemaphoreHandleKind,
     SemaphoreKind, TextureFormat, TextureTiling, Uuid,
 };
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 fn setup() -> Option<(VulkanContext, ClContext, Buffer)> {
     let vk = common::vulkan()?;

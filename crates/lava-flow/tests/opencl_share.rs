@@ -10,9 +10,9 @@ use std::sync::Arc;
 use common::pattern;
 use lava_flow::opencl::{ClContext, KernelArg};
 use lava_flow::raw_gpu_handle::TextureFormat;
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 fn vulkan_and_cl() -> Option<(VulkanContext, ClContext)> {
     let vk = common::vulkan()?;

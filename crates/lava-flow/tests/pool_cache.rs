@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 
 use lava_flow::pool::{BlockKey, CacheOutcome, ImportCache};
 use lava_flow::raw_gpu_handle::{AllocationId, DeviceIdentity, Uuid};
-use lava_flow::{testing, Error};
+use lava_flow::Error;
+use lava_flow_diag::testing;
 
 fn fd() -> OwnedFd {
     std::fs::File::open("/dev/null").expect("/dev/null opens").into()

@@ -10,9 +10,9 @@ use common::{pattern, two_devices, vulkan};
 use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::pool::{AllocationStrategy, BlockImporter, BufferPool, CacheOutcome, PoolConfig};
 use lava_flow::raw_gpu_handle::{BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid};
-use lava_flow::testing::open_fd_count;
 use lava_flow::vulkan::{DedicatedPolicy, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Error, MemoryAllocator, VulkanContext};
+use lava_flow_diag::testing::open_fd_count;
 
 const KIB64: u64 = 64 << 10;
 
@@ -379,7 +379,7 @@ fn child_imports() {
 #[test]
 fn bench_rows_measure_every_case() {
     let Some((a, b)) = two_devices() else { return };
-    let rows = lava_flow::pool::bench::run(&a, &b, true).unwrap();
+    let rows = lava_flow_diag::bench::pool::run(&a, &b, true).unwrap();
     assert_eq!(rows.len(), 4);
     for r in &rows {
         assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio > 0.0, "{r:?}");
@@ -418,7 +418,7 @@ fn a_block_imported_once_serves_buffers_sent_without_fds() {
 fn shared_host_memory_goes_through_the_cache() {
     let Some((a, b)) = two_devices() else { return };
     if !a.extensions().external_memory_host {
-        return lava_flow::testing::skip_capability(
+        return lava_flow_diag::testing::skip_capability(
             "vulkan",
             format!("{} lacks VK_EXT_external_memory_host", a.info().name),
         );

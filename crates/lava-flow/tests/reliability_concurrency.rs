@@ -17,9 +17,9 @@ use common::{pattern, two_devices};
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::TextureFormat;
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::vulkan::{MemoryKind, MemoryLocation};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, MemoryAllocator, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 const THREADS: u32 = 8;
 

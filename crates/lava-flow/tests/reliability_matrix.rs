@@ -25,8 +25,8 @@ use lava_flow::opencl::{ClBuffer, ClContext};
 use lava_flow::raw_gpu_handle::{
     Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
 };
-use lava_flow::testing::{self, open_fd_count};
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
+use lava_flow_diag::testing::{self, open_fd_count};
 
 /// Bytes of every exported buffer (plus the slack llvmpipe's GL needs after a buffer).
 const SIZE: u64 = 64 << 10;

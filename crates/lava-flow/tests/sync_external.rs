@@ -16,13 +16,14 @@ use lava_flow::raw_gpu_handle::{
     ExportedBuffer, ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, Memory, SemaphoreDescription,
     SemaphoreHandleKind, SemaphoreKind,
 };
-use lava_flow::testing::Cases;
 use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, Fence, OwnershipTransfer, RecordedCommands, Semaphore,
     StageAccess, Submission, Turn,
 };
 use lava_flow::vulkan::Buffer;
-use lava_flow::{testing, Error, VulkanContext};
+use lava_flow::{Error, VulkanContext};
+use lava_flow_diag::testing;
+use lava_flow_diag::testing::Cases;
 use sync_common::*;
 
 const ROUNDS: u64 = 64;

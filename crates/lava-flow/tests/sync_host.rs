@@ -19,7 +19,8 @@ use lava_flow::vulkan::sync::{
     OwnershipTransfer, RecordedCommands, Semaphore, SemaphoreOptions, StageAccess, Submission, SyncCapabilities, Turn,
 };
 use lava_flow::vulkan::{Buffer, Image, ImageOptions};
-use lava_flow::{testing, Error, VulkanContext};
+use lava_flow::{Error, VulkanContext};
+use lava_flow_diag::testing;
 use sync_common::{assert_all, readback, set_words, shared_buffer, words, WAIT};
 
 fn context() -> Option<VulkanContext> {

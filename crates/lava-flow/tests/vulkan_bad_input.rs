@@ -7,9 +7,9 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use common::{two_devices, vulkan};
 use lava_flow::raw_gpu_handle::{Buffer as BufferParts, ExportedBuffer, MemoryProperties, Uuid};
-use lava_flow::testing::open_fd_count;
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, MemoryAllocator, MemoryLocation};
+use lava_flow_diag::testing::open_fd_count;
 
 /// A real export to tamper with.
 fn export(ctx: &lava_flow::VulkanContext) -> (Buffer, ExportedBuffer) {
@@ -190,7 +190,7 @@ fn unsupported_requests_name_the_rule() {
 
 #[test]
 fn unknown_device_is_a_typed_error() {
-    let Some(allocator) = lava_flow::testing::or_skip("vulkan", MemoryAllocator::new()) else { return };
+    let Some(allocator) = lava_flow_diag::testing::or_skip("vulkan", MemoryAllocator::new()) else { return };
     let err = allocator.allocate(64, MemoryLocation::SharedHost { device_id: 7 }).unwrap_err();
     assert!(matches!(err, Error::DeviceNotFound { .. }), "{err}");
     let err = lava_flow::VulkanContext::with_uuid(Uuid([9; 16])).unwrap_err();

@@ -11,7 +11,7 @@ use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, MemoryAllocator};
 fn eight_threads_allocate_export_import_and_check() {
     let Some((a, b)) = two_devices() else { return };
     let allocator = Arc::new(MemoryAllocator::with_context(a));
-    let baseline = lava_flow::testing::open_fd_count();
+    let baseline = lava_flow_diag::testing::open_fd_count();
     let threads: Vec<_> = (0..8u32)
         .map(|t| {
             let allocator = Arc::clone(&allocator);
@@ -39,5 +39,5 @@ fn eight_threads_allocate_export_import_and_check() {
     for t in threads {
         t.join().expect("a worker thread failed");
     }
-    assert_eq!(lava_flow::testing::open_fd_count(), baseline, "no fd left behind by the workers");
+    assert_eq!(lava_flow_diag::testing::open_fd_count(), baseline, "no fd left behind by the workers");
 }

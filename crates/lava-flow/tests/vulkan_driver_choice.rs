@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 
 use lava_flow::vulkan::{ContextOptions, DeviceSelector, PhysicalDeviceInfo};
-use lava_flow::{testing, Error, VulkanContext};
+use lava_flow::{Error, VulkanContext};
+use lava_flow_diag::testing;
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

@@ -95,7 +95,7 @@ fn map_unchecked_sees_what_the_other_side_wrote_once_it_is_done() {
     let mut exporter = Buffer::new(&a, &BufferOptions::new(8192).memory(MemoryKind::HostVisible)).unwrap();
     let importer = Buffer::import(&b, exporter.export_fd().unwrap()).unwrap();
     if !importer.memory().is_host_visible() {
-        return lava_flow::testing::skip("vulkan", "the imported memory type is not host-visible on this driver");
+        return lava_flow_diag::testing::skip("vulkan", "the imported memory type is not host-visible on this driver");
     }
     importer.fill(0x0102_0304).unwrap();
     {

@@ -163,7 +163,9 @@ fn host_memory_gpu_write_read_by_another_process_and_back() {
     let Some(ctx) = vulkan() else { return };
     let buffer = match Buffer::new(&ctx, &BufferOptions::new(N as u64).memory(MemoryKind::SharedHost)) {
         Ok(b) => b,
-        Err(e) => return lava_flow::testing::skip_refused("vulkan", "vkGetPhysicalDeviceExternalBufferProperties", e),
+        Err(e) => {
+            return lava_flow_diag::testing::skip_refused("vulkan", "vkGetPhysicalDeviceExternalBufferProperties", e)
+        }
     };
     buffer.fill(0x0BAD_F00D).unwrap();
     let exported = buffer.export_fd().unwrap();

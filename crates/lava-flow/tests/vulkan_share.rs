@@ -6,9 +6,8 @@ mod common;
 use common::{pattern, two_devices, vulkan};
 use lava_flow::raw_gpu_handle::{MemoryHandleKind, TextureDimension, TextureFormat, TextureTiling};
 use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
-use lava_flow::{
-    testing, Buffer, BufferOptions, Error, Image, ImageOptions, MemoryAllocator, MemoryLocation, SharedHostMemory,
-};
+use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, MemoryAllocator, MemoryLocation, SharedHostMemory};
+use lava_flow_diag::testing;
 
 #[test]
 fn buffer_round_trip_between_two_devices() {
@@ -157,7 +156,7 @@ fn shared_host_memory_imported_into_a_second_device() {
 
 #[test]
 fn allocator_in_the_documented_shape() {
-    let Some(allocator) = lava_flow::testing::or_skip("vulkan", MemoryAllocator::new()) else { return };
+    let Some(allocator) = lava_flow_diag::testing::or_skip("vulkan", MemoryAllocator::new()) else { return };
     let buffer = allocator.allocate(1_000_000, MemoryLocation::GpuVulkan { device_id: 0 }).unwrap();
     let exported = buffer.export_fd().unwrap();
     assert_eq!(exported.buffer.size, 1_000_000);
@@ -172,15 +171,15 @@ fn allocator_in_the_documented_shape() {
 fn every_export_is_a_fresh_fd_and_closes_on_drop() {
     let Some(ctx) = vulkan() else { return };
     let buffer = Buffer::new(&ctx, &BufferOptions::new(4096)).unwrap();
-    let before = lava_flow::testing::open_fd_count();
+    let before = lava_flow_diag::testing::open_fd_count();
     let e1 = buffer.export_fd().unwrap();
     let e2 = buffer.export_fd().unwrap();
     use std::os::fd::AsRawFd;
     assert_ne!(e1.memory.handle.as_raw_fd(), e2.memory.handle.as_raw_fd());
     let e3 = e1.try_clone().unwrap();
-    assert_eq!(lava_flow::testing::open_fd_count(), before + 3);
+    assert_eq!(lava_flow_diag::testing::open_fd_count(), before + 3);
     drop((e1, e2, e3));
-    assert_eq!(lava_flow::testing::open_fd_count(), before);
+    assert_eq!(lava_flow_diag::testing::open_fd_count(), before);
 }
 
 #[test]
@@ -188,10 +187,10 @@ fn successful_import_consumes_the_fd() {
     let Some((a, b)) = two_devices() else { return };
     let buffer = Buffer::new(&a, &BufferOptions::new(4096)).unwrap();
     let exported = buffer.export_fd().unwrap();
-    let before = lava_flow::testing::open_fd_count();
+    let before = lava_flow_diag::testing::open_fd_count();
     let imported = Buffer::import(&b, exported).unwrap();
     // The export's fd now belongs to the driver: lavapipe keeps it (or a mapping), never a second copy.
-    assert!(lava_flow::testing::open_fd_count() <= before);
+    assert!(lava_flow_diag::testing::open_fd_count() <= before);
     drop(imported);
-    assert!(lava_flow::testing::open_fd_count() < before, "freeing the import released its fd");
+    assert!(lava_flow_diag::testing::open_fd_count() < before, "freeing the import released its fd");
 }

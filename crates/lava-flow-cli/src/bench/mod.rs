@@ -315,11 +315,11 @@ pub fn markdown(report: &Report) -> String {
 }
 
 /// Pooled allocate + export against an allocation of its own, and a cached import against a
-/// fresh one, each beside the raw Vulkan calls (`lava_flow::pool::bench`).
+/// fresh one, each beside the raw Vulkan calls (`lava_flow_diag::bench::pool`).
 fn pool_rows(bench: &mut Bench) {
     let rows = VulkanContext::new()
         .and_then(|a| VulkanContext::with_uuid(a.identity().device_uuid).map(|b| (a, b)))
-        .and_then(|(a, b)| lava_flow::pool::bench::run(&a, &b, bench.quick));
+        .and_then(|(a, b)| lava_flow_diag::bench::pool::run(&a, &b, bench.quick));
     match rows {
         Ok(rows) => bench.rows.extend(
             rows.into_iter()
@@ -330,10 +330,10 @@ fn pool_rows(bench: &mut Bench) {
 }
 
 /// Bandwidth on imported memory against cuMemAlloc memory, export + import + map latency by size,
-/// the timeline semaphore round trip and what sharing saves over copies (`lava_flow::cuda::bench`).
+/// the timeline semaphore round trip and what sharing saves over copies (`lava_flow_diag::bench::cuda`).
 #[cfg(feature = "cuda")]
 fn cuda_rows(bench: &mut Bench) {
-    use lava_flow::cuda::bench::{run, BenchConfig};
+    use lava_flow_diag::bench::cuda::{run, BenchConfig};
     let config = if bench.quick { BenchConfig::quick() } else { BenchConfig::default() };
     match run(&config) {
         Ok(rows) => {
@@ -365,11 +365,11 @@ fn import_sizes(quick: bool) -> (&'static [u64], usize) {
 }
 
 /// GL import latency (buffers by size, a texture) against the raw GL_EXT_memory_object calls
-/// (`lava_flow::gl::bench`).
+/// (`lava_flow_diag::bench::gl`).
 #[cfg(feature = "gl")]
 fn gl_rows(bench: &mut Bench) {
     let (sizes, iterations) = import_sizes(bench.quick);
-    let rows = VulkanContext::new().and_then(|vk| lava_flow::gl::bench::import_latency(&vk, sizes, iterations));
+    let rows = VulkanContext::new().and_then(|vk| lava_flow_diag::bench::gl::import_latency(&vk, sizes, iterations));
     match rows {
         Ok(rows) => bench.rows.extend(
             rows.into_iter().map(|r| Row::new("gl", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
@@ -384,10 +384,10 @@ fn gl_rows(bench: &mut Bench) {
 }
 
 /// OpenCL import latency against the bare clCreateBufferWithProperties, and copy bandwidth on
-/// imported memory against clCreateBuffer memory (`lava_flow::opencl::bench`).
+/// imported memory against clCreateBuffer memory (`lava_flow_diag::bench::opencl`).
 #[cfg(feature = "opencl")]
 fn opencl_rows(bench: &mut Bench) {
-    use lava_flow::opencl::bench::{copy_bandwidth, import_latency};
+    use lava_flow_diag::bench::opencl::{copy_bandwidth, import_latency};
     let (sizes, iterations) = import_sizes(bench.quick);
     let (bandwidth_bytes, bandwidth_iterations) = if bench.quick { (64 << 20, 5) } else { (1 << 30, 20) };
     let rows = VulkanContext::new().and_then(|vk| {

@@ -9,9 +9,9 @@
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use ash::vk;
-use lava_flow::pool::bench::median;
 use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
+use lava_flow_diag::bench::pool::median;
 
 use super::{us, Bench, Row};
 use crate::table::bytes;

@@ -1,13 +1,13 @@
 //! Vulkan <-> CUDA paths: buffers, images and timeline and binary semaphores, run by lava-flow's
-//! CUDA importer (`lava_flow::cuda::selftest`) on the default Vulkan device and the CUDA device
+//! CUDA importer (`lava_flow_diag::selftest::cuda`) on the default Vulkan device and the CUDA device
 //! with the same UUID.
 
 use super::Runner;
 
 #[cfg(feature = "cuda")]
 pub fn run(runner: &mut Runner) {
-    use lava_flow::cuda::selftest::{run_path, PATHS};
     use lava_flow::VulkanContext;
+    use lava_flow_diag::selftest::cuda::{run_path, PATHS};
 
     const GROUP: &str = "cuda: Vulkan <-> CUDA buffers, images and semaphores";
     // The semaphore paths test external semaphores as much as CUDA.

@@ -1,5 +1,5 @@
 //! Vulkan <-> OpenGL paths: a buffer and a texture each way, run by lava-flow's GL importer
-//! (`lava_flow::gl::selftest`) on a headless EGL context of the device with the default Vulkan
+//! (`lava_flow_diag::selftest::gl`) on a headless EGL context of the device with the default Vulkan
 //! device's UUIDs (llvmpipe on CPU machines, NVIDIA's EGL on the GPU machine).
 
 use super::Runner;
@@ -10,7 +10,7 @@ pub fn run(runner: &mut Runner) {
     // The importer runs its paths together (they share one GL context); the time is theirs.
     // Without Vulkan or the library every path stops at the same place: say it once (every path,
     // where required).
-    let paths: Vec<_> = lava_flow::gl::selftest::PATHS.iter().map(|p| ("gl", format!("gl: {p}"))).collect();
+    let paths: Vec<_> = lava_flow_diag::selftest::gl::PATHS.iter().map(|p| ("gl", format!("gl: {p}"))).collect();
     if !runner.wants_any(paths.iter().map(|(_, p)| p.as_str()).chain([SUMMARY.1])) {
         return;
     }
@@ -21,7 +21,7 @@ pub fn run(runner: &mut Runner) {
     if let Err(e) = lava_flow::gl::GlContext::enumerate() {
         return runner.skip_all(SUMMARY, &paths, e.to_string());
     }
-    for case in lava_flow::gl::selftest::selftest(&ctx) {
+    for case in lava_flow_diag::selftest::gl::selftest(&ctx) {
         runner.record_result("gl", &format!("gl: {}", case.path), 0, case.result);
     }
 }

@@ -187,7 +187,7 @@ impl Runner {
         reason: impl Into<String>,
     ) {
         let reason = reason.into();
-        let required = |api: &str| api.split('+').any(lava_flow::testing::is_required);
+        let required = |api: &str| api.split('+').any(lava_flow_diag::testing::is_required);
         if paths.iter().any(|(api, _)| required(api)) {
             for (api, path) in paths {
                 self.skip(api, path, 0, reason.clone());
@@ -281,7 +281,7 @@ fn outcome_of(api: &str, result: Step<Option<String>>) -> (Outcome, Option<Strin
 /// A skip of an API that `LAVA_FLOW_REQUIRE` names is a failure (`api` may join several with `+`).
 fn required_or(api: &str, outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Skipped(reason) if api.split('+').any(lava_flow::testing::is_required) => {
+        Outcome::Skipped(reason) if api.split('+').any(lava_flow_diag::testing::is_required) => {
             Outcome::Fail(format!("{api} is required (LAVA_FLOW_REQUIRE) but the path was skipped: {reason}"))
         }
         other => other,

@@ -266,7 +266,7 @@ impl Probe {
     fn levels(&self) -> Levels {
         let heaps = self.vulkan.as_ref().ok().and_then(|c| c.heap_usage());
         Levels {
-            open_fds: lava_flow::testing::open_fd_count(),
+            open_fds: lava_flow_diag::testing::open_fd_count(),
             rss_kib: rss_kib(),
             vulkan_heap_usage: heaps.as_ref().map(|h| h.iter().sum()),
             vulkan_heaps: heaps,

@@ -439,8 +439,9 @@ impl CudaDevice {
     }
 
     /// Makes the context current on this thread and reports errors recorded while dropping
-    /// earlier objects.
-    pub(crate) fn bind(&self) -> Result<()> {
+    /// earlier objects. Every lava-flow call on this device does this first; call it before raw
+    /// driver calls (`cudarc::driver::sys`) of your own on this device.
+    pub fn bind(&self) -> Result<()> {
         self.check_deferred()?;
         self.inner.ctx.bind_to_thread().map_err(|e| driver_error("cuCtxSetCurrent", e, "binding the CUDA context"))
     }
@@ -461,7 +462,9 @@ impl CudaDevice {
     }
 
     /// Records an error found in a `Drop`; the next fallible call on this device returns it.
-    pub(crate) fn defer_error(&self, message: String) {
+    /// Public (hidden) for raw objects of lava-flow's benchmarks, whose drops report the same way.
+    #[doc(hidden)]
+    pub fn defer_error(&self, message: String) {
         self.inner.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(message);
     }
 
@@ -477,7 +480,9 @@ impl CudaDevice {
 
     /// Binds the context in a `Drop`, recording (not returning) a failure. cudarc reports (and
     /// clears) errors its own drops recorded when binding, so one failure is retried once.
-    pub(crate) fn bind_for_drop(&self, what: &str) -> bool {
+    /// Public (hidden) for raw objects of lava-flow's benchmarks.
+    #[doc(hidden)]
+    pub fn bind_for_drop(&self, what: &str) -> bool {
         for attempt in 0..2 {
             match self.inner.ctx.bind_to_thread() {
                 Ok(()) => return true,

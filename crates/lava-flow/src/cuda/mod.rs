@@ -18,15 +18,11 @@
 //! Imported buffers ([`CudaBuffer`]) implement cudarc's `DevicePtr`/`DevicePtrMut` and can be
 //! passed to cudarc kernels with `launch_builder(..).arg(&mut buffer)`; see `docs/CUDA.md`.
 
-pub mod bench;
 mod cache;
 mod device;
-pub mod kernels;
 mod memory;
-pub mod selftest;
 mod semaphore;
 mod texture;
-mod vk;
 
 pub use cudarc;
 pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
@@ -92,8 +88,10 @@ pub(crate) fn cu_error(call: &'static str, result: sys::CUresult, action: impl I
     Error::Api { api: "CUDA", action, call, code: format!("{result:?}"), advice: advice.into() }
 }
 
-/// Checks a `CUresult`.
-pub(crate) fn check(result: sys::CUresult, call: &'static str, action: impl FnOnce() -> String) -> Result<()> {
+/// Checks a `CUresult` of a raw driver call. Public (hidden) for the benchmarks' raw-API
+/// baselines, so that their errors read like lava-flow's.
+#[doc(hidden)]
+pub fn check(result: sys::CUresult, call: &'static str, action: impl FnOnce() -> String) -> Result<()> {
     if result == sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {
@@ -101,7 +99,9 @@ pub(crate) fn check(result: sys::CUresult, call: &'static str, action: impl FnOn
     }
 }
 
-/// Converts one of cudarc's errors (from its safe API).
-pub(crate) fn driver_error(call: &'static str, e: cudarc::driver::DriverError, action: impl Into<String>) -> Error {
+/// Converts one of cudarc's errors (from its safe API). Public (hidden) for code that calls
+/// cudarc next to lava-flow (the self-tests and benchmarks).
+#[doc(hidden)]
+pub fn driver_error(call: &'static str, e: cudarc::driver::DriverError, action: impl Into<String>) -> Error {
     cu_error(call, e.0, action)
 }

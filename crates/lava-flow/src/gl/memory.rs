@@ -1,6 +1,6 @@
 //! Memory objects (`GL_EXT_memory_object_fd`), and the buffers and textures placed in them.
 
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use raw_gpu_handle::{
@@ -69,7 +69,8 @@ impl GlContext {
     }
 }
 
-/// The checks and calls of one import, shared with the raw-call benchmark's counterpart.
+/// The checks and calls of one memory-object import (every buffer and texture import of a
+/// [`GlContext`] goes through it).
 fn import_memory_object(
     gl: &CurrentGl<'_>,
     ctx: &GlContext,
@@ -821,90 +822,6 @@ impl Drop for GlTexture {
             }
             Err(e) => inner.defer_error(format!("leaking GL texture {}: {e}", self.name)),
         }
-    }
-}
-
-/// The raw calls of a buffer import with no lava-flow checks, for the import-latency benchmark's
-/// baseline: create, import, place the buffer. Returns (memory object, buffer) names.
-///
-/// # Safety
-/// The context must be current, and `fd` an opaque-fd export of `allocation_size` bytes from this
-/// context's device and driver (GL takes it).
-pub(crate) unsafe fn raw_import_buffer(
-    gl: &CurrentGl<'_>,
-    fd: OwnedFd,
-    allocation_size: u64,
-    offset: u64,
-    size: u64,
-) -> (GLuint, GLuint) {
-    let mut memory: GLuint = 0;
-    let mut buffer: GLuint = 0;
-    // SAFETY: the caller guarantees a current context and a valid export; GL takes the fd.
-    unsafe {
-        (gl.create_memory_objects_ext)(1, &mut memory);
-        (gl.import_memory_fd_ext)(memory, allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, fd.into_raw_fd());
-        (gl.gen_buffers)(1, &mut buffer);
-        (gl.bind_buffer)(f::COPY_WRITE_BUFFER, buffer);
-        (gl.buffer_storage_mem_ext)(f::COPY_WRITE_BUFFER, size as isize, memory, offset);
-        (gl.bind_buffer)(f::COPY_WRITE_BUFFER, 0);
-    }
-    (memory, buffer)
-}
-
-/// Deletes what [`raw_import_buffer`] made.
-///
-/// # Safety
-/// The context must be current and the names from `raw_import_buffer` on it.
-pub(crate) unsafe fn raw_release_buffer(gl: &CurrentGl<'_>, memory: GLuint, buffer: GLuint) {
-    // SAFETY: the caller guarantees a current context and our names.
-    unsafe {
-        (gl.delete_buffers)(1, &buffer);
-        (gl.delete_memory_objects_ext)(1, &memory);
-        (gl.get_error)();
-    }
-}
-
-/// The raw calls of an optimal RGBA8 2D texture import (benchmark baseline). Returns (memory
-/// object, texture) names.
-///
-/// # Safety
-/// The context must be current, and `fd` an opaque-fd export of an optimal RGBA8 `width` x
-/// `height` image described by `memory` (GL takes it).
-pub(crate) unsafe fn raw_import_texture(
-    gl: &CurrentGl<'_>,
-    fd: OwnedFd,
-    memory: &MemoryDescription,
-    width: i32,
-    height: i32,
-) -> (GLuint, GLuint) {
-    let mut mem: GLuint = 0;
-    let mut tex: GLuint = 0;
-    // SAFETY: the caller guarantees a current context and a valid export; GL takes the fd.
-    unsafe {
-        (gl.create_memory_objects_ext)(1, &mut mem);
-        if memory.dedicated {
-            (gl.memory_object_parameteriv_ext)(mem, f::DEDICATED_MEMORY_OBJECT_EXT, &1);
-        }
-        (gl.import_memory_fd_ext)(mem, memory.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, fd.into_raw_fd());
-        (gl.gen_textures)(1, &mut tex);
-        (gl.bind_texture)(f::TEXTURE_2D, tex);
-        (gl.tex_parameteri)(f::TEXTURE_2D, f::TEXTURE_TILING_EXT, f::OPTIMAL_TILING_EXT);
-        (gl.tex_storage_mem_2d_ext)(f::TEXTURE_2D, 1, f::RGBA8, width, height, mem, 0);
-        (gl.bind_texture)(f::TEXTURE_2D, 0);
-    }
-    (mem, tex)
-}
-
-/// Deletes what [`raw_import_texture`] made.
-///
-/// # Safety
-/// The context must be current and the names from `raw_import_texture` on it.
-pub(crate) unsafe fn raw_release_texture(gl: &CurrentGl<'_>, memory: GLuint, texture: GLuint) {
-    // SAFETY: the caller guarantees a current context and our names.
-    unsafe {
-        (gl.delete_textures)(1, &texture);
-        (gl.delete_memory_objects_ext)(1, &memory);
-        (gl.get_error)();
     }
 }
 

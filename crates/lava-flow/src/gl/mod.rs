@@ -19,11 +19,9 @@
 //!
 //! docs/GL.md has the rules and the reasons.
 
-pub mod bench;
 mod context;
 pub mod functions;
 mod memory;
-pub mod selftest;
 mod semaphore;
 
 pub use context::{CurrentGl, GlContext, GlDeviceInfo};

@@ -22,7 +22,6 @@ mod client;
 pub mod fd_passing;
 mod object;
 pub mod ring;
-mod serve;
 mod server;
 pub mod shm;
 pub mod socket;
@@ -30,10 +29,5 @@ pub mod wire;
 
 pub use client::{Client, DEFAULT_REPLY_TIMEOUT, POLL_INTERVAL};
 pub use object::{NamedObject, SharedObject};
-pub use serve::{
-    attach, check_pattern, pattern_bytes, pattern_word, serve_pattern, AttachApi, AttachOptions, AttachReport,
-    AttachedObject, PatternServer, ServeMemory, ServeOptions, ServeReport, Step, IMAGE_NAME, PATTERN_NAME, READY_NAME,
-    READY_VALUE,
-};
 pub use server::{Server, ServerConfig, ServerStats};
 pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};

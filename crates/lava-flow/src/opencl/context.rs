@@ -73,8 +73,11 @@ impl ExtFns {
     }
 }
 
-/// An OpenCL error as lava-flow's error type.
-pub(crate) fn cl_error(call: &'static str, code: cl_int, action: impl Into<String>) -> Error {
+/// An OpenCL error as lava-flow's error type: `call` returned `code` while doing `action`.
+/// Public for code that makes its own OpenCL calls next to lava-flow's (the benchmarks' raw
+/// baselines), so that their errors read like lava-flow's.
+#[doc(hidden)]
+pub fn cl_error(call: &'static str, code: cl_int, action: impl Into<String>) -> Error {
     let advice = match code {
         cl::CL_INVALID_VALUE | cl::CL_INVALID_PROPERTY => {
             "the driver refused a property, size or handle: pass the export's description unchanged"

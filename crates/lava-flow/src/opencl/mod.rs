@@ -21,13 +21,13 @@
 //!
 //! docs/OPENCL.md has the rules and the reasons.
 
-pub mod bench;
 mod context;
 mod kernel;
 mod memory;
-pub mod selftest;
 mod semaphore;
 
+#[doc(hidden)]
+pub use context::cl_error;
 pub use context::{ClContext, ClDeviceInfo, ExternalMem};
 pub use kernel::{ClKernel, KernelArg};
 pub use memory::{cl_image_format, ClBuffer, ClImage};

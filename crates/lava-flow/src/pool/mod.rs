@@ -21,7 +21,6 @@
 //!
 //! See `docs/POOLS.md` for the policy (block sizes, dedicated allocations) and the lifetime rules.
 
-pub mod bench;
 pub mod cache;
 pub mod tlsf;
 pub mod vulkan;

@@ -233,8 +233,9 @@ pub(crate) fn check_size(
 
 /// Memory types that fit `type_bits` and `kind`, best first. Exportable device memory on some
 /// drivers exists only in some types (NVIDIA exports DEVICE_LOCAL but not DEVICE_LOCAL|HOST_VISIBLE),
-/// so callers try them in order.
-pub(crate) fn candidate_types(ctx: &VulkanContext, type_bits: u32, kind: MemoryKind) -> Vec<u32> {
+/// so callers try them in order. The choice lava-flow's own allocations make, for code that
+/// allocates with raw Vulkan calls on a [`VulkanContext`]'s device.
+pub fn candidate_types(ctx: &VulkanContext, type_bits: u32, kind: MemoryKind) -> Vec<u32> {
     let props = ctx.memory_properties();
     let (required, rank): (vk::MemoryPropertyFlags, fn(vk::MemoryPropertyFlags) -> u32) = match kind {
         MemoryKind::DeviceLocal => {

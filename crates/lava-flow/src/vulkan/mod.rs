@@ -13,7 +13,7 @@ mod live;
 mod memory;
 
 pub use allocator::{MemoryAllocator, MemoryLocation};
-pub use buffer::{Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind};
+pub use buffer::{candidate_types, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind};
 pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub use host::SharedHostMemory;
@@ -24,7 +24,6 @@ pub(crate) use memory::{allocation_id_prefix, check_against_exporter, next_alloc
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 
 pub use crate::pool::AllocationStrategy;
-pub(crate) use buffer::candidate_types;
 pub(crate) use memory::AllocateParams;
 pub mod sync;
 pub use sync::{Fence, OwnershipTransfer, RecordedCommands, Semaphore, Submission, SyncCapabilities};

@@ -5,7 +5,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Output};
 
-use lava_flow::{testing, VulkanContext};
+use lava_flow::VulkanContext;
+use lava_flow_diag::testing;
 
 /// Opens the default Vulkan device, or prints why not and returns None (panics when
 /// LAVA_FLOW_REQUIRE names vulkan).

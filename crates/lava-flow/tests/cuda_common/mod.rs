@@ -9,7 +9,8 @@ use lava_flow::cuda::CudaDevice;
 use lava_flow::raw_gpu_handle::{
     ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
 };
-use lava_flow::{testing, VulkanContext};
+use lava_flow::VulkanContext;
+use lava_flow_diag::testing;
 
 /// The default Vulkan device and the CUDA device with the same UUID, or None after printing why
 /// (panics instead when LAVA_FLOW_REQUIRE names the missing API).

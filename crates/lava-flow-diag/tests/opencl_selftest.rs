@@ -2,14 +2,14 @@
 //! exists only on the GPU machine: elsewhere the selftest rows must all be "unavailable" errors.
 #![cfg(feature = "opencl")]
 
-mod common;
-
-use lava_flow::opencl::{bench, selftest, ClContext};
-use lava_flow::testing;
+use lava_flow::opencl::ClContext;
+use lava_flow::VulkanContext;
+use lava_flow_diag::testing;
+use lava_flow_diag::{bench::opencl as bench, selftest::opencl as selftest};
 
 #[test]
 fn selftest_paths_pass_or_are_unavailable() {
-    let Some(vk) = common::vulkan() else { return };
+    let Some(vk) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
     let cases = selftest::selftest(&vk);
     assert_eq!(cases.len(), 4, "{cases:?}");
     let available = ClContext::for_identity(&vk.identity());
@@ -31,7 +31,7 @@ fn selftest_paths_pass_or_are_unavailable() {
 
 #[test]
 fn bench_rows_are_measured() {
-    let Some(vk) = common::vulkan() else { return };
+    let Some(vk) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
     if testing::or_skip("opencl", ClContext::for_identity(&vk.identity())).is_none() {
         return;
     }

@@ -10,12 +10,12 @@ use std::time::Duration;
 use ash::vk;
 use raw_gpu_handle::{SemaphoreKind, TextureFormat, TextureUsage};
 
-use super::vk::{
+use crate::raw_vk::{
     record_buffer_acquire, record_buffer_release, record_host_read, SemOp, Submitter, VkFence, VkSemaphore,
 };
-use super::CudaDevice;
-use crate::vulkan::{BufferOptions, ImageOptions, ImageTiling, MemoryKind};
-use crate::{Buffer, Error, Image, Result, VulkanContext};
+use lava_flow::cuda::{driver_error, CudaDevice};
+use lava_flow::vulkan::{BufferOptions, ImageOptions, ImageTiling, MemoryKind};
+use lava_flow::{Buffer, Error, Image, Result, VulkanContext};
 
 /// How long a self-test waits for the GPU before calling it stuck.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -250,7 +250,7 @@ pub fn semaphore_vulkan_to_cuda(
     let stream = cuda.stream();
     let mut results = stream
         .alloc_zeros::<u8>(SLOT as usize * rounds)
-        .map_err(|e| super::driver_error("cuMemAlloc", e, "allocating CUDA memory for the results"))?;
+        .map_err(|e| driver_error("cuMemAlloc", e, "allocating CUDA memory for the results"))?;
     let submitter = Submitter::new(ctx)?;
     let family = ctx.queue_family_index();
     let cmds = (0..rounds)
@@ -282,7 +282,7 @@ pub fn semaphore_vulkan_to_cuda(
         })?;
         stream
             .memcpy_dtod(&imported, &mut slot)
-            .map_err(|e| super::driver_error("cuMemcpyDtoDAsync", e, "copying the shared buffer in CUDA"))?;
+            .map_err(|e| driver_error("cuMemcpyDtoDAsync", e, "copying the shared buffer in CUDA"))?;
         match &cuda_to_vulkan {
             None => cuda_to_cuda.signal(stream, 2 * r64 + 2)?,
             Some(back) => back.signal(stream, 0)?,
@@ -297,8 +297,7 @@ pub fn semaphore_vulkan_to_cuda(
         }
     }
     cuda.synchronize()?;
-    let host =
-        stream.clone_dtoh(&results).map_err(|e| super::driver_error("cuMemcpyDtoH", e, "reading the results"))?;
+    let host = stream.clone_dtoh(&results).map_err(|e| driver_error("cuMemcpyDtoH", e, "reading the results"))?;
     check_rounds(&format!("{kind:?} semaphore vulkan->cuda"), &host, SLOT as usize)?;
     submitter.wait_idle()?;
     Ok(format!("{rounds} rounds of {} ordered, each checked", size_text(SLOT)))

@@ -1,8 +1,8 @@
 //! The test machinery itself: `LAVA_FLOW_REQUIRE` parsing, the skip markers `cargo xtask test`
 //! counts, and `Cases`, which fails a test whose cases do not add up. No driver needed.
 
-use lava_flow::testing::{self, case_skip_line, parse_required, skip_line, Cases, NAMES};
 use lava_flow::Error;
+use lava_flow_diag::testing::{self, case_skip_line, parse_required, skip_line, Cases, NAMES};
 
 #[test]
 fn require_names_parse_in_any_case_with_spaces_and_all() {

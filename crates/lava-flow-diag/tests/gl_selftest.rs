@@ -2,14 +2,14 @@
 //! drivers (llvmpipe here, NVIDIA on the GPU machine).
 #![cfg(feature = "gl")]
 
-mod common;
-
-use lava_flow::gl::{bench, selftest, GlContext};
-use lava_flow::testing;
+use lava_flow::gl::GlContext;
+use lava_flow::VulkanContext;
+use lava_flow_diag::testing;
+use lava_flow_diag::{bench::gl as bench, selftest::gl as selftest};
 
 #[test]
 fn selftest_paths_pass() {
-    let Some(vk) = common::vulkan() else { return };
+    let Some(vk) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
     if testing::or_skip("gl", GlContext::for_identity(&vk.identity())).is_none() {
         return;
     }
@@ -25,7 +25,7 @@ fn selftest_paths_pass() {
 
 #[test]
 fn import_latency_rows_are_measured() {
-    let Some(vk) = common::vulkan() else { return };
+    let Some(vk) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
     if testing::or_skip("gl", GlContext::for_identity(&vk.identity())).is_none() {
         return;
     }

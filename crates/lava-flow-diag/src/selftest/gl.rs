@@ -3,10 +3,9 @@
 
 use raw_gpu_handle::TextureFormat;
 
-use super::context::GlContext;
-use super::memory::GL_BUFFER_SLACK;
-use crate::vulkan::{Buffer, BufferOptions, Image, ImageOptions, MemoryKind};
-use crate::{Error, Result, VulkanContext};
+use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
+use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions, MemoryKind};
+use lava_flow::{Error, Result, VulkanContext};
 
 /// One path of the self-test and what happened: `Ok` with what was proved, or the error (an
 /// [`Error::is_unavailable`] error means this machine cannot do it, not that it is broken).
@@ -60,7 +59,7 @@ fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
 
 /// The same failure for every path after the first, keeping "unavailable" meaning unavailable.
 pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) -> Error {
-    if let Some(absent) = first.same_absence() {
+    if let Some(absent) = super::same_absence(first) {
         absent
     } else if first.is_unavailable() {
         Error::unsupported(path, format!("{api} is unavailable: {first}"), "see the first row", "see the first row")

@@ -1,12 +1,12 @@
-//! lava-flow's own CUDA kernels ([`KERNELS_PTX`]), loaded with
-//! `cuModuleLoadData` and launched with `cuLaunchKernel`: no NVRTC needed at run time.
+//! lava-flow's own CUDA kernels ([`KERNELS_PTX`]), loaded with `cuModuleLoadData` and launched
+//! with `cuLaunchKernel` (no NVRTC needed at run time): the copy kernel of the bandwidth rows.
 
 use std::ffi::{c_void, CString};
 
 use cudarc::driver::sys;
 
-use super::{check, CudaDevice, KERNELS_PTX};
-use crate::{Error, Result};
+use lava_flow::cuda::{check, CudaDevice, KERNELS_PTX};
+use lava_flow::{Error, Result};
 
 /// The loaded module with its functions; unloaded on drop.
 pub struct Kernels {

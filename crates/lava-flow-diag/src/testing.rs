@@ -12,7 +12,7 @@
 //!   open), or what [`NAMES`] lists beside the APIs. Prints `SKIPPED (<name> unavailable): <reason>`;
 //!   panics instead when `LAVA_FLOW_REQUIRE` names it. [`or_skip`] is for *opening* an API
 //!   (`VulkanContext::new`, `GlContext::for_identity`, ...), where every
-//!   [`Error::is_unavailable`](crate::Error::is_unavailable) error means that API cannot be used.
+//!   [`Error::is_unavailable`] error means that API cannot be used.
 //! - [`skip_capability`] / [`skip_refused`]: the API is here, but the driver's capability query
 //!   says no (a format, tiling, memory kind or extension it cannot share). Prints
 //!   `SKIPPED (<api> capability): <reason>`; never a failure under `LAVA_FLOW_REQUIRE`, since the
@@ -37,7 +37,7 @@
 
 use std::fmt::Display;
 
-use crate::Error;
+use lava_flow::Error;
 
 /// The names `LAVA_FLOW_REQUIRE` understands (besides `all`).
 pub const NAMES: [&str; 7] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "root"];
@@ -51,7 +51,7 @@ pub const REQUIRE_VAR: &str = "LAVA_FLOW_REQUIRE";
 /// Parses a `LAVA_FLOW_REQUIRE` value: [`NAMES`] separated by commas, in any case, with spaces
 /// and empty entries ignored; `all` stands for every name. An unknown name is
 /// [`Error::InvalidArgument`] naming it and listing the valid ones.
-pub fn parse_required(value: &str) -> crate::Result<Vec<&'static str>> {
+pub fn parse_required(value: &str) -> lava_flow::Result<Vec<&'static str>> {
     let mut names: Vec<&'static str> = Vec::new();
     let mut add = |n: &'static str| {
         if !names.contains(&n) {
@@ -100,7 +100,7 @@ fn closest_name(entry: &str) -> Option<&'static str> {
 
 /// What `LAVA_FLOW_REQUIRE` names in this process's environment (nothing when it is unset). A
 /// binary that honours it calls this first, to report a misspelt name as an error.
-pub fn required() -> crate::Result<Vec<&'static str>> {
+pub fn required() -> lava_flow::Result<Vec<&'static str>> {
     match std::env::var(REQUIRE_VAR) {
         Ok(value) => parse_required(&value),
         Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
@@ -193,12 +193,12 @@ fn check_refusal(query: &str, err: &Error) {
 
 /// Unwraps the result of opening an API (`VulkanContext::new`, `GlContext::for_identity`,
 /// `CudaDevice::for_identity`, ...), or skips (see [`skip`]) when the error means the API cannot
-/// be used here ([`Error::is_unavailable`](crate::Error::is_unavailable): no library, no device, a
+/// be used here ([`Error::is_unavailable`]: no library, no device, a
 /// driver lacking what lava-flow needs to open it). Other errors panic. Not for operations on an
 /// opened API: there an [`Error::Unsupported`] is the driver's capability answer
 /// ([`skip_refused`]) or a bug.
 #[track_caller]
-pub fn or_skip<T>(name: &str, result: crate::Result<T>) -> Option<T> {
+pub fn or_skip<T>(name: &str, result: lava_flow::Result<T>) -> Option<T> {
     match result {
         Ok(v) => Some(v),
         Err(e) if e.is_unavailable() => {
@@ -214,7 +214,7 @@ pub fn or_skip<T>(name: &str, result: crate::Result<T>) -> Option<T> {
 /// this, with its reason, and [`Cases::finish`] checks that they add up to the number expected.
 ///
 /// ```
-/// use lava_flow::testing::Cases;
+/// use lava_flow_diag::testing::Cases;
 ///
 /// let formats = ["r8", "rgba8", "rgba16f"];
 /// let mut cases = Cases::new("formats", formats.len());

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use ash::vk;
 use raw_gpu_handle::{ExportedBuffer, MemoryHandleKind};
 
-use super::{AllocationStrategy, BlockImporter, CacheOutcome, PoolConfig};
-use crate::vulkan::caps::DEFAULT_BUFFER_USAGE;
-use crate::vulkan::{candidate_types, vk_memory_handle_type, MemoryKind};
-use crate::{Buffer, BufferOptions, Error, MemoryAllocator, Result, VulkanContext};
+use lava_flow::pool::{AllocationStrategy, BlockImporter, CacheOutcome, PoolConfig};
+use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
+use lava_flow::vulkan::{candidate_types, vk_memory_handle_type, MemoryKind};
+use lava_flow::{Buffer, BufferOptions, Error, MemoryAllocator, Result, VulkanContext};
 
-pub use crate::bench::BenchRow;
+pub use super::BenchRow;
 
 /// Median time of `f` over `iterations` runs after `warmup` runs; what `f` returns is dropped
 /// outside the timed part, and so is what `setup` prepares.

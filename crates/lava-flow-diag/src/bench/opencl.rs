@@ -7,13 +7,20 @@ use std::time::Instant;
 
 use cl3::ext as cl;
 
-use super::context::{cl_error, ClContext};
-use super::memory::release_event;
-use crate::vulkan::{Buffer, BufferOptions};
-use crate::{Result, VulkanContext};
+use lava_flow::opencl::{cl_error, ClContext};
+use lava_flow::vulkan::{Buffer, BufferOptions};
+use lava_flow::{Result, VulkanContext};
 
-use crate::bench::median;
-pub use crate::bench::BenchRow;
+use super::median;
+pub use super::BenchRow;
+
+/// Releases an event an enqueue call returned (none for a null one).
+fn release_event(event: cl::cl_event) {
+    if !event.is_null() {
+        // SAFETY: an event returned to us by an enqueue call, released once here.
+        let _ = unsafe { cl3::event::release_event(event) };
+    }
+}
 
 fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
     BenchRow::new(case, lava_flow, raw, unit, iterations)

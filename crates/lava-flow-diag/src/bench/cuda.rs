@@ -23,6 +23,8 @@
 //!   a user would otherwise make at every hand-off (device to device, or read back through the
 //!   host and uploaded again).
 
+pub mod kernels;
+
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
@@ -34,12 +36,12 @@ use ash::vk;
 use cudarc::driver::sys;
 use raw_gpu_handle::SemaphoreKind;
 
-use super::kernels::Kernels;
-use super::vk::{raw_export_fd, VkSemaphore};
-use super::{check, CudaBuffer, CudaDevice, CudaSemaphore};
-use crate::pool::{AllocationStrategy, CacheOutcome};
-use crate::vulkan::{BufferOptions, MemoryKind};
-use crate::{Buffer, DeviceSelector, Error, MemoryAllocator, Result, VulkanContext};
+use self::kernels::Kernels;
+use crate::raw_vk::{raw_export_fd, VkSemaphore};
+use lava_flow::cuda::{check, driver_error, CudaBuffer, CudaDevice, CudaSemaphore};
+use lava_flow::pool::{AllocationStrategy, CacheOutcome};
+use lava_flow::vulkan::{BufferOptions, MemoryKind};
+use lava_flow::{Buffer, DeviceSelector, Error, MemoryAllocator, Result, VulkanContext};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -410,7 +412,7 @@ impl Fixture {
         let events = ctx
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             .and_then(|a| Ok((a, ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?)))
-            .map_err(|e| super::driver_error("cuEventCreate", e, "creating timing events"))?;
+            .map_err(|e| driver_error("cuEventCreate", e, "creating timing events"))?;
         let record = |event: &cudarc::driver::CudaEvent| {
             // SAFETY: a live event and stream of the current context.
             check(unsafe { sys::cuEventRecord(event.cu_event(), stream) }, "cuEventRecord", || {
@@ -430,10 +432,7 @@ impl Fixture {
             }
         }
         record(&events.1)?;
-        let ms = events
-            .0
-            .elapsed_ms(&events.1)
-            .map_err(|e| super::driver_error("cuEventElapsedTime", e, "timing copies"))?;
+        let ms = events.0.elapsed_ms(&events.1).map_err(|e| driver_error("cuEventElapsedTime", e, "timing copies"))?;
         Ok(Duration::from_secs_f64(f64::from(ms) / 1e3))
     }
 
@@ -718,7 +717,7 @@ enum VulkanEnd {
     /// Created with the crate's helpers, submitted through the prepared batch.
     Prepared { semaphore: VkSemaphore, submit: TimelineSubmit },
     /// lava-flow's public synchronization API.
-    SyncApi(crate::vulkan::sync::Semaphore),
+    SyncApi(lava_flow::vulkan::sync::Semaphore),
 }
 
 impl VulkanEnd {
@@ -752,7 +751,7 @@ impl RoundTripSide {
     fn new(fx: &Fixture, side: Side, path: VulkanPath) -> Result<RoundTripSide> {
         let (vulkan, exported) = match (side, path) {
             (Side::LavaFlow, VulkanPath::SyncApi) => {
-                use crate::vulkan::sync::{Semaphore, SemaphoreHandleKind};
+                use lava_flow::vulkan::sync::{Semaphore, SemaphoreHandleKind};
                 let semaphore = Semaphore::exportable(&fx.ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
                 let exported = semaphore.export()?;
                 (VulkanEnd::SyncApi(semaphore), exported)
@@ -855,7 +854,7 @@ impl RoundTripSide {
     fn submit(&self, wait: u64, signal: u64) -> Result<()> {
         match &*self.vulkan {
             VulkanEnd::Prepared { submit, .. } => submit.submit(&self.ctx, wait, signal),
-            VulkanEnd::SyncApi(semaphore) => crate::vulkan::sync::Submission::new()
+            VulkanEnd::SyncApi(semaphore) => lava_flow::vulkan::sync::Submission::new()
                 .wait(semaphore, wait, vk::PipelineStageFlags::ALL_COMMANDS)
                 .signal(semaphore, signal)
                 .submit(&self.ctx)

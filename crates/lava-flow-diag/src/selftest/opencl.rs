@@ -3,10 +3,9 @@
 
 use raw_gpu_handle::TextureFormat;
 
-use super::context::ClContext;
-use super::kernel::KernelArg;
-use crate::vulkan::{Buffer, BufferOptions, Image, ImageOptions, ImageTiling, MemoryKind};
-use crate::{Error, Result, VulkanContext};
+use lava_flow::opencl::{ClContext, KernelArg};
+use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions, ImageTiling, MemoryKind};
+use lava_flow::{Error, Result, VulkanContext};
 
 /// One path of the self-test: `Ok` with what was proved, or the error (an
 /// [`Error::is_unavailable`] error means this machine cannot do it).
@@ -61,7 +60,7 @@ fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
 }
 
 fn follow_on(path: &'static str, first: &Error) -> Error {
-    if let Some(absent) = first.same_absence() {
+    if let Some(absent) = super::same_absence(first) {
         absent
     } else if first.is_unavailable() {
         Error::unsupported(path, format!("OpenCL is unavailable: {first}"), "see the first row", "see the first row")

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind, TextureFormat};
 
-use super::object::{NamedObject, SharedObject};
-use super::wire::{NamedDescription, ObjectDescription};
-use super::{shm, Client, Server, ServerConfig};
-use crate::vulkan::sync::{semaphore_capabilities, Semaphore};
-use crate::vulkan::{DeviceSelector, MemoryLocation};
-use crate::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
+use lava_flow::ipc::{
+    shm, Client, NamedDescription, NamedObject, ObjectDescription, Server, ServerConfig, SharedObject,
+};
+use lava_flow::vulkan::sync::{semaphore_capabilities, Semaphore};
+use lava_flow::vulkan::{DeviceSelector, MemoryLocation};
+use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
 
 /// Extra bytes in the pattern allocation so that llvmpipe's GL can place the buffer in it
 /// (see `gl::GL_BUFFER_SLACK` and docs/GL.md); harmless elsewhere.
@@ -153,7 +153,7 @@ impl PatternServer {
 /// Allocates `options.size` bytes where asked, fills the pattern ([`pattern_word`]), optionally
 /// an image too, and serves them at `options.socket` to every allowed client that connects.
 /// A size the device or the machine cannot hold is refused with [`Error::OutOfMemory`] before
-/// anything is allocated (`crate::limits`); the pattern is written in pieces, so filling it
+/// anything is allocated (`lava_flow::limits`); the pattern is written in pieces, so filling it
 /// needs no host copy of the whole size.
 pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
     let size = usize::try_from(options.size)
@@ -366,11 +366,11 @@ enum Importer {
     Host,
     Vulkan(VulkanContext),
     #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::CudaDevice),
+    Cuda(lava_flow::cuda::CudaDevice),
     #[cfg(feature = "gl")]
-    Gl(crate::gl::GlContext),
+    Gl(lava_flow::gl::GlContext),
     #[cfg(feature = "opencl")]
-    OpenCl(crate::opencl::ClContext),
+    OpenCl(lava_flow::opencl::ClContext),
 }
 
 impl Importer {
@@ -380,11 +380,11 @@ impl Importer {
             AttachApi::Host => Importer::Host,
             AttachApi::Vulkan => Importer::Vulkan(VulkanContext::with_selector(selector)?),
             #[cfg(feature = "cuda")]
-            AttachApi::Cuda => Importer::Cuda(crate::cuda::CudaDevice::with_uuid(exporter.device_uuid)?),
+            AttachApi::Cuda => Importer::Cuda(lava_flow::cuda::CudaDevice::with_uuid(exporter.device_uuid)?),
             #[cfg(feature = "gl")]
-            AttachApi::Gl => Importer::Gl(crate::gl::GlContext::for_identity(exporter)?),
+            AttachApi::Gl => Importer::Gl(lava_flow::gl::GlContext::for_identity(exporter)?),
             #[cfg(feature = "opencl")]
-            AttachApi::OpenCl => Importer::OpenCl(crate::opencl::ClContext::for_identity(exporter)?),
+            AttachApi::OpenCl => Importer::OpenCl(lava_flow::opencl::ClContext::for_identity(exporter)?),
             #[allow(unreachable_patterns)]
             other => return Err(not_in_build(other)),
         })
@@ -407,7 +407,7 @@ impl Importer {
     fn read_buffer(&self, b: raw_gpu_handle::ExportedBuffer, name: &str, steps: &mut Vec<Step>) -> Result<Vec<u8>> {
         let size = b.buffer.size;
         // The copy read back lives in this process's memory: refuse one it cannot hold.
-        crate::limits::check_host_memory(
+        lava_flow::limits::check_host_memory(
             &format!("reading back the {size}-byte buffer {name} to check it"),
             size,
             "attach on a machine with more free memory, or serve a smaller size",
@@ -660,7 +660,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lava-flow-serve-absurd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("serve.sock");
-        let size = crate::limits::host_memory_available().expect("/proc/meminfo").bytes * 2 + (1 << 30);
+        let size = lava_flow::limits::host_memory_available().expect("/proc/meminfo").bytes * 2 + (1 << 30);
         let options = ServeOptions {
             socket: socket.clone(),
             size,

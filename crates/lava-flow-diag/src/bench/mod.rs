@@ -1,5 +1,14 @@
-//! The row every benchmark of lava-flow produces: one case measured through lava-flow and through
-//! the raw API calls doing the same work, in the same run. `lava-flow bench` prints and plots them.
+//! lava-flow measured against the raw API calls doing the same work, in the same run: one module
+//! per importer (and the pools), each producing [`BenchRow`]s that `lava-flow bench` prints and
+//! plots, and that the criterion benches of lava-flow reuse as fixtures.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "gl")]
+pub mod gl;
+#[cfg(feature = "opencl")]
+pub mod opencl;
+pub mod pool;
 
 /// One measured case.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -8,11 +8,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use ash::vk;
 use raw_gpu_handle::{ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
 
-use crate::{Error, Result, VulkanContext};
+use lava_flow::{Error, Result, VulkanContext};
 
 /// A fresh opaque fd for `memory` with the bare `vkGetMemoryFdKHR` call (the benchmarks' raw
 /// export).
-pub(crate) fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Result<OwnedFd> {
+pub fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Result<OwnedFd> {
     let loader = ctx.external_memory_fd()?;
     let info =
         vk::MemoryGetFdInfoKHR::default().memory(memory).handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
@@ -25,7 +25,7 @@ pub(crate) fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Re
 
 /// Records the acquisition of a shared buffer from `VK_QUEUE_FAMILY_EXTERNAL` before Vulkan
 /// transfers touch it (what CUDA wrote becomes visible).
-pub(crate) fn record_buffer_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
+pub fn record_buffer_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
     let barrier = [vk::BufferMemoryBarrier::default()
         .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)
         .src_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
@@ -48,7 +48,7 @@ pub(crate) fn record_buffer_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, b
 
 /// Records the release of a shared buffer to `VK_QUEUE_FAMILY_EXTERNAL` after Vulkan transfers
 /// or shaders wrote it (so CUDA sees the writes).
-pub(crate) fn record_buffer_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
+pub fn record_buffer_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family: u32) {
     let barrier = [vk::BufferMemoryBarrier::default()
         .src_access_mask(vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::SHADER_WRITE)
         .src_queue_family_index(family)
@@ -71,7 +71,7 @@ pub(crate) fn record_buffer_release(dev: &ash::Device, cmd: vk::CommandBuffer, b
 
 /// Records a dependency from transfer writes into `buffer` to host reads of its mapping, so the
 /// host sees them once it waited for the submission.
-pub(crate) fn record_host_read(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer) {
+pub fn record_host_read(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer) {
     let barrier = [vk::BufferMemoryBarrier::default()
         .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
         .dst_access_mask(vk::AccessFlags::HOST_READ)
@@ -94,10 +94,10 @@ pub(crate) fn record_host_read(dev: &ash::Device, cmd: vk::CommandBuffer, buffer
 }
 
 /// An exportable semaphore (binary or timeline).
-pub(crate) struct VkSemaphore {
-    pub(crate) ctx: VulkanContext,
-    pub(crate) semaphore: vk::Semaphore,
-    pub(crate) kind: SemaphoreKind,
+pub struct VkSemaphore {
+    pub ctx: VulkanContext,
+    pub semaphore: vk::Semaphore,
+    pub kind: SemaphoreKind,
 }
 
 impl Drop for VkSemaphore {
@@ -109,13 +109,13 @@ impl Drop for VkSemaphore {
 
 impl VkSemaphore {
     /// A semaphore exportable as an opaque fd.
-    pub(crate) fn exportable(ctx: &VulkanContext, kind: SemaphoreKind) -> Result<VkSemaphore> {
+    pub fn exportable(ctx: &VulkanContext, kind: SemaphoreKind) -> Result<VkSemaphore> {
         ctx.external_semaphore_fd()?;
         Self::create(ctx, kind, true)
     }
 
     /// A semaphore, exportable as an opaque fd when `exportable`.
-    pub(crate) fn create(ctx: &VulkanContext, kind: SemaphoreKind, exportable: bool) -> Result<VkSemaphore> {
+    pub fn create(ctx: &VulkanContext, kind: SemaphoreKind, exportable: bool) -> Result<VkSemaphore> {
         if kind == SemaphoreKind::Timeline && !ctx.extensions().timeline_semaphore {
             return Err(Error::unsupported(
                 format!("timeline semaphores on {}", ctx.info().name),
@@ -142,7 +142,7 @@ impl VkSemaphore {
     }
 
     /// A fresh opaque fd for the semaphore.
-    pub(crate) fn export(&self) -> Result<ExportedSemaphore> {
+    pub fn export(&self) -> Result<ExportedSemaphore> {
         let loader = self.ctx.external_semaphore_fd()?;
         let info = vk::SemaphoreGetFdInfoKHR::default()
             .semaphore(self.semaphore)
@@ -162,7 +162,7 @@ impl VkSemaphore {
     }
 
     /// Sets a timeline semaphore's value from the host.
-    pub(crate) fn host_signal(&self, value: u64) -> Result<()> {
+    pub fn host_signal(&self, value: u64) -> Result<()> {
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore).value(value);
         // SAFETY: a timeline semaphore of this device.
         unsafe { self.ctx.device().signal_semaphore(&info) }
@@ -170,7 +170,7 @@ impl VkSemaphore {
     }
 
     /// Waits on the host until a timeline semaphore reaches `value`.
-    pub(crate) fn host_wait(&self, value: u64, timeout: std::time::Duration) -> Result<()> {
+    pub fn host_wait(&self, value: u64, timeout: std::time::Duration) -> Result<()> {
         let sems = [self.semaphore];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
@@ -188,7 +188,7 @@ impl VkSemaphore {
 }
 
 /// Submits work that waits for and signals semaphores, without waiting on the host.
-pub(crate) struct Submitter {
+pub struct Submitter {
     ctx: VulkanContext,
     pool: vk::CommandPool,
 }
@@ -204,10 +204,10 @@ impl Drop for Submitter {
 }
 
 /// A semaphore operation in a submission: the semaphore and, for timelines, the value.
-pub(crate) type SemOp<'a> = (&'a VkSemaphore, u64);
+pub type SemOp<'a> = (&'a VkSemaphore, u64);
 
 impl Submitter {
-    pub(crate) fn new(ctx: &VulkanContext) -> Result<Submitter> {
+    pub fn new(ctx: &VulkanContext) -> Result<Submitter> {
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(ctx.queue_family_index())
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
@@ -218,7 +218,7 @@ impl Submitter {
     }
 
     /// Records a primary command buffer once, for repeated submission.
-    pub(crate) fn record(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<vk::CommandBuffer> {
+    pub fn record(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<vk::CommandBuffer> {
         let device = self.ctx.device();
         let alloc = vk::CommandBufferAllocateInfo::default()
             .command_pool(self.pool)
@@ -238,7 +238,7 @@ impl Submitter {
     }
 
     /// Submits `cmds` waiting for `waits` and signalling `signals`, with `fence` (may be null).
-    pub(crate) fn submit(
+    pub fn submit(
         &self,
         cmds: &[vk::CommandBuffer],
         waits: &[SemOp<'_>],
@@ -271,7 +271,7 @@ impl Submitter {
     }
 
     /// Waits until the queue is idle.
-    pub(crate) fn wait_idle(&self) -> Result<()> {
+    pub fn wait_idle(&self) -> Result<()> {
         self.ctx
             .with_queue(|q| {
                 // SAFETY: the queue is locked.
@@ -282,9 +282,9 @@ impl Submitter {
 }
 
 /// A fence for waiting on one submission.
-pub(crate) struct VkFence {
+pub struct VkFence {
     ctx: VulkanContext,
-    pub(crate) fence: vk::Fence,
+    pub fence: vk::Fence,
 }
 
 impl Drop for VkFence {
@@ -295,7 +295,7 @@ impl Drop for VkFence {
 }
 
 impl VkFence {
-    pub(crate) fn new(ctx: &VulkanContext) -> Result<VkFence> {
+    pub fn new(ctx: &VulkanContext) -> Result<VkFence> {
         // SAFETY: valid device.
         let fence = unsafe { ctx.device().create_fence(&vk::FenceCreateInfo::default(), None) }
             .map_err(|r| Error::vk("vkCreateFence", r, "creating a fence"))?;
@@ -303,7 +303,7 @@ impl VkFence {
     }
 
     /// Waits for the fence, then resets it.
-    pub(crate) fn wait_and_reset(&self, timeout: std::time::Duration) -> Result<()> {
+    pub fn wait_and_reset(&self, timeout: std::time::Duration) -> Result<()> {
         let device = self.ctx.device();
         // SAFETY: the fence is of this device.
         match unsafe { device.wait_for_fences(&[self.fence], true, timeout.as_nanos() as u64) } {
@@ -357,9 +357,9 @@ mod tests {
         let sem = VkSemaphore::create(&ctx, SemaphoreKind::Binary, false).unwrap();
         let submitter = Submitter::new(&ctx).unwrap();
         let fence = VkFence::new(&ctx).unwrap();
-        let buffer = crate::Buffer::new(
+        let buffer = lava_flow::Buffer::new(
             &ctx,
-            &crate::BufferOptions::new(4096).memory(crate::vulkan::MemoryKind::HostVisible).export(None),
+            &lava_flow::BufferOptions::new(4096).memory(lava_flow::vulkan::MemoryKind::HostVisible).export(None),
         )
         .unwrap();
         let family = ctx.queue_family_index();
