@@ -89,7 +89,7 @@ pub(crate) fn cu_error(call: &'static str, result: sys::CUresult, action: impl I
         }
         _ => "see `lava-flow info` for this machine's CUDA devices and driver",
     };
-    Error::Api { api: "CUDA", action, call, code: format!("{result:?}"), advice: advice.into() }
+    Error::Api { api: "CUDA", action, call, code: crate::error::DriverCode::Cuda(result), advice: advice.into() }
 }
 
 /// Checks a `CUresult`.
