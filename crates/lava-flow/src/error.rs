@@ -7,8 +7,8 @@
 //! on it rather than on text:
 //!
 //! ```no_run
-//! use lava_flow::error::DriverCode;
-//! use lava_flow::vulkan::vk;
+//! use lava_flow::ash::vk;
+//! use lava_flow::DriverCode;
 //! # fn f(err: lava_flow::Error) {
 //! match err.driver_code() {
 //!     Some(DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY)) => { /* ask for less */ }
@@ -556,5 +556,216 @@ impl Error {
             }),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ash::vk;
+
+    /// `CamelCase` to `CAMEL_CASE`, for comparing with bindings that name codes in Rust style.
+    fn screaming(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+
+    #[test]
+    fn vulkan_codes_print_their_spec_names_and_stay_values() {
+        let code = DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY);
+        assert_eq!(code.to_string(), "VK_ERROR_OUT_OF_DEVICE_MEMORY");
+        assert_eq!(
+            DriverCode::Vulkan(vk::Result::ERROR_INVALID_EXTERNAL_HANDLE).to_string(),
+            "VK_ERROR_INVALID_EXTERNAL_HANDLE"
+        );
+        assert_eq!(DriverCode::Vulkan(vk::Result::from_raw(-123_456)).to_string(), "VkResult -123456");
+        let e = Error::vk("vkAllocateMemory", vk::Result::ERROR_OUT_OF_DEVICE_MEMORY, "allocating 4 bytes");
+        assert_eq!(e.driver_code(), Some(code));
+        assert_eq!(e.vk_result(), Some(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY));
+        assert!(matches!(e.driver_code(), Some(DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY))));
+        assert_eq!((e.cl_code(), e.gl_code()), (None, None));
+        assert_eq!(Error::invalid("a", "b", "c").driver_code(), None);
+    }
+
+    #[test]
+    fn api_errors_print_the_codes_spec_name() {
+        let e = Error::Api {
+            api: "OpenCL",
+            action: "importing a buffer".into(),
+            call: "clCreateBufferWithProperties",
+            code: DriverCode::OpenCl(ClCode(-30)),
+            advice: "pass the description unchanged".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "OpenCL clCreateBufferWithProperties failed with CL_INVALID_VALUE while importing a buffer; pass the \
+             description unchanged"
+        );
+        assert_eq!(e.cl_code(), Some(ClCode::INVALID_VALUE));
+        assert!(matches!(e, Error::Api { code: DriverCode::OpenCl(ClCode::INVALID_VALUE), .. }));
+        assert_eq!(e.vk_result(), None);
+        let e = Error::Api {
+            api: "OpenGL",
+            action: "placing storage".into(),
+            call: "glBufferStorageMemEXT",
+            code: DriverCode::Gl(GlCode(0x0505)),
+            advice: "import less".into(),
+        };
+        assert!(e.to_string().contains("glBufferStorageMemEXT failed with GL_OUT_OF_MEMORY while"), "{e}");
+        assert_eq!(e.gl_code(), Some(GlCode::OUT_OF_MEMORY));
+        assert_eq!(DriverCode::GlFalse.to_string(), "GL_FALSE");
+        assert_eq!(DriverCode::Egl(EglCode(0x3002)).to_string(), "EGL_BAD_ACCESS");
+    }
+
+    #[test]
+    fn opencl_names_follow_the_headers() {
+        for (code, name) in [
+            (0, "CL_SUCCESS"),
+            (-4, "CL_MEM_OBJECT_ALLOCATION_FAILURE"),
+            (-5, "CL_OUT_OF_RESOURCES"),
+            (-6, "CL_OUT_OF_HOST_MEMORY"),
+            (-30, "CL_INVALID_VALUE"),
+            (-59, "CL_INVALID_OPERATION"),
+            (-64, "CL_INVALID_PROPERTY"),
+            (-72, "CL_MAX_SIZE_RESTRICTION_EXCEEDED"),
+            (-1142, "CL_INVALID_SEMAPHORE_KHR"),
+        ] {
+            assert_eq!(ClCode(code).to_string(), name);
+            assert_eq!(DriverCode::OpenCl(ClCode(code)).to_string(), name);
+        }
+        // Every core code is named: -1 to -19 and -30 to -72 (-20 to -29 are unassigned).
+        for code in (-19..=0).chain(-72..=-30) {
+            assert!(ClCode(code).name().is_some(), "{code}");
+        }
+        assert_eq!(ClCode(-20).to_string(), "OpenCL error -20");
+    }
+
+    /// The table agrees with cl3's (which follows the Khronos headers) on every code both know.
+    #[cfg(feature = "opencl")]
+    #[test]
+    fn opencl_names_agree_with_cl3() {
+        for code in -2001..=0 {
+            let theirs = cl3::error_codes::error_text(code);
+            match ClCode(code).name() {
+                Some(ours) => assert_eq!(ours, theirs, "{code}"),
+                None if (-72..=0).contains(&code) => assert_eq!(theirs, "UNKNOWN_ERROR", "{code} is unnamed"),
+                None => {}
+            }
+        }
+        assert_eq!(ClCode::DLOPEN_FUNCTION_NOT_AVAILABLE.0, cl3::error_codes::DLOPEN_FUNCTION_NOT_AVAILABLE);
+        assert_eq!(ClCode::INVALID_PROPERTY.0, cl3::ext::CL_INVALID_PROPERTY);
+        assert_eq!(ClCode::INVALID_SEMAPHORE_KHR.0, cl3::ext::CL_INVALID_SEMAPHORE_KHR);
+    }
+
+    #[test]
+    fn gl_names_follow_the_spec() {
+        for (code, name) in [
+            (0, "GL_NO_ERROR"),
+            (0x0500, "GL_INVALID_ENUM"),
+            (0x0501, "GL_INVALID_VALUE"),
+            (0x0502, "GL_INVALID_OPERATION"),
+            (0x0503, "GL_STACK_OVERFLOW"),
+            (0x0504, "GL_STACK_UNDERFLOW"),
+            (0x0505, "GL_OUT_OF_MEMORY"),
+            (0x0506, "GL_INVALID_FRAMEBUFFER_OPERATION"),
+            (0x0507, "GL_CONTEXT_LOST"),
+        ] {
+            assert_eq!(GlCode(code).to_string(), name);
+        }
+        assert_eq!(GlCode(0x1234).to_string(), "GL error 0x1234");
+    }
+
+    /// The GL importer's own constants (what `glGetError` is compared with) agree.
+    #[cfg(feature = "gl")]
+    #[test]
+    fn gl_names_agree_with_the_importers_constants() {
+        use crate::gl::functions as f;
+        assert_eq!(GlCode::OUT_OF_MEMORY.0, f::OUT_OF_MEMORY);
+        assert_eq!(GlCode::INVALID_VALUE.0, f::INVALID_VALUE);
+        assert_eq!(GlCode::INVALID_OPERATION.0, f::INVALID_OPERATION);
+        assert_eq!(GlCode::INVALID_ENUM.0, f::INVALID_ENUM);
+        assert_eq!(GlCode::CONTEXT_LOST.0, f::CONTEXT_LOST);
+        assert_eq!(f::error_name(f::OUT_OF_MEMORY), "GL_OUT_OF_MEMORY");
+    }
+
+    #[test]
+    fn egl_names_follow_the_spec() {
+        assert_eq!(EglCode(0x3000).to_string(), "EGL_SUCCESS");
+        assert_eq!(EglCode(0x3001).to_string(), "EGL_NOT_INITIALIZED");
+        assert_eq!(EglCode(0x3003).to_string(), "EGL_BAD_ALLOC");
+        assert_eq!(EglCode(0x300E).to_string(), "EGL_CONTEXT_LOST");
+        assert_eq!(EglCode(0x3100).to_string(), "EGL error 0x3100");
+    }
+
+    /// Every error khronos-egl knows has the same value and name here.
+    #[cfg(feature = "gl")]
+    #[test]
+    fn egl_names_agree_with_khronos_egl() {
+        use khronos_egl as egl;
+        let mut known = 0;
+        for raw in 0x3000..0x3100 {
+            if let Ok(e) = egl::Error::try_from(raw) {
+                known += 1;
+                assert_eq!(egl::Int::from(e), raw);
+                let ours = EglCode(raw).name().unwrap_or_else(|| panic!("{raw:#x} ({e:?}) is unnamed"));
+                assert_eq!(ours, format!("EGL_{}", screaming(&format!("{e:?}"))), "{raw:#x}");
+            }
+        }
+        assert_eq!(known, 14, "khronos-egl's errors: EGL_NOT_INITIALIZED to EGL_CONTEXT_LOST");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_results_print_their_spec_names_and_stay_values() {
+        use cudarc::driver::sys::CUresult;
+        let code = DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(code.to_string(), "CUDA_ERROR_INVALID_VALUE");
+        assert_eq!(DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_HANDLE).to_string(), "CUDA_ERROR_INVALID_HANDLE");
+        let e = crate::cuda::cu_error("cuImportExternalMemory", CUresult::CUDA_ERROR_INVALID_VALUE, "importing");
+        assert_eq!(e.cuda_result(), Some(CUresult::CUDA_ERROR_INVALID_VALUE));
+        assert!(matches!(e, Error::Api { code: DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_VALUE), .. }));
+        assert!(
+            e.to_string()
+                .starts_with("CUDA cuImportExternalMemory failed with CUDA_ERROR_INVALID_VALUE while importing;"),
+            "{e}"
+        );
+        assert_eq!(e.vk_result(), None);
+    }
+
+    #[test]
+    fn deferred_errors_keep_each_error_and_its_code() {
+        let vk_code = vk::Result::ERROR_DEVICE_LOST;
+        let deferred = Error::Deferred(vec![
+            DeferredError::new("leaking GL buffer 3", Error::vk("vkWaitSemaphores", vk_code, "waiting")),
+            Error::Api {
+                api: "OpenCL",
+                action: "releasing an imported buffer".into(),
+                call: "clReleaseMemObject",
+                code: DriverCode::OpenCl(ClCode::INVALID_MEM_OBJECT),
+                advice: "x".into(),
+            }
+            .into(),
+        ]);
+        let text = deferred.to_string();
+        assert!(
+            text.starts_with("errors while releasing earlier objects: leaking GL buffer 3: vkWaitSemaphores returned"),
+            "{text}"
+        );
+        assert!(
+            text.contains("; OpenCL clReleaseMemObject failed with CL_INVALID_MEM_OBJECT while releasing"),
+            "{text}"
+        );
+        let Error::Deferred(errors) = &deferred else { unreachable!() };
+        assert_eq!(errors[0].driver_code(), Some(DriverCode::Vulkan(vk_code)));
+        assert_eq!(errors[0].context.as_deref(), Some("leaking GL buffer 3"));
+        assert_eq!(errors[1].driver_code(), Some(DriverCode::OpenCl(ClCode(-38))));
+        assert_eq!(errors[1].context, None);
+        assert_eq!(deferred.driver_code(), None, "each entry has its own");
     }
 }
