@@ -564,18 +564,6 @@ mod tests {
     use super::*;
     use ash::vk;
 
-    /// `CamelCase` to `CAMEL_CASE`, for comparing with bindings that name codes in Rust style.
-    fn screaming(camel: &str) -> String {
-        let mut out = String::new();
-        for (i, c) in camel.chars().enumerate() {
-            if c.is_ascii_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_uppercase());
-        }
-        out
-    }
-
     #[test]
     fn vulkan_codes_print_their_spec_names_and_stay_values() {
         let code = DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY);
@@ -708,6 +696,17 @@ mod tests {
     #[test]
     fn egl_names_agree_with_khronos_egl() {
         use khronos_egl as egl;
+        // `BadCurrentSurface` to `BAD_CURRENT_SURFACE`.
+        let screaming = |camel: &str| {
+            let mut out = String::new();
+            for (i, c) in camel.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        };
         let mut known = 0;
         for raw in 0x3000..0x3100 {
             if let Ok(e) = egl::Error::try_from(raw) {
