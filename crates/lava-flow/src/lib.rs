@@ -31,7 +31,12 @@ pub mod fd;
 pub mod limits;
 pub mod vulkan;
 
-pub use error::{Error, Result};
+/// The Vulkan bindings whose `vk::Result` [`DriverCode::Vulkan`] carries.
+pub use ash;
+/// The CUDA bindings whose `CUresult` [`DriverCode::Cuda`](error::DriverCode) carries.
+#[cfg(feature = "cuda")]
+pub use cudarc;
+pub use error::{DeferredError, DriverCode, Error, Result};
 pub use raw_gpu_handle;
 pub use vulkan::{
     Buffer, BufferOptions, ContextOptions, DeviceSelector, Image, ImageOptions, MemoryAllocator, MemoryLocation,

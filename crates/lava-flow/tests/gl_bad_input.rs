@@ -6,12 +6,13 @@ mod common;
 
 use std::os::fd::OwnedFd;
 
+use lava_flow::error::GlCode;
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{
     ExportedBuffer, ExportedSemaphore, ExportedTexture, MemoryHandleKind, PlaneLayout, Semaphore, SemaphoreDescription,
     SemaphoreHandleKind, SemaphoreKind, TextureTiling, Uuid,
 };
-use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
+use lava_flow::{Buffer, BufferOptions, DriverCode, Error, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
 
 fn setup() -> Option<(VulkanContext, GlContext, Buffer)> {
@@ -86,6 +87,37 @@ fn wrong_sizes_are_refused() {
     let mut exported = buffer.export_fd().unwrap();
     exported.memory.description.allocation_size = 0;
     assert!(matches!(refused_buffer(&gl, exported), Error::InvalidArgument { .. }));
+}
+
+/// A memfd of the right size passes lava-flow's fd checks and glImportMemoryFdEXT (Mesa reports a
+/// failed import only when storage is placed); the refusal keeps GL's own error as a value.
+#[test]
+fn a_memfd_that_is_no_export_gives_gls_typed_code() {
+    let Some((_vk, gl, buffer)) = setup() else { return };
+    let exported = buffer.export_fd().unwrap();
+    let memfd = rustix::fs::memfd_create("not-an-export", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, exported.memory.description.allocation_size).unwrap();
+    let tampered = with_fd(exported, memfd);
+    let before = open_fd_count();
+    let left_open = lava_flow::fd::failed_import_fds().left_open;
+    let err = gl.import_buffer(tampered).expect_err("a memfd of zeros is no export");
+    let leaked = (lava_flow::fd::failed_import_fds().left_open - left_open) as usize;
+    assert_eq!(open_fd_count(), before - 1 + leaked, "{err}");
+    println!("memfd: {err}");
+    if gl.info().renderer.contains("llvmpipe") {
+        assert!(
+            matches!(
+                err,
+                Error::Api { call: "glBufferStorageMemEXT", code: DriverCode::Gl(GlCode::OUT_OF_MEMORY), .. }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.gl_code(), Some(GlCode::OUT_OF_MEMORY));
+        assert!(err.to_string().contains("failed with GL_OUT_OF_MEMORY while"), "{err}");
+    } else if let Some(code) = err.driver_code() {
+        assert!(matches!(code, DriverCode::Gl(_) | DriverCode::GlFalse), "{err}");
+    }
+    gl.check_deferred().unwrap();
 }
 
 #[test]

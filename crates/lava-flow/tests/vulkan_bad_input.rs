@@ -5,7 +5,9 @@ mod common;
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
+use ash::vk;
 use common::{two_devices, vulkan};
+use lava_flow::error::DriverCode;
 use lava_flow::raw_gpu_handle::{Buffer as BufferParts, ExportedBuffer, MemoryProperties, Uuid};
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, MemoryAllocator, MemoryLocation};
@@ -98,6 +100,33 @@ fn size_larger_than_the_allocation_is_refused() {
     exported.buffer.size = exported.memory.description.allocation_size + 1;
     let err = refused(&b, exported, true);
     assert!(err.to_string().contains("allocation holds"), "{err}");
+}
+
+/// A memfd of the right size passes lava-flow's fd checks (software drivers export memfds), so
+/// the driver itself refuses it, and the error keeps the driver's `VkResult` as a value: callers
+/// match on `VK_ERROR_INVALID_EXTERNAL_HANDLE` instead of parsing text.
+#[test]
+fn a_memfd_that_is_no_export_gives_the_drivers_typed_code() {
+    let Some((a, b)) = two_devices() else { return };
+    let (_buffer, exported) = export(&a);
+    let size = exported.memory.description.allocation_size;
+    let memfd = rustix::fs::memfd_create("not-an-export", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, size).unwrap();
+    let err = refused(&b, with_fd(exported, memfd), true);
+    let Some(result) = err.vk_result() else { panic!("the driver refused it, so its VkResult is kept: {err}") };
+    assert_eq!(err.driver_code(), Some(DriverCode::Vulkan(result)), "{err}");
+    assert!(result.as_raw() < 0, "an error code: {err}");
+    if b.info().driver_name.eq_ignore_ascii_case("llvmpipe") {
+        // lavapipe checks the memfd's header (Mesa's os_import_memory_fd).
+        assert!(
+            matches!(
+                err,
+                Error::Vulkan { result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE, call: "vkAllocateMemory", .. }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.driver_code().unwrap().to_string(), "VK_ERROR_INVALID_EXTERNAL_HANDLE");
+    }
 }
 
 #[test]

@@ -221,7 +221,7 @@ impl Drop for NativeAlloc {
             // SAFETY: allocated by cuMemAlloc and freed once.
             let r = unsafe { sys::cuMemFree_v2(self.ptr) };
             if r != sys::CUresult::CUDA_SUCCESS {
-                self.device.defer_error(format!("cuMemFree_v2 returned {r:?}"));
+                self.device.defer_error(lava_flow::cuda::cu_error("cuMemFree_v2", r, "freeing native CUDA memory"));
             }
         }
     }
@@ -934,8 +934,9 @@ impl Drop for RoundTripSide {
         if let Err(e) = self.drain() {
             // Destroying a semaphore that pending work still waits for is undefined: leak both
             // ends (and the raw stream) instead, and say so.
-            self.cuda.defer_error(format!(
-                "a semaphore round trip did not finish ({e}); its semaphores are left undestroyed"
+            self.cuda.defer_error(lava_flow::DeferredError::new(
+                "a semaphore round trip did not finish; its semaphores are left undestroyed",
+                e,
             ));
             return;
         }

@@ -48,13 +48,7 @@ pub(crate) fn vk_gpu_read(buffer: &Buffer, offset: u64, len: u64) -> Result<Vec<
 
 fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    Error::Api {
-        api: "OpenGL",
-        action: what.to_string(),
-        call: "compare",
-        code: format!("byte {first} of {} differs", want.len()),
-        advice: "the importer does not see the exporter's bytes: report this with `lava-flow info`".into(),
-    }
+    Error::Mismatch { what: what.to_string(), detail: format!("byte {first} of {} differs", want.len()) }
 }
 
 /// The same failure for every path after the first, keeping "unavailable" meaning unavailable.
@@ -64,13 +58,7 @@ pub(crate) fn follow_on(path: &'static str, first: &Error, api: &'static str) ->
     } else if first.is_unavailable() {
         Error::unsupported(path, format!("{api} is unavailable: {first}"), "see the first row", "see the first row")
     } else {
-        Error::Api {
-            api,
-            action: path.into(),
-            call: "(setup)",
-            code: first.to_string(),
-            advice: "see the first row".into(),
-        }
+        Error::invalid(path, format!("not run: the {api} set-up it shares failed ({first})"), "see the first row")
     }
 }
 

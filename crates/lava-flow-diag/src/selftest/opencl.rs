@@ -50,13 +50,7 @@ fn vk_gpu_read(buffer: &Buffer, len: u64) -> Result<Vec<u8>> {
 
 fn mismatch(what: &str, got: &[u8], want: &[u8]) -> Error {
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    Error::Api {
-        api: "OpenCL",
-        action: what.to_string(),
-        call: "compare",
-        code: format!("byte {first} of {} differs", want.len()),
-        advice: "the importer does not see the exporter's bytes: report this with `lava-flow info`".into(),
-    }
+    Error::Mismatch { what: what.to_string(), detail: format!("byte {first} of {} differs", want.len()) }
 }
 
 fn follow_on(path: &'static str, first: &Error) -> Error {
@@ -65,13 +59,7 @@ fn follow_on(path: &'static str, first: &Error) -> Error {
     } else if first.is_unavailable() {
         Error::unsupported(path, format!("OpenCL is unavailable: {first}"), "see the first row", "see the first row")
     } else {
-        Error::Api {
-            api: "OpenCL",
-            action: path.into(),
-            call: "(setup)",
-            code: first.to_string(),
-            advice: "see the first row".into(),
-        }
+        Error::invalid(path, format!("not run: the OpenCL set-up it shares failed ({first})"), "see the first row")
     }
 }
 

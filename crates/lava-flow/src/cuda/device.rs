@@ -278,7 +278,7 @@ pub(crate) struct DeviceInner {
     pub(crate) name: String,
     pub(crate) uuid: Uuid,
     pub(crate) mig_uuid: Uuid,
-    deferred: Mutex<Vec<String>>,
+    deferred: Mutex<Vec<crate::error::DeferredError>>,
     /// Imported pooled blocks, so a further buffer of a block costs an offset (`cache.rs`).
     pub(crate) block_cache: super::cache::BlockCache,
 }
@@ -464,8 +464,8 @@ impl CudaDevice {
     /// Records an error found in a `Drop`; the next fallible call on this device returns it.
     /// Public (hidden) for raw objects of lava-flow's benchmarks, whose drops report the same way.
     #[doc(hidden)]
-    pub fn defer_error(&self, message: String) {
-        self.inner.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    pub fn defer_error(&self, error: impl Into<crate::error::DeferredError>) {
+        self.inner.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(error.into());
     }
 
     /// Returns (and clears) errors recorded while dropping objects of this device.
@@ -486,9 +486,11 @@ impl CudaDevice {
         for attempt in 0..2 {
             match self.inner.ctx.bind_to_thread() {
                 Ok(()) => return true,
-                Err(e) => {
-                    self.defer_error(format!("binding the CUDA context to release {what} (try {}): {e}", attempt + 1))
-                }
+                Err(e) => self.defer_error(super::cu_error(
+                    "CudaContext::bind_to_thread",
+                    e.0,
+                    format!("binding the CUDA context to release {what} (try {})", attempt + 1),
+                )),
             }
         }
         false

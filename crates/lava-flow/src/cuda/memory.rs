@@ -8,7 +8,7 @@ use cudarc::driver::{
 };
 use raw_gpu_handle::{ExportedMemory, MemoryDescription, MemoryHandleKind};
 
-use super::{check, CudaDevice};
+use super::{check, cu_error, CudaDevice};
 use crate::{Error, Result};
 
 /// One exported allocation imported into CUDA (`cuImportExternalMemory`).
@@ -42,7 +42,7 @@ impl Drop for ImportInner {
         // freed already (each holds an Arc of this import).
         let r = unsafe { sys::cuDestroyExternalMemory(self.handle) };
         if r != sys::CUresult::CUDA_SUCCESS {
-            self.device.defer_error(format!("cuDestroyExternalMemory returned {r:?}"));
+            self.device.defer_error(cu_error("cuDestroyExternalMemory", r, "releasing imported memory"));
         }
     }
 }
@@ -204,7 +204,7 @@ impl Drop for Mapping {
         // cuMemFree) and no view of it remains. cuMemFree synchronizes with work using it.
         let r = unsafe { sys::cuMemFree_v2(self.ptr) };
         if r != sys::CUresult::CUDA_SUCCESS {
-            device.defer_error(format!("cuMemFree_v2 of a mapped buffer returned {r:?}"));
+            device.defer_error(cu_error("cuMemFree_v2", r, "freeing a mapped buffer"));
         }
     }
 }

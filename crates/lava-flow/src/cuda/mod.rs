@@ -39,7 +39,8 @@ use crate::{Error, Result};
 pub const KERNELS_PTX: &str = include_str!("kernels/kernels.ptx");
 
 /// Turns a `CUresult` into lava-flow's error, naming the call, what was being done and what to do.
-pub(crate) fn cu_error(call: &'static str, result: sys::CUresult, action: impl Into<String>) -> Error {
+#[doc(hidden)]
+pub fn cu_error(call: &'static str, result: sys::CUresult, action: impl Into<String>) -> Error {
     use sys::CUresult as R;
     let action = action.into();
     let advice = match result {
@@ -85,7 +86,7 @@ pub(crate) fn cu_error(call: &'static str, result: sys::CUresult, action: impl I
         }
         _ => "see `lava-flow info` for this machine's CUDA devices and driver",
     };
-    Error::Api { api: "CUDA", action, call, code: format!("{result:?}"), advice: advice.into() }
+    Error::Api { api: "CUDA", action, call, code: crate::error::DriverCode::Cuda(result), advice: advice.into() }
 }
 
 /// Checks a `CUresult` of a raw driver call. Public (hidden) for the benchmarks' raw-API

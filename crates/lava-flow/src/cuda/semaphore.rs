@@ -3,7 +3,7 @@
 use cudarc::driver::{sys, CudaStream};
 use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, SemaphoreKind};
 
-use super::{check, CudaDevice};
+use super::{check, cu_error, CudaDevice};
 use crate::{Error, Result};
 
 /// An imported semaphore (`cuImportExternalSemaphore`).
@@ -38,7 +38,7 @@ impl Drop for CudaSemaphore {
         // SAFETY: the handle came from cuImportExternalSemaphore and is destroyed once.
         let r = unsafe { sys::cuDestroyExternalSemaphore(self.handle) };
         if r != sys::CUresult::CUDA_SUCCESS {
-            self.device.defer_error(format!("cuDestroyExternalSemaphore returned {r:?}"));
+            self.device.defer_error(cu_error("cuDestroyExternalSemaphore", r, "releasing an imported semaphore"));
         }
     }
 }

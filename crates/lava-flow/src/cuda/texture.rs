@@ -9,7 +9,7 @@
 
 use raw_gpu_handle::{ExportedTexture, TextureDescription, TextureDimension, TextureFormat, TextureTiling};
 
-use super::{check, CudaBuffer, CudaDevice, ImportedMemory};
+use super::{check, cu_error, CudaBuffer, CudaDevice, ImportedMemory};
 use cudarc::driver::sys;
 
 use crate::{Error, Result};
@@ -130,7 +130,7 @@ impl Drop for CudaTexture {
             // it with cuMipmappedArrayDestroy) and the import is still alive (self.memory).
             let r = unsafe { sys::cuMipmappedArrayDestroy(mipmapped) };
             if r != sys::CUresult::CUDA_SUCCESS {
-                device.defer_error(format!("cuMipmappedArrayDestroy returned {r:?}"));
+                device.defer_error(cu_error("cuMipmappedArrayDestroy", r, "releasing a mapped mipmapped array"));
             }
         }
     }

@@ -9,6 +9,7 @@ use khronos_egl as egl;
 use raw_gpu_handle::{DeviceIdentity, Uuid};
 
 use super::functions::{self as f, GlFunctions};
+use crate::error::{DriverCode, EglCode, GlCode};
 use crate::{Error, Result};
 
 const EGL_PLATFORM_DEVICE_EXT: egl::Enum = 0x313F;
@@ -65,20 +66,20 @@ pub(crate) fn egl() -> Result<&'static Egl> {
     })
 }
 
+/// khronos-egl's error as the `EGLint` `eglGetError` returned.
+fn egl_code(e: egl::Error) -> EglCode {
+    EglCode(egl::Int::from(e))
+}
+
 impl Egl {
     fn has_client_extension(&self, name: &str) -> bool {
         self.client_extensions.split_ascii_whitespace().any(|e| e == name)
     }
 
     fn error(&self, call: &'static str, action: impl Into<String>, advice: &str) -> Error {
-        let code = self.api.get_error().map(|e| format!("{e:?} ({:#x})", egl::Int::from(e)));
-        Error::Api {
-            api: "EGL",
-            action: action.into(),
-            call,
-            code: code.unwrap_or_else(|| "no EGL error recorded".into()),
-            advice: advice.into(),
-        }
+        // `None` is EGL_SUCCESS: the failed call recorded no error.
+        let code = self.api.get_error().map_or(EglCode::SUCCESS, egl_code);
+        Error::Api { api: "EGL", action: action.into(), call, code: DriverCode::Egl(code), advice: advice.into() }
     }
 }
 
@@ -227,7 +228,7 @@ pub(crate) struct GlInner {
     device_uuids: Vec<Uuid>,
     owner: Mutex<Owner>,
     released: Condvar,
-    deferred_errors: Mutex<Vec<String>>,
+    deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
 }
 
 // SAFETY: the EGL handles are plain identifiers valid on any thread; EGL calls are thread-safe.
@@ -330,7 +331,7 @@ pub(crate) fn gl_error(call: &'static str, code: u32, action: impl Into<String>,
         api: "OpenGL",
         action: format!("{} (on {})", action.into(), info.renderer),
         call,
-        code: f::error_name(code),
+        code: DriverCode::Gl(GlCode(code)),
         advice: advice.into(),
     }
 }
@@ -338,7 +339,7 @@ pub(crate) fn gl_error(call: &'static str, code: u32, action: impl Into<String>,
 impl Drop for CurrentGl<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.inner.release_current() {
-            self.inner.defer_error(e.to_string());
+            self.inner.defer_error(e);
         }
     }
 }
@@ -374,7 +375,7 @@ impl GlInner {
                 api: "EGL",
                 action: format!("making the {} context current", self.info.renderer),
                 call: "eglMakeCurrent",
-                code: format!("{e:?}"),
+                code: DriverCode::Egl(egl_code(e)),
                 advice: "EGL_BAD_ACCESS means the context is current on a thread outside lava-flow's guard; otherwise the driver lacks EGL_KHR_surfaceless_context".into(),
             };
             let _ = api.bind_api(saved.api);
@@ -419,7 +420,7 @@ impl GlInner {
             api: "EGL",
             action: "restoring the thread's previous GL context".into(),
             call: "eglMakeCurrent",
-            code: format!("{e:?}"),
+            code: DriverCode::Egl(egl_code(e)),
             advice: "the previous context was destroyed while lava-flow's was current".into(),
         })
     }
@@ -429,8 +430,8 @@ impl GlInner {
         Ok(CurrentGl { inner: self, _not_send: PhantomData })
     }
 
-    pub(crate) fn defer_error(&self, message: String) {
-        self.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    pub(crate) fn defer_error(&self, error: impl Into<crate::error::DeferredError>) {
+        self.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(error.into());
     }
 
     /// Opens a context on `candidate` and reads what it is. `index` is its probe position.
@@ -441,7 +442,7 @@ impl GlInner {
             api: "EGL",
             action: format!("initializing {}", candidate.label),
             call: "eglInitialize",
-            code: format!("{e:?}"),
+            code: DriverCode::Egl(egl_code(e)),
             advice: "the EGL driver for this device is missing or broken (`lava-flow info` lists GL devices)".into(),
         })?;
         let display_exts = api.query_string(Some(display), egl::EXTENSIONS).map(|s| s.to_string_lossy().into_owned());

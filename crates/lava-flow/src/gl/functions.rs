@@ -111,18 +111,9 @@ pub const LAYOUT_TRANSFER_DST_EXT: GLenum = 0x9593;
 pub const LAYOUT_DEPTH_READ_ONLY_STENCIL_ATTACHMENT_EXT: GLenum = 0x9530;
 pub const LAYOUT_DEPTH_ATTACHMENT_STENCIL_READ_ONLY_EXT: GLenum = 0x9531;
 
-/// The name of a GL error code.
+/// The name of a GL error code ([`GlCode`](crate::error::GlCode)'s spec name).
 pub fn error_name(code: GLenum) -> String {
-    match code {
-        NO_ERROR => "GL_NO_ERROR".into(),
-        INVALID_ENUM => "GL_INVALID_ENUM".into(),
-        INVALID_VALUE => "GL_INVALID_VALUE".into(),
-        INVALID_OPERATION => "GL_INVALID_OPERATION".into(),
-        OUT_OF_MEMORY => "GL_OUT_OF_MEMORY".into(),
-        INVALID_FRAMEBUFFER_OPERATION => "GL_INVALID_FRAMEBUFFER_OPERATION".into(),
-        CONTEXT_LOST => "GL_CONTEXT_LOST".into(),
-        other => format!("GL error {other:#x}"),
-    }
+    crate::error::GlCode(code).to_string()
 }
 
 macro_rules! gl_table {

@@ -10,6 +10,7 @@ use raw_gpu_handle::{
 
 use super::context::{gl_error, CurrentGl, GlContext};
 use super::functions::{self as f, GLenum, GLint, GLuint};
+use crate::error::{DriverCode, GlCode};
 use crate::{Error, Result};
 
 /// Bytes by which llvmpipe needs a memory object to be larger than any GL buffer placed in it.
@@ -124,9 +125,9 @@ fn import_memory_object(
         if unsafe { (gl.is_memory_object_ext)(name) } == 0 {
             return Err(Error::Api {
                 api: "OpenGL",
-                action: "importing memory".into(),
+                action: "importing memory (glImportMemoryFdEXT raised no error)".into(),
                 call: "glIsMemoryObjectEXT",
-                code: "GL_FALSE after glImportMemoryFdEXT".into(),
+                code: DriverCode::GlFalse,
                 advice: "the driver did not create the memory object: check the export".into(),
             });
         }
@@ -145,7 +146,7 @@ fn import_memory_object(
 /// as GL_OUT_OF_MEMORY when storage is placed. Say so rather than blame memory pressure.
 fn explain_storage_oom(e: Error) -> Error {
     match e {
-        Error::Api { api, action, call, code, .. } if code == "GL_OUT_OF_MEMORY" => Error::Api {
+        Error::Api { api, action, call, code: code @ DriverCode::Gl(GlCode::OUT_OF_MEMORY), .. } => Error::Api {
             api,
             action,
             call,
@@ -237,7 +238,7 @@ impl GlMemory {
             unsafe { (gl.delete_buffers)(1, &name) };
             gl.clear_errors();
             let end = range.offset + range.size;
-            let refused_oom = matches!(&e, Error::Api { code, .. } if code == "GL_OUT_OF_MEMORY");
+            let refused_oom = e.gl_code() == Some(GlCode::OUT_OF_MEMORY);
             if refused_oom && range.size + GL_BUFFER_SLACK > self.description.allocation_size {
                 return Err(Error::unsupported(
                     format!(
@@ -365,10 +366,13 @@ impl Drop for GlMemory {
                 // (they hold Arcs to self).
                 unsafe { (gl.delete_memory_objects_ext)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteMemoryObjectsEXT", "releasing an imported memory object") {
-                    self.ctx.inner.defer_error(e.to_string());
+                    self.ctx.inner.defer_error(e);
                 }
             }
-            Err(e) => self.ctx.inner.defer_error(format!("leaking GL memory object {}: {e}", self.name)),
+            Err(e) => self
+                .ctx
+                .inner
+                .defer_error(crate::error::DeferredError::new(format!("leaking GL memory object {}", self.name), e)),
         }
     }
 }
@@ -616,10 +620,12 @@ impl Drop for GlBuffer {
                 // SAFETY: current context; our buffer name.
                 unsafe { (gl.delete_buffers)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteBuffers", "releasing an imported GL buffer") {
-                    inner.defer_error(e.to_string());
+                    inner.defer_error(e);
                 }
             }
-            Err(e) => inner.defer_error(format!("leaking GL buffer {}: {e}", self.name)),
+            Err(e) => {
+                inner.defer_error(crate::error::DeferredError::new(format!("leaking GL buffer {}", self.name), e))
+            }
         }
     }
 }
@@ -817,10 +823,12 @@ impl Drop for GlTexture {
                 // SAFETY: current context; our texture name.
                 unsafe { (gl.delete_textures)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteTextures", "releasing an imported GL texture") {
-                    inner.defer_error(e.to_string());
+                    inner.defer_error(e);
                 }
             }
-            Err(e) => inner.defer_error(format!("leaking GL texture {}: {e}", self.name)),
+            Err(e) => {
+                inner.defer_error(crate::error::DeferredError::new(format!("leaking GL texture {}", self.name), e))
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use raw_gpu_handle::{ExportedSemaphore, MemoryHandleKind, SemaphoreHandleKind, S
 use super::context::GlContext;
 use super::functions::{self as f, GLenum, GLuint};
 use super::memory::{GlBuffer, GlTexture};
+use crate::error::DriverCode;
 use crate::{Error, Result};
 
 /// The image layouts GL can hand a texture over in (`GL_EXT_semaphore`, table 4.4), each the
@@ -156,9 +157,9 @@ impl GlContext {
             if unsafe { (gl.is_semaphore_ext)(name) } == 0 {
                 return Err(Error::Api {
                     api: "OpenGL",
-                    action: "importing a semaphore".into(),
+                    action: "importing a semaphore (glImportSemaphoreFdEXT raised no error)".into(),
                     call: "glIsSemaphoreEXT",
-                    code: "GL_FALSE after glImportSemaphoreFdEXT".into(),
+                    code: DriverCode::GlFalse,
                     advice: "the driver did not create the semaphore: check the export".into(),
                 });
             }
@@ -248,10 +249,13 @@ impl Drop for GlSemaphore {
                 // SAFETY: current context; our semaphore name.
                 unsafe { (gl.delete_semaphores_ext)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteSemaphoresEXT", "releasing an imported semaphore") {
-                    self.ctx.inner.defer_error(e.to_string());
+                    self.ctx.inner.defer_error(e);
                 }
             }
-            Err(e) => self.ctx.inner.defer_error(format!("leaking GL semaphore {}: {e}", self.name)),
+            Err(e) => self
+                .ctx
+                .inner
+                .defer_error(crate::error::DeferredError::new(format!("leaking GL semaphore {}", self.name), e)),
         }
     }
 }

@@ -8,6 +8,7 @@ use cl3::ext as cl;
 use cl3::ext::{cl_command_queue, cl_context, cl_device_id, cl_int, cl_mem, cl_platform_id, cl_uint};
 use raw_gpu_handle::{DeviceIdentity, Uuid};
 
+use crate::error::{ClCode, DriverCode};
 use crate::{Error, Result};
 
 /// `CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR` (cl_khr_semaphore).
@@ -99,7 +100,7 @@ pub fn cl_error(call: &'static str, code: cl_int, action: impl Into<String>) -> 
         api: "OpenCL",
         action: action.into(),
         call,
-        code: format!("{} ({code})", cl3::error_codes::error_text(code)),
+        code: DriverCode::OpenCl(ClCode(code)),
         advice: advice.into(),
     }
 }
@@ -257,7 +258,7 @@ pub(crate) struct ClInner {
     pub(crate) queue: cl_command_queue,
     pub(crate) info: ClDeviceInfo,
     pub(crate) ext: ExtFns,
-    deferred_errors: Mutex<Vec<String>>,
+    deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
 }
 
 // SAFETY: OpenCL handles are thread-safe (OpenCL 3.0 appendix A.2: all API calls are thread-safe
@@ -267,8 +268,8 @@ unsafe impl Send for ClInner {}
 unsafe impl Sync for ClInner {}
 
 impl ClInner {
-    pub(crate) fn defer_error(&self, message: String) {
-        self.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    pub(crate) fn defer_error(&self, error: impl Into<crate::error::DeferredError>) {
+        self.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(error.into());
     }
 }
 

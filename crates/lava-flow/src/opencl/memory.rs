@@ -246,9 +246,7 @@ impl Drop for ClBuffer {
         for mem in self.view.into_iter().chain(std::iter::once(self.imported)) {
             // SAFETY: our reference to a mem object we created.
             if let Err(c) = unsafe { cl3::memory::release_mem_object(mem) } {
-                self.ctx
-                    .inner
-                    .defer_error(cl_error("clReleaseMemObject", c, "releasing an imported buffer").to_string());
+                self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported buffer"));
             }
         }
     }
@@ -480,7 +478,7 @@ impl Drop for ClImage {
     fn drop(&mut self) {
         // SAFETY: our reference to a mem object we created.
         if let Err(c) = unsafe { cl3::memory::release_mem_object(self.mem) } {
-            self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported image").to_string());
+            self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported image"));
         }
     }
 }

@@ -5,6 +5,7 @@ use raw_gpu_handle::{ExportedSemaphore, SemaphoreHandleKind, SemaphoreKind};
 
 use super::context::{cl_error, ClContext, SEMAPHORE_DEVICE_HANDLE_LIST};
 use super::memory::release_event;
+use crate::error::{ClCode, DriverCode};
 use crate::{Error, Result};
 
 /// A binary semaphore shared with Vulkan, imported into OpenCL. Waits and signals are enqueued on
@@ -88,11 +89,10 @@ impl ClContext {
             }
             // Drivers from before cl_khr_semaphore's final device-list enum refuse the list; it is
             // optional for a one-device context, so try once more without it.
-            Some(Err(Error::Api { code, .. }))
-                if code.starts_with("CL_INVALID_PROPERTY") || code.starts_with("CL_INVALID_VALUE") =>
-            {
-                attempt(handle, false)
-            }
+            Some(Err(Error::Api {
+                code: DriverCode::OpenCl(ClCode::INVALID_PROPERTY | ClCode::INVALID_VALUE),
+                ..
+            })) => attempt(handle, false),
             Some(Err(e)) => {
                 drop(handle);
                 Err(e)
@@ -153,9 +153,7 @@ impl Drop for ClSemaphore {
             // SAFETY: our reference to a semaphore we created.
             let code = unsafe { release(self.semaphore) };
             if code != cl::CL_SUCCESS {
-                self.ctx
-                    .inner
-                    .defer_error(cl_error("clReleaseSemaphoreKHR", code, "releasing a semaphore").to_string());
+                self.ctx.inner.defer_error(cl_error("clReleaseSemaphoreKHR", code, "releasing a semaphore"));
             }
         }
     }

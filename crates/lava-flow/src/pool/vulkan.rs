@@ -260,7 +260,9 @@ impl Drop for Lease {
                 // A peer may still map this range: it stays allocated until the block goes.
                 self.block.retired.fetch_add(a.size().next_multiple_of(GRANULARITY), Ordering::Relaxed);
             } else if let Err(e) = self.block.sub.free(a) {
-                self.block.memory.context().defer_error(format!("returning a buffer's range to its pool block: {e}"));
+                let e = Error::invalid("the range to free", e.to_string(), "report this as a bug in lava-flow's pool");
+                let context = "returning a buffer's range to its pool block";
+                self.block.memory.context().defer_error(crate::error::DeferredError::new(context, e));
             }
         }
         if self.block.live.fetch_sub(1, Ordering::AcqRel) != 1 {

@@ -864,7 +864,7 @@ impl MappedBuffer<'_> {
 impl Drop for MappedBuffer<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.buffer.memory.flush() {
-            self.buffer.ctx.defer_error(format!("flushing a mapped buffer: {e}"));
+            self.buffer.ctx.defer_error(crate::error::DeferredError::new("flushing a mapped buffer", e));
         }
     }
 }

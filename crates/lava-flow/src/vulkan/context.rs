@@ -153,7 +153,7 @@ pub(crate) struct ContextInner {
     pub(crate) external_semaphore_fd: Option<ash::khr::external_semaphore_fd::Device>,
     pub(crate) external_fence_fd: Option<ash::khr::external_fence_fd::Device>,
     pub(crate) command_pool: Mutex<vk::CommandPool>,
-    pub(crate) deferred_errors: Mutex<Vec<String>>,
+    pub(crate) deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
     /// Counted in `live_objects()` while the device is open.
     _live: super::live::Live,
 }
@@ -667,8 +667,8 @@ impl VulkanContext {
     }
 
     /// Records an error that happened in a `Drop`, to be returned by the next fallible call.
-    pub(crate) fn defer_error(&self, message: String) {
-        self.inner.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    pub(crate) fn defer_error(&self, error: impl Into<crate::error::DeferredError>) {
+        self.inner.deferred_errors.lock().unwrap_or_else(|p| p.into_inner()).push(error.into());
     }
 
     /// Returns (and clears) errors recorded while dropping objects of this context.

@@ -5,7 +5,7 @@ use std::ffi::{c_void, CString};
 
 use cudarc::driver::sys;
 
-use lava_flow::cuda::{check, CudaDevice, KERNELS_PTX};
+use lava_flow::cuda::{check, cu_error, CudaDevice, KERNELS_PTX};
 use lava_flow::{Error, Result};
 
 /// The loaded module with its functions; unloaded on drop.
@@ -32,7 +32,7 @@ impl Drop for Kernels {
         // are ordered before the unload by the driver.
         let r = unsafe { sys::cuModuleUnload(self.module) };
         if r != sys::CUresult::CUDA_SUCCESS {
-            self.device.defer_error(format!("cuModuleUnload returned {r:?}"));
+            self.device.defer_error(cu_error("cuModuleUnload", r, "unloading lava-flow's CUDA module"));
         }
     }
 }

@@ -113,7 +113,9 @@ impl Drop for QueueTimeline {
         match self.wait(last, DROP_WAIT, "waiting for the last tracked submission") {
             // SAFETY: every submission that signals the semaphore has finished.
             Ok(()) => unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) },
-            Err(e) => self.ctx.defer_error(format!("leaked the timeline that tracks submissions: {e}")),
+            Err(e) => {
+                self.ctx.defer_error(crate::error::DeferredError::new("leaked the timeline that tracks submissions", e))
+            }
         }
     }
 }
@@ -181,9 +183,12 @@ impl LastUse {
         match self.wait(DROP_WAIT, "waiting for a submission before destroying what it uses") {
             Ok(()) => true,
             Err(e) => {
-                ctx.defer_error(format!(
-                    "{what} was dropped while a submission using it was still pending ({e}); it was leaked rather \
-                     than destroyed under the device: wait for the submission (Submitted::wait) before dropping"
+                ctx.defer_error(crate::error::DeferredError::new(
+                    format!(
+                        "{what} was dropped while a submission using it was still pending; it was leaked rather \
+                         than destroyed under the device: wait for the submission (Submitted::wait) before dropping"
+                    ),
+                    e,
                 ));
                 false
             }
