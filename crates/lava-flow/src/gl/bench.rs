@@ -41,12 +41,14 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
             let exported = buffer.export_fd()?;
             let (alloc, offset) = (exported.memory.description.allocation_size, exported.buffer.offset);
             let t = Instant::now();
-            // SAFETY: a fresh opaque-fd export of this device's memory; the context is current.
+            // SAFETY: raw_import_buffer's contract: `guard` keeps the context current, and the fd is a fresh
+            // opaque-fd export of `alloc` bytes from the Vulkan device whose identity this GL context has
+            // (for_identity); GL takes it.
             let names = unsafe { raw_import_buffer(&guard, exported.memory.handle, alloc, offset, size) };
             if i > 0 {
                 raw.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            // SAFETY: the names just created, context current.
+            // SAFETY: the context is still current (guard) and the names are the ones raw_import_buffer made.
             unsafe { raw_release_buffer(&guard, names.0, names.1) };
         }
         rows.push(row(format!("GL buffer import, {} bytes", size), median(ours), median(raw), "us", iterations));
@@ -70,7 +72,7 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
         if i > 0 {
             raw.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        // SAFETY: the names just created, context current.
+        // SAFETY: the context is still current (guard) and the names are the ones raw_import_texture made.
         unsafe { raw_release_texture(&guard, names.0, names.1) };
     }
     rows.push(row("GL texture import, RGBA8 1024x1024 optimal".into(), median(ours), median(raw), "us", iterations));
