@@ -32,7 +32,7 @@ fn bind_at_refuses_offsets_sizes_and_memory_vulkan_forbids() {
     let memory = Arc::clone(pooled.memory());
     let usage = pooled.usage();
     // An offset whose end overflows 64 bits used to wrap past the bounds check.
-    let huge = u64::MAX & !0xffff;
+    let huge: u64 = !0xffff;
     let e = Buffer::bind_at(Arc::clone(&memory), huge, 4096, usage, None).expect_err("overflowing offset");
     assert!(e.to_string().contains("01036"), "{e}");
     is_invalid(Buffer::bind_at(Arc::clone(&memory), 0, 0, usage, None), "VUID-VkBufferCreateInfo-size-00912");
