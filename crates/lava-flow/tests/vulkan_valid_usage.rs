@@ -51,6 +51,12 @@ fn buffers_without_usage_are_refused() {
     let Some(ctx) = vulkan() else { return };
     let options = BufferOptions::new(4096).usage(vk::BufferUsageFlags::empty()).export(None);
     is_invalid(Buffer::new(&ctx, &options), "VUID-VkBufferCreateInfo-None-09500");
+    // The pool creates its own probe buffer to learn the requirements.
+    let allocator = lava_flow::MemoryAllocator::with_context(ctx.clone());
+    let pooled = BufferOptions::new(4096)
+        .usage(vk::BufferUsageFlags::empty())
+        .strategy(lava_flow::vulkan::AllocationStrategy::Pooled);
+    is_invalid(allocator.allocate_buffer(ctx.info().index, &pooled), "VUID-VkBufferCreateInfo-None-09500");
 }
 
 #[test]

@@ -300,8 +300,9 @@ impl RawImport {
 impl Drop for RawImport {
     fn drop(&mut self) {
         if self.device.bind_for_drop("a raw import") {
-            // SAFETY: imported in `new`, destroyed only here, once; its one mapping is freed first
-            // (RawImportMap declares the mapping before the import, so it drops first).
+            // SAFETY: imported in `new`, destroyed only here, once; every mapping of it is freed
+            // first: RawImportMap declares the mapping before the import (so it drops first), and
+            // PooledImports::raw_offset_map drops its mapping before returning.
             unsafe { sys::cuDestroyExternalMemory(self.ext) };
         }
     }
