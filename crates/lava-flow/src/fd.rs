@@ -160,12 +160,17 @@ pub fn import_consuming<T>(fd: OwnedFd, import: impl FnOnce(std::os::fd::RawFd) 
     let result = import(raw);
     drop(fd); // the caller's fd: consumed in every case
     if result.is_err() {
-        // SAFETY: we only borrow the number to compare identities; it is not closed here.
+        // SAFETY: bends BorrowedFd's contract: the number may have been closed by the driver, or closed
+        // and reused by another thread; the borrow lasts one fcntl/fstat call, which reads no memory and
+        // closes nothing.
         let still_ours = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw_dup) }).is_ok()
             // SAFETY: as above.
             && identity(unsafe { BorrowedFd::borrow_raw(raw_dup) }) == before;
         if still_ours {
-            // SAFETY: the driver did not take or close the duplicate, so we still own it.
+            // SAFETY: NOT proven sound: an open number with the duplicate's (st_dev, st_ino) is taken as proof
+            // that we still own it, but every NVIDIA export has the same pair (docs/OWNERSHIP.md), so a
+            // number the driver closed and another thread's export reused passes, and this closes that
+            // thread's fd. A known gap, to be replaced by a rule that never guesses.
             drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw_dup) });
         }
     }
@@ -204,7 +209,7 @@ mod tests {
         let twin = rustix::io::dup(&fd).unwrap();
         rustix::fs::seek(&twin, rustix::fs::SeekFrom::Start(100)).unwrap();
         let seen = import_consuming(fd, |raw| {
-            // SAFETY: the import closure may use the fd for the call's duration.
+            // SAFETY: `raw` is the duplicate import_consuming owns and keeps open for the closure's call.
             let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
             let offset = rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Current(0)).unwrap();
             rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Start(7)).unwrap();
