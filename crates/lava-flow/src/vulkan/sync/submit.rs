@@ -164,7 +164,10 @@ fn check_wait_stage(ctx: &VulkanContext, stage: vk::PipelineStageFlags) -> Resul
     if has_graphics {
         Ok(())
     } else {
-        refuse("it names graphics stages and the context's queue family has no VK_QUEUE_GRAPHICS_BIT (VUID-vkQueueSubmit-pWaitDstStageMask-00066)")
+        refuse(
+            "it names graphics stages and the context's queue family has no VK_QUEUE_GRAPHICS_BIT \
+             (VUID-vkQueueSubmit-pWaitDstStageMask-00066)",
+        )
     }
 }
 

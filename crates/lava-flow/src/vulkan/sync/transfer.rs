@@ -327,8 +327,9 @@ impl OwnershipTransfer {
     /// of the queue family the barriers name; every buffer and image must be a live object of
     /// `device`, created with `VK_SHARING_MODE_EXCLUSIVE` and external memory; the stages and
     /// accesses must be ones that queue family supports; [`validate`](Self::validate) must accept
-    /// the transfer (it accepts every one the `*_whole_buffer` builders make); for an acquire, the matching release must have happened on the other side
-    /// before the semaphore this submission waits on was signalled.
+    /// the transfer (it accepts every one the `*_whole_buffer` builders make); for an acquire,
+    /// the matching release must have happened on the other side before the semaphore this
+    /// submission waits on was signalled.
     pub unsafe fn record(&self, device: &ash::Device, cmd: vk::CommandBuffer) {
         if self.is_empty() {
             return;
