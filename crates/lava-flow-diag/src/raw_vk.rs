@@ -16,10 +16,12 @@ pub fn raw_export_fd(ctx: &VulkanContext, memory: vk::DeviceMemory) -> Result<Ow
     let loader = ctx.external_memory_fd()?;
     let info =
         vk::MemoryGetFdInfoKHR::default().memory(memory).handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-    // SAFETY: the memory was allocated exportable as an opaque fd.
+    // SAFETY: callers pass memory of ctx's device allocated exportable as an opaque fd (Fixture
+    // checks this before its raw route); the loader belongs to the same device.
     let fd = unsafe { loader.get_memory_fd(&info) }
         .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, "exporting memory as an opaque fd"))?;
-    // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+    // SAFETY: on success vkGetMemoryFdKHR returns a new open fd whose ownership passes to us;
+    // nothing else holds it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -32,7 +34,8 @@ pub fn record_buffer_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: 
         .dst_queue_family_index(family)
         .buffer(buffer)
         .size(vk::WHOLE_SIZE)];
-    // SAFETY: cmd is recording; the barrier names a live buffer.
+    // SAFETY: callers record into a command buffer in the recording state (Submitter::record) and
+    // pass a live buffer of the same device with external memory; the barrier array outlives the call.
     unsafe {
         dev.cmd_pipeline_barrier(
             cmd,
@@ -55,7 +58,8 @@ pub fn record_buffer_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: 
         .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
         .buffer(buffer)
         .size(vk::WHOLE_SIZE)];
-    // SAFETY: cmd is recording; the barrier names a live buffer.
+    // SAFETY: callers record into a command buffer in the recording state (Submitter::record) and
+    // pass a live buffer of the same device with external memory; the barrier array outlives the call.
     unsafe {
         dev.cmd_pipeline_barrier(
             cmd,
@@ -79,7 +83,8 @@ pub fn record_host_read(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::B
         .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
         .buffer(buffer)
         .size(vk::WHOLE_SIZE)];
-    // SAFETY: cmd is recording; the barrier names a live buffer.
+    // SAFETY: callers record into a command buffer in the recording state and pass a live buffer of
+    // the same device; the barrier array outlives the call.
     unsafe {
         dev.cmd_pipeline_barrier(
             cmd,
@@ -102,7 +107,8 @@ pub struct VkSemaphore {
 
 impl Drop for VkSemaphore {
     fn drop(&mut self) {
-        // SAFETY: no pending submission uses the semaphore (callers wait for their work).
+        // SAFETY: crate-internal owners drop it only after no submission uses it: RoundTripSide after
+        // drain(), the self-tests after their Submitter, whose Drop waits for the queue to go idle.
         unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
     }
 }
@@ -135,7 +141,8 @@ impl VkSemaphore {
         if kind == SemaphoreKind::Timeline {
             info = info.push_next(&mut type_info);
         }
-        // SAFETY: info and its chain live across the call.
+        // SAFETY: `info` and its chain are locals that outlive the call; a timeline type is chained
+        // only after the timeline feature was checked above; ctx keeps the device alive.
         let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }
             .map_err(|r| Error::vk("vkCreateSemaphore", r, "creating an exportable semaphore"))?;
         Ok(VkSemaphore { ctx: ctx.clone(), semaphore, kind })
@@ -147,11 +154,12 @@ impl VkSemaphore {
         let info = vk::SemaphoreGetFdInfoKHR::default()
             .semaphore(self.semaphore)
             .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as an opaque fd.
+        // SAFETY: the semaphore was created exportable as an opaque fd (`exportable`), and the loader
+        // belongs to its device.
         let fd = unsafe { loader.get_semaphore_fd(&info) }
             .map_err(|r| Error::vk("vkGetSemaphoreFdKHR", r, "exporting a semaphore"))?;
         Ok(Semaphore {
-            // SAFETY: vkGetSemaphoreFdKHR returns a new fd that the caller owns.
+            // SAFETY: on success vkGetSemaphoreFdKHR returns a new open fd whose ownership passes to us.
             handle: unsafe { OwnedFd::from_raw_fd(fd) },
             description: SemaphoreDescription {
                 kind: self.kind,
@@ -164,7 +172,8 @@ impl VkSemaphore {
     /// Sets a timeline semaphore's value from the host.
     pub fn host_signal(&self, value: u64) -> Result<()> {
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore).value(value);
-        // SAFETY: a timeline semaphore of this device.
+        // SAFETY: callers use it on timeline semaphores of self.ctx's device, alive while self is; the
+        // benchmarks' values only grow, as vkSignalSemaphore requires.
         unsafe { self.ctx.device().signal_semaphore(&info) }
             .map_err(|r| Error::vk("vkSignalSemaphore", r, format!("signalling a timeline semaphore to {value}")))
     }
@@ -174,7 +183,8 @@ impl VkSemaphore {
         let sems = [self.semaphore];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: a timeline semaphore of this device; the arrays live across the call.
+        // SAFETY: a live timeline semaphore of self.ctx's device; the arrays are locals that outlive
+        // the call.
         match unsafe { self.ctx.device().wait_semaphores(&info, timeout.as_nanos().min(u64::MAX as u128) as u64) } {
             Ok(()) => Ok(()),
             Err(vk::Result::TIMEOUT) => {
@@ -195,7 +205,8 @@ pub struct Submitter {
 
 impl Drop for Submitter {
     fn drop(&mut self) {
-        // SAFETY: wait for the queue so no command buffer of the pool is pending, then destroy it.
+        // SAFETY: queue_wait_idle under the queue lock waits for every submission, so no command buffer
+        // of the pool is pending; Drop owns the pool, which is destroyed once, with its buffers.
         unsafe {
             let _ = self.ctx.with_queue(|q| self.ctx.device().queue_wait_idle(q));
             self.ctx.device().destroy_command_pool(self.pool, None);
@@ -211,7 +222,7 @@ impl Submitter {
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(ctx.queue_family_index())
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
-        // SAFETY: valid device.
+        // SAFETY: ctx keeps the device alive; `info` is a local naming ctx's queue family.
         let pool = unsafe { ctx.device().create_command_pool(&info, None) }
             .map_err(|r| Error::vk("vkCreateCommandPool", r, "creating a command pool"))?;
         Ok(Submitter { ctx: ctx.clone(), pool })
@@ -224,14 +235,15 @@ impl Submitter {
             .command_pool(self.pool)
             .level(vk::CommandBufferLevel::PRIMARY)
             .command_buffer_count(1);
-        // SAFETY: the pool is ours and used from one thread.
+        // SAFETY: the pool belongs to self; crate-internal users (self-tests, benchmarks) record and
+        // submit from one thread at a time, which is the external sync vkAllocateCommandBuffers needs.
         let cmd = unsafe { device.allocate_command_buffers(&alloc) }
             .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
-        // SAFETY: cmd is fresh.
+        // SAFETY: cmd was just allocated (initial state) from self's pool, used by one thread.
         unsafe { device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()) }
             .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
         record(device, cmd);
-        // SAFETY: cmd is recording.
+        // SAFETY: cmd is in the recording state (begun above).
         unsafe { device.end_command_buffer(cmd) }
             .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
         Ok(cmd)
@@ -264,7 +276,9 @@ impl Submitter {
         let device = self.ctx.device();
         self.ctx
             .with_queue(|q| {
-                // SAFETY: the arrays live across the call; the command buffers are executable.
+                // SAFETY: with_queue holds the queue mutex; crate-internal callers pass executable command
+                // buffers of self's pool, live semaphores of this device and values that follow their protocol,
+                // and a fence that is null or unsignalled and not pending; the arrays outlive the call.
                 unsafe { device.queue_submit(q, &[submit], fence) }
             })
             .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting work with semaphores"))
@@ -274,7 +288,7 @@ impl Submitter {
     pub fn wait_idle(&self) -> Result<()> {
         self.ctx
             .with_queue(|q| {
-                // SAFETY: the queue is locked.
+                // SAFETY: with_queue holds the queue mutex, the external sync vkQueueWaitIdle needs.
                 unsafe { self.ctx.device().queue_wait_idle(q) }
             })
             .map_err(|r| Error::vk("vkQueueWaitIdle", r, "waiting for the queue"))
@@ -289,14 +303,15 @@ pub struct VkFence {
 
 impl Drop for VkFence {
     fn drop(&mut self) {
-        // SAFETY: callers wait for the fence before dropping it.
+        // SAFETY: crate-internal owners declare their VkFence before the Submitter that submits it, so
+        // it drops after Submitter's Drop waited for the queue; on the normal path they waited for it.
         unsafe { self.ctx.device().destroy_fence(self.fence, None) };
     }
 }
 
 impl VkFence {
     pub fn new(ctx: &VulkanContext) -> Result<VkFence> {
-        // SAFETY: valid device.
+        // SAFETY: ctx keeps the device alive; the create info is a default local.
         let fence = unsafe { ctx.device().create_fence(&vk::FenceCreateInfo::default(), None) }
             .map_err(|r| Error::vk("vkCreateFence", r, "creating a fence"))?;
         Ok(VkFence { ctx: ctx.clone(), fence })
@@ -305,7 +320,7 @@ impl VkFence {
     /// Waits for the fence, then resets it.
     pub fn wait_and_reset(&self, timeout: std::time::Duration) -> Result<()> {
         let device = self.ctx.device();
-        // SAFETY: the fence is of this device.
+        // SAFETY: the fence belongs to self.ctx's device and is alive while self is.
         match unsafe { device.wait_for_fences(&[self.fence], true, timeout.as_nanos() as u64) } {
             Ok(()) => {}
             Err(vk::Result::TIMEOUT) => {
@@ -313,7 +328,8 @@ impl VkFence {
             }
             Err(r) => return Err(Error::vk("vkWaitForFences", r, "waiting for a Vulkan submission")),
         }
-        // SAFETY: signalled and no longer in use.
+        // SAFETY: the wait above returned Ok, so the fence signalled and its submission completed; only
+        // one thread uses the fence (crate-internal), the external sync vkResetFences needs.
         unsafe { device.reset_fences(&[self.fence]) }.map_err(|r| Error::vk("vkResetFences", r, "resetting a fence"))
     }
 }
@@ -355,17 +371,19 @@ mod tests {
     fn binary_signal_then_wait_with_fence_and_recorded_commands() {
         let Some(ctx) = testing::or_skip("vulkan", VulkanContext::new()) else { return };
         let sem = VkSemaphore::create(&ctx, SemaphoreKind::Binary, false).unwrap();
-        let submitter = Submitter::new(&ctx).unwrap();
+        // The fence and buffer outlive the submitter, whose Drop waits for the queue.
         let fence = VkFence::new(&ctx).unwrap();
         let buffer = lava_flow::Buffer::new(
             &ctx,
             &lava_flow::BufferOptions::new(4096).memory(lava_flow::vulkan::MemoryKind::HostVisible).export(None),
         )
         .unwrap();
+        let submitter = Submitter::new(&ctx).unwrap();
         let family = ctx.queue_family_index();
         let cmd = submitter
             .record(|dev, cmd| {
-                // SAFETY: the buffer is live with transfer usage.
+                // SAFETY: cmd is recording; the buffer is live, has TRANSFER_DST (default usage), and the
+                // range 0..4096 is the whole buffer, a multiple of 4.
                 unsafe { dev.cmd_fill_buffer(cmd, buffer.handle(), 0, 4096, 0x1234_5678) };
                 record_buffer_release(dev, cmd, buffer.handle(), family);
                 record_buffer_acquire(dev, cmd, buffer.handle(), family);

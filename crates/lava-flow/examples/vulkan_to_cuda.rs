@@ -51,8 +51,9 @@ impl FillPipeline {
     fn new(ctx: &VulkanContext, buffer: &Buffer) -> Result<FillPipeline, Box<dyn std::error::Error>> {
         let dev = ctx.device();
         let words = ash::util::read_spv(&mut std::io::Cursor::new(SPIRV))?;
-        // SAFETY: every create call gets valid create infos that live across the call; the
-        // objects are destroyed in Drop after the device is idle.
+        // SAFETY: every create info (and the arrays and SPIR-V words it points at) is a local that
+        // outlives its call; each handle passed was created just before on this device; `buffer` is a
+        // live storage buffer of it. The objects are destroyed in Drop after the device is idle.
         unsafe {
             let module = dev
                 .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
@@ -108,9 +109,11 @@ impl FillPipeline {
 impl Drop for FillPipeline {
     fn drop(&mut self) {
         let dev = self.ctx.device();
-        // SAFETY: the device is idle (main waits for every round) and each object is destroyed once.
+        // SAFETY: vkDeviceWaitIdle runs under the queue lock (it needs every queue externally
+        // synchronized), so afterwards no submission uses these objects; each is destroyed once,
+        // children before the pool and layouts they came from.
         unsafe {
-            let _ = dev.device_wait_idle();
+            let _ = self.ctx.with_queue(|_| dev.device_wait_idle());
             dev.destroy_descriptor_pool(self.pool, None);
             dev.destroy_pipeline(self.pipeline, None);
             dev.destroy_pipeline_layout(self.layout, None);
@@ -130,9 +133,10 @@ struct Rounds {
 impl Drop for Rounds {
     fn drop(&mut self) {
         let dev = self.ctx.device();
-        // SAFETY: the device is idle; the objects are destroyed once.
+        // SAFETY: vkDeviceWaitIdle runs under the queue lock, so afterwards no submission uses the
+        // pool's command buffers or the semaphore; each object is destroyed once.
         unsafe {
-            let _ = dev.device_wait_idle();
+            let _ = self.ctx.with_queue(|_| dev.device_wait_idle());
             dev.destroy_command_pool(self.pool, None);
             dev.destroy_semaphore(self.timeline, None);
         }
@@ -141,6 +145,11 @@ impl Drop for Rounds {
 
 impl Rounds {
     fn new(ctx: &VulkanContext, exportable: bool) -> Result<Rounds, Box<dyn std::error::Error>> {
+        if !ctx.extensions().timeline_semaphore {
+            return Err(
+                format!("{} lacks timeline semaphores (Vulkan 1.2), which this example uses", ctx.info().name).into()
+            );
+        }
         let dev = ctx.device();
         let mut export =
             vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
@@ -149,7 +158,9 @@ impl Rounds {
         if exportable {
             info = info.push_next(&mut export);
         }
-        // SAFETY: the create infos live across the calls.
+        // SAFETY: the device has timeline semaphores (checked above) and, when `exportable`,
+        // VK_KHR_external_semaphore_fd (main asks for it before); the create infos are locals that
+        // outlive the calls.
         unsafe {
             let timeline = dev.create_semaphore(&info, None).map_err(vk_err("vkCreateSemaphore"))?;
             let pool = dev
@@ -167,10 +178,11 @@ impl Rounds {
         let info = vk::SemaphoreGetFdInfoKHR::default()
             .semaphore(self.timeline)
             .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as an opaque fd.
+        // SAFETY: the semaphore was created exportable as an opaque fd (export is called only when
+        // `exportable`).
         let fd = unsafe { loader.get_semaphore_fd(&info) }.map_err(vk_err("vkGetSemaphoreFdKHR"))?;
         Ok(Semaphore {
-            // SAFETY: a new fd that we own.
+            // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
             handle: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
             description: SemaphoreDescription {
                 kind: SemaphoreKind::Timeline,
@@ -189,8 +201,9 @@ impl Rounds {
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dev = self.ctx.device();
-        // SAFETY: the pool is used from this thread only; the command buffer lives until the pool
-        // is destroyed (after the device is idle); the submit infos live across the call.
+        // SAFETY: only this thread uses the pool (external sync of allocation and recording); cmd is
+        // recorded before submission and lives until the pool is destroyed after the device is idle;
+        // with_queue holds the queue mutex for vkQueueSubmit; the submit info and its chain are locals.
         unsafe {
             let cmd = dev
                 .allocate_command_buffers(
@@ -223,7 +236,7 @@ impl Rounds {
     /// Sets the timeline from the host (stands in for CUDA when there is none).
     fn host_signal(&self, value: u64) -> Result<(), Box<dyn std::error::Error>> {
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.timeline).value(value);
-        // SAFETY: a timeline semaphore of this device.
+        // SAFETY: a timeline semaphore of this device; the example's values only grow.
         unsafe { self.ctx.device().signal_semaphore(&info) }.map_err(vk_err("vkSignalSemaphore"))?;
         Ok(())
     }
@@ -231,7 +244,7 @@ impl Rounds {
     fn host_wait(&self, value: u64) -> Result<(), Box<dyn std::error::Error>> {
         let (sems, values) = ([self.timeline], [value]);
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: a timeline semaphore of this device; the arrays live across the call.
+        // SAFETY: a timeline semaphore of this device; the arrays are locals that outlive the call.
         unsafe { self.ctx.device().wait_semaphores(&info, Duration::from_secs(30).as_nanos() as u64) }
             .map_err(vk_err("vkWaitSemaphores"))?;
         Ok(())
@@ -258,7 +271,8 @@ fn barrier(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: vk::Buffer, family
     } else {
         (vk::PipelineStageFlags::TOP_OF_PIPE, vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER)
     };
-    // SAFETY: cmd is recording; the buffer is live.
+    // SAFETY: callers record into a command buffer in the recording state and pass a live buffer
+    // of the same device with external memory; the barrier array is a local.
     unsafe { dev.cmd_pipeline_barrier(cmd, src_stage, dst_stage, vk::DependencyFlags::empty(), &[], &b, &[]) };
 }
 
@@ -309,7 +323,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps.submit(base, base + 1, |dev, cmd| {
             barrier(dev, cmd, shared.handle(), family, false);
             let push = [r.to_ne_bytes(), WORDS.to_ne_bytes()].concat();
-            // SAFETY: pipeline, layout and set are live and compatible; push is 8 bytes.
+            // SAFETY: cmd is recording; pipeline, layout and set are live objects of this device made for
+            // each other (FillPipeline); the push constants are 8 bytes, the range the layout declares.
             unsafe {
                 dev.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, fill.pipeline);
                 dev.cmd_bind_descriptor_sets(cmd, vk::PipelineBindPoint::COMPUTE, fill.layout, 0, &[fill.set], &[]);
@@ -324,7 +339,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             timeline.wait(stream, base + 1)?;
             let mut launch = stream.launch_builder(kernel);
             launch.arg(&mut *words).arg(&WORDS).arg(&r);
-            // SAFETY: lf_mul3_add(u32* x, u32 n, u32 add) touches the n words of the mapping.
+            // SAFETY: lf_mul3_add takes (u32* x, u32 n, u32 add), the argument types pushed in order; it
+            // touches x[0..n) only, and `words` holds WORDS words; the Vulkan side waits for the signal
+            // enqueued after it before touching the buffer again.
             unsafe { launch.launch(LaunchConfig::for_num_elems(WORDS)) }?;
             timeline.signal(stream, base + 2)?;
         } else {
@@ -346,7 +363,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps.submit(base + 2, base + 3, |dev, cmd| {
             barrier(dev, cmd, shared.handle(), family, false);
             let region = [vk::BufferCopy { src_offset: 0, dst_offset: u64::from(r) * bytes, size: bytes }];
-            // SAFETY: both buffers are live with transfer usage; the region is inside both.
+            // SAFETY: cmd is recording; both buffers are live with the transfer usages; the region, `bytes`
+            // bytes at r*bytes, lies inside both.
             unsafe { dev.cmd_copy_buffer(cmd, shared.handle(), results.handle(), &region) };
             barrier(dev, cmd, shared.handle(), family, true);
             // The host reads the slot after waiting for the semaphore: make the copy visible to it.
@@ -357,7 +375,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
                 .buffer(results.handle())
                 .size(vk::WHOLE_SIZE)];
-            // SAFETY: cmd is recording; the buffer is live.
+            // SAFETY: cmd is recording; `results` is a live buffer of this device; the barrier array is a local.
             unsafe {
                 dev.cmd_pipeline_barrier(
                     cmd,

@@ -50,7 +50,8 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
             let mut export =
                 vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
             let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
-            // SAFETY: valid device; the chained struct lives across the call.
+            // SAFETY: only called where the device has VK_KHR_external_semaphore_fd (checked before), so
+            // the export chain is valid; `info` and its chain are locals that outlive the call.
             let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }?;
             Ok(VkSemaphore { ctx: ctx.clone(), semaphore })
         }
@@ -60,10 +61,10 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
             let info = vk::SemaphoreGetFdInfoKHR::default()
                 .semaphore(self.semaphore)
                 .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-            // SAFETY: the semaphore was created exportable as an opaque fd.
+            // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
             let fd = unsafe { loader.get_semaphore_fd(&info) }?;
             Ok(Semaphore {
-                // SAFETY: vkGetSemaphoreFdKHR returned a new fd that we own.
+                // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
                 handle: unsafe { OwnedFd::from_raw_fd(fd) },
                 description: SemaphoreDescription {
                     kind: SemaphoreKind::Binary,
@@ -76,7 +77,7 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
         /// Submits an empty batch that signals (after earlier work) or waits, then waits for it.
         fn submit(&self, wait: bool) -> Result<(), vk::Result> {
             let dev = self.ctx.device();
-            // SAFETY: valid device.
+            // SAFETY: the device is alive (self.ctx); the create info is a default local.
             let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }?;
             let sems = [self.semaphore];
             let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
@@ -85,12 +86,15 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
             } else {
                 vk::SubmitInfo::default().signal_semaphores(&sems)
             };
-            // SAFETY: the queue is locked by with_queue; the semaphore and fence are valid.
+            // SAFETY: with_queue holds the queue mutex; the batch has no command buffers; the semaphore is
+            // live and each wait follows a signal the other API queued first; the fence is fresh; `submit`,
+            // `sems` and `stages` are locals that outlive the call.
             let r = self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &[submit], fence) }).and_then(|_| {
-                // SAFETY: the fence was submitted.
+                // SAFETY: the fence belongs to this device and is alive until destroyed below.
                 unsafe { dev.wait_for_fences(&[fence], true, u64::MAX) }
             });
-            // SAFETY: signalled or never submitted.
+            // SAFETY: a wait with no timeout returns once the fence signalled (or the device is lost), and a
+            // fence whose submission failed is unused: no queue operation uses it any more.
             unsafe { dev.destroy_fence(fence, None) };
             r
         }
@@ -98,14 +102,16 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
 
     impl Drop for VkSemaphore {
         fn drop(&mut self) {
-            // SAFETY: every batch using it was waited for.
+            // SAFETY: every batch using the semaphore was waited for (submit waits on its fence), so no
+            // queue operation uses it; it is destroyed once.
             unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
         }
     }
 
     fn compile(gl: &CurrentGl<'_>) -> Result<u32, Box<dyn std::error::Error>> {
         let source = format!("{}{SHADER_BODY}", if gl.is_desktop() { SHADER_DESKTOP } else { SHADER_ES });
-        // SAFETY: the context is current (the guard); strings outlive the calls.
+        // SAFETY: the guard keeps the context current; `ptr` and `len` describe `source`, alive across
+        // the calls; every out-pointer is a local, and the log buffer's length is the one passed.
         unsafe {
             let shader = (gl.create_shader)(f::COMPUTE_SHADER);
             let ptr = source.as_ptr();
@@ -190,7 +196,9 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
             }
             {
                 let gl = gl.make_current()?;
-                // SAFETY: current context; the program and buffer belong to it.
+                // SAFETY: `gl` keeps the context current; program and buffer are live names of this context;
+                // the program was compiled for it, its uniform 0 is a uint and binding 0 an SSBO of WORDS words,
+                // which the dispatch of WORDS / 64 groups of 64 covers exactly.
                 unsafe {
                     (gl.use_program)(program);
                     (gl.uniform1ui)(0, round);
@@ -221,7 +229,7 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
         }
         let elapsed = start.elapsed();
         let guard = gl.make_current()?;
-        // SAFETY: current context; our program.
+        // SAFETY: the guard keeps the context current; the program is ours and deleted once.
         unsafe { (guard.delete_program)(program) };
         drop(guard);
         println!(

@@ -395,7 +395,8 @@ mod tests {
         let twin = rustix::io::dup(&fd).unwrap();
         rustix::fs::seek(&twin, rustix::fs::SeekFrom::Start(100)).unwrap();
         let seen = import_consuming(fd, |raw| {
-            // SAFETY: the import closure may use the fd for the call's duration.
+            // SAFETY: `raw` is the copy import_consuming hands the import; it stays open for the whole
+            // closure call, and the borrow does not leave the closure.
             let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
             let offset = rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Current(0)).unwrap();
             rustix::fs::seek(borrowed, rustix::fs::SeekFrom::Start(7)).unwrap();
@@ -420,12 +421,14 @@ mod tests {
     /// same instant: the number `raw` is closed, then `other` is installed at that number.
     /// Returns the new fd at `raw`, which belongs to that other thread.
     fn close_then_reuse(raw: RawFd, other: BorrowedFd<'_>) -> OwnedFd {
-        // SAFETY: the import hands `raw` to this stand-in driver, which closes it as some drivers do.
-        drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        // SAFETY: dup3 installs a copy of `other` at the (now free) number `raw`; no memory passed.
+        // SAFETY: `raw` is the copy the import handed this stand-in driver, which owns it for the
+        // call. dup3 closes it and installs a copy of `other` at that number in one step, so no
+        // other test thread's open can take the number in between and be closed here. It takes
+        // integers only and reads no memory of ours.
         let n = unsafe { libc::dup3(other.as_raw_fd(), raw, libc::O_CLOEXEC) };
         assert_eq!(n, raw, "dup3: {}", std::io::Error::last_os_error());
-        // SAFETY: dup3 just created this fd; the other thread of the scenario owns it.
+        // SAFETY: dup3 just created the fd `n` and nothing else holds it: the scenario's other
+        // thread (the caller of this helper) becomes its one owner.
         unsafe { OwnedFd::from_raw_fd(n) }
     }
 
@@ -493,7 +496,8 @@ mod tests {
     fn a_copy_the_driver_closed_is_not_closed_again() {
         let fd = memfd(4096);
         let (result, after) = import_traced(fd, |raw| {
-            // SAFETY: the stand-in driver closes the fd it was handed, as Mesa's do on failure.
+            // SAFETY: `raw` is the copy handed to this stand-in driver, which owns it for the call;
+            // it closes it once, as Mesa's drivers do on a failed import.
             drop(unsafe { OwnedFd::from_raw_fd(raw) });
             refused::<()>("a memfd")
         });
@@ -506,7 +510,8 @@ mod tests {
         let fd = memfd(4096);
         let caller = fd.as_raw_fd();
         let (result, after) = import_traced(fd, |raw| {
-            // SAFETY: on success the stand-in driver owns the copy.
+            // SAFETY: `raw` is the copy handed to the import, and a successful import owns it: this
+            // is its one owner from here.
             Ok(unsafe { OwnedFd::from_raw_fd(raw) })
         });
         let copy = result.unwrap();
@@ -517,11 +522,14 @@ mod tests {
 
     #[test]
     fn a_closed_number_is_refused_and_not_closed() {
-        let fd = memfd(1);
-        let number = fd.into_raw_fd();
-        // SAFETY: closing our own fd so that the number is stale.
-        drop(unsafe { OwnedFd::from_raw_fd(number) });
-        // SAFETY (test only): an OwnedFd around a closed number, what a buggy caller hands over.
+        // A number no fd can have (the kernel caps fd numbers below `fs.nr_open`, at most
+        // 2^31 - 64), so that no other test thread's file can be at it: an fd closed by its
+        // caller and reopened by another thread is what this check cannot catch.
+        let number: RawFd = libc::c_int::MAX - 1;
+        // SAFETY: breaks OwnedFd's invariant on purpose: `number` is not open, as in a buggy
+        // caller's OwnedFd. import_traced checks it with F_GETFD and forgets it without closing
+        // it (what this test checks); had it closed it, the close would fail with EBADF and
+        // touch no one's fd, since no fd can be open at that number.
         let stale = unsafe { OwnedFd::from_raw_fd(number) };
         let mut called = false;
         let (result, after) = import_traced(stale, |_| {

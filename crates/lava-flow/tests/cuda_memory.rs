@@ -184,7 +184,9 @@ fn kernels_launched_through_cudarc_read_and_write_imported_memory() {
     let (n, add) = (words as u32, 7u32);
     let mut launch = stream.launch_builder(&f);
     launch.arg(&mut mapped).arg(&n).arg(&add);
-    // SAFETY: lf_mul3_add(u32*, u32, u32) touches the n words of the mapping.
+    // SAFETY: lf_mul3_add takes (u32* x, u32 n, u32 add), the argument types pushed in order; it
+    // touches x[0..n) only, and `mapped` holds n words; the stream is synchronised before `mapped`
+    // is read or dropped.
     unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
     stream.synchronize().unwrap();
 

@@ -46,7 +46,7 @@ fn timeline_signal_from_cuda_reaches_vulkan_value() {
     assert_eq!(imported.kind(), SemaphoreKind::Timeline);
     imported.signal(cuda.stream(), 42).unwrap();
     cuda.synchronize().unwrap();
-    // SAFETY: a timeline semaphore of this device.
+    // SAFETY: `owner` holds a live timeline semaphore of ctx's device; no external sync is needed.
     let value = unsafe { ctx.device().get_semaphore_counter_value(owner.semaphore) }.unwrap();
     assert_eq!(value, 42);
 }

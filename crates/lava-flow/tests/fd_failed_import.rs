@@ -279,7 +279,8 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
         // chain outlive the call; memory it returns is freed at once.
         match unsafe { b.device().allocate_memory(&info, None) } {
             Ok(memory) => {
-                // SAFETY: just allocated, unused.
+                // SAFETY: `memory` was allocated just above on this device and nothing was bound to or
+                // mapped from it, so no object uses it; freed once, here.
                 unsafe { b.device().free_memory(memory, None) };
                 true
             }
@@ -382,7 +383,8 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
         if kind == SemaphoreKind::Timeline {
             info = info.push_next(&mut type_info);
         }
-        // SAFETY: info and its chain outlive the call.
+        // SAFETY: `info` and its type chain are locals that outlive the call; `b` keeps the device
+        // alive.
         let semaphore = unsafe { b.device().create_semaphore(&info, None) }.unwrap();
         let import = vk::ImportSemaphoreFdInfoKHR::default()
             .semaphore(semaphore)
@@ -391,7 +393,8 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
         // SAFETY: a fresh semaphore; this test provokes failing imports on purpose (see
         // vulkan_memory). `import` outlives the call.
         let ok = unsafe { loader.import_semaphore_fd(&import) }.is_ok();
-        // SAFETY: the semaphore was never used by a queue.
+        // SAFETY: the semaphore was created above on this device and never submitted or shared,
+        // so no queue uses it; destroyed once, here.
         unsafe { b.device().destroy_semaphore(semaphore, None) };
         ok
     };
@@ -429,7 +432,8 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
     drop(Fence::import(b, fence.export().unwrap()).unwrap());
     let fence_loader = ash::khr::external_fence_fd::Device::new(b.instance(), b.device());
     let import_fence = |raw: RawFd| {
-        // SAFETY: a plain fence create info.
+        // SAFETY: a default create info, a temporary that outlives the call; `b` keeps the device
+        // alive.
         let fence = unsafe { b.device().create_fence(&vk::FenceCreateInfo::default(), None) }.unwrap();
         let import = vk::ImportFenceFdInfoKHR::default()
             .fence(fence)
@@ -437,7 +441,8 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
             .fd(raw);
         // SAFETY: a fresh fence; failing imports provoked on purpose (see vulkan_memory).
         let ok = unsafe { fence_loader.import_fence_fd(&import) }.is_ok();
-        // SAFETY: the fence was never submitted.
+        // SAFETY: the fence was created above on this device and never submitted or shared, so no
+        // queue uses it; destroyed once, here.
         unsafe { b.device().destroy_fence(fence, None) };
         ok
     };
@@ -487,7 +492,8 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
         // SAFETY: the context is current; desc is initialised; failing imports provoked on purpose.
         let r = unsafe { sys::cuImportExternalMemory(&mut memory, &desc) };
         if r == sys::CUresult::CUDA_SUCCESS {
-            // SAFETY: imported just now, never mapped.
+            // SAFETY: `memory` was imported just above and nothing was mapped from it, so no mapping
+            // outlives it; destroyed once, here, with the context still current.
             unsafe { sys::cuDestroyExternalMemory(memory) };
         }
         r == sys::CUresult::CUDA_SUCCESS
@@ -534,7 +540,8 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
         // SAFETY: the context is current; desc is initialised; failing imports provoked on purpose.
         let r = unsafe { sys::cuImportExternalSemaphore(&mut semaphore, &desc) };
         if r == sys::CUresult::CUDA_SUCCESS {
-            // SAFETY: imported just now, never used.
+            // SAFETY: `semaphore` was imported just above and no stream waits on or signals it;
+            // destroyed once, here, with the context still current.
             unsafe { sys::cuDestroyExternalSemaphore(semaphore) };
         }
         r == sys::CUresult::CUDA_SUCCESS
@@ -597,7 +604,8 @@ fn opencl(table: &mut Table, a: &VulkanContext) {
         };
         match made {
             Ok(mem) => {
-                // SAFETY: created just now, used by nothing.
+                // SAFETY: `mem` was created just above and no command or other object uses it; this
+                // releases the one reference clCreateBuffer returned.
                 let _ = unsafe { cl3::memory::release_mem_object(mem) };
                 true
             }
@@ -656,9 +664,11 @@ fn gl(table: &mut Table, a: &VulkanContext) {
         // errors, or not at all).
         unsafe { (current.import_memory_fd_ext)(name, size, handle_type, raw) };
         let no_error = current.check("glImportMemoryFdEXT", "-").is_ok();
-        // SAFETY: the context is current.
+        // SAFETY: `current` keeps the context current; glIsMemoryObjectEXT takes any name and no
+        // pointer.
         let exists = unsafe { (current.is_memory_object_ext)(name) } != 0;
-        // SAFETY: the context is current; our name.
+        // SAFETY: `current` keeps the context current; `name` is the memory object this closure
+        // created, deleted once, here; the pointer is to a local that outlives the call.
         unsafe { (current.delete_memory_objects_ext)(1, &name) };
         let _ = current.check("-", "-");
         no_error && exists

@@ -145,9 +145,11 @@ fn foreign_fds_are_refused() {
     // A closed fd number: refused without closing anything.
     let file = std::fs::File::open("/dev/null").unwrap();
     let number = std::os::fd::IntoRawFd::into_raw_fd(file);
-    // SAFETY (test only): close our own fd so the number is stale.
+    // SAFETY: `number` is an fd this test just opened and owns, closed once here to make it stale.
     drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) });
-    // SAFETY (test only): an OwnedFd around a closed number, as a buggy caller would hand over.
+    // SAFETY: deliberately breaks OwnedFd's contract (the number is closed), as a buggy caller
+    // would; the import must recognise it and forget it, not close it. Each test runs in its own
+    // process, so no other thread reuses the number meanwhile.
     let stale = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) };
     let exported = with_fd(buffer.export_fd().unwrap(), stale);
     let before = open_fd_count();

@@ -26,7 +26,8 @@ impl VkSemaphore {
         let mut export =
             vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
-        // SAFETY: valid device; the chained struct lives across the call.
+        // SAFETY: setup() checked the device has VK_KHR_external_semaphore_fd, so the export chain is
+        // valid; `info` and its chain are locals that outlive the call.
         let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }.unwrap();
         VkSemaphore { ctx: ctx.clone(), semaphore }
     }
@@ -36,9 +37,9 @@ impl VkSemaphore {
         let info = vk::SemaphoreGetFdInfoKHR::default()
             .semaphore(self.semaphore)
             .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as an opaque fd.
+        // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
         let fd = unsafe { loader.get_semaphore_fd(&info) }.unwrap();
-        // SAFETY: vkGetSemaphoreFdKHR returned a new fd that we own.
+        // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
         let handle = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Semaphore {
             handle,
@@ -62,23 +63,27 @@ impl VkSemaphore {
 
     fn submit(&self, wait: &[vk::Semaphore], signal: &[vk::Semaphore]) {
         let dev = self.ctx.device();
-        // SAFETY: valid device.
+        // SAFETY: the device is alive (self.ctx); the create info is a default local.
         let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }.unwrap();
         let stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait.len()];
         let submit =
             [vk::SubmitInfo::default().wait_semaphores(wait).wait_dst_stage_mask(&stages).signal_semaphores(signal)];
-        // SAFETY: queue locked by with_queue; semaphores and fence are valid.
+        // SAFETY: with_queue holds the queue mutex; the batch has no command buffers; the semaphores are
+        // live, and each test waits only for a binary semaphore whose signal it submitted (here or on
+        // the other API) first; the fence is fresh; `submit` and `stages` outlive the call.
         self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &submit, fence) }).unwrap();
-        // SAFETY: the fence was submitted.
+        // SAFETY: the fence belongs to this device and is alive until destroyed below.
         unsafe { dev.wait_for_fences(&[fence], true, 10_000_000_000) }.expect("the semaphore batch completes");
-        // SAFETY: signalled, no longer in use.
+        // SAFETY: the wait returned Ok (else the test panicked above), so the batch completed and no
+        // queue operation uses the fence.
         unsafe { dev.destroy_fence(fence, None) };
     }
 }
 
 impl Drop for VkSemaphore {
     fn drop(&mut self) {
-        // SAFETY: every batch using it was waited for.
+        // SAFETY: on the passing path every batch using the semaphore was waited for (submit waits on
+        // its fence), so no queue operation uses it.
         unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
     }
 }

@@ -282,17 +282,17 @@ fn calls_restore_the_threads_previous_context() {
     const COPY_READ_BUFFER_BINDING: u32 = 0x8F36;
     let binding = |gl: &lava_flow::gl::CurrentGl<'_>| {
         let mut v = -1;
-        // SAFETY: a context is current on this thread (the guard).
+        // SAFETY: the guard keeps context A current on this thread; one GLint is written into a local.
         unsafe { (gl.get_integerv)(COPY_READ_BUFFER_BINDING, &mut v) };
         v
     };
-    // SAFETY: A is current; binding one of its buffers.
+    // SAFETY: the guard keeps A current; in_a's buffer is a live name of A; no pointers.
     unsafe { (guard.bind_buffer)(COPY_READ_BUFFER_BINDING, in_a.name()) };
     assert_eq!(binding(&guard), in_a.name() as i32);
     // A call on B makes B current for its duration, then puts A back.
     assert_eq!(in_b.read(0, 4).unwrap().len(), 4);
     assert_eq!(binding(&guard), in_a.name() as i32, "A is current again, with its state");
-    // SAFETY: A is current.
+    // SAFETY: the guard keeps A current; unbinding takes no pointers.
     unsafe { (guard.bind_buffer)(COPY_READ_BUFFER_BINDING, 0) };
     drop(guard);
     a.check_deferred().unwrap();

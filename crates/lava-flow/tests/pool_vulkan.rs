@@ -225,7 +225,9 @@ fn an_imported_mapping_outlives_the_exporter() {
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     assert_eq!(imported.read(0, KIB64).unwrap(), data, "a copy reads the block after the exporter let go");
     if imported.memory().is_host_visible() {
-        // SAFETY: nothing else writes the block: its exporter and every other import are gone.
+        // SAFETY: map_unchecked's contract holds: the exporter's buffer, pool and block and the importer
+        // were all dropped above, so no other device, process or Buffer can write these bytes while the
+        // guard lives.
         let m = unsafe { imported.map_unchecked() }.unwrap();
         assert_eq!(m.as_slice(), &data[..], "the mapping reads the block after the exporter let go");
     }

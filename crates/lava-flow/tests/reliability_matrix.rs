@@ -724,9 +724,11 @@ fn other_driver_uuid(env: &Env, column: Column) -> CellResult {
 /// An `OwnedFd` around a number that is not open, as a buggy caller hands over.
 fn stale_fd() -> OwnedFd {
     let number = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
-    // SAFETY: our own fd, closed so that the number is stale.
+    // SAFETY: `number` is an fd this function just opened and owns; wrapping it closes it once.
     drop(unsafe { OwnedFd::from_raw_fd(number) });
-    // SAFETY (test only): deliberately wraps a closed number; the code under test must not close it.
+    // SAFETY: deliberately breaks OwnedFd's contract (the number is closed), as a buggy caller
+    // would: the code under test must recognise it and forget it rather than close it, and the test
+    // checks it does; each test runs in its own process, so no other thread reuses the number.
     unsafe { OwnedFd::from_raw_fd(number) }
 }
 
@@ -863,14 +865,17 @@ fn consumed_fd_again(env: &Env, column: Column) -> CellResult {
     let number = exported.memory.handle.as_raw_fd();
     let twin_description = (exported.memory.description, exported.buffer);
     let imported = env.import(column, exported).map_err(|e| format!("the first import: {e}"))?;
-    // SAFETY: only asks whether the number is open.
+    // SAFETY: test only: this borrows a number that may already be closed (the import consumed it),
+    // bending BorrowedFd's contract only to ask fcntl(F_GETFD) whether it is open, which reads no
+    // memory and closes nothing; the borrow ends with the call.
     if rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(number) }).is_ok() {
         drop(imported);
         return Ok(Cell::Skipped(format!(
             "fd {number} was reused by the driver during the import; handing it in again would take the driver's file"
         )));
     }
-    // SAFETY (test only): the consumed number, wrapped again as a buggy caller would.
+    // SAFETY: deliberately wraps the consumed (closed, checked just above) number again, as a buggy
+    // caller would; the code under test must not close it.
     let stale = unsafe { OwnedFd::from_raw_fd(number) };
     let again =
         BufferParts { memory: Memory { handle: stale, description: twin_description.0 }, buffer: twin_description.1 };
@@ -1021,7 +1026,8 @@ fn exporter_that_exits() -> Result<(MemoryDescription, BufferDescription, OwnedF
 /// The child side of [`exporter_that_exits`].
 fn exporter_child() {
     let n: i32 = std::env::var(CHILD_FD).unwrap().parse().unwrap();
-    // SAFETY: the parent made this fd inheritable for us; nothing else here owns it.
+    // SAFETY: the parent made this fd inheritable for this child and named it in CHILD_FD; nothing
+    // else in this process owns or closes it.
     let sock = unsafe { OwnedFd::from_raw_fd(n) };
     let ctx = common::vulkan().expect("the parent opened Vulkan");
     let mut buffer = Buffer::new(&ctx, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();

@@ -257,7 +257,9 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, acquire_fi
     let release = OwnershipTransfer::new().release_whole_buffer(shared, StageAccess::TRANSFER_WRITE);
     let (buf, size) = (shared.handle(), shared.size());
     RecordedCommands::record(ctx, |dev, cmd| {
-        // SAFETY: live buffer of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's queue family (RecordedCommands::record); `shared` is a live
+        // exportable buffer of ctx's device with the transfer usages, kept alive until every submission
+        // of the commands completed; the whole-buffer transfers are valid by construction.
         unsafe {
             if acquire_first {
                 acquire.record(dev, cmd);
@@ -277,7 +279,9 @@ fn acquire_and_read(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Vec<u
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: live buffers of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's family (run_commands, which waits); both buffers are live
+        // buffers of ctx's device with the transfer usages, `out` at least `size` bytes; the barrier
+        // array is a local.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);
@@ -384,7 +388,8 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: live buffers of b's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on b's family; both buffers are live buffers of b's device with the
+        // transfer usages, kept alive until the submission completed; `out` holds SIZE bytes.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(SIZE)]);

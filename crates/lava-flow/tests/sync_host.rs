@@ -38,7 +38,9 @@ fn fill(ctx: &VulkanContext, buffer: &Buffer, value: u32) -> RecordedCommands {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ | vk::AccessFlags::TRANSFER_READ);
-        // SAFETY: live buffer of ctx's device; cmd is recording.
+        // SAFETY: cmd is recording on ctx's family; `buf` is a live buffer of ctx's device with
+        // TRANSFER_DST and a size that is a multiple of 4, kept alive until the commands' submissions
+        // completed; the barrier array is a local.
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, value);
             dev.cmd_pipeline_barrier(
@@ -160,7 +162,8 @@ fn binary_semaphore_chains_two_submissions() {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: live buffers of ctx's device; cmd is recording.
+        // SAFETY: cmd is recording; `first` and `second` are live buffers of ctx's device with the
+        // transfer usages and `size` bytes each, kept alive until the submission completed.
         unsafe {
             dev.cmd_copy_buffer(cmd, src, dst, &[vk::BufferCopy::default().size(size)]);
             dev.cmd_pipeline_barrier(
@@ -436,7 +439,9 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
             .image(img)
             .subresource_range(range);
         let color = vk::ClearColorValue { float32: [1.0, 0.0, 0.0, 1.0] };
-        // SAFETY: live objects of ctx's device; cmd is recording on its queue family.
+        // SAFETY: cmd is recording on ctx's family; the image and buffer are live objects of ctx's
+        // device (image in UNDEFINED before its first use, with TRANSFER_DST); the release transfer passed
+        // validate() above; barrier and range arrays are locals.
         unsafe {
             dev.cmd_pipeline_barrier(
                 cmd,
@@ -480,7 +485,9 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: live objects of ctx's device; cmd is recording on its queue family.
+        // SAFETY: cmd is recording on ctx's family; the objects are live objects of ctx's device with the
+        // transfer usages, the output buffers large enough for the copies; the acquire passed validate()
+        // above; region and barrier are locals.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, out_b, &[vk::BufferCopy::default().size(size)]);

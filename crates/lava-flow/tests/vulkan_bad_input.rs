@@ -41,9 +41,11 @@ fn closed_fd_is_refused() {
     let (_buffer, exported) = export(&a);
     let file = std::fs::File::open("/dev/null").unwrap();
     let number = file.into_raw_fd();
-    // SAFETY: closing our own fd so that the number is stale.
+    // SAFETY: `number` is an fd this test just opened and owns, closed once here to make it stale.
     unsafe { libc_close(number) };
-    // SAFETY (test only): an OwnedFd around a closed number, exactly what a buggy caller hands over.
+    // SAFETY: deliberately breaks OwnedFd's contract (the number is closed), as a buggy caller
+    // would; the import must recognise it and forget it, not close it. Each test runs in its own
+    // process, so no other thread reuses the number meanwhile.
     let stale = unsafe { OwnedFd::from_raw_fd(number) };
     let err = refused(&b, with_fd(exported, stale), false);
     assert!(matches!(err, Error::InvalidHandle { .. }), "{err}");
@@ -51,7 +53,7 @@ fn closed_fd_is_refused() {
 }
 
 unsafe fn libc_close(fd: i32) {
-    // SAFETY: the caller owns fd.
+    // SAFETY: this function's contract: the caller owns `fd`, which is closed once, here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 

@@ -99,8 +99,9 @@ fn map_unchecked_sees_what_the_other_side_wrote_once_it_is_done() {
     }
     importer.fill(0x0102_0304).unwrap();
     {
-        // SAFETY: the importer's fill has completed (`fill` waits), and nothing else writes the
-        // allocation while the guard lives: the importer is idle and no other process has it.
+        // SAFETY: map_unchecked's contract holds: the importer's fill has completed (`fill` waits), and
+        // nothing else writes the allocation while the guard lives: the importer is idle and no other
+        // process has the memory.
         let mut view = unsafe { exporter.map_unchecked() }.unwrap();
         assert!(view.as_slice().chunks(4).all(|c| c == 0x0102_0304u32.to_ne_bytes()), "the fill is seen");
         view.as_mut_slice()[..8].copy_from_slice(b"lavaflow");

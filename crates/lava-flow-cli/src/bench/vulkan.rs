@@ -29,9 +29,10 @@ pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
 
         let raw_export = || -> lava_flow::Result<OwnedFd> {
             let info = vk::MemoryGetFdInfoKHR::default().memory(memory.handle()).handle_type(handle_type);
-            // SAFETY: the memory was allocated exportable as an opaque fd and lives across the call.
+            // SAFETY: `memory` is the exporter buffer's allocation, made by Buffer::new with the default
+            // opaque-fd export (so the extension the loader needs is enabled), alive across the call.
             let fd = unsafe { ext.get_memory_fd(&info) }.map_err(|r| vk_error("vkGetMemoryFdKHR", r))?;
-            // SAFETY: vkGetMemoryFdKHR returns a new fd owned by the caller.
+            // SAFETY: on success vkGetMemoryFdKHR returns a new open fd whose ownership passes to us.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         };
         let none = || Ok(());
@@ -127,7 +128,8 @@ struct RawImport<'a> {
 
 impl Drop for RawImport<'_> {
     fn drop(&mut self) {
-        // SAFETY: nothing uses the buffer or the memory any more; null handles are ignored.
+        // SAFETY: no command ever used the buffer or the memory (the benchmark only imports and binds);
+        // each is destroyed once, the buffer before its memory; a null memory handle is ignored.
         unsafe {
             self.dev.destroy_buffer(self.buffer, None);
             self.dev.free_memory(self.memory, None);
@@ -153,10 +155,11 @@ fn raw_import(
         .usage(DEFAULT_BUFFER_USAGE)
         .sharing_mode(vk::SharingMode::EXCLUSIVE)
         .push_next(&mut external);
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: `info` and its chain are locals that outlive the call; size > 0 (a benchmark size), the
+    // default usage, and the opaque-fd type the exporter's device (the same GPU) exports.
     let buffer = unsafe { dev.create_buffer(&info, None) }.map_err(|r| vk_error("vkCreateBuffer", r))?;
     let mut objects = RawImport { dev, buffer, memory: vk::DeviceMemory::null() };
-    // SAFETY: buffer is a live buffer of this device.
+    // SAFETY: `buffer` was just created on this device and is alive.
     let _reqs = unsafe { dev.get_buffer_memory_requirements(buffer) };
     let raw_fd = fd.into_raw_fd();
     let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw_fd);
@@ -172,9 +175,13 @@ fn raw_import(
     // (NVIDIA, on a wrong size), so closing it here could close an unrelated fd that reused the
     // number. lava-flow's own imports hand the driver a duplicate; the raw route does not pay
     // for one, and the benchmark stops.
-    // SAFETY: alloc and its chain live across the call; raw_fd is an open fd we own.
+    // SAFETY: `alloc` and its chain are locals that outlive the call; `raw_fd` is an open fd we own
+    // until the driver takes it; size, memory type and dedicated flag are the exporter's, whose buffer
+    // was made with the same parameters as `buffer` (the identical resource a dedicated import needs).
     objects.memory = unsafe { dev.allocate_memory(&alloc, None) }.map_err(|r| vk_error("vkAllocateMemory", r))?;
-    // SAFETY: the memory holds at least the buffer's requirements at offset 0 (same device, type, size).
+    // SAFETY: the buffer is fresh and unbound; the memory was imported with the exporter's size and
+    // type for a buffer of these parameters on the same driver, so it fits at offset 0; a dedicated
+    // import names this very buffer.
     unsafe { dev.bind_buffer_memory(buffer, objects.memory, 0) }.map_err(|r| vk_error("vkBindBufferMemory", r))?;
     Ok(objects)
 }

@@ -173,7 +173,8 @@ fn initialize(ctx: &VulkanContext, shared: &Buffer) -> Step {
         let written = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE);
-        // SAFETY: a live buffer of ctx's device; cmd is recording on its queue family.
+        // SAFETY: cmd is recording (run_commands, which waits); `shared` is a live buffer of ctx's device
+        // with TRANSFER_DST and a size that is a multiple of 4; the barrier array is a local.
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, reader_pattern(0));
             dev.cmd_pipeline_barrier(
@@ -211,7 +212,8 @@ fn record_turn(
     Ok(RecordedCommands::record(ctx, |dev, cmd| {
         let transfer_barrier = |src: vk::AccessFlags, dst: vk::AccessFlags, dst_stage: vk::PipelineStageFlags| {
             let barrier = vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst);
-            // SAFETY: cmd is recording.
+            // SAFETY: cmd is recording on ctx's family (RecordedCommands::record); the barrier array is a
+            // local; the stages are transfer and host, which every queue family accepts.
             unsafe {
                 dev.cmd_pipeline_barrier(
                     cmd,
@@ -224,7 +226,9 @@ fn record_turn(
                 )
             };
         };
-        // SAFETY: every handle is a live object of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's family; the shared and readback buffers are live buffers of
+        // ctx's device with the transfer usages, kept alive until the turn's submissions completed; the
+        // acquire passed validate() above.
         unsafe {
             if acquire {
                 acquire_t.record(dev, cmd);
@@ -238,7 +242,7 @@ fn record_turn(
             vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::HOST_READ,
             vk::PipelineStageFlags::TRANSFER | vk::PipelineStageFlags::HOST,
         );
-        // SAFETY: as above.
+        // SAFETY: as above; `shared` has TRANSFER_DST and a size that is a multiple of 4.
         unsafe { dev.cmd_fill_buffer(cmd, buf, 0, size, fill) };
         if corrupt {
             transfer_barrier(
@@ -246,10 +250,10 @@ fn record_turn(
                 vk::AccessFlags::TRANSFER_WRITE,
                 vk::PipelineStageFlags::TRANSFER,
             );
-            // SAFETY: as above; one word inside the buffer.
+            // SAFETY: as above; one aligned word at (size / 2) & !3, inside the buffer.
             unsafe { dev.cmd_fill_buffer(cmd, buf, (size / 2) & !3, 4, fill ^ 0x5a5a_5a5a) };
         }
-        // SAFETY: as above.
+        // SAFETY: as above; the release passed validate() above.
         unsafe { release_t.record(dev, cmd) };
     })?)
 }
@@ -577,7 +581,9 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, corrupt: b
     release.validate()?;
     let (buf, size) = (shared.handle(), shared.size());
     Ok(RecordedCommands::record(ctx, |dev, cmd| {
-        // SAFETY: a live buffer of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's family; `shared` is a live buffer of ctx's device with the
+        // transfer usages and a size that is a multiple of 4 (the corrupt word lies inside it), kept alive
+        // until the submissions completed; the release passed validate() above.
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, value);
             if corrupt {
@@ -610,7 +616,9 @@ fn acquire_and_copy(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Step<
         let host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: live buffers of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's family; both buffers are live buffers of ctx's device with the
+        // transfer usages, `out` at least `size` bytes, kept alive until the submission completed; the
+        // acquire passed validate() above.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);

@@ -208,7 +208,7 @@ impl NativeAlloc {
     fn new(device: &CudaDevice, bytes: u64) -> Result<NativeAlloc> {
         device.bind()?;
         let mut ptr = 0;
-        // SAFETY: the context is current; ptr is a valid out-pointer.
+        // SAFETY: bind() made the context current; `ptr` is a valid out-pointer.
         let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes as usize) };
         check(r, "cuMemAlloc_v2", || format!("allocating {bytes} bytes of native CUDA memory"))?;
         Ok(NativeAlloc { device: device.clone(), ptr })
@@ -218,7 +218,8 @@ impl NativeAlloc {
 impl Drop for NativeAlloc {
     fn drop(&mut self) {
         if self.device.bind_for_drop("native CUDA memory") {
-            // SAFETY: allocated by cuMemAlloc and freed once.
+            // SAFETY: ptr came from cuMemAlloc in `new` and is freed only here, once; the context is
+            // current; cuMemFree synchronizes with work still using it.
             let r = unsafe { sys::cuMemFree_v2(self.ptr) };
             if r != sys::CUresult::CUDA_SUCCESS {
                 self.device.defer_error(lava_flow::cuda::cu_error("cuMemFree_v2", r, "freeing native CUDA memory"));
@@ -237,7 +238,7 @@ impl RawStream {
     fn new(device: &CudaDevice) -> Result<RawStream> {
         device.bind()?;
         let mut stream: sys::CUstream = std::ptr::null_mut();
-        // SAFETY: the context is current; stream is a valid out-pointer. Flag 1 is
+        // SAFETY: bind() made the context current; `stream` is a valid out-pointer. Flag 1 is
         // CU_STREAM_NON_BLOCKING, as cudarc's streams.
         let r = unsafe { sys::cuStreamCreate(&mut stream, 1) };
         check(r, "cuStreamCreate", || "creating a stream for the raw measurements".into())?;
@@ -248,7 +249,8 @@ impl RawStream {
 impl Drop for RawStream {
     fn drop(&mut self) {
         if self.device.bind_for_drop("a raw stream") {
-            // SAFETY: created above, destroyed once; pending work completes first (driver rule).
+            // SAFETY: created in `new` and destroyed only here, once; the context is current. Work still
+            // queued on it is allowed: CUDA releases the stream once that work completed.
             unsafe { sys::cuStreamDestroy_v2(self.stream) };
         }
     }
@@ -266,7 +268,7 @@ impl RawImport {
     fn new(device: &CudaDevice, fd: OwnedFd, allocation_size: u64, dedicated: bool) -> Result<RawImport> {
         let mut desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
             type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-            // SAFETY: integers and pointers only: all-zero is valid.
+            // SAFETY: every field of the handle union is an integer or a raw pointer: all-zero is valid.
             handle: unsafe { std::mem::zeroed() },
             size: allocation_size,
             flags: if dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
@@ -274,7 +276,8 @@ impl RawImport {
         };
         desc.handle.fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
         let mut ext: sys::CUexternalMemory = std::ptr::null_mut();
-        // SAFETY: the caller made the context current; desc is initialised; the fd is open.
+        // SAFETY: the caller made the context current; desc is fully initialised; the fd is open (owned
+        // by `fd` until after the call); `ext` is a valid out-pointer.
         let r = unsafe { sys::cuImportExternalMemory(&mut ext, &desc) };
         // On success the driver owns the fd. On failure it is left to the driver too: a driver may
         // close it even then, so closing it here could close an unrelated fd that reused the number.
@@ -288,7 +291,8 @@ impl RawImport {
     fn map(&self, offset: u64, size: u64) -> Result<RawMapping> {
         let buf = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC { offset, size, flags: 0, reserved: [0; 16] };
         let mut ptr = 0;
-        // SAFETY: the caller made the context current; ext is live; buf is initialised.
+        // SAFETY: the caller made the context current; self.ext is a live import; buf is initialised
+        // (range chosen by the benchmark inside the allocation); `ptr` is a valid out-pointer.
         let r = unsafe { sys::cuExternalMemoryGetMappedBuffer(&mut ptr, self.ext, &buf) };
         check(r, "cuExternalMemoryGetMappedBuffer", || "raw map".into())?;
         Ok(RawMapping { device: self.device.clone(), ptr })
@@ -298,7 +302,9 @@ impl RawImport {
 impl Drop for RawImport {
     fn drop(&mut self) {
         if self.device.bind_for_drop("a raw import") {
-            // SAFETY: imported once; its mappings were freed first (every owner drops them before).
+            // SAFETY: imported in `new`, destroyed only here, once; every mapping of it is freed
+            // first: RawImportMap declares the mapping before the import (so it drops first), and
+            // PooledImports::raw_offset_map drops its mapping before returning.
             unsafe { sys::cuDestroyExternalMemory(self.ext) };
         }
     }
@@ -313,7 +319,8 @@ struct RawMapping {
 impl Drop for RawMapping {
     fn drop(&mut self) {
         if self.device.bind_for_drop("a raw mapping") {
-            // SAFETY: mapped once from a live import, freed once.
+            // SAFETY: ptr came from cuExternalMemoryGetMappedBuffer on a live import and is freed only here,
+            // once; cuMemFree synchronizes with work still using it.
             unsafe { sys::cuMemFree_v2(self.ptr) };
         }
     }
@@ -376,6 +383,18 @@ impl Fixture {
         let mut total = Duration::ZERO;
         let memory = buffer.memory();
         let dedicated = memory.dedicated();
+        // The raw route calls vkGetMemoryFdKHR directly, which Vulkan allows only on memory
+        // allocated exportable as an opaque fd.
+        if side == Side::Raw
+            && (memory.origin() != lava_flow::vulkan::MemoryOrigin::Allocated
+                || memory.external_handle_kind() != Some(raw_gpu_handle::MemoryHandleKind::OpaqueFd))
+        {
+            return Err(Error::invalid(
+                "a raw export of this buffer",
+                "its memory was not allocated exportable as an opaque fd (VUID-VkMemoryGetFdInfoKHR-handleType-00671)",
+                "time an exportable buffer (Fixture::buffer)",
+            ));
+        }
         for _ in 0..iters {
             match side {
                 Side::LavaFlow => {
@@ -414,7 +433,8 @@ impl Fixture {
             .and_then(|a| Ok((a, ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?)))
             .map_err(|e| driver_error("cuEventCreate", e, "creating timing events"))?;
         let record = |event: &cudarc::driver::CudaEvent| {
-            // SAFETY: a live event and stream of the current context.
+            // SAFETY: the event was created on this context (cudarc) and is alive; `stream` is a live stream
+            // of the same context (callers pass lava-flow's); bind() runs before every record.
             check(unsafe { sys::cuEventRecord(event.cu_event(), stream) }, "cuEventRecord", || {
                 "recording a timing event".into()
             })
@@ -423,10 +443,11 @@ impl Fixture {
         record(&events.0)?;
         for _ in 0..copies {
             if kernel {
-                // SAFETY: callers pass live, non-overlapping allocations of at least `bytes`.
+                // SAFETY: callers pass two separate live allocations of at least `bytes` bytes each, 16-byte
+                // aligned (imported buffers and cuMemAlloc memory), and lava-flow's live stream.
                 unsafe { self.kernels.copy(dst, src, bytes, stream)? };
             } else {
-                // SAFETY: as above.
+                // SAFETY: as above; the context is current.
                 let r = unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes as usize, stream) };
                 check(r, "cuMemcpyDtoDAsync_v2", || format!("copying {bytes} bytes"))?;
             }
@@ -492,8 +513,10 @@ impl Fixture {
         for i in 0..iterations + 1 {
             self.cuda.bind()?;
             let t = Instant::now();
-            // SAFETY: both allocations hold `bytes` bytes and do not overlap.
             check(
+                // SAFETY: the context is current; dst (cuMemAlloc) and src (an imported mapping)
+                // both hold `bytes` bytes, are separate allocations, and live until after the
+                // stream is synchronised (both are dropped at the end of the function).
                 unsafe { sys::cuMemcpyDtoDAsync_v2(dst.ptr, src.device_ptr_raw(), bytes as usize, stream) },
                 "cuMemcpyDtoDAsync_v2",
                 || "copying".into(),
@@ -520,9 +543,11 @@ impl Fixture {
             src.copy_to(&staging)?;
             let mapped = staging.map()?;
             self.cuda.bind()?;
-            // SAFETY: the private staging buffer's mapping holds `mapped.len()` bytes and stays
-            // mapped (the guard lives) until the copy is synchronised below.
             check(
+                // SAFETY: the context is current; the private staging buffer's mapping holds
+                // mapped.len() bytes, as does dst; the mapping is pageable memory to CUDA, so the
+                // call has read it before returning (CUDA stages pageable uploads), and the guard
+                // keeps it mapped until then anyway.
                 unsafe { sys::cuMemcpyHtoDAsync_v2(dst.ptr, mapped.as_ptr().cast(), mapped.len(), stream) },
                 "cuMemcpyHtoDAsync_v2",
                 || "uploading".into(),
@@ -610,8 +635,8 @@ impl TimelineSubmit {
             submit: vk::SubmitInfo::default(),
         })));
         let p = parts.as_ptr();
-        // SAFETY: p is the live block just leaked, reached only through this pointer; the
-        // pointers stored into it point into the same block, which lives until Drop frees it.
+        // SAFETY: p is the live block just leaked, reached only through this pointer; the pointers
+        // stored into it point into the same block, which lives until Drop frees it.
         unsafe {
             let values = addr_of!((*p).values).cast::<u64>();
             (*p).timeline.wait_semaphore_value_count = 1;
@@ -631,16 +656,18 @@ impl TimelineSubmit {
     /// Submits the batch: it waits until the semaphore reaches `wait`, then sets it to `signal`.
     fn submit(&self, ctx: &VulkanContext, wait: u64, signal: u64) -> Result<()> {
         let p = self.parts.as_ptr();
-        // SAFETY: the block is live; only this value (not Sync) touches it, and nothing holds a
-        // reference into `values` while it is rewritten. `submit` itself is never written again.
+        // SAFETY: the block is live (freed only in Drop); only this value, which is neither Send nor
+        // Sync, touches it, and no reference into `values` exists while it is rewritten. `submit` is
+        // never written again, so the shared reference to it is not aliased by a write.
         let submit = unsafe {
             addr_of_mut!((*p).values).write([wait, signal]);
             &*addr_of!((*p).submit)
         };
         let device = ctx.device();
         ctx.with_queue(|queue| {
-            // SAFETY: the queue is locked; the batch is empty and its structures are valid (see
-            // new); the semaphore is a live timeline semaphore of this device (caller's rule).
+            // SAFETY: with_queue holds the queue mutex (external sync of vkQueueSubmit); the batch has no
+            // command buffers; its structures point into the live block (see new); the semaphore is a live
+            // timeline semaphore of this device (new's caller keeps it alive until its submissions ran).
             unsafe { device.queue_submit(queue, std::slice::from_ref(submit), vk::Fence::null()) }
         })
         .map_err(|r| Error::vk("vkQueueSubmit", r, format!("submitting a wait for {wait} and a signal of {signal}")))
@@ -649,7 +676,8 @@ impl TimelineSubmit {
 
 impl Drop for TimelineSubmit {
     fn drop(&mut self) {
-        // SAFETY: the block was leaked from a Box in new and is freed once, here.
+        // SAFETY: the block was leaked from a Box in `new` and is freed only here, once; no pointer into
+        // it is used after this.
         drop(unsafe { Box::from_raw(self.parts.as_ptr()) });
     }
 }
@@ -658,7 +686,7 @@ impl Drop for TimelineSubmit {
 fn spin_wait(ctx: &VulkanContext, semaphore: vk::Semaphore, value: u64, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
-        // SAFETY: a live timeline semaphore of this device.
+        // SAFETY: callers pass a live timeline semaphore of ctx's device; no external sync is needed.
         let now = unsafe { ctx.device().get_semaphore_counter_value(semaphore) }
             .map_err(|r| Error::vk("vkGetSemaphoreCounterValue", r, "polling a timeline semaphore"))?;
         if now >= value {
@@ -694,8 +722,9 @@ struct RawEnd {
 impl Drop for RawEnd {
     fn drop(&mut self) {
         if self.device.bind_for_drop("a raw semaphore") {
-            // SAFETY: imported once, destroyed once; the owner drops it only when nothing pending
-            // uses it. The stream goes after (fields drop after this body).
+            // SAFETY: imported once, destroyed only here, once; RoundTripSide drops this end only after
+            // drain() saw its stream idle, so no enqueued wait or signal is pending. The stream goes after
+            // (fields drop after this body).
             unsafe { sys::cuDestroyExternalSemaphore(self.semaphore) };
         }
     }
@@ -770,15 +799,15 @@ impl RoundTripSide {
                 let stream = RawStream::new(&fx.cuda)?;
                 let mut desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
                     type_: sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD,
-                    // SAFETY: integers and pointers only: all-zero is valid.
+                    // SAFETY: every field of the handle union is an integer or a raw pointer: all-zero is valid.
                     handle: unsafe { std::mem::zeroed() },
                     flags: 0,
                     reserved: [0; 16],
                 };
                 desc.handle.fd = std::os::fd::AsRawFd::as_raw_fd(&exported.handle);
                 let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
-                // SAFETY: the context is current (RawStream::new bound it); desc is initialised;
-                // the fd is open.
+                // SAFETY: the context is current (RawStream::new bound it); desc is fully initialised; the fd is
+                // open (owned by `exported.handle` until after the call); `handle` is a valid out-pointer.
                 let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &desc) };
                 // The driver owns the fd now, or may have closed it on failure (see RawImport::new).
                 let _ = exported.handle.into_raw_fd();
@@ -842,7 +871,8 @@ impl RoundTripSide {
             VulkanEnd::Prepared { semaphore, .. } if !self.raw => semaphore.host_signal(value),
             VulkanEnd::Prepared { semaphore, .. } => {
                 let info = vk::SemaphoreSignalInfo::default().semaphore(semaphore.semaphore).value(value);
-                // SAFETY: a live timeline semaphore of this device, below `value`.
+                // SAFETY: a live timeline semaphore of this device (self.vulkan, dropped only in Drop); values
+                // grow by 4 per round, so `value` exceeds the current value.
                 unsafe { self.ctx.device().signal_semaphore(&info) }
                     .map_err(|r| Error::vk("vkSignalSemaphore", r, "raw host signal"))
             }
@@ -875,8 +905,9 @@ impl RoundTripSide {
             CudaEnd::Raw(raw) => {
                 let RawEnd { semaphore, stream, wait, signal, .. } = &mut **raw;
                 wait.params.fence.value = wait_value;
-                // SAFETY: the context is current (caller's rule); one live semaphore and one
-                // parameter block; the stream is live.
+                // SAFETY: the context is current (round's caller binds it); one live semaphore handle and one
+                // parameter block, fields of `raw` that outlive the call (the driver copies them); the raw
+                // stream is alive (dropped after this end).
                 let r = unsafe { sys::cuWaitExternalSemaphoresAsync(&*semaphore, &*wait, 1, stream.stream) };
                 check(r, "cuWaitExternalSemaphoresAsync", || "raw wait".into())?;
                 signal.params.fence.value = signal_value;
@@ -901,7 +932,7 @@ impl RoundTripSide {
                 let semaphores = [handle];
                 let values = [value];
                 let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-                // SAFETY: a live timeline semaphore of this device; the arrays live across the call.
+                // SAFETY: a live timeline semaphore of this device; the arrays are locals that outlive the call.
                 unsafe { self.ctx.device().wait_semaphores(&info, ROUND_TIMEOUT.as_nanos() as u64) }
                     .map_err(|r| Error::vk("vkWaitSemaphores", r, "raw host wait"))
             }
@@ -922,7 +953,8 @@ impl RoundTripSide {
             CudaEnd::LavaFlow(_) => self.cuda.stream().cu_stream(),
             CudaEnd::Raw(raw) => raw.stream.stream,
         };
-        // SAFETY: a live stream of the context just bound.
+        // SAFETY: bind_for_drop made the context current; the stream (lava-flow's, or the raw end's) is
+        // alive, held by self.
         check(unsafe { sys::cuStreamSynchronize(stream) }, "cuStreamSynchronize", || {
             "waiting for a round trip's stream".into()
         })
@@ -940,8 +972,8 @@ impl Drop for RoundTripSide {
             ));
             return;
         }
-        // SAFETY: nothing pending uses either end (drained above); each is dropped once, here,
-        // the CUDA end (and raw stream) before the Vulkan semaphore.
+        // SAFETY: drain() succeeded, so nothing pending uses either end; each is dropped once, here, and
+        // never touched again: the CUDA end (and raw stream) before the Vulkan semaphore it imported.
         unsafe {
             ManuallyDrop::drop(&mut self.end);
             ManuallyDrop::drop(&mut self.vulkan);
@@ -1454,7 +1486,7 @@ mod tests {
         let submit = TimelineSubmit::new(sem.semaphore);
         let t = Duration::from_secs(10);
         let counter = || {
-            // SAFETY: a live timeline semaphore of this device.
+            // SAFETY: sem is a live timeline semaphore of ctx's device (owned by this test).
             unsafe { ctx.device().get_semaphore_counter_value(sem.semaphore) }.unwrap()
         };
         for round in 0..50u64 {

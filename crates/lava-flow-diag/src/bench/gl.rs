@@ -44,12 +44,14 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
             let exported = buffer.export_fd()?;
             let (alloc, offset) = (exported.memory.description.allocation_size, exported.buffer.offset);
             let t = Instant::now();
-            // SAFETY: a fresh opaque-fd export of this device's memory; the context is current.
+            // SAFETY: raw_import_buffer's contract: `guard` keeps the context current, and the fd is a fresh
+            // opaque-fd export of `alloc` bytes from the Vulkan device whose identity this GL context has
+            // (for_identity); GL takes it.
             let names = unsafe { raw_import_buffer(&guard, exported.memory.handle, alloc, offset, size) };
             if i > 0 {
                 raw.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            // SAFETY: the names just created, context current.
+            // SAFETY: the context is still current (guard) and the names are the ones raw_import_buffer made.
             unsafe { raw_release_buffer(&guard, names.0, names.1) };
         }
         rows.push(row(format!("GL buffer import, {} bytes", size), median(ours), median(raw), "us", iterations));
@@ -67,13 +69,15 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
 
         let exported = image.export_fd()?;
         let t = Instant::now();
-        // SAFETY: a fresh opaque-fd export of an optimal RGBA8 1024x1024 image of this device.
+        // SAFETY: raw_import_texture's contract: `guard` keeps the context current, and the fd is a fresh
+        // opaque-fd export of the optimal RGBA8 1024x1024 image made above on the Vulkan device whose
+        // identity this GL context has (for_identity), described by its own description; GL takes it.
         let names =
             unsafe { raw_import_texture(&guard, exported.memory.handle, &exported.memory.description, 1024, 1024) };
         if i > 0 {
             raw.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        // SAFETY: the names just created, context current.
+        // SAFETY: the context is still current (guard) and the names are the ones raw_import_texture made.
         unsafe { raw_release_texture(&guard, names.0, names.1) };
     }
     rows.push(row("GL texture import, RGBA8 1024x1024 optimal".into(), median(ours), median(raw), "us", iterations));
@@ -96,7 +100,8 @@ unsafe fn raw_import_buffer(
 ) -> (GLuint, GLuint) {
     let mut memory: GLuint = 0;
     let mut buffer: GLuint = 0;
-    // SAFETY: the caller guarantees a current context and a valid export; GL takes the fd.
+    // SAFETY: this function's contract: a current context and a valid export; GL takes the fd;
+    // `memory` and `buffer` are locals the calls write one name each into.
     unsafe {
         (gl.create_memory_objects_ext)(1, &mut memory);
         (gl.import_memory_fd_ext)(memory, allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, fd.into_raw_fd());
@@ -113,7 +118,8 @@ unsafe fn raw_import_buffer(
 /// # Safety
 /// The context must be current and the names from `raw_import_buffer` on it.
 unsafe fn raw_release_buffer(gl: &CurrentGl<'_>, memory: GLuint, buffer: GLuint) {
-    // SAFETY: the caller guarantees a current context and our names.
+    // SAFETY: this function's contract: a current context and names from raw_import_buffer; each
+    // name is read from a reference that outlives the call.
     unsafe {
         (gl.delete_buffers)(1, &buffer);
         (gl.delete_memory_objects_ext)(1, &memory);
@@ -136,7 +142,8 @@ unsafe fn raw_import_texture(
 ) -> (GLuint, GLuint) {
     let mut mem: GLuint = 0;
     let mut tex: GLuint = 0;
-    // SAFETY: the caller guarantees a current context and a valid export; GL takes the fd.
+    // SAFETY: this function's contract: a current context and a valid export of such an image; GL
+    // takes the fd; `mem` and `tex` are locals the calls write one name each into.
     unsafe {
         (gl.create_memory_objects_ext)(1, &mut mem);
         if memory.dedicated {
@@ -157,7 +164,8 @@ unsafe fn raw_import_texture(
 /// # Safety
 /// The context must be current and the names from `raw_import_texture` on it.
 unsafe fn raw_release_texture(gl: &CurrentGl<'_>, memory: GLuint, texture: GLuint) {
-    // SAFETY: the caller guarantees a current context and our names.
+    // SAFETY: this function's contract: a current context and names from raw_import_texture; each
+    // name is read from a reference that outlives the call.
     unsafe {
         (gl.delete_textures)(1, &texture);
         (gl.delete_memory_objects_ext)(1, &memory);

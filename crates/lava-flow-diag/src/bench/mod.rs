@@ -41,7 +41,7 @@ impl BenchRow {
     }
 }
 
-/// The median of `values` (0 for none).
+/// The median of `values` (0 for none). Used by the GL and OpenCL benchmarks only.
 #[cfg(any(feature = "gl", feature = "opencl"))]
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));

@@ -57,7 +57,8 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
                 0,
             ];
             let t = Instant::now();
-            // SAFETY: a fresh export of this device's memory; the list is 0-terminated.
+            // SAFETY: the context is alive; the property list is a 0-terminated local naming a fresh export
+            // of this device's memory (OpenCL takes the fd on success) and this device; size is the allocation's.
             let mem = unsafe {
                 cl3::memory::create_buffer_with_properties(
                     cl.context(),
@@ -73,7 +74,7 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
             // On failure the raw baseline leaves the fd to the driver rather than risk closing it
             // twice (some drivers close it on failure): at most one fd for a failed benchmark.
             let mem = mem.map_err(|c| cl_error("clCreateBufferWithProperties", c, "the raw import baseline"))?;
-            // SAFETY: our reference.
+            // SAFETY: our own reference to the buffer just created, released once.
             let _ = unsafe { cl3::memory::release_mem_object(mem) };
         }
         rows.push(row(format!("OpenCL buffer import, {size} bytes"), median(ours), median(raw), "us", iterations));
@@ -83,7 +84,8 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
 
 fn copy_rate(cl: &ClContext, src: cl::cl_mem, dst: cl::cl_mem, size: usize, iterations: usize) -> Result<f64> {
     let copy = || -> Result<()> {
-        // SAFETY: both buffers hold `size` bytes and belong to cl's context.
+        // SAFETY: the queue is cl's; src and dst are live buffers of cl's context holding at least
+        // `size` bytes each (callers keep them alive until cl.finish()); no wait list.
         let e =
             unsafe { cl3::command_queue::enqueue_copy_buffer(cl.queue(), src, dst, 0, 0, size, 0, std::ptr::null()) }
                 .map_err(|c| cl_error("clEnqueueCopyBuffer", c, "copying for the bandwidth benchmark"))?;
@@ -113,18 +115,18 @@ pub fn copy_bandwidth(vk: &VulkanContext, size: u64, iterations: usize) -> Resul
     cl.release(&[&ia, &ib])?;
     let imported = imported?;
     let native = |()| -> Result<cl::cl_mem> {
-        // SAFETY: a plain device allocation of `size` bytes, no host pointer.
+        // SAFETY: the context is alive; a plain device allocation of `size` bytes with no host pointer.
         unsafe { cl3::memory::create_buffer(cl.context(), cl::CL_MEM_READ_WRITE, size as usize, std::ptr::null_mut()) }
             .map_err(|c| cl_error("clCreateBuffer", c, "allocating native memory for the baseline"))
     };
     let na = native(())?;
     let result = native(()).and_then(|nb| {
         let r = copy_rate(&cl, na, nb, size as usize, iterations);
-        // SAFETY: our reference; the queue was finished.
+        // SAFETY: our own reference to nb, released once; copy_rate finished the queue.
         let _ = unsafe { cl3::memory::release_mem_object(nb) };
         r
     });
-    // SAFETY: our reference; the queue was finished.
+    // SAFETY: our own reference to na, released once; copy_rate finished the queue.
     let _ = unsafe { cl3::memory::release_mem_object(na) };
     let native = result?;
     Ok(vec![row(

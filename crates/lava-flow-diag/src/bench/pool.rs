@@ -52,7 +52,8 @@ pub struct RawObjects<'a> {
 
 impl Drop for RawObjects<'_> {
     fn drop(&mut self) {
-        // SAFETY: both were created on this device by this module and no work uses them.
+        // SAFETY: both handles were created on `device` by this module (raw_buffer, raw_allocate_export,
+        // raw_import) and no command ever uses them; each is destroyed once, the buffer before its memory.
         unsafe {
             self.device.destroy_buffer(self.buffer, None);
             if self.memory != vk::DeviceMemory::null() {
@@ -69,7 +70,8 @@ fn raw_buffer(ctx: &VulkanContext, size: u64, kind: MemoryHandleKind) -> Result<
         .usage(DEFAULT_BUFFER_USAGE)
         .sharing_mode(vk::SharingMode::EXCLUSIVE)
         .push_next(&mut external);
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: `info` and its chain are locals that outlive the call; crate-internal callers pass a
+    // size the fixture already allocated (> 0) and a handle kind the device exports.
     let buffer = unsafe { ctx.device().create_buffer(&info, None) }
         .map_err(|r| Error::vk("vkCreateBuffer", r, "creating a benchmark buffer"))?;
     Ok(RawObjects { device: ctx.device(), buffer, memory: vk::DeviceMemory::null() })
@@ -78,13 +80,16 @@ fn raw_buffer(ctx: &VulkanContext, size: u64, kind: MemoryHandleKind) -> Result<
 /// Allocate + export by the raw calls: `vkCreateBuffer`, `vkGetBufferMemoryRequirements2`,
 /// `vkAllocateMemory` (exportable; dedicated where the driver requires or prefers it, the rule
 /// lava-flow follows), `vkBindBufferMemory`, `vkGetMemoryFdKHR`. Returns the objects and the fd.
-pub fn raw_allocate_export(ctx: &VulkanContext, size: u64) -> Result<(RawObjects<'_>, OwnedFd)> {
+/// Crate-private: it skips the checks Vulkan's valid usage needs (a size of 0, a device without
+/// VK_KHR_external_memory_fd), which the fixture's callers meet.
+pub(crate) fn raw_allocate_export(ctx: &VulkanContext, size: u64) -> Result<(RawObjects<'_>, OwnedFd)> {
     let kind = MemoryHandleKind::OpaqueFd;
     let mut objects = raw_buffer(ctx, size, kind)?;
     let mut dedicated_reqs = vk::MemoryDedicatedRequirements::default();
     let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated_reqs);
     let query = vk::BufferMemoryRequirementsInfo2::default().buffer(objects.buffer);
-    // SAFETY: the buffer belongs to the device; the out chain lives across the call.
+    // SAFETY: the buffer was just created on ctx's device and is alive; the requirements struct and
+    // its chain are locals that outlive the call.
     unsafe { ctx.device().get_buffer_memory_requirements2(&query, &mut reqs2) };
     let reqs = reqs2.memory_requirements;
     let dedicated = dedicated_reqs.requires_dedicated_allocation == vk::TRUE
@@ -103,23 +108,28 @@ pub fn raw_allocate_export(ctx: &VulkanContext, size: u64) -> Result<(RawObjects
     if dedicated {
         info = info.push_next(&mut dedicated_info);
     }
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: `info` and its chain are locals that outlive the call; the size and memory type come
+    // from the buffer's requirements; a dedicated allocation names this very buffer.
     objects.memory = unsafe { ctx.device().allocate_memory(&info, None) }
         .map_err(|r| Error::vk("vkAllocateMemory", r, "allocating benchmark memory"))?;
-    // SAFETY: fresh buffer and memory of its requirements, offset 0.
+    // SAFETY: the buffer is fresh and unbound; the memory was allocated for its requirements (size,
+    // a type from memory_type_bits), dedicated to it where it is; offset 0 is aligned.
     unsafe { ctx.device().bind_buffer_memory(objects.buffer, objects.memory, 0) }
         .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding benchmark memory"))?;
     let get = vk::MemoryGetFdInfoKHR::default().memory(objects.memory).handle_type(vk_memory_handle_type(kind));
-    // SAFETY: the memory was allocated exportable as this handle type.
+    // SAFETY: the memory was allocated with VkExportMemoryAllocateInfo for this handle type, and the
+    // loader (external_memory_fd()?) exists only where the extension is enabled.
     let raw = unsafe { ctx.external_memory_fd()?.get_memory_fd(&get) }
         .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, "exporting benchmark memory"))?;
-    // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+    // SAFETY: on success vkGetMemoryFdKHR returns a new open fd whose ownership passes to us.
     Ok((objects, unsafe { OwnedFd::from_raw_fd(raw) }))
 }
 
 /// A fresh import by the raw calls: `vkCreateBuffer`, `vkAllocateMemory` with
 /// `VkImportMemoryFdInfoKHR` (the whole block), `vkBindBufferMemory` at the buffer's offset.
-pub fn raw_import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<RawObjects<'_>> {
+/// Crate-private: it trusts the description (memory type, size, offset, not dedicated) as Vulkan's
+/// valid usage requires, which holds for the fixture's own pooled exports only.
+pub(crate) fn raw_import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<RawObjects<'_>> {
     let d = exported.memory.description;
     let mut objects = raw_buffer(ctx, exported.buffer.size, d.handle_kind)?;
     let fd = exported.memory.handle;
@@ -130,7 +140,9 @@ pub fn raw_import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<RawOb
         .allocation_size(d.allocation_size)
         .memory_type_index(d.memory_type_index)
         .push_next(&mut import);
-    // SAFETY: info and its chain live across the call; the fd is open and ours.
+    // SAFETY: `info` and its chain are locals that outlive the call; `fd` is open and ours until the
+    // driver takes it; raw_import's callers (ImportFixture::raw's contract) pass the fixture's own
+    // non-dedicated block export, so its size and memory type match the exporter's.
     let imported = unsafe { ctx.device().allocate_memory(&info, None) };
     // On success the import took the fd (VK_KHR_external_memory_fd). On failure it is left to the
     // driver too: some close it even then (NVIDIA, wrong size), so closing it here could close an
@@ -138,7 +150,9 @@ pub fn raw_import(ctx: &VulkanContext, exported: ExportedBuffer) -> Result<RawOb
     // (`fd::import_consuming`); the raw route does not pay for one, and the benchmark stops.
     let _ = fd.into_raw_fd();
     objects.memory = imported.map_err(|r| Error::vk("vkAllocateMemory", r, "importing benchmark memory"))?;
-    // SAFETY: the offset is the exporter's, which honours the buffer's alignment.
+    // SAFETY: the buffer is fresh and unbound; the memory is the exporter's block and the offset the
+    // exporter bound the same buffer at, on the same driver, so alignment, size and type fit (the
+    // export comes from the fixture, by raw's contract).
     unsafe { ctx.device().bind_buffer_memory(objects.buffer, objects.memory, exported.buffer.offset) }
         .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding imported benchmark memory"))?;
     Ok(objects)
@@ -234,8 +248,13 @@ impl ImportFixture {
         Buffer::import(&self.importer_ctx, exported)
     }
 
-    /// A fresh import by the raw calls.
-    pub fn raw(&self, exported: ExportedBuffer) -> Result<RawObjects<'_>> {
+    /// A fresh import by the raw calls, which check nothing.
+    ///
+    /// # Safety
+    /// `exported` must come from this fixture's [`export`](Self::export), unchanged: the bare
+    /// `vkAllocateMemory` import and bind trust its fd, memory type, sizes and offset, as Vulkan's
+    /// valid usage requires them to match the exporter's.
+    pub unsafe fn raw(&self, exported: ExportedBuffer) -> Result<RawObjects<'_>> {
         raw_import(&self.importer_ctx, exported)
     }
 }
@@ -261,7 +280,8 @@ pub fn run(exporter: &VulkanContext, importer: &VulkanContext, quick: bool) -> R
     let imports = ImportFixture::new(exporter, importer, SIZE)?;
     let cached = median(warmup, iterations, || imports.export(), |e| imports.cached(e))?;
     let uncached = median(warmup, iterations, || imports.export(), |e| imports.uncached(e))?;
-    let raw_import = median(warmup, iterations, || imports.export(), |e| imports.raw(e))?;
+    // SAFETY: every export handed to `raw` comes from the fixture's own `export`, unchanged.
+    let raw_import = median(warmup, iterations, || imports.export(), |e| unsafe { imports.raw(e) })?;
     Ok(vec![
         row("allocate+export 64 KiB: pooled vs raw own exportable allocation", pooled, raw_alloc),
         row("allocate+export 64 KiB: lava-flow own allocation vs raw", own, raw_alloc),

@@ -251,19 +251,22 @@ pub fn semaphore_vulkan_to_cuda(
     let mut results = stream
         .alloc_zeros::<u8>(SLOT as usize * rounds)
         .map_err(|e| driver_error("cuMemAlloc", e, "allocating CUDA memory for the results"))?;
+    // Declared before the submitter, so it is dropped after it: Submitter's Drop waits for the
+    // queue, so an early return never destroys the fence under a pending submission.
+    let fence = VkFence::new(ctx)?;
     let submitter = Submitter::new(ctx)?;
     let family = ctx.queue_family_index();
     let cmds = (0..rounds)
         .map(|r| {
             submitter.record(|dev, cmd| {
                 record_buffer_acquire(dev, cmd, shared.handle(), family);
-                // SAFETY: the buffer is live, has TRANSFER_DST usage and a size multiple of 4.
+                // SAFETY: cmd is recording (Submitter::record); `shared` is live until after the Submitter's
+                // Drop waited for the queue, has TRANSFER_DST (default usage), and SLOT is its size, a multiple of 4.
                 unsafe { dev.cmd_fill_buffer(cmd, shared.handle(), 0, SLOT, round_value(r)) };
                 record_buffer_release(dev, cmd, shared.handle(), family);
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let fence = VkFence::new(ctx)?;
     for (r, cmd) in cmds.iter().enumerate() {
         let r64 = r as u64;
         // Vulkan: wait until CUDA copied the previous round, fill, signal.
@@ -327,6 +330,8 @@ pub fn semaphore_cuda_to_vulkan(
         None => None,
     };
     let stream = cuda.stream();
+    // Dropped after the submitter (whose Drop waits for the queue), as above.
+    let fence = VkFence::new(ctx)?;
     let submitter = Submitter::new(ctx)?;
     let family = ctx.queue_family_index();
     let cmds = (0..rounds)
@@ -334,14 +339,14 @@ pub fn semaphore_cuda_to_vulkan(
             submitter.record(|dev, cmd| {
                 record_buffer_acquire(dev, cmd, shared.handle(), family);
                 let region = [vk::BufferCopy { src_offset: 0, dst_offset: r as u64 * SLOT, size: SLOT }];
-                // SAFETY: both buffers are live with transfer usage; the region is inside both.
+                // SAFETY: cmd is recording; both buffers outlive the Submitter (declared before it) and have
+                // the transfer usages; the region, SLOT bytes at r*SLOT, lies inside both.
                 unsafe { dev.cmd_copy_buffer(cmd, shared.handle(), results.handle(), &region) };
                 record_buffer_release(dev, cmd, shared.handle(), family);
                 record_host_read(dev, cmd, results.handle());
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let fence = VkFence::new(ctx)?;
     for (r, cmd) in cmds.iter().enumerate() {
         let r64 = r as u64;
         // CUDA: wait until Vulkan copied the previous round, fill, signal.

@@ -88,10 +88,11 @@ enum LoadFailure {
 pub(crate) fn ensure_driver() -> Result<()> {
     static STATE: OnceLock<std::result::Result<(), LoadFailure>> = OnceLock::new();
     let state = STATE.get_or_init(|| {
-        // SAFETY: opening libcuda runs its initialisers; the NVIDIA driver library is designed to
-        // be dlopen'ed (every CUDA runtime does so).
+        // SAFETY: libloading's contract is that the library's initialisers are safe to run: libcuda.so.1
+        // is NVIDIA's driver library, made to be dlopen'ed (every CUDA runtime does so).
         let own_probe = unsafe { libloading::Library::new(LIBCUDA) };
-        // SAFETY: cudarc's probe only opens and closes candidate libraries, as above.
+        // SAFETY: cudarc's probe only dlopens and closes its candidate names (libcuda under other
+        // names), under the same contract as above.
         let cudarc_finds_one = unsafe { sys::is_culib_present() };
         if !cudarc_finds_one {
             return Err(LoadFailure::Missing(match own_probe {
@@ -100,19 +101,21 @@ pub(crate) fn ensure_driver() -> Result<()> {
             }));
         }
         drop(own_probe);
-        // SAFETY: is_culib_present() just opened one of the same candidates, so culib() finds a
-        // library and does not panic.
+        // SAFETY: culib() panics only when no candidate opens, and is_culib_present() just opened one;
+        // the library it returns stays loaded for the process.
         let lib = unsafe { sys::culib() };
         let missing: Vec<&str> = REQUIRED_SYMBOLS
             .iter()
             .copied()
-            // SAFETY: only the address is looked up; nothing is called through it here.
+            // SAFETY: only the symbol's address is read (as a pointer type, never called or dereferenced
+            // here), so its real signature does not matter.
             .filter(|name| unsafe { lib.get::<*const std::ffi::c_void>(name.as_bytes()) }.is_err())
             .collect();
         if !missing.is_empty() {
             return Err(LoadFailure::MissingSymbol(missing.join(", ")));
         }
-        // SAFETY: the symbol exists (checked above); cuInit(0) is the documented first call.
+        // SAFETY: every symbol cudarc may call exists (checked above), so the call does not panic;
+        // cuInit(0) takes no pointers and is the driver API's documented first call.
         let r = unsafe { sys::cuInit(0) };
         if r != sys::CUresult::CUDA_SUCCESS {
             return Err(LoadFailure::Init(r));
@@ -183,7 +186,8 @@ fn uuid_from(raw: sys::CUuuid) -> Uuid {
 fn device_uuids(dev: sys::CUdevice) -> Result<(Uuid, Uuid)> {
     let mut v1 = sys::CUuuid { bytes: [0; 16] };
     let mut v2 = sys::CUuuid { bytes: [0; 16] };
-    // SAFETY: the driver is initialised (ensure_driver) and both out-pointers are valid.
+    // SAFETY: callers ran ensure_driver() (cuInit succeeded); `dev` came from cuDeviceGet; both
+    // out-pointers are locals valid for writes of a CUuuid.
     check(unsafe { sys::cuDeviceGetUuid(&mut v1, dev) }, "cuDeviceGetUuid", || "reading a device UUID".into())?;
     // SAFETY: as above.
     check(unsafe { sys::cuDeviceGetUuid_v2(&mut v2, dev) }, "cuDeviceGetUuid_v2", || "reading a device UUID".into())?;
@@ -193,14 +197,15 @@ fn device_uuids(dev: sys::CUdevice) -> Result<(Uuid, Uuid)> {
 fn device_count() -> Result<usize> {
     ensure_driver()?;
     let mut count = 0;
-    // SAFETY: the driver is initialised; count is a valid out-pointer.
+    // SAFETY: ensure_driver() succeeded just above; `count` is a local valid for writes.
     check(unsafe { sys::cuDeviceGetCount(&mut count) }, "cuDeviceGetCount", || "counting CUDA devices".into())?;
     Ok(count.max(0) as usize)
 }
 
 fn device_handle(ordinal: usize) -> Result<sys::CUdevice> {
     let mut dev = 0;
-    // SAFETY: the driver is initialised; dev is a valid out-pointer.
+    // SAFETY: callers ran ensure_driver(); `dev` is a local valid for writes; an ordinal out of
+    // range is an error the driver reports, not undefined behaviour.
     check(unsafe { sys::cuDeviceGet(&mut dev, ordinal as i32) }, "cuDeviceGet", || {
         format!("opening CUDA device {ordinal}")
     })?;
@@ -210,21 +215,23 @@ fn device_handle(ordinal: usize) -> Result<sys::CUdevice> {
 fn describe(ordinal: usize) -> Result<CudaDeviceInfo> {
     let dev = device_handle(ordinal)?;
     let mut name = [0 as std::ffi::c_char; 256];
-    // SAFETY: name has the length passed.
+    // SAFETY: the driver is initialised; the pointer and the length passed describe `name`, a local
+    // array the driver writes at most len bytes into.
     check(unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev) }, "cuDeviceGetName", || {
         format!("naming CUDA device {ordinal}")
     })?;
-    // SAFETY: cuDeviceGetName writes a NUL-terminated string into the buffer.
-    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    // Up to the first NUL, or the whole buffer if the driver filled it without one.
+    let name: Vec<u8> = name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    let name = String::from_utf8_lossy(&name).into_owned();
     let (uuid, mig) = device_uuids(dev)?;
     let mut total = 0usize;
-    // SAFETY: valid out-pointer, initialised driver.
+    // SAFETY: the driver is initialised; `dev` came from cuDeviceGet; `total` is a valid out-pointer.
     check(unsafe { sys::cuDeviceTotalMem_v2(&mut total, dev) }, "cuDeviceTotalMem_v2", || {
         format!("reading the memory size of CUDA device {ordinal}")
     })?;
     let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
         let mut v = 0;
-        // SAFETY: valid out-pointer, initialised driver.
+        // SAFETY: the driver is initialised; `dev` came from cuDeviceGet; `v` is a valid out-pointer.
         check(unsafe { sys::cuDeviceGetAttribute(&mut v, a, dev) }, "cuDeviceGetAttribute", || {
             format!("reading {a:?} of CUDA device {ordinal}")
         })?;
@@ -393,7 +400,8 @@ impl CudaDevice {
     pub fn mem_get_info(&self) -> Result<(u64, u64)> {
         self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: the context is current; both out-pointers are valid.
+        // SAFETY: bind() made this device's context current on this thread (cuMemGetInfo reads the
+        // current context); both out-pointers are locals.
         check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }, "cuMemGetInfo_v2", || {
             "reading free CUDA memory".into()
         })?;
@@ -403,7 +411,8 @@ impl CudaDevice {
     /// Waits for all work on lava-flow's stream.
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        // SAFETY: the stream belongs to the current context and is alive (held by self).
+        // SAFETY: bind() made the context current; the stream was created on that context and self
+        // holds it alive across the call.
         check(unsafe { sys::cuStreamSynchronize(self.inner.stream.cu_stream()) }, "cuStreamSynchronize", || {
             "waiting for lava-flow's CUDA stream".into()
         })

@@ -27,10 +27,10 @@ pub(crate) struct ImportInner {
     pub(crate) description: MemoryDescription,
 }
 
-// SAFETY: a CUexternalMemory is a driver handle usable from any thread once the context is
-// current; lava-flow binds the context before every call on it.
+// SAFETY: a CUexternalMemory is a driver handle, not tied to the thread that made it; the driver
+// API is thread safe, and lava-flow binds the device's context on the calling thread before use.
 unsafe impl Send for ImportInner {}
-// SAFETY: see Send; the handle is never mutated after creation.
+// SAFETY: as for Send; no method mutates the handle or description after creation.
 unsafe impl Sync for ImportInner {}
 
 impl Drop for ImportInner {
@@ -38,8 +38,9 @@ impl Drop for ImportInner {
         if !self.device.bind_for_drop("imported memory") {
             return;
         }
-        // SAFETY: the handle came from cuImportExternalMemory and every mapping made from it was
-        // freed already (each holds an Arc of this import).
+        // SAFETY: the handle came from cuImportExternalMemory and is destroyed only here, once (Drop);
+        // every mapping or mipmapped array made from it holds an Arc of this import, so all were freed;
+        // the context was bound just above.
         let r = unsafe { sys::cuDestroyExternalMemory(self.handle) };
         if r != sys::CUresult::CUDA_SUCCESS {
             self.device.defer_error(cu_error("cuDestroyExternalMemory", r, "releasing imported memory"));
@@ -101,7 +102,8 @@ impl ImportedMemory {
         let handle = crate::fd::import_consuming(fd, |raw| {
             let mut handle_desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
                 type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                // SAFETY: every field of the CUDA_EXTERNAL_MEMORY_HANDLE_DESC handle union is an integer or a
+                // raw pointer, for which all-zero bytes are a valid value.
                 handle: unsafe { std::mem::zeroed() },
                 size: description.allocation_size,
                 flags: if description.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
@@ -109,7 +111,9 @@ impl ImportedMemory {
             };
             handle_desc.handle.fd = raw;
             let mut handle: sys::CUexternalMemory = std::ptr::null_mut();
-            // SAFETY: the context is current, handle_desc is fully initialised and the fd is open.
+            // SAFETY: bind() made the context current; handle_desc is fully initialised with the whole
+            // allocation's size and the exporter's dedicated flag; `raw` is an open fd that import_consuming
+            // hands to the driver (which owns it on success); `handle` is a valid out-pointer.
             let r = unsafe { sys::cuImportExternalMemory(&mut handle, &handle_desc) };
             check(r, "cuImportExternalMemory", action)?;
             Ok(handle)
@@ -147,7 +151,8 @@ impl ImportedMemory {
         device.bind()?;
         let desc = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC { offset, size, flags: 0, reserved: [0; 16] };
         let mut ptr: sys::CUdeviceptr = 0;
-        // SAFETY: the context is current, the import is alive and desc is initialised.
+        // SAFETY: bind() made the context current; the import is alive (self holds it); the range is
+        // non-empty and inside the allocation (check_range above); `ptr` is a valid out-pointer.
         let r = unsafe { sys::cuExternalMemoryGetMappedBuffer(&mut ptr, self.inner.handle, &desc) };
         check(r, "cuExternalMemoryGetMappedBuffer", || {
             format!("mapping {size} bytes at offset {offset} of imported memory")
@@ -200,8 +205,9 @@ impl Drop for Mapping {
         if !device.bind_for_drop("a mapped buffer") {
             return;
         }
-        // SAFETY: ptr came from cuExternalMemoryGetMappedBuffer (CUDA docs: free it with
-        // cuMemFree) and no view of it remains. cuMemFree synchronizes with work using it.
+        // SAFETY: ptr came from cuExternalMemoryGetMappedBuffer, which CUDA says to free with cuMemFree,
+        // and is freed only here, once; every view holds an Arc of this mapping, so none is left;
+        // cuMemFree synchronizes with device work that still uses it.
         let r = unsafe { sys::cuMemFree_v2(self.ptr) };
         if r != sys::CUresult::CUDA_SUCCESS {
             device.defer_error(cu_error("cuMemFree_v2", r, "freeing a mapped buffer"));
@@ -227,10 +233,10 @@ pub struct CudaBuffer<T = u8> {
     _t: PhantomData<*const T>,
 }
 
-// SAFETY: a device pointer may be used from any thread with the context bound; the mapping it
-// points into is kept alive by the Arc.
+// SAFETY: a device pointer is an address, usable from any thread once the context is bound
+// (lava-flow binds it before each call); the Arc keeps the mapping it points into alive.
 unsafe impl<T> Send for CudaBuffer<T> {}
-// SAFETY: as for Send; &CudaBuffer gives no host access to the memory.
+// SAFETY: as for Send; &CudaBuffer offers no host view of the memory, only driver copies.
 unsafe impl<T> Sync for CudaBuffer<T> {}
 
 impl<T> std::fmt::Debug for CudaBuffer<T> {
@@ -342,6 +348,15 @@ impl<T> CudaBuffer<T> {
         }
     }
 
+    /// Waits for the buffer's stream, with the context already bound by the caller (unlike
+    /// `CudaDevice::synchronize`, it never returns early with an error deferred by another thread).
+    fn wait_for_stream(&self) -> Result<()> {
+        // SAFETY: the caller bound this device's context; the stream belongs to it and is kept
+        // alive by self.stream.
+        let r = unsafe { sys::cuStreamSynchronize(self.stream.cu_stream()) };
+        check(r, "cuStreamSynchronize", || "waiting for a copy on lava-flow's CUDA stream".into())
+    }
+
     fn check_len(&self, what: &str, host_len: usize) -> Result<()> {
         if host_len != self.len {
             return Err(Error::invalid(
@@ -354,32 +369,66 @@ impl<T> CudaBuffer<T> {
     }
 }
 
+/// Element types for which every bit pattern is a valid value, so that bytes another device or
+/// process wrote can be copied into them on the host. cudarc's `DeviceRepr` does not promise that
+/// (it is implemented for `bool`, whose only valid bytes are 0 and 1). Sealed: implemented for the
+/// integer and floating-point types.
+///
+/// ```compile_fail,E0277
+/// fn flags(buffer: lava_flow::cuda::CudaBuffer<u8>) -> lava_flow::Result<Vec<bool>> {
+///     buffer.cast::<bool>()?.copy_to_host() // any byte but 0 or 1 would be an invalid bool
+/// }
+/// ```
+pub trait AnyBitPattern: DeviceRepr + Copy + sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! any_bit_pattern {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl AnyBitPattern for $t {}
+    )*};
+}
+any_bit_pattern!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+
 impl<T: DeviceRepr + Copy> CudaBuffer<T> {
     /// Copies `data` (exactly [`len`](Self::len) elements) into the buffer and waits for the copy.
     pub fn copy_from_host(&self, data: &[T]) -> Result<()> {
         self.check_len("copy from the host", data.len())?;
         let device = self.device();
         device.bind()?;
-        // SAFETY: the context is current; data is valid for size_bytes() bytes and ptr for
-        // the same (checked length); the host slice outlives the copy (synchronised below).
+        // SAFETY: bind() made the context current; `data` holds len elements, i.e. size_bytes() bytes
+        // (check_len), and the device range ptr..ptr+size_bytes() lies inside the mapping (in_mapping,
+        // cast); the stream is waited for below before `data`'s borrow ends, even on error.
         let r = unsafe {
             sys::cuMemcpyHtoDAsync_v2(self.ptr, data.as_ptr().cast(), self.size_bytes(), self.stream.cu_stream())
         };
+        // Waited for even when the call reported an error, so no copy can still read `data`
+        // after this returns.
+        let synced = self.wait_for_stream();
         check(r, "cuMemcpyHtoDAsync_v2", || format!("copying {} bytes into an imported buffer", self.size_bytes()))?;
-        device.synchronize()
+        synced
     }
+}
 
+impl<T: AnyBitPattern> CudaBuffer<T> {
     /// Copies the buffer into `out` (exactly [`len`](Self::len) elements) and waits for the copy.
     pub fn copy_to_host_into(&self, out: &mut [T]) -> Result<()> {
         self.check_len("copy to the host", out.len())?;
         let device = self.device();
         device.bind()?;
-        // SAFETY: as in copy_from_host, with the host slice as destination.
+        // SAFETY: as in copy_from_host, with `out` (exclusively borrowed, len elements) as destination;
+        // T: AnyBitPattern, so whatever bytes the device holds are valid T values.
         let r = unsafe {
             sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), self.ptr, self.size_bytes(), self.stream.cu_stream())
         };
+        // Waited for even when the call reported an error, so no copy can still write `out`
+        // after this returns.
+        let synced = self.wait_for_stream();
         check(r, "cuMemcpyDtoHAsync_v2", || format!("copying {} bytes out of an imported buffer", self.size_bytes()))?;
-        device.synchronize()
+        synced
     }
 
     /// Copies the buffer into a new vector and waits for the copy.
@@ -405,7 +454,8 @@ impl CudaBuffer<u8> {
             ));
         }
         self.device().bind()?;
-        // SAFETY: the context is current and ptr is valid for len bytes.
+        // SAFETY: bind() made the context current; ptr is 4-byte aligned and ptr..ptr+len lies inside
+        // the mapping; len / 4 words cover exactly those bytes; the stream is self's.
         let r = unsafe { sys::cuMemsetD32Async(self.ptr, value, self.len / 4, self.stream.cu_stream()) };
         check(r, "cuMemsetD32Async", || format!("filling {} bytes of an imported buffer", self.len))
     }
@@ -433,8 +483,8 @@ impl<T> DevicePtrMut<T> for CudaBuffer<T> {
     }
 }
 
-// SAFETY: pushes a pointer to the CUdeviceptr field, which lives as long as the borrow 'b of the
-// buffer, itself outliving the launch builder 'a, exactly like cudarc's CudaSlice argument.
+// SAFETY: pushes a pointer to the buffer's CUdeviceptr field, which lives for the borrow 'b of the
+// buffer, itself outliving the launch builder 'a, exactly as cudarc does for its CudaSlice.
 unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b CudaBuffer<T>> for LaunchArgs<'a> {
     #[inline(always)]
     fn arg(&mut self, arg: &'b CudaBuffer<T>) -> &mut Self {
@@ -442,7 +492,7 @@ unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b CudaBuffer<T>> for LaunchArgs<'a> {
     }
 }
 
-// SAFETY: as for the shared reference.
+// SAFETY: as for the shared reference: the field lives for 'b, which outlives 'a.
 unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b mut CudaBuffer<T>> for LaunchArgs<'a> {
     #[inline(always)]
     fn arg(&mut self, arg: &'b mut CudaBuffer<T>) -> &mut Self {

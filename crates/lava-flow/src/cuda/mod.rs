@@ -26,7 +26,7 @@ mod texture;
 
 pub use cudarc;
 pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
-pub use memory::{CudaBuffer, ImportedMemory};
+pub use memory::{AnyBitPattern, CudaBuffer, ImportedMemory};
 pub use semaphore::CudaSemaphore;
 pub use texture::{array_format, CudaTexture, TextureStorage};
 

@@ -12,16 +12,20 @@ use crate::{Error, Result};
 /// blocks the stream until the counter reaches the value, a signal sets the counter to it.
 /// Binary semaphores (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD`): a signal sets it, a wait
 /// waits for it to be set and resets it; the value is ignored.
+///
+/// Dropping it does not wait for the signals and waits enqueued with it, and CUDA requires them
+/// to have completed before the semaphore is destroyed: synchronize the streams they were
+/// enqueued on first.
 pub struct CudaSemaphore {
     device: CudaDevice,
     handle: sys::CUexternalSemaphore,
     kind: SemaphoreKind,
 }
 
-// SAFETY: CUexternalSemaphore is a driver handle usable from any thread with the context bound;
-// lava-flow binds the context before every call on it.
+// SAFETY: a CUexternalSemaphore is a driver handle, not tied to a thread; the driver API is
+// thread safe, and lava-flow binds the context before every call on it.
 unsafe impl Send for CudaSemaphore {}
-// SAFETY: as for Send; the handle is not mutated after creation.
+// SAFETY: as for Send; no method mutates the handle after creation.
 unsafe impl Sync for CudaSemaphore {}
 
 impl std::fmt::Debug for CudaSemaphore {
@@ -35,7 +39,9 @@ impl Drop for CudaSemaphore {
         if !self.device.bind_for_drop("an imported semaphore") {
             return;
         }
-        // SAFETY: the handle came from cuImportExternalSemaphore and is destroyed once.
+        // SAFETY: the handle came from cuImportExternalSemaphore and is destroyed only here, once; the
+        // context is current. CUDA also requires its enqueued signals and waits to have completed,
+        // which this Drop does not check: see the type's docs (a known gap, not yet enforced).
         let r = unsafe { sys::cuDestroyExternalSemaphore(self.handle) };
         if r != sys::CUresult::CUDA_SUCCESS {
             self.device.defer_error(cu_error("cuDestroyExternalSemaphore", r, "releasing an imported semaphore"));
@@ -69,14 +75,17 @@ impl CudaSemaphore {
         let handle = crate::fd::import_consuming(fd, |raw| {
             let mut handle_desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
                 type_,
-                // SAFETY: the union holds only integers and pointers, for which zero bytes are valid.
+                // SAFETY: every field of the handle union is an integer or a raw pointer, for which all-zero
+                // bytes are a valid value.
                 handle: unsafe { std::mem::zeroed() },
                 flags: 0,
                 reserved: [0; 16],
             };
             handle_desc.handle.fd = raw;
             let mut handle: sys::CUexternalSemaphore = std::ptr::null_mut();
-            // SAFETY: the context is current, handle_desc is initialised and the fd is open.
+            // SAFETY: bind() made the context current; handle_desc is fully initialised with the type the
+            // description names; `raw` is an open fd that import_consuming hands to the driver; `handle` is a
+            // valid out-pointer.
             let r = unsafe { sys::cuImportExternalSemaphore(&mut handle, &handle_desc) };
             check(r, "cuImportExternalSemaphore", || {
                 format!("importing a {:?} semaphore into CUDA device {}", desc.kind, device.ordinal())
@@ -117,10 +126,12 @@ impl CudaSemaphore {
     pub fn signal(&self, stream: &CudaStream, value: u64) -> Result<()> {
         self.check_stream(stream)?;
         self.device.bind()?;
-        // SAFETY: an all-zero parameter block is valid (integers, pointers and unions of them).
+        // SAFETY: the parameter block holds integers, pointers and unions of them, all valid as zeros.
         let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS = unsafe { std::mem::zeroed() };
         params.params.fence.value = value;
-        // SAFETY: the context is current; one semaphore and one parameter block are passed.
+        // SAFETY: bind() made the context current; the stream belongs to that context (check_stream)
+        // and is borrowed across the call; one live semaphore handle and one parameter block, both
+        // locals or fields that outlive the call (the driver copies them).
         let r = unsafe { sys::cuSignalExternalSemaphoresAsync(&self.handle, &params, 1, stream.cu_stream()) };
         check(r, "cuSignalExternalSemaphoresAsync", || format!("signalling an imported semaphore to {value}"))
     }
@@ -130,10 +141,12 @@ impl CudaSemaphore {
     pub fn wait(&self, stream: &CudaStream, value: u64) -> Result<()> {
         self.check_stream(stream)?;
         self.device.bind()?;
-        // SAFETY: an all-zero parameter block is valid (integers, pointers and unions of them).
+        // SAFETY: the parameter block holds integers, pointers and unions of them, all valid as zeros.
         let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS = unsafe { std::mem::zeroed() };
         params.params.fence.value = value;
-        // SAFETY: the context is current; one semaphore and one parameter block are passed.
+        // SAFETY: bind() made the context current; the stream belongs to that context (check_stream)
+        // and is borrowed across the call; one live semaphore handle and one parameter block, both
+        // locals or fields that outlive the call (the driver copies them).
         let r = unsafe { sys::cuWaitExternalSemaphoresAsync(&self.handle, &params, 1, stream.cu_stream()) };
         check(r, "cuWaitExternalSemaphoresAsync", || format!("waiting for an imported semaphore to reach {value}"))
     }

@@ -104,10 +104,10 @@ pub struct CudaTexture {
     storage: TextureStorage,
 }
 
-// SAFETY: CUDA array handles are usable from any thread with the context bound (lava-flow binds
-// before every call); the buffer variant is Send and Sync itself.
+// SAFETY: CUDA array handles are driver handles, not tied to a thread; the driver API is thread
+// safe and lava-flow binds the context before each call; the Pitched variant is Send itself.
 unsafe impl Send for CudaTexture {}
-// SAFETY: as for Send; nothing is mutated through &CudaTexture.
+// SAFETY: as for Send; no method mutates the handles through &CudaTexture.
 unsafe impl Sync for CudaTexture {}
 
 impl std::fmt::Debug for CudaTexture {
@@ -126,8 +126,9 @@ impl Drop for CudaTexture {
             if !device.bind_for_drop("a mapped mipmapped array") {
                 return;
             }
-            // SAFETY: the array came from cuExternalMemoryGetMappedMipmappedArray (CUDA docs: free
-            // it with cuMipmappedArrayDestroy) and the import is still alive (self.memory).
+            // SAFETY: the array came from cuExternalMemoryGetMappedMipmappedArray (CUDA: free it with
+            // cuMipmappedArrayDestroy) and is destroyed only here, once; its import is still alive
+            // (self.memory drops after this); the context was bound just above.
             let r = unsafe { sys::cuMipmappedArrayDestroy(mipmapped) };
             if r != sys::CUresult::CUDA_SUCCESS {
                 device.defer_error(cu_error("cuMipmappedArrayDestroy", r, "releasing a mapped mipmapped array"));
@@ -149,6 +150,18 @@ fn packed_shape(desc: &TextureDescription) -> (usize, usize, usize) {
         _ => desc.array_layers as usize,
     };
     (row, rows, layers)
+}
+
+/// Bytes a pitched layout of `layers` slices of `rows` rows spans, or `None` where the slices
+/// overlap (a slice pitch below a slice's rows) or the size overflows 64 bits. Checked arithmetic:
+/// the pitches come from another process's description, and a wrapped product would let copies
+/// run past the mapping.
+fn pitched_bytes(rows: usize, layers: usize, row_pitch: u64, slice_pitch: u64) -> Option<u64> {
+    let layer_bytes = (rows as u64).checked_mul(row_pitch)?;
+    if layers > 1 && slice_pitch < layer_bytes {
+        return None;
+    }
+    (layers as u64).saturating_sub(1).checked_mul(slice_pitch)?.checked_add(layer_bytes)
 }
 
 impl CudaTexture {
@@ -179,8 +192,9 @@ impl CudaTexture {
                     _ => 0,
                 };
                 let (_, rows, layers) = packed_shape(&desc);
-                let needed = (layers as u64 - 1) * slice_pitch + rows as u64 * row_pitch;
-                if layers > 1 && slice_pitch < rows as u64 * row_pitch || needed > desc.size {
+                let needed = pitched_bytes(rows, layers, row_pitch, slice_pitch);
+                if needed.is_none_or(|n| n > desc.size) {
+                    let needed = needed.map_or("an impossible layout".to_string(), |n| n.to_string());
                     return Err(Error::invalid(
                         "linear texture pitches",
                         format!(
@@ -222,7 +236,9 @@ impl CudaTexture {
             reserved: [0; 16],
         };
         let mut mipmapped: sys::CUmipmappedArray = std::ptr::null_mut();
-        // SAFETY: the context is current, the import alive and mip_desc initialised.
+        // SAFETY: bind() made the context current; the import is alive (`memory`); mip_desc is fully
+        // initialised, its offset and the texture's size lie inside the allocation (checked in import),
+        // and the array's extent comes from a validated description; `mipmapped` is a valid out-pointer.
         let r = unsafe { sys::cuExternalMemoryGetMappedMipmappedArray(&mut mipmapped, memory.raw(), &mip_desc) };
         check(r, "cuExternalMemoryGetMappedMipmappedArray", || {
             format!(
@@ -237,10 +253,11 @@ impl CudaTexture {
             )
         })?;
         let mut level0: sys::CUarray = std::ptr::null_mut();
-        // SAFETY: mipmapped is a live one-level mipmapped array.
+        // SAFETY: mipmapped is the live one-level array made just above; level 0 exists; `level0` is a
+        // valid out-pointer.
         let r = unsafe { sys::cuMipmappedArrayGetLevel(&mut level0, mipmapped, 0) };
         if let Err(e) = check(r, "cuMipmappedArrayGetLevel", || "reading level 0 of a mapped image".into()) {
-            // SAFETY: mipmapped was just created and nothing else refers to it.
+            // SAFETY: mipmapped was just created, is not stored anywhere, and is destroyed only here.
             unsafe { sys::cuMipmappedArrayDestroy(mipmapped) };
             return Err(e);
         }
@@ -313,62 +330,78 @@ impl CudaTexture {
             Direction::Upload(d) => d.as_ptr() as *mut std::ffi::c_void,
             Direction::Download(d) => d.as_mut_ptr().cast(),
         };
-        match &self.storage {
-            TextureStorage::Array { level0, .. } => {
-                let host = |p| Side {
-                    memory_type: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-                    host: p,
-                    device: 0,
-                    array: std::ptr::null_mut(),
-                    pitch: row,
-                    height: rows,
-                };
-                let array = Side {
-                    memory_type: sys::CUmemorytype::CU_MEMORYTYPE_ARRAY,
-                    host: std::ptr::null_mut(),
-                    device: 0,
-                    array: *level0,
-                    pitch: 0,
-                    height: 0,
-                };
-                let (src, dst) = if upload { (host(host_ptr), array) } else { (array, host(host_ptr)) };
-                let copy = memcpy3d(&src, &dst, row, rows, layers);
-                // SAFETY: the context is current; the host range is row*rows*layers bytes (checked)
-                // and the array has exactly that extent; the copy is waited for below.
-                let r = unsafe { sys::cuMemcpy3DAsync_v2(&copy, stream) };
-                check(r, "cuMemcpy3DAsync_v2", || format!("copying {host_len} bytes between host and a CUDA array"))?;
-            }
-            TextureStorage::Pitched { buffer, row_pitch, slice_pitch } => {
-                for layer in 0..layers {
-                    let dev = buffer.device_ptr_raw() + layer as u64 * slice_pitch;
-                    // SAFETY: layer * row * rows is inside the host range checked above.
-                    let host_layer = unsafe { host_ptr.cast::<u8>().add(layer * row * rows) };
-                    let host = Side {
+        // Every copy enqueued is waited for before returning, even when a later one failed, so no
+        // copy still reads or writes the host slice once its borrow ends.
+        let enqueued = (|| -> Result<()> {
+            match &self.storage {
+                TextureStorage::Array { level0, .. } => {
+                    let host = |p| Side {
                         memory_type: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-                        host: host_layer.cast(),
+                        host: p,
                         device: 0,
                         array: std::ptr::null_mut(),
                         pitch: row,
                         height: rows,
                     };
-                    let pitched = Side {
-                        memory_type: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    let array = Side {
+                        memory_type: sys::CUmemorytype::CU_MEMORYTYPE_ARRAY,
                         host: std::ptr::null_mut(),
-                        device: dev,
-                        array: std::ptr::null_mut(),
-                        pitch: *row_pitch as usize,
-                        height: rows,
+                        device: 0,
+                        array: *level0,
+                        pitch: 0,
+                        height: 0,
                     };
-                    let (src, dst) = if upload { (host, pitched) } else { (pitched, host) };
-                    let copy = memcpy2d(&src, &dst, row, rows);
-                    // SAFETY: the pitched range (validated at import against the texture size)
-                    // and the host layer are valid for the copy; waited for below.
-                    let r = unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream) };
-                    check(r, "cuMemcpy2DAsync_v2", || format!("copying layer {layer} of a linear texture"))?;
+                    let (src, dst) = if upload { (host(host_ptr), array) } else { (array, host(host_ptr)) };
+                    let copy = memcpy3d(&src, &dst, row, rows, layers);
+                    // SAFETY: the context is current; the host range is row*rows*layers bytes (checked above) and
+                    // outlives the copy (the stream is waited for before returning, even on error); level 0 has
+                    // exactly that extent.
+                    let r = unsafe { sys::cuMemcpy3DAsync_v2(&copy, stream) };
+                    check(r, "cuMemcpy3DAsync_v2", || {
+                        format!("copying {host_len} bytes between host and a CUDA array")
+                    })?;
+                }
+                TextureStorage::Pitched { buffer, row_pitch, slice_pitch } => {
+                    for layer in 0..layers {
+                        let dev = buffer.device_ptr_raw() + layer as u64 * slice_pitch;
+                        // SAFETY: layer < layers, so layer*row*rows < row*rows*layers, the host range's length (checked
+                        // above): the pointer stays inside the host slice.
+                        let host_layer = unsafe { host_ptr.cast::<u8>().add(layer * row * rows) };
+                        let host = Side {
+                            memory_type: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+                            host: host_layer.cast(),
+                            device: 0,
+                            array: std::ptr::null_mut(),
+                            pitch: row,
+                            height: rows,
+                        };
+                        let pitched = Side {
+                            memory_type: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                            host: std::ptr::null_mut(),
+                            device: dev,
+                            array: std::ptr::null_mut(),
+                            pitch: *row_pitch as usize,
+                            height: rows,
+                        };
+                        let (src, dst) = if upload { (host, pitched) } else { (pitched, host) };
+                        let copy = memcpy2d(&src, &dst, row, rows);
+                        // SAFETY: the context is current; the device range (layer*slice_pitch + rows*row_pitch at most)
+                        // lies inside the mapping (checked at import with overflow-checked arithmetic); the host layer
+                        // holds row*rows bytes; the stream is waited for before the host borrow ends.
+                        let r = unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream) };
+                        check(r, "cuMemcpy2DAsync_v2", || format!("copying layer {layer} of a linear texture"))?;
+                    }
                 }
             }
-        }
-        device.synchronize()
+            Ok(())
+        })();
+        // SAFETY: bind() made the context current above; lava-flow's stream belongs to it and the
+        // device (held by self.memory) keeps it alive.
+        let synced = check(unsafe { sys::cuStreamSynchronize(stream) }, "cuStreamSynchronize", || {
+            "waiting for a texture copy".into()
+        });
+        enqueued?;
+        synced
     }
 }
 
@@ -489,6 +522,16 @@ mod tests {
             assert_eq!(channel_size * channels, f.texel_size(), "{f}");
             assert_eq!(channels, f.channels(), "{f}");
         }
+    }
+
+    #[test]
+    fn pitched_layouts_that_overflow_or_overlap_are_refused() {
+        assert_eq!(pitched_bytes(8, 1, 256, 0), Some(2048));
+        assert_eq!(pitched_bytes(8, 3, 256, 2048), Some(2 * 2048 + 2048));
+        assert_eq!(pitched_bytes(8, 3, 256, 1024), None, "slices overlap");
+        // Products that wrap to a small number used to pass the size check.
+        assert_eq!(pitched_bytes(16, 1, 1 << 60, 0), None);
+        assert_eq!(pitched_bytes(1, 1 << 20, 64, u64::MAX / 2), None);
     }
 
     #[test]

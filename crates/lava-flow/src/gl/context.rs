@@ -43,19 +43,24 @@ pub(crate) fn egl() -> Result<&'static Egl> {
             api.query_string(None, egl::EXTENSIONS).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let has = |name: &str| client_extensions.split_ascii_whitespace().any(|e| e == name);
         let lookup = |name: &str| api.get_proc_address(name);
-        // SAFETY (all three): each pointer is eglGetProcAddress's answer for the named EGL
-        // extension function, whose prototype from the EGL registry is the type transmuted to.
+        // Each pointer below is eglGetProcAddress's answer for an EGL extension function whose
+        // client extension is listed, transmuted to its prototype from the EGL registry.
         let get_platform_display = has("EGL_EXT_platform_base")
             .then(|| lookup("eglGetPlatformDisplayEXT"))
             .flatten()
+            // SAFETY: a non-null pointer to eglGetPlatformDisplayEXT, whose registry prototype is
+            // GetPlatformDisplayExt; fn pointers of every signature have one size and representation.
             .map(|p| unsafe { std::mem::transmute::<extern "system" fn(), GetPlatformDisplayExt>(p) });
         let query_devices = (has("EGL_EXT_device_enumeration") || has("EGL_EXT_device_base"))
             .then(|| lookup("eglQueryDevicesEXT"))
             .flatten()
+            // SAFETY: a non-null pointer to eglQueryDevicesEXT, whose registry prototype is QueryDevicesExt.
             .map(|p| unsafe { std::mem::transmute::<extern "system" fn(), QueryDevicesExt>(p) });
         let query_device_string = (has("EGL_EXT_device_query") || has("EGL_EXT_device_base"))
             .then(|| lookup("eglQueryDeviceStringEXT"))
             .flatten()
+            // SAFETY: a non-null pointer to eglQueryDeviceStringEXT, whose registry prototype is
+            // QueryDeviceStringExt.
             .map(|p| unsafe { std::mem::transmute::<extern "system" fn(), QueryDeviceStringExt>(p) });
         Ok(Egl { api, client_extensions, get_platform_display, query_devices, query_device_string })
     });
@@ -100,20 +105,24 @@ fn candidates(egl: &Egl) -> Vec<Candidate> {
     let surfaceless = egl.has_client_extension("EGL_MESA_platform_surfaceless");
     if let (Some(query_devices), true) = (egl.query_devices, egl.has_client_extension("EGL_EXT_platform_device")) {
         let mut count: egl::Int = 0;
-        // SAFETY: a count query: null array, valid out pointer.
+        // SAFETY: the EGL_EXT_device_enumeration entry point (listed above); with max_devices 0 and a
+        // null array it only writes the count, through a pointer to a local.
         let ok = unsafe { query_devices(0, std::ptr::null_mut(), &mut count) } == egl::TRUE;
         let mut devices = vec![std::ptr::null_mut::<c_void>(); if ok { count.max(0) as usize } else { 0 }];
         if !devices.is_empty() {
-            // SAFETY: devices has room for `count` handles.
+            // SAFETY: `devices` has room for `count` handles, the max_devices passed, so EGL writes at most
+            // that many; `count` is a valid out-pointer.
             let ok = unsafe { query_devices(count, devices.as_mut_ptr(), &mut count) } == egl::TRUE;
             devices.truncate(if ok { count.max(0) as usize } else { 0 });
         }
         for (i, device) in devices.into_iter().enumerate() {
             let query = |name: egl::Int| -> Option<String> {
                 let q = egl.query_device_string?;
-                // SAFETY: device came from eglQueryDevicesEXT; the string is static in EGL.
+                // SAFETY: `device` came from eglQueryDevicesEXT and EGL devices live for the process; `name` is
+                // EGL_EXTENSIONS or, only when the device lists EGL_EXT_device_drm, EGL_DRM_DEVICE_FILE_EXT.
                 let p = unsafe { q(device, name) };
-                // SAFETY: non-null results are NUL-terminated strings owned by EGL.
+                // SAFETY: a non-null result is a NUL-terminated string owned by EGL for the device's lifetime
+                // (the process); it is copied before anything else is called.
                 (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
             };
             let extensions = query(egl::EXTENSIONS).unwrap_or_default();
@@ -134,11 +143,11 @@ fn candidates(egl: &Egl) -> Vec<Candidate> {
                 format!("EGL device {i}")
             };
             let attribs = [egl::NONE];
-            // SAFETY: EGL_PLATFORM_DEVICE_EXT takes an EGLDeviceEXT from eglQueryDevicesEXT as
-            // its native display; the attribute list is NONE-terminated.
+            // SAFETY: EGL_PLATFORM_DEVICE_EXT takes an EGLDeviceEXT from eglQueryDevicesEXT as its native
+            // display; the attribute list is a NONE-terminated local that outlives the call.
             let display = unsafe { get_platform_display(EGL_PLATFORM_DEVICE_EXT, device, attribs.as_ptr()) };
             if !display.is_null() {
-                // SAFETY: a display EGL returned.
+                // SAFETY: a non-null EGLDisplay that eglGetPlatformDisplayEXT returned, valid for the process.
                 out.push(Candidate { platform: "device", label, display: unsafe { egl::Display::from_ptr(display) } });
             }
         }
@@ -152,7 +161,7 @@ fn candidates(egl: &Egl) -> Vec<Candidate> {
             out.push(Candidate {
                 platform: "surfaceless",
                 label: "Mesa surfaceless".into(),
-                // SAFETY: a display EGL returned.
+                // SAFETY: a non-null EGLDisplay that eglGetPlatformDisplayEXT returned, valid for the process.
                 display: unsafe { egl::Display::from_ptr(display) },
             });
         }
@@ -231,11 +240,12 @@ pub(crate) struct GlInner {
     deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
 }
 
-// SAFETY: the EGL handles are plain identifiers valid on any thread; EGL calls are thread-safe.
-// GL calls happen only through CurrentGl, which the `owner` mutex grants to one thread at a time
-// and which is !Send, so no GL call runs on a thread where the context is not current.
+// SAFETY: the EGL handles are plain identifiers valid on any thread, and EGL calls are thread
+// safe. GL calls happen only through CurrentGl, which the `owner` mutex grants to one thread at a
+// time and which is !Send, so no GL call runs on a thread where the context is not current.
 unsafe impl Send for GlInner {}
-// SAFETY: see Send; shared access only reads immutable fields or goes through the mutexes.
+// SAFETY: as for Send; shared access only reads fields fixed after `open` or goes through the
+// mutexes.
 unsafe impl Sync for GlInner {}
 
 /// A headless GL context (EGL, no window) on one device, able to import lava-flow's exports.
@@ -282,7 +292,8 @@ impl CurrentGl<'_> {
         let mut first = f::NO_ERROR;
         // glGetError reports one flag per call; drain them all so later checks start clean.
         for _ in 0..16 {
-            // SAFETY: the context is current (this guard exists).
+            // SAFETY: this guard exists only while the context is current on this thread (it is !Send);
+            // glGetError takes no arguments.
             let e = unsafe { (self.inner.gl.get_error)() };
             if e == f::NO_ERROR {
                 break;
@@ -301,7 +312,8 @@ impl CurrentGl<'_> {
     /// Drains pending GL errors without reporting them (before a call whose error is checked).
     pub(crate) fn clear_errors(&self) {
         for _ in 0..16 {
-            // SAFETY: the context is current (this guard exists).
+            // SAFETY: this guard exists only while the context is current on this thread; glGetError takes no
+            // arguments.
             if unsafe { (self.inner.gl.get_error)() } == f::NO_ERROR {
                 break;
             }
@@ -487,7 +499,8 @@ impl GlInner {
                 continue;
             }
             let config = if has("EGL_KHR_no_config_context") || has("EGL_MESA_configless_context") {
-                // SAFETY: EGL_NO_CONFIG_KHR (null) is valid with EGL_KHR_no_config_context.
+                // SAFETY: EGL_NO_CONFIG_KHR (null) is a valid config on displays with EGL_KHR_no_config_context
+                // or EGL_MESA_configless_context, checked just above.
                 Some(unsafe { egl::Config::from_ptr(std::ptr::null_mut()) })
             } else {
                 api.choose_first_config(display, &[egl::RENDERABLE_TYPE, bit, egl::NONE]).ok().flatten()
@@ -567,12 +580,13 @@ impl GlInner {
     fn describe(&self) -> Result<(GlDeviceInfo, Vec<Uuid>)> {
         let gl = self.current()?;
         let string = |name: u32| {
-            // SAFETY: current context; glGetString returns a static NUL-terminated string or null.
+            // SAFETY: `gl` keeps the context current; glGetString takes an enum and returns a static string
+            // or null.
             let p = unsafe { (gl.get_string)(name) };
             if p.is_null() {
                 String::new()
             } else {
-                // SAFETY: non-null and NUL-terminated per the GL spec.
+                // SAFETY: non-null, so a NUL-terminated string the GL owns for the context's lifetime; copied at once.
                 unsafe { CStr::from_ptr(p.cast()) }.to_string_lossy().into_owned()
             }
         };
@@ -581,14 +595,15 @@ impl GlInner {
         info.renderer = string(f::RENDERER);
         info.version = string(f::VERSION);
         let mut count: f::GLint = 0;
-        // SAFETY: current context; one GLint out.
+        // SAFETY: `gl` keeps the context current; one GLint out, a local.
         unsafe { (gl.get_integerv)(f::NUM_EXTENSIONS, &mut count) };
         let mut extensions = Vec::with_capacity(count.max(0) as usize);
         for i in 0..count.max(0) as u32 {
-            // SAFETY: i < GL_NUM_EXTENSIONS.
+            // SAFETY: `gl` keeps the context current; i < GL_NUM_EXTENSIONS (an out-of-range index would
+            // only raise a GL error).
             let p = unsafe { (gl.get_stringi)(f::EXTENSIONS, i) };
             if !p.is_null() {
-                // SAFETY: non-null, NUL-terminated.
+                // SAFETY: non-null, so a NUL-terminated string the GL owns for the context's lifetime; copied at once.
                 extensions.push(unsafe { CStr::from_ptr(p.cast()) }.to_string_lossy().into_owned());
             }
         }
@@ -605,15 +620,18 @@ impl GlInner {
             ));
         }
         let mut driver = [0u8; f::UUID_SIZE_EXT];
-        // SAFETY: current context with EXT_external_objects; 16 bytes out (GL_UUID_SIZE_EXT).
+        // SAFETY: `gl` keeps the context current, and the context has GL_EXT_memory_object or
+        // GL_EXT_semaphore (checked above), which define the query; it writes GL_UUID_SIZE_EXT (16)
+        // bytes, the size of `driver`.
         unsafe { (gl.get_unsigned_bytev_ext)(f::DRIVER_UUID_EXT, driver.as_mut_ptr()) };
         let mut n: f::GLint = 0;
-        // SAFETY: one GLint out.
+        // SAFETY: `gl` keeps the context current; one GLint out, a local.
         unsafe { (gl.get_integerv)(f::NUM_DEVICE_UUIDS_EXT, &mut n) };
         let mut uuids = Vec::new();
         for i in 0..n.max(1) as u32 {
             let mut device = [0u8; f::UUID_SIZE_EXT];
-            // SAFETY: i < GL_NUM_DEVICE_UUIDS_EXT (or 0); 16 bytes out.
+            // SAFETY: as for the driver UUID: 16 bytes out into `device`; an index past
+            // GL_NUM_DEVICE_UUIDS_EXT only raises a GL error.
             unsafe { (gl.get_unsigned_bytei_v_ext)(f::DEVICE_UUID_EXT, i, device.as_mut_ptr()) };
             uuids.push(Uuid(device));
         }
@@ -743,7 +761,7 @@ impl GlContext {
     /// before Vulkan's.
     pub fn finish(&self) -> Result<()> {
         let gl = self.make_current()?;
-        // SAFETY: current context.
+        // SAFETY: the guard keeps the context current on this thread; glFinish takes no arguments.
         unsafe { (gl.finish)() };
         gl.check("glFinish", "waiting for GL work")
     }
@@ -752,7 +770,7 @@ impl GlContext {
     /// API's wait can complete).
     pub fn flush(&self) -> Result<()> {
         let gl = self.make_current()?;
-        // SAFETY: current context.
+        // SAFETY: the guard keeps the context current on this thread; glFlush takes no arguments.
         unsafe { (gl.flush)() };
         gl.check("glFlush", "submitting GL work")
     }

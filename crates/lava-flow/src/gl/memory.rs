@@ -107,21 +107,24 @@ fn import_memory_object(
     let handle = crate::fd::check_exported_memory(handle, description, "GL memory import")?;
     let mut name: GLuint = 0;
     gl.clear_errors();
-    // SAFETY: current context with GL_EXT_memory_object; one name out.
+    // SAFETY: `gl` keeps the context current; it has GL_EXT_memory_object_fd (checked above), so the
+    // entry point is the driver's; one name is written into a local.
     unsafe { (gl.create_memory_objects_ext)(1, &mut name) };
     gl.check("glCreateMemoryObjectsEXT", "creating a memory object")?;
     if description.dedicated {
         let one: GLint = 1;
-        // SAFETY: a fresh memory object (mutable until imported); one GLint in.
+        // SAFETY: `gl` keeps the context current; `name` is a fresh memory object (its parameters may
+        // still change before the import); one GLint is read from a local.
         unsafe { (gl.memory_object_parameteriv_ext)(name, f::DEDICATED_MEMORY_OBJECT_EXT, &one) };
     }
     // GL gets a copy (fd::import_consuming): the caller's fd is closed exactly once, and after a
     // failure the copy is closed only where provably ours (Mesa closes it itself, even on failure).
     let imported = crate::fd::import_consuming(handle, |raw| {
-        // SAFETY: `raw` is an open fd handed to GL; GL takes it if the import succeeds.
+        // SAFETY: `gl` keeps the context current; `name` is our fresh memory object; `raw` is an open fd
+        // that import_consuming hands over (GL owns it if the import succeeds).
         unsafe { (gl.import_memory_fd_ext)(name, description.allocation_size, f::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
         gl.check("glImportMemoryFdEXT", format!("importing a {}-byte allocation", description.allocation_size))?;
-        // SAFETY: current context; any name is a valid argument.
+        // SAFETY: `gl` keeps the context current; glIsMemoryObjectEXT accepts any name.
         if unsafe { (gl.is_memory_object_ext)(name) } == 0 {
             return Err(Error::Api {
                 api: "OpenGL",
@@ -134,7 +137,8 @@ fn import_memory_object(
         Ok(())
     });
     if let Err(e) = imported {
-        // SAFETY: deleting the name we created.
+        // SAFETY: `gl` keeps the context current; `name` is the memory object created above, used by no
+        // buffer or texture yet; one name is read from a local.
         unsafe { (gl.delete_memory_objects_ext)(1, &name) };
         gl.clear_errors();
         return Err(e);
@@ -223,7 +227,9 @@ impl GlMemory {
         let gl = self.ctx.make_current()?;
         let mut name: GLuint = 0;
         gl.clear_errors();
-        // SAFETY: current context; one name out; binding a fresh name creates the buffer.
+        // SAFETY: `gl` keeps the context current; one name is written into a local; the fresh buffer is
+        // bound to COPY_WRITE_BUFFER before its storage is placed; size (<= isize::MAX) and offset were
+        // checked against the allocation; self.name is our live memory object.
         unsafe {
             (gl.gen_buffers)(1, &mut name);
             (gl.bind_buffer)(f::COPY_WRITE_BUFFER, name);
@@ -231,10 +237,10 @@ impl GlMemory {
         }
         let stored = gl
             .check("glBufferStorageMemEXT", format!("placing a {}-byte buffer at offset {}", range.size, range.offset));
-        // SAFETY: current context; unbinding.
+        // SAFETY: `gl` keeps the context current; unbinding takes no pointers.
         unsafe { (gl.bind_buffer)(f::COPY_WRITE_BUFFER, 0) };
         if let Err(e) = stored {
-            // SAFETY: deleting the buffer we generated.
+            // SAFETY: `gl` keeps the context current; `name` is the buffer generated above, used by nothing.
             unsafe { (gl.delete_buffers)(1, &name) };
             gl.clear_errors();
             let end = range.offset + range.size;
@@ -274,11 +280,11 @@ impl GlMemory {
         // GL_EXT_memory_object: which tilings this format and target can be imported with.
         let mut count: GLint = 0;
         gl.clear_errors();
-        // SAFETY: current context; one GLint out.
+        // SAFETY: `gl` keeps the context current; bufSize 1 and one GLint written into a local.
         unsafe { (gl.get_internalformativ)(plan.target, plan.internal, f::NUM_TILING_TYPES_EXT, 1, &mut count) };
         if gl.check("glGetInternalformativ", "querying GL_NUM_TILING_TYPES_EXT").is_ok() && count > 0 {
             let mut tilings = vec![0 as GLint; count as usize];
-            // SAFETY: `tilings` holds `count` GLints.
+            // SAFETY: `gl` keeps the context current; `tilings` holds `count` GLints, the bufSize passed.
             unsafe {
                 (gl.get_internalformativ)(plan.target, plan.internal, f::TILING_TYPES_EXT, count, tilings.as_mut_ptr())
             };
@@ -302,7 +308,9 @@ impl GlMemory {
         let layers = d.array_layers as i32;
         let mut name: GLuint = 0;
         gl.clear_errors();
-        // SAFETY: current context; a fresh texture bound to its target; sizes validated by the plan.
+        // SAFETY: `gl` keeps the context current; one name is written into a local; the fresh texture is
+        // bound to its target before storage is placed in our live memory object; the calls take no host
+        // pointers, and sizes that GL refuses only raise GL errors.
         unsafe {
             (gl.gen_textures)(1, &mut name);
             (gl.bind_texture)(plan.target, name);
@@ -346,10 +354,10 @@ impl GlMemory {
                 d.offset
             ),
         );
-        // SAFETY: current context; unbinding.
+        // SAFETY: `gl` keeps the context current; unbinding takes no pointers.
         unsafe { (gl.bind_texture)(plan.target, 0) };
         if let Err(e) = stored {
-            // SAFETY: deleting the texture we generated.
+            // SAFETY: `gl` keeps the context current; `name` is the texture generated above, used by nothing.
             unsafe { (gl.delete_textures)(1, &name) };
             gl.clear_errors();
             return Err(explain_storage_oom(e));
@@ -362,8 +370,8 @@ impl Drop for GlMemory {
     fn drop(&mut self) {
         match self.ctx.inner.current() {
             Ok(gl) => {
-                // SAFETY: current context; our memory object, used by no live buffer or texture
-                // (they hold Arcs to self).
+                // SAFETY: `current()` made the context current on this thread; the memory object is ours and
+                // deleted once, here; every buffer and texture in it holds an Arc to self, so none is left.
                 unsafe { (gl.delete_memory_objects_ext)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteMemoryObjectsEXT", "releasing an imported memory object") {
                     self.ctx.inner.defer_error(e);
@@ -535,7 +543,9 @@ impl GlBuffer {
         }
         gl.clear_errors();
         if gl.is_desktop() {
-            // SAFETY: current context; `out` has `len` bytes; the range is inside the buffer.
+            // SAFETY: `gl` keeps the context current (desktop GL, where glGetBufferSubData exists); the
+            // buffer is ours; glGetBufferSubData writes at most `len` bytes into `out`, which holds `len`
+            // bytes, and writes nothing when the range is refused (a GL error); the range was checked.
             unsafe {
                 (gl.bind_buffer)(f::COPY_READ_BUFFER, self.name);
                 (gl.get_buffer_sub_data)(f::COPY_READ_BUFFER, offset as isize, len as isize, out.as_mut_ptr().cast());
@@ -544,8 +554,9 @@ impl GlBuffer {
             gl.check("glGetBufferSubData", format!("reading {len} bytes of GL buffer {}", self.name))?;
         } else {
             let mut staging: GLuint = 0;
-            // SAFETY: current context; a staging buffer of `len` bytes receives the copy and is
-            // mapped for reading; the mapping is copied out before unmapping.
+            // SAFETY: `gl` keeps the context current; the staging buffer is ours and holds `len` bytes; a
+            // non-null pointer from glMapBufferRange is valid for `len` bytes until glUnmapBuffer, and is
+            // copied into `out` (len bytes, a separate allocation) before that.
             let mapped_ok = unsafe {
                 (gl.gen_buffers)(1, &mut staging);
                 (gl.bind_buffer)(f::COPY_WRITE_BUFFER, staging);
@@ -586,8 +597,8 @@ impl GlBuffer {
         let gl = self.memory.ctx.make_current()?;
         gl.clear_errors();
         let mut staging: GLuint = 0;
-        // SAFETY: current context; the staging buffer is filled from `data` (len bytes) and
-        // copied into our buffer's range, checked above.
+        // SAFETY: `gl` keeps the context current; glBufferData reads data.len() bytes from `data`; the
+        // copy into our buffer is of a range checked above (GL refuses others with an error).
         unsafe {
             (gl.gen_buffers)(1, &mut staging);
             (gl.bind_buffer)(f::COPY_READ_BUFFER, staging);
@@ -617,7 +628,8 @@ impl Drop for GlBuffer {
         let inner = &self.memory.ctx.inner;
         match inner.current() {
             Ok(gl) => {
-                // SAFETY: current context; our buffer name.
+                // SAFETY: `current()` made the context current on this thread; the buffer name is ours and
+                // deleted once, here.
                 unsafe { (gl.delete_buffers)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteBuffers", "releasing an imported GL buffer") {
                     inner.defer_error(e);
@@ -626,6 +638,53 @@ impl Drop for GlBuffer {
             Err(e) => {
                 inner.defer_error(crate::error::DeferredError::new(format!("leaking GL buffer {}", self.name), e))
             }
+        }
+    }
+}
+
+/// Which pixel transfers [`pixel_store`] prepares: packing (glGetTexImage, glReadPixels write
+/// host memory) or unpacking (glTexSubImage reads it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    Pack,
+    Unpack,
+}
+
+/// Sets the pixel-store state and buffer binding that decide which host bytes a pixel transfer
+/// touches: rows tightly packed (`tight`: alignment 1; otherwise GL's default 4), no row length,
+/// no skipped rows, pixels or images, and no pixel buffer bound (which would turn the host pointer
+/// into a buffer offset). Code holding a [`CurrentGl`] guard may set any of these on this
+/// context; lava-flow's reads and writes call this first, so the driver touches exactly the
+/// host slice they pass, and again after, leaving GL's defaults.
+fn pixel_store(gl: &CurrentGl<'_>, transfer: Transfer, tight: bool) {
+    let (buffer, alignment, zeroed) = match transfer {
+        Transfer::Pack => (
+            f::PIXEL_PACK_BUFFER,
+            f::PACK_ALIGNMENT,
+            [f::PACK_ROW_LENGTH, f::PACK_SKIP_ROWS, f::PACK_SKIP_PIXELS, f::PACK_IMAGE_HEIGHT, f::PACK_SKIP_IMAGES],
+        ),
+        Transfer::Unpack => (
+            f::PIXEL_UNPACK_BUFFER,
+            f::UNPACK_ALIGNMENT,
+            [
+                f::UNPACK_ROW_LENGTH,
+                f::UNPACK_SKIP_ROWS,
+                f::UNPACK_SKIP_PIXELS,
+                f::UNPACK_IMAGE_HEIGHT,
+                f::UNPACK_SKIP_IMAGES,
+            ],
+        ),
+    };
+    // OpenGL ES has no GL_PACK_IMAGE_HEIGHT or GL_PACK_SKIP_IMAGES (its glReadPixels reads one
+    // image); setting them there would only raise GL_INVALID_ENUM.
+    let count = if transfer == Transfer::Pack && !gl.is_desktop() { 3 } else { 5 };
+    // SAFETY: the guard proves the context is current on this thread; glBindBuffer and
+    // glPixelStorei take no pointers, and every parameter named exists in the context's API.
+    unsafe {
+        (gl.bind_buffer)(buffer, 0);
+        (gl.pixel_storei)(alignment, if tight { 1 } else { 4 });
+        for pname in &zeroed[..count] {
+            (gl.pixel_storei)(*pname, 0);
         }
     }
 }
@@ -722,14 +781,17 @@ impl GlTexture {
         let p = self.plan;
         gl.clear_errors();
         if gl.is_desktop() && !framebuffer {
-            // SAFETY: current context; `out` holds the whole level packed with alignment 1.
+            pixel_store(&gl, Transfer::Pack, true);
+            // SAFETY: the guard makes the context current; pixel_store set tight packing with no
+            // row length, skips or pack buffer, so glGetTexImage writes exactly the level's
+            // width*height*depth*layers texels of p's format and type, packed_size() bytes: the
+            // length of `out`, which this call borrows exclusively.
             unsafe {
-                (gl.pixel_storei)(f::PACK_ALIGNMENT, 1);
                 (gl.bind_texture)(p.target, self.name);
                 (gl.get_tex_image)(p.target, 0, p.format, p.ty, out.as_mut_ptr().cast());
                 (gl.bind_texture)(p.target, 0);
-                (gl.pixel_storei)(f::PACK_ALIGNMENT, 4);
             }
+            pixel_store(&gl, Transfer::Pack, false);
             gl.check("glGetTexImage", format!("reading texture {}", self.name))?;
             return Ok(out);
         }
@@ -737,10 +799,12 @@ impl GlTexture {
         let slices = (e.depth * self.description.array_layers) as usize;
         let slice_bytes = out.len() / slices.max(1);
         let mut fbo: GLuint = 0;
-        // SAFETY: current context; each layer is attached to a read framebuffer and read into its
-        // slice of `out`, which is `slice_bytes` long; the framebuffer is deleted afterwards.
+        pixel_store(&gl, Transfer::Pack, true);
+        // SAFETY: the guard makes the context current; pixel_store set tight packing with no row
+        // length, skips or pack buffer, so each glReadPixels writes width*height texels of p's
+        // format and type, slice_bytes bytes, at layer*slice_bytes < out.len() into `out`
+        // (exclusively borrowed); the framebuffer is ours and deleted afterwards.
         let complete = unsafe {
-            (gl.pixel_storei)(f::PACK_ALIGNMENT, 1);
             (gl.gen_framebuffers)(1, &mut fbo);
             (gl.bind_framebuffer)(f::READ_FRAMEBUFFER, fbo);
             let mut complete = true;
@@ -765,9 +829,9 @@ impl GlTexture {
             }
             (gl.bind_framebuffer)(f::READ_FRAMEBUFFER, 0);
             (gl.delete_framebuffers)(1, &fbo);
-            (gl.pixel_storei)(f::PACK_ALIGNMENT, 4);
             complete
         };
+        pixel_store(&gl, Transfer::Pack, false);
         gl.check("glReadPixels", format!("reading texture {} through a framebuffer", self.name))?;
         if !complete {
             return Err(Error::unsupported(
@@ -794,9 +858,11 @@ impl GlTexture {
         let e = self.description.extent;
         let (w, h, d, layers) = (e.width as i32, e.height as i32, e.depth as i32, self.description.array_layers as i32);
         gl.clear_errors();
-        // SAFETY: current context; `data` holds the whole level packed with alignment 1 (checked).
+        pixel_store(&gl, Transfer::Unpack, true);
+        // SAFETY: the guard makes the context current; pixel_store set tight unpacking with no row
+        // length, skips or unpack buffer, so glTexSubImage reads exactly the level's texels of p's
+        // format and type, packed_size() bytes, which is data.len() (checked above).
         unsafe {
-            (gl.pixel_storei)(f::UNPACK_ALIGNMENT, 1);
             (gl.bind_texture)(p.target, self.name);
             let ptr = data.as_ptr().cast();
             match self.description.dimension {
@@ -809,8 +875,8 @@ impl GlTexture {
                 TextureDimension::D3 => (gl.tex_sub_image_3d)(p.target, 0, 0, 0, 0, w, h, d, p.format, p.ty, ptr),
             }
             (gl.bind_texture)(p.target, 0);
-            (gl.pixel_storei)(f::UNPACK_ALIGNMENT, 4);
         }
+        pixel_store(&gl, Transfer::Unpack, false);
         gl.check("glTexSubImage", format!("writing texture {}", self.name))
     }
 }
@@ -820,7 +886,8 @@ impl Drop for GlTexture {
         let inner = &self.memory.ctx.inner;
         match inner.current() {
             Ok(gl) => {
-                // SAFETY: current context; our texture name.
+                // SAFETY: `current()` made the context current on this thread; the texture name is ours and
+                // deleted once, here.
                 unsafe { (gl.delete_textures)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteTextures", "releasing an imported GL texture") {
                     inner.defer_error(e);

@@ -147,13 +147,15 @@ impl GlContext {
         let gl = self.make_current()?;
         let mut name: GLuint = 0;
         gl.clear_errors();
-        // SAFETY: current context with GL_EXT_semaphore; one name out.
+        // SAFETY: `gl` keeps the context current; it has GL_EXT_semaphore_fd (checked above), so the
+        // entry point is the driver's; one name is written into a local.
         unsafe { (gl.gen_semaphores_ext)(1, &mut name) };
         let imported = crate::fd::import_consuming(handle, |raw| {
-            // SAFETY: `raw` is an open fd handed to GL; GL takes it if the import succeeds.
+            // SAFETY: `gl` keeps the context current; `name` is our fresh semaphore; `raw` is an open fd that
+            // import_consuming hands over (GL owns it if the import succeeds).
             unsafe { (gl.import_semaphore_fd_ext)(name, f::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
             gl.check("glImportSemaphoreFdEXT", "importing a binary semaphore")?;
-            // SAFETY: current context.
+            // SAFETY: `gl` keeps the context current; glIsSemaphoreEXT accepts any name.
             if unsafe { (gl.is_semaphore_ext)(name) } == 0 {
                 return Err(Error::Api {
                     api: "OpenGL",
@@ -166,7 +168,7 @@ impl GlContext {
             Ok(())
         });
         if let Err(e) = imported {
-            // SAFETY: current context; our semaphore name.
+            // SAFETY: `gl` keeps the context current; `name` is the semaphore generated above, used by nothing.
             unsafe { (gl.delete_semaphores_ext)(1, &name) };
             gl.clear_errors();
             return Err(e);
@@ -219,7 +221,9 @@ impl GlSemaphore {
         let layouts: Vec<GLenum> = textures.iter().map(|(_, l)| l.gl()).collect();
         let gl = self.ctx.make_current()?;
         gl.clear_errors();
-        // SAFETY: current context with GL_EXT_semaphore; the arrays hold the counts passed.
+        // SAFETY: `gl` keeps the context current; a GlSemaphore exists only where GL_EXT_semaphore_fd
+        // does; the name arrays and layouts are locals holding exactly the counts passed (textures and
+        // layouts have one entry per texture), and every name is a live object of this context (checked).
         unsafe {
             let call = if wait { gl.wait_semaphore_ext } else { gl.signal_semaphore_ext };
             call(
@@ -246,7 +250,8 @@ impl Drop for GlSemaphore {
     fn drop(&mut self) {
         match self.ctx.inner.current() {
             Ok(gl) => {
-                // SAFETY: current context; our semaphore name.
+                // SAFETY: `current()` made the context current on this thread; the semaphore name is ours and
+                // deleted once, here.
                 unsafe { (gl.delete_semaphores_ext)(1, &self.name) };
                 if let Err(e) = gl.check("glDeleteSemaphoresEXT", "releasing an imported semaphore") {
                     self.ctx.inner.defer_error(e);

@@ -88,8 +88,11 @@ fn check(memory: &SharedHostMemory, offset: usize, size: usize, count: usize) ->
 // - concurrent access: an atomic may be modified by anyone at any time, which is exactly what
 //   another process does to these bytes; this process never makes a `&[u8]` over them from safe
 //   code (`SharedHostMemory` copies with volatile accesses), so no reference promises otherwise.
-// Mixing plain copies and atomics on the same bytes at the same time is a protocol error (the copy
-// may see a torn value), not something the borrow checker can see: protocols keep them apart.
+// Mixing plain copies and atomics on the same bytes at the same time, or atomics of two sizes on
+// overlapping bytes, is a protocol error the borrow checker cannot see: across processes the copy
+// may see a torn value; within one process it is a data race under Rust's memory model (volatile
+// is not atomic, and mixed-size atomics may not race), which safe code can reach by calling these
+// functions from two threads. Protocols (the ring) keep them apart.
 
 /// The 64-bit atomic at `offset` (8-byte aligned), shared with every process mapping the memory.
 pub fn atomic_u64(memory: &SharedHostMemory, offset: usize) -> Result<&AtomicU64> {

@@ -58,8 +58,9 @@ impl ExtFns {
         macro_rules! resolve {
             ($name:literal, $ty:ty) => {{
                 let p = lookup($name);
-                // SAFETY: a non-null address from clGetExtensionFunctionAddressForPlatform is the
-                // named entry point, whose C prototype (cl_ext.h) is the type transmuted to.
+                // SAFETY: a non-null address from clGetExtensionFunctionAddressForPlatform is the named entry
+                // point of this platform, whose C prototype (cl_ext.h) is the type transmuted to; data and
+                // function pointers have one size on the platforms OpenCL runs on.
                 (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
             }};
         }
@@ -261,10 +262,10 @@ pub(crate) struct ClInner {
     deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
 }
 
-// SAFETY: OpenCL handles are thread-safe (OpenCL 3.0 appendix A.2: all API calls are thread-safe
-// except clSetKernelArg on one kernel, which lava-flow does not share).
+// SAFETY: OpenCL handles are not tied to a thread, and every OpenCL call is thread safe (OpenCL
+// 3.0 appendix A.2) except clSetKernelArg on one kernel, which only ClKernel (&mut, !Sync) makes.
 unsafe impl Send for ClInner {}
-// SAFETY: as above.
+// SAFETY: as for Send; the handles are never changed after `open`.
 unsafe impl Sync for ClInner {}
 
 impl ClInner {
@@ -275,9 +276,9 @@ impl ClInner {
 
 impl Drop for ClInner {
     fn drop(&mut self) {
-        // SAFETY: every object made from the context held an Arc to this and is gone; finishing
-        // the queue first means nothing is in flight when it is released. Errors cannot be
-        // reported from here and are ignored.
+        // SAFETY: Drop owns the last reference, and every object made from the context held an Arc to
+        // this, so they are gone; finishing the queue first leaves nothing in flight; each handle is
+        // released once. Errors cannot be reported from here and are ignored.
         unsafe {
             let _ = cl3::command_queue::finish(self.queue);
             let _ = cl3::command_queue::release_command_queue(self.queue);
@@ -372,13 +373,14 @@ impl ClContext {
         let props: [cl::cl_context_properties; 3] = [cl::CL_CONTEXT_PLATFORM, f.platform as isize, 0];
         let context = cl3::context::create_context(&[f.device], props.as_ptr(), None, std::ptr::null_mut())
             .map_err(|c| cl_error("clCreateContext", c, format!("creating a context on {}", f.info.name)))?;
-        // SAFETY: context and device are valid; no properties (an in-order queue).
+        // SAFETY: `context` was just created on `f.device`; a null property list asks for an in-order
+        // queue.
         let queue = match unsafe {
             cl3::command_queue::create_command_queue_with_properties(context, f.device, std::ptr::null())
         } {
             Ok(q) => q,
             Err(c) => {
-                // SAFETY: the context has no objects yet.
+                // SAFETY: the context was created just above, has no objects, and is released once, here.
                 unsafe {
                     let _ = cl3::context::release_context(context);
                 }
@@ -472,11 +474,14 @@ impl ClContext {
         })?;
         let mems: Vec<cl_mem> = objects.iter().map(|o| o.imported_mem()).collect();
         let mut event: cl::cl_event = std::ptr::null_mut();
-        // SAFETY: queue and mem objects are valid (the objects are borrowed); one event out.
+        // SAFETY: the entry point came from this platform (ExtFns); the queue is alive (self);
+        // each mem object is a live import of a sealed ExternalMem borrowed for the call; `mems`
+        // holds the count passed; no wait list; `event` is a valid out-pointer.
         let code =
             unsafe { f(self.inner.queue, mems.len() as cl_uint, mems.as_ptr(), 0, std::ptr::null(), &mut event) };
         if !event.is_null() {
-            // SAFETY: the event was returned to us; the queue keeps the command alive.
+            // SAFETY: a non-null event is a new reference the call returned to us, released once; the queue
+            // keeps the command itself alive.
             let _ = unsafe { cl3::event::release_event(event) };
         }
         if code != cl::CL_SUCCESS {
@@ -487,7 +492,15 @@ impl ClContext {
 }
 
 /// An OpenCL memory object created from external memory: what acquire and release name.
-pub trait ExternalMem {
+/// Sealed: implemented by [`ClBuffer`](super::ClBuffer) and [`ClImage`](super::ClImage) only, whose
+/// `imported_mem` is a live `cl_mem` of their context as long as they are borrowed (acquire and
+/// release hand it to the driver from safe code).
+pub trait ExternalMem: sealed::Sealed {
     /// The `cl_mem` created by the import (the parent of any sub-buffer).
     fn imported_mem(&self) -> cl_mem;
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`ExternalMem`](super::ExternalMem) to lava-flow's own imports.
+    pub trait Sealed {}
 }

@@ -12,7 +12,10 @@ use crate::{Error, Result};
 /// An argument of [`ClKernel::enqueue`].
 #[derive(Clone, Copy, Debug)]
 pub enum KernelArg {
-    /// A buffer or image (`ClBuffer::mem()`, `ClImage::mem()`); acquire it first.
+    /// A buffer or image (`ClBuffer::mem()`, `ClImage::mem()`); acquire it first. It must be a
+    /// live mem object of the kernel's context until the kernel has run: the raw handle is passed
+    /// to the driver as it is, which a dangling or foreign handle turns into undefined behaviour
+    /// (a known gap of this safe API, to be replaced by borrowed objects).
     Mem(cl::cl_mem),
     /// A 32-bit unsigned scalar.
     U32(u32),
@@ -28,7 +31,8 @@ pub struct ClKernel {
     kernel: cl::cl_kernel,
 }
 
-// SAFETY: program and kernel handles may move between threads; argument setting needs &mut.
+// SAFETY: program and kernel handles are not tied to a thread; ClKernel is Send only (not Sync),
+// and setting arguments (the one call OpenCL does not make thread safe) takes &mut self.
 unsafe impl Send for ClKernel {}
 
 impl std::fmt::Debug for ClKernel {
@@ -44,7 +48,7 @@ impl ClContext {
         let program = cl3::program::create_program_with_source(self.context(), &[source])
             .map_err(|c| cl_error("clCreateProgramWithSource", c, "creating a program"))?;
         let release_program = |p| {
-            // SAFETY: our program reference.
+            // SAFETY: our own reference to the program created above, released once on this error path.
             let _ = unsafe { cl3::program::release_program(p) };
         };
         if let Err(c) = cl3::program::build_program(program, &[self.device()], c"", None, std::ptr::null_mut()) {
@@ -78,7 +82,9 @@ impl ClKernel {
             return Err(Error::invalid("kernel range", format!("{} dimensions", global.len()), "use 1 to 3"));
         }
         for (i, arg) in args.iter().enumerate() {
-            // SAFETY: each value lives across the call and its size is the one passed.
+            // SAFETY: `&mut self` excludes concurrent clSetKernelArg on this kernel; each value is a local or
+            // a borrowed field that outlives the call, and its size is the one passed. A Mem argument is a
+            // raw cl_mem: the caller must pass a live mem object (see KernelArg::Mem).
             let set = unsafe {
                 match arg {
                     KernelArg::Mem(m) => cl3::kernel::set_kernel_arg(
@@ -97,7 +103,8 @@ impl ClKernel {
             };
             set.map_err(|c| cl_error("clSetKernelArg", c, format!("setting kernel argument {i}")))?;
         }
-        // SAFETY: the kernel's arguments are set; `global` has `len` entries.
+        // SAFETY: the queue and kernel are alive (self); `global` holds work_dim (1 to 3, checked)
+        // entries; no offset, local size or wait list.
         let event = unsafe {
             cl3::command_queue::enqueue_nd_range_kernel(
                 self.ctx.queue(),
@@ -118,7 +125,8 @@ impl ClKernel {
 
 impl Drop for ClKernel {
     fn drop(&mut self) {
-        // SAFETY: our references; enqueued commands keep what they need alive.
+        // SAFETY: our own references, each released once (Drop); commands still queued hold their own
+        // references to the kernel and program.
         unsafe {
             let _ = cl3::kernel::release_kernel(self.kernel);
             let _ = cl3::program::release_program(self.program);

@@ -64,9 +64,10 @@ pub struct ClBuffer {
     allocation_size: u64,
 }
 
-// SAFETY: cl_mem handles are thread-safe OpenCL objects; ClBuffer only releases them in Drop.
+// SAFETY: cl_mem handles are not tied to a thread and OpenCL calls on them are thread safe
+// (OpenCL 3.0 A.2); ClBuffer never changes them and releases them only in Drop.
 unsafe impl Send for ClBuffer {}
-// SAFETY: as above.
+// SAFETY: as for Send.
 unsafe impl Sync for ClBuffer {}
 
 impl std::fmt::Debug for ClBuffer {
@@ -99,7 +100,9 @@ impl ClContext {
         // whatever the driver does with the copy on failure.
         let imported = crate::fd::import_consuming(fd, |raw| {
             let props = properties(self, raw);
-            // SAFETY: the property list is 0-terminated and names an open fd; no host pointer.
+            // SAFETY: the context is alive (self); the property list is a 0-terminated local naming `raw`,
+            // an open fd that import_consuming hands over, and this context's one device; the size is the
+            // whole allocation's (checked <= usize::MAX); no host pointer.
             unsafe {
                 cl3::memory::create_buffer_with_properties(
                     self.context(),
@@ -121,7 +124,8 @@ impl ClContext {
             ClBuffer { ctx: self.clone(), imported, view: None, description: desc, allocation_size: d.allocation_size };
         if desc.offset != 0 || desc.size != d.allocation_size {
             let region = cl::cl_buffer_region { origin: desc.offset as usize, size: desc.size as usize };
-            // SAFETY: `imported` is a valid buffer; the region lies inside it (checked above).
+            // SAFETY: `imported` is the live buffer made above; the region (offset + size <= allocation
+            // size, checked above) is a local passed by pointer for the call; READ_WRITE as its parent.
             let sub = unsafe {
                 cl3::memory::create_sub_buffer(
                     imported,
@@ -138,6 +142,8 @@ impl ClContext {
         Ok(buffer)
     }
 }
+
+impl super::context::sealed::Sealed for ClBuffer {}
 
 impl ExternalMem for ClBuffer {
     fn imported_mem(&self) -> cl_mem {
@@ -188,7 +194,9 @@ impl ClBuffer {
         self.check_range(offset, len as u64)?;
         let mut out = vec![0u8; len];
         self.ctx.acquire(&[self])?;
-        // SAFETY: `out` holds `len` bytes; the range is inside the buffer; blocking read.
+        // SAFETY: the queue and buffer are alive (self); blocking: the call returns only after `len`
+        // bytes were written into `out`, which holds `len` bytes; the range lies inside the buffer (a
+        // range outside would be refused with an error, not read).
         let read = unsafe {
             cl3::command_queue::enqueue_read_buffer(
                 self.ctx.queue(),
@@ -212,7 +220,8 @@ impl ClBuffer {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
         self.ctx.acquire(&[self])?;
-        // SAFETY: `data` holds len bytes; the range is inside the buffer; blocking write.
+        // SAFETY: the queue and buffer are alive (self); blocking: the call has read all `data.len()`
+        // bytes of `data` before returning; the range lies inside the buffer (checked above).
         let written = unsafe {
             cl3::command_queue::enqueue_write_buffer(
                 self.ctx.queue(),
@@ -236,7 +245,7 @@ impl ClBuffer {
 
 pub(crate) fn release_event(event: cl::cl_event) {
     if !event.is_null() {
-        // SAFETY: an event returned to us by an enqueue call.
+        // SAFETY: a non-null event is a new reference an enqueue call returned to us, released once.
         let _ = unsafe { cl3::event::release_event(event) };
     }
 }
@@ -244,7 +253,8 @@ pub(crate) fn release_event(event: cl::cl_event) {
 impl Drop for ClBuffer {
     fn drop(&mut self) {
         for mem in self.view.into_iter().chain(std::iter::once(self.imported)) {
-            // SAFETY: our reference to a mem object we created.
+            // SAFETY: our own reference to a mem object this ClBuffer created, released once (Drop);
+            // commands still queued hold their own references.
             if let Err(c) = unsafe { cl3::memory::release_mem_object(mem) } {
                 self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported buffer"));
             }
@@ -280,9 +290,9 @@ pub struct ClImage {
     description: TextureDescription,
 }
 
-// SAFETY: see ClBuffer.
+// SAFETY: as for ClBuffer: cl_mem handles are thread safe and only released in Drop.
 unsafe impl Send for ClImage {}
-// SAFETY: see ClBuffer.
+// SAFETY: as for ClBuffer.
 unsafe impl Sync for ClImage {}
 
 impl std::fmt::Debug for ClImage {
@@ -335,7 +345,8 @@ impl ClContext {
             TextureDimension::D3 => cl::CL_MEM_OBJECT_IMAGE3D,
         };
         let format = cl_image_format(t.format);
-        // SAFETY: cl_image_desc is a plain C struct; all-zero is its documented default.
+        // SAFETY: cl_image_desc holds integers and a cl_mem (a pointer); all-zero is valid and is its
+        // documented default (no buffer, no pitches).
         let mut desc: cl::cl_image_desc = unsafe { std::mem::zeroed() };
         desc.image_type = image_type;
         desc.image_width = t.extent.width as usize;
@@ -345,7 +356,9 @@ impl ClContext {
         let fd = check_import(self, memory.handle, &d, "OpenCL image import")?;
         let mem = crate::fd::import_consuming(fd, |raw| {
             let props = properties(self, raw);
-            // SAFETY: property list 0-terminated with an open fd; format and desc outlive the call.
+            // SAFETY: the context is alive (self); the property list is a 0-terminated local naming `raw`,
+            // an open fd that import_consuming hands over, and this device; format and desc are locals that
+            // outlive the call; no host pointer.
             unsafe {
                 cl3::memory::create_image_with_properties(
                     self.context(),
@@ -367,6 +380,8 @@ impl ClContext {
         Ok(ClImage { ctx: self.clone(), mem, description: t })
     }
 }
+
+impl super::context::sealed::Sealed for ClImage {}
 
 impl ExternalMem for ClImage {
     fn imported_mem(&self) -> cl_mem {
@@ -418,7 +433,8 @@ impl ClImage {
         let origin = [0usize; 3];
         let region = self.region();
         self.ctx.acquire(&[self])?;
-        // SAFETY: `out` holds the packed image; pitches 0 mean tightly packed.
+        // SAFETY: the queue and image are alive (self); blocking: the call returns after writing the
+        // region's texels, tightly packed (pitches 0), which is packed_size() bytes, the length of `out`.
         let read = unsafe {
             cl3::command_queue::enqueue_read_image(
                 self.ctx.queue(),
@@ -452,7 +468,9 @@ impl ClImage {
         let origin = [0usize; 3];
         let region = self.region();
         self.ctx.acquire(&[self])?;
-        // SAFETY: `data` holds the packed image; pitches 0 mean tightly packed.
+        // SAFETY: the queue and image are alive (self); blocking: the call has read the region's texels,
+        // tightly packed (pitches 0), packed_size() bytes, which is data.len() (checked above); OpenCL
+        // only reads through the pointer despite its mutable type.
         let written = unsafe {
             cl3::command_queue::enqueue_write_image(
                 self.ctx.queue(),
@@ -476,7 +494,8 @@ impl ClImage {
 
 impl Drop for ClImage {
     fn drop(&mut self) {
-        // SAFETY: our reference to a mem object we created.
+        // SAFETY: our own reference to a mem object this ClImage created, released once (Drop);
+        // commands still queued hold their own references.
         if let Err(c) = unsafe { cl3::memory::release_mem_object(self.mem) } {
             self.ctx.inner.defer_error(cl_error("clReleaseMemObject", c, "releasing an imported image"));
         }

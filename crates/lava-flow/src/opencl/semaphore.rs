@@ -15,9 +15,10 @@ pub struct ClSemaphore {
     semaphore: cl::cl_semaphore_khr,
 }
 
-// SAFETY: cl_semaphore_khr objects are thread-safe OpenCL objects.
+// SAFETY: cl_semaphore_khr handles are not tied to a thread and OpenCL calls on them are thread
+// safe (OpenCL 3.0 A.2); the handle is never changed and released only in Drop.
 unsafe impl Send for ClSemaphore {}
-// SAFETY: as above.
+// SAFETY: as for Send.
 unsafe impl Sync for ClSemaphore {}
 
 impl std::fmt::Debug for ClSemaphore {
@@ -70,7 +71,9 @@ impl ClContext {
                 }
                 props.extend([cl::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR as u64, raw as u64, 0]);
                 let mut code: cl::cl_int = cl::CL_SUCCESS;
-                // SAFETY: the property list is 0-terminated; `raw` is an open fd handed to OpenCL.
+                // SAFETY: `create` came from this platform (ExtFns); the context is alive; the property list
+                // is a 0-terminated local naming `raw`, an open fd that import_consuming hands over; `code` is a
+                // valid out-pointer.
                 let sem = unsafe { create(self.context(), props.as_ptr(), &mut code) };
                 if code != cl::CL_SUCCESS || sem.is_null() {
                     return Err(cl_error("clCreateSemaphoreWithPropertiesKHR", code, "importing a binary semaphore"));
@@ -136,7 +139,9 @@ impl ClSemaphore {
             )
         })?;
         let mut event: cl::cl_event = std::ptr::null_mut();
-        // SAFETY: queue and semaphore are valid; binary semaphores take no payload list.
+        // SAFETY: the entry point came from this platform (ExtFns); the queue and semaphore are alive
+        // (self); one semaphore, no payload list (binary semaphores take none), no wait list; `event` is
+        // a valid out-pointer.
         let code =
             unsafe { f(self.ctx.queue(), 1, &self.semaphore, std::ptr::null(), 0, std::ptr::null(), &mut event) };
         release_event(event);
@@ -150,7 +155,7 @@ impl ClSemaphore {
 impl Drop for ClSemaphore {
     fn drop(&mut self) {
         if let Some(release) = self.ctx.inner.ext.release_semaphore {
-            // SAFETY: our reference to a semaphore we created.
+            // SAFETY: our own reference to a semaphore this ClSemaphore imported, released once (Drop).
             let code = unsafe { release(self.semaphore) };
             if code != cl::CL_SUCCESS {
                 self.ctx.inner.defer_error(cl_error("clReleaseSemaphoreKHR", code, "releasing a semaphore"));

@@ -450,22 +450,27 @@ impl BufferPool {
             .size(options.size)
             .usage(options.usage)
             .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        if let Some(kind) = options.export {
+        // A handle type the driver cannot export (or whose extension is off) may not be named in
+        // vkCreateBuffer; such a request is refused below (`exportable`), whatever the probe says.
+        if let Some(kind) = options.export.filter(|_| caps.is_none_or(|c| c.exportable)) {
             external = external.handle_types(vk_memory_handle_type(kind));
             info = info.push_next(&mut external);
         }
-        // SAFETY: info and its chain live across the call.
+        // SAFETY: `info` and its chain are locals that outlive the call; size > 0 and usage non-empty
+        // (allocate_pooled, refusal), and the external chain names only a handle type the capability
+        // query reports exportable.
         let probe = unsafe { ctx.device().create_buffer(&info, None) }.map_err(|r| {
             Error::vk("vkCreateBuffer", r, format!("creating a {}-byte buffer to learn its requirements", options.size))
         })?;
         let mut dedicated = vk::MemoryDedicatedRequirements::default();
         let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
         let query = vk::BufferMemoryRequirementsInfo2::default().buffer(probe);
-        // SAFETY: probe belongs to the device; the out chain lives across the call.
+        // SAFETY: `probe` was just created on ctx's device and is alive; the requirements struct and its
+        // chain are locals that outlive the call.
         unsafe { ctx.device().get_buffer_memory_requirements2(&query, &mut reqs2) };
         let r = reqs2.memory_requirements;
         let requires_dedicated = dedicated.requires_dedicated_allocation == vk::TRUE;
-        // SAFETY: the probe is unbound and unused.
+        // SAFETY: the probe was never bound or used by a command; it is destroyed once, here.
         unsafe { ctx.device().destroy_buffer(probe, None) };
         let reqs = Requirements {
             size: r.size,
@@ -538,6 +543,13 @@ fn place(blocks: &[Arc<Block>], size: u64, align: u64) -> Option<(Arc<Block>, Al
 /// Options that rule pooling out whatever the driver says.
 fn refusal(options: &BufferOptions) -> Option<Error> {
     let what = || format!("a pooled {}-byte buffer", options.size);
+    if options.usage.is_empty() {
+        return Some(Error::invalid(
+            what(),
+            "Vulkan requires at least one usage flag (VUID-VkBufferCreateInfo-None-09500)",
+            "give it a usage, for example lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE",
+        ));
+    }
     if options.memory == MemoryKind::SharedHost {
         return Some(Error::invalid(
             what(),

@@ -334,7 +334,8 @@ fn buffer_requirements(ctx: &VulkanContext, buffer: vk::Buffer) -> Requirements 
     let mut dedicated = vk::MemoryDedicatedRequirements::default();
     let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
     let info = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
-    // SAFETY: buffer belongs to the device; the out chain lives across the call.
+    // SAFETY: `buffer` was created on ctx's device and is alive (callers destroy it only after); the
+    // requirements struct and its dedicated-requirements chain are locals that outlive the call.
     unsafe { ctx.device().get_buffer_memory_requirements2(&info, &mut reqs2) };
     Requirements {
         reqs: reqs2.memory_requirements,
@@ -349,13 +350,21 @@ fn create_vk_buffer(
     usage: vk::BufferUsageFlags,
     kind: Option<MemoryHandleKind>,
 ) -> Result<vk::Buffer> {
+    if usage.is_empty() {
+        return Err(Error::invalid(
+            format!("a buffer of {size} bytes with no usage"),
+            "Vulkan requires at least one usage flag (VUID-VkBufferCreateInfo-None-09500)",
+            "give it a usage, for example lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE",
+        ));
+    }
     let mut external = vk::ExternalMemoryBufferCreateInfo::default();
     let mut info = vk::BufferCreateInfo::default().size(size).usage(usage).sharing_mode(vk::SharingMode::EXCLUSIVE);
     if let Some(kind) = kind {
         external = external.handle_types(vk_memory_handle_type(kind));
         info = info.push_next(&mut external);
     }
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: `info` and its ExternalMemoryBufferCreateInfo chain are locals that outlive the call;
+    // size > 0 (check_size or bind_at) and usage is non-empty (checked above).
     unsafe { ctx.device().create_buffer(&info, None) }
         .map_err(|r| Error::vk("vkCreateBuffer", r, format!("creating a buffer of {size} bytes")))
 }
@@ -404,7 +413,8 @@ impl Buffer {
                 on_drop: None,
             }),
             Err(e) => {
-                // SAFETY: the buffer is unbound and unused.
+                // SAFETY: bind_new_memory failed, so the buffer was never bound or used by a command; nothing
+                // else holds its handle.
                 unsafe { ctx.device().destroy_buffer(buffer, None) };
                 Err(e)
             }
@@ -419,9 +429,16 @@ impl Buffer {
         dedicated_only: bool,
     ) -> Result<(DeviceMemory, u64)> {
         let r = buffer_requirements(ctx, buffer);
+        let total = r.reqs.size.checked_add(options.allocation_padding).ok_or_else(|| {
+            Error::invalid(
+                format!("a buffer of {} bytes with {} bytes of padding", options.size, options.allocation_padding),
+                "the total overflows a 64-bit size",
+                "ask for less padding",
+            )
+        })?;
         let memory = if options.memory == MemoryKind::SharedHost {
             let align = ctx.host_import_alignment().unwrap_or(4096).max(r.reqs.alignment);
-            let host = SharedHostMemory::create(r.reqs.size + options.allocation_padding, align)?;
+            let host = SharedHostMemory::create(total, align)?;
             DeviceMemory::import_host(ctx, host, None)?
         } else {
             let choice = MemoryChoice {
@@ -432,9 +449,22 @@ impl Buffer {
                 target: DedicatedTo::Buffer(buffer),
                 what: "buffer",
             };
-            allocate_for(ctx, &r, r.reqs.size + options.allocation_padding, &choice)?
+            allocate_for(ctx, &r, total, &choice)?
         };
-        // SAFETY: fresh buffer, memory large enough, offset 0 is aligned.
+        if r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+            // Host memory's type comes from vkGetMemoryHostPointerPropertiesEXT, not from the
+            // buffer's requirements: check the buffer accepts it.
+            return Err(Error::unsupported(
+                format!("a buffer in memory type {}", memory.memory_type_index()),
+                format!("the buffer allows only memory types {:#b}", r.reqs.memory_type_bits),
+                "VUID-vkBindBufferMemory-memory-01035",
+                "use another memory kind for this buffer",
+            ));
+        }
+        // SAFETY: the buffer was just created and is unbound; the memory holds at least
+        // r.reqs.size bytes (total >= r.reqs.size), is of a type the buffer accepts (allocate_for
+        // picks from memory_type_bits; host memory checked above), and offset 0 is aligned. A
+        // dedicated allocation was made for this very buffer.
         unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), 0) }
             .map_err(|r| Error::vk("vkBindBufferMemory", r, "binding a new buffer"))?;
         Ok((memory, r.reqs.alignment))
@@ -450,15 +480,32 @@ impl Buffer {
         on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
     ) -> Result<Buffer> {
         let ctx = memory.context().clone();
+        if size == 0 {
+            return Err(Error::invalid(
+                "a buffer of 0 bytes",
+                "Vulkan forbids zero-sized resources (VUID-VkBufferCreateInfo-size-00912)",
+                "ask for at least one byte",
+            ));
+        }
+        if memory.dedicated() {
+            return Err(Error::invalid(
+                format!("a buffer bound at offset {offset} of a dedicated allocation"),
+                "a dedicated allocation may be bound only to the resource it was made for \
+                 (VUID-vkBindBufferMemory-memory-01508)",
+                "bind buffers into memory allocated without a dedicated resource (a pool block)",
+            ));
+        }
         let kind = memory.external_handle_kind();
         let buffer = create_vk_buffer(&ctx, size, usage, kind)?;
         let r = buffer_requirements(&ctx, buffer);
         let fail = |e: Error| {
-            // SAFETY: the buffer is unbound and unused.
+            // SAFETY: the buffer was created just above and never bound or used by a command.
             unsafe { ctx.device().destroy_buffer(buffer, None) };
             Err(e)
         };
-        if offset % r.reqs.alignment.max(1) != 0 || offset + r.reqs.size > memory.size() {
+        if offset % r.reqs.alignment.max(1) != 0
+            || offset.checked_add(r.reqs.size).is_none_or(|end| end > memory.size())
+        {
             return fail(Error::invalid(
                 format!("a {size}-byte buffer at offset {offset} of a {}-byte allocation", memory.size()),
                 format!(
@@ -478,7 +525,8 @@ impl Buffer {
                 "allocate the block from a memory type buffers accept",
             ));
         }
-        // SAFETY: checked alignment, size and type above.
+        // SAFETY: the buffer is fresh and unbound; offset is aligned, offset + requirements fit the
+        // allocation and the memory type is allowed (all checked above); the memory is not dedicated.
         if let Err(r) = unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), offset) } {
             return fail(Error::vk("vkBindBufferMemory", r, format!("binding a buffer at offset {offset}")));
         }
@@ -509,6 +557,13 @@ impl Buffer {
                 "pass the buffer description the exporter gave, unchanged",
             ));
         }
+        if d.dedicated && desc.offset != 0 {
+            return Err(Error::invalid(
+                format!("a buffer at offset {} of a dedicated allocation", desc.offset),
+                "a dedicated allocation is bound to its buffer at offset 0 (VUID-vkBindBufferMemory-memory-01508)",
+                "pass the buffer description the exporter gave, unchanged",
+            ));
+        }
         raw_gpu_handle::check_compatible(d.handle_kind, &d.device, &ctx.identity())?;
         let buffer = create_vk_buffer(ctx, desc.size, usage, Some(d.handle_kind))?;
         let imported = if d.dedicated {
@@ -519,18 +574,37 @@ impl Buffer {
         let memory = match imported {
             Ok(m) => Arc::new(m),
             Err(e) => {
-                // SAFETY: the buffer is unbound and unused.
+                // SAFETY: the import failed, so the buffer was never bound or used by a command.
                 unsafe { ctx.device().destroy_buffer(buffer, None) };
                 return Err(e);
             }
         };
-        // SAFETY: destroying the probe buffer: bind_at creates the real one with the same params.
-        // (Dedicated imports are bound to this very buffer, so keep it for them.)
+        // Dedicated imports are bound to this very buffer; otherwise the probe buffer is destroyed
+        // and bind_at creates the real one with the same parameters.
         if d.dedicated {
             let r = buffer_requirements(ctx, buffer);
-            // SAFETY: dedicated memory bound at offset 0 to the buffer it was imported for.
+            if r.reqs.size > memory.size() || r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+                // SAFETY: the buffer was created above and never bound or used; the memory (the
+                // Arc) is dropped after it, which Vulkan allows for a buffer that was never bound.
+                unsafe { ctx.device().destroy_buffer(buffer, None) };
+                return Err(Error::invalid(
+                    format!("a {}-byte buffer dedicated to a {}-byte allocation", desc.size, memory.size()),
+                    format!(
+                        "the buffer needs {} bytes of memory types {:#b}, and the allocation is {} bytes of type {} \
+                         (VUID-vkBindBufferMemory-size-01037, -memory-01035)",
+                        r.reqs.size,
+                        r.reqs.memory_type_bits,
+                        memory.size(),
+                        memory.memory_type_index()
+                    ),
+                    "import with the exporter's usage and description, unchanged",
+                ));
+            }
+            // SAFETY: the memory was imported dedicated to this very buffer (DedicatedTo::Buffer
+            // above), is bound at offset 0 (a non-zero offset was refused above), is large enough
+            // and of a type the buffer accepts (checked just above); the buffer is unbound.
             if let Err(e) = unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), desc.offset) } {
-                // SAFETY: the buffer is unbound and unused.
+                // SAFETY: the bind failed, so the buffer is unbound and no command uses it.
                 unsafe { ctx.device().destroy_buffer(buffer, None) };
                 return Err(Error::vk("vkBindBufferMemory", e, "binding an imported dedicated buffer"));
             }
@@ -545,7 +619,7 @@ impl Buffer {
                 on_drop: None,
             });
         }
-        // SAFETY: the buffer is unbound and unused.
+        // SAFETY: the probe buffer was never bound or used by a command; bind_at makes the real one.
         unsafe { ctx.device().destroy_buffer(buffer, None) };
         Self::bind_at(memory, desc.offset, desc.size, usage, None)
     }
@@ -646,6 +720,20 @@ impl Buffer {
         Ok(MappedBuffer { ptr, len: self.size as usize, buffer: self })
     }
 
+    fn check_usage(&self, needed: vk::BufferUsageFlags, what: &str) -> Result<()> {
+        if !self.usage.contains(needed) {
+            return Err(Error::invalid(
+                format!("{what} a buffer on the GPU"),
+                format!(
+                    "the buffer was created with usage {:?}, without {needed:?} (vkCmdFillBuffer, vkCmdCopyBuffer)",
+                    self.usage
+                ),
+                "create the buffer with the transfer usages (the default usage has them)",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_range(&self, offset: u64, len: u64, what: &str) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(Error::invalid(
@@ -720,10 +808,16 @@ impl Buffer {
 
     /// Fills the whole buffer with a repeated 32-bit value on the GPU (`vkCmdFillBuffer`).
     pub fn fill(&self, value: u32) -> Result<()> {
+        self.check_usage(vk::BufferUsageFlags::TRANSFER_DST, "filling")?;
         let size = self.size & !3;
+        if size == 0 {
+            // Fewer than 4 bytes: no whole 32-bit value fits (vkCmdFillBuffer needs size > 0).
+            return Ok(());
+        }
         self.ctx.run_commands(|dev, cmd| {
             record_acquire(dev, cmd, self, self.ctx.queue_family_index());
-            // SAFETY: the buffer has TRANSFER_DST usage by default; size is a multiple of 4.
+            // SAFETY: cmd is recording (run_commands); the buffer is alive for the call, has TRANSFER_DST
+            // usage (checked above), and offset 0 and size (> 0, a multiple of 4, within the buffer) are valid.
             unsafe { dev.cmd_fill_buffer(cmd, self.buffer, 0, size, value) };
             record_release(dev, cmd, self, self.ctx.queue_family_index());
         })
@@ -738,6 +832,19 @@ impl Buffer {
     pub fn copy_region_to(&self, src_offset: u64, dst: &Buffer, dst_offset: u64, len: u64) -> Result<()> {
         self.check_range(src_offset, len, "copying")?;
         dst.check_range(dst_offset, len, "copying")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.check_usage(vk::BufferUsageFlags::TRANSFER_SRC, "copying from")?;
+        dst.check_usage(vk::BufferUsageFlags::TRANSFER_DST, "copying into")?;
+        let (src_at, dst_at) = (self.offset + src_offset, dst.offset + dst_offset);
+        if self.memory.handle() == dst.memory.handle() && src_at < dst_at + len && dst_at < src_at + len {
+            return Err(Error::invalid(
+                format!("a copy of {len} bytes from memory offset {src_at} to {dst_at}"),
+                "the source and destination overlap in memory (VUID-vkCmdCopyBuffer-pRegions-00117)",
+                "copy between ranges that do not overlap, through a temporary buffer if need be",
+            ));
+        }
         if self.ctx.device().handle() != dst.ctx.device().handle() {
             return Err(Error::invalid(
                 "a copy between buffers of two devices",
@@ -750,7 +857,8 @@ impl Buffer {
             record_acquire(dev, cmd, self, qf);
             record_acquire(dev, cmd, dst, qf);
             let region = [vk::BufferCopy { src_offset, dst_offset, size: len }];
-            // SAFETY: both buffers are live, ranges checked, usages include transfer by default.
+            // SAFETY: cmd is recording; both buffers are alive, of this device, with TRANSFER_SRC / DST usage;
+            // the region is inside both (check_range), non-empty, and the ranges do not overlap in memory.
             unsafe { dev.cmd_copy_buffer(cmd, self.buffer, dst.buffer, &region) };
             record_release(dev, cmd, self, qf);
             record_release(dev, cmd, dst, qf);
@@ -769,7 +877,8 @@ fn record_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, qu
         .buffer(buffer.buffer)
         .offset(0)
         .size(vk::WHOLE_SIZE);
-    // SAFETY: cmd is recording; the barrier names a live buffer.
+    // SAFETY: cmd is recording (callers run inside run_commands) and `buffer` is a live buffer of
+    // that device; the barrier array is a local that outlives the call.
     unsafe {
         dev.cmd_pipeline_barrier(
             cmd,
@@ -794,7 +903,8 @@ fn record_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, qu
         .buffer(buffer.buffer)
         .offset(0)
         .size(vk::WHOLE_SIZE);
-    // SAFETY: cmd is recording; the barrier names a live buffer.
+    // SAFETY: cmd is recording (callers run inside run_commands) and `buffer` is a live buffer of
+    // that device; the barrier array is a local that outlives the call.
     unsafe {
         dev.cmd_pipeline_barrier(
             cmd,
@@ -810,8 +920,9 @@ fn record_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, qu
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: lava-flow waits for its own submissions; users must not drop a buffer their own
-        // pending GPU work uses (as with any Vulkan buffer).
+        // SAFETY: Drop has the buffer exclusively (external sync of vkDestroyBuffer). lava-flow's own work
+        // on it finished before each call returned (run_commands waits); work a user recorded with
+        // the handle is theirs to finish, by the contract of the unsafe ash calls that recorded it.
         unsafe { self.ctx.device().destroy_buffer(self.buffer, None) };
         if let Some(f) = self.on_drop.take() {
             f();

@@ -90,7 +90,8 @@ pub fn buffer_capabilities(
     }
     let info = vk::PhysicalDeviceExternalBufferInfo::default().usage(usage).handle_type(vk_memory_handle_type(kind));
     let mut out = vk::ExternalBufferProperties::default();
-    // SAFETY: info and out are valid for the call; the physical device belongs to the instance.
+    // SAFETY: the physical device was enumerated from the context's instance, which the context keeps
+    // alive; `info` (handle type enabled on the device, checked above) and `out` outlive the call.
     unsafe { ctx.instance().get_physical_device_external_buffer_properties(ctx.physical_device(), &info, &mut out) };
     ExternalCapabilities::from_vk(kind, out.external_memory_properties)
 }
@@ -143,7 +144,8 @@ pub fn image_capabilities(
     }
     let mut external_props = vk::ExternalImageFormatProperties::default();
     let mut props = vk::ImageFormatProperties2::default().push_next(&mut external_props);
-    // SAFETY: the structs and their chains live across the call.
+    // SAFETY: the physical device belongs to the context's instance, alive while ctx is; the external
+    // image info is chained only when its handle kind's extension is enabled; all locals outlive the call.
     let r = unsafe {
         ctx.instance().get_physical_device_image_format_properties2(ctx.physical_device(), &info, &mut props)
     };
@@ -173,6 +175,36 @@ pub fn image_capabilities(
         ExternalCapabilities::none(kind)
     };
     Ok((caps, limits))
+}
+
+/// `vkGetPhysicalDeviceImageFormatProperties2` without external memory: the limits of a private
+/// image of `query`, or [`Error::Unsupported`] where the driver cannot create it at all.
+pub(crate) fn image_limits(ctx: &VulkanContext, query: ImageQuery) -> Result<ImageLimits> {
+    let info = vk::PhysicalDeviceImageFormatInfo2::default()
+        .format(query.format)
+        .ty(query.image_type)
+        .tiling(query.tiling)
+        .usage(query.usage)
+        .flags(query.flags);
+    let mut props = vk::ImageFormatProperties2::default();
+    // SAFETY: the physical device was enumerated from the context's instance, which the context
+    // keeps alive; `info` and `props` are locals with empty pNext chains that outlive the call.
+    let r = unsafe {
+        ctx.instance().get_physical_device_image_format_properties2(ctx.physical_device(), &info, &mut props)
+    };
+    match r {
+        Ok(()) => Ok(ImageLimits {
+            max_extent: props.image_format_properties.max_extent,
+            max_array_layers: props.image_format_properties.max_array_layers,
+        }),
+        Err(vk::Result::ERROR_FORMAT_NOT_SUPPORTED) => Err(Error::unsupported(
+            format!("{:?} {:?} {:?} image with usage {:?}", query.format, query.image_type, query.tiling, query.usage),
+            "the driver cannot create it (VK_ERROR_FORMAT_NOT_SUPPORTED)",
+            "vkGetPhysicalDeviceImageFormatProperties2",
+            "try optimal tiling, a 2D image, fewer layers or another format",
+        )),
+        Err(e) => Err(Error::vk("vkGetPhysicalDeviceImageFormatProperties2", e, "querying image limits")),
+    }
 }
 
 /// The memory handle kinds lava-flow knows, for tables.

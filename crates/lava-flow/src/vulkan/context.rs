@@ -168,7 +168,8 @@ impl std::fmt::Debug for VulkanContext {
 }
 
 fn load_entry() -> Result<ash::Entry> {
-    // SAFETY: loading libvulkan runs its initialisers; the Vulkan loader is designed for dlopen.
+    // SAFETY: ash::Entry::load's contract is that the library it opens is a conforming Vulkan loader:
+    // libvulkan.so.1 is that by its soname, and the loader is made to be dlopen'ed at any time.
     unsafe { ash::Entry::load() }.map_err(|e| Error::LibraryUnavailable {
         library: "libvulkan.so.1",
         reason: e.to_string(),
@@ -177,7 +178,7 @@ fn load_entry() -> Result<ash::Entry> {
 }
 
 fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
-    // SAFETY: plain query of the loader's version.
+    // SAFETY: a global command with no handles or pointers in; `entry` holds the loader library open.
     let loader_version = unsafe { entry.try_enumerate_instance_version() }
         .map_err(|r| Error::vk("vkEnumerateInstanceVersion", r, "querying the Vulkan loader"))?
         .unwrap_or(vk::API_VERSION_1_0);
@@ -195,7 +196,7 @@ fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
         .engine_name(c"lava-flow")
         .api_version(api_version);
     let create_info = vk::InstanceCreateInfo::default().application_info(&app_info);
-    // SAFETY: create_info and what it points to live across the call.
+    // SAFETY: create_info points only at app_info and static C strings, all alive across the call.
     unsafe { entry.create_instance(&create_info, None) }.map_err(|r| {
         let mut e = Error::vk("vkCreateInstance", r, "creating a Vulkan instance");
         if r == vk::Result::ERROR_INCOMPATIBLE_DRIVER {
@@ -234,7 +235,7 @@ fn cstr_field(bytes: &[std::ffi::c_char]) -> String {
 fn describe(instance: &ash::Instance, physical: vk::PhysicalDevice, index: usize) -> Result<PhysicalDeviceInfo> {
     let mut id_props = vk::PhysicalDeviceIDProperties::default();
     let mut driver_props = vk::PhysicalDeviceDriverProperties::default();
-    // SAFETY: physical came from this instance.
+    // SAFETY: `physical` was enumerated from `instance`, which the caller keeps alive across this function.
     let basic = unsafe { instance.get_physical_device_properties(physical) };
     let has_driver_props = basic.api_version >= vk::API_VERSION_1_2;
     {
@@ -242,17 +243,19 @@ fn describe(instance: &ash::Instance, physical: vk::PhysicalDevice, index: usize
         if has_driver_props {
             props2 = props2.push_next(&mut driver_props);
         }
-        // SAFETY: the chained structs live across the call.
+        // SAFETY: the pNext chain points at locals that outlive the call; the instance is Vulkan 1.1 (ID
+        // properties are core there) and driver properties are chained only for devices of 1.2 or later.
         unsafe { instance.get_physical_device_properties2(physical, &mut props2) };
     }
-    // SAFETY: physical came from this instance.
+    // SAFETY: `physical` was enumerated from `instance`, which is alive for the whole function.
     let exts = unsafe { instance.enumerate_device_extension_properties(physical) }
         .map_err(|r| Error::vk("vkEnumerateDeviceExtensionProperties", r, "listing device extensions"))?;
     let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
     let mut timeline = vk::PhysicalDeviceTimelineSemaphoreFeatures::default();
     if basic.api_version >= vk::API_VERSION_1_2 {
         let mut features2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut timeline);
-        // SAFETY: the chained struct lives across the call.
+        // SAFETY: only on devices of Vulkan 1.2 or later, where the timeline features struct is core; the
+        // chained local outlives the call.
         unsafe { instance.get_physical_device_features2(physical, &mut features2) };
     }
     Ok(PhysicalDeviceInfo {
@@ -295,12 +298,13 @@ impl VulkanContext {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
         let result = (|| {
-            // SAFETY: instance is valid.
+            // SAFETY: `instance` was created just above and is destroyed only after this closure returns.
             let physicals = unsafe { instance.enumerate_physical_devices() }
                 .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
             physicals.iter().enumerate().map(|(i, p)| describe(&instance, *p, i)).collect()
         })();
-        // SAFETY: nothing made from the instance outlives this function.
+        // SAFETY: `instance` came from create_instance above; describe() created no child objects, and the
+        // physical handles it returned are dropped with the closure, so nothing outlives the instance.
         unsafe { instance.destroy_instance(None) };
         result
     }
@@ -339,8 +343,9 @@ impl VulkanContext {
         match Self::open_device(entry.clone(), instance.clone(), options) {
             Ok(ctx) => Ok(ctx),
             Err(e) => {
-                // SAFETY: open_device failed before any device was created from the instance, or
-                // destroyed what it created; `entry` still holds the library.
+                // SAFETY: every error path of open_device returns before vkCreateDevice succeeds, or destroys the
+                // device first (the command pool path), so the instance has no children; `entry` keeps the loader
+                // loaded until after the call.
                 unsafe { instance.destroy_instance(None) };
                 drop(entry);
                 Err(e)
@@ -350,7 +355,7 @@ impl VulkanContext {
 
     fn open_device(entry: ash::Entry, instance: ash::Instance, options: &ContextOptions) -> Result<VulkanContext> {
         let selector = options.selector;
-        // SAFETY: instance is valid.
+        // SAFETY: `instance` is the one with_options created and keeps alive until this function returns.
         let physicals = unsafe { instance.enumerate_physical_devices() }
             .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
         let infos: Vec<PhysicalDeviceInfo> =
@@ -395,7 +400,7 @@ impl VulkanContext {
             });
         };
         let physical = physicals[info.index];
-        // SAFETY: physical came from this instance.
+        // SAFETY: `physical` was enumerated from `instance` above and is an index into that list.
         let families = unsafe { instance.get_physical_device_queue_family_properties(physical) };
         let queue_family = families
             .iter()
@@ -441,31 +446,33 @@ impl VulkanContext {
         if ext.timeline_semaphore {
             create_info = create_info.push_next(&mut timeline);
         }
-        // SAFETY: create_info and its chain live across the call; physical is from instance.
+        // SAFETY: the create info and its chain (queue_info, priorities, names, timeline) are locals that
+        // outlive the call; the extension names are 'static; `physical` is from `instance`.
         let device = unsafe { instance.create_device(physical, &create_info, None) }
             .map_err(|r| Error::vk("vkCreateDevice", r, format!("opening {}", info.name)))?;
-        // SAFETY: the queue family was requested with one queue.
+        // SAFETY: the device was created with one queue (index 0) of `queue_family`.
         let queue = unsafe { device.get_device_queue(queue_family, 0) };
         let pool_info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(queue_family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER | vk::CommandPoolCreateFlags::TRANSIENT);
-        // SAFETY: device is valid.
+        // SAFETY: `device` was just created and is alive; pool_info names its queue family.
         let command_pool = match unsafe { device.create_command_pool(&pool_info, None) } {
             Ok(p) => p,
             Err(r) => {
-                // SAFETY: nothing was created from the device yet.
+                // SAFETY: the pool failed, so the device has no children yet, and nothing else holds it.
                 unsafe { device.destroy_device(None) };
                 return Err(Error::vk("vkCreateCommandPool", r, "creating lava-flow's command pool"));
             }
         };
-        // SAFETY: physical is from instance.
+        // SAFETY: `physical` was enumerated from `instance`, which is alive.
         let memory_properties = unsafe { instance.get_physical_device_memory_properties(physical) };
-        // SAFETY: physical is from instance.
+        // SAFETY: `physical` was enumerated from `instance`, which is alive.
         let limits = unsafe { instance.get_physical_device_properties(physical) }.limits;
         let host_import_alignment = ext.external_memory_host.then(|| {
             let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
             let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
-            // SAFETY: the chained struct lives across the call.
+            // SAFETY: the device offers VK_EXT_external_memory_host (ext says so), so its properties struct is
+            // a valid pNext of Properties2; the chained local outlives the call.
             unsafe { instance.get_physical_device_properties2(physical, &mut props2) };
             host.min_imported_host_pointer_alignment
         });
@@ -564,7 +571,8 @@ impl VulkanContext {
         let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
         let count = {
             let mut props2 = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
-            // SAFETY: the physical device is from this instance; the chained struct lives across the call.
+            // SAFETY: `physical` belongs to the instance self owns; the budget struct is chained only when the
+            // device has VK_EXT_memory_budget (checked above) and outlives the call.
             unsafe { self.inner.instance.get_physical_device_memory_properties2(self.inner.physical, &mut props2) };
             props2.memory_properties.memory_heap_count as usize
         };
@@ -629,39 +637,41 @@ impl VulkanContext {
             .command_pool(*pool)
             .level(vk::CommandBufferLevel::PRIMARY)
             .command_buffer_count(1);
-        // SAFETY: the pool is locked and belongs to device.
+        // SAFETY: the pool's mutex is held (`pool`), which is the external synchronization
+        // vkAllocateCommandBuffers requires; the pool belongs to this device.
         let cmd = unsafe { device.allocate_command_buffers(&alloc) }
             .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
         let result = (|| {
             let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            // SAFETY: cmd is fresh and its pool is locked.
+            // SAFETY: cmd was just allocated (initial state) from the pool whose mutex we hold.
             unsafe { device.begin_command_buffer(cmd, &begin) }
                 .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
             record(device, cmd);
-            // SAFETY: cmd is recording.
+            // SAFETY: cmd is in the recording state (begun above); the pool's mutex is still held.
             unsafe { device.end_command_buffer(cmd) }
                 .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
-            // SAFETY: device is valid.
+            // SAFETY: the device is alive (self holds it); the create info is a default local.
             let fence = unsafe { device.create_fence(&vk::FenceCreateInfo::default(), None) }
                 .map_err(|r| Error::vk("vkCreateFence", r, "creating a fence"))?;
             let cmds = [cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
             let submitted = self.with_queue(|q| {
-                // SAFETY: queue locked; cmd is executable; fence unsignalled.
+                // SAFETY: with_queue holds the queue mutex (vkQueueSubmit needs the queue externally synchronized);
+                // cmd is executable (ended above) and the fence is fresh and unsignalled; `submit` outlives the call.
                 unsafe { device.queue_submit(q, &submit, fence) }
             });
-            let waited = submitted
-                .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting commands"))
-                // SAFETY: fence is valid.
-                .and_then(|_| {
-                    unsafe { device.wait_for_fences(&[fence], true, u64::MAX) }
-                        .map_err(|r| Error::vk("vkWaitForFences", r, "waiting for commands"))
-                });
-            // SAFETY: the fence is no longer in use (signalled, or never submitted).
+            let waited = submitted.map_err(|r| Error::vk("vkQueueSubmit", r, "submitting commands")).and_then(|_| {
+                // SAFETY: the fence belongs to this device and is alive until destroyed below.
+                unsafe { device.wait_for_fences(&[fence], true, u64::MAX) }
+                    .map_err(|r| Error::vk("vkWaitForFences", r, "waiting for commands"))
+            });
+            // SAFETY: a wait with no timeout returns only once the fence signalled or the device is lost, and a
+            // fence that was never submitted is unused: either way no queue operation still refers to it.
             unsafe { device.destroy_fence(fence, None) };
             waited
         })();
-        // SAFETY: the command buffer finished (or never ran); its pool is locked.
+        // SAFETY: cmd is not pending (it completed, was never submitted, or the device is lost, see above)
+        // and its pool's mutex is still held.
         unsafe { device.free_command_buffers(*pool, &[cmd]) };
         result
     }
@@ -703,9 +713,9 @@ impl VulkanContext {
 
 impl Drop for ContextInner {
     fn drop(&mut self) {
-        // SAFETY: this is the last reference: every object made from the device is gone (each
-        // holds an Arc to this). Errors from the idle wait cannot be reported and are ignored:
-        // destroying after a lost device is still valid.
+        // SAFETY: &mut self on the last Arc: every lava-flow object made from the device holds that Arc, so
+        // they are all gone and no other thread can reach the queue or pool. Destroy order is children
+        // first. Errors from the idle wait are ignored: destroying after a lost device is still valid.
         unsafe {
             let _ = self.device.device_wait_idle();
             let pool = *self.command_pool.get_mut().unwrap_or_else(|p| p.into_inner());

@@ -60,9 +60,11 @@ pub struct SharedHostMemory {
 // promise exclusivity, so moving the owner to another thread cannot create a reference race.
 unsafe impl Send for SharedHostMemory {}
 // SAFETY: what `&self` offers is sound from several threads at once: `read`/`read_into` make
-// volatile copies (bytes may be torn by a concurrent writer, never UB, see the module docs),
-// `as_ptr` hands out a raw pointer, and the atomics of `ipc::shm` are atomics. Writing takes
-// `&mut self`, and the only `&[u8]` is `unsafe`, under a contract the caller keeps.
+// volatile copies (bytes may be torn by a writer in another process or device, see the module
+// docs), `as_ptr` hands out a raw pointer, and the atomics of `ipc::shm` are atomics. Writing takes
+// `&mut self`, and the only `&[u8]` is `unsafe`, under a contract the caller keeps. A copy that
+// overlaps in time with `ipc::shm` atomics on the same bytes in this process would be a data race
+// under Rust's memory model (volatile is not atomic): protocols keep the two apart (ipc/shm.rs).
 unsafe impl Sync for SharedHostMemory {}
 
 impl std::fmt::Debug for SharedHostMemory {
@@ -126,7 +128,8 @@ impl SharedHostMemory {
         let len_usize = usize::try_from(len).map_err(|_| {
             Error::invalid(format!("a mapping of {len} bytes"), "it exceeds the address space", "map less")
         })?;
-        // SAFETY: a fresh shared mapping chosen by the kernel; nothing else lives at that address.
+        // SAFETY: a null hint lets the kernel pick an unused range, so the new mapping replaces no memory
+        // Rust knows about; `fd` is an open fd we own and len_usize > 0 (callers refuse size 0).
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),

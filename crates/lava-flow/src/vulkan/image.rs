@@ -17,7 +17,7 @@ use raw_gpu_handle::{
 use super::buffer::{
     allocate_for, check_size, Buffer, BufferOptions, DedicatedPolicy, MemoryChoice, MemoryKind, Requirements,
 };
-use super::caps::{image_capabilities, ImageQuery};
+use super::caps::{image_capabilities, image_limits, ImageQuery};
 use super::format::{vk_format, vk_image_type, vk_memory_handle_type};
 use super::memory::{DedicatedTo, DeviceMemory};
 use crate::{Error, Result, VulkanContext};
@@ -179,27 +179,32 @@ fn create_vk_image(ctx: &VulkanContext, d: &TextureDescription, kind: Option<Mem
         usage: vk_usage(d.usage),
         flags: vk::ImageCreateFlags::empty(),
     };
-    if let Some(kind) = kind {
-        let what = format!(
-            "a {}x{}x{} {} {:?} {:?} image with {} layers",
-            d.extent.width, d.extent.height, d.extent.depth, d.format, d.dimension, tiling, d.array_layers
-        );
-        let (caps, limits) = image_capabilities(ctx, query, kind)?;
-        if d.array_layers > limits.max_array_layers
-            || d.extent.width > limits.max_extent.width
-            || d.extent.height > limits.max_extent.height
-            || d.extent.depth > limits.max_extent.depth
-        {
-            return Err(Error::unsupported(
-                what,
-                format!(
-                    "the driver allows at most {:?} with {} layers for it",
-                    limits.max_extent, limits.max_array_layers
-                ),
-                "vkGetPhysicalDeviceImageFormatProperties2 (maxExtent, maxArrayLayers)",
-                "use a smaller image, fewer layers, or optimal tiling",
-            ));
+    let what = format!(
+        "a {}x{}x{} {} {:?} {:?} image with {} layers",
+        d.extent.width, d.extent.height, d.extent.depth, d.format, d.dimension, tiling, d.array_layers
+    );
+    // Private images are checked against the driver's limits too: vkCreateImage beyond them is
+    // undefined behaviour (VUID-VkImageCreateInfo-extent-02252 and the like), not an error.
+    let (caps, limits) = match kind {
+        Some(kind) => {
+            let (caps, limits) = image_capabilities(ctx, query, kind)?;
+            (Some(caps), limits)
         }
+        None => (None, image_limits(ctx, query)?),
+    };
+    if d.array_layers > limits.max_array_layers
+        || d.extent.width > limits.max_extent.width
+        || d.extent.height > limits.max_extent.height
+        || d.extent.depth > limits.max_extent.depth
+    {
+        return Err(Error::unsupported(
+            what,
+            format!("the driver allows at most {:?} with {} layers for it", limits.max_extent, limits.max_array_layers),
+            "vkGetPhysicalDeviceImageFormatProperties2 (maxExtent, maxArrayLayers)",
+            "use a smaller image, fewer layers, or optimal tiling",
+        ));
+    }
+    if let Some(caps) = caps {
         caps.require_exportable(
             &what,
             "vkGetPhysicalDeviceImageFormatProperties2 with VkPhysicalDeviceExternalImageFormatInfo",
@@ -222,7 +227,8 @@ fn create_vk_image(ctx: &VulkanContext, d: &TextureDescription, kind: Option<Mem
         external = external.handle_types(vk_memory_handle_type(kind));
         info = info.push_next(&mut external);
     }
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: `info` and its external-memory chain are locals that outlive the call; the format,
+    // type, tiling, usage and extent were checked against the driver's limits above.
     let image = unsafe { ctx.device().create_image(&info, None) }
         .map_err(|r| Error::vk("vkCreateImage", r, format!("creating a {:?} {} image", d.dimension, d.format)))?;
     Ok(Created { image, query })
@@ -232,7 +238,8 @@ fn image_requirements(ctx: &VulkanContext, image: vk::Image) -> Requirements {
     let mut dedicated = vk::MemoryDedicatedRequirements::default();
     let mut reqs2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
     let info = vk::ImageMemoryRequirementsInfo2::default().image(image);
-    // SAFETY: image belongs to the device; the out chain lives across the call.
+    // SAFETY: `image` was created on ctx's device and is alive; the requirements struct and its
+    // dedicated-requirements chain are locals that outlive the call.
     unsafe { ctx.device().get_image_memory_requirements2(&info, &mut reqs2) };
     Requirements {
         reqs: reqs2.memory_requirements,
@@ -243,7 +250,8 @@ fn image_requirements(ctx: &VulkanContext, image: vk::Image) -> Requirements {
 
 fn linear_layout(ctx: &VulkanContext, image: vk::Image, d: &TextureDescription) -> TextureTiling {
     let sub = vk::ImageSubresource { aspect_mask: vk::ImageAspectFlags::COLOR, mip_level: 0, array_layer: 0 };
-    // SAFETY: a linear image of this device.
+    // SAFETY: callers pass only LINEAR images of ctx's device, alive for the call; every lava-flow
+    // format is a colour format, so the COLOR aspect of mip 0, layer 0 names an existing subresource.
     let layout = unsafe { ctx.device().get_image_subresource_layout(image, sub) };
     TextureTiling::Linear {
         row_pitch: layout.row_pitch,
@@ -267,7 +275,7 @@ impl Image {
         let mut d = options.description_stub();
         let Created { image, query } = create_vk_image(ctx, &d, options.export)?;
         let fail = |e: Error| {
-            // SAFETY: the image is unbound and unused.
+            // SAFETY: on every path that calls `fail` the image was never bound or used by a command.
             unsafe { ctx.device().destroy_image(image, None) };
             Err(e)
         };
@@ -295,7 +303,9 @@ impl Image {
             Ok(m) => m,
             Err(e) => return fail(e),
         };
-        // SAFETY: fresh image, fresh memory of the required size at offset 0.
+        // SAFETY: the image is fresh and unbound; allocate_for chose a memory type from its
+        // requirements' memory_type_bits with at least r.reqs.size bytes; offset 0 is aligned; a
+        // dedicated allocation was made for this very image.
         if let Err(e) = unsafe { ctx.device().bind_image_memory(image, memory.handle(), 0) } {
             return fail(Error::vk("vkBindImageMemory", e, "binding a new image"));
         }
@@ -331,11 +341,19 @@ impl Image {
         }
         let Created { image, .. } = create_vk_image(ctx, &d, Some(md.handle_kind))?;
         let fail = |e: Error| {
-            // SAFETY: the image is unbound and unused.
+            // SAFETY: on every path that calls `fail` the image is not bound (or its bind failed) and no
+            // command uses it; the imported memory, if any, is dropped after it.
             unsafe { ctx.device().destroy_image(image, None) };
             Err(e)
         };
         let r = image_requirements(ctx, image);
+        if md.dedicated && d.offset != 0 {
+            return fail(Error::invalid(
+                format!("a texture at offset {} of a dedicated allocation", d.offset),
+                "a dedicated allocation is bound to its image at offset 0 (VUID-vkBindImageMemory-memory-01509)",
+                "pass the texture description the exporter gave, unchanged",
+            ));
+        }
         if r.reqs.size > d.size || d.offset % r.reqs.alignment.max(1) != 0 {
             return fail(Error::invalid(
                 format!("a texture of {} bytes at offset {}", d.size, d.offset),
@@ -359,7 +377,20 @@ impl Image {
             Ok(m) => Arc::new(m),
             Err(e) => return fail(e),
         };
-        // SAFETY: alignment and size checked above.
+        if r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+            return fail(Error::invalid(
+                format!("an image in memory type {}", memory.memory_type_index()),
+                format!(
+                    "the image allows only memory types {:#b} (VUID-vkBindImageMemory-memory-01047)",
+                    r.reqs.memory_type_bits
+                ),
+                "import on the exporting device and driver, with the exporter's description",
+            ));
+        }
+        // SAFETY: the image is fresh and unbound; the memory is of a type it accepts (checked just
+        // above); d.offset is aligned and d.offset + r.reqs.size fits the allocation (reqs.size <=
+        // d.size and d.offset + d.size <= allocation size, checked above); a dedicated import was
+        // made for this very image and is bound at offset 0 (checked above).
         if let Err(e) = unsafe { ctx.device().bind_image_memory(image, memory.handle(), d.offset) } {
             return fail(Error::vk("vkBindImageMemory", e, "binding an imported image"));
         }
@@ -470,7 +501,8 @@ impl Image {
         };
         let release = self.barrier(vk::ImageLayout::GENERAL, vk::ImageLayout::GENERAL, qf, vk::QUEUE_FAMILY_EXTERNAL);
         self.ctx.run_commands(|dev, cmd| {
-            // SAFETY: cmd is recording; barriers name this live image.
+            // SAFETY: cmd is recording (run_commands) and the barriers name this image, alive for the call;
+            // the layout mutex is held, so `first`'s old layout is the image's current one.
             unsafe {
                 dev.cmd_pipeline_barrier(
                     cmd,
@@ -483,7 +515,7 @@ impl Image {
                 )
             };
             copy(dev, cmd);
-            // SAFETY: as above.
+            // SAFETY: cmd is still recording; the barrier names this live image, now in GENERAL.
             unsafe {
                 dev.cmd_pipeline_barrier(
                     cmd,
@@ -515,7 +547,9 @@ impl Image {
         staging.write(0, data)?;
         let region = [self.region()];
         self.with_general_layout(|dev, cmd| {
-            // SAFETY: staging holds the packed texels; the image is in GENERAL.
+            // SAFETY: cmd is recording; staging (TRANSFER_SRC, default usage) holds exactly packed_size
+            // bytes for `region`, which covers the whole image; the image has TRANSFER_DST (vk_usage) and
+            // is in GENERAL after the first barrier.
             unsafe {
                 dev.cmd_copy_buffer_to_image(cmd, staging.handle(), self.image, vk::ImageLayout::GENERAL, &region)
             }
@@ -528,7 +562,8 @@ impl Image {
         let staging = Buffer::new(&self.ctx, &BufferOptions::new(size).memory(MemoryKind::HostVisible).export(None))?;
         let region = [self.region()];
         self.with_general_layout(|dev, cmd| {
-            // SAFETY: staging is large enough; the image is in GENERAL.
+            // SAFETY: cmd is recording; staging (TRANSFER_DST, default usage) holds packed_size bytes, what
+            // `region` writes; the image has TRANSFER_SRC (vk_usage) and is in GENERAL after the barrier.
             unsafe {
                 dev.cmd_copy_image_to_buffer(cmd, self.image, vk::ImageLayout::GENERAL, staging.handle(), &region)
             }
@@ -539,7 +574,8 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: lava-flow waits for its own submissions; the memory outlives the image (Arc).
+        // SAFETY: Drop has the image exclusively; lava-flow's own work on it finished before each call
+        // returned (run_commands waits); the memory (Arc) is dropped after the image.
         unsafe { self.ctx.device().destroy_image(self.image, None) };
     }
 }

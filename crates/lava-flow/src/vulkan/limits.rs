@@ -12,7 +12,8 @@ use crate::{Error, Result};
 /// The device's `maxMemoryAllocationSize` and, where it reports one (Vulkan 1.3), `maxBufferSize`.
 fn allocation_limits(ctx: &VulkanContext) -> (u64, Option<u64>) {
     let inner = &ctx.inner;
-    // SAFETY: the physical device belongs to this instance.
+    // SAFETY: `inner.physical` was enumerated from `inner.instance`, which the context keeps alive;
+    // the query writes only the returned struct.
     let api_version = unsafe { inner.instance.get_physical_device_properties(inner.physical) }.api_version;
     let mut maintenance3 = vk::PhysicalDeviceMaintenance3Properties::default();
     let mut maintenance4 = vk::PhysicalDeviceMaintenance4Properties::default();

@@ -128,7 +128,9 @@ impl DeviceMemory {
             };
             info = info.push_next(&mut dedicated_info);
         }
-        // SAFETY: info and its chain live across the call.
+        // SAFETY: `info` and its chain are locals that outlive the call; callers pass size > 0, a type
+        // index from the resource's memory_type_bits, an export kind the capability query allowed, and a
+        // dedicated target they created on this device and keep alive.
         let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
             let what = format!(
                 "allocating {} bytes of memory type {}{}",
@@ -226,7 +228,9 @@ impl DeviceMemory {
         if d.handle_kind == MemoryHandleKind::DmaBuf {
             // DMA-BUFs may come from another driver: ask which of our types can hold it.
             let mut props = vk::MemoryFdPropertiesKHR::default();
-            // SAFETY: fd is open (checked); props is valid for the call.
+            // SAFETY: the device has VK_EXT_external_memory_dma_buf (checked above), so the DMA-BUF handle
+            // type may be asked about; the fd is open and owned by `fd` across the call (not consumed by this
+            // query); props is a local that outlives it.
             unsafe {
                 (ext.fp().get_memory_fd_properties_khr)(
                     ctx.device().handle(),
@@ -263,7 +267,11 @@ impl DeviceMemory {
                 };
                 info = info.push_next(&mut dedicated_info);
             }
-            // SAFETY: info and its chain live across the call; raw is an open fd handed to Vulkan.
+            // SAFETY: `info` and its chain are locals that outlive the call; allocation_size > 0 and the type
+            // index exists (check_description, or the DMA-BUF properties); `raw` is an open fd that
+            // import_consuming hands over to the driver. Buffer::import and Image::import pass a
+            // dedicated target they just created on this device; a raw handle from another caller of
+            // this public function cannot be checked here (DedicatedTo holds plain handles).
             let memory = unsafe { ctx.device().allocate_memory(&info, None) }.map_err(|r| {
                 let mut e = Error::vk(
                     "vkAllocateMemory",
@@ -355,7 +363,9 @@ impl DeviceMemory {
         }
         let handle_type = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
         let mut props = vk::MemoryHostPointerPropertiesEXT::default();
-        // SAFETY: the pointer is a live mapping of host.len() bytes; props is valid for the call.
+        // SAFETY: the device has VK_EXT_external_memory_host (the loader exists); the pointer is the start
+        // of host.len() mapped bytes, aligned as minImportedHostPointerAlignment requires (checked above),
+        // and `host` outlives the call; props is a local.
         unsafe {
             (ext.fp().get_memory_host_pointer_properties_ext)(
                 ctx.device().handle(),
@@ -388,7 +398,9 @@ impl DeviceMemory {
             .allocation_size(host.len() as u64)
             .memory_type_index(type_index)
             .push_next(&mut import);
-        // SAFETY: the mapping outlives the memory (it is stored in it and dropped after vkFreeMemory).
+        // SAFETY: `host` is stored in the returned memory and dropped after vkFreeMemory (Drop frees,
+        // then the fields drop), so the imported pointer stays valid as long as the allocation; size and
+        // pointer are aligned (checked above), size > 0, and the type comes from the pointer's properties.
         let memory = unsafe { ctx.device().allocate_memory(&info, None) }
             .map_err(|r| Error::vk("vkAllocateMemory", r, format!("importing {} bytes of host memory", host.len())))?;
         let size = host.len() as u64;
@@ -433,10 +445,12 @@ impl DeviceMemory {
     fn get_fd(&self, kind: MemoryHandleKind) -> Result<OwnedFd> {
         let ext = self.ctx.external_memory_fd()?;
         let info = vk::MemoryGetFdInfoKHR::default().memory(self.memory).handle_type(vk_memory_handle_type(kind));
-        // SAFETY: the memory was allocated exportable as this handle type.
+        // SAFETY: callers pass the kind self.export_kind names, so the memory was allocated with
+        // VkExportMemoryAllocateInfo for this handle type; the loader belongs to self.ctx's device.
         let raw = unsafe { ext.get_memory_fd(&info) }
             .map_err(|r| Error::vk("vkGetMemoryFdKHR", r, format!("exporting {} bytes as {kind}", self.size)))?;
-        // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+        // SAFETY: on success vkGetMemoryFdKHR returns a new open fd whose ownership passes to the caller;
+        // nothing else holds it, so the OwnedFd closes it exactly once.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
@@ -558,7 +572,9 @@ impl DeviceMemory {
         if let Some(p) = *mapped {
             return Ok(p as *mut u8);
         }
-        // SAFETY: host-visible memory, not mapped yet (guarded by the lock), whole range.
+        // SAFETY: the memory is host-visible (checked above) and not mapped: the only vkMapMemory of it
+        // happens here, under the `mapped` mutex (the external sync vkMapMemory needs), and the mapping
+        // is kept until vkFreeMemory; the whole range from 0 lies within the allocation.
         let p = unsafe { self.ctx.device().map_memory(self.memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
             .map_err(|r| Error::vk("vkMapMemory", r, format!("mapping {} bytes", self.size)))?;
         *mapped = Some(p as usize);
@@ -571,7 +587,8 @@ impl DeviceMemory {
             return Ok(());
         }
         let range = vk::MappedMemoryRange::default().memory(self.memory).offset(0).size(vk::WHOLE_SIZE);
-        // SAFETY: the memory is mapped (host_pointer was called before).
+        // SAFETY: callers map before invalidating (host_pointer), and the mapping is kept until the
+        // memory is freed; offset 0 with WHOLE_SIZE covers exactly that mapping.
         unsafe { self.ctx.device().invalidate_mapped_memory_ranges(&[range]) }
             .map_err(|r| Error::vk("vkInvalidateMappedMemoryRanges", r, "reading mapped memory"))
     }
@@ -582,7 +599,8 @@ impl DeviceMemory {
             return Ok(());
         }
         let range = vk::MappedMemoryRange::default().memory(self.memory).offset(0).size(vk::WHOLE_SIZE);
-        // SAFETY: the memory is mapped (host_pointer was called before).
+        // SAFETY: callers map before flushing (host_pointer), and the mapping is kept until the memory is
+        // freed; offset 0 with WHOLE_SIZE covers exactly that mapping.
         unsafe { self.ctx.device().flush_mapped_memory_ranges(&[range]) }
             .map_err(|r| Error::vk("vkFlushMappedMemoryRanges", r, "writing mapped memory"))
     }
@@ -590,9 +608,10 @@ impl DeviceMemory {
 
 impl Drop for DeviceMemory {
     fn drop(&mut self) {
-        // SAFETY: every buffer and image bound to this memory holds an Arc to it, so none is left;
-        // freeing implicitly unmaps. The host mapping (if any) is dropped after this, as Vulkan
-        // requires the pointer to stay valid until the memory is freed.
+        // SAFETY: Drop owns the memory exclusively (vkFreeMemory's external sync); every buffer and image
+        // bound to it holds an Arc to it, so none is left, and lava-flow waited for its own work on them.
+        // Freeing unmaps implicitly; the host mapping (if any) is dropped after this, as Vulkan requires
+        // the imported pointer to stay valid until the memory is freed.
         unsafe { self.ctx.device().free_memory(self.memory, None) };
         if self.origin != MemoryOrigin::Imported {
             exporters().remove(&self.allocation_id);

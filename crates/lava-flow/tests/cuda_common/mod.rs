@@ -28,7 +28,8 @@ pub struct VkExportedSemaphore {
 
 impl Drop for VkExportedSemaphore {
     fn drop(&mut self) {
-        // SAFETY: the tests wait for all work using the semaphore before dropping it.
+        // SAFETY: the CUDA tests wait for all Vulkan and CUDA work using the semaphore before dropping
+        // its owner (on the passing path), so no queue operation uses it.
         unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
     }
 }
@@ -48,17 +49,18 @@ pub fn export_semaphore(ctx: &VulkanContext, kind: SemaphoreKind) -> Option<(VkE
     if kind == SemaphoreKind::Timeline {
         info = info.push_next(&mut timeline);
     }
-    // SAFETY: info and its chain live across the call.
+    // SAFETY: the device has VK_KHR_external_semaphore_fd and, for a timeline, the timeline feature
+    // (checked above); `info` and its chain are locals that outlive the call.
     let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }.expect("vkCreateSemaphore");
     let owner = VkExportedSemaphore { ctx: ctx.clone(), semaphore };
     let loader = ash::khr::external_semaphore_fd::Device::new(ctx.instance(), ctx.device());
     let get = vk::SemaphoreGetFdInfoKHR::default()
         .semaphore(semaphore)
         .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-    // SAFETY: the semaphore is exportable as an opaque fd.
+    // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
     let fd = unsafe { loader.get_semaphore_fd(&get) }.expect("vkGetSemaphoreFdKHR");
     let exported = Semaphore {
-        // SAFETY: vkGetSemaphoreFdKHR returned a new fd we own.
+        // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
         handle: unsafe { OwnedFd::from_raw_fd(fd) },
         description: SemaphoreDescription { kind, handle_kind: SemaphoreHandleKind::OpaqueFd, device: ctx.identity() },
     };

@@ -76,7 +76,9 @@ pub fn record_turn(
     release_t.validate().unwrap();
     let readback_buf = readback.handle();
     RecordedCommands::record(ctx, |dev, cmd| {
-        // SAFETY: every handle is a live object of ctx's device; cmd is recording on its family.
+        // SAFETY: cmd is recording on ctx's family; the shared and readback buffers are live buffers of
+        // ctx's device with the transfer usages, kept alive until every submission completed; the
+        // transfers passed validate() above; the barrier array is a local.
         unsafe {
             if acquire {
                 acquire_t.record(dev, cmd);
@@ -147,8 +149,9 @@ pub fn initialize_shared(ctx: &VulkanContext, shared: &Buffer) {
         let written = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
             .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE);
-        // SAFETY: live buffer of ctx's device; cmd is recording. The barrier orders the fill
-        // before the first turn's copy, which comes later in submission order.
+        // SAFETY: cmd is recording (run_commands, which waits); `shared` is a live buffer of ctx's device
+        // with TRANSFER_DST and a size that is a multiple of 4. The barrier orders the fill before the
+        // first turn's copy, which comes later in submission order.
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, reader_pattern(0));
             dev.cmd_pipeline_barrier(

@@ -17,10 +17,10 @@ pub struct Kernels {
     sm_count: u32,
 }
 
-// SAFETY: module and function handles are usable from any thread with the context bound, which
-// every method does first.
+// SAFETY: module and function handles are driver handles, not tied to a thread; the driver API
+// is thread safe and every method binds the context first.
 unsafe impl Send for Kernels {}
-// SAFETY: as for Send; nothing is mutated after loading.
+// SAFETY: as for Send; no method mutates the handles after loading.
 unsafe impl Sync for Kernels {}
 
 impl Drop for Kernels {
@@ -28,8 +28,19 @@ impl Drop for Kernels {
         if !self.device.bind_for_drop("lava-flow's CUDA module") {
             return;
         }
-        // SAFETY: the module was loaded by us; launches using it were synchronised by callers or
-        // are ordered before the unload by the driver.
+        // Launches of this module's kernels may still be queued (copy and mul3_add only enqueue):
+        // wait for the context's work before unloading the code they run.
+        // SAFETY: bind_for_drop made the context current; cuCtxSynchronize takes no pointers.
+        let r = unsafe { sys::cuCtxSynchronize() };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            self.device.defer_error(cu_error(
+                "cuCtxSynchronize",
+                r,
+                "waiting for the context's work before unloading lava-flow's CUDA module",
+            ));
+        }
+        // SAFETY: the module was loaded in `load` and is unloaded only here, once; no launch of
+        // its functions is pending (synchronised just above); the context is current.
         let r = unsafe { sys::cuModuleUnload(self.module) };
         if r != sys::CUresult::CUDA_SUCCESS {
             self.device.defer_error(cu_error("cuModuleUnload", r, "unloading lava-flow's CUDA module"));
@@ -45,13 +56,15 @@ impl Kernels {
             Error::invalid("lava-flow's PTX", "it contains a NUL byte", "rebuild lava-flow from an intact source")
         })?;
         let mut module: sys::CUmodule = std::ptr::null_mut();
-        // SAFETY: the context is current and ptx is a NUL-terminated PTX image.
+        // SAFETY: bind() made the context current; ptx is a NUL-terminated PTX image that lives across
+        // the call (the driver copies it); `module` is a valid out-pointer.
         let r = unsafe { sys::cuModuleLoadData(&mut module, ptx.as_ptr().cast()) };
         check(r, "cuModuleLoadData", || "loading lava-flow's PTX kernels".into())?;
         let get = |name: &str| -> Result<sys::CUfunction> {
             let cname = CString::new(name).unwrap_or_default();
             let mut f: sys::CUfunction = std::ptr::null_mut();
-            // SAFETY: module is loaded; cname is NUL-terminated.
+            // SAFETY: module was loaded just above and not unloaded; cname is NUL-terminated and outlives
+            // the call; `f` is a valid out-pointer.
             let r = unsafe { sys::cuModuleGetFunction(&mut f, module, cname.as_ptr()) };
             check(r, "cuModuleGetFunction", || format!("finding kernel {name}"))?;
             Ok(f)
@@ -60,13 +73,13 @@ impl Kernels {
         let (copy_v4, mul3_add) = match functions {
             Ok(f) => f,
             Err(e) => {
-                // SAFETY: loaded above, nothing launched from it.
+                // SAFETY: loaded above, not stored anywhere, nothing launched from it; unloaded only here.
                 unsafe { sys::cuModuleUnload(module) };
                 return Err(e);
             }
         };
         let mut sms = 0;
-        // SAFETY: valid out-pointer; the device handle comes from the context.
+        // SAFETY: `sms` is a valid out-pointer; the device handle comes from the bound context.
         let r = unsafe {
             sys::cuDeviceGetAttribute(
                 &mut sms,
@@ -87,8 +100,10 @@ impl Kernels {
         args: &mut [*mut c_void],
     ) -> Result<()> {
         self.device.bind()?;
-        // SAFETY: the context is current; args point at live values of the kernel's parameter
-        // types (callers pass them in order); the driver copies them before returning.
+        // SAFETY: bind() made the context current; f is a function of self's module (alive); `args`
+        // holds, in the kernel's parameter order, pointers to locals of the parameter types (callers:
+        // u64, u64, u64 for lf_copy_v4; u64, u32, u32 for lf_mul3_add) that outlive the call (the driver
+        // copies them); device pointers and the stream are valid by the unsafe callers' contracts.
         let r = unsafe {
             sys::cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut())
         };
@@ -100,7 +115,8 @@ impl Kernels {
     ///
     /// # Safety
     /// `src` and `dst` must be device pointers of this context valid for `bytes` bytes until the
-    /// copy has run, and must not overlap.
+    /// copy has run, and must not overlap; `stream` must be a live stream of this context (or
+    /// null, the default stream) until the copy has run.
     pub unsafe fn copy(
         &self,
         dst: sys::CUdeviceptr,
@@ -130,7 +146,8 @@ impl Kernels {
     ///
     /// # Safety
     /// `buf` must be a device pointer of this context valid for `count` u32 words until the
-    /// kernel has run.
+    /// kernel has run; `stream` must be a live stream of this context (or null, the default
+    /// stream) until then.
     pub unsafe fn mul3_add(&self, buf: sys::CUdeviceptr, count: u32, add: u32, stream: sys::CUstream) -> Result<()> {
         let (mut buf, mut count, mut add) = (buf, count, add);
         let threads = 256u32;

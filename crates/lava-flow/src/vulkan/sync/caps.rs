@@ -140,8 +140,9 @@ pub fn semaphore_capabilities(
         info = info.push_next(&mut type_info);
     }
     let mut props = vk::ExternalSemaphoreProperties::default();
-    // SAFETY: the physical device belongs to the context's instance; info, its chain and props
-    // live across the call.
+    // SAFETY: the physical device belongs to the context's instance, alive while ctx is; the
+    // timeline type struct is chained only where the device has timeline semaphores (Vulkan 1.2),
+    // and info, its chain and props are locals that outlive the call.
     unsafe {
         ctx.instance().get_physical_device_external_semaphore_properties(ctx.physical_device(), &info, &mut props)
     };
@@ -190,8 +191,8 @@ pub fn fence_capabilities(ctx: &VulkanContext, handle_kind: FenceHandleKind) -> 
     }
     let info = vk::PhysicalDeviceExternalFenceInfo::default().handle_type(fence_handle_bit(handle_kind));
     let mut props = vk::ExternalFenceProperties::default();
-    // SAFETY: the physical device belongs to the context's instance; info and props live across
-    // the call.
+    // SAFETY: the physical device belongs to the context's instance, alive while ctx is; info and
+    // props are locals that outlive the call.
     unsafe { ctx.instance().get_physical_device_external_fence_properties(ctx.physical_device(), &info, &mut props) };
     let features = props.external_fence_features;
     let query_export = features.contains(vk::ExternalFenceFeatureFlags::EXPORTABLE);

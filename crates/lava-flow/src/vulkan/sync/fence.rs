@@ -51,7 +51,8 @@ fn create_raw(ctx: &VulkanContext, signaled: bool, export: vk::ExternalFenceHand
     if !export.is_empty() {
         create_info = create_info.push_next(&mut export_info);
     }
-    // SAFETY: create_info and its chain live across the call; the device is valid while ctx lives.
+    // SAFETY: `create_info` and its export chain are locals that outlive the call; export bits come
+    // from the capability query; ctx keeps the device alive.
     unsafe { ctx.device().create_fence(&create_info, None) }
         .map_err(|r| Error::vk("vkCreateFence", r, format!("creating a fence on {}", ctx.info().name)))
 }
@@ -111,7 +112,8 @@ impl Fence {
 
     /// Whether it is signalled now (`vkGetFenceStatus`).
     pub fn is_signaled(&self) -> Result<bool> {
-        // SAFETY: the fence belongs to this device.
+        // SAFETY: the fence is alive for self's lifetime and belongs to self.ctx's device;
+        // vkGetFenceStatus needs no external synchronization.
         unsafe { self.ctx.device().get_fence_status(self.handle) }
             .map_err(|r| Error::vk("vkGetFenceStatus", r, "reading a fence's status"))
     }
@@ -119,7 +121,8 @@ impl Fence {
     /// Waits on the host until it is signalled. Returns [`Error::Timeout`] after `timeout`
     /// (never hangs beyond it); `Duration::ZERO` just polls.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
-        // SAFETY: the fence belongs to this device.
+        // SAFETY: the fence is alive for self's lifetime and belongs to self.ctx's device;
+        // vkWaitForFences needs no external synchronization of the fence.
         match unsafe { self.ctx.device().wait_for_fences(&[self.handle], true, timeout_ns(timeout)) } {
             Ok(()) => Ok(()),
             Err(vk::Result::TIMEOUT) => Err(Error::Timeout {
@@ -137,16 +140,23 @@ impl Fence {
     /// Unsignals it for another submission. Refused while a submission that signals it is still
     /// pending. A fence imported from a sync fd returns to its own (unsignalled) payload.
     pub fn reset(&self) -> Result<()> {
-        if self.last_use.is_pending()? {
-            return Err(Error::invalid(
-                "fence reset",
-                "a submission that signals it is still pending (VUID-vkResetFences-pFences-01123)",
-                "wait for the fence first",
-            ));
-        }
-        // SAFETY: no pending submission uses the fence (checked above).
-        unsafe { self.ctx.device().reset_fences(&[self.handle]) }
-            .map_err(|r| Error::vk("vkResetFences", r, "resetting a fence"))
+        // Under the queue lock: Submission::submit checks and uses the fence under it too, so a
+        // reset can neither race a submission of this fence nor another reset (vkResetFences
+        // requires host access to the fence to be externally synchronized).
+        self.ctx.with_queue(|_| {
+            if self.last_use.is_pending()? {
+                return Err(Error::invalid(
+                    "fence reset",
+                    "a submission that signals it is still pending (VUID-vkResetFences-pFences-01123)",
+                    "wait for the fence first",
+                ));
+            }
+            // SAFETY: the fence belongs to this context's device; no lava-flow submission of it is
+            // pending (checked above) and none can start while we hold the queue lock, which also
+            // provides the external synchronization vkResetFences requires.
+            unsafe { self.ctx.device().reset_fences(&[self.handle]) }
+                .map_err(|r| Error::vk("vkResetFences", r, "resetting a fence"))
+        })
     }
 
     /// Exports as the first handle kind it was created exportable as.
@@ -194,23 +204,29 @@ impl Fence {
                 "list the handle kind in FenceOptions::export when creating it",
             ));
         }
-        if handle_kind == FenceHandleKind::SyncFd && !self.is_signaled()? && !self.last_use.is_pending()? {
-            return Err(Error::invalid(
-                "sync-fd export of a fence",
-                "it is neither signalled nor signalled by a pending submission (VUID-VkFenceGetFdInfoKHR-handleType-01454)",
-                "submit work with the fence (Submission::fence) first, then export",
-            ));
-        }
         let loader = self.ctx.external_fence_fd()?;
         let info = vk::FenceGetFdInfoKHR::default().fence(self.handle).handle_type(fence_handle_bit(handle_kind));
-        // SAFETY: the fence belongs to the loader's device and was created (or imported)
-        // exportable as this handle type; a sync-fd export has a signal to copy (checked above).
-        let fd = unsafe { loader.get_fence_fd(&info) }
-            .map_err(|r| Error::vk("vkGetFenceFdKHR", r, format!("exporting a fence as {handle_kind}")))?;
+        // Under the queue lock, so that no Fence::reset (which takes it) unsignals the fence
+        // between the check and the export.
+        let fd = self.ctx.with_queue(|_| {
+            if handle_kind == FenceHandleKind::SyncFd && !self.is_signaled()? && !self.last_use.is_pending()? {
+                return Err(Error::invalid(
+                    "sync-fd export of a fence",
+                    "it is neither signalled nor signalled by a pending submission (VUID-VkFenceGetFdInfoKHR-handleType-01454)",
+                    "submit work with the fence (Submission::fence) first, then export",
+                ));
+            }
+            // SAFETY: the fence belongs to the loader's device and was created (or imported)
+            // exportable as this handle type (checked above); a sync-fd export has a signal to copy,
+            // checked under the queue lock that every lava-flow reset of the fence takes.
+            unsafe { loader.get_fence_fd(&info) }
+                .map_err(|r| Error::vk("vkGetFenceFdKHR", r, format!("exporting a fence as {handle_kind}")))
+        })?;
         if fd < 0 {
             return Ok(None);
         }
-        // SAFETY: vkGetFenceFdKHR created this fd and handed its ownership to us.
+        // SAFETY: fd >= 0, so vkGetFenceFdKHR created a new fd and passed its ownership to us; nothing
+        // else holds it.
         let handle = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Some(ExportedFence { handle, description: FenceDescription { handle_kind, device: self.ctx.identity() } }))
     }
@@ -258,9 +274,11 @@ impl Fence {
         // exactly once either way, and a failed import's copy only where provably ours.
         let imported = crate::fd::import_consuming(fd, |raw| {
             let info = vk::ImportFenceFdInfoKHR::default().fence(handle).flags(flags).handle_type(handle_type).fd(raw);
-            // SAFETY: the fence is fresh (no queue uses it); `raw` is an open fd of the described
-            // handle kind as far as lava-flow can check (identity, capability query, sync_file
-            // type), and `info` outlives the call.
+            // SAFETY: the fence was just created and no queue or other thread knows it (the fence is
+            // externally synchronized for vkImportFenceFdKHR); `raw` is the open copy import_consuming
+            // hands over, of the described handle kind as far as lava-flow can check (identity,
+            // capability query, sync_file type); a driver that accepts it owns it, and `info`
+            // outlives the call.
             unsafe { loader.import_fence_fd(&info) }.map_err(|r| match r {
                 vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
                     what: what.clone(),
@@ -273,7 +291,8 @@ impl Fence {
             })
         });
         if let Err(e) = imported {
-            // SAFETY: the fence was created above and never used (the import failed).
+            // SAFETY: the import failed and the fence was never submitted or shared, so no queue
+            // or other thread uses it; destroyed once, here.
             unsafe { ctx.device().destroy_fence(handle, None) };
             return Err(e);
         }
@@ -290,8 +309,8 @@ impl Fence {
 impl Drop for Fence {
     fn drop(&mut self) {
         if self.last_use.settle_for_drop(&self.ctx, "a fence") {
-            // SAFETY: no pending submission signals the fence (checked above); it belongs to
-            // this device.
+            // SAFETY: settle_for_drop returned true: no lava-flow submission that signals the fence is
+            // pending; Drop owns it exclusively. Submissions made with handle() are the caller's to finish.
             unsafe { self.ctx.device().destroy_fence(self.handle, None) };
         }
     }

@@ -62,7 +62,8 @@ impl QueueTimeline {
         let mut type_info =
             vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
-        // SAFETY: the device is valid while ctx lives; info and its chain live across the call.
+        // SAFETY: ctx keeps its device alive (the timeline holds a clone of it); the device has the
+        // timelineSemaphore feature (checked above); `info` and its chain outlive the call.
         let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }
             .map_err(|r| Error::vk("vkCreateSemaphore", r, "creating the timeline that tracks submissions"))?;
         let timeline = Arc::new(QueueTimeline { ctx: ctx.clone(), semaphore, last: AtomicU64::new(0) });
@@ -86,7 +87,8 @@ impl QueueTimeline {
     }
 
     fn reached(&self, value: u64) -> Result<bool> {
-        // SAFETY: the semaphore is a timeline semaphore of this device.
+        // SAFETY: self.semaphore is a live timeline semaphore of self.ctx's device (created in `of`,
+        // destroyed only in Drop); vkGetSemaphoreCounterValue needs no external synchronization.
         match unsafe { self.ctx.device().get_semaphore_counter_value(self.semaphore) } {
             Ok(v) => Ok(v >= value),
             Err(vk::Result::ERROR_DEVICE_LOST) => Ok(true),
@@ -98,7 +100,8 @@ impl QueueTimeline {
         let semaphores = [self.semaphore];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-        // SAFETY: the semaphore is a timeline semaphore of this device; the arrays live across the call.
+        // SAFETY: self.semaphore is a live timeline semaphore of self.ctx's device; the handle and value
+        // arrays are locals that outlive the call.
         match unsafe { self.ctx.device().wait_semaphores(&info, timeout_ns(timeout)) } {
             Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST) => Ok(()),
             Err(vk::Result::TIMEOUT) => Err(Error::Timeout { action: action.to_string(), timeout }),
@@ -111,7 +114,9 @@ impl Drop for QueueTimeline {
     fn drop(&mut self) {
         let last = *self.last.get_mut();
         match self.wait(last, DROP_WAIT, "waiting for the last tracked submission") {
-            // SAFETY: every submission that signals the semaphore has finished.
+            // SAFETY: the wait returned Ok, so the timeline reached `last`, the value of the last submission
+            // that signals it (or the device is lost): no pending queue operation uses the semaphore, and
+            // Drop owns it exclusively.
             Ok(()) => unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) },
             Err(e) => {
                 self.ctx.defer_error(crate::error::DeferredError::new("leaked the timeline that tracks submissions", e))

@@ -104,7 +104,9 @@ fn create_raw(
     if !export.is_empty() {
         create_info = create_info.push_next(&mut export_info);
     }
-    // SAFETY: create_info and its chain live across the call; the device is valid while ctx lives.
+    // SAFETY: `create_info` and its chain are locals that outlive the call; the timeline struct is
+    // chained only after callers checked timeline support, and export bits come from the capability
+    // query; ctx keeps the device alive.
     unsafe { ctx.device().create_semaphore(&create_info, None) }.map_err(|r| {
         Error::vk("vkCreateSemaphore", r, format!("creating a {} semaphore on {}", kind_name(kind), ctx.info().name))
     })
@@ -294,8 +296,9 @@ impl Semaphore {
         let loader = self.ctx.external_semaphore_fd()?;
         let info =
             vk::SemaphoreGetFdInfoKHR::default().semaphore(self.handle).handle_type(semaphore_handle_bit(handle_kind));
-        // SAFETY: the semaphore belongs to the loader's device and was created (or imported)
-        // exportable as this handle type, checked above.
+        // SAFETY: the semaphore belongs to the loader's device and was created (or imported) exportable
+        // as this handle type (checked above); a sync-fd export is of a binary semaphore with a pending
+        // or completed signal (state checked above, under the state mutex held across the call).
         let fd = unsafe { loader.get_semaphore_fd(&info) }
             .map_err(|r| Error::vk("vkGetSemaphoreFdKHR", r, format!("exporting a semaphore as {handle_kind}")))?;
         match handle_kind {
@@ -306,7 +309,8 @@ impl Semaphore {
         if fd < 0 {
             return Ok(None);
         }
-        // SAFETY: vkGetSemaphoreFdKHR created this fd and handed its ownership to us.
+        // SAFETY: fd >= 0, so vkGetSemaphoreFdKHR created a new fd and passed its ownership to us; nothing
+        // else holds it.
         let handle = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Some(ExportedSemaphore { handle, description: self.description(handle_kind) }))
     }
@@ -385,9 +389,11 @@ impl Semaphore {
         let imported = crate::fd::import_consuming(fd, |raw| {
             let info =
                 vk::ImportSemaphoreFdInfoKHR::default().semaphore(handle).flags(flags).handle_type(handle_type).fd(raw);
-            // SAFETY: the semaphore is fresh (no queue uses it) and of the kind the description
-            // names; `raw` is an open fd of the described handle kind as far as lava-flow can
-            // check (identity, capability query, sync_file type), and `info` outlives the call.
+            // SAFETY: the semaphore was just created and no queue or other thread knows it (the
+            // semaphore is externally synchronized for vkImportSemaphoreFdKHR); its type matches the
+            // description; `raw` is the open copy import_consuming hands over, of the described
+            // handle kind as far as lava-flow can check (identity, capability query, sync_file
+            // type); a driver that accepts it owns it, and `info` outlives the call.
             unsafe { loader.import_semaphore_fd(&info) }.map_err(|r| match r {
                 vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => Error::InvalidHandle {
                     what: what.clone(),
@@ -401,7 +407,8 @@ impl Semaphore {
             })
         });
         if let Err(e) = imported {
-            // SAFETY: the semaphore was created above and never used (the import failed).
+            // SAFETY: the import failed and the semaphore was never submitted or shared, so no
+            // queue or other thread uses it; destroyed once, here.
             unsafe { ctx.device().destroy_semaphore(handle, None) };
             return Err(e);
         }
@@ -432,7 +439,8 @@ impl Semaphore {
     /// The timeline's current value (`vkGetSemaphoreCounterValue`).
     pub fn value(&self) -> Result<u64> {
         self.require_timeline("reading the value")?;
-        // SAFETY: the semaphore is a timeline semaphore of this device.
+        // SAFETY: require_timeline checked this is a timeline semaphore; it belongs to self.ctx's device,
+        // alive while self is; the call needs no external synchronization.
         unsafe { self.ctx.device().get_semaphore_counter_value(self.handle) }
             .map_err(|r| Error::vk("vkGetSemaphoreCounterValue", r, "reading a timeline semaphore's value"))
     }
@@ -451,7 +459,9 @@ impl Semaphore {
             ));
         }
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.handle).value(value);
-        // SAFETY: the semaphore is a timeline semaphore of this device; value exceeds the current one.
+        // SAFETY: a timeline semaphore of self.ctx's device (checked above); value exceeds the current
+        // value (checked just before: VUID-VkSemaphoreSignalInfo-value-03258, as far as this process can
+        // see); `info` outlives the call.
         unsafe { self.ctx.device().signal_semaphore(&info) }
             .map_err(|r| Error::vk("vkSignalSemaphore", r, format!("signalling a timeline semaphore to {value}")))
     }
@@ -463,7 +473,8 @@ impl Semaphore {
         let semaphores = [self.handle];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-        // SAFETY: the semaphore is a timeline semaphore of this device; the arrays live across the call.
+        // SAFETY: a timeline semaphore of self.ctx's device (checked above); the handle and value arrays
+        // are locals that outlive the call.
         match unsafe { self.ctx.device().wait_semaphores(&info, timeout_ns(timeout)) } {
             Ok(()) => Ok(()),
             Err(vk::Result::TIMEOUT) => Err(Error::Timeout {
@@ -536,8 +547,8 @@ impl Semaphore {
 impl Drop for Semaphore {
     fn drop(&mut self) {
         if self.last_use.settle_for_drop(&self.ctx, "a semaphore") {
-            // SAFETY: no pending submission uses the semaphore (checked above); it belongs to
-            // this device.
+            // SAFETY: settle_for_drop returned true: no lava-flow submission that uses the semaphore is
+            // pending; Drop owns it exclusively. Submissions made with handle() are the caller's to finish.
             unsafe { self.ctx.device().destroy_semaphore(self.handle, None) };
         }
     }

@@ -38,7 +38,8 @@ impl RecordedCommands {
         ctx.check_deferred()?;
         let device = ctx.device();
         let pool_info = vk::CommandPoolCreateInfo::default().queue_family_index(ctx.queue_family_index());
-        // SAFETY: the device is valid while ctx lives; pool_info lives across the call.
+        // SAFETY: ctx keeps its device alive across the call; pool_info is a local naming the context's
+        // own queue family.
         let pool = unsafe { device.create_command_pool(&pool_info, None) }
             .map_err(|r| Error::vk("vkCreateCommandPool", r, "creating a command pool"))?;
         let result = (|| {
@@ -46,14 +47,15 @@ impl RecordedCommands {
                 .command_pool(pool)
                 .level(vk::CommandBufferLevel::PRIMARY)
                 .command_buffer_count(1);
-            // SAFETY: the pool is ours alone.
+            // SAFETY: the pool was created just above and no other thread has its handle, which provides
+            // the external synchronization vkAllocateCommandBuffers requires.
             let cmd = unsafe { device.allocate_command_buffers(&alloc) }
                 .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
-            // SAFETY: cmd is fresh; its pool is ours alone.
+            // SAFETY: cmd was just allocated (initial state) from the pool only this call can reach.
             unsafe { device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()) }
                 .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
             record(device, cmd);
-            // SAFETY: cmd is recording.
+            // SAFETY: cmd is in the recording state (begun above) and still reachable only from this call.
             unsafe { device.end_command_buffer(cmd) }
                 .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
             Ok(cmd)
@@ -61,7 +63,8 @@ impl RecordedCommands {
         match result {
             Ok(cmd) => Ok(RecordedCommands { ctx: ctx.clone(), pool, cmd, last_use: LastUse::default() }),
             Err(e) => {
-                // SAFETY: nothing from the pool was submitted; destroying it frees its buffers.
+                // SAFETY: the pool never left this function and nothing from it was submitted, so no command
+                // buffer of it is pending; destroying the pool frees its command buffer.
                 unsafe { device.destroy_command_pool(pool, None) };
                 Err(e)
             }
@@ -87,7 +90,8 @@ impl RecordedCommands {
 impl Drop for RecordedCommands {
     fn drop(&mut self) {
         if self.last_use.settle_for_drop(&self.ctx, "a recorded command buffer") {
-            // SAFETY: no pending submission uses the command buffer; destroying the pool frees it.
+            // SAFETY: settle_for_drop returned true: lava-flow's last submission of cmd completed (or the
+            // device is lost), and Drop owns the pool exclusively; destroying the pool frees cmd.
             unsafe { self.ctx.device().destroy_command_pool(self.pool, None) };
         }
     }
@@ -114,6 +118,56 @@ impl Submitted {
     /// Whether it finished.
     pub fn is_complete(&self) -> Result<bool> {
         self.in_flight.is_complete()
+    }
+}
+
+/// Refuses a wait stage mask that vkQueueSubmit must not be given: empty or HOST
+/// (VUID-VkSubmitInfo-pWaitDstStageMask-00078, -requiredbitmask), stages of features lava-flow's
+/// device does not enable (geometry, tessellation, ...: -00076, -00077), or graphics stages on a
+/// queue family without VK_QUEUE_GRAPHICS_BIT (VUID-vkQueueSubmit-pWaitDstStageMask-00066).
+fn check_wait_stage(ctx: &VulkanContext, stage: vk::PipelineStageFlags) -> Result<()> {
+    use vk::PipelineStageFlags as S;
+    let anywhere =
+        S::TOP_OF_PIPE | S::BOTTOM_OF_PIPE | S::ALL_COMMANDS | S::DRAW_INDIRECT | S::COMPUTE_SHADER | S::TRANSFER;
+    let graphics = S::VERTEX_INPUT
+        | S::VERTEX_SHADER
+        | S::FRAGMENT_SHADER
+        | S::EARLY_FRAGMENT_TESTS
+        | S::LATE_FRAGMENT_TESTS
+        | S::COLOR_ATTACHMENT_OUTPUT
+        | S::ALL_GRAPHICS;
+    let refuse = |why: &str| {
+        Err(Error::invalid(
+            format!("a semaphore wait at pipeline stages {stage:?}"),
+            why.to_string(),
+            "wait at vk::PipelineStageFlags::TRANSFER, COMPUTE_SHADER or ALL_COMMANDS",
+        ))
+    };
+    if stage.is_empty() {
+        return refuse("a wait needs at least one stage (VUID-VkSubmitInfo-pWaitDstStageMask-requiredbitmask)");
+    }
+    if anywhere.contains(stage) {
+        return Ok(());
+    }
+    if !(anywhere | graphics).contains(stage) {
+        return refuse(
+            "it names HOST or a stage of a feature lava-flow's device does not enable \
+             (VUID-VkSubmitInfo-pWaitDstStageMask-00076, -00077, -00078)",
+        );
+    }
+    // SAFETY: the physical device was enumerated from the context's instance, which the context
+    // keeps alive; the query takes no other pointers.
+    let families = unsafe { ctx.instance().get_physical_device_queue_family_properties(ctx.physical_device()) };
+    let has_graphics = families
+        .get(ctx.queue_family_index() as usize)
+        .is_some_and(|f| f.queue_flags.contains(vk::QueueFlags::GRAPHICS));
+    if has_graphics {
+        Ok(())
+    } else {
+        refuse(
+            "it names graphics stages and the context's queue family has no VK_QUEUE_GRAPHICS_BIT \
+             (VUID-vkQueueSubmit-pWaitDstStageMask-00066)",
+        )
     }
 }
 
@@ -220,10 +274,11 @@ impl<'a> Submission<'a> {
                 "import it into this context first (export + import), or submit on its own context",
             )
         };
-        for (s, _, _) in &self.waits {
+        for (s, _, stage) in &self.waits {
             if !same(s.context()) {
                 return Err(foreign("a wait semaphore"));
             }
+            check_wait_stage(ctx, *stage)?;
         }
         for (s, value) in &self.signals {
             if !same(s.context()) {
@@ -242,10 +297,34 @@ impl<'a> Submission<'a> {
                 }
             }
         }
-        for c in &self.commands {
+        for (i, c) in self.commands.iter().enumerate() {
             if !same(&c.ctx) {
                 return Err(foreign("a command buffer"));
             }
+            if self.commands[..i].iter().any(|earlier| earlier.cmd == c.cmd) {
+                return Err(Error::invalid(
+                    "command buffer in a submission",
+                    "it is listed twice in one batch, and was not recorded for simultaneous use \
+                     (VUID-vkQueueSubmit-pCommandBuffers-00071)",
+                    "list it once, or record a second one",
+                ));
+            }
+        }
+        if let Some(f) = self.fence {
+            if !same(f.context()) {
+                return Err(foreign("a fence"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses command buffers and a fence still in use. Called with the queue locked, and the
+    /// submission recorded in their `last_use` before the lock is released: every submission of
+    /// these objects goes through this queue (validate() checked they belong to `ctx`), and
+    /// Fence::reset takes the same lock, so no other thread can submit or reset them between
+    /// this check and vkQueueSubmit.
+    fn check_not_in_use(&self) -> Result<()> {
+        for c in &self.commands {
             if c.is_pending()? {
                 return Err(Error::invalid(
                     "command buffer in a submission",
@@ -255,9 +334,6 @@ impl<'a> Submission<'a> {
             }
         }
         if let Some(f) = self.fence {
-            if !same(f.context()) {
-                return Err(foreign("a fence"));
-            }
             if f.last_use.is_pending()? || f.is_signaled()? {
                 return Err(Error::invalid(
                     "fence in a submission",
@@ -286,6 +362,7 @@ impl<'a> Submission<'a> {
         let device = ctx.device();
 
         let in_flight = ctx.with_queue(|queue| {
+            self.check_not_in_use()?;
             let tracking_value = timeline.next_value();
             signal_values.push(tracking_value);
             let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
@@ -297,26 +374,31 @@ impl<'a> Submission<'a> {
                 .command_buffers(&cmds)
                 .signal_semaphores(&signal_handles)
                 .push_next(&mut timeline_info);
-            // SAFETY: the queue is locked; every handle belongs to this device and was checked in
-            // validate() (command buffers not pending, the fence unsignalled and not pending,
-            // timeline signals above the current values); the arrays live across the call.
+            // SAFETY: with_queue holds the queue mutex (vkQueueSubmit's external sync of the queue, and of the
+            // fence: every lava-flow use of a fence takes it). validate() checked that every object belongs
+            // to this device, command buffers are listed once and wait stages are allowed; under this lock,
+            // check_not_in_use found no command buffer pending and the fence unsignalled and not pending.
+            // Raw command buffers are the caller's (raw_command_buffer's contract); the arrays and the
+            // timeline chain are locals that outlive the call.
             unsafe { device.queue_submit(queue, &[submit], fence) }
                 .map_err(|r| Error::vk("vkQueueSubmit", r, "submitting a batch"))?;
             timeline.commit(tracking_value);
-            Ok::<_, Error>(InFlight::new(timeline.clone(), tracking_value))
+            let in_flight = InFlight::new(timeline.clone(), tracking_value);
+            // Still under the queue lock, so the next check_not_in_use sees this submission.
+            if let Some(f) = self.fence {
+                f.last_use.set(&in_flight);
+            }
+            for (s, _, _) in &self.waits {
+                s.last_use.set(&in_flight);
+            }
+            for (s, _) in &self.signals {
+                s.last_use.set(&in_flight);
+            }
+            for c in &self.commands {
+                c.last_use.set(&in_flight);
+            }
+            Ok::<_, Error>(in_flight)
         })?;
-        if let Some(f) = self.fence {
-            f.last_use.set(&in_flight);
-        }
-        for (s, _, _) in &self.waits {
-            s.last_use.set(&in_flight);
-        }
-        for (s, _) in &self.signals {
-            s.last_use.set(&in_flight);
-        }
-        for c in &self.commands {
-            c.last_use.set(&in_flight);
-        }
         Ok(Submitted { in_flight })
     }
 }

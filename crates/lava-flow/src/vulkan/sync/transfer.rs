@@ -325,15 +325,18 @@ impl OwnershipTransfer {
     ///
     /// `cmd` must be a command buffer of `device` in the recording state, allocated from a pool
     /// of the queue family the barriers name; every buffer and image must be a live object of
-    /// `device`, created with `VK_SHARING_MODE_EXCLUSIVE` and external memory; for an acquire,
+    /// `device`, created with `VK_SHARING_MODE_EXCLUSIVE` and external memory; the stages and
+    /// accesses must be ones that queue family supports; [`validate`](Self::validate) must accept
+    /// the transfer (it accepts every one the `*_whole_buffer` builders make); for an acquire,
     /// the matching release must have happened on the other side before the semaphore this
     /// submission waits on was signalled.
     pub unsafe fn record(&self, device: &ash::Device, cmd: vk::CommandBuffer) {
         if self.is_empty() {
             return;
         }
-        // SAFETY: the caller guarantees cmd is recording on device and every handle is live;
-        // the barrier arrays live across the call.
+        // SAFETY: this function's contract: cmd is recording on `device` for the barriers' queue
+        // family, every handle is live, stages are supported and validate() accepts the barriers;
+        // the barrier arrays belong to self, borrowed across the call.
         unsafe {
             device.cmd_pipeline_barrier(
                 cmd,
