@@ -183,6 +183,7 @@ fn lava_import<T>(import: impl FnOnce() -> lava_flow::Result<T>) -> Lava {
     match result {
         Ok(imported) => {
             drop(imported);
+            println!("    lava-flow: the import succeeded");
             Lava::Succeeded
         }
         Err(e) => {
@@ -221,6 +222,17 @@ fn is_memfd(fd: &OwnedFd) -> bool {
     matches!(lava_flow::fd::inspect(fd.as_fd()), lava_flow::fd::FdKind::Memfd { .. })
 }
 
+/// A set-up step (an allocation, a warm-up import): its failure is reported with the other
+/// problems, after the table, instead of ending the test before the table is printed.
+fn set_up<T>(table: &mut Table, what: &str, result: lava_flow::Result<T>) -> Option<T> {
+    result
+        .map_err(|e| {
+            println!("set-up failed: {what}: {e}");
+            table.problems.push(format!("set-up: {what} failed: {e}"));
+        })
+        .ok()
+}
+
 fn vk_driver(ctx: &VulkanContext) -> String {
     format!("{} ({})", ctx.info().name, ctx.info().driver_name)
 }
@@ -229,14 +241,14 @@ fn vk_driver(ctx: &VulkanContext) -> String {
 fn what_drivers_do_with_the_fd_of_a_failed_import() {
     let mut table = Table::default();
     let vulkan = vulkan_memory(&mut table);
-    if let Some((a, b)) = &vulkan {
-        vulkan_sync(&mut table, a, b);
+    if let Some((a, b, buffer)) = &vulkan {
+        vulkan_sync(&mut table, a, b, buffer);
         #[cfg(feature = "cuda")]
-        cuda(&mut table, a);
+        cuda(&mut table, a, buffer);
         #[cfg(feature = "opencl")]
-        opencl(&mut table, a);
+        opencl(&mut table, buffer);
         #[cfg(feature = "gl")]
-        gl(&mut table, a);
+        gl(&mut table, a, buffer);
     }
     println!("\n| API | driver | failure | the driver (raw call) | lava-flow |");
     println!("|---|---|---|---|---|");
@@ -259,14 +271,18 @@ fn what_drivers_do_with_the_fd_of_a_failed_import() {
     assert!(table.problems.is_empty(), "\n{}", table.problems.join("\n"));
 }
 
-/// Vulkan memory on a second device of the same GPU. Returns both devices for the other rows.
-fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
+/// Vulkan memory on a second device of the same GPU. Returns both devices and the exporting
+/// buffer for the other rows: every row exports that one allocation (made without a dedicated
+/// allocation, which is exportable on every driver measured), so no row depends on another
+/// allocation succeeding after the failures provoked here.
+fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext, Buffer)> {
     let (a, b) = common::two_devices()?;
     let driver = vk_driver(&b);
-    let buffer = Buffer::new(&a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
+    let options = BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never);
+    let buffer = set_up(table, "an exportable buffer", Buffer::new(&a, &options))?;
     let export = || buffer.export_fd().unwrap().memory;
     // The first import may open driver files: do one before counting anything.
-    drop(DeviceMemory::import(&b, export(), None).unwrap());
+    drop(set_up(table, "a valid Vulkan memory import", DeviceMemory::import(&b, export(), None))?);
     let d = export().description;
     let allocate = |raw: RawFd, size: u64, type_index: u32, handle_type: vk::ExternalMemoryHandleTypeFlags| {
         let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(handle_type).fd(raw);
@@ -317,26 +333,6 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
         export().handle,
         twice,
     );
-    let props = b.memory_properties();
-    let other_type = (0..props.memory_type_count).find(|&i| {
-        i != d.memory_type_index
-            && props.memory_types[i as usize].property_flags
-                != props.memory_types[d.memory_type_index as usize].property_flags
-    });
-    if let Some(t) = other_type {
-        let mut other = d;
-        other.memory_type_index = t;
-        other.memory_properties = memory_properties(props.memory_types[t as usize].property_flags);
-        row(
-            "another memory type",
-            export().handle,
-            &|fd| allocate(fd, d.allocation_size, t, opaque),
-            export().handle,
-            other,
-        );
-    } else {
-        println!("Vulkan memory: another memory type: {driver} has one kind of memory type only");
-    }
     row(
         "a memfd that is no export",
         garbage_memfd(d.allocation_size),
@@ -362,11 +358,33 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext)> {
             dma,
         );
     }
-    Some((a, b))
+    // Last: NVIDIA accepts this import (it reports no error), and nothing after it should depend
+    // on what that did.
+    let props = b.memory_properties();
+    let other_type = (0..props.memory_type_count).find(|&i| {
+        i != d.memory_type_index
+            && props.memory_types[i as usize].property_flags
+                != props.memory_types[d.memory_type_index as usize].property_flags
+    });
+    if let Some(t) = other_type {
+        let mut other = d;
+        other.memory_type_index = t;
+        other.memory_properties = memory_properties(props.memory_types[t as usize].property_flags);
+        row(
+            "another memory type",
+            export().handle,
+            &|fd| allocate(fd, d.allocation_size, t, opaque),
+            export().handle,
+            other,
+        );
+    } else {
+        println!("Vulkan memory: another memory type: {driver} has one kind of memory type only");
+    }
+    Some((a, b, buffer))
 }
 
 /// Vulkan semaphores and fences exported by `a`, imported into `b`.
-fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
+fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext, memory: &Buffer) {
     let driver = vk_driver(b);
     let Some(binary) =
         testing::or_skip("semaphores", Semaphore::exportable(a, SemaphoreKind::Binary, SemaphoreHandleKind::OpaqueFd))
@@ -375,7 +393,12 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
     };
     let timeline = Semaphore::exportable(a, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).ok();
     // Warm up the importer.
-    drop(Semaphore::import(b, binary.export().unwrap()).unwrap());
+    let Some(()) =
+        set_up(table, "a valid Vulkan semaphore import", binary.export().and_then(|e| Semaphore::import(b, e)))
+            .map(drop)
+    else {
+        return;
+    };
     let loader = ash::khr::external_semaphore_fd::Device::new(b.instance(), b.device());
     let import_semaphore = |raw: RawFd, kind: SemaphoreKind| {
         let mut type_info = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
@@ -418,7 +441,6 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
             t.export().unwrap().handle,
         );
     }
-    let memory = Buffer::new(a, &BufferOptions::new(SIZE)).unwrap();
     row(
         "a memory export's fd as a semaphore",
         memory.export_fd().unwrap().memory.handle,
@@ -429,7 +451,11 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
     let Some(fence) = testing::or_skip("semaphores", Fence::exportable(a, FenceHandleKind::OpaqueFd)) else {
         return;
     };
-    drop(Fence::import(b, fence.export().unwrap()).unwrap());
+    let Some(()) =
+        set_up(table, "a valid Vulkan fence import", fence.export().and_then(|e| Fence::import(b, e))).map(drop)
+    else {
+        return;
+    };
     let fence_loader = ash::khr::external_fence_fd::Device::new(b.instance(), b.device());
     let import_fence = |raw: RawFd| {
         // SAFETY: a default create info, a temporary that outlives the call; `b` keeps the device
@@ -467,15 +493,14 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext) {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(table: &mut Table, a: &VulkanContext) {
+fn cuda(table: &mut Table, a: &VulkanContext, buffer: &Buffer) {
     use lava_flow::cuda::cudarc::driver::sys;
     use lava_flow::cuda::CudaDevice;
 
     let Some(cuda) = testing::or_skip("cuda", CudaDevice::for_identity(&a.identity())) else { return };
     let driver = format!("CUDA on {}", cuda.name());
-    let buffer = Buffer::new(a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
     let export = || buffer.export_fd().unwrap().memory;
-    drop(cuda.import_memory(export()).unwrap());
+    let Some(()) = set_up(table, "a valid CUDA memory import", cuda.import_memory(export())).map(drop) else { return };
     let d = export().description;
     let import_memory = |raw: RawFd, size: u64| {
         cuda.context().bind_to_thread().unwrap();
@@ -525,7 +550,12 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
     ) else {
         return;
     };
-    drop(cuda.import_semaphore(timeline.export().unwrap()).unwrap());
+    let Some(()) =
+        set_up(table, "a valid CUDA semaphore import", timeline.export().and_then(|e| cuda.import_semaphore(e)))
+            .map(drop)
+    else {
+        return;
+    };
     let import_semaphore = |raw: RawFd| {
         cuda.context().bind_to_thread().unwrap();
         let mut desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
@@ -570,17 +600,20 @@ fn cuda(table: &mut Table, a: &VulkanContext) {
 }
 
 #[cfg(feature = "opencl")]
-fn opencl(table: &mut Table, a: &VulkanContext) {
+fn opencl(table: &mut Table, buffer: &Buffer) {
     use cl3::ext as cl;
     use lava_flow::opencl::ClContext;
 
-    let Some(ctx) = testing::or_skip("opencl", ClContext::for_identity(&a.identity())) else { return };
+    let Some(ctx) = testing::or_skip("opencl", ClContext::for_identity(&buffer.context().identity())) else { return };
     if !ctx.info().external_memory_opaque_fd {
         return testing::skip("opencl", format!("{} cannot import opaque fds", ctx.info().name));
     }
     let driver = format!("OpenCL on {}", ctx.info().name);
-    let buffer = Buffer::new(a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
-    drop(ctx.import_buffer(buffer.export_fd().unwrap()).unwrap());
+    let Some(()) =
+        set_up(table, "a valid OpenCL buffer import", ctx.import_buffer(buffer.export_fd().unwrap())).map(drop)
+    else {
+        return;
+    };
     let d = buffer.export_fd().unwrap().memory.description;
     let create = |raw: RawFd, size: u64| {
         let props: [cl::cl_mem_properties; 6] = [
@@ -642,7 +675,7 @@ fn opencl(table: &mut Table, a: &VulkanContext) {
 }
 
 #[cfg(feature = "gl")]
-fn gl(table: &mut Table, a: &VulkanContext) {
+fn gl(table: &mut Table, a: &VulkanContext, buffer: &Buffer) {
     use lava_flow::gl::{functions as f, GlContext};
 
     let Some(gl) = testing::or_skip("gl", GlContext::for_identity(&a.identity())) else { return };
@@ -650,9 +683,8 @@ fn gl(table: &mut Table, a: &VulkanContext) {
         return testing::skip("gl", format!("{} lacks GL_EXT_memory_object_fd", gl.info().renderer));
     }
     let driver = format!("GL on {}", gl.info().renderer);
-    let buffer = Buffer::new(a, &BufferOptions::new(SIZE).dedicated(DedicatedPolicy::Never)).unwrap();
     let export = || buffer.export_fd().unwrap().memory;
-    drop(gl.import_memory(export()).unwrap());
+    let Some(()) = set_up(table, "a valid GL memory import", gl.import_memory(export())).map(drop) else { return };
     let d = export().description;
     let import = |raw: RawFd, size: u64, handle_type: u32| {
         let current = gl.make_current().unwrap();

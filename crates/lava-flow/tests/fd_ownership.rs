@@ -3,8 +3,11 @@
 //! every round each thread checks that the fds it owns are still open and still the open file
 //! descriptions it made (`kcmp(KCMP_FILE)` against a witness): its own pipe and memfd, and a
 //! fresh sibling of the shared export (another open of the same memfd, or another export of the
-//! same allocation: the same device and inode as every fd the other threads import). Valid
-//! imports must succeed (and read the exporter's bytes) and failing ones fail; at the end the
+//! same allocation: the same device and inode as every fd the other threads import). Each valid
+//! import takes a fresh export of the one allocation or semaphore (on NVIDIA's driver 580, Vulkan
+//! and GL imports of clones of one opaque-fd export, which share its open file description, failed
+//! after the first few); the failing imports use clones of one export. Valid imports must
+//! succeed (and read the exporter's bytes) and failing ones fail; at the end the
 //! process holds exactly the fds it held before, plus the driver copies lava-flow reports it left
 //! open (`fd::failed_import_fds().left_open`, zero where the exports are memfds).
 //!
@@ -138,16 +141,21 @@ fn raise_fd_limit() {
 /// holding its sentinels and making a fresh sibling of the shared export (`sibling`) every round,
 /// and checks the fd accounting afterwards. `private_copies` says the exports are memfds, whose
 /// copies lava-flow can always prove its own (nothing may be left open then); `reach_driver` that
-/// some of the failing imports must fail in the driver rather than in lava-flow's checks.
+/// some of the failing imports must fail in the driver rather than in lava-flow's checks;
+/// `settle` runs after the workers end and before the fds are counted (OpenCL releases an
+/// imported buffer, and closes the fd it took, once its queue is finished).
+#[allow(clippy::too_many_arguments)]
 fn on_eight_threads(
     name: &str,
     rounds: u32,
     private_copies: bool,
     reach_driver: bool,
+    settle: &dyn Fn(),
     sibling: impl Fn() -> OwnedFd + Sync,
     attempt: impl Fn(u32, u32, Attempt) -> Result<(), String> + Sync,
 ) {
     let baseline = open_fd_count();
+    let baseline_fds = fd_table();
     let counts = failed_import_fds();
     let start = Barrier::new(THREADS as usize);
     let started = std::time::Instant::now();
@@ -190,6 +198,7 @@ fn on_eight_threads(
             })
             .collect()
     });
+    settle();
     let delta = failed_import_fds().since(&counts);
     println!(
         "{name}: {rounds} rounds on {THREADS} threads in {:?}; failed driver imports: {delta:?}",
@@ -202,12 +211,50 @@ fn on_eight_threads(
     if private_copies && kcmp_works() {
         assert_eq!(delta.left_open, 0, "{name}: copies of memfds left open, though lava-flow can prove those its own");
     }
+    let expected = baseline + delta.left_open as usize;
+    // A driver may release what it took a moment after the call that releases it returns: the
+    // count has a second to settle (a leak never does).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while open_fd_count() != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(
         open_fd_count(),
-        baseline + delta.left_open as usize,
-        "{name}: the workers' fds are all closed, except the {} copies reported left open",
-        delta.left_open
+        expected,
+        "{name}: the workers' fds are all closed, except the {} copies reported left open; fds not \
+         there before: {}",
+        delta.left_open,
+        new_fds(&baseline_fds)
     );
+}
+
+/// The process's fd table: number and what it names (`/proc/self/fd` links).
+fn fd_table() -> std::collections::BTreeMap<i32, String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let n: i32 = e.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        Some((n, target.display().to_string()))
+    })
+    .collect()
+}
+
+/// The fds open now that were not (or named another file) in `before`, counted by what they
+/// name: the diagnostic for a count that does not add up.
+fn new_fds(before: &std::collections::BTreeMap<i32, String>) -> String {
+    let mut by_target = std::collections::BTreeMap::<String, usize>::new();
+    for (n, target) in fd_table() {
+        if before.get(&n) != Some(&target) {
+            *by_target.entry(target).or_default() += 1;
+        }
+    }
+    let list: Vec<String> = by_target.into_iter().map(|(t, n)| format!("{n} x {t}")).collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// Imports `exported` and expects a failure.
@@ -216,6 +263,14 @@ fn must_fail<T>(what: &str, result: lava_flow::Result<T>) -> Result<(), String> 
         Ok(_) => Err(format!("{what} was accepted")),
         Err(_) => Ok(()),
     }
+}
+
+/// A fresh export for a valid import. On NVIDIA (driver 580) Vulkan and GL imports of clones of
+/// one opaque-fd export, which share one open file description, failed after the first few
+/// (VK_ERROR_OUT_OF_DEVICE_MEMORY, VK_ERROR_INITIALIZATION_FAILED, GL_OUT_OF_MEMORY), so only a
+/// fresh export is a valid import on every driver.
+fn fresh<T>(export: lava_flow::Result<T>) -> Result<T, String> {
+    export.map_err(|e| format!("a fresh export failed: {e}"))
 }
 
 fn must_work<T>(what: &str, result: lava_flow::Result<T>) -> Result<T, String> {
@@ -269,10 +324,11 @@ fn vulkan_memory_imports_on_eight_threads() {
         3000,
         private,
         true,
+        &|| (),
         || sibling(&template.memory.handle, || exporter.export_fd().unwrap().memory.handle),
         |_t, round, what| match what {
             Attempt::Valid => {
-                let imported = must_work("a valid import", Buffer::import(&b, template.try_clone().unwrap()))?;
+                let imported = must_work("a valid import", Buffer::import(&b, fresh(exporter.export_fd())?))?;
                 if round % 16 == 0 {
                     let got = imported.read(0, 64).map_err(|e| e.to_string())?;
                     if got != data {
@@ -316,10 +372,11 @@ fn gl_memory_imports_on_eight_threads() {
         private,
         // Mesa's GL takes any fd without an error (and closes it): only NVIDIA's refuses.
         !gl.info().renderer.contains("llvmpipe"),
+        &|| (),
         || sibling(&template.memory.handle, || exporter.export_fd().unwrap().memory.handle),
         |_t, round, what| match what {
             Attempt::Valid => {
-                let imported = must_work("a valid import", gl.import_buffer(template.try_clone().unwrap()))?;
+                let imported = must_work("a valid import", gl.import_buffer(fresh(exporter.export_fd())?))?;
                 if round % 16 == 0 && imported.read(0, 64).map_err(|e| e.to_string())? != data {
                     return Err("the import reads other bytes than the exporter wrote".into());
                 }
@@ -352,12 +409,13 @@ fn cuda_memory_imports_on_eight_threads() {
         1000,
         private,
         true,
+        &|| (),
         || sibling(&template.memory.handle, || exporter.export_fd().unwrap().memory.handle),
         |_t, _round, what| {
             let memory = match what {
                 Attempt::Valid => {
-                    return must_work("a valid import", cuda.import_memory(template.memory.try_clone().unwrap()))
-                        .map(drop)
+                    let memory = fresh(exporter.export_fd())?.memory;
+                    return must_work("a valid import", cuda.import_memory(memory)).map(drop);
                 }
                 // Twice the allocation made in this process: refused by lava-flow (NVIDIA's CUDA
                 // would accept it and map memory that is not there).
@@ -393,11 +451,12 @@ fn opencl_memory_imports_on_eight_threads() {
         1000,
         private,
         true,
+        &|| cl.finish().unwrap(),
         || sibling(&template.memory.handle, || exporter.export_fd().unwrap().memory.handle),
         |_t, _round, what| {
             let exported = match what {
                 Attempt::Valid => {
-                    return must_work("a valid import", cl.import_buffer(template.try_clone().unwrap())).map(drop)
+                    return must_work("a valid import", cl.import_buffer(fresh(exporter.export_fd())?)).map(drop)
                 }
                 Attempt::WrongSize => {
                     let mut b = template.try_clone().unwrap();
@@ -431,17 +490,18 @@ fn semaphore_with(template: &ExportedSemaphore, fd: Option<OwnedFd>, uuid: bool)
     s
 }
 
-/// The semaphore attempts every semaphore importer takes: a clone of the export; the export
-/// described as another kind (`WrongSize`, refused by lava-flow's checks or the importer's);
+/// The semaphore attempts every semaphore importer takes: a fresh export (`fresh_export`); a
+/// clone of the export described as another kind (`WrongSize`, refused by lava-flow's checks or the importer's);
 /// another UUID; /dev/null, which reaches the driver.
 fn semaphore_attempt<T>(
     template: &ExportedSemaphore,
     what: Attempt,
     other_kind: SemaphoreKind,
+    fresh_export: impl Fn() -> lava_flow::Result<ExportedSemaphore>,
     import: impl Fn(ExportedSemaphore) -> lava_flow::Result<T>,
 ) -> Result<(), String> {
     match what {
-        Attempt::Valid => must_work("a valid import", import(template.try_clone().unwrap())).map(drop),
+        Attempt::Valid => must_work("a valid import", import(fresh(fresh_export())?)).map(drop),
         Attempt::WrongSize => {
             let mut s = template.try_clone().unwrap();
             s.description.handle_kind = SemaphoreHandleKind::SyncFd;
@@ -459,14 +519,23 @@ fn vulkan_semaphore_and_fence_imports_on_eight_threads() {
     let Some((timeline, template)) = exportable(&a, SemaphoreKind::Timeline) else { return };
     raise_fd_limit();
     drop(Semaphore::import(&b, template.try_clone().unwrap()).unwrap());
-    let fresh = || timeline.export().unwrap().handle;
+    let fresh_fd = || timeline.export().unwrap().handle;
     on_eight_threads(
         "Vulkan semaphore",
         200,
         false,
         true,
-        || sibling(&template.handle, fresh),
-        |_t, _round, what| semaphore_attempt(&template, what, SemaphoreKind::Timeline, |s| Semaphore::import(&b, s)),
+        &|| (),
+        || sibling(&template.handle, fresh_fd),
+        |_t, _round, what| {
+            semaphore_attempt(
+                &template,
+                what,
+                SemaphoreKind::Timeline,
+                || timeline.export(),
+                |s| Semaphore::import(&b, s),
+            )
+        },
     );
 
     let Some(fence) = testing::or_skip("semaphores", Fence::exportable(&a, FenceHandleKind::OpaqueFd)) else {
@@ -487,11 +556,10 @@ fn vulkan_semaphore_and_fence_imports_on_eight_threads() {
         200,
         false,
         true,
+        &|| (),
         || sibling(&template.handle, || fence.export().unwrap().handle),
         |_t, _round, what| match what {
-            Attempt::Valid => {
-                must_work("a valid import", Fence::import(&b, clone(None, false, FenceHandleKind::OpaqueFd))).map(drop)
-            }
+            Attempt::Valid => must_work("a valid import", Fence::import(&b, fresh(fence.export())?)).map(drop),
             Attempt::WrongSize => must_fail(
                 "a sync-fd description of an opaque fd",
                 Fence::import(&b, clone(None, false, FenceHandleKind::SyncFd)),
@@ -526,9 +594,16 @@ fn cuda_opencl_and_gl_semaphore_imports_on_eight_threads() {
             200,
             false,
             true,
+            &|| (),
             || sibling(&timeline_export.handle, || timeline.export().unwrap().handle),
             |_t, _round, what| {
-                semaphore_attempt(&timeline_export, what, SemaphoreKind::Timeline, |s| cuda.import_semaphore(s))
+                semaphore_attempt(
+                    &timeline_export,
+                    what,
+                    SemaphoreKind::Timeline,
+                    || timeline.export(),
+                    |s| cuda.import_semaphore(s),
+                )
             },
         );
         cuda.check_deferred().unwrap();
@@ -541,9 +616,16 @@ fn cuda_opencl_and_gl_semaphore_imports_on_eight_threads() {
             200,
             false,
             true,
+            &|| cl.finish().unwrap(),
             || sibling(&binary_export.handle, || binary.export().unwrap().handle),
             |_t, _round, what| {
-                semaphore_attempt(&binary_export, what, SemaphoreKind::Binary, |s| cl.import_semaphore(s))
+                semaphore_attempt(
+                    &binary_export,
+                    what,
+                    SemaphoreKind::Binary,
+                    || binary.export(),
+                    |s| cl.import_semaphore(s),
+                )
             },
         );
         cl.check_deferred().unwrap();
@@ -555,9 +637,16 @@ fn cuda_opencl_and_gl_semaphore_imports_on_eight_threads() {
             200,
             false,
             true,
+            &|| (),
             || sibling(&binary_export.handle, || binary.export().unwrap().handle),
             |_t, _round, what| {
-                semaphore_attempt(&binary_export, what, SemaphoreKind::Binary, |s| gl.import_semaphore(s))
+                semaphore_attempt(
+                    &binary_export,
+                    what,
+                    SemaphoreKind::Binary,
+                    || binary.export(),
+                    |s| gl.import_semaphore(s),
+                )
             },
         );
         gl.check_deferred().unwrap();

@@ -287,7 +287,7 @@ impl Fence {
                         .into(),
                     advice: "pass the fd and description exactly as a fence export returned them".into(),
                 },
-                r => Error::vk("vkImportFenceFdKHR", r, format!("importing a {what}")),
+                r => super::import_failed("vkImportFenceFdKHR", r, format!("importing a {what}")),
             })
         });
         if let Err(e) = imported {

@@ -48,6 +48,23 @@ pub use transfer::{gl_layout, vk_layout_from_gl, OwnershipTransfer, StageAccess}
 
 use std::time::Duration;
 
+/// The error of a failed `vkImportSemaphoreFdKHR` or `vkImportFenceFdKHR` (other than
+/// `VK_ERROR_INVALID_EXTERNAL_HANDLE`, which the importers word themselves). The driver is there
+/// (the object to import into was just created), so the advice is about the fd: drivers answer
+/// an fd they cannot import with any error (NVIDIA's with `VK_ERROR_INITIALIZATION_FAILED`), and
+/// NVIDIA's drivers may refuse an opaque fd whose open file description was imported before.
+pub(crate) fn import_failed(call: &'static str, result: ash::vk::Result, action: String) -> crate::Error {
+    let advice = match result {
+        ash::vk::Result::ERROR_OUT_OF_HOST_MEMORY => "free host memory".to_string(),
+        ash::vk::Result::ERROR_DEVICE_LOST => "the device was lost: recreate the context".to_string(),
+        _ => "the fd may not be an export of this kind of object from this device, or it was imported already \
+              (NVIDIA's drivers may spend an export on its first import): import a fresh export, passed exactly as \
+              returned"
+            .to_string(),
+    };
+    crate::Error::Vulkan { action, call, result, advice }
+}
+
 /// Vulkan takes timeouts in nanoseconds; a `Duration` too long for a `u64` waits forever.
 pub(crate) fn timeout_ns(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
@@ -114,5 +131,24 @@ pub(crate) fn check_sync_file(fd: std::os::fd::OwnedFd, what: &str) -> crate::Re
             reason: format!("it is {link}, not a sync_file (anon_inode:sync_file)"),
             advice: "pass the fd a sync-fd export returned, or describe the handle as opaque-fd".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod import_error_tests {
+    /// NVIDIA answers a semaphore fd it cannot import with VK_ERROR_INITIALIZATION_FAILED; the
+    /// advice used to be the one for a failed instance creation ("check that a Vulkan driver is
+    /// installed"), wrong for an import into a device that exists.
+    #[test]
+    fn a_refused_sync_import_advises_about_the_fd_not_the_driver_installation() {
+        let e = super::import_failed(
+            "vkImportSemaphoreFdKHR",
+            ash::vk::Result::ERROR_INITIALIZATION_FAILED,
+            "importing a opaque-fd binary semaphore".into(),
+        );
+        let text = e.to_string();
+        assert!(!text.contains("driver is installed"), "{text}");
+        assert!(text.contains("imported already") && text.contains("fresh export"), "{text}");
+        assert!(text.contains("vkImportSemaphoreFdKHR"), "{text}");
     }
 }

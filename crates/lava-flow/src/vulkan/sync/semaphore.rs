@@ -403,7 +403,7 @@ impl Semaphore {
                             .into(),
                     advice: "pass the fd and description exactly as the exporter returned them".into(),
                 },
-                r => Error::vk("vkImportSemaphoreFdKHR", r, format!("importing a {what}")),
+                r => super::import_failed("vkImportSemaphoreFdKHR", r, format!("importing a {what}")),
             })
         });
         if let Err(e) = imported {
