@@ -15,9 +15,9 @@ use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, send_with_fds};
 use lava_flow::ipc::wire::{decode, encode, ErrorCode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
 use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::{
-    AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, Memory, MemoryDescription, MemoryHandleKind,
-    MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
-    TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
+    AllocationId, BufferDescription, BufferHandle, DeviceIdentity, Extent3d, MemoryDescription, MemoryHandle,
+    MemoryHandleKind, MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, TextureDescription,
+    TextureDimension, TextureFormat, TextureHandle, TextureTiling, TextureUsage, Uuid,
 };
 use lava_flow::Error;
 use lava_flow_diag::testing;
@@ -49,12 +49,12 @@ fn serve_shared_memory(server: &Server) -> lava_flow::SharedHostMemory {
     let mut memory = shm::create(SIZE).unwrap();
     memory.write(0, &pattern_bytes(SEED, SIZE)).unwrap();
     server.publish(NamedObject::new("memory", shm::export(&memory).unwrap())).unwrap();
-    let buffer = Buffer {
-        memory: shm::export(&memory).unwrap(),
-        buffer: BufferDescription { offset: 4096, size: 64 * 1024, alignment: 4096 },
-    };
+    let buffer = BufferHandle::new(
+        shm::export(&memory).unwrap(),
+        BufferDescription { offset: 4096, size: 64 * 1024, alignment: 4096 },
+    );
     server.publish(NamedObject::new("buffer", buffer)).unwrap();
-    let texture = Texture { memory: shm::export(&memory).unwrap(), texture: texture_description() };
+    let texture = TextureHandle::new(shm::export(&memory).unwrap(), texture_description());
     server.publish(NamedObject::new("texture", texture)).unwrap();
     memory
 }
@@ -586,7 +586,7 @@ fn published_fds_must_match_their_descriptions() {
     assert_eq!(publish_raw(&path, "host", host(8192), memfd(8192, sealed)), Message::Ok);
     assert_eq!(publish_raw(&path, "device", device(4096), memfd(8192, SealFlags::empty())), Message::Ok);
     // In-process publishes pass the same checks.
-    let unsealed = Memory { handle: memfd(8192, SealFlags::empty()), description: host_description(8192) };
+    let unsealed = MemoryHandle::new(memfd(8192, SealFlags::empty()), host_description(8192));
     let e = server.publish(NamedObject::new("local", unsealed)).unwrap_err();
     assert!(matches!(e, Error::InvalidHandle { .. }) && e.to_string().contains("F_SEAL_SHRINK"), "{e}");
     assert_eq!(server.objects().len(), 2);
@@ -602,9 +602,11 @@ fn a_publish_that_contradicts_a_held_description_is_refused() {
     let path = dir.path().join("server.sock");
     let server = Server::bind(&path, ServerConfig::default()).unwrap();
     let memory = shm::create(1 << 20).unwrap();
-    let described = |size| Memory {
-        handle: shm::export(&memory).unwrap().handle,
-        description: MemoryDescription { allocation_id: Some(AllocationId(42)), ..host_description(size) },
+    let described = |size| {
+        MemoryHandle::new(
+            shm::export(&memory).unwrap().handle,
+            MemoryDescription { allocation_id: Some(AllocationId(42)), ..host_description(size) },
+        )
     };
     let client = Client::connect(&path).unwrap();
     client.publish(&[NamedObject::new("a", described(1 << 20))]).unwrap();

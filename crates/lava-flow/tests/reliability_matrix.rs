@@ -23,7 +23,7 @@ use lava_flow::ipc::wire::{decode, encode, Message, NamedDescription, ObjectDesc
 use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::opencl::{ClBuffer, ClContext};
 use lava_flow::raw_gpu_handle::{
-    Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
+    BufferDescription, BufferHandle, ExportedBuffer, MemoryDescription, MemoryHandle, MemoryHandleKind, Uuid,
 };
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
@@ -739,7 +739,7 @@ fn closed_fd(env: &Env, column: Column) -> CellResult {
         let client = Client::connect(env.server.path()).map_err(|e| e.to_string())?;
         drop(client.get("memory").map_err(|e| e.to_string())?);
         let description = memory_description();
-        let object = NamedObject::new("closed", Memory { handle: stale_fd(), description });
+        let object = NamedObject::new("closed", MemoryHandle::new(stale_fd(), description));
         let result = client.publish(std::slice::from_ref(&object));
         // The number is not open: dropping the object would close whatever reuses it.
         std::mem::forget(object);
@@ -877,8 +877,7 @@ fn consumed_fd_again(env: &Env, column: Column) -> CellResult {
     // SAFETY: deliberately wraps the consumed (closed, checked just above) number again, as a buggy
     // caller would; the code under test must not close it.
     let stale = unsafe { OwnedFd::from_raw_fd(number) };
-    let again =
-        BufferParts { memory: Memory { handle: stale, description: twin_description.0 }, buffer: twin_description.1 };
+    let again = BufferHandle::new(MemoryHandle::new(stale, twin_description.0), twin_description.1);
     let before = open_fd_count();
     let result = env.import(column, again);
     let after = open_fd_count();
@@ -986,7 +985,7 @@ fn peer_dies(env: &Env, column: Column) -> CellResult {
     }
     let (memory, buffer, fd) = env.dead_exporter.as_ref().map_err(|e| e.clone())?;
     let handle = fd.try_clone().map_err(|e| e.to_string())?;
-    let exported = BufferParts { memory: Memory { handle, description: *memory }, buffer: *buffer };
+    let exported = BufferHandle::new(MemoryHandle::new(handle, *memory), *buffer);
     let imported = env.import(column, exported).map_err(|e| format!("importing the dead process's memory: {e}"))?;
     if imported.read().map_err(|e| e.to_string())? != pattern(11) {
         return Err("the dead exporter's memory reads other bytes".into());

@@ -3,8 +3,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use raw_gpu_handle::{
-    Buffer, ExportedBuffer, ExportedFence, ExportedMemory, ExportedSemaphore, ExportedTexture, Fence, Memory,
-    MemoryDescription, MemoryHandleKind, Semaphore, Texture,
+    BufferHandle, ExportedBuffer, ExportedFence, ExportedMemory, ExportedSemaphore, ExportedTexture, FenceHandle,
+    MemoryDescription, MemoryHandle, MemoryHandleKind, SemaphoreHandle, TextureHandle,
 };
 use rustix::fs::{FileType, SealFlags};
 
@@ -30,15 +30,15 @@ impl SharedObject {
     /// Joins a description with the fd that came for it.
     pub fn from_parts(description: ObjectDescription, fd: OwnedFd) -> SharedObject {
         match description {
-            ObjectDescription::Memory(d) => SharedObject::Memory(Memory { handle: fd, description: d }),
+            ObjectDescription::Memory(d) => SharedObject::Memory(MemoryHandle::new(fd, d)),
             ObjectDescription::Buffer { memory, buffer } => {
-                SharedObject::Buffer(Buffer { memory: Memory { handle: fd, description: memory }, buffer })
+                SharedObject::Buffer(BufferHandle::new(MemoryHandle::new(fd, memory), buffer))
             }
             ObjectDescription::Texture { memory, texture } => {
-                SharedObject::Texture(Texture { memory: Memory { handle: fd, description: memory }, texture })
+                SharedObject::Texture(TextureHandle::new(MemoryHandle::new(fd, memory), texture))
             }
-            ObjectDescription::Semaphore(d) => SharedObject::Semaphore(Semaphore { handle: fd, description: d }),
-            ObjectDescription::Fence(d) => SharedObject::Fence(Fence { handle: fd, description: d }),
+            ObjectDescription::Semaphore(d) => SharedObject::Semaphore(SemaphoreHandle::new(fd, d)),
+            ObjectDescription::Fence(d) => SharedObject::Fence(FenceHandle::new(fd, d)),
         }
     }
 
