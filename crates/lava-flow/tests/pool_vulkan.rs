@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{pattern, two_devices, vulkan};
-use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
+use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig};
 use lava_flow::pool::{AllocationStrategy, BlockImporter, BufferPool, CacheOutcome, PoolConfig};
 use lava_flow::raw_gpu_handle::{
     BufferDescription, ExportedBuffer, MemoryDescription, MemoryHandle, MemoryHandleKind, Uuid,
@@ -533,7 +533,7 @@ fn peer_reads_all_it_was_served() {
     let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
     let mut read = 0;
     for (seed, object) in (1..).zip(objects) {
-        let SharedObject::Buffer(exported) = object.object else { panic!("{} is not a buffer", object.name) };
+        let exported = ExportedBuffer::try_from(object.object).unwrap_or_else(|e| panic!("{}: {e}", object.name));
         let (memory, described) = (exported.memory.description, exported.buffer);
         let buffer = importer.import_buffer(exported).unwrap();
         assert_eq!(buffer.read(0, KIB64).unwrap(), pattern(KIB64 as usize, seed), "{}", object.name);
