@@ -26,7 +26,39 @@
 //!
 //! The `*Handle` structs are `#[non_exhaustive]`: build them with `new`, read their public
 //! fields (or the accessors, such as [`BufferHandle::device`] and [`BufferHandle::size`]), and
-//! destructure them with `..`.
+//! destructure them with `..`:
+//!
+//! ```
+//! use raw_gpu_handle::{
+//!     BufferDescription, BufferHandle, DeviceIdentity, MemoryDescription, MemoryHandle, MemoryHandleKind,
+//!     MemoryProperties,
+//! };
+//!
+//! let memory = MemoryDescription {
+//!     handle_kind: MemoryHandleKind::HostMemfd,
+//!     allocation_size: 4096,
+//!     memory_type_index: 0,
+//!     memory_properties: MemoryProperties::HOST_VISIBLE,
+//!     dedicated: false,
+//!     device: DeviceIdentity::default(),
+//!     allocation_id: None,
+//! };
+//! // Any handle tier; an `i32` stands for a raw fd here.
+//! let buffer = BufferHandle::new(MemoryHandle::new(7, memory), BufferDescription { offset: 0, size: 1024, alignment: 256 });
+//! assert_eq!((buffer.size(), buffer.offset(), buffer.device()), (1024, 0, &DeviceIdentity::default()));
+//! let BufferHandle { memory, buffer: place, .. } = buffer;
+//! assert_eq!((memory.allocation_size(), place.size), (4096, 1024));
+//! ```
+//!
+//! A struct expression does not build one outside this crate, so that fields can be added later:
+//!
+//! ```compile_fail,E0639
+//! use raw_gpu_handle::{BufferDescription, BufferHandle, MemoryHandle};
+//!
+//! fn place(memory: MemoryHandle<i32>, buffer: BufferDescription) -> BufferHandle<i32> {
+//!     BufferHandle { memory, buffer } // use BufferHandle::new(memory, buffer)
+//! }
+//! ```
 //!
 //! Every shareable object comes in three tiers, like `raw-window-handle`:
 //!
