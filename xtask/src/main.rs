@@ -38,7 +38,10 @@ commands:
 pub const STEPS: [(&str, &str); 10] = [
     ("cargo fmt --check", "formatting"),
     ("cargo clippy -D warnings", "clippy on the workspace, all features, all targets"),
-    ("clippy per feature set", "clippy on the CLI with each feature set users can pick, and raw-gpu-handle alone"),
+    (
+        "clippy per feature set",
+        "clippy on the CLI with each feature set users can pick, and raw-gpu-handle alone, with and without std",
+    ),
     ("cargo doc -D warnings", "rustdoc: broken intra-doc links and missing docs of the public API fail"),
     ("msrv", "`cargo check` with the toolchain `rust-version` names, where it is installed"),
     ("tests", "every test, through cargo-nextest (`cargo test` where it is absent)"),
@@ -134,8 +137,30 @@ fn test() -> Result<(), String> {
             cargo(&args)
         })
         .collect();
-    // raw-gpu-handle without its `serde` feature (lava-flow always turns it on).
+    // raw-gpu-handle without its `serde` feature (lava-flow always turns it on), and `no_std`:
+    // without `std`, alone and with `serde` (the crate is `#![no_std]`, so any use of `std` there
+    // fails to build).
     per_feature_set.push(cargo(&["clippy", "--package", "raw-gpu-handle", "--", "-D", "warnings"]));
+    per_feature_set.push(cargo(&[
+        "clippy",
+        "--package",
+        "raw-gpu-handle",
+        "--no-default-features",
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    per_feature_set.push(cargo(&[
+        "clippy",
+        "--package",
+        "raw-gpu-handle",
+        "--no-default-features",
+        "--features",
+        "serde",
+        "--",
+        "-D",
+        "warnings",
+    ]));
     summary.run(Step::all("clippy per feature set", per_feature_set).keep_going())?;
     let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");

@@ -6,7 +6,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use ash::vk;
-use raw_gpu_handle::{ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
+use raw_gpu_handle::{ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind};
 
 use lava_flow::{Error, Result, VulkanContext};
 
@@ -158,15 +158,16 @@ impl VkSemaphore {
         // belongs to its device.
         let fd = unsafe { loader.get_semaphore_fd(&info) }
             .map_err(|r| Error::vk("vkGetSemaphoreFdKHR", r, "exporting a semaphore"))?;
-        Ok(Semaphore {
-            // SAFETY: on success vkGetSemaphoreFdKHR returns a new open fd whose ownership passes to us.
-            handle: unsafe { OwnedFd::from_raw_fd(fd) },
-            description: SemaphoreDescription {
+        // SAFETY: on success vkGetSemaphoreFdKHR returns a new open fd whose ownership passes to us.
+        let handle = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SemaphoreHandle::new(
+            handle,
+            SemaphoreDescription {
                 kind: self.kind,
                 handle_kind: SemaphoreHandleKind::OpaqueFd,
                 device: self.ctx.identity(),
             },
-        })
+        ))
     }
 
     /// Sets a timeline semaphore's value from the host.

@@ -17,7 +17,7 @@ use ash::vk;
 use lava_flow::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
 use lava_flow::cuda::cudarc::nvrtc::Ptx;
 use lava_flow::cuda::{CudaDevice, KERNELS_PTX};
-use lava_flow::raw_gpu_handle::{Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
+use lava_flow::raw_gpu_handle::{SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind};
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 
@@ -181,15 +181,16 @@ impl Rounds {
         // SAFETY: the semaphore was created exportable as an opaque fd (export is called only when
         // `exportable`).
         let fd = unsafe { loader.get_semaphore_fd(&info) }.map_err(vk_err("vkGetSemaphoreFdKHR"))?;
-        Ok(Semaphore {
-            // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
-            handle: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
-            description: SemaphoreDescription {
+        // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
+        let handle = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        Ok(SemaphoreHandle::new(
+            handle,
+            SemaphoreDescription {
                 kind: SemaphoreKind::Timeline,
                 handle_kind: SemaphoreHandleKind::OpaqueFd,
                 device: self.ctx.identity(),
             },
-        })
+        ))
     }
 
     /// Records one command buffer with `record` and submits it waiting for the timeline to reach

@@ -24,7 +24,7 @@ mod example {
 
     use ash::vk;
     use lava_flow::opencl::{ClContext, KernelArg};
-    use lava_flow::raw_gpu_handle::{Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
+    use lava_flow::raw_gpu_handle::{SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind};
     use lava_flow::vulkan::MemoryKind;
     use lava_flow::{Buffer, BufferOptions, VulkanContext};
 
@@ -57,15 +57,16 @@ mod example {
                 .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
             // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
             let fd = unsafe { loader.get_semaphore_fd(&info) }?;
-            Ok(Semaphore {
-                // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
-                handle: unsafe { OwnedFd::from_raw_fd(fd) },
-                description: SemaphoreDescription {
+            // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
+            let handle = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(SemaphoreHandle::new(
+                handle,
+                SemaphoreDescription {
                     kind: SemaphoreKind::Binary,
                     handle_kind: SemaphoreHandleKind::OpaqueFd,
                     device: self.ctx.identity(),
                 },
-            })
+            ))
         }
 
         /// Submits an empty batch that signals (after earlier work) or waits, then waits for it.

@@ -304,7 +304,7 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext, Buf
         }
     };
     let opaque = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
-    let with = |handle: OwnedFd, description| ExportedMemory { handle, description };
+    let with = |handle: OwnedFd, description| ExportedMemory::new(handle, description);
     let mut row = |failure: &'static str, raw_fd: OwnedFd, raw: &dyn Fn(RawFd) -> bool, lava_fd: OwnedFd, lava| {
         let memfd = is_memfd(&raw_fd);
         println!("Vulkan memory: {failure}");
@@ -421,9 +421,11 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext, memory: 
         unsafe { b.device().destroy_semaphore(semaphore, None) };
         ok
     };
-    let described = |handle: OwnedFd, kind| ExportedSemaphore {
-        handle,
-        description: SemaphoreDescription { kind, handle_kind: SemaphoreHandleKind::OpaqueFd, device: a.identity() },
+    let described = |handle: OwnedFd, kind| {
+        ExportedSemaphore::new(
+            handle,
+            SemaphoreDescription { kind, handle_kind: SemaphoreHandleKind::OpaqueFd, device: a.identity() },
+        )
     };
     let mut row = |failure: &'static str, raw_fd: OwnedFd, kind: SemaphoreKind, lava_fd: OwnedFd| {
         println!("Vulkan semaphore: {failure}");
@@ -472,9 +474,8 @@ fn vulkan_sync(table: &mut Table, a: &VulkanContext, b: &VulkanContext, memory: 
         unsafe { b.device().destroy_fence(fence, None) };
         ok
     };
-    let as_fence = |handle: OwnedFd| ExportedFence {
-        handle,
-        description: FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: a.identity() },
+    let as_fence = |handle: OwnedFd| {
+        ExportedFence::new(handle, FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: a.identity() })
     };
     let mut row = |failure: &'static str, raw_fd: OwnedFd, lava_fd: OwnedFd| {
         println!("Vulkan fence: {failure}");
@@ -527,7 +528,7 @@ fn cuda(table: &mut Table, a: &VulkanContext, buffer: &Buffer) {
         println!("CUDA memory: {failure}");
         let memfd = is_memfd(&raw_fd);
         let raw = raw_import(raw_fd, |fd| import_memory(fd, size));
-        let lava = lava_import(|| cuda.import_memory(ExportedMemory { handle: lava_fd, description }));
+        let lava = lava_import(|| cuda.import_memory(ExportedMemory::new(lava_fd, description)));
         table.add(Row { api: "CUDA memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
     let mut twice = d;
@@ -576,13 +577,15 @@ fn cuda(table: &mut Table, a: &VulkanContext, buffer: &Buffer) {
         }
         r == sys::CUresult::CUDA_SUCCESS
     };
-    let binary = |handle: OwnedFd| ExportedSemaphore {
-        handle,
-        description: SemaphoreDescription {
-            kind: SemaphoreKind::Binary,
-            handle_kind: SemaphoreHandleKind::OpaqueFd,
-            device: a.identity(),
-        },
+    let binary = |handle: OwnedFd| {
+        ExportedSemaphore::new(
+            handle,
+            SemaphoreDescription {
+                kind: SemaphoreKind::Binary,
+                handle_kind: SemaphoreHandleKind::OpaqueFd,
+                device: a.identity(),
+            },
+        )
     };
     let mut row = |failure: &'static str, raw_fd: OwnedFd, lava_fd: OwnedFd| {
         println!("CUDA semaphore: {failure}");
@@ -650,7 +653,7 @@ fn opencl(table: &mut Table, buffer: &Buffer) {
         let memfd = is_memfd(&raw_fd);
         let raw = raw_import(raw_fd, |fd| create(fd, size));
         let mut exported = buffer.export_fd().unwrap();
-        exported.memory = ExportedMemory { handle: lava_fd, description };
+        exported.memory = ExportedMemory::new(lava_fd, description);
         let lava = lava_import(|| ctx.import_buffer(exported));
         table.add(Row { api: "OpenCL memory", driver: driver.clone(), failure, raw, lava, memfd });
     };
@@ -710,7 +713,7 @@ fn gl(table: &mut Table, a: &VulkanContext, buffer: &Buffer) {
         let memfd = is_memfd(&raw_fd);
         let raw = raw_import(raw_fd, raw);
         let lava = match lava {
-            Some((handle, description)) => lava_import(|| gl.import_memory(ExportedMemory { handle, description })),
+            Some((handle, description)) => lava_import(|| gl.import_memory(ExportedMemory::new(handle, description))),
             None => Lava::NotExpressible,
         };
         table.add(Row { api: "GL memory", driver: driver.clone(), failure, raw, lava, memfd });

@@ -548,7 +548,7 @@ fn vulkan_semaphore_and_fence_imports_on_eight_threads() {
         if uuid {
             description.device.device_uuid = foreign(description.device.device_uuid);
         }
-        ExportedFence { handle: fd.unwrap_or_else(|| template.handle.try_clone().unwrap()), description }
+        ExportedFence::new(fd.unwrap_or_else(|| template.handle.try_clone().unwrap()), description)
     };
     drop(Fence::import(&b, clone(None, false, FenceHandleKind::OpaqueFd)).unwrap());
     on_eight_threads(

@@ -9,8 +9,8 @@ use std::os::fd::OwnedFd;
 use lava_flow::error::GlCode;
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::raw_gpu_handle::{
-    ExportedBuffer, ExportedSemaphore, ExportedTexture, MemoryHandleKind, PlaneLayout, Semaphore, SemaphoreDescription,
-    SemaphoreHandleKind, SemaphoreKind, TextureTiling, Uuid,
+    ExportedBuffer, ExportedSemaphore, ExportedTexture, MemoryHandleKind, PlaneLayout, SemaphoreDescription,
+    SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind, TextureTiling, Uuid,
 };
 use lava_flow::{Buffer, BufferOptions, DriverCode, Error, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
@@ -212,7 +212,7 @@ fn bad_texture_descriptions_are_refused() {
 fn semaphores_gl_cannot_import_are_refused() {
     let Some((vk, gl, _buffer)) = setup() else { return };
     let semaphore = |kind, handle_kind, fd: OwnedFd| -> ExportedSemaphore {
-        Semaphore { handle: fd, description: SemaphoreDescription { kind, handle_kind, device: vk.identity() } }
+        SemaphoreHandle::new(fd, SemaphoreDescription { kind, handle_kind, device: vk.identity() })
     };
     let refused = |s: ExportedSemaphore| {
         let before = open_fd_count();

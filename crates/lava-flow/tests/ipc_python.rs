@@ -11,9 +11,10 @@ use lava_flow::ipc::shm;
 use lava_flow::ipc::wire::{encode, Message, NamedDescription, ObjectDescription, HEADER_LEN};
 use lava_flow::ipc::{NamedObject, Server, ServerConfig};
 use lava_flow::raw_gpu_handle::{
-    AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind,
+    AllocationId, BufferDescription, BufferHandle, DeviceIdentity, Extent3d, FenceDescription, FenceHandleKind,
     MemoryDescription, MemoryHandleKind, MemoryProperties, PlaneLayout, SemaphoreDescription, SemaphoreHandleKind,
-    SemaphoreKind, Texture, TextureDescription, TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
+    SemaphoreKind, TextureDescription, TextureDimension, TextureFormat, TextureHandle, TextureTiling, TextureUsage,
+    Uuid,
 };
 use lava_flow::vulkan::MemoryLocation;
 use lava_flow_diag::pattern::{serve_pattern, ServeMemory, ServeOptions, PATTERN_NAME};
@@ -54,10 +55,8 @@ fn the_documented_python_client_reads_a_live_server() {
     let mut memory = shm::create(1 << 16).unwrap();
     memory.write(0, &pattern_bytes(3, 1 << 16)).unwrap();
     server.publish(NamedObject::new("frames", shm::export(&memory).unwrap())).unwrap();
-    let buffer = Buffer {
-        memory: shm::export(&memory).unwrap(),
-        buffer: BufferDescription { offset: 256, size: 1024, alignment: 256 },
-    };
+    let buffer =
+        BufferHandle::new(shm::export(&memory).unwrap(), BufferDescription { offset: 256, size: 1024, alignment: 256 });
     server.publish(NamedObject::new("buffer", buffer)).unwrap();
     let texture = TextureDescription {
         format: TextureFormat::Rgba16Float,
@@ -69,7 +68,7 @@ fn the_documented_python_client_reads_a_live_server() {
         offset: 4096,
         size: 768,
     };
-    server.publish(NamedObject::new("image", Texture { memory: shm::export(&memory).unwrap(), texture })).unwrap();
+    server.publish(NamedObject::new("image", TextureHandle::new(shm::export(&memory).unwrap(), texture))).unwrap();
     let path = socket.to_str().unwrap();
 
     let (ok, out, err) = run_python(dir.path(), &[client.to_str().unwrap(), path]);

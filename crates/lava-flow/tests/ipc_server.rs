@@ -15,9 +15,10 @@ use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, send_with_fds};
 use lava_flow::ipc::wire::{decode, encode, ErrorCode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
 use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::{
-    AllocationId, Buffer, BufferDescription, DeviceIdentity, Extent3d, Memory, MemoryDescription, MemoryHandleKind,
-    MemoryProperties, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind, Texture, TextureDescription,
-    TextureDimension, TextureFormat, TextureTiling, TextureUsage, Uuid,
+    AllocationId, BufferDescription, BufferHandle, DeviceIdentity, ExportedBuffer, ExportedMemory, ExportedSemaphore,
+    Extent3d, MemoryDescription, MemoryHandle, MemoryHandleKind, MemoryProperties, SemaphoreDescription,
+    SemaphoreHandleKind, SemaphoreKind, TextureDescription, TextureDimension, TextureFormat, TextureHandle,
+    TextureTiling, TextureUsage, Uuid,
 };
 use lava_flow::Error;
 use lava_flow_diag::testing;
@@ -49,12 +50,12 @@ fn serve_shared_memory(server: &Server) -> lava_flow::SharedHostMemory {
     let mut memory = shm::create(SIZE).unwrap();
     memory.write(0, &pattern_bytes(SEED, SIZE)).unwrap();
     server.publish(NamedObject::new("memory", shm::export(&memory).unwrap())).unwrap();
-    let buffer = Buffer {
-        memory: shm::export(&memory).unwrap(),
-        buffer: BufferDescription { offset: 4096, size: 64 * 1024, alignment: 4096 },
-    };
+    let buffer = BufferHandle::new(
+        shm::export(&memory).unwrap(),
+        BufferDescription { offset: 4096, size: 64 * 1024, alignment: 4096 },
+    );
     server.publish(NamedObject::new("buffer", buffer)).unwrap();
-    let texture = Texture { memory: shm::export(&memory).unwrap(), texture: texture_description() };
+    let texture = TextureHandle::new(shm::export(&memory).unwrap(), texture_description());
     server.publish(NamedObject::new("texture", texture)).unwrap();
     memory
 }
@@ -273,7 +274,7 @@ fn malformed_messages_get_errors_close_their_fds_and_the_server_keeps_serving() 
         assert!(matches!(reply, Message::Error { code: ErrorCode::FdCountMismatch, .. }), "{reply:?}");
         assert!(fds.is_empty());
     }
-    assert_eq!(client.get("memory").unwrap().len(), 1);
+    assert_eq!(client.get_objects("memory").unwrap().len(), 1);
     drop(client);
     assert!(server.wait_idle(WAIT));
     assert_eq!(testing::open_fd_count(), baseline);
@@ -362,7 +363,7 @@ fn idle_and_surplus_clients_are_disconnected() {
     let (stats, timed_out) = server.wait_for(WAIT, |s| s.idle_timeouts == 1 && s.connections_active == 0);
     assert!(timed_out, "the silent client was not disconnected: {stats:?}");
     assert_eq!(stats.connections_busy, 1);
-    let err = first.get("memory").unwrap_err();
+    let err = first.get_objects("memory").unwrap_err();
     assert!(matches!(err, Error::Protocol { .. } | Error::Io { .. }), "{err}");
     drop(first);
     assert_eq!(testing::open_fd_count(), baseline);
@@ -586,12 +587,44 @@ fn published_fds_must_match_their_descriptions() {
     assert_eq!(publish_raw(&path, "host", host(8192), memfd(8192, sealed)), Message::Ok);
     assert_eq!(publish_raw(&path, "device", device(4096), memfd(8192, SealFlags::empty())), Message::Ok);
     // In-process publishes pass the same checks.
-    let unsealed = Memory { handle: memfd(8192, SealFlags::empty()), description: host_description(8192) };
+    let unsealed = MemoryHandle::new(memfd(8192, SealFlags::empty()), host_description(8192));
     let e = server.publish(NamedObject::new("local", unsealed)).unwrap_err();
     assert!(matches!(e, Error::InvalidHandle { .. }) && e.to_string().contains("F_SEAL_SHRINK"), "{e}");
     assert_eq!(server.objects().len(), 2);
     drop(server);
     assert_eq!(testing::open_fd_count(), baseline);
+}
+
+/// `Client::get::<T>` hands out the kind asked for; another kind is an error naming the object,
+/// the kind asked for and the kind held, and the object's fd is closed with it.
+#[test]
+fn a_typed_get_names_the_kind_asked_for_and_the_kind_held() {
+    let dir = TempDir::new("typed", 0o700);
+    let path = dir.path().join("server.sock");
+    let server = Server::bind(&path, ServerConfig::default()).unwrap();
+    let memory = shm::create(8192).unwrap();
+    server.publish(NamedObject::new("memory", shm::export(&memory).unwrap())).unwrap();
+    let baseline = testing::open_fd_count();
+    let client = Client::connect(&path).unwrap();
+    for e in [
+        client.get::<ExportedBuffer>("memory").map(drop).unwrap_err(),
+        client.get::<ExportedSemaphore>("memory").map(drop).unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("\"memory\"") && text.contains("the server holds a memory object"), "{text}");
+        assert!(text.contains("a buffer was asked for") || text.contains("a semaphore was asked for"), "{text}");
+    }
+    // The right kind, with the short paths to what a reader looks at first.
+    let exported = client.get::<ExportedMemory>("memory").unwrap();
+    assert_eq!((exported.allocation_size(), exported.handle_kind()), (8192, MemoryHandleKind::HostMemfd));
+    assert_eq!(exported.device(), &exported.description.device);
+    drop(exported);
+    assert!(matches!(client.get::<SharedObject>("memory").unwrap(), SharedObject::Memory(_)));
+    // The fds of the refused objects were closed with them.
+    drop(client);
+    assert!(server.wait_idle(WAIT));
+    assert_eq!(testing::open_fd_count(), baseline, "fds of objects of the wrong kind were left open");
 }
 
 /// Objects already held and a new PUBLISH must describe one allocation id alike; a contradicting
@@ -602,9 +635,11 @@ fn a_publish_that_contradicts_a_held_description_is_refused() {
     let path = dir.path().join("server.sock");
     let server = Server::bind(&path, ServerConfig::default()).unwrap();
     let memory = shm::create(1 << 20).unwrap();
-    let described = |size| Memory {
-        handle: shm::export(&memory).unwrap().handle,
-        description: MemoryDescription { allocation_id: Some(AllocationId(42)), ..host_description(size) },
+    let described = |size| {
+        MemoryHandle::new(
+            shm::export(&memory).unwrap().handle,
+            MemoryDescription { allocation_id: Some(AllocationId(42)), ..host_description(size) },
+        )
     };
     let client = Client::connect(&path).unwrap();
     client.publish(&[NamedObject::new("a", described(1 << 20))]).unwrap();
@@ -629,7 +664,7 @@ fn a_client_polling_for_a_name_is_not_dropped() {
     let server = Server::bind(&path, ServerConfig::default()).unwrap();
     let client = Client::connect(&path).unwrap();
     for i in 0..40 {
-        let e = client.get("later").unwrap_err();
+        let e = client.get::<ExportedMemory>("later").unwrap_err();
         assert!(e.to_string().contains("no object is named"), "poll {i}: {e}");
     }
     send_with_fds(client.socket(), &[], &[]).unwrap();
@@ -637,7 +672,7 @@ fn a_client_polling_for_a_name_is_not_dropped() {
     assert!(matches!(reply, Message::Error { code: ErrorCode::Malformed, .. }), "{reply:?}");
     let memory = shm::create(4096).unwrap();
     server.publish(NamedObject::new("later", shm::export(&memory).unwrap())).unwrap();
-    assert!(matches!(client.get_one("later").unwrap(), SharedObject::Memory(_)));
+    client.get::<ExportedMemory>("later").unwrap();
     // The server counts a reply once it is sent, so the count can trail the client's receipt.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut stats = server.stats();

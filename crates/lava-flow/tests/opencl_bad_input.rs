@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 
 use lava_flow::opencl::ClContext;
 use lava_flow::raw_gpu_handle::{
-    DeviceIdentity, ExportedBuffer, MemoryHandleKind, Semaphore, SemaphoreDescription, SemaphoreHandleKind,
+    DeviceIdentity, ExportedBuffer, MemoryHandleKind, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind,
     SemaphoreKind, TextureFormat, TextureTiling, Uuid,
 };
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
@@ -131,9 +131,8 @@ fn handle_kinds_and_image_layouts_opencl_cannot_import_are_refused() {
 #[test]
 fn semaphores_opencl_cannot_import_are_refused() {
     let Some((vk, cl, _buffer)) = setup() else { return };
-    let sem = |kind, handle_kind, fd: OwnedFd| Semaphore {
-        handle: fd,
-        description: SemaphoreDescription { kind, handle_kind, device: vk.identity() },
+    let sem = |kind, handle_kind, fd: OwnedFd| {
+        SemaphoreHandle::new(fd, SemaphoreDescription { kind, handle_kind, device: vk.identity() })
     };
     for (kind, handle_kind) in [
         (SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd),

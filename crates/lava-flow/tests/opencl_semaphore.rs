@@ -9,7 +9,7 @@ use ash::vk;
 use common::pattern;
 use lava_flow::opencl::{ClContext, KernelArg};
 use lava_flow::raw_gpu_handle::{
-    ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
+    ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind,
 };
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
@@ -41,14 +41,14 @@ impl VkSemaphore {
         let fd = unsafe { loader.get_semaphore_fd(&info) }.unwrap();
         // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
         let handle = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Semaphore {
+        SemaphoreHandle::new(
             handle,
-            description: SemaphoreDescription {
+            SemaphoreDescription {
                 kind: SemaphoreKind::Binary,
                 handle_kind: SemaphoreHandleKind::OpaqueFd,
                 device: self.ctx.identity(),
             },
-        }
+        )
     }
 
     /// Submits an empty batch that signals the semaphore after all earlier work on the queue.

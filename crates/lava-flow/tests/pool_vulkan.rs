@@ -7,9 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use common::{pattern, two_devices, vulkan};
-use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
+use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig};
 use lava_flow::pool::{AllocationStrategy, BlockImporter, BufferPool, CacheOutcome, PoolConfig};
-use lava_flow::raw_gpu_handle::{BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid};
+use lava_flow::raw_gpu_handle::{
+    BufferDescription, ExportedBuffer, MemoryDescription, MemoryHandle, MemoryHandleKind, Uuid,
+};
 use lava_flow::vulkan::{DedicatedPolicy, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Error, MemoryAllocator, VulkanContext};
 use lava_flow_diag::testing::open_fd_count;
@@ -240,9 +242,9 @@ fn bad_pooled_imports_are_typed_errors_that_close_the_fd() {
     let bufs: Vec<Buffer> = (0..2).map(|_| alloc.allocate_buffer(device_id(&a), &pooled(KIB64)).unwrap()).collect();
     let importer = BlockImporter::new(&b);
     let with = |e: ExportedBuffer, f: &dyn Fn(&mut MemoryDescription, &mut BufferDescription)| {
-        let ExportedBuffer { memory: Memory { handle, mut description }, buffer: mut desc } = e;
+        let ExportedBuffer { memory: MemoryHandle { handle, mut description, .. }, buffer: mut desc, .. } = e;
         f(&mut description, &mut desc);
-        ExportedBuffer { memory: Memory { handle, description }, buffer: desc }
+        ExportedBuffer::new(MemoryHandle::new(handle, description), desc)
     };
     // The block keeps the fd of its first export (later exports duplicate it): count after it.
     drop(bufs[0].export_fd().unwrap());
@@ -360,7 +362,7 @@ fn child_imports() {
             fds_before_hit = open_fd_count();
         }
         let (buf, outcome) = importer
-            .import_buffer_with_usage(ExportedBuffer { memory: Memory { handle, description }, buffer }, usage)
+            .import_buffer_with_usage(ExportedBuffer::new(MemoryHandle::new(handle, description), buffer), usage)
             .unwrap();
         assert_eq!(outcome, if i == 0 { CacheOutcome::Miss } else { CacheOutcome::Hit });
         if i == 1 {
@@ -531,7 +533,7 @@ fn peer_reads_all_it_was_served() {
     let usage = lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
     let mut read = 0;
     for (seed, object) in (1..).zip(objects) {
-        let SharedObject::Buffer(exported) = object.object else { panic!("{} is not a buffer", object.name) };
+        let exported = ExportedBuffer::try_from(object.object).unwrap_or_else(|e| panic!("{}: {e}", object.name));
         let (memory, described) = (exported.memory.description, exported.buffer);
         let buffer = importer.import_buffer(exported).unwrap();
         assert_eq!(buffer.read(0, KIB64).unwrap(), pattern(KIB64 as usize, seed), "{}", object.name);

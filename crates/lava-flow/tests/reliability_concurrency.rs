@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::{pattern, two_devices};
 use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
 use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig, SharedObject};
+use lava_flow::raw_gpu_handle::ExportedMemory;
 use lava_flow::raw_gpu_handle::TextureFormat;
 use lava_flow::vulkan::{MemoryKind, MemoryLocation};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, MemoryAllocator, VulkanContext};
@@ -311,7 +312,7 @@ fn eight_client_processes_against_one_server() {
     for i in 0..THREADS {
         for round in 0..CLIENT_ROUNDS {
             let object = server.remove(&format!("client-{i}-{round}")).expect("published");
-            let SharedObject::Memory(memory) = object.object else { panic!("not memory") };
+            let memory = ExportedMemory::try_from(object.object).expect("memory");
             let mapped = shm::map_exported(memory).unwrap();
             assert_eq!(
                 mapped.read(0, mapped.len()).unwrap(),

@@ -20,10 +20,11 @@ use lava_flow::cuda::{CudaBuffer, CudaDevice};
 use lava_flow::gl::{GlBuffer, GlContext, GL_BUFFER_SLACK};
 use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, set_timeouts};
 use lava_flow::ipc::wire::{decode, encode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
-use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig, SharedObject};
+use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig};
 use lava_flow::opencl::{ClBuffer, ClContext};
 use lava_flow::raw_gpu_handle::{
-    Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription, MemoryHandleKind, Uuid,
+    BufferDescription, BufferHandle, ExportedBuffer, ExportedMemory, MemoryDescription, MemoryHandle, MemoryHandleKind,
+    Uuid,
 };
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
@@ -631,8 +632,7 @@ fn publish_bytes(objects: Vec<ObjectDescription>) -> Vec<u8> {
 /// A client of the matrix's server reads the shared memory and checks it.
 fn good_client(path: &Path) -> Result<(), String> {
     let client = Client::connect(path).map_err(|e| format!("connect: {e}"))?;
-    let object = client.get_one("memory").map_err(|e| format!("GET: {e}"))?;
-    let SharedObject::Memory(memory) = object else { return Err("memory is not memory".into()) };
+    let memory = client.get::<ExportedMemory>("memory").map_err(|e| format!("GET: {e}"))?;
     let mapped = shm::map_exported(memory).map_err(|e| format!("map: {e}"))?;
     if mapped.read(0, mapped.len()).map_err(|e| format!("read: {e}"))? != pattern(1) {
         return Err("the shared memory reads other bytes".into());
@@ -737,9 +737,9 @@ fn closed_fd(env: &Env, column: Column) -> CellResult {
         // Connect and finish a request first: the stale number must not be reused by the client's
         // socket, nor by the connection the server (in this process) accepts for it.
         let client = Client::connect(env.server.path()).map_err(|e| e.to_string())?;
-        drop(client.get("memory").map_err(|e| e.to_string())?);
+        drop(client.get_objects("memory").map_err(|e| e.to_string())?);
         let description = memory_description();
-        let object = NamedObject::new("closed", Memory { handle: stale_fd(), description });
+        let object = NamedObject::new("closed", MemoryHandle::new(stale_fd(), description));
         let result = client.publish(std::slice::from_ref(&object));
         // The number is not open: dropping the object would close whatever reuses it.
         std::mem::forget(object);
@@ -813,12 +813,13 @@ fn imported_twice(env: &Env, column: Column) -> CellResult {
     if column == Column::Protocol {
         let (one, two) = (Client::connect(env.server.path()), Client::connect(env.server.path()));
         let (one, two) = (one.map_err(|e| e.to_string())?, two.map_err(|e| e.to_string())?);
-        let (a, b) =
-            (one.get_one("memory").map_err(|e| e.to_string())?, two.get_one("memory").map_err(|e| e.to_string())?);
+        let (a, b) = (
+            one.get::<ExportedMemory>("memory").map_err(|e| e.to_string())?,
+            two.get::<ExportedMemory>("memory").map_err(|e| e.to_string())?,
+        );
         if a.fd().as_raw_fd() == b.fd().as_raw_fd() {
             return Err("two GETs gave one fd".into());
         }
-        let (SharedObject::Memory(a), SharedObject::Memory(b)) = (a, b) else { return Err("not memory".into()) };
         let (mut a, b) =
             (shm::map_exported(a).map_err(|e| e.to_string())?, shm::map_exported(b).map_err(|e| e.to_string())?);
         let byte = |m: &lava_flow::SharedHostMemory| m.read(0, 1).map(|v| v[0]).map_err(|e| e.to_string());
@@ -877,8 +878,7 @@ fn consumed_fd_again(env: &Env, column: Column) -> CellResult {
     // SAFETY: deliberately wraps the consumed (closed, checked just above) number again, as a buggy
     // caller would; the code under test must not close it.
     let stale = unsafe { OwnedFd::from_raw_fd(number) };
-    let again =
-        BufferParts { memory: Memory { handle: stale, description: twin_description.0 }, buffer: twin_description.1 };
+    let again = BufferHandle::new(MemoryHandle::new(stale, twin_description.0), twin_description.1);
     let before = open_fd_count();
     let result = env.import(column, again);
     let after = open_fd_count();
@@ -986,7 +986,7 @@ fn peer_dies(env: &Env, column: Column) -> CellResult {
     }
     let (memory, buffer, fd) = env.dead_exporter.as_ref().map_err(|e| e.clone())?;
     let handle = fd.try_clone().map_err(|e| e.to_string())?;
-    let exported = BufferParts { memory: Memory { handle, description: *memory }, buffer: *buffer };
+    let exported = BufferHandle::new(MemoryHandle::new(handle, *memory), *buffer);
     let imported = env.import(column, exported).map_err(|e| format!("importing the dead process's memory: {e}"))?;
     if imported.read().map_err(|e| e.to_string())? != pattern(11) {
         return Err("the dead exporter's memory reads other bytes".into());

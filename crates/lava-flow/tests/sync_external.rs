@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use ash::vk;
 use lava_flow::raw_gpu_handle::{
-    ExportedBuffer, ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, Memory, SemaphoreDescription,
-    SemaphoreHandleKind, SemaphoreKind,
+    ExportedBuffer, ExportedFence, ExportedSemaphore, FenceDescription, FenceHandleKind, MemoryHandle,
+    SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
 };
 use lava_flow::vulkan::sync::{
     fence_capabilities, ping_pong, semaphore_capabilities, Fence, OwnershipTransfer, RecordedCommands, Semaphore,
@@ -227,14 +227,11 @@ fn reader_process() {
     let b = VulkanContext::with_uuid(description.device.device_uuid).expect("the writer's device");
     let sem_fd = fds.pop().unwrap();
     let memory_fd = fds.pop().unwrap();
-    let sem_b = Semaphore::import(&b, ExportedSemaphore { handle: sem_fd, description }).unwrap();
-    let exported_buffer = ExportedBuffer {
-        memory: Memory {
-            handle: memory_fd,
-            description: serde_json::from_value(message["memory"].clone()).expect("memory description"),
-        },
-        buffer: serde_json::from_value(message["buffer"].clone()).expect("buffer description"),
-    };
+    let sem_b = Semaphore::import(&b, ExportedSemaphore::new(sem_fd, description)).unwrap();
+    let exported_buffer = ExportedBuffer::new(
+        MemoryHandle::new(memory_fd, serde_json::from_value(message["memory"].clone()).expect("memory description")),
+        serde_json::from_value(message["buffer"].clone()).expect("buffer description"),
+    );
     let shared_b = Buffer::import(&b, exported_buffer).expect("importing the writer's buffer");
     let read_b = readback(&b, shared_b.size());
     let rounds = message["rounds"].as_u64().unwrap();
@@ -470,10 +467,10 @@ fn wrong_kind_imports_are_refused_without_leaking() {
     // A semaphore's fd offered as a fence: refused by the driver (or the query), closed once.
     let exported = timeline.export().unwrap();
     assert_eq!(testing::open_fd_count(), before + 1, "an export is one fresh fd");
-    let forged = ExportedFence {
-        handle: exported.handle,
-        description: FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: exported.description.device },
-    };
+    let forged = ExportedFence::new(
+        exported.handle,
+        FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: exported.description.device },
+    );
     // The types keep the two apart (Fence::import takes an ExportedFence; see the compile_fail
     // example on Fence::import), so this takes a forged description. Opaque fds carry no kind:
     // NVIDIA's are all the same character device, and its driver accepts a semaphore's fd as a

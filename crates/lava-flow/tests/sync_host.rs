@@ -306,14 +306,14 @@ fn imports_refused_before_the_driver_close_the_fd_once() {
     let before = testing::open_fd_count();
 
     // An opaque fd from another device: refused on the identities alone.
-    let exported = ExportedSemaphore {
-        handle: dev_null(),
-        description: SemaphoreDescription {
+    let exported = ExportedSemaphore::new(
+        dev_null(),
+        SemaphoreDescription {
             kind: SemaphoreKind::Timeline,
             handle_kind: SemaphoreHandleKind::OpaqueFd,
             device: foreign(&ctx),
         },
-    };
+    );
     let e = Semaphore::import(&ctx, exported).unwrap_err();
     assert!(matches!(e, Error::IncompatibleSyncDevice { .. }), "{e}");
     let text = e.to_string();
@@ -321,51 +321,51 @@ fn imports_refused_before_the_driver_close_the_fd_once() {
     assert_eq!(testing::open_fd_count(), before, "the refused fd is closed");
 
     // A binary semaphore's description offered as a timeline one.
-    let exported = ExportedSemaphore {
-        handle: dev_null(),
-        description: SemaphoreDescription {
+    let exported = ExportedSemaphore::new(
+        dev_null(),
+        SemaphoreDescription {
             kind: SemaphoreKind::Binary,
             handle_kind: SemaphoreHandleKind::OpaqueFd,
             device: ctx.identity(),
         },
-    };
+    );
     let e = Semaphore::import_as(&ctx, exported, SemaphoreKind::Timeline).unwrap_err();
     assert!(matches!(e, Error::InvalidHandle { .. }), "{e}");
     assert!(e.to_string().contains("says it is a binary semaphore"), "{e}");
     assert_eq!(testing::open_fd_count(), before);
 
     // A sync fd described as a timeline semaphore.
-    let exported = ExportedSemaphore {
-        handle: dev_null(),
-        description: SemaphoreDescription {
+    let exported = ExportedSemaphore::new(
+        dev_null(),
+        SemaphoreDescription {
             kind: SemaphoreKind::Timeline,
             handle_kind: SemaphoreHandleKind::SyncFd,
             device: ctx.identity(),
         },
-    };
+    );
     let e = Semaphore::import(&ctx, exported).unwrap_err();
     assert!(e.to_string().contains("binary signal"), "{e}");
     assert_eq!(testing::open_fd_count(), before);
 
     // A fence from another device.
-    let exported = ExportedFence {
-        handle: dev_null(),
-        description: FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: foreign(&ctx) },
-    };
+    let exported = ExportedFence::new(
+        dev_null(),
+        FenceDescription { handle_kind: FenceHandleKind::OpaqueFd, device: foreign(&ctx) },
+    );
     let e = Fence::import(&ctx, exported).unwrap_err();
     assert!(matches!(e, Error::IncompatibleSyncDevice { .. }), "{e}");
     assert_eq!(testing::open_fd_count(), before);
 
     // A sync fd that is not a sync_file: refused by the capability query where the driver has
     // no sync fds, by lava-flow's own check where it has (the driver never sees /dev/null).
-    let exported = ExportedSemaphore {
-        handle: dev_null(),
-        description: SemaphoreDescription {
+    let exported = ExportedSemaphore::new(
+        dev_null(),
+        SemaphoreDescription {
             kind: SemaphoreKind::Binary,
             handle_kind: SemaphoreHandleKind::SyncFd,
             device: ctx.identity(),
         },
-    };
+    );
     let importable = semaphore_capabilities(&ctx, SemaphoreKind::Binary, SemaphoreHandleKind::SyncFd).importable;
     let e = Semaphore::import(&ctx, exported).unwrap_err();
     if importable {
@@ -375,10 +375,10 @@ fn imports_refused_before_the_driver_close_the_fd_once() {
     }
     assert_eq!(testing::open_fd_count(), before);
 
-    let exported = ExportedFence {
-        handle: dev_null(),
-        description: FenceDescription { handle_kind: FenceHandleKind::SyncFd, device: ctx.identity() },
-    };
+    let exported = ExportedFence::new(
+        dev_null(),
+        FenceDescription { handle_kind: FenceHandleKind::SyncFd, device: ctx.identity() },
+    );
     let importable = fence_capabilities(&ctx, FenceHandleKind::SyncFd).importable;
     let e = Fence::import(&ctx, exported).unwrap_err();
     if importable {
@@ -390,14 +390,14 @@ fn imports_refused_before_the_driver_close_the_fd_once() {
 
     // Where the driver cannot import opaque fds at all, the query refuses before it.
     if !semaphore_capabilities(&ctx, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).importable {
-        let exported = ExportedSemaphore {
-            handle: dev_null(),
-            description: SemaphoreDescription {
+        let exported = ExportedSemaphore::new(
+            dev_null(),
+            SemaphoreDescription {
                 kind: SemaphoreKind::Timeline,
                 handle_kind: SemaphoreHandleKind::OpaqueFd,
                 device: ctx.identity(),
             },
-        };
+        );
         let e = Semaphore::import(&ctx, exported).unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
         assert_eq!(testing::open_fd_count(), before);

@@ -8,7 +8,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use ash::vk;
 use common::{two_devices, vulkan};
 use lava_flow::error::DriverCode;
-use lava_flow::raw_gpu_handle::{Buffer as BufferParts, ExportedBuffer, MemoryProperties, Uuid};
+use lava_flow::raw_gpu_handle::{BufferHandle, ExportedBuffer, MemoryProperties, Uuid};
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, MemoryAllocator, MemoryLocation};
 use lava_flow_diag::testing::open_fd_count;
@@ -168,7 +168,7 @@ fn another_devices_uuids_are_refused() {
 fn non_dedicated_import_of_a_dedicated_allocation_is_refused() {
     let Some((a, b)) = two_devices() else { return };
     let (_buffer, exported) = export(&a);
-    let BufferParts { mut memory, .. } = exported;
+    let BufferHandle { mut memory, .. } = exported;
     memory.description.dedicated = true;
     let before = open_fd_count();
     let err = lava_flow::vulkan::DeviceMemory::import(&b, memory, None).unwrap_err();

@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use common::{child_role, inheritable, pattern, run_child, take_inherited, vulkan};
 use lava_flow::ipc::fd_passing::{recv_exact_with_fds, send_with_fds};
 use lava_flow::raw_gpu_handle::{
-    Buffer as BufferParts, BufferDescription, Memory, MemoryDescription, Texture, TextureDescription,
+    BufferDescription, BufferHandle, MemoryDescription, MemoryHandle, TextureDescription, TextureHandle,
 };
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, SharedHostMemory};
@@ -43,7 +43,7 @@ fn buffer_header(e: &lava_flow::raw_gpu_handle::ExportedBuffer) -> serde_json::V
 fn buffer_from(header: serde_json::Value, fd: std::os::fd::OwnedFd) -> lava_flow::raw_gpu_handle::ExportedBuffer {
     let description: MemoryDescription = serde_json::from_value(header["memory"].clone()).unwrap();
     let buffer: BufferDescription = serde_json::from_value(header["buffer"].clone()).unwrap();
-    BufferParts { memory: Memory { handle: fd, description }, buffer }
+    BufferHandle::new(MemoryHandle::new(fd, description), buffer)
 }
 
 const SIZE: usize = 256 * 1024;
@@ -116,7 +116,7 @@ fn optimal_image_between_processes() {
         let (header, fd) = recv(&stream);
         let description: MemoryDescription = serde_json::from_value(header["memory"].clone()).unwrap();
         let texture: TextureDescription = serde_json::from_value(header["texture"].clone()).unwrap();
-        let image = Image::import(&ctx, Texture { memory: Memory { handle: fd, description }, texture }).unwrap();
+        let image = Image::import(&ctx, TextureHandle::new(MemoryHandle::new(fd, description), texture)).unwrap();
         assert_eq!(image.download().unwrap(), pattern(size, 20));
         image.upload(&pattern(size, 21)).unwrap();
         (&stream).write_all(b"done").unwrap();

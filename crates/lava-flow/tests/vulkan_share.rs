@@ -19,7 +19,7 @@ fn buffer_round_trip_between_two_devices() {
     let exported = exporter.export_fd().unwrap();
     assert_eq!(exported.memory.description.handle_kind, MemoryHandleKind::OpaqueFd);
     assert!(exported.memory.description.allocation_size >= size as u64);
-    assert_eq!(exported.memory.description.device, a.identity());
+    assert_eq!(exported.device(), &a.identity());
     let importer = Buffer::import(&b, exported).unwrap();
     assert_eq!(importer.read(0, size as u64).unwrap(), data, "the importer sees the exporter's bytes");
     importer.fill(0xA5A5_5A5A).unwrap();

@@ -1,4 +1,4 @@
-use std::fmt;
+use core::fmt;
 
 use crate::{DeviceIdentity, MemoryHandleKind};
 
@@ -34,7 +34,7 @@ impl fmt::Display for IncompatibleDevice {
     }
 }
 
-impl std::error::Error for IncompatibleDevice {}
+impl core::error::Error for IncompatibleDevice {}
 
 /// The compatibility rule: may memory of `handle_kind` exported by `exporter` be imported by
 /// `importer`? Opaque handles need equal device AND driver UUIDs (Vulkan spec, "External memory
@@ -57,6 +57,7 @@ pub fn check_compatible(
 mod tests {
     use super::*;
     use crate::Uuid;
+    use alloc::string::ToString;
 
     fn id(d: u8, r: u8) -> DeviceIdentity {
         DeviceIdentity { device_uuid: Uuid([d; 16]), driver_uuid: Uuid([r; 16]), luid: None }

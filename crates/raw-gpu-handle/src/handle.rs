@@ -1,4 +1,4 @@
-use std::fmt;
+use core::fmt;
 
 /// How an allocation's OS handle is to be interpreted by the importer.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -109,11 +109,11 @@ impl fmt::Display for FenceHandleKind {
 }
 
 /// The owned OS handle of this platform (`OwnedFd` on Unix).
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
 pub type OwnedHandle = std::os::fd::OwnedFd;
 /// The borrowed OS handle of this platform (`BorrowedFd` on Unix).
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
 pub type BorrowedHandle<'a> = std::os::fd::BorrowedFd<'a>;
 /// The raw OS handle of this platform (`RawFd` on Unix): a number nobody owns.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
 pub type RawHandle = std::os::fd::RawFd;

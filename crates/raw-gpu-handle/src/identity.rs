@@ -1,4 +1,4 @@
-use std::fmt;
+use core::fmt;
 
 /// A 16-byte UUID as GPU APIs report it (`VkPhysicalDeviceIDProperties::deviceUUID`,
 /// `cuDeviceGetUuid`, `CL_DEVICE_UUID_KHR`, `GL_DEVICE_UUID_EXT`).
@@ -17,17 +17,19 @@ impl Uuid {
 
     /// Parses the canonical 8-4-4-4-12 hex form (dashes optional).
     pub fn parse(text: &str) -> Option<Uuid> {
-        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-        // Hex digits only: `from_str_radix` alone would also take a sign ("+f").
-        if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
-            return None;
-        }
+        // Hex digits only (no allocation, so it works without `std`): a sign such as "+f", which
+        // `from_str_radix` would take, is refused like any other non-digit.
         let mut out = [0u8; 16];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let s = std::str::from_utf8(pair).ok()?;
-            out[i] = u8::from_str_radix(s, 16).ok()?;
+        let mut nibbles = 0usize;
+        for b in text.bytes().filter(|b| *b != b'-') {
+            let digit = (b as char).to_digit(16)?;
+            if nibbles == 32 {
+                return None;
+            }
+            out[nibbles / 2] |= (digit as u8) << if nibbles.is_multiple_of(2) { 4 } else { 0 };
+            nibbles += 1;
         }
-        Some(Uuid(out))
+        (nibbles == 32).then_some(Uuid(out))
     }
 }
 
@@ -76,6 +78,7 @@ impl fmt::Display for DeviceIdentity {
 #[cfg(test)]
 mod tests {
     use super::Uuid;
+    use alloc::string::ToString;
 
     #[test]
     fn parse_takes_hex_digits_only() {

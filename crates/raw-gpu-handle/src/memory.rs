@@ -1,4 +1,4 @@
-use std::fmt;
+use core::fmt;
 
 use crate::{DeviceIdentity, MemoryHandleKind};
 
@@ -26,7 +26,7 @@ impl MemoryProperties {
     }
 }
 
-impl std::ops::BitOr for MemoryProperties {
+impl core::ops::BitOr for MemoryProperties {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {
         Self(self.0 | rhs.0)
@@ -89,14 +89,14 @@ impl fmt::Display for AllocationId {
 #[cfg(feature = "serde")]
 impl serde::Serialize for AllocationId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        s.collect_str(self)
     }
 }
 
 #[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for AllocationId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let text = <alloc::borrow::Cow<'de, str>>::deserialize(d)?;
         u128::from_str_radix(&text, 16).map(AllocationId).map_err(serde::de::Error::custom)
     }
 }
@@ -126,54 +126,94 @@ pub struct MemoryDescription {
     pub allocation_id: Option<AllocationId>,
 }
 
-/// An allocation's handle together with its description, generic over the handle tier.
+/// An allocation's OS handle together with its description, generic over the handle tier
+/// ([`ExportedMemory`](crate::ExportedMemory), [`BorrowedMemory`](crate::BorrowedMemory),
+/// [`RawMemory`](crate::RawMemory) with `std`).
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new), destructure it with `..`.
 #[derive(Debug)]
-pub struct Memory<H> {
+#[non_exhaustive]
+pub struct MemoryHandle<H> {
     /// The OS handle (owned, borrowed or raw).
     pub handle: H,
     /// What the handle holds.
     pub description: MemoryDescription,
 }
 
-/// Exported memory that owns its fd: dropping it closes the fd; importing consumes it.
-#[cfg(unix)]
-pub type ExportedMemory = Memory<std::os::fd::OwnedFd>;
-/// Exported memory whose fd is borrowed from an owner that outlives it.
-#[cfg(unix)]
-pub type BorrowedMemory<'a> = Memory<std::os::fd::BorrowedFd<'a>>;
-/// Exported memory as a plain fd number, for FFI; nobody owns the fd through it.
-#[cfg(unix)]
-pub type RawMemory = Memory<std::os::fd::RawFd>;
+impl<H> MemoryHandle<H> {
+    /// Pairs an OS handle with what it holds.
+    pub fn new(handle: H, description: MemoryDescription) -> Self {
+        MemoryHandle { handle, description }
+    }
 
-#[cfg(unix)]
+    /// The device and driver that made the allocation.
+    pub fn device(&self) -> &DeviceIdentity {
+        &self.description.device
+    }
+
+    /// How to interpret the handle.
+    pub fn handle_kind(&self) -> MemoryHandleKind {
+        self.description.handle_kind
+    }
+
+    /// Size of the whole allocation in bytes.
+    pub fn allocation_size(&self) -> u64 {
+        self.description.allocation_size
+    }
+
+    /// Splits into the handle and the description.
+    pub fn into_parts(self) -> (H, MemoryDescription) {
+        (self.handle, self.description)
+    }
+}
+
+#[cfg(all(unix, feature = "std"))]
+impl<H: std::os::fd::AsFd> MemoryHandle<H> {
+    /// Borrows the fd.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.handle.as_fd()
+    }
+}
+
+/// Exported memory that owns its fd: dropping it closes the fd; importing consumes it.
+#[cfg(all(unix, feature = "std"))]
+pub type ExportedMemory = MemoryHandle<std::os::fd::OwnedFd>;
+/// Exported memory whose fd is borrowed from an owner that outlives it.
+#[cfg(all(unix, feature = "std"))]
+pub type BorrowedMemory<'a> = MemoryHandle<std::os::fd::BorrowedFd<'a>>;
+/// Exported memory as a plain fd number, for FFI; nobody owns the fd through it.
+#[cfg(all(unix, feature = "std"))]
+pub type RawMemory = MemoryHandle<std::os::fd::RawFd>;
+
+#[cfg(all(unix, feature = "std"))]
 impl ExportedMemory {
     /// Borrows the handle.
     pub fn as_borrowed(&self) -> BorrowedMemory<'_> {
         use std::os::fd::AsFd;
-        Memory { handle: self.handle.as_fd(), description: self.description }
+        MemoryHandle { handle: self.handle.as_fd(), description: self.description }
     }
 
     /// Duplicates the fd (`F_DUPFD_CLOEXEC`): the explicit way to feed a second importer.
     pub fn try_clone(&self) -> std::io::Result<ExportedMemory> {
-        Ok(Memory { handle: self.handle.try_clone()?, description: self.description })
+        Ok(MemoryHandle { handle: self.handle.try_clone()?, description: self.description })
     }
 
     /// Gives up ownership of the fd, returning its number; the caller must close it.
     pub fn into_raw(self) -> RawMemory {
         use std::os::fd::IntoRawFd;
-        Memory { handle: self.handle.into_raw_fd(), description: self.description }
+        MemoryHandle { handle: self.handle.into_raw_fd(), description: self.description }
     }
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
 impl BorrowedMemory<'_> {
     /// Duplicates the borrowed fd into an owned export.
     pub fn try_clone_to_owned(&self) -> std::io::Result<ExportedMemory> {
-        Ok(Memory { handle: self.handle.try_clone_to_owned()?, description: self.description })
+        Ok(MemoryHandle { handle: self.handle.try_clone_to_owned()?, description: self.description })
     }
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
 impl RawMemory {
     /// Takes ownership of a raw fd.
     ///
@@ -181,7 +221,8 @@ impl RawMemory {
     /// `self.handle` must be an open fd that nothing else owns or will close.
     pub unsafe fn into_owned(self) -> ExportedMemory {
         use std::os::fd::FromRawFd;
-        // SAFETY: the caller guarantees the fd is open and unowned.
-        Memory { handle: unsafe { std::os::fd::OwnedFd::from_raw_fd(self.handle) }, description: self.description }
+        // SAFETY: the caller guarantees the fd is open and unowned, which is all `from_raw_fd` asks.
+        let handle = unsafe { std::os::fd::OwnedFd::from_raw_fd(self.handle) };
+        MemoryHandle { handle, description: self.description }
     }
 }

@@ -1,4 +1,4 @@
-use crate::{Memory, TextureDescription};
+use crate::{DeviceIdentity, MemoryHandle, TextureDescription};
 
 /// Where a buffer lies inside its memory.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -13,43 +13,117 @@ pub struct BufferDescription {
     pub alignment: u64,
 }
 
-/// A buffer: its memory (with handle) and where it lies in it.
+/// A buffer: its memory (with handle of tier `H`) and where it lies in it
+/// ([`ExportedBuffer`](crate::ExportedBuffer) owns its fd).
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new), destructure it with `..`.
 #[derive(Debug)]
-pub struct Buffer<H> {
+#[non_exhaustive]
+pub struct BufferHandle<H> {
     /// The allocation holding the buffer.
-    pub memory: Memory<H>,
+    pub memory: MemoryHandle<H>,
     /// The buffer's place in it.
     pub buffer: BufferDescription,
 }
 
-/// A texture: its memory (with handle) and its shape and layout.
+impl<H> BufferHandle<H> {
+    /// Places a buffer in an allocation.
+    pub fn new(memory: MemoryHandle<H>, buffer: BufferDescription) -> Self {
+        BufferHandle { memory, buffer }
+    }
+
+    /// The device and driver that made the memory.
+    pub fn device(&self) -> &DeviceIdentity {
+        &self.memory.description.device
+    }
+
+    /// Size of the buffer in bytes (not of its allocation: see
+    /// [`MemoryHandle::allocation_size`]).
+    pub fn size(&self) -> u64 {
+        self.buffer.size
+    }
+
+    /// Offset of the buffer in its allocation.
+    pub fn offset(&self) -> u64 {
+        self.buffer.offset
+    }
+
+    /// Splits into the memory and the buffer's place in it.
+    pub fn into_parts(self) -> (MemoryHandle<H>, BufferDescription) {
+        (self.memory, self.buffer)
+    }
+}
+
+/// A texture: its memory (with handle of tier `H`) and its shape and layout
+/// ([`ExportedTexture`](crate::ExportedTexture) owns its fd).
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new), destructure it with `..`.
 #[derive(Debug)]
-pub struct Texture<H> {
+#[non_exhaustive]
+pub struct TextureHandle<H> {
     /// The allocation holding the texture.
-    pub memory: Memory<H>,
+    pub memory: MemoryHandle<H>,
     /// The texture's shape, format and place in the memory.
     pub texture: TextureDescription,
 }
 
-/// An exported buffer owning its fd.
-#[cfg(unix)]
-pub type ExportedBuffer = Buffer<std::os::fd::OwnedFd>;
-/// An exported texture owning its fd.
-#[cfg(unix)]
-pub type ExportedTexture = Texture<std::os::fd::OwnedFd>;
+impl<H> TextureHandle<H> {
+    /// Places a texture in an allocation.
+    pub fn new(memory: MemoryHandle<H>, texture: TextureDescription) -> Self {
+        TextureHandle { memory, texture }
+    }
 
-#[cfg(unix)]
-impl ExportedBuffer {
-    /// Duplicates the fd: the explicit way to feed a second importer.
-    pub fn try_clone(&self) -> std::io::Result<ExportedBuffer> {
-        Ok(Buffer { memory: self.memory.try_clone()?, buffer: self.buffer })
+    /// The device and driver that made the memory.
+    pub fn device(&self) -> &DeviceIdentity {
+        &self.memory.description.device
+    }
+
+    /// Bytes the texture occupies in its allocation.
+    pub fn size(&self) -> u64 {
+        self.texture.size
+    }
+
+    /// Splits into the memory and the texture's description.
+    pub fn into_parts(self) -> (MemoryHandle<H>, TextureDescription) {
+        (self.memory, self.texture)
     }
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "std"))]
+impl<H: std::os::fd::AsFd> BufferHandle<H> {
+    /// Borrows the memory's fd.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.memory.handle.as_fd()
+    }
+}
+
+#[cfg(all(unix, feature = "std"))]
+impl<H: std::os::fd::AsFd> TextureHandle<H> {
+    /// Borrows the memory's fd.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.memory.handle.as_fd()
+    }
+}
+
+/// An exported buffer owning its fd.
+#[cfg(all(unix, feature = "std"))]
+pub type ExportedBuffer = BufferHandle<std::os::fd::OwnedFd>;
+/// An exported texture owning its fd.
+#[cfg(all(unix, feature = "std"))]
+pub type ExportedTexture = TextureHandle<std::os::fd::OwnedFd>;
+
+#[cfg(all(unix, feature = "std"))]
+impl ExportedBuffer {
+    /// Duplicates the fd: the explicit way to feed a second importer.
+    pub fn try_clone(&self) -> std::io::Result<ExportedBuffer> {
+        Ok(BufferHandle { memory: self.memory.try_clone()?, buffer: self.buffer })
+    }
+}
+
+#[cfg(all(unix, feature = "std"))]
 impl ExportedTexture {
     /// Duplicates the fd: the explicit way to feed a second importer.
     pub fn try_clone(&self) -> std::io::Result<ExportedTexture> {
-        Ok(Texture { memory: self.memory.try_clone()?, texture: self.texture.clone() })
+        Ok(TextureHandle { memory: self.memory.try_clone()?, texture: self.texture.clone() })
     }
 }

@@ -1,4 +1,7 @@
-use std::fmt;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
 
 /// Texel formats a texture may be shared in. Each maps to one Vulkan format, one CUDA array
 /// format with a channel count, one GL internal format and one OpenCL image format.
@@ -221,7 +224,7 @@ impl fmt::Display for TextureError {
     }
 }
 
-impl std::error::Error for TextureError {}
+impl core::error::Error for TextureError {}
 
 impl TextureDescription {
     /// Checks the description for internal consistency: extent and layers fit the dimension, no

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use lava_flow::ipc::fd_passing::{recv_exact_with_fds, send_with_fds};
 use lava_flow::raw_gpu_handle::{
-    BufferDescription, ExportedBuffer, ExportedTexture, Memory, MemoryDescription, SemaphoreDescription,
+    BufferDescription, ExportedBuffer, ExportedTexture, MemoryDescription, MemoryHandle, SemaphoreDescription,
     TextureDescription, TextureFormat,
 };
 use lava_flow::vulkan::{ImageTiling, MemoryKind};
@@ -345,16 +345,14 @@ fn peer_body(args: &PeerArgs) -> Step {
         Shared::Buffer { memory, buffer } => {
             let fd = one(fds)?;
             let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
-            let imported =
-                Buffer::import(&ctx, ExportedBuffer { memory: Memory { handle: fd, description: memory }, buffer })?;
+            let imported = Buffer::import(&ctx, ExportedBuffer::new(MemoryHandle::new(fd, memory), buffer))?;
             check_bytes("the imported buffer", &pattern(args.seed, buffer.size as usize), &gpu_read(&imported)?)?;
             gpu_write(&imported, &reply(buffer.size as usize))?;
         }
         Shared::Image { memory, texture } => {
             let fd = one(fds)?;
             let ctx = VulkanContext::with_uuid(memory.device.device_uuid)?;
-            let imported =
-                Image::import(&ctx, ExportedTexture { memory: Memory { handle: fd, description: memory }, texture })?;
+            let imported = Image::import(&ctx, ExportedTexture::new(MemoryHandle::new(fd, memory), texture))?;
             let size = imported.packed_size() as usize;
             check_bytes("the imported image", &pattern(args.seed, size), &imported.download()?)?;
             imported.upload(&reply(size))?;

@@ -128,10 +128,10 @@ pub fn peer_side(
     let importer = BlockImporter::new(&ctx);
     let mut imported = Vec::new();
     for ((memory, buffer), fd) in buffers.into_iter().zip(fds) {
-        let exported = lava_flow::raw_gpu_handle::ExportedBuffer {
-            memory: lava_flow::raw_gpu_handle::Memory { handle: fd, description: memory },
+        let exported = lava_flow::raw_gpu_handle::ExportedBuffer::new(
+            lava_flow::raw_gpu_handle::MemoryHandle::new(fd, memory),
             buffer,
-        };
+        );
         imported.push(importer.import_buffer(exported)?);
     }
     let stats = importer.stats();

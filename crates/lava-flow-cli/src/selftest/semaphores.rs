@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ash::vk;
 use lava_flow::raw_gpu_handle::{
-    BufferDescription, ExportedBuffer, ExportedSemaphore, FenceHandleKind, Memory, MemoryDescription,
+    BufferDescription, ExportedBuffer, ExportedSemaphore, FenceHandleKind, MemoryDescription, MemoryHandle,
     SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
 };
 use lava_flow::vulkan::sync::{
@@ -497,9 +497,8 @@ pub fn peer_side(
     let [memory_fd, semaphore_fd]: [OwnedFd; 2] =
         fds.try_into().map_err(|fds: Vec<OwnedFd>| PathError::Failed(format!("expected 2 fds, got {}", fds.len())))?;
     let ctx = VulkanContext::with_uuid(semaphore.device.device_uuid)?;
-    let sem = Semaphore::import(&ctx, ExportedSemaphore { handle: semaphore_fd, description: semaphore })?;
-    let shared =
-        Buffer::import(&ctx, ExportedBuffer { memory: Memory { handle: memory_fd, description: memory }, buffer })?;
+    let sem = Semaphore::import(&ctx, ExportedSemaphore::new(semaphore_fd, semaphore))?;
+    let shared = Buffer::import(&ctx, ExportedBuffer::new(MemoryHandle::new(memory_fd, memory), buffer))?;
     let read = readback(&ctx, shared.size())?;
     let mut in_flight = Vec::new();
     let mut queued = Queued::new(&sem);

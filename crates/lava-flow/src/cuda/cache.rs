@@ -26,7 +26,7 @@
 //! Exports without an allocation id, and dedicated allocations (one resource each, imported with
 //! `CUDA_EXTERNAL_MEMORY_DEDICATED`), are imported one by one as before.
 
-use raw_gpu_handle::{BufferDescription, ExportedBuffer, Memory, MemoryDescription};
+use raw_gpu_handle::{BufferDescription, ExportedBuffer, MemoryDescription, MemoryHandle};
 
 use super::memory::{check_range, Mapping};
 use super::{CudaBuffer, CudaDevice, ImportedMemory};
@@ -57,7 +57,7 @@ impl CudaDevice {
         self.check_deferred()?;
         self.check_pooled(&d, &place)?;
         let (mapping, outcome) = self.inner.block_cache.get_or_import(key, buffer.memory.handle, |fd| {
-            let memory = ImportedMemory::import(self, Memory { handle: fd, description: d })?;
+            let memory = ImportedMemory::import(self, MemoryHandle::new(fd, d))?;
             memory.map_range(0, d.allocation_size)
         })?;
         check_same_block(&mapping, &d)?;

@@ -8,7 +8,7 @@
 //! use lava_flow::cuda::CudaDevice;
 //!
 //! // The CUDA device whose UUID is the exporter's (opaque fds only work there).
-//! let cuda = CudaDevice::for_identity(&exported.memory.description.device)?;
+//! let cuda = CudaDevice::for_identity(exported.device())?;
 //! // Imports the whole allocation (consuming the fd) and maps the buffer at its offset.
 //! let buffer = cuda.import_buffer(exported)?;
 //! let bytes = buffer.copy_to_host()?;

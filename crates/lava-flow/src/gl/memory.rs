@@ -42,7 +42,7 @@ impl GlContext {
     /// succeeds or fails (docs/OWNERSHIP.md): on success GL owns it, on failure lava-flow closes
     /// it exactly once and the error says why.
     pub fn import_memory(&self, memory: ExportedMemory) -> Result<Arc<GlMemory>> {
-        let ExportedMemory { handle, description } = memory;
+        let ExportedMemory { handle, description, .. } = memory;
         let gl = self.make_current()?;
         let name = import_memory_object(&gl, self, handle, &description)?;
         drop(gl);

@@ -4,7 +4,7 @@
 //! # fn demo(exported: lava_flow::raw_gpu_handle::ExportedBuffer) -> lava_flow::Result<()> {
 //! use lava_flow::gl::GlContext;
 //! // The GL device whose GL_DEVICE_UUID_EXT / GL_DRIVER_UUID_EXT equal the exporter's.
-//! let gl = GlContext::for_identity(&exported.memory.description.device)?;
+//! let gl = GlContext::for_identity(exported.device())?;
 //! let buffer = gl.import_buffer(exported)?; // consumes the fd
 //! let bytes = buffer.read(0, 16)?;
 //! # Ok(()) }

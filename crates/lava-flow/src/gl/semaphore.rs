@@ -115,7 +115,7 @@ impl GlContext {
     /// lava-flow closes it once. GL semaphores are binary: timeline semaphores and
     /// sync fds are refused.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<GlSemaphore> {
-        let ExportedSemaphore { handle, description } = semaphore;
+        let ExportedSemaphore { handle, description, .. } = semaphore;
         let info = self.info();
         if !info.semaphore_fd {
             return Err(Error::unsupported(

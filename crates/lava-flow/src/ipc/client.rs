@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::object::{join, NamedObject, SharedObject};
+use super::object::{join, FromShared, NamedObject, SharedObject};
 use super::socket::{connect_seqpacket, recv_datagram, send_message, set_timeouts};
 use super::wire::{decode, ErrorCode, Message, MAX_MESSAGE_LEN};
 use crate::{Error, Result};
@@ -94,8 +94,31 @@ impl Client {
         Ok((message, received.fds))
     }
 
-    /// Asks for the object named `name` (or all objects for `""`).
-    pub fn get(&self, name: &str) -> Result<Vec<NamedObject>> {
+    /// Asks for the object named `name` as a `T`: [`ExportedMemory`](raw_gpu_handle::ExportedMemory),
+    /// [`ExportedBuffer`](raw_gpu_handle::ExportedBuffer), [`ExportedTexture`](raw_gpu_handle::ExportedTexture),
+    /// [`ExportedSemaphore`](raw_gpu_handle::ExportedSemaphore), [`ExportedFence`](raw_gpu_handle::ExportedFence),
+    /// or [`SharedObject`] for any kind.
+    ///
+    /// ```no_run
+    /// # fn main() -> lava_flow::Result<()> {
+    /// use lava_flow::ipc::Client;
+    /// use lava_flow::raw_gpu_handle::ExportedBuffer;
+    ///
+    /// let client = Client::connect("/run/user/1000/lava-flow.sock")?;
+    /// let frames = client.get::<ExportedBuffer>("frames")?;
+    /// println!("{} bytes on {}", frames.size(), frames.device());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// An object of another kind is an [`Error::InvalidArgument`] naming the kind asked for and
+    /// the kind the server holds.
+    pub fn get<T: FromShared>(&self, name: &str) -> Result<T> {
+        T::from_shared(self.get_one(name)?).map_err(|e| e.into_error(name))
+    }
+
+    /// Asks for the objects named `name`: one, or all of them for `""`.
+    pub fn get_objects(&self, name: &str) -> Result<Vec<NamedObject>> {
         let (reply, fds) = self.request(&Message::Get { name: name.to_owned() }, &[])?;
         match reply {
             Message::Objects(descriptions) => join(descriptions, fds),
@@ -105,12 +128,12 @@ impl Client {
 
     /// Asks for every object the server holds.
     pub fn get_all(&self) -> Result<Vec<NamedObject>> {
-        self.get("")
+        self.get_objects("")
     }
 
-    /// Asks for one object by name.
+    /// Asks for one object by name, of any kind ([`get`](Self::get) asks for one kind).
     pub fn get_one(&self, name: &str) -> Result<SharedObject> {
-        one_object(self.get(name)?, name)
+        one_object(self.get_objects(name)?, name)
     }
 
     /// Waits until an object named `name` is published (at most `timeout`), then returns it.

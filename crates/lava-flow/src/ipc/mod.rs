@@ -7,6 +7,7 @@
 //!
 //! ```no_run
 //! use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig};
+//! use lava_flow::raw_gpu_handle::ExportedMemory;
 //!
 //! let memory = shm::create(1 << 20)?;
 //! let server = Server::bind("/tmp/lava-flow.sock", ServerConfig::default())?;
@@ -14,7 +15,8 @@
 //!
 //! // In another process:
 //! let client = Client::connect("/tmp/lava-flow.sock")?;
-//! let frames = client.get_one("frames")?;
+//! let frames = client.get::<ExportedMemory>("frames")?;
+//! println!("{} bytes from {}", frames.allocation_size(), frames.device());
 //! # Ok::<(), lava_flow::Error>(())
 //! ```
 
@@ -28,6 +30,6 @@ pub mod socket;
 pub mod wire;
 
 pub use client::{Client, DEFAULT_REPLY_TIMEOUT, POLL_INTERVAL};
-pub use object::{NamedObject, SharedObject};
+pub use object::{FromShared, NamedObject, SharedObject, WrongKind};
 pub use server::{Server, ServerConfig, ServerStats};
 pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};

@@ -3,8 +3,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use raw_gpu_handle::{
-    Buffer, ExportedBuffer, ExportedFence, ExportedMemory, ExportedSemaphore, ExportedTexture, Fence, Memory,
-    MemoryDescription, MemoryHandleKind, Semaphore, Texture,
+    BufferHandle, ExportedBuffer, ExportedFence, ExportedMemory, ExportedSemaphore, ExportedTexture, FenceHandle,
+    MemoryDescription, MemoryHandle, MemoryHandleKind, SemaphoreHandle, TextureHandle,
 };
 use rustix::fs::{FileType, SealFlags};
 
@@ -30,15 +30,15 @@ impl SharedObject {
     /// Joins a description with the fd that came for it.
     pub fn from_parts(description: ObjectDescription, fd: OwnedFd) -> SharedObject {
         match description {
-            ObjectDescription::Memory(d) => SharedObject::Memory(Memory { handle: fd, description: d }),
+            ObjectDescription::Memory(d) => SharedObject::Memory(MemoryHandle::new(fd, d)),
             ObjectDescription::Buffer { memory, buffer } => {
-                SharedObject::Buffer(Buffer { memory: Memory { handle: fd, description: memory }, buffer })
+                SharedObject::Buffer(BufferHandle::new(MemoryHandle::new(fd, memory), buffer))
             }
             ObjectDescription::Texture { memory, texture } => {
-                SharedObject::Texture(Texture { memory: Memory { handle: fd, description: memory }, texture })
+                SharedObject::Texture(TextureHandle::new(MemoryHandle::new(fd, memory), texture))
             }
-            ObjectDescription::Semaphore(d) => SharedObject::Semaphore(Semaphore { handle: fd, description: d }),
-            ObjectDescription::Fence(d) => SharedObject::Fence(Fence { handle: fd, description: d }),
+            ObjectDescription::Semaphore(d) => SharedObject::Semaphore(SemaphoreHandle::new(fd, d)),
+            ObjectDescription::Fence(d) => SharedObject::Fence(FenceHandle::new(fd, d)),
         }
     }
 
@@ -132,29 +132,100 @@ impl SharedObject {
     }
 }
 
-impl From<ExportedMemory> for SharedObject {
-    fn from(v: ExportedMemory) -> Self {
-        SharedObject::Memory(v)
+macro_rules! shared_kind {
+    ($($variant:ident($ty:ident) = $name:literal),* $(,)?) => {$(
+        impl From<$ty> for SharedObject {
+            fn from(v: $ty) -> Self {
+                SharedObject::$variant(v)
+            }
+        }
+
+        impl TryFrom<SharedObject> for $ty {
+            type Error = WrongKind;
+
+            /// The object, where it is of this kind; else the object back, in a [`WrongKind`].
+            fn try_from(object: SharedObject) -> std::result::Result<Self, WrongKind> {
+                match object {
+                    SharedObject::$variant(v) => Ok(v),
+                    object => Err(WrongKind { wanted: $name, object: Box::new(object) }),
+                }
+            }
+        }
+
+        impl FromShared for $ty {
+            fn from_shared(object: SharedObject) -> std::result::Result<Self, WrongKind> {
+                Self::try_from(object)
+            }
+        }
+    )*};
+}
+
+shared_kind!(
+    Memory(ExportedMemory) = "memory",
+    Buffer(ExportedBuffer) = "buffer",
+    Texture(ExportedTexture) = "texture",
+    Semaphore(ExportedSemaphore) = "semaphore",
+    Fence(ExportedFence) = "fence",
+);
+
+/// What [`Client::get`](super::Client::get) returns: one kind of shared object
+/// (`ExportedMemory`, `ExportedBuffer`, `ExportedTexture`, `ExportedSemaphore`, `ExportedFence`,
+/// each through its `TryFrom<SharedObject>`), or [`SharedObject`] itself for any kind.
+pub trait FromShared: Sized {
+    /// The object as `Self`, or back in a [`WrongKind`] when it is of another kind.
+    fn from_shared(object: SharedObject) -> std::result::Result<Self, WrongKind>;
+}
+
+impl FromShared for SharedObject {
+    fn from_shared(object: SharedObject) -> std::result::Result<Self, WrongKind> {
+        Ok(object)
     }
 }
-impl From<ExportedBuffer> for SharedObject {
-    fn from(v: ExportedBuffer) -> Self {
-        SharedObject::Buffer(v)
+
+/// A shared object of another kind than the one asked for (`ExportedBuffer::try_from` given a
+/// semaphore, say). It holds the object, so nothing is lost: its fd closes when it drops.
+#[derive(Debug)]
+pub struct WrongKind {
+    /// The kind that was asked for ("memory", "buffer", "texture", "semaphore" or "fence").
+    pub wanted: &'static str,
+    /// The object that came, with its fd (boxed: a texture's description is large).
+    pub object: Box<SharedObject>,
+}
+
+impl std::fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a {} was asked for and this is a {} object", self.wanted, self.object.kind_name())
     }
 }
-impl From<ExportedTexture> for SharedObject {
-    fn from(v: ExportedTexture) -> Self {
-        SharedObject::Texture(v)
+
+impl std::error::Error for WrongKind {}
+
+impl WrongKind {
+    /// The error for the object named `name`.
+    pub fn into_error(self, name: &str) -> Error {
+        Error::invalid(
+            format!("object kind of {name:?}"),
+            format!(
+                "a {} was asked for and the server holds a {} object under that name",
+                self.wanted,
+                self.object.kind_name()
+            ),
+            format!(
+                "ask for the kind that is published (`Client::get::<SharedObject>` takes any), or publish a {} \
+                 under this name",
+                self.wanted
+            ),
+        )
     }
 }
-impl From<ExportedSemaphore> for SharedObject {
-    fn from(v: ExportedSemaphore) -> Self {
-        SharedObject::Semaphore(v)
-    }
-}
-impl From<ExportedFence> for SharedObject {
-    fn from(v: ExportedFence) -> Self {
-        SharedObject::Fence(v)
+
+impl From<WrongKind> for Error {
+    fn from(e: WrongKind) -> Error {
+        Error::invalid(
+            "object kind",
+            e.to_string(),
+            "convert a SharedObject to the kind it holds (see SharedObject::kind_name)",
+        )
     }
 }
 

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use raw_gpu_handle::{ExportedSemaphore, SemaphoreHandleKind, SemaphoreKind};
 
-use super::object::{NamedObject, SharedObject};
+use super::object::NamedObject;
 use super::shm;
 use super::{Client, Server, ServerConfig};
 use crate::vulkan::sync::{semaphore_capabilities, Semaphore};
@@ -769,10 +769,8 @@ fn attach_ring(config: &RingConfig) -> Result<Attached> {
     };
     let take = |objects: &mut Vec<NamedObject>, name: &str| -> Result<raw_gpu_handle::ExportedMemory> {
         let i = objects.iter().position(|o| o.name == name).ok_or_else(|| bad(format!("no object named {name}")))?;
-        match objects.swap_remove(i).object {
-            SharedObject::Memory(m) => Ok(m),
-            other => Err(bad(format!("{name} is a {}, not memory", other.kind_name()))),
-        }
+        raw_gpu_handle::ExportedMemory::try_from(objects.swap_remove(i).object)
+            .map_err(|e| bad(format!("{name} is a {}, not memory", e.object.kind_name())))
     };
     let control = shm::map_sealed(take(&mut objects, CONTROL_NAME)?.handle, CONTROL_LEN as u64)?;
     // A copy: the producer could still be writing the control block (it must not, but a copy
@@ -795,10 +793,7 @@ fn attach_ring(config: &RingConfig) -> Result<Attached> {
     let signal_kind = u32::from_le_bytes(header[SIGNAL_KIND..SIGNAL_KIND + 4].try_into().expect("4 bytes"));
     let mut take_semaphore = |name: &str| -> Option<ExportedSemaphore> {
         let i = objects.iter().position(|o| o.name == name)?;
-        match objects.swap_remove(i).object {
-            SharedObject::Semaphore(s) => Some(s),
-            _ => None,
-        }
+        ExportedSemaphore::try_from(objects.swap_remove(i).object).ok()
     };
     let semaphores = match (take_semaphore(FILLED_NAME), take_semaphore(RELEASED_NAME)) {
         (Some(filled), Some(released)) => Some((filled, released)),

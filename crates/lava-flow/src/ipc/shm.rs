@@ -8,7 +8,9 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use raw_gpu_handle::{DeviceIdentity, ExportedMemory, Memory, MemoryDescription, MemoryHandleKind, MemoryProperties};
+use raw_gpu_handle::{
+    DeviceIdentity, ExportedMemory, MemoryDescription, MemoryHandle, MemoryHandleKind, MemoryProperties,
+};
 use rustix::fs::SealFlags;
 
 use crate::{Error, Result, SharedHostMemory};
@@ -53,9 +55,9 @@ pub fn map_exported(memory: ExportedMemory) -> Result<SharedHostMemory> {
 /// Describes host memory for other processes, with a duplicate of its fd. The description names
 /// no device: any process may map it.
 pub fn export(memory: &SharedHostMemory) -> Result<ExportedMemory> {
-    Ok(Memory {
-        handle: memory.try_clone_fd()?,
-        description: MemoryDescription {
+    Ok(MemoryHandle::new(
+        memory.try_clone_fd()?,
+        MemoryDescription {
             handle_kind: MemoryHandleKind::HostMemfd,
             allocation_size: memory.len() as u64,
             memory_type_index: 0,
@@ -64,7 +66,7 @@ pub fn export(memory: &SharedHostMemory) -> Result<ExportedMemory> {
             device: DeviceIdentity::default(),
             allocation_id: None,
         },
-    })
+    ))
 }
 
 fn check(memory: &SharedHostMemory, offset: usize, size: usize, count: usize) -> Result<()> {

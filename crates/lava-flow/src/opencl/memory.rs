@@ -83,7 +83,7 @@ impl ClContext {
     /// (docs/OWNERSHIP.md): on success OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_buffer(&self, exported: ExportedBuffer) -> Result<ClBuffer> {
         self.check_deferred()?;
-        let ExportedBuffer { memory, buffer: desc } = exported;
+        let ExportedBuffer { memory, buffer: desc, .. } = exported;
         let d = memory.description;
         if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
             return Err(Error::invalid(
@@ -310,7 +310,7 @@ impl ClContext {
     /// OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_image(&self, exported: ExportedTexture) -> Result<ClImage> {
         self.check_deferred()?;
-        let ExportedTexture { memory, texture: t } = exported;
+        let ExportedTexture { memory, texture: t, .. } = exported;
         let d = memory.description;
         t.validate().map_err(|e| Error::invalid("texture description", e.0, "pass the export unchanged"))?;
         if t.offset != 0 || t.size > d.allocation_size {

@@ -4,7 +4,7 @@
 //! # fn demo(exported: lava_flow::raw_gpu_handle::ExportedBuffer) -> lava_flow::Result<()> {
 //! use lava_flow::opencl::ClContext;
 //! // The OpenCL device whose CL_DEVICE_UUID_KHR / CL_DRIVER_UUID_KHR equal the exporter's.
-//! let cl = ClContext::for_identity(&exported.memory.description.device)?;
+//! let cl = ClContext::for_identity(exported.device())?;
 //! let buffer = cl.import_buffer(exported)?; // consumes the fd
 //! cl.acquire(&[&buffer])?; // clEnqueueAcquireExternalMemObjectsKHR
 //! // ... enqueue kernels on cl.queue() using buffer.mem() ...

@@ -33,7 +33,7 @@ impl ClContext {
     /// (docs/OWNERSHIP.md): on success OpenCL owns it, on failure lava-flow closes it once.
     pub fn import_semaphore(&self, semaphore: ExportedSemaphore) -> Result<ClSemaphore> {
         self.check_deferred()?;
-        let ExportedSemaphore { handle, description } = semaphore;
+        let ExportedSemaphore { handle, description, .. } = semaphore;
         let info = self.info();
         let create = self.inner.ext.create_semaphore.filter(|_| info.external_semaphore_opaque_fd);
         let Some(create) = create else {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ash::vk;
 use raw_gpu_handle::{
-    AllocationId, Buffer as BufferParts, BufferDescription, ExportedBuffer, Memory, MemoryDescription,
-    MemoryHandleKind, Uuid,
+    AllocationId, BufferDescription, BufferHandle, ExportedBuffer, MemoryDescription, MemoryHandle, MemoryHandleKind,
+    Uuid,
 };
 
 use super::{Allocation, BlockKey, CacheOutcome, CacheStats, ImportCache, Suballocator};
@@ -659,19 +659,19 @@ impl BlockImporter {
         usage: vk::BufferUsageFlags,
     ) -> Result<(Buffer, CacheOutcome)> {
         self.ctx.check_deferred()?;
-        let BufferParts { memory, buffer: desc } = exported;
+        let BufferHandle { memory, buffer: desc, .. } = exported;
         let d = memory.description;
         let key = match BlockKey::of(&d) {
             Some(key) if !d.dedicated => key,
             _ => {
-                let exported = BufferParts { memory, buffer: desc };
+                let exported = BufferHandle::new(memory, desc);
                 return Buffer::import_with_usage(&self.ctx, exported, usage).map(|b| (b, CacheOutcome::Miss));
             }
         };
         self.check(&d, &desc)?;
-        let (block, outcome) = self.cache.get_or_import(key, memory.handle, |fd| {
-            DeviceMemory::import(&self.ctx, Memory { handle: fd, description: d }, None)
-        })?;
+        let (block, outcome) = self
+            .cache
+            .get_or_import(key, memory.handle, |fd| DeviceMemory::import(&self.ctx, MemoryHandle::new(fd, d), None))?;
         check_same_block(&block, &d)?;
         Ok((Buffer::bind_at(block, desc.offset, desc.size, usage, None)?, outcome))
     }

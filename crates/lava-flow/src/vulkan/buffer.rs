@@ -4,7 +4,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use ash::vk;
-use raw_gpu_handle::{Buffer as BufferParts, BufferDescription, ExportedBuffer, MemoryHandleKind};
+use raw_gpu_handle::{BufferDescription, BufferHandle, ExportedBuffer, MemoryHandleKind};
 
 use super::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
 use super::format::vk_memory_handle_type;
@@ -548,7 +548,7 @@ impl Buffer {
         usage: vk::BufferUsageFlags,
     ) -> Result<Buffer> {
         ctx.check_deferred()?;
-        let BufferParts { memory, buffer: desc } = exported;
+        let BufferHandle { memory, buffer: desc, .. } = exported;
         let d = memory.description;
         if desc.size == 0 || desc.offset.checked_add(desc.size).is_none_or(|end| end > d.allocation_size) {
             return Err(Error::invalid(
@@ -626,7 +626,7 @@ impl Buffer {
 
     /// Exports the buffer: a fresh fd to its memory plus offset, size and alignment.
     pub fn export_fd(&self) -> Result<ExportedBuffer> {
-        Ok(BufferParts { memory: self.memory.export_fd()?, buffer: self.description() })
+        Ok(BufferHandle::new(self.memory.export_fd()?, self.description()))
     }
 
     /// Where the buffer lies in its memory.

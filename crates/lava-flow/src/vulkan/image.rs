@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ash::vk;
 use raw_gpu_handle::{
-    ExportedTexture, Extent3d, MemoryHandleKind, Texture, TextureDescription, TextureDimension, TextureFormat,
+    ExportedTexture, Extent3d, MemoryHandleKind, TextureDescription, TextureDimension, TextureFormat, TextureHandle,
     TextureTiling, TextureUsage,
 };
 
@@ -329,7 +329,7 @@ impl Image {
     /// lava-flow closes it exactly once. The image starts in `GENERAL`, owned by the external side.
     pub fn import(ctx: &VulkanContext, exported: ExportedTexture) -> Result<Image> {
         ctx.check_deferred()?;
-        let Texture { memory, texture: d } = exported;
+        let TextureHandle { memory, texture: d, .. } = exported;
         let md = memory.description;
         raw_gpu_handle::check_compatible(md.handle_kind, &md.device, &ctx.identity())?;
         if d.offset.checked_add(d.size).is_none_or(|end| end > md.allocation_size) {
@@ -406,7 +406,7 @@ impl Image {
 
     /// Exports the image: a fresh fd plus the full texture description.
     pub fn export_fd(&self) -> Result<ExportedTexture> {
-        Ok(Texture { memory: self.memory.export_fd()?, texture: self.description.clone() })
+        Ok(TextureHandle::new(self.memory.export_fd()?, self.description.clone()))
     }
 
     /// The texture description exports carry.

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ash::vk;
-use raw_gpu_handle::{AllocationId, ExportedMemory, Memory, MemoryDescription, MemoryHandleKind, MemoryProperties};
+use raw_gpu_handle::{
+    AllocationId, ExportedMemory, MemoryDescription, MemoryHandle, MemoryHandleKind, MemoryProperties,
+};
 
 use super::format::{memory_properties, vk_memory_handle_type};
 use super::host::SharedHostMemory;
@@ -204,7 +206,7 @@ impl DeviceMemory {
         exported: ExportedMemory,
         dedicated: Option<DedicatedTo>,
     ) -> Result<DeviceMemory> {
-        let Memory { handle, description: d } = exported;
+        let MemoryHandle { handle, description: d, .. } = exported;
         if d.handle_kind == MemoryHandleKind::HostMemfd {
             let host = SharedHostMemory::from_fd(handle, d.allocation_size)?;
             return Self::import_host(ctx, host, d.allocation_id);
@@ -438,7 +440,7 @@ impl DeviceMemory {
             },
             (None, None) => unreachable!("description() refuses non-exportable memory"),
         };
-        Ok(Memory { handle, description })
+        Ok(MemoryHandle::new(handle, description))
     }
 
     /// `vkGetMemoryFdKHR`: a new fd the caller owns.

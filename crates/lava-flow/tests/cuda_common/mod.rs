@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use ash::vk;
 use lava_flow::cuda::CudaDevice;
 use lava_flow::raw_gpu_handle::{
-    ExportedSemaphore, Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind,
+    ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind,
 };
 use lava_flow::VulkanContext;
 use lava_flow_diag::testing;
@@ -59,10 +59,11 @@ pub fn export_semaphore(ctx: &VulkanContext, kind: SemaphoreKind) -> Option<(VkE
         .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
     // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
     let fd = unsafe { loader.get_semaphore_fd(&get) }.expect("vkGetSemaphoreFdKHR");
-    let exported = Semaphore {
-        // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
-        handle: unsafe { OwnedFd::from_raw_fd(fd) },
-        description: SemaphoreDescription { kind, handle_kind: SemaphoreHandleKind::OpaqueFd, device: ctx.identity() },
-    };
+    // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
+    let handle = unsafe { OwnedFd::from_raw_fd(fd) };
+    let exported = SemaphoreHandle::new(
+        handle,
+        SemaphoreDescription { kind, handle_kind: SemaphoreHandleKind::OpaqueFd, device: ctx.identity() },
+    );
     Some((owner, exported))
 }

@@ -228,7 +228,7 @@ impl Fence {
         // SAFETY: fd >= 0, so vkGetFenceFdKHR created a new fd and passed its ownership to us; nothing
         // else holds it.
         let handle = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Some(ExportedFence { handle, description: FenceDescription { handle_kind, device: self.ctx.identity() } }))
+        Ok(Some(ExportedFence::new(handle, FenceDescription { handle_kind, device: self.ctx.identity() })))
     }
 
     /// Imports an exported fence into `ctx`'s device, to wait on it from this process.

@@ -312,7 +312,7 @@ impl Semaphore {
         // SAFETY: fd >= 0, so vkGetSemaphoreFdKHR created a new fd and passed its ownership to us; nothing
         // else holds it.
         let handle = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Some(ExportedSemaphore { handle, description: self.description(handle_kind) }))
+        Ok(Some(ExportedSemaphore::new(handle, self.description(handle_kind))))
     }
 
     /// Imports an exported semaphore, as the kind its description names. See
