@@ -12,6 +12,23 @@ use super::host::{copy_from_shared, copy_to_shared, SharedHostMemory};
 use super::memory::{AllocateParams, DedicatedTo, DeviceMemory, MemoryOrigin};
 use crate::{Error, Result, VulkanContext};
 
+/// Whether a buffer comes from a pool block or gets its own `VkDeviceMemory`. The pool
+/// ([`BufferPool`](crate::pool::BufferPool), behind [`MemoryAllocator`](crate::MemoryAllocator))
+/// reads it; `Buffer::new` always makes its own allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AllocationStrategy {
+    /// Pooled when the buffer is at most [`PoolConfig::dedicated_threshold`](crate::pool::PoolConfig::dedicated_threshold) bytes and the driver
+    /// lets it share memory (no `requiresDedicatedAllocation`, not dedicated-only for its handle
+    /// kind, `DedicatedPolicy` not `Always`, not shared host memory); its own allocation otherwise.
+    #[default]
+    Auto,
+    /// Always from a pool block, whatever the size; an error where the driver or the options
+    /// forbid sharing memory.
+    Pooled,
+    /// Always its own allocation (which `DedicatedPolicy` may make a Vulkan dedicated allocation).
+    Dedicated,
+}
+
 /// Which kind of memory a resource lives in, on a device already chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MemoryKind {
@@ -55,8 +72,8 @@ pub struct BufferOptions {
     /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): give them slack here.
     pub allocation_padding: u64,
     /// Pooled (a range of a shared exportable block) or its own allocation; used by
-    /// [`MemoryAllocator`](super::MemoryAllocator) (`Buffer::new` always makes its own).
-    pub strategy: crate::pool::AllocationStrategy,
+    /// [`MemoryAllocator`](crate::MemoryAllocator) (`Buffer::new` always makes its own).
+    pub strategy: AllocationStrategy,
 }
 
 impl BufferOptions {
@@ -69,12 +86,12 @@ impl BufferOptions {
             export: Some(MemoryHandleKind::OpaqueFd),
             dedicated: DedicatedPolicy::Auto,
             allocation_padding: 0,
-            strategy: crate::pool::AllocationStrategy::Auto,
+            strategy: AllocationStrategy::Auto,
         }
     }
 
     /// Sets the allocation strategy (pooled or its own allocation).
-    pub fn strategy(mut self, strategy: crate::pool::AllocationStrategy) -> Self {
+    pub fn strategy(mut self, strategy: AllocationStrategy) -> Self {
         self.strategy = strategy;
         self
     }
