@@ -14,17 +14,17 @@ use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions};
 use lava_flow::{Result, VulkanContext};
 
 use super::median;
-pub use super::BenchRow;
+pub use super::Row;
 
-fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
-    BenchRow::new(case, lava_flow, raw, unit, iterations)
+fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> Row {
+    Row::new("gl", case, lava_flow, Some(raw), unit).iterations(iterations.clamp(1, u32::MAX as usize) as u32)
 }
 
 /// Import latency of buffers of each size in `sizes` and of a 2D RGBA8 texture, `iterations`
 /// times each, in microseconds (median). Both sides run with the context already current (a
 /// guard held), so the figures compare the import work itself; the export (`vkGetMemoryFdKHR`) is
 /// outside the timing.
-pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<BenchRow>> {
+pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<Row>> {
     let gl = GlContext::for_identity(&vk.identity())?;
     let guard = gl.make_current()?;
     let mut rows = Vec::new();
