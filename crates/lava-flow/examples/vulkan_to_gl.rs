@@ -24,7 +24,7 @@ mod example {
 
     use ash::vk;
     use lava_flow::gl::functions as f;
-    use lava_flow::gl::{CurrentGl, GlContext, GL_BUFFER_SLACK};
+    use lava_flow::gl::{CurrentGl, GlContext};
     use lava_flow::raw_gpu_handle::{Semaphore, SemaphoreDescription, SemaphoreHandleKind, SemaphoreKind};
     use lava_flow::vulkan::MemoryKind;
     use lava_flow::{Buffer, BufferOptions, VulkanContext};
@@ -165,7 +165,7 @@ void main() { uint i = gl_GlobalInvocationID.x; x[i] = x[i] * 3u + k; }
         println!("Vulkan: {}  OpenGL: {} ({}), {}", vk.info().name, gl.info().renderer, gl.info().api, gl.identity());
 
         // GL buffers need slack after them on llvmpipe (docs/GL.md); harmless elsewhere.
-        let buffer = Buffer::new(&vk, &BufferOptions::new((WORDS * 4) as u64).allocation_padding(GL_BUFFER_SLACK))?;
+        let buffer = Buffer::new(&vk, &BufferOptions::new((WORDS * 4) as u64).for_gl())?;
         let glbuf = gl.import_buffer(buffer.export_fd()?)?;
 
         let semaphores = gl.info().semaphore_fd && vk.extensions().external_semaphore_fd;

@@ -8,7 +8,7 @@ use raw_gpu_handle::TextureFormat;
 use std::os::fd::{IntoRawFd, OwnedFd};
 
 use lava_flow::gl::functions::{self as f, GLuint};
-use lava_flow::gl::{CurrentGl, GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::{CurrentGl, GlContext};
 use lava_flow::raw_gpu_handle::MemoryDescription;
 use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions};
 use lava_flow::{Result, VulkanContext};
@@ -29,7 +29,7 @@ pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> R
     let guard = gl.make_current()?;
     let mut rows = Vec::new();
     for &size in sizes {
-        let buffer = Buffer::new(vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK))?;
+        let buffer = Buffer::new(vk, &BufferOptions::new(size).for_gl())?;
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for i in 0..=iterations.max(1) {
             // Iteration 0 warms caches and driver paths up and is not counted.

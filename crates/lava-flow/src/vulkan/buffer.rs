@@ -54,6 +54,15 @@ pub enum DedicatedPolicy {
     Never,
 }
 
+/// Bytes by which llvmpipe needs a memory object to be larger than any GL buffer placed in it.
+///
+/// llvmpipe (Mesa's software GL) refuses `glBufferStorageMemEXT` with `GL_OUT_OF_MEMORY` when the
+/// buffer's size is within this many bytes of the whole allocation's size (Mesa 22.3 compares the
+/// size alone, whatever the offset). [`BufferOptions::for_gl`] leaves this slack and the GL
+/// importer names it when a buffer lacks it (docs/GL.md). NVIDIA has no such rule.
+#[doc(hidden)]
+pub const GL_BUFFER_SLACK: u64 = 8;
+
 /// How to create a buffer.
 #[derive(Clone, Debug)]
 pub struct BufferOptions {
@@ -69,7 +78,8 @@ pub struct BufferOptions {
     /// Dedicated allocation policy.
     pub dedicated: DedicatedPolicy,
     /// Extra bytes allocated after the buffer. Some importers cannot map a buffer that spans the
-    /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): give them slack here.
+    /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): [`BufferOptions::for_gl`]
+    /// sets what GL needs.
     pub allocation_padding: u64,
     /// Pooled (a range of a shared exportable block) or its own allocation; used by
     /// [`MemoryAllocator`](crate::MemoryAllocator) (`Buffer::new` always makes its own).
@@ -126,6 +136,15 @@ impl BufferOptions {
     /// Sets the padding after the buffer.
     pub fn allocation_padding(mut self, bytes: u64) -> Self {
         self.allocation_padding = bytes;
+        self
+    }
+
+    /// Makes the buffer importable into OpenGL on every driver lava-flow knows: the allocation gets
+    /// the slack some GL drivers need after a buffer (llvmpipe places a GL buffer in a memory object
+    /// only if the object is at least 8 bytes larger, docs/GL.md "Buffer slack"). Other importers
+    /// are unaffected: the export describes the whole allocation as always.
+    pub fn for_gl(mut self) -> Self {
+        self.allocation_padding = self.allocation_padding.max(GL_BUFFER_SLACK);
         self
     }
 }

@@ -12,6 +12,8 @@ mod live;
 mod location;
 mod memory;
 
+#[doc(hidden)]
+pub use buffer::GL_BUFFER_SLACK;
 pub use buffer::{
     candidate_types, AllocationStrategy, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind,
 };
