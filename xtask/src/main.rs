@@ -7,6 +7,8 @@ mod docs_check;
 mod driver;
 mod fuzz;
 mod gpu_test;
+#[cfg(test)]
+mod layers;
 mod msrv;
 mod report;
 mod require;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use crate::bench::Row;
+use lava_flow_diag::bench::Row;
 
 /// File name of the latency plot.
 pub const LATENCY: &str = "latency-by-size.svg";

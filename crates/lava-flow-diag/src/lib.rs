@@ -7,7 +7,7 @@
 //! - [`selftest`]: end-to-end checks of every Vulkan <-> CUDA, OpenCL and GL path, each moving a
 //!   pattern and checking every byte on the other side.
 //! - [`bench`](mod@bench): lava-flow measured against the raw API calls doing the same work, in one run
-//!   ([`bench::BenchRow`]).
+//!   ([`bench::Row`]).
 //! - [`raw_vk`]: the plain ash calls the CUDA self-tests and benchmarks record and submit
 //!   (exportable semaphores, queue-family transfers, the bare export the raw figures time).
 //! - [`pattern`]: the pattern server and client behind `serve`/`attach`: allocate, fill a known

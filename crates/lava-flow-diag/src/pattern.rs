@@ -15,10 +15,6 @@ use lava_flow::vulkan::sync::{semaphore_capabilities, Semaphore};
 use lava_flow::vulkan::{DeviceSelector, MemoryLocation};
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, Result, SharedHostMemory, VulkanContext};
 
-/// Extra bytes in the pattern allocation so that llvmpipe's GL can place the buffer in it
-/// (see `gl::GL_BUFFER_SLACK` and docs/GL.md); harmless elsewhere.
-const GL_SLACK: u64 = 8;
-
 /// The name the pattern memory (or buffer) is shared under.
 pub const PATTERN_NAME: &str = "pattern";
 /// The name the pattern image is shared under.
@@ -193,7 +189,7 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
             })?;
             device = Some(format!("{} ({})", ctx.info().name, ctx.identity()));
             let mut buffer = timed(&mut steps, format!("allocate an exportable {size}-byte buffer"), || {
-                Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).allocation_padding(GL_SLACK))
+                Buffer::new(&ctx, &BufferOptions::new(size as u64).memory(location.kind()).for_gl())
             })?;
             timed(&mut steps, "fill the pattern", || {
                 (0..size).step_by(FILL_CHUNK).try_for_each(|start| {

@@ -32,7 +32,8 @@ fn import_latency_rows_are_measured() {
     let rows = bench::import_latency(&vk, &[4096, 1 << 20], 5).unwrap();
     assert_eq!(rows.len(), 3, "two buffer sizes and a texture: {rows:?}");
     for r in &rows {
-        assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio.is_finite(), "{r:?}");
+        let (Some(lava_flow), Some(raw), Some(ratio)) = (r.lava_flow, r.raw, r.ratio) else { panic!("{r:?}") };
+        assert!(lava_flow > 0.0 && raw > 0.0 && ratio.is_finite(), "{r:?}");
         assert_eq!(r.unit, "us");
         println!("{}", serde_json::to_string(r).unwrap());
     }

@@ -39,7 +39,8 @@ fn bench_rows_are_measured() {
     rows.extend(bench::copy_bandwidth(&vk, 64 << 20, 10).unwrap());
     assert_eq!(rows.len(), 3, "{rows:?}");
     for r in &rows {
-        assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio.is_finite(), "{r:?}");
+        let (Some(lava_flow), Some(raw), Some(ratio)) = (r.lava_flow, r.raw, r.ratio) else { panic!("{r:?}") };
+        assert!(lava_flow > 0.0 && raw > 0.0 && ratio.is_finite(), "{r:?}");
         println!("{}", serde_json::to_string(r).unwrap());
     }
 }

@@ -20,11 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(feature = "opencl")]
 mod example {
-    use std::os::fd::{FromRawFd, OwnedFd};
-
     use ash::vk;
     use lava_flow::opencl::{ClContext, KernelArg};
-    use lava_flow::raw_gpu_handle::{SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind};
+    use lava_flow::raw_gpu_handle::{SemaphoreHandleKind, SemaphoreKind};
+    use lava_flow::vulkan::sync::{self, Submission};
     use lava_flow::vulkan::MemoryKind;
     use lava_flow::{Buffer, BufferOptions, VulkanContext};
 
@@ -32,75 +31,21 @@ mod example {
     const KERNEL: &str =
         "__kernel void step(__global uint* x, uint k) { size_t i = get_global_id(0); x[i] = x[i] * 3u + k; }";
 
-    /// An exportable binary Vulkan semaphore (raw ash; lava-flow's Vulkan sync module offers the
-    /// same). Used only where both sides have external semaphores.
-    struct VkSemaphore {
-        ctx: VulkanContext,
-        semaphore: vk::Semaphore,
+    /// An exportable binary Vulkan semaphore (lava-flow's `vulkan::sync`), used only where both
+    /// sides have external semaphores.
+    fn exportable_semaphore(ctx: &VulkanContext) -> lava_flow::Result<sync::Semaphore> {
+        sync::Semaphore::exportable(ctx, SemaphoreKind::Binary, SemaphoreHandleKind::OpaqueFd)
     }
 
-    impl VkSemaphore {
-        fn new(ctx: &VulkanContext) -> Result<VkSemaphore, vk::Result> {
-            let mut export =
-                vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-            let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
-            // SAFETY: only called where the device has VK_KHR_external_semaphore_fd (checked before), so
-            // the export chain is valid; `info` and its chain are locals that outlive the call.
-            let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }?;
-            Ok(VkSemaphore { ctx: ctx.clone(), semaphore })
-        }
-
-        fn export(&self) -> Result<lava_flow::raw_gpu_handle::ExportedSemaphore, vk::Result> {
-            let loader = ash::khr::external_semaphore_fd::Device::new(self.ctx.instance(), self.ctx.device());
-            let info = vk::SemaphoreGetFdInfoKHR::default()
-                .semaphore(self.semaphore)
-                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-            // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
-            let fd = unsafe { loader.get_semaphore_fd(&info) }?;
-            // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
-            let handle = unsafe { OwnedFd::from_raw_fd(fd) };
-            Ok(SemaphoreHandle::new(
-                handle,
-                SemaphoreDescription {
-                    kind: SemaphoreKind::Binary,
-                    handle_kind: SemaphoreHandleKind::OpaqueFd,
-                    device: self.ctx.identity(),
-                },
-            ))
-        }
-
-        /// Submits an empty batch that signals (after earlier work) or waits, then waits for it.
-        fn submit(&self, wait: bool) -> Result<(), vk::Result> {
-            let dev = self.ctx.device();
-            // SAFETY: the device is alive (self.ctx); the create info is a default local.
-            let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }?;
-            let sems = [self.semaphore];
-            let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
-            let submit = if wait {
-                vk::SubmitInfo::default().wait_semaphores(&sems).wait_dst_stage_mask(&stages)
-            } else {
-                vk::SubmitInfo::default().signal_semaphores(&sems)
-            };
-            // SAFETY: with_queue holds the queue mutex; the batch has no command buffers; the semaphore is
-            // live and each wait follows a signal the other API queued first; the fence is fresh; `submit`,
-            // `sems` and `stages` are locals that outlive the call.
-            let r = self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &[submit], fence) }).and_then(|_| {
-                // SAFETY: the fence belongs to this device and is alive until destroyed below.
-                unsafe { dev.wait_for_fences(&[fence], true, u64::MAX) }
-            });
-            // SAFETY: a wait with no timeout returns once the fence signalled (or the device is lost), and a
-            // fence whose submission failed is unused: no queue operation uses it any more.
-            unsafe { dev.destroy_fence(fence, None) };
-            r
-        }
-    }
-
-    impl Drop for VkSemaphore {
-        fn drop(&mut self) {
-            // SAFETY: every batch using the semaphore was waited for (submit waits on its fence), so no
-            // queue operation uses it; it is destroyed once.
-            unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
-        }
+    /// Submits an empty batch that signals `semaphore` (after earlier work) or waits for it, and
+    /// waits on the host for the batch.
+    fn submit(semaphore: &sync::Semaphore, wait: bool) -> lava_flow::Result<()> {
+        let batch = if wait {
+            Submission::new().wait(semaphore, 0, vk::PipelineStageFlags::ALL_COMMANDS)
+        } else {
+            Submission::new().signal(semaphore, 0)
+        };
+        batch.submit(semaphore.context())?.wait(std::time::Duration::from_secs(60))
     }
 
     fn vk_write(buffer: &Buffer, words: &[u32]) -> lava_flow::Result<()> {
@@ -135,7 +80,7 @@ mod example {
 
         let semaphores = info.external_semaphore_opaque_fd && vk.extensions().external_semaphore_fd;
         let sync = if semaphores {
-            let (to_cl, to_vk) = (VkSemaphore::new(&vk)?, VkSemaphore::new(&vk)?);
+            let (to_cl, to_vk) = (exportable_semaphore(&vk)?, exportable_semaphore(&vk)?);
             let cl_wait = cl.import_semaphore(to_cl.export()?)?;
             let cl_signal = cl.import_semaphore(to_vk.export()?)?;
             println!("ordering: shared binary semaphores (cl_khr_external_semaphore_opaque_fd)");
@@ -150,7 +95,7 @@ mod example {
             let input: Vec<u32> = (0..WORDS as u32).map(|i| i.wrapping_mul(2_654_435_761) ^ round).collect();
             vk_write(&buffer, &input)?;
             if let Some((to_cl, _, cl_wait, _)) = &sync {
-                to_cl.submit(false)?;
+                submit(to_cl, false)?;
                 cl_wait.wait()?;
             }
             cl.acquire(&[&clbuf])?;
@@ -159,7 +104,7 @@ mod example {
             match &sync {
                 Some((_, to_vk, _, cl_signal)) => {
                     cl_signal.signal()?;
-                    to_vk.submit(true)?;
+                    submit(to_vk, true)?;
                 }
                 None => cl.finish()?,
             }

@@ -380,8 +380,42 @@ pub(crate) fn check_exported_memory(
     what: &str,
 ) -> Result<OwnedFd> {
     let fd = check_memory_fd(fd, what, description.allocation_size, false)?;
-    crate::vulkan::check_against_exporter(description)?;
+    check_against_exporter(description)?;
     Ok(fd)
+}
+
+/// Allocations exported from this process, by id, with their true sizes. Importers in the same
+/// process check descriptions against it: NVIDIA's CUDA driver accepts an opaque fd with a larger
+/// size than the allocation, which would map memory that is not there.
+fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<raw_gpu_handle::AllocationId, u64>> {
+    static EXPORTERS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<raw_gpu_handle::AllocationId, u64>>,
+    > = std::sync::OnceLock::new();
+    EXPORTERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records an allocation this process made (and may export), with its true size, for
+/// [`check_exported_memory`]. The allocating layer calls it when it creates the memory.
+pub(crate) fn record_export(id: raw_gpu_handle::AllocationId, size: u64) {
+    exporters().insert(id, size);
+}
+
+/// Forgets an allocation recorded by [`record_export`] once its memory is freed.
+pub(crate) fn forget_export(id: raw_gpu_handle::AllocationId) {
+    exporters().remove(&id);
+}
+
+/// Refuses a description whose allocation was made in this process with another size.
+pub(crate) fn check_against_exporter(d: &raw_gpu_handle::MemoryDescription) -> Result<()> {
+    let Some(id) = d.allocation_id else { return Ok(()) };
+    match exporters().get(&id) {
+        Some(&size) if size != d.allocation_size => Err(Error::invalid(
+            format!("an import of {} bytes of allocation {id}", d.allocation_size),
+            format!("that allocation was made in this process with {size} bytes"),
+            "pass the description exactly as exported (importers must be given the whole allocation's size)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

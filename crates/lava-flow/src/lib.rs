@@ -37,10 +37,11 @@ pub use ash;
 #[cfg(feature = "cuda")]
 pub use cudarc;
 pub use error::{DeferredError, DriverCode, Error, Result};
+pub use pool::MemoryAllocator;
 pub use raw_gpu_handle;
 pub use vulkan::{
-    Buffer, BufferOptions, ContextOptions, DeviceSelector, Image, ImageOptions, MemoryAllocator, MemoryLocation,
-    SharedHostMemory, VulkanContext,
+    Buffer, BufferOptions, ContextOptions, DeviceSelector, Image, ImageOptions, MemoryLocation, SharedHostMemory,
+    VulkanContext,
 };
 
 #[cfg(feature = "cuda")]
@@ -50,5 +51,4 @@ pub mod gl;
 pub mod ipc;
 #[cfg(feature = "opencl")]
 pub mod opencl;
-#[cfg(unix)]
 pub mod pool;

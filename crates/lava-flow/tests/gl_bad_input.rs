@@ -7,7 +7,7 @@ mod common;
 use std::os::fd::OwnedFd;
 
 use lava_flow::error::GlCode;
-use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::GlContext;
 use lava_flow::raw_gpu_handle::{
     ExportedBuffer, ExportedSemaphore, ExportedTexture, MemoryHandleKind, PlaneLayout, SemaphoreDescription,
     SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind, TextureTiling, Uuid,
@@ -18,7 +18,7 @@ use lava_flow_diag::testing::{self, open_fd_count};
 fn setup() -> Option<(VulkanContext, GlContext, Buffer)> {
     let vk = common::vulkan()?;
     let gl = testing::or_skip("gl", GlContext::for_identity(&vk.identity()))?;
-    let buffer = Buffer::new(&vk, &BufferOptions::new(65536).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let buffer = Buffer::new(&vk, &BufferOptions::new(65536).for_gl()).unwrap();
     Some((vk, gl, buffer))
 }
 

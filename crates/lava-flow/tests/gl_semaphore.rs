@@ -7,7 +7,7 @@ mod common;
 
 use ash::vk;
 use common::pattern;
-use lava_flow::gl::{GlContext, TextureLayout, GL_BUFFER_SLACK};
+use lava_flow::gl::{GlContext, TextureLayout};
 use lava_flow::raw_gpu_handle::{
     ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind,
 };
@@ -130,7 +130,7 @@ fn invert(bytes: &[u8]) -> Vec<u8> {
 fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
     let Some((vk, gl)) = setup() else { return };
     let size = 1 << 20;
-    let buffer = Buffer::new(&vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let buffer = Buffer::new(&vk, &BufferOptions::new(size).for_gl()).unwrap();
     let glbuf = gl.import_buffer(buffer.export_fd().unwrap()).unwrap();
     let (to_gl, to_vk) = (VkSemaphore::new(&vk), VkSemaphore::new(&vk));
     let before = open_fd_count();

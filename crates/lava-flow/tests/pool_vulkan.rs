@@ -386,10 +386,11 @@ fn bench_rows_measure_every_case() {
     let rows = lava_flow_diag::bench::pool::run(&a, &b, true).unwrap();
     assert_eq!(rows.len(), 4);
     for r in &rows {
-        assert!(r.lava_flow > 0.0 && r.raw > 0.0 && r.ratio > 0.0, "{r:?}");
-        assert!((r.ratio - r.lava_flow / r.raw).abs() < 1e-9, "{r:?}");
-        assert_eq!(r.unit, "us");
-        println!("{:<75} {:>10.2} {:>10.2} {:>8.3}", r.case, r.lava_flow, r.raw, r.ratio);
+        let (Some(lava_flow), Some(raw), Some(ratio)) = (r.lava_flow, r.raw, r.ratio) else { panic!("{r:?}") };
+        assert!(lava_flow > 0.0 && raw > 0.0 && ratio > 0.0, "{r:?}");
+        assert!((ratio - lava_flow / raw).abs() < 1e-9, "{r:?}");
+        assert_eq!((r.group.as_str(), r.unit.as_str()), ("pool", "us"));
+        println!("{:<75} {lava_flow:>10.2} {raw:>10.2} {ratio:>8.3}", r.case);
     }
     let json = serde_json::to_value(&rows[0]).unwrap();
     for field in ["case", "lava_flow", "raw", "unit", "ratio"] {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{pattern, two_devices};
-use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::GlContext;
 use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::ExportedMemory;
 use lava_flow::raw_gpu_handle::TextureFormat;
@@ -125,7 +125,7 @@ fn one_allocation_imported_by_eight_threads_at_once() {
 
 /// One exporter buffer per call, with the slack llvmpipe's GL needs.
 fn gl_exportable(ctx: &VulkanContext, size: u64) -> Buffer {
-    Buffer::new(ctx, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK)).unwrap()
+    Buffer::new(ctx, &BufferOptions::new(size).for_gl()).unwrap()
 }
 
 #[test]

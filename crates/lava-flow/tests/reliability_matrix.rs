@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lava_flow::cuda::{CudaBuffer, CudaDevice};
-use lava_flow::gl::{GlBuffer, GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::{GlBuffer, GlContext};
 use lava_flow::ipc::socket::{connect_seqpacket, recv_datagram, set_timeouts};
 use lava_flow::ipc::wire::{decode, encode, Message, NamedDescription, ObjectDescription, MAX_MESSAGE_LEN};
 use lava_flow::ipc::{shm, Client, NamedObject, Server, ServerConfig};
@@ -441,7 +441,7 @@ impl Env {
 
     /// A buffer on device A holding `pattern(seed)`, exportable with the slack GL needs.
     fn exporter(&self, seed: u32) -> Buffer {
-        let mut buffer = Buffer::new(&self.a, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+        let mut buffer = Buffer::new(&self.a, &BufferOptions::new(SIZE).for_gl()).unwrap();
         buffer.write(0, &pattern(seed)).unwrap();
         buffer
     }
@@ -1030,7 +1030,7 @@ fn exporter_child() {
     // else in this process owns or closes it.
     let sock = unsafe { OwnedFd::from_raw_fd(n) };
     let ctx = common::vulkan().expect("the parent opened Vulkan");
-    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(SIZE).allocation_padding(GL_BUFFER_SLACK)).unwrap();
+    let mut buffer = Buffer::new(&ctx, &BufferOptions::new(SIZE).for_gl()).unwrap();
     buffer.write(0, &pattern(11)).unwrap();
     let exported = buffer.export_fd().unwrap();
     let text = serde_json::to_vec(&(exported.memory.description, exported.buffer)).unwrap();

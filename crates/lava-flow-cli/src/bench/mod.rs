@@ -44,67 +44,7 @@ pub struct Args {
 /// The groups, in the order they run.
 pub const GROUPS: [&str; 5] = ["vulkan", "pool", "cuda", "opencl", "gl"];
 
-/// Whether a bigger figure is better (bandwidth) or a smaller one (latency).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Better {
-    Lower,
-    Higher,
-}
-
-/// One measured case.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct Row {
-    /// "vulkan", "cuda", "pool", "gl", "opencl".
-    pub group: String,
-    pub case: String,
-    /// lava-flow's figure (median); absent when the case could not be measured.
-    pub lava_flow: Option<f64>,
-    /// The raw API's figure for the same work, where there is one.
-    pub raw: Option<f64>,
-    pub unit: String,
-    /// lava_flow / raw.
-    pub ratio: Option<f64>,
-    pub better: Better,
-    /// Iterations behind each median (0 where the source does not say).
-    pub iterations: u32,
-    /// Why the case could not be measured (the figures are then absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Row {
-    pub fn new(
-        group: &'static str,
-        case: impl Into<String>,
-        lava_flow: f64,
-        raw: Option<f64>,
-        unit: &'static str,
-    ) -> Row {
-        Row {
-            group: group.into(),
-            case: case.into(),
-            lava_flow: Some(lava_flow),
-            raw,
-            unit: unit.into(),
-            ratio: raw.filter(|r| *r > 0.0).map(|r| lava_flow / r),
-            better: if unit.ends_with("/s") { Better::Higher } else { Better::Lower },
-            iterations: 0,
-            error: None,
-        }
-    }
-
-    /// A case that could not be measured, and why.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub fn not_measured(group: &'static str, case: impl Into<String>, unit: &'static str, error: String) -> Row {
-        Row { lava_flow: None, error: Some(error), ..Row::new(group, case, 0.0, None, unit) }
-    }
-
-    pub fn iterations(mut self, n: u32) -> Row {
-        self.iterations = n;
-        self
-    }
-}
+pub use lava_flow_diag::bench::Row;
 
 /// A group that did not run, and why.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -321,10 +261,7 @@ fn pool_rows(bench: &mut Bench) {
         .and_then(|a| VulkanContext::with_uuid(a.identity().device_uuid).map(|b| (a, b)))
         .and_then(|(a, b)| lava_flow_diag::bench::pool::run(&a, &b, bench.quick));
     match rows {
-        Ok(rows) => bench.rows.extend(
-            rows.into_iter()
-                .map(|r| Row::new("pool", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
-        ),
+        Ok(rows) => bench.rows.extend(rows),
         Err(e) => bench.group_error("pool", e),
     }
 }
@@ -336,15 +273,7 @@ fn cuda_rows(bench: &mut Bench) {
     use lava_flow_diag::bench::cuda::{run, BenchConfig};
     let config = if bench.quick { BenchConfig::quick() } else { BenchConfig::default() };
     match run(&config) {
-        Ok(rows) => {
-            for r in rows {
-                let unit = r.unit;
-                bench.rows.push(match r.error {
-                    Some(e) => Row::not_measured("cuda", r.case, unit, e),
-                    None => Row::new("cuda", r.case, r.lava_flow, Some(r.raw), unit),
-                });
-            }
-        }
+        Ok(rows) => bench.rows.extend(rows),
         Err(e) => bench.group_error("cuda", e),
     }
 }
@@ -371,9 +300,7 @@ fn gl_rows(bench: &mut Bench) {
     let (sizes, iterations) = import_sizes(bench.quick);
     let rows = VulkanContext::new().and_then(|vk| lava_flow_diag::bench::gl::import_latency(&vk, sizes, iterations));
     match rows {
-        Ok(rows) => bench.rows.extend(
-            rows.into_iter().map(|r| Row::new("gl", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
-        ),
+        Ok(rows) => bench.rows.extend(rows),
         Err(e) => bench.group_error("gl", e),
     }
 }
@@ -396,10 +323,7 @@ fn opencl_rows(bench: &mut Bench) {
         Ok(rows)
     });
     match rows {
-        Ok(rows) => bench.rows.extend(
-            rows.into_iter()
-                .map(|r| Row::new("opencl", r.case, r.lava_flow, Some(r.raw), r.unit).iterations(r.iterations)),
-        ),
+        Ok(rows) => bench.rows.extend(rows),
         Err(e) => bench.group_error("opencl", e),
     }
 }
@@ -457,6 +381,7 @@ pub fn render(bench: &Bench) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lava_flow_diag::bench::Better;
 
     #[test]
     fn rows_show_ratio_and_cases_not_measured_say_why() {

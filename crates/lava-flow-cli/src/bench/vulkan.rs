@@ -11,7 +11,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use ash::vk;
 use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
-use lava_flow_diag::bench::pool::median;
+use lava_flow_diag::bench::median_time;
 
 use super::{us, Bench, Row};
 use crate::table::bytes;
@@ -36,15 +36,15 @@ pub fn rows(bench: &mut Bench) -> lava_flow::Result<()> {
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         };
         let none = || Ok(());
-        let lf_export = median(warmup, iterations, none, |()| exporter.export_fd())?;
-        let raw_export_t = median(warmup, iterations, none, |()| raw_export())?;
+        let lf_export = median_time(warmup, iterations, none, |()| exporter.export_fd())?;
+        let raw_export_t = median_time(warmup, iterations, none, |()| raw_export())?;
         bench.rows.push(
             Row::new("vulkan", format!("export {} buffer", bytes(size)), us(lf_export), Some(us(raw_export_t)), "us")
                 .iterations(iterations),
         );
 
-        let lf_import = median(warmup, iterations, || exporter.export_fd(), |e| Buffer::import(&b, e))?;
-        let raw_import_t = median(warmup, iterations, raw_export, |fd| {
+        let lf_import = median_time(warmup, iterations, || exporter.export_fd(), |e| Buffer::import(&b, e))?;
+        let raw_import_t = median_time(warmup, iterations, raw_export, |fd| {
             raw_import(&b, fd, memory.size(), memory.memory_type_index(), memory.dedicated(), size)
         })?;
         bench.rows.push(

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod gl;
 pub mod ipc;
 pub mod opencl;
+mod peer;
 pub mod pool;
 pub mod semaphores;
 pub mod soak;

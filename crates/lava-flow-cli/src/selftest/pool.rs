@@ -5,7 +5,7 @@
 use lava_flow::pool::{AllocationStrategy, BlockImporter};
 use lava_flow::{Buffer, BufferOptions, MemoryAllocator, VulkanContext};
 
-use super::ipc::{hand_to_peer_many, Shared};
+use super::peer::{hand_to_peer_many, Shared};
 use super::vulkan::{gpu_read, gpu_write};
 use super::{check_bytes, fail, pattern, spoil, Runner, Step};
 

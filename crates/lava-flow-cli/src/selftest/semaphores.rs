@@ -30,7 +30,7 @@ use lava_flow::vulkan::sync::{
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 
-use super::ipc::{start_peer, wait_peer, Shared};
+use super::peer::{start_peer, wait_peer, Shared};
 use super::{fail, PathError, Runner, Step};
 
 /// Bytes of the shared buffer.

@@ -176,7 +176,7 @@ const MEDIAN_SLOPE_MAX_SAMPLES: usize = 1000;
 pub fn median_slope(ys: &[f64]) -> f64 {
     let step = ys.len().div_ceil(MEDIAN_SLOPE_MAX_SAMPLES).max(1);
     let points: Vec<(f64, f64)> = ys.iter().enumerate().step_by(step).map(|(i, y)| (i as f64, *y)).collect();
-    let mut slopes: Vec<f64> = points
+    let slopes: Vec<f64> = points
         .iter()
         .enumerate()
         .flat_map(|(a, (xa, ya))| points[a + 1..].iter().map(move |(xb, yb)| (yb - ya) / (xb - xa)))
@@ -184,13 +184,7 @@ pub fn median_slope(ys: &[f64]) -> f64 {
     if slopes.is_empty() {
         return 0.0;
     }
-    slopes.sort_by(f64::total_cmp);
-    let n = slopes.len();
-    if n % 2 == 1 {
-        slopes[n / 2]
-    } else {
-        (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0
-    }
+    lava_flow_diag::bench::median(slopes)
 }
 
 /// The first sample judged for a soak of `rounds` rounds (samples: 0 after the warm-up round,

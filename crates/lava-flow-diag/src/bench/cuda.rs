@@ -110,53 +110,16 @@ impl BenchConfig {
     }
 }
 
-/// One measured case.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BenchRow {
-    /// What was measured, e.g. `export-import-map/64KiB`.
-    pub case: String,
-    /// lava-flow's figure.
-    pub lava_flow: f64,
-    /// The raw API calls' figure, measured in the same run.
-    pub raw: f64,
-    /// Unit of both figures ("GB/s", "us").
-    pub unit: &'static str,
-    /// `lava_flow / raw`.
-    pub ratio: f64,
-    /// Whether a larger figure is better (bandwidth) or worse (latency).
-    pub higher_is_better: bool,
-    /// How to read the row.
-    pub note: String,
-    /// Why the case could not be measured (figures are then NaN, written as null in JSON).
-    pub error: Option<String>,
+pub use super::Row;
+
+/// A measured row of the cuda group; `note` says how to read it.
+fn measured(case: String, lava_flow: f64, raw: f64, unit: &'static str, note: &str) -> Row {
+    Row { note: (!note.is_empty()).then(|| note.to_string()), ..Row::new("cuda", case, lava_flow, Some(raw), unit) }
 }
 
-impl BenchRow {
-    fn new(case: String, lava_flow: f64, raw: f64, unit: &'static str, higher_is_better: bool, note: &str) -> Self {
-        BenchRow {
-            case,
-            lava_flow,
-            raw,
-            unit,
-            ratio: lava_flow / raw,
-            higher_is_better,
-            note: note.into(),
-            error: None,
-        }
-    }
-
-    fn failed(case: String, unit: &'static str, higher_is_better: bool, error: &dyn std::fmt::Display) -> Self {
-        BenchRow {
-            case,
-            lava_flow: f64::NAN,
-            raw: f64::NAN,
-            unit,
-            ratio: f64::NAN,
-            higher_is_better,
-            note: String::new(),
-            error: Some(error.to_string()),
-        }
-    }
+/// A row of the cuda group that could not be measured, and why.
+fn failed(case: String, unit: &'static str, error: &dyn std::fmt::Display) -> Row {
+    Row::not_measured("cuda", case, unit, error.to_string())
 }
 
 /// Human size for case names: 64KiB, 16MiB, 4GiB.
@@ -172,18 +135,7 @@ pub fn size_name(bytes: u64) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use super::median;
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -1222,7 +1174,7 @@ fn too_big(what: &str, needed: u64, free: u64) -> Error {
 
 /// Runs every case of `config` and returns one row each. Fails only when the devices cannot
 /// be opened; a case that fails gets a row with its error.
-pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
+pub fn run(config: &BenchConfig) -> Result<Vec<Row>> {
     let fx = Fixture::new(config.vulkan_device)?;
     let mut rows = Vec::new();
 
@@ -1236,15 +1188,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
             fx.copy_bandwidth(config.bandwidth_bytes, kernel, config.bandwidth_copies, config.bandwidth_trials)
         };
         rows.push(match result {
-            Ok((lava, raw)) => BenchRow::new(
+            Ok((lava, raw)) => measured(
                 case,
                 lava,
                 raw,
                 "GB/s",
-                true,
                 "copies between imported Vulkan memory vs between cuMemAlloc memory (bytes read + written)",
             ),
-            Err(e) => BenchRow::failed(case, "GB/s", true, &e),
+            Err(e) => failed(case, "GB/s", &e),
         });
     }
 
@@ -1257,15 +1208,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
             fx.export_import_map_median(size, config.iterations)
         };
         rows.push(match result {
-            Ok((lava, raw)) => BenchRow::new(
+            Ok((lava, raw)) => measured(
                 case,
                 lava,
                 raw,
                 "us",
-                false,
                 "export_fd + import_buffer vs vkGetMemoryFdKHR + cuImportExternalMemory + cuExternalMemoryGetMappedBuffer",
             ),
-            Err(e) => BenchRow::failed(case, "us", false, &e),
+            Err(e) => failed(case, "us", &e),
         });
     }
 
@@ -1329,29 +1279,15 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
         };
         match result {
             Ok((lava, raw)) => {
-                rows.push(BenchRow::new(
-                    case.clone(),
-                    lava.median,
-                    raw.median,
-                    "us",
-                    false,
-                    &format!("{note}; median"),
-                ));
+                rows.push(measured(case.clone(), lava.median, raw.median, "us", &format!("{note}; median")));
                 if with_p99 {
-                    rows.push(BenchRow::new(
-                        format!("{case}/p99"),
-                        lava.p99,
-                        raw.p99,
-                        "us",
-                        false,
-                        &format!("{note}; p99"),
-                    ));
+                    rows.push(measured(format!("{case}/p99"), lava.p99, raw.p99, "us", &format!("{note}; p99")));
                 }
             }
             Err(e) => {
-                rows.push(BenchRow::failed(case.clone(), "us", false, &e));
+                rows.push(failed(case.clone(), "us", &e));
                 if with_p99 {
-                    rows.push(BenchRow::failed(format!("{case}/p99"), "us", false, &e));
+                    rows.push(failed(format!("{case}/p99"), "us", &e));
                 }
             }
         }
@@ -1362,37 +1298,34 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
     let warmup = config.import_iterations.div_ceil(10).min(20);
     match fx.pooled_imports().and_then(|p| p.measure(warmup, config.import_iterations)) {
         Ok([cached, uncached, raw_fresh, raw_map]) => {
-            rows.push(BenchRow::new(
+            rows.push(measured(
                 case("cached"),
                 cached,
                 raw_fresh,
                 "us",
-                false,
                 "import_buffer of a further pooled buffer, block cached (a view into the block's mapping) vs \
                  cuImportExternalMemory of the block + cuExternalMemoryGetMappedBuffer at the buffer's offset, median",
             ));
-            rows.push(BenchRow::new(
+            rows.push(measured(
                 case("uncached"),
                 uncached,
                 raw_fresh,
                 "us",
-                false,
                 "import_buffer of a pooled buffer whose block is not imported (import + whole-block mapping) vs \
                  cuImportExternalMemory + cuExternalMemoryGetMappedBuffer of the buffer, median",
             ));
-            rows.push(BenchRow::new(
+            rows.push(measured(
                 case("cached-vs-map"),
                 cached,
                 raw_map,
                 "us",
-                false,
                 "import_buffer of a further pooled buffer, block cached vs cuExternalMemoryGetMappedBuffer of it \
                  on a block imported beforehand (a mapping per buffer), median",
             ));
         }
         Err(e) => {
             for kind in ["cached", "uncached", "cached-vs-map"] {
-                rows.push(BenchRow::failed(case(kind), "us", false, &e));
+                rows.push(failed(case(kind), "us", &e));
             }
         }
     }
@@ -1410,7 +1343,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
         ] {
             let case = format!("share-vs-copy/{kind}/{}", size_name(size));
             let row = match &share {
-                Err(e) => BenchRow::failed(case, "us", false, e),
+                Err(e) => failed(case, "us", e),
                 Ok(lava) => {
                     let copy = if kind == "d2d" {
                         fx.d2d_copy(size, config.iterations)
@@ -1418,8 +1351,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
                         fx.host_copy(size, config.iterations)
                     };
                     match copy {
-                        Ok(raw) => BenchRow::new(case, *lava, raw, "us", false, note),
-                        Err(e) => BenchRow::failed(case, "us", false, &e),
+                        Ok(raw) => measured(case, *lava, raw, "us", note),
+                        Err(e) => failed(case, "us", &e),
                     }
                 }
             };
@@ -1428,21 +1361,6 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>> {
     }
     fx.cuda.check_deferred()?;
     Ok(rows)
-}
-
-/// The rows as an aligned text table.
-pub fn table(rows: &[BenchRow]) -> String {
-    let mut out = format!("{:<34} {:>12} {:>12} {:>6} {:>7}\n", "case", "lava-flow", "raw", "unit", "ratio");
-    for r in rows {
-        match &r.error {
-            Some(e) => out.push_str(&format!("{:<34} not measured: {e}\n", r.case)),
-            None => out.push_str(&format!(
-                "{:<34} {:>12.2} {:>12.2} {:>6} {:>7.3}\n",
-                r.case, r.lava_flow, r.raw, r.unit, r.ratio
-            )),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1454,13 +1372,6 @@ mod tests {
         assert_eq!(size_name(64 * KIB), "64KiB");
         assert_eq!(size_name(4 * GIB), "4GiB");
         assert_eq!(size_name(1000), "1000B");
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(vec![]).is_nan());
     }
 
     #[test]
@@ -1513,10 +1424,9 @@ mod tests {
     #[test]
     fn failed_rows_serialize_figures_as_null() {
         let e = Error::invalid("x", "y", "z");
-        let row = BenchRow::failed("case".into(), "us", false, &e);
+        let row = failed("case".into(), "us", &e);
         let json = serde_json::to_value(&row).unwrap();
         assert!(json["lava_flow"].is_null() && json["ratio"].is_null(), "{json}");
         assert!(json["error"].as_str().unwrap().contains("invalid x"));
-        assert!(table(&[row]).contains("not measured"));
     }
 }

@@ -8,28 +8,28 @@ use raw_gpu_handle::TextureFormat;
 use std::os::fd::{IntoRawFd, OwnedFd};
 
 use lava_flow::gl::functions::{self as f, GLuint};
-use lava_flow::gl::{CurrentGl, GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::{CurrentGl, GlContext};
 use lava_flow::raw_gpu_handle::MemoryDescription;
 use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions};
 use lava_flow::{Result, VulkanContext};
 
 use super::median;
-pub use super::BenchRow;
+pub use super::Row;
 
-fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
-    BenchRow::new(case, lava_flow, raw, unit, iterations)
+fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> Row {
+    Row::new("gl", case, lava_flow, Some(raw), unit).iterations(iterations.clamp(1, u32::MAX as usize) as u32)
 }
 
 /// Import latency of buffers of each size in `sizes` and of a 2D RGBA8 texture, `iterations`
 /// times each, in microseconds (median). Both sides run with the context already current (a
 /// guard held), so the figures compare the import work itself; the export (`vkGetMemoryFdKHR`) is
 /// outside the timing.
-pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<BenchRow>> {
+pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<Row>> {
     let gl = GlContext::for_identity(&vk.identity())?;
     let guard = gl.make_current()?;
     let mut rows = Vec::new();
     for &size in sizes {
-        let buffer = Buffer::new(vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK))?;
+        let buffer = Buffer::new(vk, &BufferOptions::new(size).for_gl())?;
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for i in 0..=iterations.max(1) {
             // Iteration 0 warms caches and driver paths up and is not counted.

@@ -12,7 +12,7 @@ use lava_flow::vulkan::{Buffer, BufferOptions};
 use lava_flow::{Result, VulkanContext};
 
 use super::median;
-pub use super::BenchRow;
+pub use super::Row;
 
 /// Releases an event an enqueue call returned (none for a null one).
 fn release_event(event: cl::cl_event) {
@@ -22,14 +22,14 @@ fn release_event(event: cl::cl_event) {
     }
 }
 
-fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> BenchRow {
-    BenchRow::new(case, lava_flow, raw, unit, iterations)
+fn row(case: String, lava_flow: f64, raw: f64, unit: &'static str, iterations: usize) -> Row {
+    Row::new("opencl", case, lava_flow, Some(raw), unit).iterations(iterations.clamp(1, u32::MAX as usize) as u32)
 }
 
 /// Import latency of one buffer of each size in `sizes`, `iterations` times, in microseconds
 /// (median): `ClContext::import_buffer` against the bare `clCreateBufferWithProperties` call.
 /// Exporting the fd and releasing the `cl_mem` are outside the timing.
-pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<BenchRow>> {
+pub fn import_latency(vk: &VulkanContext, sizes: &[u64], iterations: usize) -> Result<Vec<Row>> {
     let cl = ClContext::for_identity(&vk.identity())?;
     let mut rows = Vec::new();
     for &size in sizes {
@@ -106,7 +106,7 @@ fn copy_rate(cl: &ClContext, src: cl::cl_mem, dst: cl::cl_mem, size: usize, iter
 
 /// Device-to-device copy bandwidth (`clEnqueueCopyBuffer`, counting read and write) between two
 /// imported Vulkan buffers, against two native `clCreateBuffer` buffers of the same size, in GB/s.
-pub fn copy_bandwidth(vk: &VulkanContext, size: u64, iterations: usize) -> Result<Vec<BenchRow>> {
+pub fn copy_bandwidth(vk: &VulkanContext, size: u64, iterations: usize) -> Result<Vec<Row>> {
     let cl = ClContext::for_identity(&vk.identity())?;
     let (a, b) = (Buffer::new(vk, &BufferOptions::new(size))?, Buffer::new(vk, &BufferOptions::new(size))?);
     let (ia, ib) = (cl.import_buffer(a.export_fd()?)?, cl.import_buffer(b.export_fd()?)?);

@@ -4,7 +4,7 @@
 //! `benches/pool.rs` (the fixtures), so both measure the same work.
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ash::vk;
 use raw_gpu_handle::{ExportedBuffer, MemoryHandleKind};
@@ -14,30 +14,9 @@ use lava_flow::vulkan::caps::DEFAULT_BUFFER_USAGE;
 use lava_flow::vulkan::{candidate_types, vk_memory_handle_type, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Error, MemoryAllocator, Result, VulkanContext};
 
-pub use super::BenchRow;
+pub use super::Row;
 
-/// Median time of `f` over `iterations` runs after `warmup` runs; what `f` returns is dropped
-/// outside the timed part, and so is what `setup` prepares.
-pub fn median<I, O>(
-    warmup: u32,
-    iterations: u32,
-    mut setup: impl FnMut() -> Result<I>,
-    mut f: impl FnMut(I) -> Result<O>,
-) -> Result<Duration> {
-    let mut times = Vec::with_capacity(iterations as usize);
-    for i in 0..warmup + iterations {
-        let input = setup()?;
-        let start = Instant::now();
-        let out = f(input)?;
-        let t = start.elapsed();
-        drop(out);
-        if i >= warmup {
-            times.push(t);
-        }
-    }
-    times.sort();
-    Ok(times.get(times.len() / 2).copied().unwrap_or_default())
-}
+use super::median_time;
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -261,27 +240,22 @@ impl ImportFixture {
 
 /// Runs the pool cases on `exporter` (allocations) and `importer` (a second device on the same
 /// GPU, for imports). `quick`: fewer iterations, a smoke run.
-pub fn run(exporter: &VulkanContext, importer: &VulkanContext, quick: bool) -> Result<Vec<BenchRow>> {
+pub fn run(exporter: &VulkanContext, importer: &VulkanContext, quick: bool) -> Result<Vec<Row>> {
     const SIZE: u64 = 64 << 10;
     let (warmup, iterations) = if quick { (5, 30) } else { (20, 300) };
-    let row = |case: &str, lava_flow: Duration, raw: Duration| BenchRow {
-        case: case.to_string(),
-        lava_flow: us(lava_flow),
-        raw: us(raw),
-        unit: "us",
-        ratio: if raw.is_zero() { 0.0 } else { lava_flow.as_secs_f64() / raw.as_secs_f64() },
-        iterations,
+    let row = |case: &str, lava_flow: Duration, raw: Duration| {
+        Row::new("pool", case, us(lava_flow), Some(us(raw)), "us").iterations(iterations)
     };
     let none = || Ok(());
     let alloc = AllocExportFixture::new(exporter, SIZE)?;
-    let pooled = median(warmup, iterations, none, |_| alloc.pooled())?;
-    let own = median(warmup, iterations, none, |_| alloc.own_allocation())?;
-    let raw_alloc = median(warmup, iterations, none, |_| alloc.raw())?;
+    let pooled = median_time(warmup, iterations, none, |_| alloc.pooled())?;
+    let own = median_time(warmup, iterations, none, |_| alloc.own_allocation())?;
+    let raw_alloc = median_time(warmup, iterations, none, |_| alloc.raw())?;
     let imports = ImportFixture::new(exporter, importer, SIZE)?;
-    let cached = median(warmup, iterations, || imports.export(), |e| imports.cached(e))?;
-    let uncached = median(warmup, iterations, || imports.export(), |e| imports.uncached(e))?;
+    let cached = median_time(warmup, iterations, || imports.export(), |e| imports.cached(e))?;
+    let uncached = median_time(warmup, iterations, || imports.export(), |e| imports.uncached(e))?;
     // SAFETY: every export handed to `raw` comes from the fixture's own `export`, unchanged.
-    let raw_import = median(warmup, iterations, || imports.export(), |e| unsafe { imports.raw(e) })?;
+    let raw_import = median_time(warmup, iterations, || imports.export(), |e| unsafe { imports.raw(e) })?;
     Ok(vec![
         row("allocate+export 64 KiB: pooled vs raw own exportable allocation", pooled, raw_alloc),
         row("allocate+export 64 KiB: lava-flow own allocation vs raw", own, raw_alloc),

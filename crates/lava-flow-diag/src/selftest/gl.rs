@@ -3,7 +3,7 @@
 
 use raw_gpu_handle::TextureFormat;
 
-use lava_flow::gl::{GlContext, GL_BUFFER_SLACK};
+use lava_flow::gl::GlContext;
 use lava_flow::vulkan::{Buffer, BufferOptions, Image, ImageOptions, MemoryKind};
 use lava_flow::{Error, Result, VulkanContext};
 
@@ -82,7 +82,7 @@ pub fn selftest(vk: &VulkanContext) -> Vec<SelftestCase> {
     let mut out = Vec::new();
 
     let size = 1u64 << 20;
-    let buffer = Buffer::new(vk, &BufferOptions::new(size).allocation_padding(GL_BUFFER_SLACK));
+    let buffer = Buffer::new(vk, &BufferOptions::new(size).for_gl());
     let imported = buffer.as_ref().map_err(|e| follow_on(PATHS[0], e, "Vulkan")).and_then(|b| {
         let data = pattern(size as usize, 7);
         vk_gpu_write(b, 0, &data)?;

@@ -106,3 +106,25 @@ pub fn check(result: sys::CUresult, call: &'static str, action: impl FnOnce() ->
 pub fn driver_error(call: &'static str, e: cudarc::driver::DriverError, action: impl Into<String>) -> Error {
     cu_error(call, e.0, action)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{DriverCode, Error};
+
+    #[test]
+    fn cuda_results_print_their_spec_names_and_stay_values() {
+        use cudarc::driver::sys::CUresult;
+        let code = DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(code.to_string(), "CUDA_ERROR_INVALID_VALUE");
+        assert_eq!(DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_HANDLE).to_string(), "CUDA_ERROR_INVALID_HANDLE");
+        let e = super::cu_error("cuImportExternalMemory", CUresult::CUDA_ERROR_INVALID_VALUE, "importing");
+        assert_eq!(e.cuda_result(), Some(CUresult::CUDA_ERROR_INVALID_VALUE));
+        assert!(matches!(e, Error::Api { code: DriverCode::Cuda(CUresult::CUDA_ERROR_INVALID_VALUE), .. }));
+        assert!(
+            e.to_string()
+                .starts_with("CUDA cuImportExternalMemory failed with CUDA_ERROR_INVALID_VALUE while importing;"),
+            "{e}"
+        );
+        assert_eq!(e.vk_result(), None);
+    }
+}

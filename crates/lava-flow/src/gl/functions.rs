@@ -256,3 +256,18 @@ gl_table! {
     signal_semaphore_ext = "glSignalSemaphoreEXT":
         fn(GLuint, GLuint, *const GLuint, GLuint, *const GLuint, *const GLenum);
 }
+
+#[cfg(test)]
+mod tests {
+    /// The GL importer's own constants (what `glGetError` is compared with) agree.
+    #[test]
+    fn gl_names_agree_with_the_importers_constants() {
+        use super as f;
+        assert_eq!(crate::error::GlCode::OUT_OF_MEMORY.0, f::OUT_OF_MEMORY);
+        assert_eq!(crate::error::GlCode::INVALID_VALUE.0, f::INVALID_VALUE);
+        assert_eq!(crate::error::GlCode::INVALID_OPERATION.0, f::INVALID_OPERATION);
+        assert_eq!(crate::error::GlCode::INVALID_ENUM.0, f::INVALID_ENUM);
+        assert_eq!(crate::error::GlCode::CONTEXT_LOST.0, f::CONTEXT_LOST);
+        assert_eq!(f::error_name(f::OUT_OF_MEMORY), "GL_OUT_OF_MEMORY");
+    }
+}

@@ -13,14 +13,7 @@ use super::functions::{self as f, GLenum, GLint, GLuint};
 use crate::error::{DriverCode, GlCode};
 use crate::{Error, Result};
 
-/// Bytes by which llvmpipe needs a memory object to be larger than any GL buffer placed in it.
-///
-/// llvmpipe (Mesa's software GL) refuses `glBufferStorageMemEXT` with `GL_OUT_OF_MEMORY` when the
-/// buffer's size is within this many bytes of the whole allocation's size (Mesa 22.3 compares the
-/// size alone, whatever the offset). Allocations meant for GL buffers must therefore be at least
-/// `size + GL_BUFFER_SLACK` bytes: Vulkan's `BufferOptions::allocation_padding(GL_BUFFER_SLACK)`
-/// (see docs/GL.md). NVIDIA has no such rule.
-pub const GL_BUFFER_SLACK: u64 = 8;
+use crate::vulkan::GL_BUFFER_SLACK;
 
 /// The GL view of an exported allocation: a memory object (`glCreateMemoryObjectsEXT` +
 /// `glImportMemoryFdEXT`). Buffers and textures placed in it hold an `Arc` to it; it holds the
@@ -220,7 +213,8 @@ impl GlMemory {
     /// Places a GL buffer over `range` of this memory (`glBufferStorageMemEXT` at its offset).
     ///
     /// llvmpipe refuses a buffer that reaches the allocation's end; that refusal comes back as
-    /// [`Error::Unsupported`] naming the rule ([`GL_BUFFER_SLACK`]).
+    /// [`Error::Unsupported`] naming the rule and the cure
+    /// ([`BufferOptions::for_gl`](crate::BufferOptions::for_gl)).
     pub fn buffer(self: &Arc<Self>, range: BufferDescription) -> Result<GlBuffer> {
         check_buffer_range(&range, &self.description)?;
         self.check_offset(range.offset, "buffer", "glBufferStorageMemEXT")?;
@@ -258,7 +252,7 @@ impl GlMemory {
                         "llvmpipe places a GL buffer in a memory object only if the object is at least {GL_BUFFER_SLACK} bytes larger than the buffer"
                     ),
                     format!(
-                        "allocate the Vulkan memory at least {GL_BUFFER_SLACK} bytes larger than the buffer: BufferOptions::allocation_padding(lava_flow::gl::GL_BUFFER_SLACK) (docs/GL.md, \"Buffer slack\")"
+                        "allocate buffers meant for GL with BufferOptions::for_gl(), which leaves {GL_BUFFER_SLACK} bytes after the buffer (docs/GL.md, \"Buffer slack\")"
                     ),
                 ));
             }

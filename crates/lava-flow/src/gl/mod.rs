@@ -14,7 +14,8 @@
 //!   surfaceless platform; desktop GL 4.5 core, else GLES 3.2. See [`GlContext`] for the threading
 //!   rule.
 //! - Memory: `GL_EXT_memory_object_fd`. Buffers are placed at the export's offset; textures get
-//!   the Vulkan image's tiling. llvmpipe needs [`GL_BUFFER_SLACK`] bytes after a buffer.
+//!   the Vulkan image's tiling. llvmpipe needs slack after a buffer:
+//!   allocate buffers meant for GL with [`BufferOptions::for_gl`](crate::BufferOptions::for_gl).
 //! - Semaphores: `GL_EXT_semaphore_fd`, binary only, with [`TextureLayout`]s at each hand-over.
 //!
 //! docs/GL.md has the rules and the reasons.
@@ -24,7 +25,9 @@ pub mod functions;
 mod memory;
 mod semaphore;
 
+#[doc(hidden)]
+pub use crate::vulkan::GL_BUFFER_SLACK;
 pub use context::{CurrentGl, GlContext, GlDeviceInfo};
 pub use functions::GlFunctions;
-pub use memory::{gl_formats, GlBuffer, GlMemory, GlTexture, GL_BUFFER_SLACK};
+pub use memory::{gl_formats, GlBuffer, GlMemory, GlTexture};
 pub use semaphore::{GlSemaphore, TextureLayout};

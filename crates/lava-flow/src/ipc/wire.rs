@@ -37,9 +37,10 @@ pub const MAX_MEMORY_TYPES: u32 = 32;
 
 /// The memory property bits the protocol defines (`VkMemoryPropertyFlags` device-local 1,
 /// host-visible 2, host-coherent 4, host-cached 8); a description with any other bit is malformed.
-pub const MEMORY_PROPERTY_BITS: u32 = 0xF;
+/// Defined by the Vulkan layer, which builds every description.
+pub const MEMORY_PROPERTY_BITS: u32 = crate::vulkan::MEMORY_PROPERTY_BITS;
 /// The memory properties of every host-memfd description: host-visible and host-coherent.
-pub const HOST_MEMFD_PROPERTIES: MemoryProperties = MemoryProperties(0x6);
+pub const HOST_MEMFD_PROPERTIES: MemoryProperties = crate::vulkan::HOST_MEMFD_PROPERTIES;
 
 /// Bytes of an encoded memory description.
 pub const MEMORY_BLOCK_LEN: usize = 88;

@@ -7,7 +7,7 @@
 //! - [`Tlsf`] / [`Suballocator`]: the range allocator inside one block (two-level segregated
 //!   fit; the module docs of [`tlsf`] say why not a buddy allocator).
 //! - [`BufferPool`]: exportable Vulkan blocks per (device, memory type, handle kind), each a
-//!   [`Suballocator`]; [`MemoryAllocator`](crate::vulkan::MemoryAllocator) routes buffers through
+//!   [`Suballocator`]; [`MemoryAllocator`] routes buffers through
 //!   it ([`AllocationStrategy`], [`PoolConfig`]). A pooled buffer's export names its block
 //!   (the block's fd and description, whose `allocation_id` is the block id) plus offset and size.
 //! - [`ImportCache`]: keyed by exporter identity and block id, generic over what an API's
@@ -21,17 +21,19 @@
 //!
 //! See `docs/POOLS.md` for the policy (block sizes, dedicated allocations) and the lifetime rules.
 
+mod allocator;
 pub mod cache;
 pub mod tlsf;
 pub mod vulkan;
 
 use std::sync::Mutex;
 
+pub use allocator::MemoryAllocator;
 pub use cache::{BlockKey, CacheOutcome, CacheStats, ImportCache};
 pub use tlsf::{Allocation, SuballocError, SuballocStats, Tlsf};
-pub use vulkan::{
-    check_publishable, is_private_block, AllocationStrategy, BlockImporter, BufferPool, PoolConfig, PoolStats,
-};
+pub use vulkan::{check_publishable, is_private_block, BlockImporter, BufferPool, PoolConfig, PoolStats};
+
+pub use crate::vulkan::AllocationStrategy;
 
 use crate::Error;
 

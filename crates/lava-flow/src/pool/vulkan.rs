@@ -14,29 +14,14 @@ use raw_gpu_handle::{
 use super::{Allocation, BlockKey, CacheOutcome, CacheStats, ImportCache, Suballocator};
 use crate::vulkan::caps::{buffer_capabilities, DEFAULT_BUFFER_USAGE};
 use crate::vulkan::{
-    allocation_id_prefix, candidate_types, next_allocation_id, vk_memory_handle_type, AllocateParams, Buffer,
-    BufferOptions, DedicatedPolicy, DeviceMemory, MemoryKind,
+    allocation_id_prefix, candidate_types, next_allocation_id, vk_memory_handle_type, AllocateParams,
+    AllocationStrategy, Buffer, BufferOptions, DedicatedPolicy, DeviceMemory, MemoryKind,
 };
 use crate::{Error, Result, VulkanContext};
 
 /// Sizes are rounded to this inside a block: at most 255 bytes lost per buffer, fewer and larger
 /// free fragments, and every offset already meets the usual buffer alignments (<= 256).
 const GRANULARITY: u64 = 256;
-
-/// Whether a buffer comes from a pool block or gets its own `VkDeviceMemory`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum AllocationStrategy {
-    /// Pooled when the buffer is at most [`PoolConfig::dedicated_threshold`] bytes and the driver
-    /// lets it share memory (no `requiresDedicatedAllocation`, not dedicated-only for its handle
-    /// kind, `DedicatedPolicy` not `Always`, not shared host memory); its own allocation otherwise.
-    #[default]
-    Auto,
-    /// Always from a pool block, whatever the size; an error where the driver or the options
-    /// forbid sharing memory.
-    Pooled,
-    /// Always its own allocation (which `DedicatedPolicy` may make a Vulkan dedicated allocation).
-    Dedicated,
-}
 
 /// How a [`BufferPool`] sizes blocks and decides between pooled and own allocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -223,7 +208,7 @@ struct Shared {
 
 /// Exportable blocks per (device, memory type, handle kind), suballocated into buffers.
 ///
-/// `Send + Sync`; [`MemoryAllocator`](crate::vulkan::MemoryAllocator) owns one and routes
+/// `Send + Sync`; [`MemoryAllocator`](super::MemoryAllocator) owns one and routes
 /// `allocate_buffer` through it. A pooled buffer holds its block's memory (an `Arc`) and gives its
 /// range back when dropped; a block is released when its last buffer goes (beyond
 /// [`PoolConfig::retain_empty_blocks`]), and its memory is freed once no buffer or mapping uses

@@ -12,6 +12,23 @@ use super::host::{copy_from_shared, copy_to_shared, SharedHostMemory};
 use super::memory::{AllocateParams, DedicatedTo, DeviceMemory, MemoryOrigin};
 use crate::{Error, Result, VulkanContext};
 
+/// Whether a buffer comes from a pool block or gets its own `VkDeviceMemory`. The pool
+/// ([`BufferPool`](crate::pool::BufferPool), behind [`MemoryAllocator`](crate::MemoryAllocator))
+/// reads it; `Buffer::new` always makes its own allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AllocationStrategy {
+    /// Pooled when the buffer is at most [`PoolConfig::dedicated_threshold`](crate::pool::PoolConfig::dedicated_threshold) bytes and the driver
+    /// lets it share memory (no `requiresDedicatedAllocation`, not dedicated-only for its handle
+    /// kind, `DedicatedPolicy` not `Always`, not shared host memory); its own allocation otherwise.
+    #[default]
+    Auto,
+    /// Always from a pool block, whatever the size; an error where the driver or the options
+    /// forbid sharing memory.
+    Pooled,
+    /// Always its own allocation (which `DedicatedPolicy` may make a Vulkan dedicated allocation).
+    Dedicated,
+}
+
 /// Which kind of memory a resource lives in, on a device already chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MemoryKind {
@@ -37,6 +54,15 @@ pub enum DedicatedPolicy {
     Never,
 }
 
+/// Bytes by which llvmpipe needs a memory object to be larger than any GL buffer placed in it.
+///
+/// llvmpipe (Mesa's software GL) refuses `glBufferStorageMemEXT` with `GL_OUT_OF_MEMORY` when the
+/// buffer's size is within this many bytes of the whole allocation's size (Mesa 22.3 compares the
+/// size alone, whatever the offset). [`BufferOptions::for_gl`] leaves this slack and the GL
+/// importer names it when a buffer lacks it (docs/GL.md). NVIDIA has no such rule.
+#[doc(hidden)]
+pub const GL_BUFFER_SLACK: u64 = 8;
+
 /// How to create a buffer.
 #[derive(Clone, Debug)]
 pub struct BufferOptions {
@@ -52,11 +78,12 @@ pub struct BufferOptions {
     /// Dedicated allocation policy.
     pub dedicated: DedicatedPolicy,
     /// Extra bytes allocated after the buffer. Some importers cannot map a buffer that spans the
-    /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): give them slack here.
+    /// whole allocation (llvmpipe's GL refuses one, see docs/GL.md): [`BufferOptions::for_gl`]
+    /// sets what GL needs.
     pub allocation_padding: u64,
     /// Pooled (a range of a shared exportable block) or its own allocation; used by
-    /// [`MemoryAllocator`](super::MemoryAllocator) (`Buffer::new` always makes its own).
-    pub strategy: crate::pool::AllocationStrategy,
+    /// [`MemoryAllocator`](crate::MemoryAllocator) (`Buffer::new` always makes its own).
+    pub strategy: AllocationStrategy,
 }
 
 impl BufferOptions {
@@ -69,12 +96,12 @@ impl BufferOptions {
             export: Some(MemoryHandleKind::OpaqueFd),
             dedicated: DedicatedPolicy::Auto,
             allocation_padding: 0,
-            strategy: crate::pool::AllocationStrategy::Auto,
+            strategy: AllocationStrategy::Auto,
         }
     }
 
     /// Sets the allocation strategy (pooled or its own allocation).
-    pub fn strategy(mut self, strategy: crate::pool::AllocationStrategy) -> Self {
+    pub fn strategy(mut self, strategy: AllocationStrategy) -> Self {
         self.strategy = strategy;
         self
     }
@@ -109,6 +136,15 @@ impl BufferOptions {
     /// Sets the padding after the buffer.
     pub fn allocation_padding(mut self, bytes: u64) -> Self {
         self.allocation_padding = bytes;
+        self
+    }
+
+    /// Makes the buffer importable into OpenGL on every driver lava-flow knows: the allocation gets
+    /// the slack some GL drivers need after a buffer (llvmpipe places a GL buffer in a memory object
+    /// only if the object is at least 8 bytes larger, docs/GL.md "Buffer slack"). Other importers
+    /// are unaffected: the export describes the whole allocation as always.
+    pub fn for_gl(mut self) -> Self {
+        self.allocation_padding = self.allocation_padding.max(GL_BUFFER_SLACK);
         self
     }
 }

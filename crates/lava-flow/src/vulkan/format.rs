@@ -3,6 +3,12 @@
 use ash::vk;
 use raw_gpu_handle::{MemoryHandleKind, MemoryProperties, TextureDimension, TextureFormat};
 
+/// The memory property bits docs/PROTOCOL.md defines (`VkMemoryPropertyFlags` device-local 1,
+/// host-visible 2, host-coherent 4, host-cached 8); `ipc::wire` re-exports it.
+pub(crate) const MEMORY_PROPERTY_BITS: u32 = 0xF;
+/// The memory properties of every host-memfd description: host-visible and host-coherent.
+pub(crate) const HOST_MEMFD_PROPERTIES: MemoryProperties = MemoryProperties(0x6);
+
 /// The Vulkan format of a shareable texture format.
 pub fn vk_format(format: TextureFormat) -> vk::Format {
     match format {
@@ -46,5 +52,5 @@ pub fn vk_memory_handle_type(kind: MemoryHandleKind) -> vk::ExternalMemoryHandle
 /// lazily allocated, vendor bits) say nothing an importer in another API or process can use, and a
 /// description carrying them is malformed on the wire.
 pub fn memory_properties(flags: vk::MemoryPropertyFlags) -> MemoryProperties {
-    MemoryProperties(flags.as_raw() & crate::ipc::wire::MEMORY_PROPERTY_BITS)
+    MemoryProperties(flags.as_raw() & MEMORY_PROPERTY_BITS)
 }

@@ -174,7 +174,7 @@ impl DeviceMemory {
     ) -> DeviceMemory {
         let properties = ctx.memory_properties().memory_types[type_index as usize].property_flags;
         if origin != MemoryOrigin::Imported {
-            exporters().insert(allocation_id, size);
+            crate::fd::record_export(allocation_id, size);
         }
         DeviceMemory {
             ctx: ctx.clone(),
@@ -491,7 +491,7 @@ impl DeviceMemory {
                 handle_kind,
                 allocation_size: self.size,
                 memory_type_index: 0,
-                memory_properties: crate::ipc::wire::HOST_MEMFD_PROPERTIES,
+                memory_properties: super::format::HOST_MEMFD_PROPERTIES,
                 dedicated: false,
                 device: raw_gpu_handle::DeviceIdentity::default(),
                 allocation_id: Some(self.allocation_id),
@@ -616,29 +616,7 @@ impl Drop for DeviceMemory {
         // the imported pointer to stay valid until the memory is freed.
         unsafe { self.ctx.device().free_memory(self.memory, None) };
         if self.origin != MemoryOrigin::Imported {
-            exporters().remove(&self.allocation_id);
+            crate::fd::forget_export(self.allocation_id);
         }
-    }
-}
-
-/// Allocations exported from this process, by id, with their true sizes. Importers in the same
-/// process check descriptions against it: NVIDIA's CUDA driver accepts an opaque fd with a larger
-/// size than the allocation, which would map memory that is not there.
-fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<AllocationId, u64>> {
-    static EXPORTERS: std::sync::OnceLock<Mutex<std::collections::HashMap<AllocationId, u64>>> =
-        std::sync::OnceLock::new();
-    EXPORTERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Refuses a description whose allocation was made in this process with another size.
-pub(crate) fn check_against_exporter(d: &MemoryDescription) -> Result<()> {
-    let Some(id) = d.allocation_id else { return Ok(()) };
-    match exporters().get(&id) {
-        Some(&size) if size != d.allocation_size => Err(Error::invalid(
-            format!("an import of {} bytes of allocation {id}", d.allocation_size),
-            format!("that allocation was made in this process with {size} bytes"),
-            "pass the description exactly as exported (importers must be given the whole allocation's size)",
-        )),
-        _ => Ok(()),
     }
 }

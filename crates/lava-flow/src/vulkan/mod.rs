@@ -1,7 +1,6 @@
 //! Vulkan: the allocating side. Contexts, exportable memory, buffers and images, imports,
 //! capability queries and synchronization, on ash with libvulkan loaded at run time.
 
-mod allocator;
 mod buffer;
 pub mod caps;
 mod context;
@@ -10,20 +9,25 @@ mod host;
 mod image;
 mod limits;
 mod live;
+mod location;
 mod memory;
 
-pub use allocator::{MemoryAllocator, MemoryLocation};
-pub use buffer::{candidate_types, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind};
+#[doc(hidden)]
+pub use buffer::GL_BUFFER_SLACK;
+pub use buffer::{
+    candidate_types, AllocationStrategy, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind,
+};
 pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
+pub(crate) use format::{HOST_MEMFD_PROPERTIES, MEMORY_PROPERTY_BITS};
 pub use host::SharedHostMemory;
 pub use image::{Image, ImageOptions, ImageTiling};
 #[doc(hidden)]
 pub use live::{live_objects, LiveObjects};
-pub(crate) use memory::{allocation_id_prefix, check_against_exporter, next_allocation_id};
+pub use location::MemoryLocation;
+pub(crate) use memory::{allocation_id_prefix, next_allocation_id};
 pub use memory::{DedicatedTo, DeviceMemory, MemoryOrigin};
 
-pub use crate::pool::AllocationStrategy;
 pub(crate) use memory::AllocateParams;
 pub mod sync;
 pub use sync::{Fence, OwnershipTransfer, RecordedCommands, Semaphore, Submission, SyncCapabilities};

@@ -1,61 +1,21 @@
-//! `MemoryAllocator` and `MemoryLocation`: the entry point in the shape the project started from
-//! (`allocator.allocate(size, MemoryLocation::GpuVulkan { device_id })` then `buffer.export_fd()`).
+//! `MemoryAllocator`: the entry point in the shape the project started from
+//! (`allocator.allocate(size, MemoryLocation::GpuVulkan { device_id })` then `buffer.export_fd()`),
+//! opening each Vulkan device on first use and routing small buffers through a [`BufferPool`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::buffer::{Buffer, BufferOptions, MemoryKind};
-use super::image::{Image, ImageOptions};
+use super::{BufferPool, PoolConfig};
+use crate::vulkan::{Buffer, BufferOptions, Image, ImageOptions, MemoryLocation};
 use crate::{Error, Result, VulkanContext};
-
-/// Where an allocation lives. `device_id` is the Vulkan device's index as `lava-flow info` lists it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MemoryLocation {
-    /// Device-local Vulkan memory, exported as an opaque fd.
-    GpuVulkan {
-        /// Vulkan device index.
-        device_id: usize,
-    },
-    /// Host-visible Vulkan memory, exported as an opaque fd.
-    HostVisibleVulkan {
-        /// Vulkan device index.
-        device_id: usize,
-    },
-    /// A memfd any process can mmap, imported into the device with VK_EXT_external_memory_host
-    /// and exported as that memfd.
-    SharedHost {
-        /// Vulkan device index.
-        device_id: usize,
-    },
-}
-
-impl MemoryLocation {
-    /// The device index.
-    pub fn device_id(self) -> usize {
-        match self {
-            MemoryLocation::GpuVulkan { device_id }
-            | MemoryLocation::HostVisibleVulkan { device_id }
-            | MemoryLocation::SharedHost { device_id } => device_id,
-        }
-    }
-
-    /// The memory kind on that device.
-    pub fn kind(self) -> MemoryKind {
-        match self {
-            MemoryLocation::GpuVulkan { .. } => MemoryKind::DeviceLocal,
-            MemoryLocation::HostVisibleVulkan { .. } => MemoryKind::HostVisible,
-            MemoryLocation::SharedHost { .. } => MemoryKind::SharedHost,
-        }
-    }
-}
 
 /// Allocates exportable buffers and images on the machine's Vulkan devices, opening each device
 /// on first use. Send + Sync: share it between threads.
 pub struct MemoryAllocator {
     device_count: usize,
     contexts: Mutex<HashMap<usize, VulkanContext>>,
-    /// Exportable blocks that small buffers are carved from (see `crate::pool`).
-    pool: crate::pool::BufferPool,
+    /// Exportable blocks that small buffers are carved from (see [`crate::pool`]).
+    pool: BufferPool,
 }
 
 impl std::fmt::Debug for MemoryAllocator {
@@ -79,7 +39,7 @@ impl MemoryAllocator {
         Ok(MemoryAllocator {
             device_count: devices.len(),
             contexts: Mutex::new(HashMap::new()),
-            pool: crate::pool::BufferPool::default(),
+            pool: BufferPool::default(),
         })
     }
 
@@ -88,7 +48,7 @@ impl MemoryAllocator {
         let index = ctx.info().index;
         let mut map = HashMap::new();
         map.insert(index, ctx);
-        MemoryAllocator { device_count: index + 1, contexts: Mutex::new(map), pool: crate::pool::BufferPool::default() }
+        MemoryAllocator { device_count: index + 1, contexts: Mutex::new(map), pool: BufferPool::default() }
     }
 
     /// The context of device `device_id`, opened on first use.
@@ -122,13 +82,13 @@ impl MemoryAllocator {
     }
 
     /// The pool small buffers come from: statistics, `trim`.
-    pub fn pool(&self) -> &crate::pool::BufferPool {
+    pub fn pool(&self) -> &BufferPool {
         &self.pool
     }
 
     /// Replaces the pool's configuration (block size, dedicated threshold); call before allocating.
-    pub fn with_pool_config(mut self, config: crate::pool::PoolConfig) -> Self {
-        self.pool = crate::pool::BufferPool::new(config);
+    pub fn with_pool_config(mut self, config: PoolConfig) -> Self {
+        self.pool = BufferPool::new(config);
         self
     }
 
