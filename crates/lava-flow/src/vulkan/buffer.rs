@@ -235,6 +235,8 @@ pub struct Buffer {
     alignment: u64,
     usage: vk::BufferUsageFlags,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Whether dropping this destroys the `VkBuffer` (false for a buffer adopted unowned).
+    owned: bool,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -447,6 +449,7 @@ impl Buffer {
                 alignment,
                 usage: options.usage,
                 on_drop: None,
+                owned: true,
             }),
             Err(e) => {
                 // SAFETY: bind_new_memory failed, so the buffer was never bound or used by a command; nothing
@@ -566,7 +569,80 @@ impl Buffer {
         if let Err(r) = unsafe { ctx.device().bind_buffer_memory(buffer, memory.handle(), offset) } {
             return fail(Error::vk("vkBindBufferMemory", r, format!("binding a buffer at offset {offset}")));
         }
-        Ok(Buffer { ctx, buffer, memory, offset, size, alignment: r.reqs.alignment, usage, on_drop })
+        Ok(Buffer { ctx, buffer, memory, offset, size, alignment: r.reqs.alignment, usage, on_drop, owned: true })
+    }
+
+    /// Describes a buffer the caller created and bound to `memory` (memory it allocated itself,
+    /// described with [`DeviceMemory::from_raw`]), so that lava-flow exports, reads and writes it.
+    ///
+    /// Checks against the buffer's memory requirements: a non-zero size within the allocation, an
+    /// offset aligned as the buffer needs and 0 for a dedicated allocation, a memory type the
+    /// buffer accepts. With `owned`, dropping it destroys the `VkBuffer`; without, lava-flow never
+    /// does.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises that:
+    /// - `buffer` is a live `VkBuffer` of `memory`'s device, created with `size` bytes, `usage`, and
+    ///   `VkExternalMemoryBufferCreateInfo::handleTypes` including the memory's export kind, and bound
+    ///   (`vkBindBufferMemory`) to `memory` at `offset`; for a dedicated allocation, it is the buffer
+    ///   the allocation is dedicated to;
+    /// - with `owned`, nothing else destroys it; without, it stays alive until the returned buffer drops;
+    /// - the caller's own accesses to it are synchronized with lava-flow's (lava-flow's calls wait
+    ///   for their own work before returning).
+    pub unsafe fn from_raw(
+        memory: Arc<DeviceMemory>,
+        buffer: vk::Buffer,
+        offset: u64,
+        size: u64,
+        usage: vk::BufferUsageFlags,
+        owned: bool,
+    ) -> Result<Buffer> {
+        let ctx = memory.context().clone();
+        let what = format!(
+            "describing a caller's {size}-byte buffer at offset {offset} of a {}-byte allocation",
+            memory.size()
+        );
+        if buffer == vk::Buffer::null() || size == 0 {
+            return Err(Error::invalid(
+                what,
+                "the handle is VK_NULL_HANDLE or the size is zero (VUID-VkBufferCreateInfo-size-00912)",
+                "pass the buffer and the size it was created with",
+            ));
+        }
+        let r = buffer_requirements(&ctx, buffer);
+        if offset % r.reqs.alignment.max(1) != 0
+            || offset.checked_add(r.reqs.size).is_none_or(|end| end > memory.size())
+            || size > r.reqs.size
+        {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the buffer needs {} bytes aligned to {} (VUID-vkBindBufferMemory-memoryOffset-01036, -size-01037)",
+                    r.reqs.size, r.reqs.alignment
+                ),
+                "pass the offset it was bound at and the size it was created with",
+            ));
+        }
+        if memory.dedicated() && offset != 0 {
+            return Err(Error::invalid(
+                what,
+                "a dedicated allocation is bound to its buffer at offset 0 (VUID-vkBindBufferMemory-memory-01508)",
+                "pass offset 0",
+            ));
+        }
+        if r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the buffer allows only memory types {:#b}, and the memory is of type {} (VUID-vkBindBufferMemory-memory-01035)",
+                    r.reqs.memory_type_bits,
+                    memory.memory_type_index()
+                ),
+                "describe the memory the buffer is bound to",
+            ));
+        }
+        Ok(Buffer { ctx, buffer, memory, offset, size, alignment: r.reqs.alignment, usage, on_drop: None, owned })
     }
 
     /// Imports an exported buffer into `ctx`'s device with the default usage. Consumes the fd
@@ -653,6 +729,7 @@ impl Buffer {
                 alignment: r.reqs.alignment,
                 usage,
                 on_drop: None,
+                owned: true,
             });
         }
         // SAFETY: the probe buffer was never bound or used by a command; bind_at makes the real one.
@@ -956,10 +1033,12 @@ fn record_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, qu
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: Drop has the buffer exclusively (external sync of vkDestroyBuffer). lava-flow's own work
-        // on it finished before each call returned (run_commands waits); work a user recorded with
-        // the handle is theirs to finish, by the contract of the unsafe ash calls that recorded it.
-        unsafe { self.ctx.device().destroy_buffer(self.buffer, None) };
+        if self.owned {
+            // SAFETY: Drop has the buffer exclusively (external sync of vkDestroyBuffer). lava-flow's own work
+            // on it finished before each call returned (run_commands waits); work a user recorded with
+            // the handle is theirs to finish, by the contract of the unsafe ash calls that recorded it.
+            unsafe { self.ctx.device().destroy_buffer(self.buffer, None) };
+        }
         if let Some(f) = self.on_drop.take() {
             f();
         }

@@ -143,7 +143,9 @@ pub(crate) struct ContextInner {
     pub(crate) physical: vk::PhysicalDevice,
     pub(crate) device: ash::Device,
     pub(crate) queue_family: u32,
-    pub(crate) queue: Mutex<vk::Queue>,
+    /// The queue and its lock; an adopted device may share the lock with its creator
+    /// ([`RawVulkan::queue_lock`]).
+    pub(crate) queue: Arc<Mutex<vk::Queue>>,
     pub(crate) info: PhysicalDeviceInfo,
     pub(crate) memory_properties: vk::PhysicalDeviceMemoryProperties,
     pub(crate) limits: vk::PhysicalDeviceLimits,
@@ -154,6 +156,8 @@ pub(crate) struct ContextInner {
     pub(crate) external_fence_fd: Option<ash::khr::external_fence_fd::Device>,
     pub(crate) command_pool: Mutex<vk::CommandPool>,
     pub(crate) deferred_errors: Mutex<Vec<crate::error::DeferredError>>,
+    /// Whether lava-flow destroys the device and instance, or hands them back ([`VulkanContext::from_raw`]).
+    ownership: Mutex<Ownership>,
     /// Counted in `live_objects()` while the device is open.
     _live: super::live::Live,
 }
@@ -290,6 +294,326 @@ fn type_rank(t: &str) -> u8 {
         "CPU" => 3,
         _ => 4,
     }
+}
+
+/// Who destroys a context's device and instance.
+enum Ownership {
+    /// lava-flow created them and destroys them.
+    Owned,
+    /// The caller created them ([`VulkanContext::from_raw`]); lava-flow calls the callback, if
+    /// any, once its own objects on the device are destroyed.
+    Adopted(Option<Box<dyn FnOnce() + Send + Sync>>),
+}
+
+/// The handles a context is finished from.
+struct Handles {
+    entry: ash::Entry,
+    instance: ash::Instance,
+    physical: vk::PhysicalDevice,
+    device: ash::Device,
+    queue_family: u32,
+    queue_index: u32,
+    info: PhysicalDeviceInfo,
+}
+
+/// A Vulkan device that its caller created, and what the caller enabled on it: what
+/// [`VulkanContext::from_raw`] adopts.
+///
+/// lava-flow cannot ask a `VkDevice` which extensions and features it was created with, so the
+/// caller states them here, exactly as it passed them to `vkCreateInstance` and `vkCreateDevice`.
+#[non_exhaustive]
+pub struct RawVulkan {
+    /// The loader the instance was created from (keeps libvulkan loaded).
+    pub entry: ash::Entry,
+    /// The instance.
+    pub instance: ash::Instance,
+    /// The physical device the device was created on, enumerated from `instance`.
+    pub physical_device: vk::PhysicalDevice,
+    /// The logical device.
+    pub device: ash::Device,
+    /// The family of the queue lava-flow submits its copies to (needs transfer: any graphics,
+    /// compute or transfer family).
+    pub queue_family_index: u32,
+    /// Which queue of that family (the device was created with more than this many).
+    pub queue_index: u32,
+    /// `VkApplicationInfo::apiVersion` the instance was created with (ash's `vk::API_VERSION_1_*`).
+    /// The version lava-flow uses is the lower of it and the device's own.
+    pub api_version: u32,
+    /// The device extensions passed in `VkDeviceCreateInfo::ppEnabledExtensionNames`.
+    pub enabled_extensions: Vec<&'static CStr>,
+    /// Whether `VkPhysicalDeviceVulkan12Features::timelineSemaphore` (or
+    /// `VkPhysicalDeviceTimelineSemaphoreFeatures`) was enabled at device creation.
+    pub timeline_semaphore: bool,
+    /// The lock the caller itself takes around every use of the queue (`vkQueueSubmit`,
+    /// `vkQueueWaitIdle`, `vkQueuePresentKHR`...), holding that very queue. lava-flow then takes
+    /// the same lock, so both may submit from any thread. `None`: lava-flow makes its own lock,
+    /// and the caller must not use the queue while any lava-flow call may (see `from_raw`).
+    pub queue_lock: Option<Arc<Mutex<vk::Queue>>>,
+}
+
+impl RawVulkan {
+    /// The handles of a caller's device; queue 0 of `queue_family_index`, no extensions, no
+    /// timeline semaphores and no shared queue lock until the builder methods say otherwise.
+    pub fn new(
+        entry: ash::Entry,
+        instance: ash::Instance,
+        physical_device: vk::PhysicalDevice,
+        device: ash::Device,
+        queue_family_index: u32,
+        api_version: u32,
+    ) -> Self {
+        RawVulkan {
+            entry,
+            instance,
+            physical_device,
+            device,
+            queue_family_index,
+            queue_index: 0,
+            api_version,
+            enabled_extensions: Vec::new(),
+            timeline_semaphore: false,
+            queue_lock: None,
+        }
+    }
+
+    /// Sets the queue index within the family.
+    pub fn queue_index(mut self, index: u32) -> Self {
+        self.queue_index = index;
+        self
+    }
+
+    /// Sets the device extensions the device was created with.
+    pub fn enabled_extensions(mut self, names: &[&'static CStr]) -> Self {
+        self.enabled_extensions = names.to_vec();
+        self
+    }
+
+    /// Says whether the timelineSemaphore feature was enabled.
+    pub fn timeline_semaphore(mut self, enabled: bool) -> Self {
+        self.timeline_semaphore = enabled;
+        self
+    }
+
+    /// Shares the caller's queue lock with lava-flow (see [`RawVulkan::queue_lock`](Self#structfield.queue_lock)).
+    pub fn queue_lock(mut self, lock: Arc<Mutex<vk::Queue>>) -> Self {
+        self.queue_lock = Some(lock);
+        self
+    }
+}
+
+impl std::fmt::Debug for RawVulkan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawVulkan")
+            .field("physical_device", &self.physical_device)
+            .field("device", &self.device.handle())
+            .field("queue_family_index", &self.queue_family_index)
+            .field("queue_index", &self.queue_index)
+            .field("api_version", &version_string(self.api_version))
+            .field("enabled_extensions", &self.enabled_extensions)
+            .field("timeline_semaphore", &self.timeline_semaphore)
+            .field("queue_lock", &self.queue_lock.is_some())
+            .finish()
+    }
+}
+
+/// What an adopted device must have: the missing items, each with the rule that asks for it.
+fn adoption_missing(raw: &RawVulkan, info: &PhysicalDeviceInfo, device_api: u32) -> Vec<String> {
+    let api = raw.api_version.min(device_api);
+    let enabled = |name: &CStr| raw.enabled_extensions.contains(&name);
+    let mut missing = Vec::new();
+    if api < vk::API_VERSION_1_1 {
+        missing.push(format!(
+            "Vulkan 1.1 (the instance's apiVersion is {} and the device's {}): external memory, \
+             VK_KHR_dedicated_allocation and vkGetPhysicalDeviceProperties2 are core there, and lava-flow \
+             calls them as core commands",
+            version_string(raw.api_version),
+            version_string(device_api)
+        ));
+    }
+    if !enabled(ash::khr::external_memory_fd::NAME) {
+        missing.push(
+            "VK_KHR_external_memory_fd: vkGetMemoryFdKHR and VkImportMemoryFdInfoKHR, how every export and \
+             import of lava-flow's reaches an fd"
+                .to_string(),
+        );
+    }
+    if enabled(ash::ext::external_memory_dma_buf::NAME) && !info.extensions.external_memory_dma_buf {
+        missing.push("VK_EXT_external_memory_dma_buf is listed as enabled but the device does not offer it".into());
+    }
+    if raw.timeline_semaphore && !info.extensions.timeline_semaphore {
+        missing.push(
+            "the timelineSemaphore feature is said to be enabled, but the device does not offer it \
+             (VkPhysicalDeviceTimelineSemaphoreFeatures)"
+                .into(),
+        );
+    } else if raw.timeline_semaphore && api < vk::API_VERSION_1_2 {
+        missing.push(format!(
+            "Vulkan 1.2 for timeline semaphores (the version in use is {}): lava-flow calls vkWaitSemaphores and \
+             vkSignalSemaphore as core commands; enable the feature on a 1.2 instance, or say it is off",
+            version_string(api)
+        ));
+    }
+    let offered = |name: &CStr| match name {
+        n if n == ash::khr::external_memory_fd::NAME => info.extensions.external_memory_fd,
+        n if n == ash::ext::external_memory_host::NAME => info.extensions.external_memory_host,
+        n if n == ash::ext::external_memory_dma_buf::NAME => info.extensions.external_memory_dma_buf,
+        n if n == ash::ext::image_drm_format_modifier::NAME => info.extensions.image_drm_format_modifier,
+        n if n == ash::khr::external_semaphore_fd::NAME => info.extensions.external_semaphore_fd,
+        n if n == ash::khr::external_fence_fd::NAME => info.extensions.external_fence_fd,
+        n if n == ash::ext::memory_budget::NAME => info.extensions.memory_budget,
+        _ => true,
+    };
+    for name in &raw.enabled_extensions {
+        if *name != ash::ext::external_memory_dma_buf::NAME && !offered(name) {
+            missing.push(format!(
+                "{} is listed as enabled but the device does not offer it (vkEnumerateDeviceExtensionProperties does not list it)",
+                name.to_string_lossy()
+            ));
+        }
+    }
+    missing
+}
+
+impl VulkanContext {
+    /// Adopts a Vulkan device its caller created (with ash, or the raw handles of wgpu, vulkano or
+    /// an engine): lava-flow allocates, exports and imports on it, makes semaphores, fences and
+    /// pools there, exactly as on a device it opened itself, and never destroys what it did not
+    /// create.
+    ///
+    /// lava-flow checks what it can before using anything: the physical device is one of
+    /// `raw.instance`'s, the queue exists in its family, Vulkan 1.1 or later is in use (external
+    /// memory and dedicated allocation are core there), VK_KHR_external_memory_fd is enabled, and
+    /// every extension and feature said to be enabled is offered by the device. Everything missing
+    /// is listed in one [`Error::Unsupported`]. The optional extensions lava-flow uses where
+    /// enabled (VK_KHR_external_semaphore_fd, VK_KHR_external_fence_fd, VK_EXT_external_memory_host,
+    /// VK_EXT_external_memory_dma_buf, VK_EXT_memory_budget, and the timelineSemaphore feature) are
+    /// used only when `raw` lists them; what needs an absent one fails with `Unsupported` when asked.
+    ///
+    /// When the context is dropped (its last clone and the last object made from it), lava-flow
+    /// waits for its queue, destroys its own command pool, then calls `drop_callback`, if any, which
+    /// may destroy the device and instance. On an error, `drop_callback` is dropped uncalled and the
+    /// caller keeps everything.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises that:
+    /// - `raw.instance`, `raw.physical_device` and `raw.device` are valid handles, the physical device
+    ///   enumerated from that instance and the device created on it from `raw.entry`, with at least
+    ///   `raw.queue_index + 1` queues of family `raw.queue_family_index` in its create info;
+    /// - `raw.api_version`, `raw.enabled_extensions` and `raw.timeline_semaphore` are exactly what the
+    ///   instance and device were created with (lava-flow calls the commands they enable);
+    /// - the device and instance outlive the returned context and every object made from it: they are
+    ///   destroyed only after the context drops (which `drop_callback` signals), or by `drop_callback`
+    ///   itself;
+    /// - the queue is externally synchronized as Vulkan requires: with `raw.queue_lock`, the caller takes
+    ///   that lock around each of its own uses of the queue; without it, the caller never uses the queue
+    ///   while a lava-flow call (or the context's drop) may be running on another thread;
+    /// - the caller does not destroy, free, map or bind lava-flow's objects on the device (their handles are
+    ///   reachable through accessors for recording commands), nor call `vkDeviceWaitIdle` concurrently
+    ///   with lava-flow calls.
+    pub unsafe fn from_raw(
+        raw: RawVulkan,
+        drop_callback: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ) -> Result<VulkanContext> {
+        // SAFETY: the contract makes the instance valid; enumerating its devices has no other requirement.
+        let physicals = unsafe { raw.instance.enumerate_physical_devices() }
+            .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing the adopted instance's devices"))?;
+        let Some(index) = physicals.iter().position(|p| *p == raw.physical_device) else {
+            return Err(Error::invalid(
+                format!("adopting a device on physical device {:?}", raw.physical_device),
+                format!("the instance enumerates only {physicals:?}"),
+                "pass the physical device the device was created on, from the same instance",
+            ));
+        };
+        // SAFETY: the physical device was enumerated from the instance just above.
+        let device_api = unsafe { raw.instance.get_physical_device_properties(raw.physical_device) }.api_version;
+        if raw.api_version.min(device_api) < vk::API_VERSION_1_1 {
+            // describe() calls vkGetPhysicalDeviceProperties2 as a core 1.1 command: refuse before it.
+            let offered = PhysicalDeviceInfo {
+                index,
+                name: String::new(),
+                device_type: String::new(),
+                driver_name: String::new(),
+                api_version: version_string(device_api),
+                identity: DeviceIdentity::default(),
+                extensions: EnabledExtensions::default(),
+            };
+            return Err(adoption_error(&raw, &offered, device_api));
+        }
+        let mut info = describe(&raw.instance, raw.physical_device, index)?;
+        let missing = adoption_missing(&raw, &info, device_api);
+        if !missing.is_empty() {
+            return Err(adoption_error(&raw, &info, device_api));
+        }
+        // SAFETY: the physical device was enumerated from the instance above.
+        let families = unsafe { raw.instance.get_physical_device_queue_family_properties(raw.physical_device) };
+        let family = families.get(raw.queue_family_index as usize).ok_or_else(|| {
+            Error::invalid(
+                format!("adopting queue family {}", raw.queue_family_index),
+                format!("{} has {} queue families", info.name, families.len()),
+                "pass the family index the device's queue was created in",
+            )
+        })?;
+        if raw.queue_index >= family.queue_count {
+            return Err(Error::invalid(
+                format!("adopting queue {} of family {}", raw.queue_index, raw.queue_family_index),
+                format!("the family has {} queues (VUID-vkGetDeviceQueue-queueIndex-00385)", family.queue_count),
+                "pass the index of a queue the device was created with",
+            ));
+        }
+        if !family.queue_flags.intersects(vk::QueueFlags::GRAPHICS | vk::QueueFlags::COMPUTE | vk::QueueFlags::TRANSFER)
+        {
+            return Err(Error::unsupported(
+                format!("lava-flow's copies on queue family {}", raw.queue_family_index),
+                format!("the family's flags are {:?}", family.queue_flags),
+                "VkQueueFamilyProperties::queueFlags (transfer commands need a graphics, compute or transfer queue)",
+                "adopt a graphics, compute or transfer queue",
+            ));
+        }
+        let enabled = |name: &CStr| raw.enabled_extensions.contains(&name);
+        info.extensions = EnabledExtensions {
+            external_memory_fd: true,
+            external_memory_host: enabled(ash::ext::external_memory_host::NAME),
+            external_memory_dma_buf: enabled(ash::ext::external_memory_dma_buf::NAME),
+            image_drm_format_modifier: enabled(ash::ext::image_drm_format_modifier::NAME),
+            external_semaphore_fd: enabled(ash::khr::external_semaphore_fd::NAME),
+            external_fence_fd: enabled(ash::khr::external_fence_fd::NAME),
+            timeline_semaphore: raw.timeline_semaphore,
+            memory_budget: enabled(ash::ext::memory_budget::NAME),
+        };
+        let RawVulkan { entry, instance, physical_device, device, queue_family_index, queue_index, queue_lock, .. } =
+            raw;
+        let handles = Handles {
+            entry,
+            instance,
+            physical: physical_device,
+            device,
+            queue_family: queue_family_index,
+            queue_index,
+            info,
+        };
+        Self::finish(handles, Ownership::Adopted(drop_callback), queue_lock)
+    }
+
+    /// Whether lava-flow created this context's device (false: adopted with [`Self::from_raw`]).
+    pub fn owns_device(&self) -> bool {
+        matches!(*self.inner.ownership.lock().unwrap_or_else(|p| p.into_inner()), Ownership::Owned)
+    }
+}
+
+/// The refusal of an adoption, listing everything missing at once.
+fn adoption_error(raw: &RawVulkan, info: &PhysicalDeviceInfo, device_api: u32) -> Error {
+    let missing = adoption_missing(raw, info, device_api);
+    let name = if info.name.is_empty() { "the device".to_string() } else { info.name.clone() };
+    Error::unsupported(
+        format!("adopting {name} as a lava-flow context"),
+        format!("missing: {}", missing.join("; ")),
+        "the Vulkan spec's \"Extensions\" chapter: a device extension's commands and structures may be used only \
+         when VkDeviceCreateInfo::ppEnabledExtensionNames enabled it, and core 1.1 commands only when \
+         VkApplicationInfo::apiVersion and the device are 1.1 or later",
+        "create the instance with apiVersion 1.1 or later and the device with VK_KHR_external_memory_fd enabled \
+         (docs/ADOPTING.md lists what each lava-flow feature needs)",
+    )
 }
 
 impl VulkanContext {
@@ -450,23 +774,58 @@ impl VulkanContext {
         // outlive the call; the extension names are 'static; `physical` is from `instance`.
         let device = unsafe { instance.create_device(physical, &create_info, None) }
             .map_err(|r| Error::vk("vkCreateDevice", r, format!("opening {}", info.name)))?;
-        // SAFETY: the device was created with one queue (index 0) of `queue_family`.
-        let queue = unsafe { device.get_device_queue(queue_family, 0) };
+        let handles = Handles { entry, instance, physical, device, queue_family, queue_index: 0, info };
+        Self::finish(handles, Ownership::Owned, None)
+    }
+
+    /// The part of opening a context shared by owned devices ([`Self::with_options`]) and adopted
+    /// ones ([`Self::from_raw`]): lava-flow's command pool, the device's memory properties,
+    /// limits and host-import alignment, and the extension loaders of what `info.extensions` says
+    /// is enabled. On error, an owned device is destroyed here (the caller destroys the
+    /// instance); an adopted one is left untouched.
+    fn finish(
+        handles: Handles,
+        ownership: Ownership,
+        queue_lock: Option<Arc<Mutex<vk::Queue>>>,
+    ) -> Result<VulkanContext> {
+        let Handles { entry, instance, physical, device, queue_family, queue_index, info } = handles;
+        let ext = info.extensions;
+        // SAFETY: the device has a queue `queue_index` of `queue_family`: with_options created it with
+        // queue 0 of that family, and from_raw checked the index against the family's queue count
+        // (its caller promises the device was created with that many queues of the family).
+        let queue = unsafe { device.get_device_queue(queue_family, queue_index) };
+        // Only adopted devices pass a lock, so this error path never holds an owned device.
+        if let Some(lock) = &queue_lock {
+            let shared = *lock.lock().unwrap_or_else(|p| p.into_inner());
+            if shared != queue {
+                return Err(Error::invalid(
+                    "adopting a device with a shared queue lock",
+                    format!(
+                        "the lock holds queue {shared:?}, and vkGetDeviceQueue({queue_family}, {queue_index}) is {queue:?}"
+                    ),
+                    "share the Mutex that guards the very queue named by queue_family_index and queue_index",
+                ));
+            }
+        }
         let pool_info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(queue_family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER | vk::CommandPoolCreateFlags::TRANSIENT);
-        // SAFETY: `device` was just created and is alive; pool_info names its queue family.
+        // SAFETY: `device` is alive (just created, or adopted under from_raw's contract); pool_info names
+        // a queue family of it.
         let command_pool = match unsafe { device.create_command_pool(&pool_info, None) } {
             Ok(p) => p,
             Err(r) => {
-                // SAFETY: the pool failed, so the device has no children yet, and nothing else holds it.
-                unsafe { device.destroy_device(None) };
+                if let Ownership::Owned = ownership {
+                    // SAFETY: an owned device was created by with_options just before: the pool failed, so
+                    // it has no children yet, and nothing else holds it.
+                    unsafe { device.destroy_device(None) };
+                }
                 return Err(Error::vk("vkCreateCommandPool", r, "creating lava-flow's command pool"));
             }
         };
-        // SAFETY: `physical` was enumerated from `instance`, which is alive.
+        // SAFETY: `physical` belongs to `instance` (enumerated from it), which is alive.
         let memory_properties = unsafe { instance.get_physical_device_memory_properties(physical) };
-        // SAFETY: `physical` was enumerated from `instance`, which is alive.
+        // SAFETY: `physical` belongs to `instance` (enumerated from it), which is alive.
         let limits = unsafe { instance.get_physical_device_properties(physical) }.limits;
         let host_import_alignment = ext.external_memory_host.then(|| {
             let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
@@ -494,13 +853,14 @@ impl VulkanContext {
             physical,
             device,
             queue_family,
-            queue: Mutex::new(queue),
+            queue: queue_lock.unwrap_or_else(|| Arc::new(Mutex::new(queue))),
             info,
             memory_properties,
             limits,
             host_import_alignment,
             command_pool: Mutex::new(command_pool),
             deferred_errors: Mutex::new(Vec::new()),
+            ownership: Mutex::new(ownership),
             _live: super::live::Live::context(),
         };
         Ok(VulkanContext { inner: Arc::new(inner) })
@@ -584,7 +944,7 @@ impl VulkanContext {
         self.inner.external_memory_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("opaque-fd memory on {}", self.inner.info.name),
-                "the device lacks VK_KHR_external_memory_fd",
+                "the device lacks VK_KHR_external_memory_fd (or was adopted without it enabled)",
                 "VK_KHR_external_memory_fd",
                 "use a driver that exports memory as fds (`lava-flow info` lists them)",
             )
@@ -596,7 +956,7 @@ impl VulkanContext {
         self.inner.external_memory_host.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("shareable host memory on {}", self.inner.info.name),
-                "the device lacks VK_EXT_external_memory_host",
+                "the device lacks VK_EXT_external_memory_host (or was adopted without it enabled)",
                 "VK_EXT_external_memory_host",
                 "use device memory exported as an fd instead",
             )
@@ -608,7 +968,7 @@ impl VulkanContext {
         self.inner.external_semaphore_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("exportable semaphores on {}", self.inner.info.name),
-                "the device lacks VK_KHR_external_semaphore_fd",
+                "the device lacks VK_KHR_external_semaphore_fd (or was adopted without it enabled)",
                 "VK_KHR_external_semaphore_fd",
                 "synchronize on the host, or use a driver with external semaphores",
             )
@@ -620,7 +980,7 @@ impl VulkanContext {
         self.inner.external_fence_fd.as_ref().ok_or_else(|| {
             Error::unsupported(
                 format!("exportable fences on {}", self.inner.info.name),
-                "the device lacks VK_KHR_external_fence_fd",
+                "the device lacks VK_KHR_external_fence_fd (or was adopted without it enabled)",
                 "VK_KHR_external_fence_fd",
                 "wait on the host, or use a driver with external fences",
             )
@@ -713,15 +1073,41 @@ impl VulkanContext {
 
 impl Drop for ContextInner {
     fn drop(&mut self) {
-        // SAFETY: &mut self on the last Arc: every lava-flow object made from the device holds that Arc, so
-        // they are all gone and no other thread can reach the queue or pool. Destroy order is children
-        // first. Errors from the idle wait are ignored: destroying after a lost device is still valid.
-        unsafe {
-            let _ = self.device.device_wait_idle();
-            let pool = *self.command_pool.get_mut().unwrap_or_else(|p| p.into_inner());
-            self.device.destroy_command_pool(pool, None);
-            self.device.destroy_device(None);
-            self.instance.destroy_instance(None);
+        let ownership =
+            std::mem::replace(self.ownership.get_mut().unwrap_or_else(|p| p.into_inner()), Ownership::Adopted(None));
+        let pool = *self.command_pool.get_mut().unwrap_or_else(|p| p.into_inner());
+        match ownership {
+            Ownership::Owned => {
+                // SAFETY: &mut self on the last Arc: every lava-flow object made from the device holds that Arc,
+                // so they are all gone and no other thread can reach the queue or pool. Destroy order is
+                // children first. Errors from the idle wait are ignored: destroying after a lost device is
+                // still valid.
+                unsafe {
+                    let _ = self.device.device_wait_idle();
+                    self.device.destroy_command_pool(pool, None);
+                    self.device.destroy_device(None);
+                    self.instance.destroy_instance(None);
+                }
+            }
+            Ownership::Adopted(callback) => {
+                // An adopted device may be in use by its creator on other queues, so lava-flow waits for its
+                // own queue only (vkDeviceWaitIdle would need every queue externally synchronized), and
+                // destroys only what it created: the command pool.
+                let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: the queue's lock is held (vkQueueWaitIdle's external sync; from_raw's contract makes the
+                // creator take the shared lock or not submit concurrently). After the wait no command buffer of
+                // lava-flow's pool is pending (only lava-flow records into it, and every lava-flow object is gone),
+                // and the pool is destroyed exclusively (&mut self). The device is alive: from_raw's caller
+                // promised it outlives the context, which ends here.
+                unsafe {
+                    let _ = self.device.queue_wait_idle(*queue);
+                    self.device.destroy_command_pool(pool, None);
+                }
+                drop(queue);
+                if let Some(callback) = callback {
+                    callback();
+                }
+            }
         }
     }
 }

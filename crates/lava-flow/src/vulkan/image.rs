@@ -143,6 +143,8 @@ pub struct Image {
     vk_format: vk::Format,
     /// `UNDEFINED` until first written, then `GENERAL` (released to external after each use).
     layout: Mutex<vk::ImageLayout>,
+    /// Whether dropping this destroys the `VkImage` (false for an image adopted unowned).
+    owned: bool,
 }
 
 impl std::fmt::Debug for Image {
@@ -320,6 +322,7 @@ impl Image {
             vk_format: query.format,
             description: d,
             layout: Mutex::new(vk::ImageLayout::UNDEFINED),
+            owned: true,
         })
     }
 
@@ -401,6 +404,124 @@ impl Image {
             vk_format: vk_format(d.format),
             description: d,
             layout: Mutex::new(vk::ImageLayout::GENERAL),
+            owned: true,
+        })
+    }
+
+    /// Describes an image the caller created and bound to `memory` (memory it allocated itself,
+    /// described with [`DeviceMemory::from_raw`]), so that lava-flow exports, uploads and
+    /// downloads it. `description` says how it was created (format, dimension, extent, layers,
+    /// tiling with the driver's linear pitches, usage) and where it lies (`offset`, and `size`:
+    /// its memory requirements' size).
+    ///
+    /// Checks the description's shape, and against the image's memory requirements and layout:
+    /// size, alignment, offset 0 for a dedicated allocation, a memory type the image accepts, the
+    /// linear row pitch. With `owned`, dropping it destroys the `VkImage`; without, lava-flow never
+    /// does.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises that:
+    /// - `image` is a live `VkImage` of `memory`'s device, created as `description` says (with one mip
+    ///   level, one sample, exclusive sharing, transfer source and destination usage, and
+    ///   `VkExternalMemoryImageCreateInfo::handleTypes` including the memory's export kind), and bound
+    ///   to `memory` at `description.offset`; for a dedicated allocation, it is the image the
+    ///   allocation is dedicated to;
+    /// - `layout` is `UNDEFINED` (lava-flow may discard the contents on first use) or `GENERAL`
+    ///   released to `VK_QUEUE_FAMILY_EXTERNAL`, as lava-flow leaves shared images, and the caller
+    ///   keeps to that convention (docs/ADOPTING.md) while lava-flow holds it;
+    /// - with `owned`, nothing else destroys it; without, it stays alive until the returned image drops.
+    pub unsafe fn from_raw(
+        memory: Arc<DeviceMemory>,
+        image: vk::Image,
+        description: TextureDescription,
+        layout: vk::ImageLayout,
+        owned: bool,
+    ) -> Result<Image> {
+        let ctx = memory.context().clone();
+        let d = description;
+        let what = format!(
+            "describing a caller's {}x{}x{} {} image at offset {} of a {}-byte allocation",
+            d.extent.width,
+            d.extent.height,
+            d.extent.depth,
+            d.format,
+            d.offset,
+            memory.size()
+        );
+        d.validate().map_err(|e| Error::invalid(what.clone(), e.to_string(), "fix the extent, layers or pitch"))?;
+        if image == vk::Image::null() {
+            return Err(Error::invalid(what, "the handle is VK_NULL_HANDLE", "pass the image"));
+        }
+        if layout != vk::ImageLayout::UNDEFINED && layout != vk::ImageLayout::GENERAL {
+            return Err(Error::invalid(
+                what,
+                format!("layout {layout:?}: lava-flow tracks shared images in UNDEFINED or GENERAL only"),
+                "transition it to GENERAL and release it to VK_QUEUE_FAMILY_EXTERNAL first, or pass a fresh image as UNDEFINED",
+            ));
+        }
+        if matches!(d.tiling, TextureTiling::DrmModifier { .. }) {
+            return Err(Error::unsupported(
+                what,
+                "lava-flow creates and imports linear and optimal images only",
+                "VK_EXT_image_drm_format_modifier",
+                "use linear or optimal tiling",
+            ));
+        }
+        let r = image_requirements(&ctx, image);
+        if r.reqs.size > d.size
+            || d.offset % r.reqs.alignment.max(1) != 0
+            || d.offset.checked_add(d.size).is_none_or(|end| end > memory.size())
+        {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the image needs {} bytes aligned to {}, and the description says {} bytes \
+                     (VUID-vkBindImageMemory-memoryOffset-01048, -size-01049)",
+                    r.reqs.size, r.reqs.alignment, d.size
+                ),
+                "pass the offset it was bound at and its memory requirements' size",
+            ));
+        }
+        if memory.dedicated() && d.offset != 0 {
+            return Err(Error::invalid(
+                what,
+                "a dedicated allocation is bound to its image at offset 0 (VUID-vkBindImageMemory-memory-01509)",
+                "pass offset 0",
+            ));
+        }
+        if r.reqs.memory_type_bits & (1 << memory.memory_type_index()) == 0 {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the image allows only memory types {:#b}, and the memory is of type {} (VUID-vkBindImageMemory-memory-01047)",
+                    r.reqs.memory_type_bits,
+                    memory.memory_type_index()
+                ),
+                "describe the memory the image is bound to",
+            ));
+        }
+        if let TextureTiling::Linear { row_pitch, .. } = d.tiling {
+            if let TextureTiling::Linear { row_pitch: here, .. } = linear_layout(&ctx, image, &d) {
+                if here != row_pitch {
+                    return Err(Error::invalid(
+                        what,
+                        format!(
+                            "the driver lays the image out with row pitch {here}, the description says {row_pitch}"
+                        ),
+                        "take the pitches from vkGetImageSubresourceLayout",
+                    ));
+                }
+            }
+        }
+        Ok(Image {
+            ctx,
+            image,
+            memory,
+            vk_format: vk_format(d.format),
+            description: d,
+            layout: Mutex::new(layout),
+            owned,
         })
     }
 
@@ -574,8 +695,10 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: Drop has the image exclusively; lava-flow's own work on it finished before each call
-        // returned (run_commands waits); the memory (Arc) is dropped after the image.
-        unsafe { self.ctx.device().destroy_image(self.image, None) };
+        if self.owned {
+            // SAFETY: Drop has the image exclusively; lava-flow's own work on it finished before each call
+            // returned (run_commands waits); the memory (Arc) is dropped after the image.
+            unsafe { self.ctx.device().destroy_image(self.image, None) };
+        }
     }
 }

@@ -11,9 +11,10 @@ static MEMORIES: AtomicUsize = AtomicUsize::new(0);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LiveObjects {
     /// Open devices: each `VulkanContext` (with all its clones) holds one `VkInstance` and one
-    /// `VkDevice`, destroyed when the last clone and the last object made from it are gone.
+    /// `VkDevice`, destroyed when the last clone and the last object made from it are gone (an
+    /// adopted one, from `VulkanContext::from_raw`, is counted too and hands them back instead).
     pub vulkan_contexts: usize,
-    /// `DeviceMemory` objects (each one `VkDeviceMemory`, allocated or imported).
+    /// `DeviceMemory` objects (each one `VkDeviceMemory`, allocated, imported or adopted).
     pub device_memories: usize,
 }
 

@@ -24,6 +24,8 @@ pub enum MemoryOrigin {
     Imported,
     /// Imported from shareable host memory.
     Host,
+    /// Allocated by the caller and described to lava-flow ([`DeviceMemory::from_raw`]).
+    Adopted,
 }
 
 /// The resource a dedicated allocation is for (`VkMemoryDedicatedAllocateInfo`).
@@ -54,6 +56,8 @@ pub struct DeviceMemory {
     /// Pool blocks keep the fd of their first export and hand out duplicates, so a buffer carved
     /// from a block exports with a `dup` instead of a `vkGetMemoryFdKHR`. `None`: fresh fd each time.
     kept_export: Option<Mutex<Option<OwnedFd>>>,
+    /// Whether dropping this frees the `VkDeviceMemory` (false for memory adopted unowned).
+    owned: bool,
     /// Counted in `live_objects()` while allocated.
     _live: super::live::Live,
 }
@@ -190,8 +194,92 @@ impl DeviceMemory {
             mapped: Mutex::new(None),
             import_kind: None,
             kept_export: None,
+            owned: true,
             _live: super::live::Live::memory(),
         }
+    }
+
+    /// Describes memory the caller allocated itself on `ctx`'s device with
+    /// `VkExportMemoryAllocateInfo`, so that lava-flow exports it (and binds buffers and images
+    /// to it, see [`Buffer::from_raw`](super::Buffer::from_raw) and
+    /// [`Image::from_raw`](super::Image::from_raw)) as if it had allocated it.
+    ///
+    /// Checks what it can: a non-zero size, a memory type the device has, an fd handle kind
+    /// (opaque fd, or DMA-BUF where VK_EXT_external_memory_dma_buf is enabled) on a context with
+    /// VK_KHR_external_memory_fd. With `owned`, dropping the last reference frees the memory
+    /// (`vkFreeMemory`); without, lava-flow never frees it.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises that:
+    /// - `memory` is a live `VkDeviceMemory` of `ctx`'s device, allocated with `allocationSize`
+    ///   `size` and `memoryTypeIndex` `type_index`, with `VkExportMemoryAllocateInfo::handleTypes`
+    ///   including `export_kind`;
+    /// - `dedicated` is `Some` exactly when the allocation was made with
+    ///   `VkMemoryDedicatedAllocateInfo`, naming the same resource;
+    /// - with `owned`, nothing else frees it; without, it stays allocated until the returned memory
+    ///   and everything bound through lava-flow to it are dropped;
+    /// - the caller does not map it (`vkMapMemory`) while lava-flow holds it (lava-flow maps
+    ///   host-visible memory for reads and writes), and its own device and host accesses to the
+    ///   bytes are synchronized with lava-flow's and the importers' as for any shared memory.
+    pub unsafe fn from_raw(
+        ctx: &VulkanContext,
+        memory: vk::DeviceMemory,
+        size: u64,
+        type_index: u32,
+        export_kind: MemoryHandleKind,
+        dedicated: Option<DedicatedTo>,
+        owned: bool,
+    ) -> Result<DeviceMemory> {
+        let what = format!("describing {size} bytes of caller-allocated memory (type {type_index}) as {export_kind}");
+        if memory == vk::DeviceMemory::null() || size == 0 {
+            return Err(Error::invalid(
+                what,
+                "the handle is VK_NULL_HANDLE or the size is zero (Vulkan has no zero-sized allocations)",
+                "pass the memory and the allocationSize it was allocated with",
+            ));
+        }
+        let count = ctx.memory_properties().memory_type_count;
+        if type_index >= count {
+            return Err(Error::invalid(
+                what,
+                format!("{} has only {count} memory types", ctx.info().name),
+                "pass the memoryTypeIndex the memory was allocated with",
+            ));
+        }
+        match export_kind {
+            MemoryHandleKind::OpaqueFd => {}
+            MemoryHandleKind::DmaBuf if ctx.extensions().external_memory_dma_buf => {}
+            MemoryHandleKind::DmaBuf => {
+                return Err(Error::unsupported(
+                    what,
+                    "the context lacks VK_EXT_external_memory_dma_buf",
+                    "VK_EXT_external_memory_dma_buf",
+                    "allocate it exportable as an opaque fd, or adopt the device with the extension enabled",
+                ))
+            }
+            other => {
+                return Err(Error::invalid(
+                    what,
+                    format!("{other} is not a Vulkan memory fd handle type"),
+                    "allocate with VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT (or DMA_BUF_BIT_EXT) in VkExportMemoryAllocateInfo",
+                ))
+            }
+        }
+        ctx.external_memory_fd()?;
+        let mut wrapped = Self::wrap(
+            ctx,
+            memory,
+            size,
+            type_index,
+            Some(export_kind),
+            dedicated.is_some(),
+            MemoryOrigin::Adopted,
+            next_allocation_id(),
+            None,
+        );
+        wrapped.owned = owned;
+        Ok(wrapped)
     }
 
     /// Imports an exported allocation (opaque fd or DMA-BUF) into `ctx`'s device.
@@ -610,6 +698,16 @@ impl DeviceMemory {
 
 impl Drop for DeviceMemory {
     fn drop(&mut self) {
+        if !self.owned {
+            if self.mapped.get_mut().unwrap_or_else(|p| p.into_inner()).is_some() {
+                // SAFETY: host_pointer mapped it (the only vkMapMemory of it, by from_raw's contract the caller
+                // does not map it while lava-flow holds it), and Drop has it exclusively; no lava-flow view of
+                // the mapping outlives this (views borrow a Buffer, which holds this memory's Arc).
+                unsafe { self.ctx.device().unmap_memory(self.memory) };
+            }
+            crate::fd::forget_export(self.allocation_id);
+            return;
+        }
         // SAFETY: Drop owns the memory exclusively (vkFreeMemory's external sync); every buffer and image
         // bound to it holds an Arc to it, so none is left, and lava-flow waited for its own work on them.
         // Freeing unmaps implicitly; the host mapping (if any) is dropped after this, as Vulkan requires

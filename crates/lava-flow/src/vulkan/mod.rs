@@ -17,7 +17,7 @@ pub use buffer::GL_BUFFER_SLACK;
 pub use buffer::{
     candidate_types, AllocationStrategy, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind,
 };
-pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, VulkanContext};
+pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, RawVulkan, VulkanContext};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub(crate) use format::{HOST_MEMFD_PROPERTIES, MEMORY_PROPERTY_BITS};
 pub use host::SharedHostMemory;
