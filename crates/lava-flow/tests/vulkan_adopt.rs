@@ -246,13 +246,11 @@ fn a_device_without_external_memory_fd_is_refused_with_the_list() {
     // SAFETY: as above; claiming a lower version than the instance's only removes commands.
     let err = unsafe { VulkanContext::from_raw(old, None) }.unwrap_err().to_string();
     assert!(err.contains("Vulkan 1.1") && err.contains("VK_KHR_external_memory_fd"), "lists both: {err}");
-    // A queue the device does not have.
-    let bad_queue = raw.raw().queue_index(7);
-    let mut bad_queue = bad_queue;
+    // A queue the device does not have. The list also claims VK_KHR_external_memory_fd, which this
+    // device was created without: the queue check refuses first, before any of its commands is called.
+    let mut bad_queue = raw.raw().queue_index(7);
     bad_queue.enabled_extensions.push(ash::khr::external_memory_fd::NAME);
-    // A lie that is caught: the extension is offered, so the check passes to the queue, which is refused
-    // before the device is touched.
-    // SAFETY: refused before any command of the (not actually enabled) extension is called.
+    // SAFETY: refused (queue index) before lava-flow calls anything on the device.
     let err = unsafe { VulkanContext::from_raw(bad_queue, None) }.unwrap_err().to_string();
     assert!(err.contains("queue 7"), "{err}");
     // A shared queue lock that does not hold the device's queue.
@@ -493,4 +491,33 @@ fn the_adopt_ash_example_runs() {
         return;
     }
     adopt_ash_example::main().expect("examples/adopt_ash.rs");
+}
+
+#[test]
+fn a_shared_queue_lock_serializes_both_sides() {
+    let Some(raw) = RawDevice::create(&[]) else { return };
+    // SAFETY: the device was created with queue 0 of this family.
+    let queue = unsafe { raw.device.get_device_queue(raw.family, 0) };
+    let lock = Arc::new(Mutex::new(queue));
+    // SAFETY: as in RawDevice::adopt; the test takes `lock` around its own use of the queue.
+    let adopted = unsafe { VulkanContext::from_raw(raw.raw().queue_lock(lock.clone()), None) }.unwrap();
+    let buffer = Buffer::new(&adopted, &BufferOptions::new(4096)).unwrap();
+    let worker = {
+        let lock = lock.clone();
+        let device = raw.device.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let q = lock.lock().unwrap();
+                // SAFETY: the shared lock is held: lava-flow's submits wait for it.
+                unsafe { device.queue_wait_idle(*q) }.unwrap();
+            }
+        })
+    };
+    for i in 0..20 {
+        buffer.fill(i).unwrap();
+        assert_eq!(buffer.read(0, 4).unwrap(), i.to_ne_bytes());
+    }
+    worker.join().unwrap();
+    drop((buffer, adopted));
+    raw.destroy();
 }

@@ -348,6 +348,7 @@ pub struct RawVulkan {
     /// `vkQueueWaitIdle`, `vkQueuePresentKHR`...), holding that very queue. lava-flow then takes
     /// the same lock, so both may submit from any thread. `None`: lava-flow makes its own lock,
     /// and the caller must not use the queue while any lava-flow call may (see `from_raw`).
+    /// Never hold it while calling lava-flow: a `std` mutex is not reentrant.
     pub queue_lock: Option<Arc<Mutex<vk::Queue>>>,
 }
 
