@@ -4,7 +4,7 @@
 //! `lava-flow selftest`'s semaphore paths and by lava-flow's sync tests.
 
 use ash::vk;
-use lava_flow::vulkan::sync::{OwnershipTransfer, RecordedCommands, StageAccess};
+use lava_flow::vulkan::sync::{OwnershipTransfer, RecordedCommands, Semaphore, StageAccess, Submission};
 use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Result, VulkanContext};
 
@@ -127,4 +127,42 @@ pub fn record_turn(
         // SAFETY: as above; the release passed validate() above.
         unsafe { release_t.record(dev, cmd) };
     })
+}
+
+/// Side A's part of round `r` (1-based): wait on `semaphore` (a timeline) for B's round `r - 1`
+/// (`2r - 2`), read what B wrote, write [`writer_pattern`], signal `2r - 1`. The commands must
+/// outlive the submission.
+pub fn submit_writer_turn(
+    ctx: &VulkanContext,
+    semaphore: &Semaphore,
+    shared: &Buffer,
+    readback: &Buffer,
+    r: u64,
+) -> Result<RecordedCommands> {
+    let cmds = record_turn(ctx, shared, readback, writer_pattern(r), r > 1, false)?;
+    Submission::new()
+        .wait(semaphore, 2 * r - 2, vk::PipelineStageFlags::TRANSFER)
+        .commands(&cmds)
+        .signal(semaphore, 2 * r - 1)
+        .submit(ctx)?;
+    Ok(cmds)
+}
+
+/// Side B's part of round `r`: wait for A's write (`2r - 1`), read it, write
+/// [`reader_pattern`] (one word spoiled where `corrupt`), signal `2r`.
+pub fn submit_reader_turn(
+    ctx: &VulkanContext,
+    semaphore: &Semaphore,
+    shared: &Buffer,
+    readback: &Buffer,
+    r: u64,
+    corrupt: bool,
+) -> Result<RecordedCommands> {
+    let cmds = record_turn(ctx, shared, readback, reader_pattern(r), true, corrupt)?;
+    Submission::new()
+        .wait(semaphore, 2 * r - 1, vk::PipelineStageFlags::TRANSFER)
+        .commands(&cmds)
+        .signal(semaphore, 2 * r)
+        .submit(ctx)?;
+    Ok(cmds)
 }

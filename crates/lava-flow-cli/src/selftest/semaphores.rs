@@ -30,7 +30,7 @@ use lava_flow::vulkan::sync::{
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 
 use lava_flow_diag::turns::{
-    initialize_shared, read_words, readback, reader_pattern, record_turn, writer_pattern, wrong_words,
+    self, initialize_shared, read_words, readback, reader_pattern, record_turn, writer_pattern, wrong_words,
 };
 
 use super::peer::{start_peer, wait_peer, Shared};
@@ -203,12 +203,7 @@ fn submit_writer_turn(
     r: u64,
     queued: &mut Queued<'_>,
 ) -> Step<RecordedCommands> {
-    let cmds = record_turn(ctx, shared, readback, writer_pattern(r), r > 1, false)?;
-    Submission::new()
-        .wait(semaphore, 2 * r - 2, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(semaphore, 2 * r - 1)
-        .submit(ctx)?;
+    let cmds = turns::submit_writer_turn(ctx, semaphore, shared, readback, r)?;
     queued.push(2 * r - 2, 2 * r - 1);
     Ok(cmds)
 }
@@ -223,12 +218,7 @@ fn submit_reader_turn(
     corrupt: bool,
     queued: &mut Queued<'_>,
 ) -> Step<RecordedCommands> {
-    let cmds = record_turn(ctx, shared, readback, reader_pattern(r), true, corrupt)?;
-    Submission::new()
-        .wait(semaphore, 2 * r - 1, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(semaphore, 2 * r)
-        .submit(ctx)?;
+    let cmds = turns::submit_reader_turn(ctx, semaphore, shared, readback, r, corrupt)?;
     queued.push(2 * r - 1, 2 * r);
     Ok(cmds)
 }

@@ -8,12 +8,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use ash::vk;
 use lava_flow::ipc::fd_passing;
-use lava_flow::vulkan::sync::{RecordedCommands, Semaphore, Submission};
+use lava_flow::vulkan::sync::{RecordedCommands, Semaphore};
 use lava_flow::vulkan::{Buffer, BufferOptions};
 use lava_flow::VulkanContext;
 use lava_flow_diag::turns;
+#[allow(unused_imports)] // not every sync test names the patterns
 pub use lava_flow_diag::turns::{reader_pattern, writer_pattern};
 
 /// Long enough for any real GPU, short enough that a broken test fails instead of hanging.
@@ -69,14 +69,7 @@ pub fn submit_writer_turn(
     readback: &Buffer,
     r: u64,
 ) -> RecordedCommands {
-    let cmds = record_turn(ctx, shared, readback, writer_pattern(r), r > 1);
-    Submission::new()
-        .wait(sem, 2 * r - 2, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(sem, 2 * r - 1)
-        .submit(ctx)
-        .expect("submitting the writer's turn");
-    cmds
+    turns::submit_writer_turn(ctx, sem, shared, readback, r).expect("submitting the writer's turn")
 }
 
 /// Side B's part of round `r`: wait for A's write, read it, write the reader pattern, signal `2r`.
@@ -87,14 +80,7 @@ pub fn submit_reader_turn(
     readback: &Buffer,
     r: u64,
 ) -> RecordedCommands {
-    let cmds = record_turn(ctx, shared, readback, reader_pattern(r), true);
-    Submission::new()
-        .wait(sem, 2 * r - 1, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(sem, 2 * r)
-        .submit(ctx)
-        .expect("submitting the reader's turn");
-    cmds
+    turns::submit_reader_turn(ctx, sem, shared, readback, r, false).expect("submitting the reader's turn")
 }
 
 /// Fills the shared buffer with `reader_pattern(0)` on its owner's queue before round 1.
