@@ -166,3 +166,51 @@ pub fn submit_reader_turn(
         .submit(ctx)?;
     Ok(cmds)
 }
+
+/// Records into `cmd`: `acquire`, a copy of all of `shared` to `out`, and a barrier that makes
+/// the copy visible to the host once the submission is waited for.
+///
+/// # Safety
+/// `cmd` is recording on the queue family `acquire` names, on the device both buffers belong to;
+/// both are live buffers with the transfer usages, `out` at least `shared.size()` bytes, kept
+/// alive until every submission of `cmd` completed; `acquire` is valid for that family.
+pub unsafe fn cmd_acquire_and_copy(
+    dev: &ash::Device,
+    cmd: vk::CommandBuffer,
+    acquire: &OwnershipTransfer,
+    shared: &Buffer,
+    out: &Buffer,
+) {
+    let host = vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ);
+    // SAFETY: the caller guarantees cmd is recording on acquire's family and the buffers are live
+    // buffers of that device with the transfer usages, `out` large enough; the barrier is a local.
+    unsafe {
+        acquire.record(dev, cmd);
+        dev.cmd_copy_buffer(cmd, shared.handle(), out.handle(), &[vk::BufferCopy::default().size(shared.size())]);
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &[host],
+            &[],
+            &[],
+        );
+    }
+}
+
+/// Records, for repeated submission: acquire `shared` from the external queue family, copy it to
+/// `out` (at least as large), and make the copy visible to the host. Both buffers must outlive
+/// every submission of the commands.
+pub fn acquire_and_copy(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Result<RecordedCommands> {
+    let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
+    acquire.validate()?;
+    RecordedCommands::record(ctx, |dev, cmd| {
+        // SAFETY: cmd is recording on ctx's family (RecordedCommands::record), the family the acquire
+        // names and validate() accepted; both buffers are ctx's, with the transfer usages, and the
+        // caller keeps them alive until the submissions completed.
+        unsafe { cmd_acquire_and_copy(dev, cmd, &acquire, shared, out) }
+    })
+}

@@ -30,7 +30,8 @@ use lava_flow::vulkan::sync::{
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 
 use lava_flow_diag::turns::{
-    self, initialize_shared, read_words, readback, reader_pattern, record_turn, writer_pattern, wrong_words,
+    self, acquire_and_copy, initialize_shared, read_words, readback, reader_pattern, record_turn, writer_pattern,
+    wrong_words,
 };
 
 use super::peer::{start_peer, wait_peer, Shared};
@@ -478,35 +479,6 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, corrupt: b
                 dev.cmd_fill_buffer(cmd, buf, (size / 2) & !3, 4, value ^ 0x5a5a_5a5a);
             }
             release.record(dev, cmd);
-        }
-    })?)
-}
-
-/// Records: acquire the shared buffer from the external queue family, copy it to `out`, and
-/// make the copy visible to the host.
-fn acquire_and_copy(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Step<RecordedCommands> {
-    let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
-    acquire.validate()?;
-    let (buf, dst, size) = (shared.handle(), out.handle(), shared.size());
-    Ok(RecordedCommands::record(ctx, |dev, cmd| {
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: cmd is recording on ctx's family; both buffers are live buffers of ctx's device with the
-        // transfer usages, `out` at least `size` bytes, kept alive until the submission completed; the
-        // acquire passed validate() above.
-        unsafe {
-            acquire.record(dev, cmd);
-            dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);
-            dev.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
-            );
         }
     })?)
 }
