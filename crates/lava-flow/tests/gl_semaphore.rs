@@ -8,7 +8,8 @@ mod interop_semaphore;
 
 use ash::vk;
 use common::pattern;
-use interop_semaphore::{vk_gpu_read, vk_gpu_write, VkSemaphore};
+use common::{vk_gpu_read, vk_gpu_write};
+use interop_semaphore::VkSemaphore;
 use lava_flow::gl::{GlContext, TextureLayout};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
@@ -47,7 +48,7 @@ fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
     assert_eq!(open_fd_count(), before, "GL took both semaphore fds");
     for round in 0..16u32 {
         let data = pattern(size as usize, round);
-        vk_gpu_write(&buffer, &data);
+        vk_gpu_write(&buffer, 0, &data);
         to_gl.signal();
         gl_wait.wait(&[&glbuf], &[]).unwrap();
         let seen = glbuf.read(0, size as usize).unwrap();
@@ -55,7 +56,7 @@ fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
         glbuf.write(0, &invert(&seen)).unwrap();
         gl_signal.signal(&[&glbuf], &[]).unwrap();
         to_vk.wait();
-        assert!(vk_gpu_read(&buffer, size) == invert(&data), "round {round}: Vulkan sees GL's write after the wait");
+        assert!(vk_gpu_read(&buffer, 0, size) == invert(&data), "round {round}: Vulkan sees GL's write after the wait");
     }
     gl.check_deferred().unwrap();
 }

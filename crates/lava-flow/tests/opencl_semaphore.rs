@@ -7,7 +7,8 @@ mod common;
 mod interop_semaphore;
 
 use common::pattern;
-use interop_semaphore::{vk_gpu_read, vk_gpu_write, VkSemaphore};
+use common::{vk_gpu_read, vk_gpu_write};
+use interop_semaphore::VkSemaphore;
 use lava_flow::opencl::{ClContext, KernelArg};
 use lava_flow::{Buffer, BufferOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
@@ -44,7 +45,7 @@ fn semaphores_order_rounds_vulkan_opencl_vulkan() {
         let words: Vec<u32> =
             pattern(n * 4, round).chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        vk_gpu_write(&buffer, &bytes);
+        vk_gpu_write(&buffer, 0, &bytes);
         to_cl.signal();
         cl_wait.wait().unwrap();
         cl.acquire(&[&clbuf]).unwrap();
@@ -52,7 +53,7 @@ fn semaphores_order_rounds_vulkan_opencl_vulkan() {
         cl.release(&[&clbuf]).unwrap();
         cl_signal.signal().unwrap();
         to_vk.wait();
-        let out = vk_gpu_read(&buffer, n as u64 * 4);
+        let out = vk_gpu_read(&buffer, 0, n as u64 * 4);
         for (i, w) in out.chunks_exact(4).enumerate() {
             let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
             assert_eq!(v, words[i].wrapping_add(round + 1), "round {round} word {i}");

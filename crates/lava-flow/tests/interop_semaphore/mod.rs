@@ -1,13 +1,12 @@
 //! Shared by gl_semaphore and opencl_semaphore: an exportable binary Vulkan semaphore the other API
-//! imports, and staged GPU writes/reads of a lava-flow buffer on the Vulkan side.
+//! imports (the staged GPU writes and reads are tests/common's vk_gpu_write and vk_gpu_read).
 #![allow(dead_code)]
 
 use ash::vk;
 use lava_flow::raw_gpu_handle::{
     ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind,
 };
-use lava_flow::vulkan::MemoryKind;
-use lava_flow::{Buffer, BufferOptions, VulkanContext};
+use lava_flow::VulkanContext;
 
 /// An exportable binary Vulkan semaphore (VK_KHR_external_semaphore_fd, opaque fd).
 pub struct VkSemaphore {
@@ -80,21 +79,4 @@ impl Drop for VkSemaphore {
         // its fence), so no queue operation uses it.
         unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
     }
-}
-
-pub fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
-    let mut staging = Buffer::new(
-        buffer.context(),
-        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
-    )
-    .unwrap();
-    staging.write(0, data).unwrap();
-    staging.copy_region_to(0, buffer, 0, data.len() as u64).unwrap();
-}
-
-pub fn vk_gpu_read(buffer: &Buffer, len: u64) -> Vec<u8> {
-    let staging =
-        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
-    buffer.copy_region_to(0, &staging, 0, len).unwrap();
-    staging.read(0, len).unwrap()
 }
