@@ -62,6 +62,36 @@ pub fn initialize_shared(ctx: &VulkanContext, shared: &Buffer) -> Result<()> {
     })
 }
 
+/// Records a global memory barrier from the transfer stage's `src` accesses to `dst` accesses
+/// at `dst_stage` (transfer and/or host): between a copy and a fill of the same buffer, or to
+/// make transfer writes visible to the host once the submission is waited for.
+///
+/// # Safety
+/// `cmd` is a command buffer of `dev` in the recording state; `dst_stage` is a stage its queue
+/// family supports (transfer and host are supported by every family).
+pub unsafe fn cmd_transfer_barrier(
+    dev: &ash::Device,
+    cmd: vk::CommandBuffer,
+    src: vk::AccessFlags,
+    dst: vk::AccessFlags,
+    dst_stage: vk::PipelineStageFlags,
+) {
+    let barrier = vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst);
+    // SAFETY: the caller guarantees cmd is recording on dev with a supported dst_stage; the barrier
+    // array is a local that outlives the call.
+    unsafe {
+        dev.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            dst_stage,
+            vk::DependencyFlags::empty(),
+            &[barrier],
+            &[],
+            &[],
+        )
+    };
+}
+
 /// One side's turn: acquire the shared buffer from the external queue family (unless this side
 /// still owns it), copy it to `readback`, fill it with `fill`, release it. `corrupt` spoils one
 /// word of the fill (the self-test's `--corrupt`).
@@ -82,20 +112,9 @@ pub fn record_turn(
     let readback_buf = readback.handle();
     RecordedCommands::record(ctx, |dev, cmd| {
         let transfer_barrier = |src: vk::AccessFlags, dst: vk::AccessFlags, dst_stage: vk::PipelineStageFlags| {
-            let barrier = vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst);
-            // SAFETY: cmd is recording on ctx's family (RecordedCommands::record); the barrier array is a
-            // local; the stages are transfer and host, which every queue family accepts.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    dst_stage,
-                    vk::DependencyFlags::empty(),
-                    &[barrier],
-                    &[],
-                    &[],
-                )
-            };
+            // SAFETY: cmd is recording on ctx's family (RecordedCommands::record); the stages are transfer
+            // and host, which every queue family accepts.
+            unsafe { cmd_transfer_barrier(dev, cmd, src, dst, dst_stage) };
         };
         // SAFETY: cmd is recording on ctx's family; the shared and readback buffers are live buffers of
         // ctx's device with the transfer usages, kept alive by the caller until the turn's submissions
@@ -181,22 +200,18 @@ pub unsafe fn cmd_acquire_and_copy(
     shared: &Buffer,
     out: &Buffer,
 ) {
-    let host = vk::MemoryBarrier::default()
-        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-        .dst_access_mask(vk::AccessFlags::HOST_READ);
     // SAFETY: the caller guarantees cmd is recording on acquire's family and the buffers are live
-    // buffers of that device with the transfer usages, `out` large enough; the barrier is a local.
+    // buffers of that device with the transfer usages, `out` large enough; transfer and host are
+    // stages every queue family supports.
     unsafe {
         acquire.record(dev, cmd);
         dev.cmd_copy_buffer(cmd, shared.handle(), out.handle(), &[vk::BufferCopy::default().size(shared.size())]);
-        dev.cmd_pipeline_barrier(
+        cmd_transfer_barrier(
+            dev,
             cmd,
-            vk::PipelineStageFlags::TRANSFER,
+            vk::AccessFlags::TRANSFER_WRITE,
+            vk::AccessFlags::HOST_READ,
             vk::PipelineStageFlags::HOST,
-            vk::DependencyFlags::empty(),
-            &[host],
-            &[],
-            &[],
         );
     }
 }

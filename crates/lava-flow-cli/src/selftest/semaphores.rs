@@ -464,17 +464,12 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, corrupt: b
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, value);
             if corrupt {
-                let barrier = vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE);
-                dev.cmd_pipeline_barrier(
+                turns::cmd_transfer_barrier(
+                    dev,
                     cmd,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::TRANSFER_WRITE,
                     vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::DependencyFlags::empty(),
-                    &[barrier],
-                    &[],
-                    &[],
                 );
                 dev.cmd_fill_buffer(cmd, buf, (size / 2) & !3, 4, value ^ 0x5a5a_5a5a);
             }
