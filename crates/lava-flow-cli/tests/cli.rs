@@ -369,6 +369,24 @@ fn wait_for_server(server: &mut std::process::Child, socket: &std::path::Path) {
     }
 }
 
+/// Starts `lava-flow serve ARGS --socket <a fresh socket named by tag>` with stderr piped and
+/// waits until it listens.
+fn start_serve(tag: &str, args: &[&str], stdout: std::process::Stdio) -> (std::path::PathBuf, std::process::Child) {
+    let socket = socket_path(tag);
+    let _ = std::fs::remove_file(&socket);
+    let mut server = lava_flow()
+        .arg("serve")
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_server(&mut server, &socket);
+    (socket, server)
+}
+
 /// Waits (bounded) for `serve --clients N` to end by itself.
 fn wait_for_exit(server: &mut std::process::Child) -> std::process::ExitStatus {
     let started = std::time::Instant::now();
@@ -387,16 +405,8 @@ fn wait_for_exit(server: &mut std::process::Child) -> std::process::ExitStatus {
 #[test]
 fn serve_and_attach_share_the_pattern_between_processes() {
     let Some(_ctx) = vulkan_or_skip() else { return };
-    let socket = socket_path("serve");
-    let _ = std::fs::remove_file(&socket);
-    let mut server = lava_flow()
-        .args(["serve", "--size", "256K", "--image", "32x16", "--clients", "1", "--socket"])
-        .arg(&socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_server(&mut server, &socket);
+    let (socket, mut server) =
+        start_serve("serve", &["--size", "256K", "--image", "32x16", "--clients", "1"], std::process::Stdio::piped());
     let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
     assert!(out.status.success());
     let report = json(&out);
@@ -415,16 +425,8 @@ fn serve_and_attach_share_the_pattern_between_processes() {
 
 #[test]
 fn serve_host_memory_and_attach_without_a_gpu_api() {
-    let socket = socket_path("host");
-    let _ = std::fs::remove_file(&socket);
-    let mut server = lava_flow()
-        .args(["serve", "--location", "host", "--size", "96K", "--clients", "1", "--socket"])
-        .arg(&socket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_server(&mut server, &socket);
+    let (socket, mut server) =
+        start_serve("host", &["--location", "host", "--size", "96K", "--clients", "1"], std::process::Stdio::null());
     let out = run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -628,18 +630,12 @@ fn serve_shares_a_timeline_semaphore_or_says_why_not() {
     let Some(ctx) = vulkan_or_skip() else { return };
     let caps = SyncCapabilities::query(&ctx);
     let timeline = caps.semaphore(SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd).unwrap().clone();
-    let socket = socket_path("serve-semaphore");
-    let _ = std::fs::remove_file(&socket);
-    let mut server = lava_flow()
-        .args(["serve", "--size", "64K", "--clients", "1", "--device"])
-        .arg(ctx.info().index.to_string())
-        .arg("--socket")
-        .arg(&socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_server(&mut server, &socket);
+    let device = ctx.info().index.to_string();
+    let (socket, mut server) = start_serve(
+        "serve-semaphore",
+        &["--size", "64K", "--clients", "1", "--device", &device],
+        std::process::Stdio::piped(),
+    );
     let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
     assert!(out.status.success());
     let report = json(&out);
@@ -750,16 +746,8 @@ fn sizes_the_machine_cannot_hold_are_refused_before_allocating() {
 
 #[test]
 fn a_refused_second_serve_leaves_the_live_one_its_client() {
-    let socket = socket_path("probe");
-    let _ = std::fs::remove_file(&socket);
-    let mut server = lava_flow()
-        .args(["serve", "--location", "host", "--size", "64K", "--clients", "1", "--socket"])
-        .arg(&socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_server(&mut server, &socket);
+    let (socket, mut server) =
+        start_serve("probe", &["--location", "host", "--size", "64K", "--clients", "1"], std::process::Stdio::piped());
     let out = run(&["serve", "--location", "host", "--size", "64K", "--socket", socket.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening there"));
@@ -900,16 +888,11 @@ fn sigint_and_sigterm_stop_ring_and_serve_cleanly() {
         assert!(err.contains(&format!("ring: stopped by SIG{signal}")), "{err}");
         assert!(!socket.exists(), "the ring's socket is removed");
 
-        let socket = socket_path(&format!("serve-{signal}"));
-        let _ = std::fs::remove_file(&socket);
-        let mut server = lava_flow()
-            .args(["serve", "--location", "host", "--size", "64K", "--socket"])
-            .arg(&socket)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_server(&mut server, &socket);
+        let (socket, mut server) = start_serve(
+            &format!("serve-{signal}"),
+            &["--location", "host", "--size", "64K"],
+            std::process::Stdio::piped(),
+        );
         assert!(run(&["attach", "--api", "host", "--socket", socket.to_str().unwrap()]).status.success());
         send_signal(&server, signal);
         let status = wait_for_exit(&mut server);

@@ -8,8 +8,10 @@
 //!   pattern and checking every byte on the other side.
 //! - [`bench`](mod@bench): lava-flow measured against the raw API calls doing the same work, in one run
 //!   ([`bench::Row`]).
-//! - [`raw_vk`]: the plain ash calls the CUDA self-tests and benchmarks record and submit
-//!   (exportable semaphores, queue-family transfers, the bare export the raw figures time).
+//! - [`raw_vk`]: the plain ash calls the CUDA self-tests and benchmarks submit, kept raw on
+//!   purpose (exportable semaphores, queue-family transfers, the bare export the raw figures time).
+//! - [`turns`]: the rounds two devices or processes take on one shared buffer, ordered by shared
+//!   semaphores (the self-test's semaphore paths and the sync tests).
 //! - [`pattern`]: the pattern server and client behind `serve`/`attach`: allocate, fill a known
 //!   pattern, share it over a socket; import it in another process, verify it and time each step.
 //!
@@ -23,3 +25,4 @@ pub mod pattern;
 pub mod raw_vk;
 pub mod selftest;
 pub mod testing;
+pub mod turns;

@@ -1,7 +1,10 @@
-//! The Vulkan side of the CUDA self-tests and benchmarks that lava-flow's Vulkan API does not
-//! cover yet, in plain ash calls: exportable semaphores, submissions that wait for and signal
-//! them without a host wait, queue-family transfers to and from CUDA, and the bare export call
-//! the benchmarks' "raw" figures are measured on.
+//! Plain-ash Vulkan for the CUDA self-tests and benchmarks, kept raw on purpose: the bare
+//! `vkGetMemoryFdKHR` export the benchmarks' "raw" figures are measured on, and the hand-written
+//! semaphores, submissions (waiting for and signalling them without a host wait), queue-family
+//! transfers to and from CUDA and fences that those paths were written and verified against on
+//! GPU machines. Nothing else belongs here: command buffers are recorded by lava-flow's one
+//! recording path (`lava_flow::vulkan::record_command_buffer`), and new code uses
+//! `lava_flow::vulkan::sync`.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -229,25 +232,19 @@ impl Submitter {
         Ok(Submitter { ctx: ctx.clone(), pool })
     }
 
-    /// Records a primary command buffer once, for repeated submission.
+    /// Records a primary command buffer once, for repeated submission (lava-flow's one recording
+    /// path, on this submitter's pool).
     pub fn record(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<vk::CommandBuffer> {
-        let device = self.ctx.device();
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(self.pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool belongs to self; crate-internal users (self-tests, benchmarks) record and
-        // submit from one thread at a time, which is the external sync vkAllocateCommandBuffers needs.
-        let cmd = unsafe { device.allocate_command_buffers(&alloc) }
-            .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
-        // SAFETY: cmd was just allocated (initial state) from self's pool, used by one thread.
-        unsafe { device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()) }
-            .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
-        record(device, cmd);
-        // SAFETY: cmd is in the recording state (begun above).
-        unsafe { device.end_command_buffer(cmd) }
-            .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
-        Ok(cmd)
+        // SAFETY: the pool belongs to self and to self's device; crate-internal users (self-tests,
+        // benchmarks) record and submit from one thread at a time, which is the external sync recording needs.
+        unsafe {
+            lava_flow::vulkan::record_command_buffer(
+                self.ctx.device(),
+                self.pool,
+                vk::CommandBufferUsageFlags::empty(),
+                record,
+            )
+        }
     }
 
     /// Submits `cmds` waiting for `waits` and signalling `signals`, with `fence` (may be null).

@@ -4,89 +4,15 @@
 #![cfg(feature = "gl")]
 
 mod common;
+mod interop_semaphore;
 
 use ash::vk;
 use common::pattern;
+use common::{vk_gpu_read, vk_gpu_write};
+use interop_semaphore::VkSemaphore;
 use lava_flow::gl::{GlContext, TextureLayout};
-use lava_flow::raw_gpu_handle::{
-    ExportedSemaphore, SemaphoreDescription, SemaphoreHandle, SemaphoreHandleKind, SemaphoreKind,
-};
-use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
-
-/// An exportable binary Vulkan semaphore (VK_KHR_external_semaphore_fd, opaque fd).
-struct VkSemaphore {
-    ctx: VulkanContext,
-    semaphore: vk::Semaphore,
-}
-
-impl VkSemaphore {
-    fn new(ctx: &VulkanContext) -> VkSemaphore {
-        let mut export =
-            vk::ExportSemaphoreCreateInfo::default().handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        let info = vk::SemaphoreCreateInfo::default().push_next(&mut export);
-        // SAFETY: setup() checked the device has VK_KHR_external_semaphore_fd, so the export chain is
-        // valid; `info` and its chain are locals that outlive the call.
-        let semaphore = unsafe { ctx.device().create_semaphore(&info, None) }.unwrap();
-        VkSemaphore { ctx: ctx.clone(), semaphore }
-    }
-
-    fn export(&self) -> ExportedSemaphore {
-        let loader = ash::khr::external_semaphore_fd::Device::new(self.ctx.instance(), self.ctx.device());
-        let info = vk::SemaphoreGetFdInfoKHR::default()
-            .semaphore(self.semaphore)
-            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as an opaque fd on the loader's device.
-        let fd = unsafe { loader.get_semaphore_fd(&info) }.unwrap();
-        // SAFETY: vkGetSemaphoreFdKHR returned a new open fd whose ownership passed to us.
-        let handle = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        SemaphoreHandle::new(
-            handle,
-            SemaphoreDescription {
-                kind: SemaphoreKind::Binary,
-                handle_kind: SemaphoreHandleKind::OpaqueFd,
-                device: self.ctx.identity(),
-            },
-        )
-    }
-
-    /// Submits an empty batch that signals the semaphore after all earlier work on the queue.
-    fn signal(&self) {
-        self.submit(&[], &[self.semaphore]);
-    }
-
-    /// Submits an empty batch that waits for the semaphore, and waits on the host for it.
-    fn wait(&self) {
-        self.submit(&[self.semaphore], &[]);
-    }
-
-    fn submit(&self, wait: &[vk::Semaphore], signal: &[vk::Semaphore]) {
-        let dev = self.ctx.device();
-        // SAFETY: the device is alive (self.ctx); the create info is a default local.
-        let fence = unsafe { dev.create_fence(&vk::FenceCreateInfo::default(), None) }.unwrap();
-        let stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait.len()];
-        let submit =
-            [vk::SubmitInfo::default().wait_semaphores(wait).wait_dst_stage_mask(&stages).signal_semaphores(signal)];
-        // SAFETY: with_queue holds the queue mutex; the batch has no command buffers; the semaphores are
-        // live, and each test waits only for a binary semaphore whose signal it submitted (here or on
-        // the other API) first; the fence is fresh; `submit` and `stages` outlive the call.
-        self.ctx.with_queue(|q| unsafe { dev.queue_submit(q, &submit, fence) }).unwrap();
-        // SAFETY: the fence belongs to this device and is alive until destroyed below.
-        unsafe { dev.wait_for_fences(&[fence], true, 10_000_000_000) }.expect("the semaphore batch completes");
-        // SAFETY: the wait returned Ok (else the test panicked above), so the batch completed and no
-        // queue operation uses the fence.
-        unsafe { dev.destroy_fence(fence, None) };
-    }
-}
-
-impl Drop for VkSemaphore {
-    fn drop(&mut self) {
-        // SAFETY: on the passing path every batch using the semaphore was waited for (submit waits on
-        // its fence), so no queue operation uses it.
-        unsafe { self.ctx.device().destroy_semaphore(self.semaphore, None) };
-    }
-}
 
 fn setup() -> Option<(VulkanContext, GlContext)> {
     let vk = common::vulkan()?;
@@ -103,23 +29,6 @@ fn setup() -> Option<(VulkanContext, GlContext)> {
         return None;
     }
     Some((vk, gl))
-}
-
-fn vk_gpu_write(buffer: &Buffer, data: &[u8]) {
-    let mut staging = Buffer::new(
-        buffer.context(),
-        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
-    )
-    .unwrap();
-    staging.write(0, data).unwrap();
-    staging.copy_region_to(0, buffer, 0, data.len() as u64).unwrap();
-}
-
-fn vk_gpu_read(buffer: &Buffer, len: u64) -> Vec<u8> {
-    let staging =
-        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
-    buffer.copy_region_to(0, &staging, 0, len).unwrap();
-    staging.read(0, len).unwrap()
 }
 
 fn invert(bytes: &[u8]) -> Vec<u8> {
@@ -139,7 +48,7 @@ fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
     assert_eq!(open_fd_count(), before, "GL took both semaphore fds");
     for round in 0..16u32 {
         let data = pattern(size as usize, round);
-        vk_gpu_write(&buffer, &data);
+        vk_gpu_write(&buffer, 0, &data);
         to_gl.signal();
         gl_wait.wait(&[&glbuf], &[]).unwrap();
         let seen = glbuf.read(0, size as usize).unwrap();
@@ -147,7 +56,7 @@ fn semaphores_order_buffer_rounds_vulkan_gl_vulkan() {
         glbuf.write(0, &invert(&seen)).unwrap();
         gl_signal.signal(&[&glbuf], &[]).unwrap();
         to_vk.wait();
-        assert!(vk_gpu_read(&buffer, size) == invert(&data), "round {round}: Vulkan sees GL's write after the wait");
+        assert!(vk_gpu_read(&buffer, 0, size) == invert(&data), "round {round}: Vulkan sees GL's write after the wait");
     }
     gl.check_deferred().unwrap();
 }

@@ -8,10 +8,10 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::pattern;
+use common::{pattern, vk_gpu_read, vk_gpu_write};
 use lava_flow::gl::GlContext;
 use lava_flow::raw_gpu_handle::{BufferDescription, TextureFormat};
-use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
+use lava_flow::vulkan::{DedicatedPolicy, ImageTiling};
 use lava_flow::{Buffer, BufferOptions, Error, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count, Cases};
 
@@ -19,25 +19,6 @@ fn vulkan_and_gl() -> Option<(VulkanContext, GlContext)> {
     let vk = common::vulkan()?;
     let gl = testing::or_skip("gl", GlContext::for_identity(&vk.identity()))?;
     Some((vk, gl))
-}
-
-/// Writes `data` into `buffer` with a Vulkan transfer command (not a host mapping).
-fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) {
-    let mut staging = Buffer::new(
-        buffer.context(),
-        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
-    )
-    .unwrap();
-    staging.write(0, data).unwrap();
-    staging.copy_region_to(0, buffer, offset, data.len() as u64).unwrap();
-}
-
-/// Reads `len` bytes of `buffer` with a Vulkan transfer command into a staging buffer.
-fn vk_gpu_read(buffer: &Buffer, offset: u64, len: u64) -> Vec<u8> {
-    let staging =
-        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
-    buffer.copy_region_to(offset, &staging, 0, len).unwrap();
-    staging.read(0, len).unwrap()
 }
 
 #[test]

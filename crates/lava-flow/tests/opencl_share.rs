@@ -7,10 +7,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::pattern;
+use common::{pattern, vk_gpu_read, vk_gpu_write};
 use lava_flow::opencl::{ClContext, KernelArg};
 use lava_flow::raw_gpu_handle::TextureFormat;
-use lava_flow::vulkan::{DedicatedPolicy, ImageTiling, MemoryKind};
+use lava_flow::vulkan::{DedicatedPolicy, ImageTiling};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
 use lava_flow_diag::testing::{self, open_fd_count};
 
@@ -22,23 +22,6 @@ fn vulkan_and_cl() -> Option<(VulkanContext, ClContext)> {
         return None;
     }
     Some((vk, cl))
-}
-
-fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) {
-    let mut staging = Buffer::new(
-        buffer.context(),
-        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
-    )
-    .unwrap();
-    staging.write(0, data).unwrap();
-    staging.copy_region_to(0, buffer, offset, data.len() as u64).unwrap();
-}
-
-fn vk_gpu_read(buffer: &Buffer, offset: u64, len: u64) -> Vec<u8> {
-    let staging =
-        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
-    buffer.copy_region_to(offset, &staging, 0, len).unwrap();
-    staging.read(0, len).unwrap()
 }
 
 #[test]

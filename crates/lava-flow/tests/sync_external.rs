@@ -24,6 +24,7 @@ use lava_flow::vulkan::Buffer;
 use lava_flow::{Error, VulkanContext};
 use lava_flow_diag::testing;
 use lava_flow_diag::testing::Cases;
+use lava_flow_diag::turns;
 use sync_common::*;
 
 const ROUNDS: u64 = 64;
@@ -271,28 +272,12 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, acquire_fi
 /// Acquires the shared buffer from the external queue family and copies it to `out`, waiting.
 fn acquire_and_read(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Vec<u32> {
     let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
-    let (buf, dst, size) = (shared.handle(), out.handle(), shared.size());
+    // A fence wait covers device accesses only: cmd_acquire_and_copy makes the copy visible to the host.
     ctx.run_commands(|dev, cmd| {
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: cmd is recording on ctx's family (run_commands, which waits); both buffers are live
-        // buffers of ctx's device with the transfer usages, `out` at least `size` bytes; the barrier
-        // array is a local.
-        unsafe {
-            acquire.record(dev, cmd);
-            dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);
-            // A fence wait covers device accesses only: make the copy visible to the host.
-            dev.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
-            );
-        }
+        // SAFETY: cmd is recording on ctx's family (run_commands, which waits), the family the
+        // whole-buffer acquire names; both buffers are live buffers of ctx's device with the transfer
+        // usages, `out` at least as large as `shared`.
+        unsafe { turns::cmd_acquire_and_copy(dev, cmd, &acquire, shared, out) }
     })
     .unwrap();
     words(out)
@@ -379,29 +364,7 @@ fn binary_semaphore_sync_fd_orders_two_devices() {
     let write = fill_and_release(&a, &shared_a, 0xB1A2_0003, false);
     Submission::new().commands(&write).signal(&binary, 0).submit(&a).unwrap();
     let done_b = Semaphore::new(&b).unwrap();
-    let acquire = OwnershipTransfer::new().acquire_whole_buffer(&shared_b, StageAccess::TRANSFER_READ);
-    let (buf, dst) = (shared_b.handle(), out.handle());
-    let read = RecordedCommands::record(&b, |dev, cmd| {
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: cmd is recording on b's family; both buffers are live buffers of b's device with the
-        // transfer usages, kept alive until the submission completed; `out` holds SIZE bytes.
-        unsafe {
-            acquire.record(dev, cmd);
-            dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(SIZE)]);
-            dev.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
-            );
-        }
-    })
-    .unwrap();
+    let read = turns::acquire_and_copy(&b, &shared_b, &out).unwrap();
     match binary.export_sync_fd().unwrap() {
         Some(exported) => {
             assert_eq!(exported.description.kind, SemaphoreKind::Binary);

@@ -20,7 +20,7 @@ use lava_flow::vulkan::sync::{
 };
 use lava_flow::vulkan::{Buffer, Image, ImageOptions};
 use lava_flow::{Error, VulkanContext};
-use lava_flow_diag::testing;
+use lava_flow_diag::{testing, turns};
 use sync_common::{assert_all, readback, set_words, shared_buffer, words, WAIT};
 
 fn context() -> Option<VulkanContext> {
@@ -159,21 +159,16 @@ fn binary_semaphore_chains_two_submissions() {
     let write = fill(&ctx, &first, 0xAB);
     let (src, dst, size) = (first.handle(), second.handle(), first.size());
     let copy = RecordedCommands::record(&ctx, |dev, cmd| {
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
         // SAFETY: cmd is recording; `first` and `second` are live buffers of ctx's device with the
         // transfer usages and `size` bytes each, kept alive until the submission completed.
         unsafe {
             dev.cmd_copy_buffer(cmd, src, dst, &[vk::BufferCopy::default().size(size)]);
-            dev.cmd_pipeline_barrier(
+            turns::cmd_transfer_barrier(
+                dev,
                 cmd,
-                vk::PipelineStageFlags::TRANSFER,
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::HOST_READ,
                 vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
             );
         }
     })
@@ -482,24 +477,19 @@ fn ownership_transfer_round_trip_keeps_buffer_and_image_contents() {
                 layer_count: 1,
             })
             .image_extent(extent);
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
         // SAFETY: cmd is recording on ctx's family; the objects are live objects of ctx's device with the
         // transfer usages, the output buffers large enough for the copies; the acquire passed validate()
-        // above; region and barrier are locals.
+        // above; the region is a local.
         unsafe {
             acquire.record(dev, cmd);
             dev.cmd_copy_buffer(cmd, buf, out_b, &[vk::BufferCopy::default().size(size)]);
             dev.cmd_copy_image_to_buffer(cmd, img, vk::ImageLayout::TRANSFER_SRC_OPTIMAL, out_i, &[region]);
-            dev.cmd_pipeline_barrier(
+            turns::cmd_transfer_barrier(
+                dev,
                 cmd,
-                vk::PipelineStageFlags::TRANSFER,
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::HOST_READ,
                 vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
             );
         }
     })

@@ -27,8 +27,12 @@ use lava_flow::raw_gpu_handle::{
 use lava_flow::vulkan::sync::{
     ping_pong, Fence, OwnershipTransfer, RecordedCommands, Semaphore, StageAccess, Submission, SyncCapabilities, Turn,
 };
-use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
+
+use lava_flow_diag::turns::{
+    self, acquire_and_copy, initialize_shared, read_words, readback, reader_pattern, record_turn, writer_pattern,
+    wrong_words,
+};
 
 use super::peer::{start_peer, wait_peer, Shared};
 use super::{fail, PathError, Runner, Step};
@@ -133,129 +137,13 @@ fn require_fence(caps: &SyncCapabilities, handle_kind: FenceHandleKind) -> Step 
     Ok(())
 }
 
-/// What side A fills the shared buffer with in round `r`.
-fn writer_pattern(r: u64) -> u32 {
-    0xA000_0000 | (r as u32 & 0x0fff_ffff)
-}
-
-/// What side B fills it with in round `r` (0: the contents before round 1).
-fn reader_pattern(r: u64) -> u32 {
-    0xB000_0000 | (r as u32 & 0x0fff_ffff)
-}
-
-/// A host-visible buffer of `size` bytes that stays on its device, to read results back.
-fn readback(ctx: &VulkanContext, size: u64) -> Step<Buffer> {
-    Ok(Buffer::new(ctx, &BufferOptions::new(size).memory(MemoryKind::HostVisible).export(None))?)
-}
-
 /// Checks that every word of `buffer` (host-visible, its writer finished) is `expected`; the
 /// error names the first wrong word and how many are wrong.
 fn check_words(what: &str, buffer: &Buffer, expected: u32) -> Step {
-    let bytes = buffer.read(0, buffer.size())?;
-    let words: Vec<u32> = bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
-    match words.iter().position(|w| *w != expected) {
+    match wrong_words(&read_words(buffer)?, expected, what) {
         None => Ok(()),
-        Some(i) => {
-            let wrong = words.iter().filter(|w| **w != expected).count();
-            fail(format!(
-                "{what}: word {i} is {:#010x}, expected {expected:#010x} ({wrong} of {} words wrong)",
-                words[i],
-                words.len()
-            ))
-        }
+        Some(message) => fail(message),
     }
-}
-
-/// Fills the shared buffer with `reader_pattern(0)` on its owner's queue before round 1.
-fn initialize(ctx: &VulkanContext, shared: &Buffer) -> Step {
-    let (buf, size) = (shared.handle(), shared.size());
-    ctx.run_commands(|dev, cmd| {
-        let written = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE);
-        // SAFETY: cmd is recording (run_commands, which waits); `shared` is a live buffer of ctx's device
-        // with TRANSFER_DST and a size that is a multiple of 4; the barrier array is a local.
-        unsafe {
-            dev.cmd_fill_buffer(cmd, buf, 0, size, reader_pattern(0));
-            dev.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[written],
-                &[],
-                &[],
-            );
-        }
-    })?;
-    Ok(())
-}
-
-/// One side's turn: acquire the shared buffer from the external queue family (unless this side
-/// still owns it), copy it to `readback`, fill it with `fill`, release it. `corrupt` spoils one
-/// word of the fill, for `--corrupt`.
-fn record_turn(
-    ctx: &VulkanContext,
-    shared: &Buffer,
-    readback: &Buffer,
-    fill: u32,
-    acquire: bool,
-    corrupt: bool,
-) -> Step<RecordedCommands> {
-    let family = ctx.queue_family_index();
-    let (buf, size) = (shared.handle(), shared.size());
-    let acquire_t = OwnershipTransfer::new().acquire_buffer(family, buf, 0, size, StageAccess::TRANSFER_READ);
-    let release_t = OwnershipTransfer::new().release_buffer(family, buf, 0, size, StageAccess::TRANSFER_WRITE);
-    acquire_t.validate()?;
-    release_t.validate()?;
-    let readback_buf = readback.handle();
-    Ok(RecordedCommands::record(ctx, |dev, cmd| {
-        let transfer_barrier = |src: vk::AccessFlags, dst: vk::AccessFlags, dst_stage: vk::PipelineStageFlags| {
-            let barrier = vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst);
-            // SAFETY: cmd is recording on ctx's family (RecordedCommands::record); the barrier array is a
-            // local; the stages are transfer and host, which every queue family accepts.
-            unsafe {
-                dev.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    dst_stage,
-                    vk::DependencyFlags::empty(),
-                    &[barrier],
-                    &[],
-                    &[],
-                )
-            };
-        };
-        // SAFETY: cmd is recording on ctx's family; the shared and readback buffers are live buffers of
-        // ctx's device with the transfer usages, kept alive until the turn's submissions completed; the
-        // acquire passed validate() above.
-        unsafe {
-            if acquire {
-                acquire_t.record(dev, cmd);
-            }
-            dev.cmd_copy_buffer(cmd, buf, readback_buf, &[vk::BufferCopy::default().size(size)]);
-        }
-        // The copy reads the buffer before the fill overwrites it; the readback becomes visible
-        // to the host once the submission is waited for.
-        transfer_barrier(
-            vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE,
-            vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::HOST_READ,
-            vk::PipelineStageFlags::TRANSFER | vk::PipelineStageFlags::HOST,
-        );
-        // SAFETY: as above; `shared` has TRANSFER_DST and a size that is a multiple of 4.
-        unsafe { dev.cmd_fill_buffer(cmd, buf, 0, size, fill) };
-        if corrupt {
-            transfer_barrier(
-                vk::AccessFlags::TRANSFER_WRITE,
-                vk::AccessFlags::TRANSFER_WRITE,
-                vk::PipelineStageFlags::TRANSFER,
-            );
-            // SAFETY: as above; one aligned word at (size / 2) & !3, inside the buffer.
-            unsafe { dev.cmd_fill_buffer(cmd, buf, (size / 2) & !3, 4, fill ^ 0x5a5a_5a5a) };
-        }
-        // SAFETY: as above; the release passed validate() above.
-        unsafe { release_t.record(dev, cmd) };
-    })?)
 }
 
 /// Batches queued on a shared timeline, each waiting for one value and signalling the next.
@@ -316,12 +204,7 @@ fn submit_writer_turn(
     r: u64,
     queued: &mut Queued<'_>,
 ) -> Step<RecordedCommands> {
-    let cmds = record_turn(ctx, shared, readback, writer_pattern(r), r > 1, false)?;
-    Submission::new()
-        .wait(semaphore, 2 * r - 2, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(semaphore, 2 * r - 1)
-        .submit(ctx)?;
+    let cmds = turns::submit_writer_turn(ctx, semaphore, shared, readback, r)?;
     queued.push(2 * r - 2, 2 * r - 1);
     Ok(cmds)
 }
@@ -336,12 +219,7 @@ fn submit_reader_turn(
     corrupt: bool,
     queued: &mut Queued<'_>,
 ) -> Step<RecordedCommands> {
-    let cmds = record_turn(ctx, shared, readback, reader_pattern(r), true, corrupt)?;
-    Submission::new()
-        .wait(semaphore, 2 * r - 1, vk::PipelineStageFlags::TRANSFER)
-        .commands(&cmds)
-        .signal(semaphore, 2 * r)
-        .submit(ctx)?;
+    let cmds = turns::submit_reader_turn(ctx, semaphore, shared, readback, r, corrupt)?;
     queued.push(2 * r - 1, 2 * r);
     Ok(cmds)
 }
@@ -355,7 +233,7 @@ fn timeline_between_devices(a: &VulkanContext, b: &VulkanContext, corrupt: bool)
     let shared_a = Buffer::new(a, &BufferOptions::new(SIZE))?;
     let shared_b = Buffer::import(b, shared_a.export_fd()?)?;
     let (read_a, read_b) = (readback(a, SIZE)?, readback(b, SIZE)?);
-    initialize(a, &shared_a)?;
+    initialize_shared(a, &shared_a)?;
     let started = Instant::now();
     // `queued` is declared after the command buffers, so on an early return it plays the
     // missing turns before they are dropped (dropping one waits for its batch).
@@ -434,7 +312,7 @@ fn timeline_with_process(a: &VulkanContext, corrupt: bool) -> Step<Option<String
     let sem = Semaphore::exportable(a, SemaphoreKind::Timeline, SemaphoreHandleKind::OpaqueFd)?;
     let shared = Buffer::new(a, &BufferOptions::new(SIZE))?;
     let read = readback(a, SIZE)?;
-    initialize(a, &shared)?;
+    initialize_shared(a, &shared)?;
     let exported_sem = sem.export()?;
     let exported_buf = shared.export_fd()?;
     let description = Shared::TimelineRounds {
@@ -549,7 +427,7 @@ fn binary_between_devices(a: &VulkanContext, b: &VulkanContext, corrupt: bool) -
     let shared_a = Buffer::new(a, &BufferOptions::new(SIZE))?;
     let shared_b = Buffer::import(b, shared_a.export_fd()?)?;
     let (out_a, out_b) = (readback(a, SIZE)?, readback(b, SIZE)?);
-    initialize(a, &shared_a)?;
+    initialize_shared(a, &shared_a)?;
     for r in 1..=BINARY_ROUNDS {
         let turn_a = record_turn(a, &shared_a, &out_a, writer_pattern(r), r > 1, false)?;
         let mut submit_a = Submission::new();
@@ -586,50 +464,16 @@ fn fill_and_release(ctx: &VulkanContext, shared: &Buffer, value: u32, corrupt: b
         unsafe {
             dev.cmd_fill_buffer(cmd, buf, 0, size, value);
             if corrupt {
-                let barrier = vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE);
-                dev.cmd_pipeline_barrier(
+                turns::cmd_transfer_barrier(
+                    dev,
                     cmd,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::TRANSFER_WRITE,
                     vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::DependencyFlags::empty(),
-                    &[barrier],
-                    &[],
-                    &[],
                 );
                 dev.cmd_fill_buffer(cmd, buf, (size / 2) & !3, 4, value ^ 0x5a5a_5a5a);
             }
             release.record(dev, cmd);
-        }
-    })?)
-}
-
-/// Records: acquire the shared buffer from the external queue family, copy it to `out`, and
-/// make the copy visible to the host.
-fn acquire_and_copy(ctx: &VulkanContext, shared: &Buffer, out: &Buffer) -> Step<RecordedCommands> {
-    let acquire = OwnershipTransfer::new().acquire_whole_buffer(shared, StageAccess::TRANSFER_READ);
-    acquire.validate()?;
-    let (buf, dst, size) = (shared.handle(), out.handle(), shared.size());
-    Ok(RecordedCommands::record(ctx, |dev, cmd| {
-        let host = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ);
-        // SAFETY: cmd is recording on ctx's family; both buffers are live buffers of ctx's device with the
-        // transfer usages, `out` at least `size` bytes, kept alive until the submission completed; the
-        // acquire passed validate() above.
-        unsafe {
-            acquire.record(dev, cmd);
-            dev.cmd_copy_buffer(cmd, buf, dst, &[vk::BufferCopy::default().size(size)]);
-            dev.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[host],
-                &[],
-                &[],
-            );
         }
     })?)
 }

@@ -982,53 +982,43 @@ impl Buffer {
 /// Records the acquisition of a shared buffer from `VK_QUEUE_FAMILY_EXTERNAL` (what another API
 /// or device wrote becomes visible here). A no-op cost for private buffers.
 fn record_acquire(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, queue_family: u32) {
-    let barrier = vk::BufferMemoryBarrier::default()
+    let barrier = external_barrier(buffer, vk::QUEUE_FAMILY_EXTERNAL, queue_family)
         .src_access_mask(vk::AccessFlags::empty())
-        .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)
-        .src_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
-        .dst_queue_family_index(queue_family)
-        .buffer(buffer.buffer)
-        .offset(0)
-        .size(vk::WHOLE_SIZE);
-    // SAFETY: cmd is recording (callers run inside run_commands) and `buffer` is a live buffer of
-    // that device; the barrier array is a local that outlives the call.
-    unsafe {
-        dev.cmd_pipeline_barrier(
-            cmd,
-            vk::PipelineStageFlags::TOP_OF_PIPE,
-            vk::PipelineStageFlags::TRANSFER,
-            vk::DependencyFlags::empty(),
-            &[],
-            &[barrier],
-            &[],
-        )
-    };
+        .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE);
+    record_buffer_barrier(dev, cmd, barrier, vk::PipelineStageFlags::TOP_OF_PIPE, vk::PipelineStageFlags::TRANSFER);
 }
 
 /// Records the release of a shared buffer to `VK_QUEUE_FAMILY_EXTERNAL`, so another API or
 /// device may use what this submission wrote.
 fn record_release(dev: &ash::Device, cmd: vk::CommandBuffer, buffer: &Buffer, queue_family: u32) {
-    let barrier = vk::BufferMemoryBarrier::default()
+    let barrier = external_barrier(buffer, queue_family, vk::QUEUE_FAMILY_EXTERNAL)
         .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-        .dst_access_mask(vk::AccessFlags::empty())
-        .src_queue_family_index(queue_family)
-        .dst_queue_family_index(vk::QUEUE_FAMILY_EXTERNAL)
+        .dst_access_mask(vk::AccessFlags::empty());
+    record_buffer_barrier(dev, cmd, barrier, vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::BOTTOM_OF_PIPE);
+}
+
+/// A whole-buffer barrier moving `buffer` from queue family `src` to `dst` (accesses still unset).
+fn external_barrier(buffer: &Buffer, src: u32, dst: u32) -> vk::BufferMemoryBarrier<'static> {
+    vk::BufferMemoryBarrier::default()
+        .src_queue_family_index(src)
+        .dst_queue_family_index(dst)
         .buffer(buffer.buffer)
         .offset(0)
-        .size(vk::WHOLE_SIZE);
-    // SAFETY: cmd is recording (callers run inside run_commands) and `buffer` is a live buffer of
-    // that device; the barrier array is a local that outlives the call.
-    unsafe {
-        dev.cmd_pipeline_barrier(
-            cmd,
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-            vk::DependencyFlags::empty(),
-            &[],
-            &[barrier],
-            &[],
-        )
-    };
+        .size(vk::WHOLE_SIZE)
+}
+
+/// Records one buffer memory barrier between the two stages.
+fn record_buffer_barrier(
+    dev: &ash::Device,
+    cmd: vk::CommandBuffer,
+    barrier: vk::BufferMemoryBarrier<'_>,
+    src_stage: vk::PipelineStageFlags,
+    dst_stage: vk::PipelineStageFlags,
+) {
+    // SAFETY: cmd is recording (callers run inside run_commands) and the barrier names a live buffer
+    // of that device (record_acquire/record_release borrow it); the barrier array is a local that
+    // outlives the call.
+    unsafe { dev.cmd_pipeline_barrier(cmd, src_stage, dst_stage, vk::DependencyFlags::empty(), &[], &[barrier], &[]) };
 }
 
 impl Drop for Buffer {

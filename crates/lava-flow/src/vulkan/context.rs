@@ -994,23 +994,11 @@ impl VulkanContext {
         self.check_deferred()?;
         let device = &self.inner.device;
         let pool = self.inner.command_pool.lock().unwrap_or_else(|p| p.into_inner());
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(*pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool's mutex is held (`pool`), which is the external synchronization
-        // vkAllocateCommandBuffers requires; the pool belongs to this device.
-        let cmd = unsafe { device.allocate_command_buffers(&alloc) }
-            .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
+        // SAFETY: the pool belongs to this device and its mutex is held (`pool`) for the whole call,
+        // which is the external synchronization recording needs.
+        let cmd =
+            unsafe { record_command_buffer(device, *pool, vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT, record) }?;
         let result = (|| {
-            let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            // SAFETY: cmd was just allocated (initial state) from the pool whose mutex we hold.
-            unsafe { device.begin_command_buffer(cmd, &begin) }
-                .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
-            record(device, cmd);
-            // SAFETY: cmd is in the recording state (begun above); the pool's mutex is still held.
-            unsafe { device.end_command_buffer(cmd) }
-                .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
             // SAFETY: the device is alive (self holds it); the create info is a default local.
             let fence = unsafe { device.create_fence(&vk::FenceCreateInfo::default(), None) }
                 .map_err(|r| Error::vk("vkCreateFence", r, "creating a fence"))?;
@@ -1111,4 +1099,43 @@ impl Drop for ContextInner {
             }
         }
     }
+}
+
+/// Allocates one primary command buffer from `pool` and records it: `vkBeginCommandBuffer` with
+/// `flags`, then `record`, then `vkEndCommandBuffer`. The one recording path of lava-flow
+/// ([`VulkanContext::run_commands`], [`RecordedCommands`](crate::vulkan::RecordedCommands)) and of
+/// lava-flow-diag's raw baselines. On an error the command buffer is freed again.
+///
+/// # Safety
+/// `pool` is a live command pool of `device`, and no other thread uses `pool` during the call
+/// (the external synchronization `vkAllocateCommandBuffers` and recording require).
+#[doc(hidden)]
+pub unsafe fn record_command_buffer(
+    device: &ash::Device,
+    pool: vk::CommandPool,
+    flags: vk::CommandBufferUsageFlags,
+    record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+) -> Result<vk::CommandBuffer> {
+    let alloc = vk::CommandBufferAllocateInfo::default()
+        .command_pool(pool)
+        .level(vk::CommandBufferLevel::PRIMARY)
+        .command_buffer_count(1);
+    // SAFETY: the caller guarantees `pool` is a live pool of `device` that no other thread uses.
+    let cmd = unsafe { device.allocate_command_buffers(&alloc) }
+        .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
+    let result = (|| {
+        let begin = vk::CommandBufferBeginInfo::default().flags(flags);
+        // SAFETY: cmd was just allocated (initial state) from the pool only this call uses.
+        unsafe { device.begin_command_buffer(cmd, &begin) }
+            .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
+        record(device, cmd);
+        // SAFETY: cmd is in the recording state (begun above) and its pool is still used by this call alone.
+        unsafe { device.end_command_buffer(cmd) }.map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))
+    })();
+    if let Err(e) = result {
+        // SAFETY: cmd was never submitted, so it is not pending; its pool is used by this call alone.
+        unsafe { device.free_command_buffers(pool, &[cmd]) };
+        return Err(e);
+    }
+    Ok(cmd)
 }

@@ -17,6 +17,8 @@ pub use buffer::GL_BUFFER_SLACK;
 pub use buffer::{
     candidate_types, AllocationStrategy, Buffer, BufferOptions, DedicatedPolicy, MappedBuffer, MemoryKind,
 };
+#[doc(hidden)]
+pub use context::record_command_buffer;
 pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, RawVulkan, VulkanContext};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub(crate) use format::{HOST_MEMFD_PROPERTIES, MEMORY_PROPERTY_BITS};

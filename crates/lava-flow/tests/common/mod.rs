@@ -5,7 +5,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Output};
 
-use lava_flow::VulkanContext;
+use lava_flow::vulkan::MemoryKind;
+use lava_flow::{Buffer, BufferOptions, VulkanContext};
 use lava_flow_diag::testing;
 
 /// Opens the default Vulkan device, or prints why not and returns None (panics when
@@ -76,4 +77,25 @@ pub fn take_inherited(var: &str) -> OwnedFd {
     // SAFETY: the number is open (checked above): the parent made it inheritable for this child
     // and named it in `var`; nothing else in this process owns or closes it.
     unsafe { OwnedFd::from_raw_fd(n) }
+}
+
+/// Writes `data` into `buffer` at `offset` with a Vulkan transfer command from a staging buffer
+/// (not a host mapping), waiting for it.
+pub fn vk_gpu_write(buffer: &Buffer, offset: u64, data: &[u8]) {
+    let mut staging = Buffer::new(
+        buffer.context(),
+        &BufferOptions::new(data.len() as u64).memory(MemoryKind::HostVisible).export(None),
+    )
+    .unwrap();
+    staging.write(0, data).unwrap();
+    staging.copy_region_to(0, buffer, offset, data.len() as u64).unwrap();
+}
+
+/// Reads `len` bytes of `buffer` at `offset` with a Vulkan transfer command into a staging
+/// buffer, waiting for it.
+pub fn vk_gpu_read(buffer: &Buffer, offset: u64, len: u64) -> Vec<u8> {
+    let staging =
+        Buffer::new(buffer.context(), &BufferOptions::new(len).memory(MemoryKind::HostVisible).export(None)).unwrap();
+    buffer.copy_region_to(offset, &staging, 0, len).unwrap();
+    staging.read(0, len).unwrap()
 }

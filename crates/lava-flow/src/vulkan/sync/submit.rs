@@ -10,7 +10,7 @@ use raw_gpu_handle::SemaphoreKind;
 use super::fence::Fence;
 use super::in_flight::{InFlight, LastUse, QueueTimeline};
 use super::semaphore::{BinaryState, Semaphore};
-use crate::vulkan::VulkanContext;
+use crate::vulkan::{record_command_buffer, VulkanContext};
 use crate::{Error, Result};
 
 /// A primary command buffer recorded once and submitted any number of times (one submission at
@@ -42,29 +42,14 @@ impl RecordedCommands {
         // own queue family.
         let pool = unsafe { device.create_command_pool(&pool_info, None) }
             .map_err(|r| Error::vk("vkCreateCommandPool", r, "creating a command pool"))?;
-        let result = (|| {
-            let alloc = vk::CommandBufferAllocateInfo::default()
-                .command_pool(pool)
-                .level(vk::CommandBufferLevel::PRIMARY)
-                .command_buffer_count(1);
-            // SAFETY: the pool was created just above and no other thread has its handle, which provides
-            // the external synchronization vkAllocateCommandBuffers requires.
-            let cmd = unsafe { device.allocate_command_buffers(&alloc) }
-                .map_err(|r| Error::vk("vkAllocateCommandBuffers", r, "allocating a command buffer"))?[0];
-            // SAFETY: cmd was just allocated (initial state) from the pool only this call can reach.
-            unsafe { device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()) }
-                .map_err(|r| Error::vk("vkBeginCommandBuffer", r, "recording commands"))?;
-            record(device, cmd);
-            // SAFETY: cmd is in the recording state (begun above) and still reachable only from this call.
-            unsafe { device.end_command_buffer(cmd) }
-                .map_err(|r| Error::vk("vkEndCommandBuffer", r, "recording commands"))?;
-            Ok(cmd)
-        })();
+        // SAFETY: the pool was created just above and no other thread has its handle, which provides
+        // the external synchronization recording requires.
+        let result = unsafe { record_command_buffer(device, pool, vk::CommandBufferUsageFlags::empty(), record) };
         match result {
             Ok(cmd) => Ok(RecordedCommands { ctx: ctx.clone(), pool, cmd, last_use: LastUse::default() }),
             Err(e) => {
                 // SAFETY: the pool never left this function and nothing from it was submitted, so no command
-                // buffer of it is pending; destroying the pool frees its command buffer.
+                // buffer of it is pending (record_command_buffer already freed its own on the error).
                 unsafe { device.destroy_command_pool(pool, None) };
                 Err(e)
             }
