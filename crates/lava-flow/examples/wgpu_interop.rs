@@ -1,0 +1,273 @@
+//! A wgpu device (Vulkan backend) shares a buffer and a texture through lava-flow with a second
+//! Vulkan device, data checked both ways (docs/ADOPTING.md, "wgpu").
+//!
+//! wgpu cannot allocate exportable memory, so the memory comes from lava-flow: lava-flow adopts
+//! wgpu's device (reached through `wgpu::hal`), allocates an exportable buffer and image on it, and
+//! hands wgpu a buffer and a texture made from them (`create_buffer_from_hal`,
+//! `create_texture_from_hal`). The export goes to another device like any lava-flow export.
+//!
+//! Run: `cargo run -p lava-flow --example wgpu_interop`
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lava_flow::ash::vk;
+use lava_flow::raw_gpu_handle::TextureFormat;
+use lava_flow::vulkan::{DedicatedPolicy, RawVulkan};
+use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
+use wgpu::hal::api::Vulkan;
+
+const BUFFER_SIZE: u64 = 64 * 1024;
+const SIDE: u32 = 64; // 64 RGBA8 texels a row: 256 bytes, wgpu's row alignment for copies.
+
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // wgpu as a renderer would open it. wgpu-hal enables VK_KHR_external_memory_fd on its device
+    // whenever the adapter offers it.
+    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN,
+        ..Default::default()
+    });
+    let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
+    let (device, queue) = block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
+
+    // lava-flow adopts wgpu's device, without a drop callback: wgpu owns it and destroys it after
+    // every lava-flow object is gone (they are dropped before `device` below).
+    let ctx = {
+        // SAFETY: the device was created by wgpu's Vulkan backend, so the downcast succeeds; the
+        // hal device is only read here, while `device` is alive.
+        let hal = unsafe { device.as_hal::<Vulkan>() }.ok_or("wgpu chose a backend other than Vulkan")?;
+        let shared = hal.shared_instance();
+        let raw = RawVulkan::new(
+            shared.entry().clone(),
+            shared.raw_instance().clone(),
+            hal.raw_physical_device(),
+            hal.raw_device().clone(),
+            hal.queue_family_index(),
+            shared.instance_api_version(),
+        )
+        .queue_index(hal.queue_index())
+        .enabled_extensions(hal.enabled_device_extensions());
+        // SAFETY: the handles are wgpu's live instance, physical device and device, with the API
+        // version and extension list wgpu created them with; no callback, so lava-flow never
+        // destroys them, and every lava-flow object made here drops before `device`. The queue is
+        // shared with wgpu, which takes no lock lava-flow knows of: this program calls wgpu and
+        // lava-flow from one thread, one after the other, never at once.
+        unsafe { VulkanContext::from_raw(raw, None)? }
+    };
+    let other = VulkanContext::with_uuid(ctx.identity().device_uuid)?;
+    println!("wgpu's device ({}) adopted; the other device is a second VkDevice on it", ctx.info().name);
+
+    share_buffer(&ctx, &other, &device, &queue)?;
+    share_texture(&ctx, &other, &device, &queue)?;
+    println!("buffer and texture: the bytes match both ways");
+    Ok(())
+}
+
+/// A lava-flow buffer on wgpu's device; wgpu gets its own VkBuffer bound to the same memory.
+fn share_buffer(
+    ctx: &VulkanContext,
+    other: &VulkanContext,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Not a dedicated allocation: a second VkBuffer is bound to this memory below.
+    let options = BufferOptions::new(BUFFER_SIZE).dedicated(DedicatedPolicy::Never);
+    let shared = Buffer::new(ctx, &options)?;
+
+    // wgpu destroys the VkBuffer it is given (hal's Buffer::from_raw has no drop callback), so it
+    // gets one of its own, bound to lava-flow's memory; lava-flow keeps its buffer and the memory.
+    let vk_device = ctx.device();
+    let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+    let info = vk::BufferCreateInfo::default()
+        .size(BUFFER_SIZE)
+        .usage(options.usage)
+        .sharing_mode(vk::SharingMode::EXCLUSIVE)
+        .push_next(&mut external);
+    // SAFETY: a valid create info on a live device; the buffer is handed to wgpu just below.
+    let alias = unsafe { vk_device.create_buffer(&info, None)? };
+    // SAFETY: the alias has the same size, usage and external handle type as lava-flow's buffer,
+    // so the memory's type and the offset suit it; the memory is not a dedicated allocation.
+    if let Err(e) = unsafe { vk_device.bind_buffer_memory(alias, shared.memory().handle(), shared.offset()) } {
+        // SAFETY: the alias was never handed out.
+        unsafe { vk_device.destroy_buffer(alias, None) };
+        return Err(e.into());
+    }
+    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE;
+    // SAFETY: the buffer was created on wgpu's device with matching size and usages (storage and
+    // transfer both ways), bound to memory that stays allocated until `shared` drops, after this
+    // function's wgpu buffer is destroyed; wgpu never maps it.
+    let buffer = unsafe {
+        device.create_buffer_from_hal::<Vulkan>(
+            wgpu::hal::vulkan::Buffer::from_raw(alias),
+            &wgpu::BufferDescriptor { label: Some("lava-flow"), size: BUFFER_SIZE, usage, mapped_at_creation: false },
+        )
+    };
+
+    // wgpu writes, the other device reads.
+    let wrote = pattern(BUFFER_SIZE as usize, 1);
+    queue.write_buffer(&buffer, 0, &wrote);
+    queue.submit([]);
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    let imported = Buffer::import(other, shared.export_fd()?)?;
+    if imported.read(0, BUFFER_SIZE)? != wrote {
+        return Err("buffer: the other device read other bytes than wgpu wrote".into());
+    }
+
+    // The other device writes, wgpu reads.
+    let mut imported = imported;
+    let wrote = pattern(BUFFER_SIZE as usize, 2);
+    imported.write(0, &wrote)?;
+    let read = read_buffer(device, queue, &buffer, BUFFER_SIZE)?;
+    if read != wrote {
+        return Err("buffer: wgpu read other bytes than the other device wrote".into());
+    }
+    println!("buffer: {BUFFER_SIZE} bytes from wgpu to the other device and back");
+    buffer.destroy();
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    Ok(())
+}
+
+/// A lava-flow image on wgpu's device, handed to wgpu as a texture it does not own.
+fn share_texture(
+    ctx: &VulkanContext,
+    other: &VulkanContext,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let image = Arc::new(Image::new(ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, SIDE, SIDE))?);
+    let exported = image.export_fd()?;
+
+    let size = wgpu::Extent3d { width: SIDE, height: SIDE, depth_or_array_layers: 1 };
+    let format = wgpu::TextureFormat::Rgba8Unorm;
+    let hal_desc = wgpu::hal::TextureDescriptor {
+        label: Some("lava-flow"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUses::COPY_SRC | wgpu::TextureUses::COPY_DST | wgpu::TextureUses::RESOURCE,
+        memory_flags: wgpu::hal::MemoryFlags::empty(),
+        view_formats: Vec::new(),
+    };
+    // wgpu calls the drop callback instead of destroying the VkImage: the callback holds
+    // lava-flow's image (and so its memory) alive until wgpu is done with the texture.
+    let keep = Arc::clone(&image);
+    let released = Arc::downgrade(&image);
+    // SAFETY: lava-flow created the image on wgpu's device as an optimal 2D RGBA8 image of this
+    // size, one mip level and sample, with sampled and transfer usage, no view formats; the
+    // callback keeps it alive until wgpu lets it go.
+    let hal_texture = unsafe {
+        let hal = device.as_hal::<Vulkan>().ok_or("wgpu chose a backend other than Vulkan")?;
+        hal.texture_from_raw(image.handle(), &hal_desc, Some(Box::new(move || drop(keep))))
+    };
+    let desc = wgpu::TextureDescriptor {
+        label: Some("lava-flow"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::COPY_SRC | wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::TEXTURE_BINDING,
+        view_formats: &[],
+    };
+    // SAFETY: the hal texture was made on this device and matches `desc`.
+    let texture = unsafe { device.create_texture_from_hal::<Vulkan>(hal_texture, &desc) };
+    drop(image); // from here on, wgpu's texture holds the lava-flow image
+
+    let len = (SIDE * SIDE * 4) as usize;
+    let layout = wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(SIDE * 4), rows_per_image: Some(SIDE) };
+
+    // wgpu writes, the other device reads.
+    let wrote = pattern(len, 3);
+    queue.write_texture(texture.as_image_copy(), &wrote, layout, size);
+    queue.submit([]);
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    let imported = Image::import(other, exported)?;
+    if imported.download()? != wrote {
+        return Err("texture: the other device read other texels than wgpu wrote".into());
+    }
+
+    // The other device writes, wgpu reads.
+    let wrote = pattern(len, 4);
+    imported.upload(&wrote)?;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: len as u64,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_texture_to_buffer(
+        texture.as_image_copy(),
+        wgpu::TexelCopyBufferInfo { buffer: &staging, layout },
+        size,
+    );
+    queue.submit([encoder.finish()]);
+    let read = map_read(device, &staging)?;
+    if read != wrote {
+        return Err("texture: wgpu read other texels than the other device wrote".into());
+    }
+    println!("texture: {SIDE}x{SIDE} RGBA8 from wgpu to the other device and back");
+    texture.destroy();
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    if released.upgrade().is_some() {
+        return Err("wgpu kept the texture's image after destroying the texture".into());
+    }
+    Ok(())
+}
+
+/// Copies `buffer` into a mappable one and reads it back on the host.
+fn read_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+    queue.submit([encoder.finish()]);
+    map_read(device, &staging)
+}
+
+fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    rx.recv()??;
+    let bytes = staging.slice(..).get_mapped_range().to_vec();
+    staging.unmap();
+    Ok(bytes)
+}
+
+/// wgpu's native futures are ready when first polled; this drives one to completion.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
