@@ -1,5 +1,6 @@
 //! A wgpu device (Vulkan backend) shares a buffer and a texture through lava-flow with a second
-//! Vulkan device, data checked both ways (docs/ADOPTING.md, "wgpu").
+//! Vulkan device and with OpenGL (lava-flow's `gl` feature), data checked both ways
+//! (docs/ADOPTING.md, "wgpu").
 //!
 //! wgpu cannot allocate exportable memory, so the memory comes from lava-flow: lava-flow adopts
 //! wgpu's device (reached through `wgpu::hal`), allocates an exportable buffer and image on it, and
@@ -20,13 +21,35 @@ use wgpu::hal::api::Vulkan;
 const BUFFER_SIZE: u64 = 64 * 1024;
 const SIDE: u32 = 64; // 64 RGBA8 texels a row: 256 bytes, wgpu's row alignment for copies.
 
-pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[cfg(feature = "gl")]
+type Gl = lava_flow::gl::GlContext;
+/// Without lava-flow's `gl` feature there is no GL leg.
+#[cfg(not(feature = "gl"))]
+type Gl = std::convert::Infallible;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub fn main() -> Result<()> {
+    #[cfg(feature = "gl")]
+    let gl = match Gl::new() {
+        Ok(gl) => Some(gl),
+        Err(e) if e.is_unavailable() => {
+            println!("no OpenGL here, the GL leg does not run: {e}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    #[cfg(not(feature = "gl"))]
+    let gl = None;
+    run(gl.as_ref())
+}
+
+/// The whole exchange; `gl`: also share with OpenGL.
+pub fn run(gl: Option<&Gl>) -> Result<()> {
     // wgpu as a renderer would open it. wgpu-hal enables VK_KHR_external_memory_fd on its device
     // whenever the adapter offers it.
-    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        ..Default::default()
-    });
+    let instance =
+        wgpu::Instance::new(&wgpu::InstanceDescriptor { backends: wgpu::Backends::VULKAN, ..Default::default() });
     let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
     let (device, queue) = block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
 
@@ -57,8 +80,8 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let other = VulkanContext::with_uuid(ctx.identity().device_uuid)?;
     println!("wgpu's device ({}) adopted; the other device is a second VkDevice on it", ctx.info().name);
 
-    share_buffer(&ctx, &other, &device, &queue)?;
-    share_texture(&ctx, &other, &device, &queue)?;
+    share_buffer(&ctx, &other, gl, &device, &queue)?;
+    share_texture(&ctx, &other, gl, &device, &queue)?;
     println!("buffer and texture: the bytes match both ways");
     Ok(())
 }
@@ -67,17 +90,20 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn share_buffer(
     ctx: &VulkanContext,
     other: &VulkanContext,
+    gl: Option<&Gl>,
     device: &wgpu::Device,
     queue: &wgpu::Queue,
-) -> Result<(), Box<dyn std::error::Error>> {
-    // Not a dedicated allocation: a second VkBuffer is bound to this memory below.
-    let options = BufferOptions::new(BUFFER_SIZE).dedicated(DedicatedPolicy::Never);
+) -> Result<()> {
+    // Not a dedicated allocation: a second VkBuffer is bound to this memory below. `for_gl`: the
+    // slack some GL drivers need after a buffer they import (docs/GL.md).
+    let options = BufferOptions::new(BUFFER_SIZE).dedicated(DedicatedPolicy::Never).for_gl();
     let shared = Buffer::new(ctx, &options)?;
 
     // wgpu destroys the VkBuffer it is given (hal's Buffer::from_raw has no drop callback), so it
     // gets one of its own, bound to lava-flow's memory; lava-flow keeps its buffer and the memory.
     let vk_device = ctx.device();
-    let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+    let mut external =
+        vk::ExternalMemoryBufferCreateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
     let info = vk::BufferCreateInfo::default()
         .size(BUFFER_SIZE)
         .usage(options.usage)
@@ -122,6 +148,27 @@ fn share_buffer(
         return Err("buffer: wgpu read other bytes than the other device wrote".into());
     }
     println!("buffer: {BUFFER_SIZE} bytes from wgpu to the other device and back");
+
+    #[cfg(feature = "gl")]
+    if let Some(gl) = gl {
+        // wgpu writes, GL reads: wgpu's work has completed (poll), GL reads after it.
+        let gl_buffer = gl.import_buffer(shared.export_fd()?)?;
+        let wrote = pattern(BUFFER_SIZE as usize, 5);
+        queue.write_buffer(&buffer, 0, &wrote);
+        queue.submit([]);
+        device.poll(wgpu::PollType::wait_indefinitely())?;
+        if gl_buffer.read(0, BUFFER_SIZE as usize)? != wrote {
+            return Err("buffer: GL read other bytes than wgpu wrote".into());
+        }
+        // GL writes, wgpu reads once GL has finished.
+        let wrote = pattern(BUFFER_SIZE as usize, 6);
+        gl_buffer.write(0, &wrote)?;
+        gl.finish()?;
+        if read_buffer(device, queue, &buffer, BUFFER_SIZE)? != wrote {
+            return Err("buffer: wgpu read other bytes than GL wrote".into());
+        }
+        println!("buffer: {BUFFER_SIZE} bytes from wgpu to GL and back");
+    }
     buffer.destroy();
     device.poll(wgpu::PollType::wait_indefinitely())?;
     Ok(())
@@ -131,11 +178,14 @@ fn share_buffer(
 fn share_texture(
     ctx: &VulkanContext,
     other: &VulkanContext,
+    gl: Option<&Gl>,
     device: &wgpu::Device,
     queue: &wgpu::Queue,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<()> {
     let image = Arc::new(Image::new(ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, SIDE, SIDE))?);
     let exported = image.export_fd()?;
+    #[cfg(feature = "gl")]
+    let gl_export = image.export_fd()?;
 
     let size = wgpu::Extent3d { width: SIDE, height: SIDE, depth_or_array_layers: 1 };
     let format = wgpu::TextureFormat::Rgba8Unorm;
@@ -191,24 +241,29 @@ fn share_texture(
     // The other device writes, wgpu reads.
     let wrote = pattern(len, 4);
     imported.upload(&wrote)?;
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback"),
-        size: len as u64,
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_texture_to_buffer(
-        texture.as_image_copy(),
-        wgpu::TexelCopyBufferInfo { buffer: &staging, layout },
-        size,
-    );
-    queue.submit([encoder.finish()]);
-    let read = map_read(device, &staging)?;
-    if read != wrote {
+    if read_texture(device, queue, &texture, layout, size)? != wrote {
         return Err("texture: wgpu read other texels than the other device wrote".into());
     }
     println!("texture: {SIDE}x{SIDE} RGBA8 from wgpu to the other device and back");
+
+    #[cfg(feature = "gl")]
+    if let Some(gl) = gl {
+        let gl_texture = gl.import_texture(gl_export)?;
+        let wrote = pattern(len, 7);
+        queue.write_texture(texture.as_image_copy(), &wrote, layout, size);
+        queue.submit([]);
+        device.poll(wgpu::PollType::wait_indefinitely())?;
+        if gl_texture.read()? != wrote {
+            return Err("texture: GL read other texels than wgpu wrote".into());
+        }
+        let wrote = pattern(len, 8);
+        gl_texture.write(&wrote)?;
+        gl.finish()?;
+        if read_texture(device, queue, &texture, layout, size)? != wrote {
+            return Err("texture: wgpu read other texels than GL wrote".into());
+        }
+        println!("texture: {SIDE}x{SIDE} RGBA8 from wgpu to GL and back");
+    }
     texture.destroy();
     device.poll(wgpu::PollType::wait_indefinitely())?;
     if released.upgrade().is_some() {
@@ -218,12 +273,7 @@ fn share_texture(
 }
 
 /// Copies `buffer` into a mappable one and reads it back on the host.
-fn read_buffer(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    buffer: &wgpu::Buffer,
-    size: u64,
-) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
         size,
@@ -236,7 +286,31 @@ fn read_buffer(
     map_read(device, &staging)
 }
 
-fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+/// Copies `texture` into a mappable buffer and reads it back on the host.
+fn read_texture(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    texture: &wgpu::Texture,
+    layout: wgpu::TexelCopyBufferLayout,
+    size: wgpu::Extent3d,
+) -> Result<Vec<u8>> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: u64::from(layout.bytes_per_row.unwrap_or(0)) * u64::from(size.height),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_texture_to_buffer(
+        texture.as_image_copy(),
+        wgpu::TexelCopyBufferInfo { buffer: &staging, layout },
+        size,
+    );
+    queue.submit([encoder.finish()]);
+    map_read(device, &staging)
+}
+
+fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
