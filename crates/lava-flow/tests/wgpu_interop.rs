@@ -6,6 +6,7 @@
 
 mod common;
 #[path = "../examples/wgpu_interop.rs"]
+#[allow(dead_code)] // its `main` is the example's; the test calls `run` with the skip helper's GL context
 mod wgpu_interop_example;
 
 use common::vulkan;
