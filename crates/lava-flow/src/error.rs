@@ -146,6 +146,10 @@ pub enum Error {
         what: String,
         /// What to do.
         advice: String,
+        /// The driver's code where a driver call ran out (`VK_ERROR_OUT_OF_DEVICE_MEMORY`,
+        /// `CUDA_ERROR_OUT_OF_MEMORY`); `None` where lava-flow's own size checks refused the request
+        /// before any driver call.
+        code: Option<DriverCode>,
     },
 
     /// A wait did not finish in time.
@@ -450,6 +454,7 @@ impl Error {
         match self {
             Error::Vulkan { result, .. } => Some(DriverCode::Vulkan(*result)),
             Error::Api { code, .. } => Some(*code),
+            Error::OutOfMemory { code, .. } => *code,
             _ => None,
         }
     }
@@ -558,6 +563,19 @@ mod tests {
         assert!(matches!(e.driver_code(), Some(DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY))));
         assert_eq!((e.cl_code(), e.gl_code()), (None, None));
         assert_eq!(Error::invalid("a", "b", "c").driver_code(), None);
+    }
+
+    #[test]
+    fn a_driver_out_of_memory_keeps_its_code_and_lava_flows_own_refusal_has_none() {
+        let driver = Error::OutOfMemory {
+            what: "allocating 4 GiB".into(),
+            advice: "ask for less".into(),
+            code: Some(DriverCode::Vulkan(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY)),
+        };
+        assert_eq!(driver.vk_result(), Some(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY));
+        assert_eq!(driver.driver_code().unwrap().to_string(), "VK_ERROR_OUT_OF_DEVICE_MEMORY");
+        let ours = Error::OutOfMemory { what: "a 100 GiB ring".into(), advice: "ask for less".into(), code: None };
+        assert_eq!(ours.driver_code(), None);
     }
 
     #[test]

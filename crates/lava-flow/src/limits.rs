@@ -115,6 +115,7 @@ pub(crate) fn check_against(what: &str, bytes: u64, limit: &HostMemoryLimit, adv
         return Ok(());
     }
     Err(Error::OutOfMemory {
+        code: None,
         what: format!(
             "{what} needs {bytes} bytes ({}) of host memory, and this machine can give this process {} bytes ({}) \
              now ({})",

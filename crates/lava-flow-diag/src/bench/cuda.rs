@@ -1167,6 +1167,7 @@ fn expect_outcome(outcome: CacheOutcome, expected: CacheOutcome) -> Result<()> {
 
 fn too_big(what: &str, needed: u64, free: u64) -> Error {
     Error::OutOfMemory {
+        code: None,
         what: format!("{what} needs about {} and the device has {} free", size_name(needed), size_name(free)),
         advice: "run with smaller sizes".into(),
     }

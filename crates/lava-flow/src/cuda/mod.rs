@@ -48,6 +48,7 @@ pub fn cu_error(call: &'static str, result: sys::CUresult, action: impl Into<Str
             return Error::OutOfMemory {
                 what: format!("{action} ({call} returned CUDA_ERROR_OUT_OF_MEMORY)"),
                 advice: "free CUDA or Vulkan memory on this device, or ask for less".into(),
+                code: Some(crate::DriverCode::Cuda(result)),
             }
         }
         R::CUDA_ERROR_NO_DEVICE => {

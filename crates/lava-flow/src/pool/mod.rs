@@ -101,6 +101,7 @@ impl From<SuballocError> for Error {
                 "ask for a non-zero size and a power-of-two alignment",
             ),
             SuballocError::NoFit { .. } => Error::OutOfMemory {
+                code: None,
                 what: e.to_string(),
                 advice: "free buffers of this pool, or use a larger block size or a dedicated allocation".into(),
             },

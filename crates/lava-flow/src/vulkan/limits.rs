@@ -81,6 +81,7 @@ pub(crate) fn check_allocation(
     let largest = heaps.iter().map(|h| props.memory_heaps[*h].size).max().unwrap_or(0);
     if size > largest {
         return Err(Error::OutOfMemory {
+            code: None,
             what: format!("{what} of {size} bytes ({})", human_bytes(size)),
             advice: format!(
                 "the largest suitable memory heap of {device} holds {largest} bytes ({}; \
@@ -92,6 +93,7 @@ pub(crate) fn check_allocation(
     let (max_allocation, max_buffer) = allocation_limits(ctx);
     if size > max_allocation {
         return Err(Error::OutOfMemory {
+            code: None,
             what: format!("{what} of {size} bytes ({})", human_bytes(size)),
             advice: format!(
                 "{device} allocates at most {max_allocation} bytes ({}) at once \
@@ -103,6 +105,7 @@ pub(crate) fn check_allocation(
     }
     if let Some(max_buffer) = max_buffer.filter(|m| is_buffer && size > *m) {
         return Err(Error::OutOfMemory {
+            code: None,
             what: format!("{what} of {size} bytes ({})", human_bytes(size)),
             advice: format!(
                 "{device} creates buffers of at most {max_buffer} bytes ({}) \
@@ -116,6 +119,7 @@ pub(crate) fn check_allocation(
         let best = heaps.iter().map(|h| room.get(*h).copied().unwrap_or(u64::MAX)).max().unwrap_or(0);
         if size > best {
             return Err(Error::OutOfMemory {
+                code: None,
                 what: format!("{what} of {size} bytes ({})", human_bytes(size)),
                 advice: format!(
                     "the memory budget of {device} leaves this process {best} bytes ({}) in the largest suitable \

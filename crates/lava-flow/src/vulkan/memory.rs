@@ -145,9 +145,11 @@ impl DeviceMemory {
                 params.export_kind.map(|k| format!(" exportable as {k}")).unwrap_or_default()
             );
             match r {
-                vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => {
-                    Error::OutOfMemory { what, advice: format!("{r}: free memory or ask for less") }
-                }
+                vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => Error::OutOfMemory {
+                    what,
+                    advice: format!("{r}: free memory or ask for less"),
+                    code: Some(crate::DriverCode::Vulkan(r)),
+                },
                 _ => Error::vk("vkAllocateMemory", r, what),
             }
         })?;
