@@ -17,7 +17,11 @@ fn lava_flow() -> Command {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = lava_flow().args(args).output().expect("start lava-flow");
+    report(args, lava_flow().args(args).output().expect("start lava-flow"))
+}
+
+/// Prints what a run of `lava-flow ARGS` gave (shown when its test fails), and returns it.
+fn report(args: &[&str], out: Output) -> Output {
     eprintln!(
         "lava-flow {} -> {:?}\n--- stdout\n{}\n--- stderr\n{}",
         args.join(" "),
@@ -690,14 +694,7 @@ fn run_limited(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("start lava-flow under sh");
-    eprintln!(
-        "lava-flow {} -> {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    report(args, out)
 }
 
 #[test]
