@@ -3,6 +3,7 @@
 //! Only `std`: this runs before anything else is built, so it must compile fast and fetch nothing.
 
 mod bench_doc;
+mod disk;
 mod docs_check;
 mod driver;
 mod fuzz;
@@ -111,6 +112,7 @@ const FEATURE_SETS: [&[&str]; 4] = [&[], &["cuda"], &["gl"], &["opencl"]];
 /// The whole suite, in the order that fails fastest, on one (debug) profile so nothing builds twice.
 fn test() -> Result<(), String> {
     let require = require::for_suite()?;
+    disk::check(&run::target_dir())?;
     driver::ensure_drivers()?;
     let vk_env = driver::software_vulkan_env();
     let started = Instant::now();
