@@ -1,18 +1,22 @@
 //! A wgpu device (Vulkan backend) shares a buffer and a texture through lava-flow with a second
-//! Vulkan device and with OpenGL (lava-flow's `gl` feature), data checked both ways
-//! (docs/ADOPTING.md, "wgpu").
+//! Vulkan device, with OpenGL (lava-flow's `gl` feature) and with another process (served over
+//! lava-flow's protocol), data checked both ways (docs/ADOPTING.md, "wgpu").
 //!
 //! wgpu cannot allocate exportable memory, so the memory comes from lava-flow: lava-flow adopts
 //! wgpu's device (reached through `wgpu::hal`), allocates an exportable buffer and image on it, and
 //! hands wgpu a buffer and a texture made from them (`create_buffer_from_hal`,
 //! `create_texture_from_hal`). The export goes to another device like any lava-flow export.
 //!
-//! Run: `cargo run -p lava-flow --example wgpu_interop`
+//! Run: `cargo run -p lava-flow --example wgpu_interop` (the other process is this program again,
+//! started as `wgpu_interop attach SOCKET SEED_IN SEED_OUT`).
 
 use std::future::Future;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use lava_flow::ash::vk;
+use lava_flow::ipc::{Client, NamedObject, Server, ServerConfig, SharedObject};
 use lava_flow::raw_gpu_handle::TextureFormat;
 use lava_flow::vulkan::{DedicatedPolicy, RawVulkan};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, VulkanContext};
@@ -30,6 +34,13 @@ type Gl = std::convert::Infallible;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 pub fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("attach") {
+        let [_, socket, seed_in, seed_out] = &args[..] else {
+            return Err("usage: wgpu_interop attach SOCKET SEED_IN SEED_OUT".into());
+        };
+        return attach(Path::new(socket), seed_in.parse()?, seed_out.parse()?);
+    }
     #[cfg(feature = "gl")]
     let gl = match Gl::new() {
         Ok(gl) => Some(gl),
@@ -41,11 +52,20 @@ pub fn main() -> Result<()> {
     };
     #[cfg(not(feature = "gl"))]
     let gl = None;
-    run(gl.as_ref())
+    let exe = std::env::current_exe()?;
+    let peer = move |socket: &Path, seed_in: u32, seed_out: u32| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("attach").arg(socket).arg(seed_in.to_string()).arg(seed_out.to_string());
+        cmd
+    };
+    run(gl.as_ref(), &peer)
 }
 
-/// The whole exchange; `gl`: also share with OpenGL.
-pub fn run(gl: Option<&Gl>) -> Result<()> {
+/// How to start the other process: a command that runs [`attach`] with these arguments.
+pub type Peer<'a> = &'a dyn Fn(&Path, u32, u32) -> Command;
+
+/// The whole exchange; `gl`: also share with OpenGL; `peer`: starts the other process.
+pub fn run(gl: Option<&Gl>, peer: Peer<'_>) -> Result<()> {
     // wgpu as a renderer would open it. wgpu-hal enables VK_KHR_external_memory_fd on its device
     // whenever the adapter offers it.
     let instance =
@@ -80,8 +100,8 @@ pub fn run(gl: Option<&Gl>) -> Result<()> {
     let other = VulkanContext::with_uuid(ctx.identity().device_uuid)?;
     println!("wgpu's device ({}) adopted; the other device is a second VkDevice on it", ctx.info().name);
 
-    share_buffer(&ctx, &other, gl, &device, &queue)?;
-    share_texture(&ctx, &other, gl, &device, &queue)?;
+    share_buffer(&ctx, &other, gl, peer, &device, &queue)?;
+    share_texture(&ctx, &other, gl, peer, &device, &queue)?;
     println!("buffer and texture: the bytes match both ways");
     Ok(())
 }
@@ -91,6 +111,7 @@ fn share_buffer(
     ctx: &VulkanContext,
     other: &VulkanContext,
     gl: Option<&Gl>,
+    peer: Peer<'_>,
     device: &wgpu::Device,
     queue: &wgpu::Queue,
 ) -> Result<()> {
@@ -169,6 +190,17 @@ fn share_buffer(
         }
         println!("buffer: {BUFFER_SIZE} bytes from wgpu to GL and back");
     }
+
+    // wgpu writes, another process reads and writes, wgpu reads.
+    let wrote = pattern(BUFFER_SIZE as usize, 9);
+    queue.write_buffer(&buffer, 0, &wrote);
+    queue.submit([]);
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    with_peer(peer, NamedObject::new("wgpu-buffer", shared.export_fd()?), 9, 10)?;
+    if read_buffer(device, queue, &buffer, BUFFER_SIZE)? != pattern(BUFFER_SIZE as usize, 10) {
+        return Err("buffer: wgpu read other bytes than the other process wrote".into());
+    }
+    println!("buffer: {BUFFER_SIZE} bytes from wgpu to another process and back");
     buffer.destroy();
     device.poll(wgpu::PollType::wait_indefinitely())?;
     Ok(())
@@ -179,11 +211,13 @@ fn share_texture(
     ctx: &VulkanContext,
     other: &VulkanContext,
     gl: Option<&Gl>,
+    peer: Peer<'_>,
     device: &wgpu::Device,
     queue: &wgpu::Queue,
 ) -> Result<()> {
     let image = Arc::new(Image::new(ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, SIDE, SIDE))?);
     let exported = image.export_fd()?;
+    let peer_export = image.export_fd()?;
     #[cfg(feature = "gl")]
     let gl_export = image.export_fd()?;
 
@@ -264,10 +298,67 @@ fn share_texture(
         }
         println!("texture: {SIDE}x{SIDE} RGBA8 from wgpu to GL and back");
     }
+
+    // wgpu writes, another process reads and writes, wgpu reads.
+    queue.write_texture(texture.as_image_copy(), &pattern(len, 11), layout, size);
+    queue.submit([]);
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    with_peer(peer, NamedObject::new("wgpu-texture", peer_export), 11, 12)?;
+    if read_texture(device, queue, &texture, layout, size)? != pattern(len, 12) {
+        return Err("texture: wgpu read other texels than the other process wrote".into());
+    }
+    println!("texture: {SIDE}x{SIDE} RGBA8 from wgpu to another process and back");
     texture.destroy();
     device.poll(wgpu::PollType::wait_indefinitely())?;
     if released.upgrade().is_some() {
         return Err("wgpu kept the texture's image after destroying the texture".into());
+    }
+    Ok(())
+}
+
+/// Serves `object` on a socket of its own, starts the other process on it and waits for it.
+fn with_peer(peer: Peer<'_>, object: NamedObject, seed_in: u32, seed_out: u32) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("lava-flow-wgpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("peer.sock");
+    let server = Server::bind(&socket, ServerConfig::default())?;
+    server.publish(object)?;
+    let status = peer(&socket, seed_in, seed_out).status();
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    match status? {
+        s if s.success() => Ok(()),
+        s => Err(format!("the other process failed ({s})").into()),
+    }
+}
+
+/// The other process: takes every object served at `socket` into a Vulkan device of its own,
+/// checks that it holds `pattern(.., seed_in)` and writes `pattern(.., seed_out)`.
+pub fn attach(socket: &Path, seed_in: u32, seed_out: u32) -> Result<()> {
+    let client = Client::connect(socket)?;
+    for named in client.get_all()? {
+        match named.object {
+            SharedObject::Buffer(exported) => {
+                let ctx = VulkanContext::with_uuid(exported.device().device_uuid)?;
+                let size = exported.buffer.size;
+                let mut buffer = Buffer::import(&ctx, exported)?;
+                if buffer.read(0, size)? != pattern(size as usize, seed_in) {
+                    return Err(format!("{}: other bytes than wgpu wrote", named.name).into());
+                }
+                buffer.write(0, &pattern(size as usize, seed_out))?;
+            }
+            SharedObject::Texture(exported) => {
+                let ctx = VulkanContext::with_uuid(exported.device().device_uuid)?;
+                let image = Image::import(&ctx, exported)?;
+                let texels = image.download()?;
+                if texels != pattern(texels.len(), seed_in) {
+                    return Err(format!("{}: other texels than wgpu wrote", named.name).into());
+                }
+                image.upload(&pattern(texels.len(), seed_out))?;
+            }
+            other => return Err(format!("{}: a {other:?} was not expected", named.name).into()),
+        }
+        println!("other process: {} checked and rewritten", named.name);
     }
     Ok(())
 }
