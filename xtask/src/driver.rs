@@ -1,5 +1,6 @@
-//! Finding a Vulkan driver (and Mesa's EGL for the GL tests), installing Mesa's software drivers
-//! with apt-get where they are missing, and pointing the loader at lavapipe on machines with no GPU.
+//! Finding a Vulkan driver (and Mesa's EGL for the GL tests, and Open MPI for the `mpi` feature),
+//! installing Mesa's software drivers and Open MPI with apt-get where they are missing, and
+//! pointing the loader at lavapipe on machines with no GPU.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,13 +37,13 @@ pub fn ensure_drivers() -> Result<(), String> {
         return Ok(());
     }
     let vulkan_missing = needs.iter().any(|n| n.package == "mesa-vulkan-drivers" || n.package == "libvulkan1");
-    let mut packages: Vec<&str> = if vulkan_missing {
-        // No Vulkan at all: install the whole software stack, as the README promises.
-        MESA_SOFTWARE.to_vec()
-    } else {
-        needs.iter().map(|n| n.package).collect()
-    };
-    packages.dedup();
+    // No Vulkan at all: install the whole software stack, as the README promises.
+    let mut packages: Vec<&str> = if vulkan_missing { MESA_SOFTWARE.to_vec() } else { Vec::new() };
+    for n in &needs {
+        if !packages.contains(&n.package) {
+            packages.push(n.package);
+        }
+    }
     println!("xtask: driver set-up needed:");
     for n in &needs {
         println!("  - missing {}: {} (package {})", n.what, n.why, n.package);
@@ -124,6 +125,37 @@ fn missing() -> Vec<Need> {
             what: "dri/swrast_dri.so",
             why: "Mesa's EGL runs GL on the CPU with llvmpipe from this DRI driver",
             package: "libgl1-mesa-dri",
+        });
+    }
+    needs.extend(missing_mpi());
+    needs
+}
+
+/// What the `mpi` feature (on in the suite's `--all-features` builds) needs: rsmpi finds MPI
+/// through `mpicc -show` and runs bindgen, which loads libclang; the tests start `mpirun`.
+fn missing_mpi() -> Vec<Need> {
+    let mut needs = Vec::new();
+    let on_path = |tool: &str| ["/usr/bin", "/usr/local/bin", "/bin"].iter().any(|d| sys(d).join(tool).exists());
+    if !on_path("mpicc") {
+        needs.push(Need {
+            what: "mpicc and mpi.h",
+            why: "the `mpi` feature builds rsmpi against the system's MPI",
+            package: "libopenmpi-dev",
+        });
+    }
+    if !on_path("mpirun") {
+        needs.push(Need { what: "mpirun", why: "the MPI tests run two ranks under mpirun", package: "openmpi-bin" });
+    }
+    let libclang = std::fs::read_dir(sys("/usr/lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("llvm-") && e.path().join("lib/libclang.so").exists());
+    if !libclang && find_library("libclang.so").is_none() {
+        needs.push(Need {
+            what: "libclang.so",
+            why: "rsmpi's build runs bindgen over mpi.h, which loads libclang",
+            package: "libclang-dev",
         });
     }
     needs

@@ -323,7 +323,7 @@ mod tests {
     /// modules listed before it.
     #[test]
     fn lava_flow_layers_read_bottom_up() {
-        let order = ["error", "limits", "fd", "vulkan", "pool", "cuda", "opencl", "gl", "ipc"];
+        let order = ["error", "limits", "fd", "vulkan", "pool", "cuda", "opencl", "gl", "ipc", "remote"];
         let graphs = crate_graphs(&workspace().join("crates/lava-flow/src"));
         let (_, top) = graphs.iter().find(|(m, _)| m == "crate").expect("the root");
         let known: BTreeSet<&str> = order.iter().copied().collect();

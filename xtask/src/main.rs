@@ -26,7 +26,7 @@ usage: cargo xtask <command>
 commands:
   demo       set up a Vulkan driver if none is found, then run `lava-flow selftest` and `lava-flow info`
   test       set up drivers, then the whole suite (README.md lists its steps). Runs with
-             LAVA_FLOW_REQUIRE=vulkan,gl unless LAVA_FLOW_REQUIRE is set; prints one line per step (each
+             LAVA_FLOW_REQUIRE=vulkan,gl,mpi unless LAVA_FLOW_REQUIRE is set; prints one line per step (each
              step's output is in target/xtask-logs/, and printed when the step fails), then the summary;
              the last line is `N passed, M failed, K skipped`
   bench-doc CPU.json [GPU.json]

@@ -2,14 +2,14 @@
 //!
 //! `cargo xtask test` sets up (or finds) a Vulkan driver and Mesa's EGL before anything runs, so
 //! Vulkan and GL tests that skip would be tests that silently did not run: the suite requires
-//! `vulkan,gl` unless `LAVA_FLOW_REQUIRE` is already set, the same on a laptop and in CI.
+//! `vulkan,gl,mpi` (Open MPI is installed with them) unless `LAVA_FLOW_REQUIRE` is already set, the same on a laptop and in CI.
 
 /// The names lava-flow understands (`lava_flow_diag::testing::NAMES`; a test below keeps the two the
 /// same), besides `all`.
-pub const NAMES: [&str; 7] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "root"];
+pub const NAMES: [&str; 8] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "mpi", "root"];
 
 /// What the suite requires when `LAVA_FLOW_REQUIRE` is not set: the drivers the set-up checked.
-pub const SUITE_DEFAULT: &str = "vulkan,gl";
+pub const SUITE_DEFAULT: &str = "vulkan,gl,mpi";
 
 /// Checks a `LAVA_FLOW_REQUIRE` value: names separated by commas, in any case, `all` allowed.
 pub fn check(value: &str) -> Result<(), String> {

@@ -30,9 +30,9 @@
 //!
 //! A comma-separated list of [`NAMES`] (or `all`): `vulkan`, `cuda`, `opencl`, `gl`, `semaphores`
 //! (external semaphores and fences), `python` (a python3 with `socket.recv_fds`, for the
-//! protocol's sample client) and `root` (tests that run a peer as another user). A name lava-flow
+//! protocol's sample client), `mpi` (`mpirun` of Open MPI, for the `remote` transport's tests) and `root` (tests that run a peer as another user). A name lava-flow
 //! does not know is an error listing the valid ones ([`required`]). `cargo xtask test` sets
-//! `vulkan,gl` (the drivers it installs or found); the GPU machine names every API and
+//! `vulkan,gl,mpi` (the drivers and the MPI it installs or found); the GPU machine names every API and
 //! `semaphores`, so nothing skips silently there.
 
 use std::fmt::Display;
@@ -40,7 +40,7 @@ use std::fmt::Display;
 use lava_flow::Error;
 
 /// The names `LAVA_FLOW_REQUIRE` understands (besides `all`).
-pub const NAMES: [&str; 7] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "root"];
+pub const NAMES: [&str; 8] = ["vulkan", "cuda", "opencl", "gl", "semaphores", "python", "mpi", "root"];
 
 /// The API names among [`NAMES`] (what `lava-flow selftest` rows need).
 pub const APIS: [&str; 5] = ["vulkan", "cuda", "opencl", "gl", "semaphores"];

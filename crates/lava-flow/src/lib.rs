@@ -52,3 +52,5 @@ pub mod ipc;
 #[cfg(feature = "opencl")]
 pub mod opencl;
 pub mod pool;
+#[cfg(feature = "mpi")]
+pub mod remote;
