@@ -107,7 +107,7 @@ const SOAK_ROUNDS: u32 = 50;
 /// The feature sets users can pick, each checked by clippy on its own (the workspace's clippy
 /// step checks all features, all targets): the CLI with a feature set checks lava-flow's library
 /// and lava-flow-diag (whose features forward to lava-flow's) with the same one.
-const FEATURE_SETS: [&[&str]; 4] = [&[], &["cuda"], &["gl"], &["opencl"]];
+const FEATURE_SETS: [&[&str]; 5] = [&[], &["cuda"], &["gl"], &["opencl"], &["mpi"]];
 
 /// The whole suite, in the order that fails fastest, on one (debug) profile so nothing builds twice.
 fn test() -> Result<(), String> {

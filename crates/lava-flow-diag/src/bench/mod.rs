@@ -9,6 +9,8 @@ pub mod gl;
 #[cfg(feature = "opencl")]
 pub mod opencl;
 pub mod pool;
+#[cfg(feature = "mpi")]
+pub mod remote;
 
 /// Whether a bigger figure is better (bandwidth) or a smaller one (latency).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -39,6 +39,7 @@
 //! # Ok::<(), lava_flow::Error>(())
 //! ```
 
+mod backoff;
 mod context;
 mod receiver;
 mod sender;
@@ -49,7 +50,7 @@ pub use ::mpi;
 pub use context::MpiContext;
 pub use receiver::{MpiReceiver, ReceiverOptions, RemoteFrame};
 pub use sender::{MpiSender, Source};
-pub use wire::{FrameInfo, MAX_CHUNK, MAX_METADATA};
+pub use wire::{FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_METADATA};
 
 /// An MPI rank in `MPI_COMM_WORLD`.
 pub type Rank = i32;

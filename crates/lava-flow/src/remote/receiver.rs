@@ -7,9 +7,10 @@ use mpi::point_to_point::{Destination, Source as _};
 use mpi::request;
 use mpi::traits::*;
 
+use super::backoff::Backoff;
 use super::context::MpiContext;
 use super::sender::tags;
-use super::wire::{Control, FrameInfo, MAX_CHUNK, MAX_CONTROL};
+use super::wire::{Control, FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_CONTROL};
 use super::Rank;
 use crate::{Buffer, Error, Result};
 
@@ -75,6 +76,9 @@ struct State {
     ended: bool,
     /// A protocol error broke the stream.
     broken: Option<String>,
+    /// Slots freed whose credits have not been sent yet (sent in batches, and always before
+    /// the receiver waits).
+    pending: u32,
 }
 
 impl std::fmt::Debug for MpiReceiver<'_> {
@@ -102,7 +106,8 @@ impl<'c> MpiReceiver<'c> {
                 "use ReceiverOptions::new(max_frame) and adjust from there",
             ));
         }
-        let total = o.max_frame.checked_mul(u64::from(o.slots)).filter(|&t| usize::try_from(t).is_ok());
+        let slot_size = o.max_frame.checked_add(MAX_CONTROL as u64);
+        let total = slot_size.and_then(|s| s.checked_mul(u64::from(o.slots))).filter(|&t| usize::try_from(t).is_ok());
         let Some(total) = total else {
             return Err(Error::invalid(
                 format!("{} slots of {} bytes", o.slots, o.max_frame),
@@ -115,7 +120,8 @@ impl<'c> MpiReceiver<'c> {
             total,
             "ask for fewer slots or smaller frames",
         )?;
-        let free = (0..o.slots).map(|_| vec![0u8; o.max_frame as usize]).collect();
+        // A header (and a small frame inline after it) is received into a slot too.
+        let free = (0..o.slots).map(|_| vec![0u8; o.max_frame as usize + MAX_CONTROL]).collect();
         let (frame_tag, credit_tag) = tags(channel);
         let receiver = MpiReceiver {
             mpi,
@@ -123,7 +129,7 @@ impl<'c> MpiReceiver<'c> {
             frame_tag,
             credit_tag,
             options: options.clone(),
-            state: RefCell::new(State { free, next: 0, ended: false, broken: None }),
+            state: RefCell::new(State { free, next: 0, ended: false, broken: None, pending: 0 }),
         };
         let hello = Control::Hello { slots: o.slots, max_frame: o.max_frame, chunk: o.chunk }.encode();
         receiver.peer_process().send_with_tag(&hello[..], credit_tag);
@@ -142,27 +148,14 @@ impl<'c> MpiReceiver<'c> {
 
     /// The next frame, waiting up to `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<RemoteFrame<'_, 'c>>> {
-        let Some(info) = self.next_header(timeout)? else { return Ok(None) };
-        let Some(mut slot) = self.state.borrow_mut().free.pop() else {
-            // next_header checked that a slot is free; nothing else takes one.
-            unreachable!("a header was taken with no free slot");
-        };
-        let process = self.peer_process();
-        let len = info.len as usize;
-        let mut short = None;
-        for piece in slot[..len].chunks_mut(self.options.chunk as usize) {
-            let status = process.receive_into_with_tag(piece, self.frame_tag);
-            let got = status.count(u8::equivalent_datatype());
-            if got as usize != piece.len() {
-                short = Some(format!("a chunk of {got} bytes where {} were due", piece.len()));
-                break;
+        let Some((info, mut slot, start)) = self.next_frame(timeout)? else { return Ok(None) };
+        if start == 0 {
+            if let Err(e) = self.recv_chunks(&mut slot, info.len) {
+                self.state.borrow_mut().free.push(slot);
+                return Err(e);
             }
         }
-        if let Some(reason) = short {
-            self.state.borrow_mut().free.push(slot);
-            return Err(self.broke(reason));
-        }
-        Ok(Some(RemoteFrame { receiver: self, slot: Some(slot), info }))
+        Ok(Some(RemoteFrame { receiver: self, slot: Some(slot), start, info }))
     }
 
     /// Receives the next frame straight into `buffer` (at offset 0) and returns what it carried:
@@ -170,58 +163,80 @@ impl<'c> MpiReceiver<'c> {
     /// chunk before. The frame's slot serves as staging and is freed (a credit goes back) before
     /// this returns.
     pub fn recv_into(&self, buffer: &mut Buffer, timeout: Duration) -> Result<Option<FrameInfo>> {
-        let Some(info) = self.next_header(timeout)? else { return Ok(None) };
-        if info.len > buffer.size() {
+        let Some((info, mut slot, start)) = self.next_frame(timeout)? else { return Ok(None) };
+        let result = if start > 0 {
+            self.check_fits(&info, buffer).and_then(|()| buffer.write(0, &slot[start..start + info.len as usize]))
+        } else if self.check_fits(&info, buffer).is_err() {
             // The chunks must still be taken off the wire: into the slot, then refused.
-            drop(self.recv_chunks_into_slot(&info)?);
+            self.recv_chunks(&mut slot, info.len).and_then(|()| self.check_fits(&info, buffer))
+        } else {
+            self.stage_into(&mut slot, &info, buffer)
+        };
+        self.state.borrow_mut().free.push(slot);
+        self.grant(1);
+        result.map(|()| Some(info))
+    }
+
+    fn check_fits(&self, info: &FrameInfo, buffer: &Buffer) -> Result<()> {
+        if info.len > buffer.size() {
             return Err(Error::invalid(
                 format!("frame {} of {} bytes", info.sequence, info.len),
                 format!("the buffer holds {} bytes", buffer.size()),
                 "receive into a buffer at least ReceiverOptions::max_frame large",
             ));
         }
-        let mut slot = self.state.borrow_mut().free.pop().expect("next_header checked that a slot is free");
-        let result = self.stage_into(&mut slot, &info, buffer);
-        self.state.borrow_mut().free.push(slot);
-        self.grant(1);
-        result.map(|()| Some(info))
+        Ok(())
+    }
+
+    /// The chunks of a frame of `len` bytes into the start of `slot`, every receive posted at once.
+    fn recv_chunks(&self, slot: &mut [u8], len: u64) -> Result<()> {
+        let process = self.peer_process();
+        let frame_tag = self.frame_tag;
+        let statuses = request::scope(|scope| {
+            let receives: Vec<_> = slot[..len as usize]
+                .chunks_mut(self.options.chunk as usize)
+                .map(|piece| {
+                    let want = piece.len();
+                    (want, process.immediate_receive_into_with_tag(scope, piece, frame_tag))
+                })
+                .collect();
+            receives.into_iter().map(|(want, r)| (want, r.wait().count(u8::equivalent_datatype()))).collect::<Vec<_>>()
+        });
+        if let Some((want, got)) = statuses.into_iter().find(|&(want, got)| got as usize != want) {
+            return Err(self.broke(format!("a chunk of {got} bytes where {want} were due")));
+        }
+        Ok(())
     }
 
     fn stage_into(&self, slot: &mut [u8], info: &FrameInfo, buffer: &mut Buffer) -> Result<()> {
         let chunk = self.options.chunk;
         let chunks = info.len.div_ceil(chunk);
         let size_of = |k: u64| (info.len - k * chunk).min(chunk) as usize;
-        // Two halves of the slot: one receiving chunk k + 1 while the other is copied in.
-        let half = (chunk as usize).min(slot.len() / 2).max(1);
-        if chunks == 0 {
-            return Ok(());
-        }
         let process = self.peer_process();
-        if (half as u64) < chunk || slot.len() < 2 * half {
+        let frame_tag = self.frame_tag;
+        let half = slot.len() / 2;
+        if (half as u64) < chunk {
             // A slot too small for two chunks: no overlap, chunk by chunk.
             for k in 0..chunks {
                 let piece = &mut slot[..size_of(k)];
-                process.receive_into_with_tag(piece, self.frame_tag);
+                process.receive_into_with_tag(piece, frame_tag);
                 buffer.write(k * chunk, piece)?;
             }
             return Ok(());
         }
+        // Two halves of the slot: one receiving chunk k + 1 while the other is copied in.
         let (a, b) = slot.split_at_mut(half);
-        let mut stages = [a, &mut b[..half]];
-        process.receive_into_with_tag(&mut stages[0][..size_of(0)], self.frame_tag);
+        process.receive_into_with_tag(&mut a[..size_of(0)], frame_tag);
         for k in 0..chunks {
-            let (first, second) = stages.split_at_mut(1);
-            let (ready, receiving) =
-                if k % 2 == 0 { (&*first[0], &mut *second[0]) } else { (&*second[0], &mut *first[0]) };
+            let (ready, receiving) = if k % 2 == 0 { (&*a, &mut *b) } else { (&*b, &mut *a) };
             let next = k + 1;
-            let frame_tag = self.frame_tag;
             let written = request::scope(|scope| {
-                let req = (next < chunks).then(|| {
+                let receive = (next < chunks).then(|| {
                     process.immediate_receive_into_with_tag(scope, &mut receiving[..size_of(next)], frame_tag)
                 });
                 let written = buffer.write(k * chunk, &ready[..size_of(k)]);
-                if let Some(req) = req {
-                    req.wait();
+                if let Some(receive) = receive {
+                    receive.wait();
                 }
                 written
             });
@@ -230,8 +245,10 @@ impl<'c> MpiReceiver<'c> {
         Ok(())
     }
 
-    /// Waits for the next header; checks it; `None` at the end of the stream.
-    fn next_header(&self, timeout: Duration) -> Result<Option<FrameInfo>> {
+    /// Waits for the next frame's header and takes a slot for it; `None` at the end of the
+    /// stream. Returns the slot and where the frame's bytes start in it: after the header where
+    /// they came inline, else 0 (its chunks follow, for the caller to receive).
+    fn next_frame(&self, timeout: Duration) -> Result<Option<(FrameInfo, Vec<u8>, usize)>> {
         {
             let state = self.state.borrow();
             if let Some(reason) = &state.broken {
@@ -253,27 +270,40 @@ impl<'c> MpiReceiver<'c> {
         }
         let process = self.peer_process();
         let deadline = Instant::now().checked_add(timeout);
+        let mut backoff = None;
         let status = loop {
             if let Some(status) = process.immediate_probe_with_tag(self.frame_tag) {
                 break status;
             }
+            // About to wait: every credit owed goes out first, or the sender could be waiting
+            // for one too.
+            let backoff = backoff.get_or_insert_with(|| {
+                self.flush_credits();
+                Backoff::new()
+            });
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout {
                     action: format!("waiting for a frame from rank {} (tag {})", self.peer, self.frame_tag),
                     timeout,
                 });
             }
-            std::thread::sleep(Duration::from_micros(20));
+            backoff.pause();
         };
         let count = status.count(u8::equivalent_datatype());
-        if count < 0 || count as usize > MAX_CONTROL {
+        let inline_max = MAX_CONTROL + self.options.max_frame.min(INLINE_MAX) as usize;
+        if count < 0 || count as usize > inline_max {
             return Err(self.broke(format!("a {count}-byte message where a frame header was due")));
         }
-        let mut bytes = vec![0u8; count as usize];
-        process.receive_into_with_tag(&mut bytes[..], self.frame_tag);
-        let info = match Control::decode(&bytes) {
-            Ok(Control::Frame(info)) => info,
-            Ok(Control::End { frames }) => {
+        let count = count as usize;
+        let mut slot = self.state.borrow_mut().free.pop().expect("checked above: a slot is free");
+        process.receive_into_with_tag(&mut slot[..count], self.frame_tag);
+        let decoded = Control::decode_prefix(&slot[..count]);
+        let mut state = self.state.borrow_mut();
+        state.free.push(slot);
+        drop(state);
+        let (info, start) = match decoded {
+            Ok((Control::Frame(info), start)) => (info, start),
+            Ok((Control::End { frames }, _)) => {
                 let mut state = self.state.borrow_mut();
                 state.ended = true;
                 if frames != state.next {
@@ -283,31 +313,31 @@ impl<'c> MpiReceiver<'c> {
                 }
                 return Ok(None);
             }
-            Ok(other) => return Err(self.broke(format!("{other:?} on the frame tag"))),
+            Ok((other, _)) => return Err(self.broke(format!("{other:?} on the frame tag"))),
             Err(e) => return Err(self.broke(e.to_string())),
         };
+        let inline = count - start;
         let mut state = self.state.borrow_mut();
-        if info.sequence != state.next {
-            let reason = format!("frame {} where frame {} was due", info.sequence, state.next);
-            drop(state);
-            return Err(self.broke(reason));
-        }
-        if info.len > self.options.max_frame {
-            let reason =
-                format!("a frame of {} bytes, over the {} this receiver takes", info.len, self.options.max_frame);
+        let reason = if info.sequence != state.next {
+            Some(format!("frame {} where frame {} was due", info.sequence, state.next))
+        } else if info.len > self.options.max_frame {
+            Some(format!("a frame of {} bytes, over the {} this receiver takes", info.len, self.options.max_frame))
+        } else if inline > 0 && inline as u64 != info.len {
+            Some(format!("a frame of {} bytes with {inline} bytes inline", info.len))
+        } else if inline == 0 && info.len > 0 && info.len <= INLINE_MAX {
+            Some(format!("a frame of {} bytes not inline (frames up to {INLINE_MAX} bytes are)", info.len))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             drop(state);
             return Err(self.broke(reason));
         }
         state.next += 1;
-        Ok(Some(info))
-    }
-
-    fn recv_chunks_into_slot(&self, info: &FrameInfo) -> Result<RemoteFrame<'_, 'c>> {
-        let mut slot = self.state.borrow_mut().free.pop().expect("next_header checked that a slot is free");
-        for piece in slot[..info.len as usize].chunks_mut(self.options.chunk as usize) {
-            self.peer_process().receive_into_with_tag(piece, self.frame_tag);
-        }
-        Ok(RemoteFrame { receiver: self, slot: Some(slot), info: info.clone() })
+        let slot = state.free.pop().expect("the slot was just put back");
+        // A frame whose bytes came inline starts after its header; chunks land at 0.
+        let start = if inline > 0 || info.len == 0 { start } else { 0 };
+        Ok(Some((info, slot, start)))
     }
 
     /// Marks the stream broken (every later call says why) and returns the error.
@@ -320,11 +350,26 @@ impl<'c> MpiReceiver<'c> {
         }
     }
 
-    /// Gives `count` credits back to the sender, unless it has ended.
+    /// Owes the sender `count` more credits; sends them once half the slots' worth are owed
+    /// (the rest go out before the receiver next waits).
     fn grant(&self, count: u32) {
-        if self.state.borrow().ended {
+        let mut state = self.state.borrow_mut();
+        state.pending += count;
+        let due = state.pending >= (self.options.slots / 2).max(1);
+        drop(state);
+        if due {
+            self.flush_credits();
+        }
+    }
+
+    /// Sends every credit owed, unless the sender has ended.
+    fn flush_credits(&self) {
+        let mut state = self.state.borrow_mut();
+        let count = std::mem::take(&mut state.pending);
+        if count == 0 || state.ended {
             return;
         }
+        drop(state);
         let credit = Control::Credit { count }.encode();
         self.peer_process().send_with_tag(&credit[..], self.credit_tag);
     }
@@ -348,6 +393,8 @@ impl Drop for MpiReceiver<'_> {
 pub struct RemoteFrame<'r, 'c> {
     receiver: &'r MpiReceiver<'c>,
     slot: Option<Vec<u8>>,
+    /// Where the frame's bytes start in the slot.
+    start: usize,
     info: FrameInfo,
 }
 
@@ -355,7 +402,7 @@ impl RemoteFrame<'_, '_> {
     /// The frame's bytes.
     pub fn bytes(&self) -> &[u8] {
         let slot = self.slot.as_deref().unwrap_or_default();
-        &slot[..self.info.len as usize]
+        &slot[self.start..self.start + self.info.len as usize]
     }
 
     /// Sequence number, length, send time and metadata.

@@ -6,8 +6,9 @@ use mpi::point_to_point::{Destination, Source as _};
 use mpi::request;
 use mpi::traits::*;
 
+use super::backoff::Backoff;
 use super::context::MpiContext;
-use super::wire::{Control, FrameInfo, MAX_CONTROL, MAX_METADATA};
+use super::wire::{Control, FrameInfo, INLINE_MAX, MAX_CONTROL, MAX_METADATA};
 use super::Rank;
 use crate::{Buffer, Error, Result};
 
@@ -83,6 +84,7 @@ impl<'c> MpiSender<'c> {
             staging: [Vec::new(), Vec::new()],
         };
         let deadline = Instant::now() + timeout;
+        let backoff = Backoff::new();
         loop {
             match sender.poll_control()? {
                 Some(Control::Hello { slots, max_frame, chunk }) => {
@@ -104,7 +106,7 @@ impl<'c> MpiSender<'c> {
                         timeout,
                     })
                 }
-                None => std::thread::sleep(Duration::from_micros(50)),
+                None => backoff.pause(),
             }
         }
     }
@@ -137,6 +139,7 @@ impl<'c> MpiSender<'c> {
         let deadline = Instant::now().checked_add(timeout);
         // Always look: a goodbye must stop the send even while credits remain.
         self.take_credits()?;
+        let backoff = Backoff::new();
         while self.credits == 0 {
             self.take_credits()?;
             if self.credits > 0 {
@@ -148,7 +151,7 @@ impl<'c> MpiSender<'c> {
                     timeout,
                 });
             }
-            std::thread::sleep(Duration::from_micros(20));
+            backoff.pause();
         }
         self.send_now(source, metadata)
     }
@@ -240,52 +243,69 @@ impl<'c> MpiSender<'c> {
         let len = source.len();
         let sequence = self.sent;
         let sent_at_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let header = Control::Frame(FrameInfo { sequence, len, sent_at_ns, metadata: metadata.to_vec() }).encode();
+        let mut header = Control::Frame(FrameInfo { sequence, len, sent_at_ns, metadata: metadata.to_vec() }).encode();
         let process = self.mpi.world().process_at_rank(self.peer);
-        process.send_with_tag(&header[..], self.frame_tag);
-        let chunk = self.chunk as usize;
-        match source {
-            Source::Host(bytes) => {
-                for piece in bytes.chunks(chunk) {
-                    process.send_with_tag(piece, self.frame_tag);
-                }
+        let frame_tag = self.frame_tag;
+        if len <= INLINE_MAX {
+            // One message: the header, then the bytes.
+            let at = header.len();
+            header.resize(at + len as usize, 0);
+            match source {
+                Source::Host(bytes) => header[at..].copy_from_slice(bytes),
+                Source::Buffer(buffer) => buffer.read_into(0, &mut header[at..])?,
             }
-            Source::Buffer(buffer) => {
-                let chunks = len.div_ceil(self.chunk);
-                let size_of = |k: u64| (len - k * self.chunk).min(self.chunk) as usize;
-                for stage in &mut self.staging {
-                    stage.resize(chunk.min(len as usize), 0);
-                }
-                let [a, b] = &mut self.staging;
-                let mut stages = [a, b];
-                if chunks > 0 {
-                    buffer.read_into(0, &mut stages[0][..size_of(0)])?;
-                }
-                for k in 0..chunks {
-                    let (sending, filling) = stages.split_at_mut(1);
-                    let (sending, filling) =
-                        if k % 2 == 0 { (&*sending[0], &mut *filling[0]) } else { (&*filling[0], &mut *sending[0]) };
-                    let frame_tag = self.frame_tag;
-                    let next = k + 1;
-                    // The send of chunk k from one staging half overlaps the copy-out of chunk
-                    // k + 1 into the other; the scope waits for the send before either is reused.
-                    let copied = request::scope(|scope| {
-                        let req = process.immediate_send_with_tag(scope, &sending[..size_of(k)], frame_tag);
-                        let copied = if next < chunks {
-                            buffer.read_into(next * self.chunk, &mut filling[..size_of(next)])
-                        } else {
-                            Ok(())
-                        };
-                        req.wait();
-                        copied
+            process.send_with_tag(&header[..], frame_tag);
+        } else {
+            process.send_with_tag(&header[..], frame_tag);
+            let chunk = self.chunk as usize;
+            match source {
+                Source::Host(bytes) => {
+                    // Every chunk is posted at once: MPI pipelines them, as it would one message.
+                    request::scope(|scope| {
+                        let sends: Vec<_> = bytes
+                            .chunks(chunk)
+                            .map(|piece| process.immediate_send_with_tag(scope, piece, frame_tag))
+                            .collect();
+                        for send in sends {
+                            send.wait();
+                        }
                     });
-                    copied?;
                 }
+                Source::Buffer(buffer) => self.send_staged(buffer, len)?,
             }
         }
         self.credits -= 1;
         self.sent += 1;
         Ok(sequence)
+    }
+
+    /// A buffer's bytes, chunk by chunk through two host staging halves: the send of chunk k
+    /// overlaps the copy-out of chunk k + 1.
+    fn send_staged(&mut self, buffer: &Buffer, len: u64) -> Result<()> {
+        let process = self.mpi.world().process_at_rank(self.peer);
+        let frame_tag = self.frame_tag;
+        let chunk = self.chunk;
+        let chunks = len.div_ceil(chunk);
+        let size_of = |k: u64| (len - k * chunk).min(chunk) as usize;
+        let [a, b] = &mut self.staging;
+        for stage in [&mut *a, &mut *b] {
+            stage.resize(chunk.min(len) as usize, 0);
+        }
+        buffer.read_into(0, &mut a[..size_of(0)])?;
+        for k in 0..chunks {
+            let (sending, filling) = if k % 2 == 0 { (&*a, &mut *b) } else { (&*b, &mut *a) };
+            let next = k + 1;
+            // The scope waits for the send before either half is reused.
+            let copied = request::scope(|scope| {
+                let send = process.immediate_send_with_tag(scope, &sending[..size_of(k)], frame_tag);
+                let copied =
+                    if next < chunks { buffer.read_into(next * chunk, &mut filling[..size_of(next)]) } else { Ok(()) };
+                send.wait();
+                copied
+            });
+            copied?;
+        }
+        Ok(())
     }
 }
 

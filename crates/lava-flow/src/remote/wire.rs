@@ -9,6 +9,9 @@ pub const MAX_CHUNK: u64 = 1 << 30;
 pub const MAX_METADATA: usize = 256;
 /// The largest control message (a frame header with full metadata).
 pub(super) const MAX_CONTROL: usize = FRAME_FIXED + MAX_METADATA;
+/// Frames up to this size travel inside their header's message (one message per frame instead
+/// of two; Open MPI's shared-memory transport sends messages up to 4 KiB eagerly).
+pub const INLINE_MAX: u64 = 4096;
 
 const MAGIC: [u8; 4] = *b"LFMR";
 const VERSION: u8 = 1;
@@ -85,6 +88,19 @@ impl Control {
             Control::End { frames } => out.extend_from_slice(&frames.to_le_bytes()),
         }
         out
+    }
+
+    /// Decodes a message that may carry a frame's bytes after its header: returns the message and
+    /// where those bytes start (`bytes.len()` where none follow).
+    pub(super) fn decode_prefix(bytes: &[u8]) -> Result<(Control, usize)> {
+        if bytes.len() >= FRAME_FIXED && bytes[..4] == MAGIC && bytes[5] == FRAME {
+            let meta_len = u16::from_le_bytes([bytes[32], bytes[33]]) as usize;
+            let end = FRAME_FIXED + meta_len.min(MAX_METADATA + 1);
+            if end <= bytes.len() {
+                return Control::decode(&bytes[..end]).map(|c| (c, end));
+            }
+        }
+        Control::decode(bytes).map(|c| (c, bytes.len()))
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Control> {
@@ -193,6 +209,13 @@ mod tests {
             let err = Control::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains(says), "{bytes:?}: {err}");
         }
+        // A frame with its bytes inline: the header, then where the bytes start.
+        let mut inline = frame.clone();
+        inline.extend_from_slice(&[9, 9]);
+        let (decoded, start) = Control::decode_prefix(&inline).unwrap();
+        assert_eq!((Control::decode(&frame).unwrap(), start), (decoded, frame.len()));
+        assert_eq!(Control::decode_prefix(&frame).unwrap().1, frame.len());
+        assert!(Control::decode_prefix(&inline[..inline.len() - 5]).is_err());
         let mut long = frame.clone();
         long[32..34].copy_from_slice(&(MAX_METADATA as u16 + 1).to_le_bytes());
         assert!(Control::decode(&long).unwrap_err().to_string().contains("metadata"));
