@@ -249,7 +249,7 @@ fn lock(c: &Mutex<Client>) -> std::sync::MutexGuard<'_, Client> {
 }
 
 /// Asks for the object published under `name`: a new export (with its fd, received over the
-/// socket) that the caller destroys. A name not published is `LAVA_FLOW_ERROR_PROTOCOL`.
+/// socket) that the caller destroys. A name not published is `LAVA_FLOW_ERROR_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// `name` is a NUL-terminated string; `out` is NULL (refused) or writable.

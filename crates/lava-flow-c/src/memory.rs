@@ -4,7 +4,7 @@ use std::ffi::c_int;
 use std::sync::Mutex;
 
 use lava_flow::ipc::SharedObject;
-use lava_flow::vulkan::{ImageTiling, MemoryKind};
+use lava_flow::vulkan::{AllocationStrategy, ImageTiling, MemoryKind};
 use lava_flow::{Buffer, BufferOptions, Image, ImageOptions, MemoryAllocator, SharedHostMemory, VulkanContext};
 
 use crate::fds::{consume_on_success, give_fd};
@@ -263,7 +263,7 @@ pub unsafe extern "C" fn lava_flow_allocator_destroy(allocator: *mut LavaFlowAll
 // ---------------------------------------------------------------------------------------------
 // Buffers
 
-/// How to allocate a buffer. Version 1: 24 bytes.
+/// How to allocate a buffer. Version 1: 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LavaFlowBufferOptions {
@@ -277,6 +277,24 @@ pub struct LavaFlowBufferOptions {
     pub device_index: u32,
     /// 1: add the slack OpenGL importers need after the buffer (docs/GL.md); 0: none.
     pub for_gl: u32,
+    /// One of `LavaFlowAllocationStrategy` (0: lava-flow decides). A buffer published to other
+    /// processes needs its own allocation: `LAVA_FLOW_ALLOCATION_DEDICATED` (a pooled buffer's fd
+    /// would map its neighbours too, so publishing one is refused; docs/POOLS.md).
+    pub strategy: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// `LavaFlowBufferOptions.strategy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LavaFlowAllocationStrategy {
+    /// Small buffers from pooled blocks, large ones on their own.
+    LAVA_FLOW_ALLOCATION_AUTO = 0,
+    /// Always from a pooled block (not publishable to other processes).
+    LAVA_FLOW_ALLOCATION_POOLED = 1,
+    /// Always its own allocation (what other processes may be given).
+    LAVA_FLOW_ALLOCATION_DEDICATED = 2,
 }
 
 // SAFETY: #[repr(C)], `struct_size: u32` first, integer fields only.
@@ -303,7 +321,18 @@ pub unsafe extern "C" fn lava_flow_buffer_create(
         let allocator = get(allocator, "allocator")?;
         // SAFETY: the caller's contract on `options`.
         let o = unsafe { read_in(options, "options")? };
-        let mut rust = BufferOptions::new(o.size).memory(memory_kind(o.memory)?);
+        let strategy = match o.strategy {
+            0 => AllocationStrategy::Auto,
+            1 => AllocationStrategy::Pooled,
+            2 => AllocationStrategy::Dedicated,
+            other => {
+                return Err(CError::invalid(format!(
+                    "LavaFlowBufferOptions.strategy is {other}: use LAVA_FLOW_ALLOCATION_AUTO (0), _POOLED (1) or \
+                     _DEDICATED (2)"
+                )))
+            }
+        };
+        let mut rust = BufferOptions::new(o.size).memory(memory_kind(o.memory)?).strategy(strategy);
         match o.for_gl {
             0 => {}
             1 => rust = rust.for_gl(),

@@ -18,7 +18,7 @@ pub enum LavaFlowStatus {
     /// A handle that is not a live lava-flow handle of the expected type: destroyed already, never
     /// made by lava-flow, or a handle of another type.
     LAVA_FLOW_ERROR_INVALID_HANDLE = 2,
-    /// A size, offset, format, enum value, name or other argument is wrong.
+    /// A size, offset, format, enum value, name (one not published, too) or other argument is wrong.
     LAVA_FLOW_ERROR_INVALID_ARGUMENT = 3,
     /// A struct's `struct_size` is smaller than this library's version 1 of it, or larger with
     /// non-zero bytes this library does not know.
@@ -40,7 +40,7 @@ pub enum LavaFlowStatus {
     LAVA_FLOW_ERROR_DRIVER = 11,
     /// A wait did not finish in time.
     LAVA_FLOW_ERROR_TIMEOUT = 12,
-    /// The peer process broke the protocol, or a name is not published.
+    /// The peer process broke the protocol.
     LAVA_FLOW_ERROR_PROTOCOL = 13,
     /// A peer was refused (credentials, version).
     LAVA_FLOW_ERROR_PEER_REFUSED = 14,

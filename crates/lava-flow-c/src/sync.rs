@@ -32,7 +32,7 @@ pub enum LavaFlowSemaphoreKind {
     LAVA_FLOW_SEMAPHORE_BINARY = 1,
 }
 
-/// `LavaFlowSemaphoreOptions.export`.
+/// `LavaFlowSemaphoreOptions.export_kind`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LavaFlowSemaphoreExport {
@@ -53,7 +53,7 @@ pub struct LavaFlowSemaphoreOptions {
     /// One of `LavaFlowSemaphoreKind`.
     pub kind: u32,
     /// One of `LavaFlowSemaphoreExport`.
-    pub export: u32,
+    pub export_kind: u32,
     /// Zero.
     pub reserved: u32,
     /// A timeline's starting value (0 for binary semaphores).
@@ -101,13 +101,13 @@ pub unsafe extern "C" fn lava_flow_semaphore_create(
                 )))
             }
         };
-        let export = match o.export {
+        let export = match o.export_kind {
             0 => vec![],
             1 => vec![SemaphoreHandleKind::OpaqueFd],
             2 => vec![SemaphoreHandleKind::SyncFd],
             other => {
                 return Err(CError::invalid(format!(
-                    "LavaFlowSemaphoreOptions.export is {other}: use 0 (none), 1 (opaque fd) or 2 (sync fd)"
+                    "LavaFlowSemaphoreOptions.export_kind is {other}: use 0 (none), 1 (opaque fd) or 2 (sync fd)"
                 )))
             }
         };
