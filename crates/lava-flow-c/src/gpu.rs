@@ -140,7 +140,7 @@ pub unsafe extern "C" fn lava_flow_gl_import_buffer(
         let gl = get(gl, "gl")?;
         let buffer = match clone_export(export)? {
             SharedObject::Buffer(b) => gl.import_buffer(b)?,
-            other => return Err(wrong_kind("lava_flow_gl_import_buffer", &other)),
+            other => return Err(wrong_kind("buffer", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, buffer) };
@@ -238,7 +238,7 @@ pub unsafe extern "C" fn lava_flow_gl_import_texture(
         let gl = get(gl, "gl")?;
         let texture = match clone_export(export)? {
             SharedObject::Texture(t) => gl.import_texture(t)?,
-            other => return Err(wrong_kind("lava_flow_gl_import_texture", &other)),
+            other => return Err(wrong_kind("texture", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, texture) };
@@ -394,7 +394,7 @@ pub unsafe extern "C" fn lava_flow_cuda_import_buffer(
         let device = get(device, "device")?;
         let buffer = match clone_export(export)? {
             SharedObject::Buffer(b) => device.import_buffer(b)?,
-            other => return Err(wrong_kind("lava_flow_cuda_import_buffer", &other)),
+            other => return Err(wrong_kind("buffer", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, buffer) };
@@ -515,7 +515,7 @@ pub unsafe extern "C" fn lava_flow_opencl_import_buffer(
         let cl = get(cl, "cl")?;
         let buffer = match clone_export(export)? {
             SharedObject::Buffer(b) => cl.import_buffer(b)?,
-            other => return Err(wrong_kind("lava_flow_opencl_import_buffer", &other)),
+            other => return Err(wrong_kind("buffer", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, buffer) };

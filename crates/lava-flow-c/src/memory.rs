@@ -148,8 +148,12 @@ pub(crate) fn clone_export(export: *const LavaFlowExport) -> CResult<SharedObjec
     Ok(get(export, "export")?.try_clone()?)
 }
 
-pub(crate) fn wrong_kind(what: &str, got: &SharedObject) -> CError {
-    CError::invalid(format!("{what} needs an export of another kind: this one is a {}", got.kind_name()))
+/// An export of another kind than the call takes (`expected`: "buffer", "texture", ...).
+pub(crate) fn wrong_kind(expected: &str, got: &SharedObject) -> CError {
+    CError::invalid(format!(
+        "the export is a {}, not a {expected}: pass an export of a {expected} (lava_flow_export_kind tells them apart)",
+        got.kind_name()
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,7 +365,7 @@ pub unsafe extern "C" fn lava_flow_buffer_import(
         let ctx = get(context, "context")?;
         let buffer = match clone_export(export)? {
             SharedObject::Buffer(b) => Buffer::import(&ctx, b)?,
-            other => return Err(wrong_kind("lava_flow_buffer_import", &other)),
+            other => return Err(wrong_kind("buffer", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, Mutex::new(buffer)) };
@@ -539,7 +543,7 @@ pub unsafe extern "C" fn lava_flow_image_import(
         let ctx = get(context, "context")?;
         let image = match clone_export(export)? {
             SharedObject::Texture(t) => Image::import(&ctx, t)?,
-            other => return Err(wrong_kind("lava_flow_image_import", &other)),
+            other => return Err(wrong_kind("texture", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, image) };
@@ -834,7 +838,7 @@ pub unsafe extern "C" fn lava_flow_export_buffer_desc(
                 LavaFlowBufferDesc::new(&b.memory.description, b.buffer.offset, b.buffer.size, b.buffer.alignment)
             }
             SharedObject::Memory(m) => LavaFlowBufferDesc::new(&m.description, 0, m.description.allocation_size, 1),
-            other => return Err(wrong_kind("lava_flow_export_buffer_desc", other)),
+            other => return Err(wrong_kind("buffer or memory", other)),
         };
         // SAFETY: the caller's contract on `desc`.
         unsafe { write_out(desc, value, "desc") }
@@ -854,7 +858,7 @@ pub unsafe extern "C" fn lava_flow_export_texture_desc(
         let e = get(export, "export")?;
         let value = match &*e {
             SharedObject::Texture(t) => LavaFlowTextureDesc::new(&t.memory.description, &t.texture),
-            other => return Err(wrong_kind("lava_flow_export_texture_desc", other)),
+            other => return Err(wrong_kind("texture", other)),
         };
         // SAFETY: the caller's contract on `desc`.
         unsafe { write_out(desc, value, "desc") }

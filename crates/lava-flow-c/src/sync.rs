@@ -134,7 +134,7 @@ pub unsafe extern "C" fn lava_flow_semaphore_import(
         let ctx = get(context, "context")?;
         let semaphore = match clone_export(export)? {
             SharedObject::Semaphore(s) => Semaphore::import(&ctx, s)?,
-            other => return Err(wrong_kind("lava_flow_semaphore_import", &other)),
+            other => return Err(wrong_kind("semaphore", &other)),
         };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, semaphore) };
