@@ -309,6 +309,33 @@ pub fn c_check() -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask gpu-test`'s C programs: the test suite and the example, linked statically (the
+/// GPU machine gets no liblava_flow.so), named `c_api_test` and `c_share_gl` (`run-all.sh` runs
+/// them). Returns their paths.
+pub fn build_for_gpu() -> Result<Vec<String>, String> {
+    run_ok(&mut cargo(&["build", "--package", "lava-flow-c", "--lib"]))?;
+    let out = target_dir().join("c-api").join("gpu");
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let lib = target_dir().join("debug").join("liblava_flow_c.a");
+    let mut paths = Vec::new();
+    for (source, name) in [("tests/c/api_test.c", "c_api_test"), ("examples/c/share_gl.c", "c_share_gl")] {
+        let exe = out.join(name);
+        output(
+            Command::new("cc")
+                .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+                .arg(crate_dir().join("include"))
+                .arg(crate_dir().join(source))
+                .arg("-o")
+                .arg(&exe)
+                .arg(&lib)
+                .args(STATIC_LIBS.split_whitespace()),
+        )
+        .map_err(|e| format!("compiling {source}: {e}"))?;
+        paths.push(exe.display().to_string());
+    }
+    Ok(paths)
+}
+
 fn wait_child(child: &mut Child, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -121,3 +121,51 @@ pub fn live_count() -> usize {
 pub extern "C" fn lava_flow_live_handles() -> u64 {
     live_count() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::memory::{
+        lava_flow_host_memory_create, lava_flow_host_memory_destroy, lava_flow_host_memory_write, LavaFlowHostMemory,
+    };
+    use crate::status::LavaFlowStatus::{self, *};
+
+    /// A handle destroyed on one thread while others use it: every call returns OK or
+    /// INVALID_HANDLE (never a crash or a use after free), exactly one destroy succeeds, and the
+    /// handle is gone afterwards.
+    #[test]
+    fn destroy_racing_with_use_is_refused_not_a_crash() {
+        for _ in 0..50 {
+            let mut m: *mut LavaFlowHostMemory = std::ptr::null_mut();
+            // SAFETY: `m` is a valid out-pointer.
+            assert_eq!(unsafe { lava_flow_host_memory_create(4096, 0, &mut m) }, LAVA_FLOW_OK);
+            let addr = m.addr();
+            let results: Vec<Vec<LavaFlowStatus>> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..4)
+                    .map(|t| {
+                        s.spawn(move || {
+                            let m = std::ptr::without_provenance_mut::<LavaFlowHostMemory>(addr);
+                            (0..20)
+                                .map(|i| {
+                                    if t == 0 && i == 10 {
+                                        // SAFETY: a handle value; a destroyed one is refused.
+                                        unsafe { lava_flow_host_memory_destroy(m) }
+                                    } else {
+                                        let byte = [i as u8];
+                                        // SAFETY: `byte` is 1 readable byte.
+                                        unsafe { lava_flow_host_memory_write(m, 0, byte.as_ptr().cast(), 1) }
+                                    }
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for status in results.iter().flatten() {
+                assert!(matches!(status, LAVA_FLOW_OK | LAVA_FLOW_ERROR_INVALID_HANDLE), "{status:?}");
+            }
+            // SAFETY: a handle value; destroyed already, so refused.
+            assert_eq!(unsafe { lava_flow_host_memory_destroy(m) }, LAVA_FLOW_ERROR_INVALID_HANDLE);
+        }
+    }
+}

@@ -3,9 +3,9 @@
  *
  *   share_gl serve SOCKET     allocate a buffer and an image with Vulkan, fill a known pattern,
  *                             publish both on a Unix socket; exit once a client has taken them
- *   share_gl consume SOCKET   connect, import both into OpenGL (and the buffer into OpenCL where
- *                             the machine has it), read them back through those APIs and check
- *                             the pattern
+ *   share_gl consume SOCKET   connect, import both into OpenGL (and the buffer into OpenCL and
+ *                             CUDA where the machine has them), read them back through those APIs
+ *                             and check the pattern
  *
  * `consume` works against `lava-flow serve --socket SOCKET --image 64x64` too: the names
  * ("pattern", "pattern.image") and the pattern (word i = i * 0x9E3779B1 ^ 0xA5A5A5A5, little
@@ -165,6 +165,34 @@ done:
   lava_flow_opencl_context_destroy(cl);
 }
 
+static void consume_cuda(LavaFlowExport *buffer_export, const LavaFlowBufferDesc *desc) {
+  LavaFlowCudaDevice *cuda = NULL;
+  LavaFlowCudaBuffer *cb = NULL;
+  uint8_t *bytes = NULL;
+  LavaFlowStatus s = lava_flow_cuda_device_for_identity(&desc->device, &cuda);
+  if (s == LAVA_FLOW_ERROR_LIBRARY_UNAVAILABLE || s == LAVA_FLOW_ERROR_DEVICE_NOT_FOUND) {
+    if (required("cuda")) {
+      check_call(s, "lava_flow_cuda_device_for_identity (LAVA_FLOW_REQUIRE names cuda)");
+    } else {
+      printf("SKIPPED (cuda unavailable): %s\n", lava_flow_last_error());
+      skipped++;
+    }
+    return;
+  }
+  TRY(s);
+  TRY(lava_flow_cuda_import_buffer(cuda, buffer_export, &cb));
+  uint64_t pointer = 0, size = 0;
+  TRY(lava_flow_cuda_buffer_pointer(cb, &pointer, &size));
+  bytes = malloc(size);
+  TRY(lava_flow_cuda_buffer_read(cb, bytes, size));
+  printf("CUDA device pointer 0x%llx:\n", (unsigned long long)pointer);
+  check_pattern("CUDA buffer", bytes, size);
+done:
+  free(bytes);
+  lava_flow_cuda_buffer_destroy(cb);
+  lava_flow_cuda_device_destroy(cuda);
+}
+
 static int consume(const char *socket) {
   LavaFlowClient *client = NULL;
   LavaFlowExport *buffer_export = NULL, *image_export = NULL;
@@ -208,6 +236,7 @@ static int consume(const char *socket) {
     check_pattern("GL texture", texels, packed);
   }
   consume_opencl(buffer_export, &desc);
+  consume_cuda(buffer_export, &desc);
 
 done:
   free(bytes);
