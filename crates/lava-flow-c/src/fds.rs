@@ -68,3 +68,70 @@ pub unsafe fn give_fd(out: *mut c_int, fd: OwnedFd) -> CResult {
     unsafe { out.write_unaligned(fd.into_raw_fd()) };
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// A pipe's two ends as raw numbers (the test closes them).
+    fn pipe() -> (c_int, c_int) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two numbers pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        (fds[0], fds[1])
+    }
+
+    fn close(fd: c_int) {
+        // SAFETY: the test made `fd` and closes it once.
+        unsafe { libc::close(fd) };
+    }
+
+    fn is_open(fd: c_int) -> bool {
+        // SAFETY: F_GETFD reads no memory; a closed number fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+    }
+
+    /// The inode `fd` names, if it is open.
+    fn inode(fd: c_int) -> Option<u64> {
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable; fstat on a closed number fails without writing.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+    }
+
+    #[test]
+    fn a_failed_import_leaves_the_callers_fd_open() {
+        let (r, w) = pipe();
+        let e = consume_on_success(r, "fd", |_copy| -> CResult<()> { Err(CError::invalid("refused")) }).unwrap_err();
+        assert_eq!(e.status, LavaFlowStatus::LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+        assert!(is_open(r), "the caller's fd was closed by a failed import");
+        close(r);
+        close(w);
+    }
+
+    #[test]
+    fn a_successful_import_consumes_the_callers_fd_and_keeps_its_copy() {
+        let (r, w) = pipe();
+        let pipe_inode = inode(r);
+        let copy = consume_on_success(r, "fd", Ok).unwrap();
+        assert_eq!(inode(copy.as_raw_fd()), pipe_inode, "the import holds a copy of the caller's fd");
+        // Closed; or, where another thread of the test process opened something since, that other thing.
+        assert_ne!(inode(r), pipe_inode, "the caller's fd is still open after a successful import");
+        close(w);
+    }
+
+    #[test]
+    fn closed_and_negative_fds_are_refused() {
+        for fd in [-1, -100] {
+            let e = consume_on_success(fd, "fd", Ok).unwrap_err();
+            assert_eq!(e.status, LavaFlowStatus::LAVA_FLOW_ERROR_INVALID_FD);
+        }
+        // A number far above any process's fd limit: never open (a closed pipe's number could be
+        // reused by another test thread, and then closed by this one).
+        let e = consume_on_success(0x7fff_0000, "fd", Ok).unwrap_err();
+        assert_eq!(e.status, LavaFlowStatus::LAVA_FLOW_ERROR_INVALID_FD);
+        assert!(e.message.contains("cannot be duplicated"), "{}", e.message);
+    }
+}
