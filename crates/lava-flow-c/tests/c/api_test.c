@@ -205,7 +205,8 @@ static void test_host_memory_and_fds(void) {
   CHECK(fd_is_open(p[0]) && count_fds() == before + 2, "a refused pipe stays open");
   close(p[0]);
   close(p[1]);
-  /* Closed and negative fds: refused, nothing closed. */
+  /* Closed and negative fds: refused, nothing closed (no other thread runs yet: the closed number
+   * cannot have been reused). */
   EXPECT(lava_flow_host_memory_from_fd(-1, 4096, &m2), LAVA_FLOW_ERROR_INVALID_FD);
   EXPECT(lava_flow_host_memory_from_fd(p[0], 4096, &m2), LAVA_FLOW_ERROR_INVALID_FD);
   CHECK(count_fds() == before, "fds unchanged after refusals: %d, %d before", count_fds(), before);
@@ -346,7 +347,9 @@ static void test_buffers(LavaFlowAllocator *a) {
   close(sv[0]);
   close(sv[1]);
   if (file) fclose(file);
-  EXPECT(lava_flow_export_from_fd(&desc, p[0], &rebuilt), LAVA_FLOW_ERROR_INVALID_FD);
+  /* A number that is not open (far above any fd limit: a just-closed number could already be
+   * reused by a driver thread). */
+  EXPECT(lava_flow_export_from_fd(&desc, 0x7fff0000, &rebuilt), LAVA_FLOW_ERROR_INVALID_FD);
   CHECK(count_fds() == before, "fds unchanged after foreign fds: %d, %d before", count_fds(), before);
   /* A description that does not hold together. */
   LavaFlowBufferDesc bad = desc;
