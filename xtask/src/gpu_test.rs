@@ -42,6 +42,8 @@ for t in "$here"/bin/*; do
   [ -x "$t" ] || continue
   name=${t##*/}
   [ "$name" = lava-flow ] && continue
+  # The C API's programs (c_*) run below: they are no libtest binaries.
+  case "$name" in c_*) continue ;; esac
   echo "=== $name"
   # --nocapture: the skip lines reach the log (the console gets the result line only).
   "$t" --test-threads=1 --nocapture > "$logs/$name.log" 2>&1
@@ -55,6 +57,34 @@ for t in "$here"/bin/*; do
   passed=$((passed + p - s)); failed=$((failed + f)); skipped=$((skipped + s + i))
   summary+=("$verdict $name: $((p - s)) passed, $f failed, $((s + i)) skipped (exit $rc)")
 done
+# A program of the C API (crates/lava-flow-c): its last line is `RESULT: passed=N skipped=M failed=F`;
+# it passes when it exits 0 having run at least one check.
+run_c() { # name, command...
+  local name=$1; shift
+  echo "=== $name"
+  "$@" > "$logs/$name.log" 2>&1
+  local rc=$?
+  local result; result=$(grep -E '^RESULT:' "$logs/$name.log" | tail -n 1)
+  echo "${result:-no RESULT line (exit $rc)}"
+  local p f s
+  p=$(sed -nE 's/.*passed=([0-9]+).*/\1/p' <<< "$result"); f=$(sed -nE 's/.*failed=([0-9]+).*/\1/p' <<< "$result")
+  s=$(sed -nE 's/.*skipped=([0-9]+).*/\1/p' <<< "$result")
+  p=${p:-0}; f=${f:-0}; s=${s:-0}
+  if [ "$rc" = 0 ] && [ "$p" -gt 0 ]; then verdict=PASS; else verdict=FAIL; status=1; [ "$f" = 0 ] && f=1; fi
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  summary+=("$verdict $name: $p passed, $f failed, $s skipped (exit $rc)")
+}
+if [ -x "$here/bin/c_api_test" ]; then run_c c_api_test "$here/bin/c_api_test"; fi
+if [ -x "$here/bin/c_share_gl" ]; then
+  sock=$(mktemp -u /tmp/lava-flow-c-XXXXXX.sock)
+  "$here/bin/c_share_gl" serve "$sock" > "$logs/c_share_gl_serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 400); do [ -S "$sock" ] && break; sleep 0.05; done
+  run_c c_share_gl "$here/bin/c_share_gl" consume "$sock"
+  if ! wait "$serve_pid"; then
+    summary+=("FAIL c_share_gl serve (see c_share_gl_serve.log)"); failed=$((failed + 1)); status=1
+  fi
+fi
 run_cli() { # label, arguments...
   local label=$1; shift
   echo "=== lava-flow $label"
@@ -123,6 +153,9 @@ pub fn gpu_test() -> Result<(), String> {
         return Err("building lava-flow failed".into());
     }
     paths.push(target_dir().join("release/lava-flow").display().to_string());
+
+    println!("==> building the C API's test and example (static, debug)");
+    paths.extend(crate::capi::build_for_gpu()?);
 
     println!("==> packing into .gpu/");
     let mut pack_cmd = std::process::Command::new("bash");

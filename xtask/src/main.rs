@@ -1,8 +1,10 @@
 //! `cargo xtask demo | test | gpu-test`: what a new machine needs, in two commands.
 //!
-//! Only `std`: this runs before anything else is built, so it must compile fast and fetch nothing.
+//! `std` and cbindgen only (for the C header, see Cargo.toml): this runs before anything else is
+//! built, so it must compile fast.
 
 mod bench_doc;
+mod capi;
 mod disk;
 mod docs_check;
 mod driver;
@@ -32,13 +34,18 @@ commands:
   bench-doc CPU.json [GPU.json]
              regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
+  c-header   regenerate crates/lava-flow-c/include/lava_flow.h with cbindgen (commit it: `test` checks it)
+  install-c [--release] PREFIX
+             build the C library and install PREFIX/lib/liblava_flow.{so,a}, PREFIX/include/lava_flow.h{,pp}
+             and PREFIX/lib/pkgconfig/lava-flow.pc (docs/C.md)
+  c-check    the C API step of `test` alone: header current, install, symbols, C tests and C/C++ examples
   help       this text
 ";
 
 /// The steps of `cargo xtask test`, in order: the start of each step's name in the summary, and
 /// what it checks. README.md lists them (a test compares), and `test` fails when it runs a step
 /// this list does not name.
-pub const STEPS: [(&str, &str); 10] = [
+pub const STEPS: [(&str, &str); 11] = [
     ("cargo fmt --check", "formatting"),
     ("cargo clippy -D warnings", "clippy on the workspace, all features, all targets"),
     (
@@ -50,6 +57,10 @@ pub const STEPS: [(&str, &str); 10] = [
     ("tests", "every test, through cargo-nextest (`cargo test` where it is absent)"),
     ("doc tests", "the examples in the API docs"),
     ("build examples", "the programs in crates/lava-flow/examples"),
+    (
+        "C API",
+        "lava_flow.h matches cbindgen's output; install-c into target/c-api; only lava_flow_* exported; the C tests and the C and C++ examples built with cc/c++ and run",
+    ),
     ("soak", "`lava-flow selftest --soak 50`: every path again and again, fds and memory checked"),
     ("fuzz", "the fuzz targets: libFuzzer on nightly, else a replay of the corpus"),
 ];
@@ -60,6 +71,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("gpu-test") => gpu_test::gpu_test(),
+        Some("c-header") => capi::c_header(),
+        Some("install-c") => capi::install_c(&args[1..]),
+        Some("c-check") => capi::c_check(),
         Some("bench-doc") => bench_doc::bench_doc(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
@@ -204,6 +218,15 @@ fn test() -> Result<(), String> {
     summary.run(
         Step::new("build examples", cargo(&["build", "--workspace", "--all-features", "--examples"])).keep_going(),
     )?;
+    // The C API step runs this xtask again (`c-check`), its output going to the step's log.
+    let c_check = std::env::current_exe()
+        .map(|exe| {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.arg("c-check");
+            cmd
+        })
+        .map_err(|e| format!("test: cannot find the running xtask to start `c-check`: {e}"))?;
+    summary.run(Step::new("C API", with_env(c_check)).keep_going())?;
     // The soak runs the binary the test build made (the same features: nothing is rebuilt).
     let mut soak = std::process::Command::new(run::target_dir().join("debug").join("lava-flow"));
     soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]);
