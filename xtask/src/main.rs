@@ -10,6 +10,7 @@ mod gpu_test;
 #[cfg(test)]
 mod layers;
 mod msrv;
+mod python;
 mod report;
 mod require;
 mod run;
@@ -37,7 +38,7 @@ commands:
 /// The steps of `cargo xtask test`, in order: the start of each step's name in the summary, and
 /// what it checks. README.md lists them (a test compares), and `test` fails when it runs a step
 /// this list does not name.
-pub const STEPS: [(&str, &str); 10] = [
+pub const STEPS: [(&str, &str); 11] = [
     ("cargo fmt --check", "formatting"),
     ("cargo clippy -D warnings", "clippy on the workspace, all features, all targets"),
     (
@@ -49,6 +50,11 @@ pub const STEPS: [(&str, &str); 10] = [
     ("tests", "every test, through cargo-nextest (`cargo test` where it is absent)"),
     ("doc tests", "the examples in the API docs"),
     ("build examples", "the programs in crates/lava-flow/examples"),
+    (
+        "python",
+        "the `lava_flow` Python package: a venv under target/python (maturin, numpy, pytest from PyPI), the wheel \
+         built with maturin, its pytest suite against the real drivers",
+    ),
     ("soak", "`lava-flow selftest --soak 50`: every path again and again, fds and memory checked"),
     ("fuzz", "the fuzz targets: libFuzzer on nightly, else a replay of the corpus"),
 ];
@@ -202,6 +208,8 @@ fn test() -> Result<(), String> {
     summary.run(
         Step::new("build examples", cargo(&["build", "--workspace", "--all-features", "--examples"])).keep_going(),
     )?;
+    // After the tests: pytest runs `lava-flow serve` from the test build.
+    python::steps(&mut summary, &require, &vk_env)?;
     // The soak runs the binary the test build made (the same features: nothing is rebuilt).
     let mut soak = std::process::Command::new(run::target_dir().join("debug").join("lava-flow"));
     soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]);
