@@ -31,6 +31,8 @@ commands:
              the last line is `N passed, M failed, K skipped`
   bench-doc CPU.json [GPU.json]
              regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
+  python     only the suite's python step: the lava_flow package's venv, wheel and pytest suite
+             (docs/PYTHON.md); builds the CLI its tests serve from first
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
   help       this text
 ";
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("gpu-test") => gpu_test::gpu_test(),
+        Some("python") => python_only(),
         Some("bench-doc") => bench_doc::bench_doc(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
@@ -102,6 +105,26 @@ fn demo() -> Result<(), String> {
         Ok(())
     } else {
         Err("demo: a step failed (see above)".into())
+    }
+}
+
+/// The python step alone, with what it needs: the drivers and the `lava-flow` binary.
+fn python_only() -> Result<(), String> {
+    let require = require::for_suite()?;
+    driver::ensure_drivers()?;
+    let vk_env = driver::software_vulkan_env();
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    summary.run(Step::new(
+        "build lava-flow",
+        cargo(&["build", "--package", "lava-flow-cli", "--all-features", "--bin", "lava-flow"]),
+    ))?;
+    python::steps(&mut summary, &require, &vk_env)?;
+    summary.print(started);
+    if summary.all_passed() {
+        Ok(())
+    } else {
+        Err("python: a step failed (see the summary)".into())
     }
 }
 

@@ -10,7 +10,7 @@ use lava_flow::{
     VulkanContext,
 };
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBytes, PyTuple};
 
 use crate::dlpack::{self, Keep, Layout, Region, Tensor, KDL_CPU};
 use crate::errors::{closed, invalid, IntoPy};
@@ -347,6 +347,14 @@ impl Allocation {
     /// The bytes mapped in this process (`host-visible` and `shared-host` allocations).
     fn map_host(&self) -> PyResult<HostMapping> {
         map_buffer(&self.get()?)
+    }
+
+    /// A copy of `size` bytes at `offset`, read by Vulkan (through a staging copy where the
+    /// memory is device-local): what the GPU sees, for checks.
+    fn read<'py>(&self, py: Python<'py>, offset: u64, size: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let buffer = self.get()?;
+        let bytes = py.detach(move || buffer.read(offset, size)).py_err()?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     /// The buffer's size in bytes.

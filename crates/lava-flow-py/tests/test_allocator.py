@@ -49,3 +49,11 @@ def test_allocation_errors_are_clear(allocator):
     # The mapping made before close() keeps the buffer alive.
     array[:] = 1
     assert array.sum() == 4096
+
+
+def test_read_returns_what_vulkan_sees(allocator):
+    allocation = allocator.allocate(4096, location="host-visible")
+    numpy.from_dlpack(allocation.map_host())[:] = numpy.arange(4096) % 13
+    assert allocation.read(100, 4) == bytes([100 % 13, 101 % 13, 102 % 13, 103 % 13])
+    with pytest.raises(lava_flow.InvalidArgument, match="holds 4096 bytes"):
+        allocation.read(4000, 200)
