@@ -127,15 +127,34 @@ impl Ready {
 }
 
 /// Which CUDA device an import goes to: None (the one whose UUID the description names), an
-/// ordinal, a `torch.device("cuda", n)` (`index`) or a CuPy device (`id`).
+/// ordinal, `"cuda"`/`"cuda:N"`, a `torch.device("cuda", n)` (`type`, `index`) or a CuPy device
+/// (`id`).
 fn open_device(identity: &DeviceIdentity, device: Option<&Bound<'_, PyAny>>) -> PyResult<CudaDevice> {
     let ordinal = match device.filter(|d| !d.is_none()) {
         None => return CudaDevice::for_identity(identity).py_err(),
         Some(d) => {
             if let Ok(n) = d.extract::<usize>() {
                 n
-            } else if d.hasattr("index")? {
-                if d.hasattr("type")? && d.getattr("type")?.extract::<String>()? != "cuda" {
+            } else if let Ok(text) = d.extract::<String>() {
+                match text.trim().strip_prefix("cuda").map(|rest| rest.strip_prefix(':').unwrap_or(rest)) {
+                    Some("") => 0,
+                    Some(n) => n.parse().map_err(|_| {
+                        invalid(
+                            format!("device {text:?}"),
+                            "the ordinal after \"cuda:\" is not a number",
+                            "write \"cuda:N\"",
+                        )
+                    })?,
+                    None => {
+                        return Err(invalid(
+                            format!("device {text:?}"),
+                            "it does not name a CUDA device",
+                            "pass \"cuda\", \"cuda:N\", an ordinal or a torch.device",
+                        ))
+                    }
+                }
+            } else if d.hasattr("type")? && d.hasattr("index")? {
+                if d.getattr("type")?.extract::<String>()? != "cuda" {
                     return Err(invalid(
                         format!("device {}", d.str()?),
                         "it is not a CUDA device",
@@ -146,7 +165,9 @@ fn open_device(identity: &DeviceIdentity, device: Option<&Bound<'_, PyAny>>) -> 
             } else if d.hasattr("id")? {
                 d.getattr("id")?.extract::<usize>()?
             } else {
-                return Err(PyTypeError::new_err("device: None, an ordinal, a torch.device or a cupy.cuda.Device"));
+                return Err(PyTypeError::new_err(
+                    "device: None, an ordinal, \"cuda:N\", a torch.device or a cupy.cuda.Device",
+                ));
             }
         }
     };

@@ -188,11 +188,23 @@ def test_protocol_errors_are_lava_flow_errors(tmp_socket):
             fresh.wait_for("never", timeout=0.2)
 
 
-def test_a_cuda_import_without_cuda_is_a_clear_error():
+def test_a_cuda_import_without_cuda_is_a_clear_error_and_leaks_no_fd():
     exported = lava_flow.HostMemory(4096).export()
+    refused = (lava_flow.LibraryUnavailable, lava_flow.DeviceNotFound, lava_flow.Unsupported, lava_flow.IncompatibleDevice)
     try:
         exported.import_cuda()
-    except (lava_flow.LibraryUnavailable, lava_flow.DeviceNotFound, lava_flow.Unsupported, lava_flow.IncompatibleDevice) as e:
+    except refused as e:
         assert str(e)
     else:
         pytest.skip("CUDA imported host memory here (a GPU machine): tests/test_cuda.py checks it")
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(refused):
+            exported.import_cuda()
+        with pytest.raises(lava_flow.InvalidArgument, match="not a number"):
+            exported.import_cuda(device="cuda:x")
+        with pytest.raises(lava_flow.InvalidArgument, match="does not name a CUDA device"):
+            exported.import_cuda(device="cpu")
+        with pytest.raises(TypeError, match="device"):
+            exported.import_cuda(device=1.5)
+    assert open_fds() == before

@@ -1,6 +1,7 @@
 """Type stubs of the lava_flow package (the native module lava_flow._native)."""
 
 from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -97,7 +98,7 @@ class Server(_Closable):
     def stats(self) -> Dict[str, Any]:
         """Requests served so far and the full statistics as text."""
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
 
 class SharedObject(_Closable):
     """An object received from a server or exported here; owns one fd."""
