@@ -204,8 +204,10 @@ impl DType {
             "i8" => "int64",
             "u8" => "uint64",
             "f2" | "half" => "float16",
-            "f4" | "float" => "float32",
-            "f8" | "double" => "float64",
+            "f4" => "float32",
+            // Python's own `float` and `int`, as NumPy reads them.
+            "f8" | "double" | "float" => "float64",
+            "int" => "int64",
             "c8" => "complex64",
             "c16" => "complex128",
             other => other,

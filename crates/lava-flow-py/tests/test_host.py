@@ -70,6 +70,19 @@ def test_typed_views_memoryview_and_array_interface(tmp_socket):
     view[0] = 77
     assert words[0, 0] & 0xFF == 77
     assert repr(mapping.view("bfloat16", (2, 2))).startswith("lava_flow.Tensor(dtype=bfloat16")
+    # Every spelling of a dtype means what NumPy means by it.
+    for spelling, name in [
+        (float, "float64"),
+        (int, "int64"),
+        (bool, "bool"),
+        ("<f4", "float32"),
+        ("u2", "uint16"),
+        (numpy.dtype("complex64"), "complex64"),
+        (numpy.int8, "int8"),
+        ("half", "float16"),
+    ]:
+        assert mapping.view(spelling, 2).dtype == name
+        assert numpy.from_dlpack(mapping.view(spelling, 2)).dtype == numpy.dtype(name)
 
 
 def test_views_that_do_not_fit_are_refused_with_the_sizes():
