@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::dlpack::{self, Layout, Region, Tensor, KDL_CUDA};
-use crate::errors::{closed, invalid, IntoPy, Unsupported};
+use crate::errors::{closed, invalid, IntoPy};
 use crate::host::lock;
 
 /// `CU_STREAM_LEGACY`: DLPack's stream 1, and the stream `None` means. DLPack's 2 is
@@ -131,7 +131,7 @@ impl Ready {
 /// (`id`).
 fn open_device(identity: &DeviceIdentity, device: Option<&Bound<'_, PyAny>>) -> PyResult<CudaDevice> {
     let ordinal = match device.filter(|d| !d.is_none()) {
-        None => return CudaDevice::for_identity(identity).py_err(),
+        None => return crate::devices::cuda_for_identity(identity).py_err(),
         Some(d) => {
             if let Ok(n) = d.extract::<usize>() {
                 n
@@ -171,7 +171,46 @@ fn open_device(identity: &DeviceIdentity, device: Option<&Bound<'_, PyAny>>) -> 
             }
         }
     };
-    CudaDevice::open(ordinal).py_err()
+    crate::devices::cuda_ordinal(ordinal).py_err()
+}
+
+/// What an import made.
+pub enum Imported {
+    Memory(CudaBuffer<u8>),
+    Semaphore(RustSemaphore),
+}
+
+/// Imports `object` into `device`: memory whole, a buffer at its range, a linear texture's bytes,
+/// a semaphore. Consumes the object's fd whether it succeeds or fails (docs/OWNERSHIP.md).
+pub fn import_rust(device: &CudaDevice, object: RustShared) -> lava_flow::Result<Imported> {
+    Ok(Imported::Memory(match object {
+        RustShared::Memory(m) => {
+            let size = m.description.allocation_size;
+            device.import_memory(m)?.map_buffer(0, size)?
+        }
+        RustShared::Buffer(b) => device.import_buffer(b)?,
+        RustShared::Texture(t) => {
+            if !matches!(t.texture.tiling, TextureTiling::Linear { .. }) {
+                return Err(lava_flow::Error::unsupported(
+                    format!("importing a texture with {:?} tiling as CUDA memory", t.texture.tiling),
+                    "its bytes are laid out by the driver, not as an array",
+                    "DLPack describes strided arrays only",
+                    "publish a linear texture or a buffer",
+                ));
+            }
+            let (offset, size) = (t.texture.offset, t.texture.size);
+            device.import_memory(t.memory)?.map_buffer(offset, size)?
+        }
+        RustShared::Semaphore(s) => return Ok(Imported::Semaphore(device.import_semaphore(s)?)),
+        RustShared::Fence(_) => {
+            return Err(lava_flow::Error::unsupported(
+                "importing a fence into CUDA",
+                "CUDA imports external semaphores, not fences",
+                "cuImportExternalSemaphore",
+                "publish a semaphore",
+            ))
+        }
+    }))
 }
 
 /// Imports `object` into CUDA (`SharedObject.import_cuda`).
@@ -183,49 +222,23 @@ pub fn import<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let device = open_device(&identity, device)?;
     let ordinal = device.ordinal() as i32;
-    let buffer = match object {
-        RustShared::Memory(m) => {
-            let size = m.description.allocation_size;
-            let imported = device.import_memory(m).py_err()?;
-            imported.map_buffer(0, size).py_err()?
+    let imported = py.detach(|| import_rust(&device, object)).py_err()?;
+    match imported {
+        Imported::Semaphore(semaphore) => {
+            Ok(Bound::new(py, CudaSemaphore { inner: Mutex::new(Some(Arc::new(semaphore))), ordinal })?.into_any())
         }
-        RustShared::Buffer(b) => device.import_buffer(b).py_err()?,
-        RustShared::Texture(t) => {
-            if !matches!(t.texture.tiling, TextureTiling::Linear { .. }) {
-                return Err(Unsupported::new_err(format!(
-                    "importing a texture with {:?} tiling as CUDA memory is not supported: its bytes are laid out \
-                     by the driver, not as an array (DLPack has no tiled layouts); publish a linear texture or a \
-                     buffer",
-                    t.texture.tiling
-                )));
-            }
-            let (offset, size) = (t.texture.offset, t.texture.size);
-            let imported = device.import_memory(t.memory).py_err()?;
-            imported.map_buffer(offset, size).py_err()?
-        }
-        RustShared::Semaphore(s) => {
-            let semaphore = device.import_semaphore(s).py_err()?;
-            return Ok(
-                Bound::new(py, CudaSemaphore { inner: Mutex::new(Some(Arc::new(semaphore))), ordinal })?.into_any()
-            );
-        }
-        RustShared::Fence(_) => {
-            return Err(Unsupported::new_err(
-                "importing a fence into CUDA is not supported: CUDA imports semaphores only; publish a semaphore",
-            ))
-        }
-    };
-    Ok(Bound::new(
-        py,
-        CudaMemory {
-            buffer: Mutex::new(Some(Arc::new(buffer))),
-            ordinal,
-            ready: Mutex::new(None),
-            interface_out: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-        },
-    )?
-    .into_any())
+        Imported::Memory(buffer) => Ok(Bound::new(
+            py,
+            CudaMemory {
+                buffer: Mutex::new(Some(Arc::new(buffer))),
+                ordinal,
+                ready: Mutex::new(None),
+                interface_out: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            },
+        )?
+        .into_any()),
+    }
 }
 
 /// Memory imported into CUDA: `torch.from_dlpack(mem)`, `cupy.from_dlpack(mem)`,

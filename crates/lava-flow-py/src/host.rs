@@ -5,10 +5,7 @@ use std::sync::{Arc, Mutex};
 use lava_flow::ipc::{shm, SharedObject as RustShared};
 use lava_flow::raw_gpu_handle::{BufferHandle, MemoryHandleKind, MemoryProperties};
 use lava_flow::vulkan::AllocationStrategy;
-use lava_flow::{
-    Buffer, BufferOptions, ContextOptions, DeviceSelector, MemoryAllocator, MemoryLocation, SharedHostMemory,
-    VulkanContext,
-};
+use lava_flow::{Buffer, BufferOptions, MemoryAllocator, MemoryLocation, SharedHostMemory};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -135,10 +132,12 @@ impl HostMapping {
 
 /// Maps a received object's bytes on the host: shared host memory (a memfd) by mmap, host-visible
 /// Vulkan memory by importing it into the Vulkan device it names and mapping it there. The
-/// object keeps its own fd (this maps a duplicate).
-pub fn map_shared(object: &RustShared) -> PyResult<HostMapping> {
+/// object keeps its own fd (this maps a duplicate). Returns the first byte's address, the length
+/// and what keeps the mapping alive.
+pub fn map_region(object: &RustShared) -> lava_flow::Result<(*mut u8, u64, Keep)> {
+    use lava_flow::Error;
     let Some(memory) = object.memory() else {
-        return Err(invalid(
+        return Err(Error::invalid(
             format!("host mapping of a {}", object.kind_name()),
             "only memory, buffers and textures hold bytes",
             "map a memory, buffer or texture object",
@@ -151,52 +150,56 @@ pub fn map_shared(object: &RustShared) -> PyResult<HostMapping> {
         _ => (0, desc.allocation_size),
     };
     if offset.checked_add(size).is_none_or(|end| end > desc.allocation_size) {
-        return Err(invalid(
+        return Err(Error::invalid(
             format!("{} of {size} bytes at offset {offset}", object.kind_name()),
             format!("its allocation holds {} bytes", desc.allocation_size),
             "the server's description is inconsistent: re-publish the object",
         ));
     }
-    let copy = object.try_clone().py_err()?;
     match desc.handle_kind {
         MemoryHandleKind::HostMemfd => {
-            let (_, fd) = copy.into_parts();
-            let host = shm::map_sealed(fd, desc.allocation_size).py_err()?;
+            let (_, fd) = object.try_clone()?.into_parts();
+            let host = shm::map_sealed(fd, desc.allocation_size)?;
             // SAFETY: `offset` is inside the mapping (checked above against the allocation size,
             // which `map_sealed` mapped whole).
             let ptr = unsafe { host.as_ptr().add(offset as usize) };
-            Ok(HostMapping::new(ptr, size, Arc::new(host)))
+            Ok((ptr, size, Arc::new(host)))
         }
         MemoryHandleKind::OpaqueFd if desc.memory_properties.contains(MemoryProperties::HOST_VISIBLE) => {
             if !desc.memory_properties.contains(MemoryProperties::HOST_COHERENT) {
-                return Err(crate::errors::Unsupported::new_err(format!(
-                    "mapping {} bytes of host-visible memory without HOST_COHERENT is not supported: writes would \
-                     need explicit flushes DLPack has no place for; allocate HOST_COHERENT memory (lava-flow's \
-                     host-visible allocations are) or use shared host memory",
-                    desc.allocation_size
-                )));
+                return Err(Error::unsupported(
+                    format!("mapping {} bytes of host-visible memory without HOST_COHERENT", desc.allocation_size),
+                    "host writes would need explicit flushes, which DLPack consumers do not make",
+                    "VK_MEMORY_PROPERTY_HOST_COHERENT_BIT: vkFlushMappedMemoryRanges is needed without it",
+                    "allocate HOST_COHERENT memory (lava-flow's host-visible allocations are) or shared host memory",
+                ));
             }
-            let options = ContextOptions { selector: DeviceSelector::Uuid(desc.device.device_uuid), driver: None };
-            let ctx = VulkanContext::with_options(&options).py_err()?;
-            let (_, fd) = copy.into_parts();
+            let ctx = crate::devices::vulkan(desc.device.device_uuid)?;
+            let (_, fd) = object.try_clone()?.into_parts();
             let whole = lava_flow::raw_gpu_handle::MemoryHandle::new(fd, desc);
             let buffer = BufferHandle::new(
                 whole,
                 lava_flow::raw_gpu_handle::BufferDescription { offset: 0, size: desc.allocation_size, alignment: 1 },
             );
-            let buffer = Buffer::import(&ctx, buffer).py_err()?;
-            let base = buffer.memory().host_pointer().py_err()?;
+            let buffer = Buffer::import(&ctx, buffer)?;
+            let base = buffer.memory().host_pointer()?;
             // SAFETY: the pointer maps the whole allocation and `offset` lies inside it (checked above).
             let ptr = unsafe { base.add(offset as usize) };
-            Ok(HostMapping::new(ptr, size, Arc::new(buffer)))
+            Ok((ptr, size, Arc::new(buffer)))
         }
-        kind => Err(invalid(
+        kind => Err(Error::invalid(
             format!("host mapping of {kind} memory"),
             "it is not host-visible: only the device can reach it",
             "import it into CUDA (import_cuda) or Vulkan, or have the producer allocate host-visible or shared host \
              memory",
         )),
     }
+}
+
+/// [`map_region`] as a `HostMapping`.
+pub fn map_shared(py: Python<'_>, object: &RustShared) -> PyResult<HostMapping> {
+    let (ptr, len, keep) = py.detach(|| map_region(object).map(|(p, l, k)| (p as usize, l, k))).py_err()?;
+    Ok(HostMapping::new(ptr as *mut u8, len, keep))
 }
 
 /// Maps a buffer this process allocated.

@@ -8,7 +8,9 @@
 //! `close()` and garbage collection leaves a consumer with unmapped memory, and every fd is
 //! closed once, by the Rust value that owns it.
 
+mod bench;
 mod cuda;
+mod devices;
 mod dlpack;
 mod errors;
 mod host;
@@ -20,6 +22,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(objects::connect, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;
     m.add_class::<objects::Client>()?;
     m.add_class::<objects::Server>()?;
     m.add_class::<objects::SharedObject>()?;

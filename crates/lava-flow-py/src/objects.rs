@@ -18,6 +18,16 @@ fn duration(what: &str, seconds: f64) -> PyResult<Duration> {
         .map_err(|_| invalid(format!("{what} {seconds}"), "it is not a number of seconds >= 0", "pass seconds"))
 }
 
+/// The device an object's description names (all zeros for host memory, which names none).
+pub fn identity(description: &ObjectDescription) -> lava_flow::raw_gpu_handle::DeviceIdentity {
+    match description {
+        ObjectDescription::Memory(m) => m.device,
+        ObjectDescription::Buffer { memory, .. } | ObjectDescription::Texture { memory, .. } => memory.device,
+        ObjectDescription::Semaphore(s) => s.device,
+        ObjectDescription::Fence(f) => f.device,
+    }
+}
+
 /// An object received from a server (or exported here): its description as attributes, and its
 /// fd, which this object owns and closes once (`close()` or collection).
 #[pyclass(module = "lava_flow", frozen)]
@@ -47,11 +57,7 @@ impl SharedObject {
     }
 
     fn device(&self) -> lava_flow::raw_gpu_handle::DeviceIdentity {
-        match &self.description {
-            ObjectDescription::Semaphore(s) => s.device,
-            ObjectDescription::Fence(f) => f.device,
-            _ => self.memory().expect("memory kinds have memory").device,
-        }
+        identity(&self.description)
     }
 }
 
@@ -208,9 +214,9 @@ impl SharedObject {
 
     /// Maps the bytes on the host (shared host memory, or host-visible Vulkan memory through the
     /// device the description names): `numpy.from_dlpack(obj.map_host())`.
-    fn map_host(&self) -> PyResult<HostMapping> {
-        let guard = lock(&self.object);
-        map_shared(guard.as_ref().ok_or_else(|| closed("shared object"))?)
+    fn map_host(&self, py: Python<'_>) -> PyResult<HostMapping> {
+        let object = self.duplicate()?;
+        map_shared(py, &object)
     }
 
     /// Imports the object into CUDA: memory, buffers and linear textures as `CudaMemory`

@@ -221,3 +221,21 @@ def test_a_cuda_import_without_cuda_is_a_clear_error_and_leaks_no_fd():
         with pytest.raises(TypeError, match="device"):
             exported.import_cuda(device=1.5)
     assert open_fds() == before
+
+
+def test_the_bench_measures_both_halves():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lava_flow.bench", "--iterations", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["steps"] == "get + map_host + numpy.from_dlpack"
+    assert result["rust_us"] > 0 and result["python_us"] > 0
+    assert result["bound_us"] >= result["rust_us"] + 10
