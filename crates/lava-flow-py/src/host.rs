@@ -296,13 +296,37 @@ fn location(name: &str, device_id: usize) -> PyResult<MemoryLocation> {
 
 #[pymethods]
 impl Allocator {
-    /// An allocator on Vulkan device `device` (its index in `lava-flow info`).
+    /// An allocator on Vulkan device `device` (its index in `lava-flow info`), or, with None, on
+    /// the default device: the first discrete GPU, else integrated, else virtual, else the CPU
+    /// (lavapipe).
     #[new]
-    #[pyo3(signature = (device=0))]
-    fn new(py: Python<'_>, device: usize) -> PyResult<Allocator> {
-        let inner = py.detach(MemoryAllocator::new).py_err()?;
-        py.detach(|| inner.context(device)).py_err()?;
+    #[pyo3(signature = (device=None))]
+    fn new(py: Python<'_>, device: Option<usize>) -> PyResult<Allocator> {
+        let (inner, device) = py
+            .detach(|| -> lava_flow::Result<(MemoryAllocator, usize)> {
+                match device {
+                    Some(index) => {
+                        let inner = MemoryAllocator::new()?;
+                        inner.context(index)?;
+                        Ok((inner, index))
+                    }
+                    None => {
+                        let ctx = lava_flow::VulkanContext::new()?;
+                        let index = ctx.info().index;
+                        Ok((MemoryAllocator::with_context(ctx), index))
+                    }
+                }
+            })
+            .py_err()?;
         Ok(Allocator { inner: Arc::new(inner), device })
+    }
+
+    /// The device's name, as `lava-flow info` prints it.
+    #[getter]
+    fn device_name(&self, py: Python<'_>) -> PyResult<String> {
+        let inner = self.inner.clone();
+        let device = self.device;
+        Ok(py.detach(move || inner.context(device)).py_err()?.info().name.clone())
     }
 
     /// `size` bytes at `location`: `"gpu"` (device-local), `"host-visible"` or `"shared-host"`

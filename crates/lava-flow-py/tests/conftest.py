@@ -49,10 +49,10 @@ def tmp_socket():
 
 @pytest.fixture
 def allocator():
-    """A Vulkan allocator on device 0 (lavapipe in CI); skips (or fails under
-    LAVA_FLOW_REQUIRE=vulkan) where there is no Vulkan."""
+    """A Vulkan allocator on the default device (a GPU where there is one, lavapipe in CI); skips
+    (or fails under LAVA_FLOW_REQUIRE=vulkan) where there is no Vulkan."""
     try:
-        return lava_flow.Allocator(0)
+        return lava_flow.Allocator()
     except (lava_flow.LibraryUnavailable, lava_flow.DeviceNotFound) as e:
         unavailable("vulkan", str(e))
 

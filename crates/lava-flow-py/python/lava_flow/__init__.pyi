@@ -215,9 +215,12 @@ class HostMemory(_Closable):
     def size(self) -> int: ...
 
 class Allocator:
-    """Allocates exportable Vulkan memory on device `device` (its index in `lava-flow info`)."""
+    """Allocates exportable Vulkan memory on device `device` (its index in `lava-flow info`), or
+    with None on the default device (the first discrete GPU, else integrated, else lavapipe)."""
 
-    def __init__(self, device: int = 0) -> None: ...
+    def __init__(self, device: Optional[int] = None) -> None: ...
+    @property
+    def device_name(self) -> str: ...
     def allocate(self, size: int, location: str = "shared-host") -> Allocation:
         """`location`: "gpu", "host-visible" or "shared-host"."""
     @property
