@@ -13,6 +13,7 @@ mod gpu_test;
 #[cfg(test)]
 mod layers;
 mod msrv;
+mod python;
 mod report;
 mod require;
 mod run;
@@ -33,6 +34,8 @@ commands:
              the last line is `N passed, M failed, K skipped`
   bench-doc CPU.json [GPU.json]
              regenerate docs/BENCHMARKS.md's tables and plots from `lava-flow bench --json` files
+  python     only the suite's python step: the lava_flow package's venv, wheel and pytest suite
+             (docs/PYTHON.md); builds the CLI its tests serve from first
   gpu-test   build the test binaries and the CLI, pack them into .gpu/ for the GPU machine
   c-header   regenerate crates/lava-flow-c/include/lava_flow.h with cbindgen (commit it: `test` checks it)
   install-c [--release] PREFIX
@@ -60,6 +63,9 @@ pub const STEPS: [(&str, &str); 11] = [
     (
         "C API",
         "lava_flow.h matches cbindgen's output; install-c into target/c-api; only lava_flow_* exported; the C tests and the C and C++ examples built with cc/c++ and run",
+        "python",
+        "the `lava_flow` Python package: a venv under target/python (maturin, numpy, pytest from PyPI), the wheel \
+         built with maturin, its pytest suite against the real drivers",
     ),
     ("soak", "`lava-flow selftest --soak 50`: every path again and again, fds and memory checked"),
     ("fuzz", "the fuzz targets: libFuzzer on nightly, else a replay of the corpus"),
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Some("c-header") => capi::c_header(),
         Some("install-c") => capi::install_c(&args[1..]),
         Some("c-check") => capi::c_check(),
+        Some("python") => python_only(),
         Some("bench-doc") => bench_doc::bench_doc(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
@@ -111,6 +118,26 @@ fn demo() -> Result<(), String> {
         Ok(())
     } else {
         Err("demo: a step failed (see above)".into())
+    }
+}
+
+/// The python step alone, with what it needs: the drivers and the `lava-flow` binary.
+fn python_only() -> Result<(), String> {
+    let require = require::for_suite()?;
+    driver::ensure_drivers()?;
+    let vk_env = driver::software_vulkan_env();
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    summary.run(Step::new(
+        "build lava-flow",
+        cargo(&["build", "--package", "lava-flow-cli", "--all-features", "--bin", "lava-flow"]),
+    ))?;
+    python::steps(&mut summary, &require, &vk_env)?;
+    summary.print(started);
+    if summary.all_passed() {
+        Ok(())
+    } else {
+        Err("python: a step failed (see the summary)".into())
     }
 }
 
@@ -227,6 +254,8 @@ fn test() -> Result<(), String> {
         })
         .map_err(|e| format!("test: cannot find the running xtask to start `c-check`: {e}"))?;
     summary.run(Step::new("C API", with_env(c_check)).keep_going())?;
+    // After the tests: pytest runs `lava-flow serve` from the test build.
+    python::steps(&mut summary, &require, &vk_env)?;
     // The soak runs the binary the test build made (the same features: nothing is rebuilt).
     let mut soak = std::process::Command::new(run::target_dir().join("debug").join("lava-flow"));
     soak.args(["selftest", "--soak", &SOAK_ROUNDS.to_string()]);

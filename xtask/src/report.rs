@@ -107,6 +107,19 @@ pub fn from_junit(xml: &str) -> TestRun {
             run.tally.failed += 1;
             continue;
         }
+        // pytest's report (the Python step) marks a skipped test with `<skipped message=...>`,
+        // whose message is the marker line the suite's conftest.py writes.
+        if let Some(at) = body.find("<skipped") {
+            let tag = &body[at..at + body[at..].find('>').map_or(0, |e| e + 1)];
+            let message = attribute(tag, "message").unwrap_or_default();
+            let (tag, reason) = match parse_marker(&message) {
+                Some((_, tag, reason)) => (tag, reason),
+                None => ("skipped".to_string(), message),
+            };
+            run.tally.skipped += 1;
+            run.skips.push(Skip { test, case: None, tag, reason });
+            continue;
+        }
         let skips = skips_of(&test, &element_text(body, "system-out"));
         if skips.iter().any(|s| s.case.is_none()) {
             run.tally.skipped += 1;
@@ -387,5 +400,19 @@ test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
     #[test]
     fn unescapes_entities() {
         assert_eq!(unescape("a &lt;b&gt; &amp; &#65;&#x42; & c &bogus; d"), "a <b> & AB & c &bogus; d");
+    }
+
+    #[test]
+    fn pytest_skips_are_counted_with_their_marker() {
+        let xml = r#"<testsuites><testsuite name="pytest" errors="0" failures="1" skipped="1" tests="3">
+<testcase classname="test_cuda" name="test_torch_reads" time="0.1"><skipped type="pytest.skip" message="SKIPPED (cuda unavailable): no libcuda.so.1">test_cuda.py:9: SKIPPED (cuda unavailable): no libcuda.so.1</skipped></testcase>
+<testcase classname="test_host" name="test_pattern" time="0.1" />
+<testcase classname="test_host" name="test_bad" time="0.1"><failure message="assert 1 == 2">...</failure></testcase>
+</testsuite></testsuites>"#;
+        let run = from_junit(xml);
+        assert_eq!(run.tally, Tally { passed: 1, failed: 1, skipped: 1 });
+        assert_eq!(run.skips[0].tag, "cuda unavailable");
+        assert_eq!(run.skips[0].reason, "no libcuda.so.1");
+        assert_eq!(run.skips[0].test, "test_cuda::test_torch_reads");
     }
 }

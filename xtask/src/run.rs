@@ -217,6 +217,14 @@ impl Summary {
         Ok(passed)
     }
 
+    /// Records a step that could not be run and must not be passed over (a requirement
+    /// `LAVA_FLOW_REQUIRE` names is missing): it prints as failed, with `why`.
+    pub fn failed(&mut self, name: &str, why: &str) -> Result<bool, String> {
+        println!("{name:<52} FAILED {:>8}\n  {why}", fmt_duration(Duration::ZERO));
+        self.records.push(Record { name: name.into(), passed: false, elapsed: Duration::ZERO, tests: None });
+        Ok(false)
+    }
+
     /// The names of the steps run so far.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.records.iter().map(|r| r.name.as_str())

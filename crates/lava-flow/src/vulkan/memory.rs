@@ -648,8 +648,15 @@ impl DeviceMemory {
         self.properties.contains(vk::MemoryPropertyFlags::HOST_VISIBLE)
     }
 
-    /// Pointer to the start of the persistent host mapping, mapping on first use.
-    pub(crate) fn host_pointer(&self) -> Result<*mut u8> {
+    /// Pointer to the start of the persistent host mapping of the whole allocation, mapping on
+    /// first use: valid until this `DeviceMemory` is dropped (keep an `Arc` of it). Reading or
+    /// writing through it is the caller's `unsafe`, under the contract of
+    /// [`Buffer::map_unchecked`](crate::Buffer::map_unchecked): another device or process may write
+    /// the bytes. Host-coherent memory needs no flush; for memory without `HOST_COHERENT` in
+    /// [`properties`](Self::properties), lava-flow's own reads and writes flush and invalidate, and
+    /// a caller writing through this pointer must use those instead. Used by the Python module's
+    /// `map_host`, which hands the pointer to DLPack consumers (NumPy) with the memory kept alive.
+    pub fn host_pointer(&self) -> Result<*mut u8> {
         if let Some(host) = &self.host {
             return Ok(host.as_ptr());
         }
