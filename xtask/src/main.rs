@@ -48,7 +48,7 @@ commands:
 /// The steps of `cargo xtask test`, in order: the start of each step's name in the summary, and
 /// what it checks. README.md lists them (a test compares), and `test` fails when it runs a step
 /// this list does not name.
-pub const STEPS: [(&str, &str); 11] = [
+pub const STEPS: [(&str, &str); 12] = [
     ("cargo fmt --check", "formatting"),
     ("cargo clippy -D warnings", "clippy on the workspace, all features, all targets"),
     (
@@ -63,6 +63,8 @@ pub const STEPS: [(&str, &str); 11] = [
     (
         "C API",
         "lava_flow.h matches cbindgen's output; install-c into target/c-api; only lava_flow_* exported; the C tests and the C and C++ examples built with cc/c++ and run",
+    ),
+    (
         "python",
         "the `lava_flow` Python package: a venv under target/python (maturin, numpy, pytest from PyPI), the wheel \
          built with maturin, its pytest suite against the real drivers",
