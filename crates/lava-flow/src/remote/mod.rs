@@ -34,7 +34,8 @@
 //!     let rx = MpiReceiver::new(&mpi, 0, 0, &ReceiverOptions::new(1 << 20))?;
 //!     if let Some(frame) = rx.recv()? {
 //!         assert_eq!(frame.bytes(), &[1, 2, 3, 4]);
-//!     }
+//!     } // (the frame, which borrows `rx`, drops here)
+//!     drop(rx);
 //! }
 //! # Ok::<(), lava_flow::Error>(())
 //! ```
@@ -54,3 +55,8 @@ pub use wire::{FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_METADATA};
 
 /// An MPI rank in `MPI_COMM_WORLD`.
 pub type Rank = i32;
+
+/// docs/REMOTE.md, whose Rust samples are compiled as doc tests here, so they cannot drift.
+#[doc = include_str!("../../../../docs/REMOTE.md")]
+#[cfg(doctest)]
+pub struct RemoteDocSamples;
