@@ -1235,6 +1235,7 @@ impl Consumer {
     /// `wait`: `None` does not wait; `Some(t)` waits up to `t` and returns `Ok(None)` after it.
     fn next(&self, wait: Option<Duration>) -> Result<Option<ReadFrame<'_>>> {
         let deadline = wait.map(|t| Instant::now() + t);
+        let mut waited = false;
         loop {
             if let Some(ended) = &*self.ended.borrow() {
                 return Err(self.closed(ended));
@@ -1248,6 +1249,7 @@ impl Consumer {
                     if now >= deadline {
                         return Ok(None);
                     }
+                    waited = true;
                     poll_one(self.sock.as_fd(), false, Some(deadline - now))?;
                     continue;
                 }
@@ -1292,7 +1294,7 @@ impl Consumer {
             }
             stats.frames += 1;
             self.stats.set(stats);
-            let frame = ReadFrame { consumer: self, message: frame, received_ns: now_ns() };
+            let frame = ReadFrame { consumer: self, message: frame, received_ns: now_ns(), waited };
             if let Some(filled) = &self.filled {
                 filled.wait(frame.message.timeline, self.timeout)?;
             }
@@ -1306,6 +1308,7 @@ pub struct ReadFrame<'a> {
     consumer: &'a Consumer,
     message: FrameMessage,
     received_ns: u64,
+    waited: bool,
 }
 
 impl std::fmt::Debug for ReadFrame<'_> {
@@ -1348,6 +1351,14 @@ impl ReadFrame<'_> {
     /// (`CLOCK_MONOTONIC` on both sides).
     pub fn handoff_ns(&self) -> u64 {
         self.received_ns.saturating_sub(self.message.sent_ns)
+    }
+
+    /// Whether the consumer was already waiting when the frame came (so [`handoff_ns`]
+    /// measures the hand-off itself, wake-up included, without queueing behind earlier frames).
+    ///
+    /// [`handoff_ns`]: Self::handoff_ns
+    pub fn waited(&self) -> bool {
+        self.waited
     }
 
     /// Copies `out.len()` bytes at `offset` out of the frame (volatile loads from shared memory,

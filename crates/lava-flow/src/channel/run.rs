@@ -118,8 +118,11 @@ pub struct RunReport {
     pub frames_per_second: f64,
     /// Bytes per second (frames times frame size).
     pub bytes_per_second: f64,
-    /// Hand-off latency (consumer).
+    /// Hand-off latency over every frame, queueing behind earlier frames included (consumer).
     pub latency: Option<Latency>,
+    /// Hand-off latency over the frames the consumer was already waiting for: the cost of the
+    /// hand-off itself, wake-up included (consumer).
+    pub wake_latency: Option<Latency>,
     /// The producer's counters (producer).
     pub producer: Option<ProducerStats>,
     /// Why it ended: "count", "peer-finished".
@@ -151,6 +154,15 @@ impl std::fmt::Display for RunReport {
                 l.p50_ns as f64 / 1e3,
                 l.p99_ns as f64 / 1e3,
                 l.max_ns as f64 / 1e3
+            )?;
+        }
+        if let Some(l) = &self.wake_latency {
+            write!(
+                f,
+                "; waiting consumer ({} frames) p50 {:.1} us p99 {:.1} us",
+                l.samples,
+                l.p50_ns as f64 / 1e3,
+                l.p99_ns as f64 / 1e3
             )?;
         }
         write!(f, "; ended by {}", self.ended_by)
@@ -207,6 +219,7 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
         frames_per_second: frames as f64 / elapsed,
         bytes_per_second: frames as f64 * size as f64 / elapsed,
         latency: None,
+        wake_latency: None,
         producer: Some(stats),
         ended_by: "count",
     })
@@ -240,6 +253,7 @@ fn check(frame: &super::ReadFrame<'_>, buf: &mut Vec<u8>, all: bool) -> Result<(
 pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
     let consumer = Channel::consumer(&config.socket, config.options.clone())?;
     let mut latencies = Vec::new();
+    let mut wake_latencies = Vec::new();
     let mut buf = Vec::new();
     let mut start = None;
     let mut last_at = Instant::now();
@@ -254,6 +268,9 @@ pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
             Err(e) => return Err(e),
         };
         latencies.push(frame.handoff_ns());
+        if frame.waited() {
+            wake_latencies.push(frame.handoff_ns());
+        }
         start.get_or_insert_with(Instant::now);
         check(&frame, &mut buf, config.check_all)?;
         if !config.hold.is_zero() {
@@ -277,6 +294,7 @@ pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
         frames_per_second: stats.frames as f64 / elapsed,
         bytes_per_second: stats.frames as f64 * consumer.frame_size() as f64 / elapsed,
         latency: Latency::of(latencies),
+        wake_latency: Latency::of(wake_latencies),
         producer: None,
         ended_by,
     })
