@@ -62,6 +62,11 @@ use crate::{Buffer, BufferOptions, Error, Result, SharedHostMemory, VulkanContex
 use wire::{ChannelMessage, FrameMessage, Hello, MemoryCode, SyncCode};
 pub use wire::{DType, Metadata, MAX_DIMS, MAX_SLOTS, MAX_USER_DATA};
 
+/// Non-blocking looks before a waiting end yields its time slice (consumer).
+const SPINS: u32 = 128;
+/// Looks with a yield between them before a waiting end sleeps in `poll`.
+const YIELDS: u32 = 64;
+
 /// Most consumers one channel serves at once (each has a bit in a slot's holder mask).
 pub const MAX_CONSUMERS: u32 = 64;
 /// The name each consumer's claim words travel under in the handshake.
@@ -537,6 +542,7 @@ impl Producer {
     pub fn acquire(&mut self) -> Result<WriteFrame<'_>> {
         let deadline = Instant::now() + self.options.timeout;
         let mut waited = false;
+        let mut rounds = 0u32;
         loop {
             if let Some(slot) = self.find_free()? {
                 return Ok(self.writing(slot));
@@ -544,6 +550,12 @@ impl Producer {
             if !waited {
                 waited = true;
                 self.stats.full_waits += 1;
+            }
+            // A release due within microseconds is taken without sleeping (`find_free` looks).
+            rounds += 1;
+            if rounds < YIELDS {
+                std::thread::yield_now();
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1236,6 +1248,7 @@ impl Consumer {
     fn next(&self, wait: Option<Duration>) -> Result<Option<ReadFrame<'_>>> {
         let deadline = wait.map(|t| Instant::now() + t);
         let mut waited = false;
+        let mut spins = 0u32;
         loop {
             if let Some(ended) = &*self.ended.borrow() {
                 return Err(self.closed(ended));
@@ -1245,11 +1258,22 @@ impl Consumer {
                 Incoming::HungUp => return Err(self.end_with(Ended::HungUp)),
                 Incoming::Nothing => {
                     let Some(deadline) = deadline else { return Ok(None) };
+                    waited = true;
+                    // As the ring's host counters: a short spin, then a few yields, then sleep
+                    // in poll. A frame due within microseconds is taken without a wake-up.
+                    spins += 1;
+                    if spins < SPINS {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    if spins < SPINS + YIELDS {
+                        std::thread::yield_now();
+                        continue;
+                    }
                     let now = Instant::now();
                     if now >= deadline {
                         return Ok(None);
                     }
-                    waited = true;
                     poll_one(self.sock.as_fd(), false, Some(deadline - now))?;
                     continue;
                 }

@@ -18,22 +18,36 @@ pub fn frame_word(k: u64, j: usize) -> u64 {
 /// Fills `out` with frame `k`'s pattern (little-endian words; a tail shorter than a word holds
 /// the word's first bytes).
 pub fn fill_pattern(out: &mut [u8], k: u64) {
-    for (j, chunk) in out.chunks_mut(8).enumerate() {
-        let w = frame_word(k, j).to_le_bytes();
-        chunk.copy_from_slice(&w[..chunk.len()]);
+    let last = out.len() / 8;
+    let mut words = out.chunks_exact_mut(8);
+    for (j, chunk) in (&mut words).enumerate() {
+        chunk.copy_from_slice(&frame_word(k, j).to_le_bytes());
     }
+    let tail = words.into_remainder();
+    let n = tail.len();
+    tail.copy_from_slice(&frame_word(k, last).to_le_bytes()[..n]);
 }
 
 /// Checks that `bytes` hold frame `k`'s pattern, naming the first wrong word.
 pub fn check_pattern(bytes: &[u8], k: u64) -> Result<()> {
-    for (j, chunk) in bytes.chunks(8).enumerate() {
+    let wrong = |j: usize| {
         let w = frame_word(k, j).to_le_bytes();
-        if chunk != &w[..chunk.len()] {
-            return Err(Error::Mismatch {
-                what: format!("channel frame {k}"),
-                detail: format!("word {j} is {chunk:02x?}, expected {:02x?}", &w[..chunk.len()]),
-            });
-        }
+        let have = &bytes[j * 8..(j * 8 + 8).min(bytes.len())];
+        Err(Error::Mismatch {
+            what: format!("channel frame {k}"),
+            detail: format!("word {j} is {have:02x?}, expected {:02x?}", &w[..have.len()]),
+        })
+    };
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    // Whole words first, compared as integers (the hot loop of every consumer).
+    if let Some(j) =
+        words.enumerate().position(|(j, c)| u64::from_le_bytes(c.try_into().expect("8 bytes")) != frame_word(k, j))
+    {
+        return wrong(j);
+    }
+    if tail != &frame_word(k, bytes.len() / 8).to_le_bytes()[..tail.len()] {
+        return wrong(bytes.len() / 8);
     }
     Ok(())
 }
