@@ -86,8 +86,9 @@ pub struct EndArgs {
 
 #[derive(clap::Subcommand, Clone)]
 pub enum Sub {
-    /// Start the consumers as child processes and run the producer here, for each frame size and
-    /// consumer count given; report frames/s, GB/s and hand-off latency p50/p99 per run.
+    /// Start consumer processes, produce for them here and measure, every frame checked
+    ///
+    /// One run per frame size and consumer count: frames/s, GB/s and hand-off latency p50/p99.
     Bench(BenchArgs),
 }
 

@@ -42,8 +42,9 @@ enum Command {
     Attach(attach::Args),
     /// A zero-copy producer/consumer ring of shared buffers between two processes.
     Ring(ring::Args),
-    /// Frames of shared memory from a producer process to consumer processes (one end per
-    /// process), or `channel bench`, which starts both ends itself.
+    /// Frames of shared memory from a producer process to consumer processes, zero-copy
+    ///
+    /// One end per process (`--role`), or `channel bench`, which starts both ends itself.
     Channel(channel::Args),
     /// The other side of a cross-process selftest path (started by `selftest` itself).
     #[command(name = "__selftest-peer", hide = true)]

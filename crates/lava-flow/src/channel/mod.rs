@@ -666,6 +666,9 @@ impl Producer {
             // caller waited for): consumers waiting for this value may read them.
             filled.signal(sequence + 1)?;
         }
+        // The frame's bytes (host stores, atomic or volatile) are ordered before the messages
+        // that announce it; the consumer fences after receiving one.
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.pump(Some(Duration::ZERO))?;
         let s = &mut self.slots[slot];
         s.state = SlotState::InFlight;
@@ -1318,6 +1321,8 @@ impl Consumer {
             }
             stats.frames += 1;
             self.stats.set(stats);
+            // Pairs with the producer's fence before it sent the message.
+            std::sync::atomic::fence(Ordering::SeqCst);
             let frame = ReadFrame { consumer: self, message: frame, received_ns: now_ns(), waited };
             if let Some(filled) = &self.filled {
                 filled.wait(frame.message.timeline, self.timeout)?;

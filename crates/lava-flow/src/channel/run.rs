@@ -4,9 +4,11 @@
 //! frame to the consumer taking it).
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Channel, ChannelOptions, FrameMemory, Metadata, Policy, ProducerStats};
+use crate::ipc::shm;
 use crate::{Error, Result};
 
 /// Word `j` of frame `k`: differs for every frame and every position, so a stale, torn or
@@ -212,8 +214,20 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
     let start = Instant::now();
     for k in 0..frames {
         let mut frame = producer.acquire()?;
-        fill_pattern(&mut pattern, frame.sequence());
-        frame.write(0, &pattern)?;
+        let sequence = frame.sequence();
+        match frame.host_memory() {
+            // Host frames: the words are written in place with atomic stores, as the ring does
+            // (consumers of this run read them with atomic loads, never with plain copies).
+            Some(memory) if size % 8 == 0 => {
+                for (j, w) in shm::atomic_u64_slice(memory, 0, size / 8)?.iter().enumerate() {
+                    w.store(frame_word(sequence, j).to_le(), Ordering::Relaxed);
+                }
+            }
+            _ => {
+                fill_pattern(&mut pattern, sequence);
+                frame.write(0, &pattern)?;
+            }
+        }
         frame.send(Metadata { timestamp: k, ..Metadata::bytes(size as u64) })?;
     }
     producer.drain(config.options.timeout)?;
@@ -242,6 +256,25 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
 /// Checks one frame: every word, or the first and last where `all` is false.
 fn check(frame: &super::ReadFrame<'_>, buf: &mut Vec<u8>, all: bool) -> Result<()> {
     let len = usize::try_from(frame.len()).expect("frames fit the address space (checked by the producer)");
+    if let (Some(memory), true, true) = (frame.host_memory(), len % 8 == 0, all) {
+        // Host frames of this run hold words written with atomic stores: check them in place.
+        let words = shm::atomic_u64_slice(memory, 0, len / 8)?;
+        return match words
+            .iter()
+            .enumerate()
+            .find(|(j, w)| u64::from_le(w.load(Ordering::Relaxed)) != frame_word(frame.sequence(), *j))
+        {
+            None => Ok(()),
+            Some((j, w)) => Err(Error::Mismatch {
+                what: format!("channel frame {}", frame.sequence()),
+                detail: format!(
+                    "word {j} is {:#018x}, expected {:#018x}",
+                    u64::from_le(w.load(Ordering::Relaxed)),
+                    frame_word(frame.sequence(), j)
+                ),
+            }),
+        };
+    }
     if all {
         buf.resize(len, 0);
         frame.read_into(0, buf)?;
