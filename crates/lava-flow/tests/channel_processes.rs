@@ -259,3 +259,92 @@ fn a_killed_producer_leaves_its_sent_frames_to_drain_then_a_clear_error() {
     // And it stays closed.
     assert!(matches!(consumer.try_recv().unwrap_err(), Error::Closed { clean: false, .. }));
 }
+
+/// Where the Vulkan device exports timeline semaphores as opaque fds (GPU machines), a timeline
+/// channel shares `channel.filled`: the consumer process imports it, waits for each frame's value
+/// and still checks every word. Where it does not (lavapipe), asking for one is refused by the
+/// capability query, before a socket exists.
+#[test]
+fn a_timeline_channel_signals_filled_frames_through_an_exported_semaphore() {
+    const TEST: &str = "a_timeline_channel_signals_filled_frames_through_an_exported_semaphore";
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    if !vulkan_available() {
+        return;
+    }
+    let dir = TempDir::new("channel", 0o700);
+    let socket = dir.path().join("c.sock");
+    let options = ChannelOptions {
+        sync: lava_flow::channel::ChannelSync::Timeline,
+        ..options(FrameMemory::Vulkan(MemoryKind::HostVisible), 64 * 1024, 4)
+    };
+    let producer = match Channel::producer(&socket, options.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!socket.exists(), "refused before the socket was created");
+            return lava_flow_diag::testing::skip_refused(
+                "vulkan",
+                "vkGetPhysicalDeviceExternalSemaphoreProperties",
+                e,
+            );
+        }
+    };
+    assert!(producer.uses_timeline());
+    drop(producer);
+    let consumer = spawn(TEST, "consume", &socket);
+    let frames = 1000;
+    let producer = run_producer(&RunConfig {
+        socket: socket.clone(),
+        options,
+        frames: Some(frames),
+        consumers: 1,
+        ..RunConfig::default()
+    })
+    .unwrap();
+    assert_eq!(producer.sync, "messages + timeline semaphore");
+    let consumer = report_of(consumer, "the consumer");
+    assert_eq!(consumer["frames"], frames, "{consumer}");
+    assert_eq!(consumer["sync"], "messages + timeline semaphore", "{consumer}");
+}
+
+/// A short soak: 20 000 small frames to a consumer process leave the producer's fds where they
+/// were and its resident memory flat (no per-frame allocation kept, no import per frame).
+#[test]
+fn twenty_thousand_frames_leave_fds_and_memory_flat() {
+    const TEST: &str = "twenty_thousand_frames_leave_fds_and_memory_flat";
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+    let dir = TempDir::new("channel", 0o700);
+    let socket = dir.path().join("c.sock");
+    let consumer = spawn(TEST, "consume", &socket);
+    let mut producer = Channel::producer(&socket, options(FrameMemory::Host, 256, 4)).unwrap();
+    producer.wait_for_consumers(1, Duration::from_secs(10)).unwrap();
+    let mut pattern = vec![0u8; 256];
+    let mut send = |producer: &mut lava_flow::channel::Producer| {
+        let mut frame = producer.acquire().unwrap();
+        fill_pattern(&mut pattern, frame.sequence());
+        frame.write(0, &pattern).unwrap();
+        frame.send(Metadata::bytes(256)).unwrap();
+    };
+    for _ in 0..2000 {
+        send(&mut producer);
+    }
+    let (fds, rss) = (open_fd_count(), rss_kib());
+    for _ in 0..20_000 {
+        send(&mut producer);
+    }
+    producer.drain(Duration::from_secs(10)).unwrap();
+    let (fds_after, rss_after) = (open_fd_count(), rss_kib());
+    drop(producer);
+    let consumer = report_of(consumer, "the consumer");
+    assert_eq!(consumer["frames"], 22_000, "{consumer}");
+    assert_eq!(fds_after, fds, "no fd opened per frame");
+    assert!(rss_after <= rss + 1024, "resident memory grew from {rss} KiB to {rss_after} KiB");
+}
