@@ -151,8 +151,11 @@ pub struct ChannelOptions {
     /// Longest a blocking call waits: `acquire`, `recv`, a consumer's connect (which retries
     /// until a producer listens), and a send to a consumer whose socket is full.
     pub timeout: Duration,
-    /// Uids other than this process's that may connect (producer).
+    /// Uids other than this process's that may connect (producer). They also need a
+    /// `socket_mode` that lets them connect, and search permission on the socket's directory.
     pub allow_uids: Vec<u32>,
+    /// Permission bits of the producer's socket file: 0600 (only this user) by default.
+    pub socket_mode: u32,
     /// The Vulkan device to allocate frames on (producer) or import them into (consumer); by
     /// default the first device, or for a consumer the device whose UUID the producer names.
     pub context: Option<VulkanContext>,
@@ -169,6 +172,7 @@ impl Default for ChannelOptions {
             max_consumers: 8,
             timeout: Duration::from_secs(10),
             allow_uids: Vec::new(),
+            socket_mode: 0o600,
             context: None,
         }
     }
@@ -344,7 +348,8 @@ pub struct ProducerStats {
     pub full_waits: u64,
     /// Consumers that connected and got the pool.
     pub consumers_joined: u64,
-    /// Consumers that hung up or died; their slots were reclaimed.
+    /// Consumers that hung up, died, or stopped reading for `timeout` under the block policy;
+    /// their slots were reclaimed.
     pub consumers_lost: u64,
     /// Consumers disconnected for breaking the protocol (malformed or impossible messages).
     pub consumers_broken: u64,
@@ -354,6 +359,13 @@ pub struct ProducerStats {
 
 /// The producing end: owns the pool and the socket. Dropping it ends the channel: every consumer
 /// gets `END` after the frames already sent, and the socket file is removed.
+///
+/// The producer runs no thread of its own: it accepts consumers, takes their releases and
+/// notices their hang-ups inside its calls ([`acquire`](Self::acquire),
+/// [`try_acquire`](Self::try_acquire), [`WriteFrame::send`], [`poll_events`](Self::poll_events),
+/// [`wait_for_consumers`](Self::wait_for_consumers), [`drain`](Self::drain)). A producer that
+/// sends nothing for longer than a consumer's connect timeout calls `poll_events` now and then,
+/// or that consumer's handshake times out.
 pub struct Producer {
     path: PathBuf,
     inode: (u64, u64),
@@ -443,7 +455,7 @@ impl Producer {
             }
             _ => None,
         };
-        let (listener, inode) = crate::ipc::bind_listener(path, 0o600)?;
+        let (listener, inode) = crate::ipc::bind_listener(path, options.socket_mode)?;
         rustix::io::ioctl_fionbio(&listener, true)
             .map_err(|e| Error::io("making the channel's listening socket non-blocking", e.into()))?;
         let slots = (0..options.slots)
@@ -723,7 +735,8 @@ impl Producer {
         } else if self.options.policy == Policy::DropOldest {
             self.stats.dropped += 1;
         } else {
-            self.lose(c, true);
+            // It stopped reading for `timeout`: let it go, as if it had hung up.
+            self.lose(c, false);
         }
         Ok(())
     }
