@@ -259,3 +259,35 @@ fn a_producer_sending_malformed_or_impossible_frames_gets_a_clear_error() {
         let _ = std::fs::remove_file(dir.path().join("fake.sock"));
     }
 }
+
+#[test]
+fn a_consumer_drains_a_cleanly_ended_channel_and_follows_a_restarted_producer() {
+    let dir = TempDir::new("channel", 0o700);
+    let path = dir.path().join("c.sock");
+    let mut producer = Channel::producer(&path, host(4, Policy::Block)).unwrap();
+    let consumer = connect(&mut producer, host(4, Policy::Block));
+    let sent: Vec<u64> = (0..3).map(|_| send_pattern(&mut producer)).collect();
+    drop(producer); // ends the channel: END follows the frames already sent
+    for k in sent {
+        check(&consumer, k);
+    }
+    let e = consumer.recv().unwrap_err();
+    assert!(matches!(e, Error::Closed { clean: true, .. }), "{e}");
+    assert!(e.to_string().contains("ended the channel after 3 frames"), "{e}");
+    drop(consumer);
+    assert!(!path.exists(), "the socket file went with the producer");
+
+    // A consumer started before the producer waits for it (up to its timeout) and then gets
+    // the new producer's frames, from sequence 0 again.
+    let waiting = {
+        let path = path.clone();
+        std::thread::spawn(move || Channel::consumer(&path, host(4, Policy::Block)).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut producer = Channel::producer(&path, host(4, Policy::Block)).unwrap();
+    producer.wait_for_consumers(1, Duration::from_secs(5)).unwrap();
+    let consumer = waiting.join().unwrap();
+    let k = send_pattern(&mut producer);
+    assert_eq!(k, 0);
+    check(&consumer, 0);
+}
