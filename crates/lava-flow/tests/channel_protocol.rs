@@ -291,3 +291,17 @@ fn a_consumer_drains_a_cleanly_ended_channel_and_follows_a_restarted_producer() 
     assert_eq!(k, 0);
     check(&consumer, 0);
 }
+
+#[test]
+fn a_frame_written_and_not_sent_is_never_shown_to_a_late_consumer() {
+    let dir = TempDir::new("channel", 0o700);
+    let mut producer = Channel::producer(dir.path().join("c.sock"), host(1, Policy::Block)).unwrap();
+    send_pattern(&mut producer); // frame 0: the newest, its slot free again (nobody connected)
+    let mut frame = producer.acquire().unwrap(); // the same slot: its bytes change
+    frame.write(0, &[0xEE; 64]).unwrap();
+    drop(frame); // never sent
+    let consumer = connect(&mut producer, host(1, Policy::Block));
+    assert!(consumer.try_recv().unwrap().is_none(), "no stale or half-written frame is offered");
+    let k = send_pattern(&mut producer);
+    check(&consumer, k);
+}

@@ -602,6 +602,12 @@ impl Producer {
 
     fn writing(&mut self, slot: usize) -> WriteFrame<'_> {
         self.slots[slot].state = SlotState::Writing;
+        // Its bytes are about to change: it no longer holds the newest frame for a late consumer
+        // (even if this frame is never sent).
+        self.slots[slot].message = None;
+        if self.newest == Some(slot) {
+            self.newest = None;
+        }
         WriteFrame { producer: self, slot, sent: false }
     }
 
@@ -673,15 +679,21 @@ impl Producer {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let message = FrameMessage { slot: slot as u32, sequence, timeline: sequence + 1, sent_ns: 0, metadata };
-        if let Some(filled) = &self.filled {
+        let signalled = match &self.filled {
             // The frame's bytes are written (the host copies above this call, or GPU work the
             // caller waited for): consumers waiting for this value may read them.
-            filled.signal(sequence + 1)?;
-        }
+            Some(filled) => filled.signal(sequence + 1),
+            None => Ok(()),
+        };
         // The frame's bytes (host stores, atomic or volatile) are ordered before the messages
         // that announce it; the consumer fences after receiving one.
         std::sync::atomic::fence(Ordering::SeqCst);
-        self.pump(Some(Duration::ZERO))?;
+        if let Err(e) = signalled.and_then(|()| self.pump(Some(Duration::ZERO))) {
+            // Not sent: the slot goes back to the pool (its sequence number stays used, so the
+            // timeline values keep growing).
+            self.slots[slot].state = SlotState::Free;
+            return Err(e);
+        }
         let s = &mut self.slots[slot];
         s.state = SlotState::InFlight;
         s.sequence = sequence;
