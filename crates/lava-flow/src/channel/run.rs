@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Channel, ChannelOptions, FrameMemory, Metadata, Policy, ProducerStats};
+use super::{Channel, ChannelOptions, FrameMemory, Metadata, ProducerStats};
 use crate::ipc::shm;
 use crate::{Error, Result};
 
@@ -345,11 +345,6 @@ pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
         producer: None,
         ended_by,
     })
-}
-
-/// Parses a policy name (for command lines).
-pub fn policy(name: &str) -> Result<Policy> {
-    name.parse()
 }
 
 #[cfg(test)]
