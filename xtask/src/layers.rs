@@ -2,7 +2,8 @@
 //! from its `crate::…` and `super::…` paths, and the check that these references form no cycle.
 //!
 //! The layers read bottom-up (DESIGN.md): in lava-flow `error` and `limits`, then `fd`, the Vulkan
-//! core, `pool`, then the importers (`cuda`, `opencl`, `gl`) and `ipc` side by side. A module may
+//! core, `pool`, then the importers (`cuda`, `opencl`, `gl`) and `ipc` side by side, and
+//! `channel` on top of them all. A module may
 //! name a module below it, never one above. The check is textual, like a reviewer reading the
 //! `use` lines: a path counts where code names it (doc comments do not), and a name the parent
 //! re-exports (`crate::Error`, `super::Row`) counts as the module it comes from.
@@ -323,7 +324,7 @@ mod tests {
     /// modules listed before it.
     #[test]
     fn lava_flow_layers_read_bottom_up() {
-        let order = ["error", "limits", "fd", "vulkan", "pool", "cuda", "opencl", "gl", "ipc", "remote"];
+        let order = ["error", "limits", "fd", "vulkan", "pool", "cuda", "opencl", "gl", "ipc", "remote", "channel"];
         let graphs = crate_graphs(&workspace().join("crates/lava-flow/src"));
         let (_, top) = graphs.iter().find(|(m, _)| m == "crate").expect("the root");
         let known: BTreeSet<&str> = order.iter().copied().collect();

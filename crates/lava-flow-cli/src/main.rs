@@ -4,6 +4,7 @@
 
 mod attach;
 mod bench;
+mod channel;
 mod info;
 mod plot;
 mod ring;
@@ -41,6 +42,10 @@ enum Command {
     Attach(attach::Args),
     /// A zero-copy producer/consumer ring of shared buffers between two processes.
     Ring(ring::Args),
+    /// Frames of shared memory from a producer process to consumer processes, zero-copy
+    ///
+    /// One end per process (`--role`), or `channel bench`, which starts both ends itself.
+    Channel(channel::Args),
     /// The other side of a cross-process selftest path (started by `selftest` itself).
     #[command(name = "__selftest-peer", hide = true)]
     SelftestPeer(selftest::ipc::PeerArgs),
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Attach(args) => attach::run(&args),
         Command::Ring(args) => ring::run(&args),
+        Command::Channel(args) => channel::run(&args),
         Command::SelftestPeer(args) => selftest::ipc::peer(&args),
     };
     match result {

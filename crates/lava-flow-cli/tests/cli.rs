@@ -937,3 +937,62 @@ fn smaller_command_line_mistakes_get_clear_answers() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn channel_bench_starts_consumer_processes_and_checks_every_frame() {
+    // Host frames run everywhere; Vulkan frames where a Vulkan device opens.
+    let mut apis = vec!["host"];
+    if vulkan_or_skip().is_some() {
+        apis.push("vulkan");
+    }
+    for api in apis {
+        let out =
+            run(&["channel", "bench", "--size", "8K", "--consumers", "1,2", "--frames", "600", "--api", api, "--json"]);
+        assert!(out.status.success(), "{api}");
+        let rows = json(&out);
+        let rows = rows.as_array().expect("one row per consumer count");
+        assert_eq!(rows.len(), 2);
+        for (row, consumers) in rows.iter().zip([1, 2]) {
+            assert_eq!(row["consumers"], consumers);
+            assert_eq!(row["producer"]["frames"], 600);
+            assert_eq!(row["producer"]["memory"], api);
+            let reports = row["consumer_reports"].as_array().unwrap();
+            assert_eq!(reports.len(), consumers, "one report per consumer process");
+            for r in reports {
+                assert_eq!(r["frames"], 600, "every frame checked: {r}");
+                assert_eq!(r["dropped"], 0);
+                assert_eq!(r["ended_by"], "peer-finished");
+                assert_eq!(r["latency"]["samples"], 600, "every hand-off measured: {r}");
+            }
+        }
+    }
+    // Views the channel does not have yet are refused on the command line, with the way out.
+    let out = run(&["channel", "bench", "--api", "cuda"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --api vulkan"));
+    let out = run(&["channel", "--role", "producer"]);
+    assert_eq!(out.status.code(), Some(2), "--socket is needed");
+}
+
+#[test]
+fn channel_producer_and_consumer_run_as_separate_commands() {
+    let dir = std::env::temp_dir().join(format!("lava-flow-cli-channel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("c.sock");
+    let socket = socket.to_str().unwrap();
+    let consumer = lava_flow()
+        .args(["channel", "--role", "consumer", "--socket", socket, "--api", "host", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let args =
+        ["channel", "--role", "producer", "--socket", socket, "--api", "host", "--size", "4K", "--frames", "300"];
+    let producer = run(&[&args[..], &["--json"]].concat());
+    let consumer = report(&["channel", "--role", "consumer"], consumer.wait_with_output().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(producer.status.success() && consumer.status.success());
+    assert_eq!(json(&producer)["frames"], 300);
+    let consumer = json(&consumer);
+    assert_eq!(consumer["frames"], 300, "{consumer}");
+    assert_eq!(consumer["ended_by"], "peer-finished");
+}

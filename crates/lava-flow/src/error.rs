@@ -170,6 +170,30 @@ pub enum Error {
         advice: String,
     },
 
+    /// Every frame of a channel is in flight (`try_acquire`).
+    #[error("{what}: all {in_flight} frames are in flight; {advice}")]
+    Full {
+        /// What was asked for.
+        what: String,
+        /// Frames in flight (the pool's size).
+        in_flight: u32,
+        /// What to do.
+        advice: String,
+    },
+
+    /// The other end of a channel is gone: `clean` after the producer ended the channel, not
+    /// clean where it hung up without ending it (exited or was killed), disconnected this end,
+    /// or broke the protocol. Frames sent before were delivered.
+    #[error("{what}: {reason}")]
+    Closed {
+        /// Which end saw it.
+        what: String,
+        /// Why.
+        reason: String,
+        /// Whether the producer ended the channel itself.
+        clean: bool,
+    },
+
     /// A peer was refused (credentials, version).
     #[error("peer refused: {reason}; {advice}")]
     PeerRefused {

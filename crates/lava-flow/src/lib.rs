@@ -13,6 +13,9 @@
 //! # Ok::<(), lava_flow::Error>(())
 //! ```
 //!
+//! Between processes, [`ipc`] hands descriptions and fds over a Unix socket, and [`channel`]
+//! moves frames of shared memory from a producer to consumers (docs/CHANNELS.md).
+//!
 //! Ownership rules (docs/OWNERSHIP.md):
 //! - An import consumes the fd whether it succeeds or fails. On success the importing API owns
 //!   it; on failure lava-flow closes it exactly once. Clone it first with `try_clone` to retry
@@ -26,6 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod error;
 pub mod fd;
 pub mod limits;

@@ -31,5 +31,6 @@ pub mod wire;
 
 pub use client::{Client, DEFAULT_REPLY_TIMEOUT, POLL_INTERVAL};
 pub use object::{FromShared, NamedObject, SharedObject, WrongKind};
+pub(crate) use server::bind_listener;
 pub use server::{Server, ServerConfig, ServerStats};
 pub use wire::{ErrorCode, Message, NamedDescription, ObjectDescription, WireError};

@@ -206,7 +206,10 @@ fn private_dir_near(path: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn bind_listener(path: &Path, mode: u32) -> Result<(OwnedFd, (u64, u64))> {
+/// Binds a listening `SOCK_SEQPACKET` socket at `path` with `mode` (in a private directory, then
+/// renamed into place; a stale socket is replaced, a live one refused): the socket and its
+/// (device, inode) for removing exactly this file later.
+pub(crate) fn bind_listener(path: &Path, mode: u32) -> Result<(OwnedFd, (u64, u64))> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     unix_address(path)?;
     refuse_existing(path)?;
