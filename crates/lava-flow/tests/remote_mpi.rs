@@ -10,7 +10,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lava_flow::channel::run::{check_pattern, fill_pattern};
+use lava_flow::channel::{relay, Channel, ChannelOptions, FrameMemory, Metadata};
 use lava_flow::remote::{MpiContext, MpiReceiver, MpiSender, ReceiverOptions, Source, MAX_METADATA};
+use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, Error, VulkanContext};
 use lava_flow_diag::testing;
 
@@ -103,6 +106,11 @@ fn malformed_messages_are_refused_and_the_stream_stays_broken() {
 }
 
 #[test]
+fn a_channel_relayed_between_ranks_delivers_every_frame_with_its_metadata() {
+    passes("relay", "self,vader");
+}
+
+#[test]
 fn a_rank_killed_mid_stream_ends_the_job_without_a_hang() {
     if let Some((ok, text)) = mpirun("killed", "self,vader") {
         assert!(!ok, "the job must fail when a rank dies:\n{text}");
@@ -115,6 +123,13 @@ fn a_rank_killed_mid_stream_ends_the_job_without_a_hang() {
 #[test]
 fn mpi_rank() {
     let Ok(case) = std::env::var(CASE) else { return };
+    // A failed assertion in any thread of a rank ends the whole job at once (mpirun tears it down
+    // when a rank aborts) instead of leaving the other rank waiting for this one.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
     let mpi = MpiContext::initialize().expect("MPI initializes");
     assert_eq!(mpi.size(), 2);
     let rank = mpi.rank();
@@ -126,6 +141,7 @@ fn mpi_rank() {
         "stalled" => stalled(&mpi, rank),
         "malformed" => malformed(&mpi, rank),
         "killed" => killed(&mpi, rank),
+        "relay" => relay(&mpi, rank),
         other => panic!("unknown case {other}"),
     }
     mpi.barrier();
@@ -320,4 +336,78 @@ fn killed(mpi: &MpiContext, rank: i32) {
         println!("rank 1 starts dying");
         std::process::abort();
     }
+}
+
+const RELAY_FRAMES: u64 = 500;
+const RELAY_SIZE: u64 = 64 << 10;
+
+fn relay_options(memory: FrameMemory) -> ChannelOptions {
+    ChannelOptions {
+        slots: 4,
+        frame_size: RELAY_SIZE,
+        memory,
+        timeout: Duration::from_secs(30),
+        ..ChannelOptions::default()
+    }
+}
+
+/// Host A: a producer (Vulkan frames) and `relay::forward` as its consumer; host B:
+/// `relay::serve` into a producer of host frames, and a consumer checking every frame.
+fn relay(mpi: &MpiContext, rank: i32) {
+    let dir = std::env::temp_dir().join(format!("lava-flow-relay-{}-{rank}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("channel.sock");
+    if rank == 0 {
+        let path = socket.clone();
+        let producer = std::thread::spawn(move || {
+            let mut producer = Channel::producer(&path, relay_options(FrameMemory::Vulkan(MemoryKind::HostVisible)))?;
+            producer.wait_for_consumers(1, Duration::from_secs(30))?;
+            let mut bytes = vec![0u8; RELAY_SIZE as usize];
+            for k in 0..RELAY_FRAMES {
+                let len = RELAY_SIZE - (k % 7) * 8;
+                fill_pattern(&mut bytes[..len as usize], k);
+                let mut frame = producer.acquire()?;
+                frame.write(0, &bytes[..len as usize])?;
+                frame.send(Metadata { len, timestamp: k, user: k.to_le_bytes().to_vec(), ..Metadata::default() })?;
+            }
+            producer.finish(Duration::from_secs(30)).map(|_| ())
+        });
+        let consumer = Channel::consumer(&socket, relay_options(FrameMemory::Host)).unwrap();
+        let mut tx = MpiSender::connect(mpi, 1, 20, Duration::from_secs(30)).unwrap();
+        let stats = relay::forward(&consumer, &mut tx, None).unwrap();
+        assert_eq!(stats.frames, RELAY_FRAMES);
+        drop(tx);
+        producer.join().unwrap().unwrap();
+    } else {
+        let rx = MpiReceiver::new(mpi, 0, 20, &ReceiverOptions::new(RELAY_SIZE).slots(4)).unwrap();
+        let path = socket.clone();
+        let checker = std::thread::spawn(move || -> lava_flow::Result<u64> {
+            let consumer = Channel::consumer(&path, relay_options(FrameMemory::Host))?;
+            let mut bytes = vec![0u8; RELAY_SIZE as usize];
+            let mut seen = 0;
+            loop {
+                let frame = match consumer.recv() {
+                    Ok(frame) => frame,
+                    Err(Error::Closed { clean: true, .. }) => return Ok(seen),
+                    Err(e) => return Err(e),
+                };
+                let k = seen;
+                let len = RELAY_SIZE - (k % 7) * 8;
+                assert!(frame.host_memory().is_some(), "host B's frames are its own pool's host memory");
+                assert_eq!((frame.len(), frame.metadata().timestamp), (len, k));
+                assert_eq!(frame.metadata().user, k.to_le_bytes());
+                frame.read_into(0, &mut bytes[..len as usize])?;
+                check_pattern(&bytes[..len as usize], k)?;
+                seen += 1;
+            }
+        });
+        let mut producer = Channel::producer(&socket, relay_options(FrameMemory::Host)).unwrap();
+        producer.wait_for_consumers(1, Duration::from_secs(30)).unwrap();
+        let stats = relay::serve(&rx, &mut producer, Duration::from_secs(30)).unwrap();
+        assert_eq!(stats.frames, RELAY_FRAMES);
+        producer.finish(Duration::from_secs(30)).unwrap();
+        assert_eq!(checker.join().unwrap().unwrap(), RELAY_FRAMES);
+        println!("{RELAY_FRAMES} frames relayed from host A's channel to host B's, each checked");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,6 +41,8 @@
 //!
 //! docs/CHANNELS.md describes the model and its guarantees; docs/PROTOCOL.md the messages.
 
+#[cfg(feature = "mpi")]
+pub mod relay;
 pub mod run;
 pub mod wire;
 

@@ -53,6 +53,48 @@ pub use receiver::{MpiReceiver, ReceiverOptions, RemoteFrame};
 pub use sender::{MpiSender, Source};
 pub use wire::{FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_METADATA};
 
+/// Memory a frame is copied out of or into chunk by chunk (host staging on either side of MPI):
+/// Vulkan buffers and shared host memory, whose bytes another device or process may touch, so
+/// they are never a `&[u8]`.
+pub trait StagedMemory {
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+    /// Copies `out.len()` bytes at `offset` out.
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> crate::Result<()>;
+    /// Copies `data` in at `offset`.
+    fn write(&mut self, offset: u64, data: &[u8]) -> crate::Result<()>;
+}
+
+impl StagedMemory for crate::Buffer {
+    fn size(&self) -> u64 {
+        crate::Buffer::size(self)
+    }
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> crate::Result<()> {
+        crate::Buffer::read_into(self, offset, out)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> crate::Result<()> {
+        crate::Buffer::write(self, offset, data)
+    }
+}
+
+impl StagedMemory for crate::SharedHostMemory {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> crate::Result<()> {
+        crate::SharedHostMemory::read_into(self, host_offset(offset)?, out)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> crate::Result<()> {
+        crate::SharedHostMemory::write(self, host_offset(offset)?, data)
+    }
+}
+
+fn host_offset(offset: u64) -> crate::Result<usize> {
+    usize::try_from(offset).map_err(|_| {
+        crate::Error::invalid(format!("offset {offset}"), "beyond this platform's address space", "use a smaller offset")
+    })
+}
+
 /// An MPI rank in `MPI_COMM_WORLD`.
 pub type Rank = i32;
 

@@ -11,7 +11,7 @@ use super::backoff::Backoff;
 use super::context::MpiContext;
 use super::sender::tags;
 use super::wire::{Control, FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_CONTROL};
-use super::Rank;
+use super::{Rank, StagedMemory};
 use crate::{Buffer, Error, Result};
 
 /// How a receiver is set up.
@@ -158,11 +158,11 @@ impl<'c> MpiReceiver<'c> {
         Ok(Some(RemoteFrame { receiver: self, slot: Some(slot), start, info }))
     }
 
-    /// Receives the next frame straight into `buffer` (at offset 0) and returns what it carried:
-    /// each chunk's receive into host staging overlaps the copy-in ([`Buffer::write`]) of the
-    /// chunk before. The frame's slot serves as staging and is freed (a credit goes back) before
+    /// Receives the next frame straight into `buffer` (a Vulkan [`Buffer`], shared host memory or
+    /// any [`StagedMemory`], at offset 0) and returns what it carried: each chunk's receive into
+    /// host staging overlaps the copy-in ([`StagedMemory::write`]) of the chunk before. The frame's slot serves as staging and is freed (a credit goes back) before
     /// this returns.
-    pub fn recv_into(&self, buffer: &mut Buffer, timeout: Duration) -> Result<Option<FrameInfo>> {
+    pub fn recv_into<M: StagedMemory + ?Sized>(&self, buffer: &mut M, timeout: Duration) -> Result<Option<FrameInfo>> {
         let Some((info, mut slot, start)) = self.next_frame(timeout)? else { return Ok(None) };
         let result = if start > 0 {
             self.check_fits(&info, buffer).and_then(|()| buffer.write(0, &slot[start..start + info.len as usize]))
@@ -177,7 +177,7 @@ impl<'c> MpiReceiver<'c> {
         result.map(|()| Some(info))
     }
 
-    fn check_fits(&self, info: &FrameInfo, buffer: &Buffer) -> Result<()> {
+    fn check_fits<M: StagedMemory + ?Sized>(&self, info: &FrameInfo, buffer: &M) -> Result<()> {
         if info.len > buffer.size() {
             return Err(Error::invalid(
                 format!("frame {} of {} bytes", info.sequence, info.len),
@@ -208,7 +208,7 @@ impl<'c> MpiReceiver<'c> {
         Ok(())
     }
 
-    fn stage_into(&self, slot: &mut [u8], info: &FrameInfo, buffer: &mut Buffer) -> Result<()> {
+    fn stage_into<M: StagedMemory + ?Sized>(&self, slot: &mut [u8], info: &FrameInfo, buffer: &mut M) -> Result<()> {
         let chunk = self.options.chunk;
         let chunks = info.len.div_ceil(chunk);
         let size_of = |k: u64| (info.len - k * chunk).min(chunk) as usize;

@@ -9,7 +9,7 @@ use mpi::traits::*;
 use super::backoff::Backoff;
 use super::context::MpiContext;
 use super::wire::{Control, FrameInfo, INLINE_MAX, MAX_CONTROL, MAX_METADATA};
-use super::Rank;
+use super::{Rank, StagedMemory};
 use crate::{Buffer, Error, Result};
 
 /// The tags of channel `channel`: frames (sender to receiver), then credits (receiver to sender).
@@ -19,13 +19,32 @@ pub(super) fn tags(channel: u16) -> (i32, i32) {
 }
 
 /// Where a frame's bytes are.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub enum Source<'a> {
     /// Host memory, sent straight from it.
     Host(&'a [u8]),
     /// A Vulkan buffer, copied out chunk by chunk ([`Buffer::read_into`]) into host staging, each
     /// copy-out overlapping the send of the chunk before.
     Buffer(&'a Buffer),
+    /// The first `len` bytes of any [`StagedMemory`] (shared host memory, a frame of a local
+    /// channel), staged as a buffer is.
+    Staged {
+        /// Where the bytes are.
+        memory: &'a dyn StagedMemory,
+        /// How many, from the start (at most `memory.size()`).
+        len: u64,
+    },
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Source::Host(_) => "Host",
+            Source::Buffer(_) => "Buffer",
+            Source::Staged { .. } => "Staged",
+        };
+        f.debug_struct("Source").field("kind", &kind).field("len", &self.len()).finish()
+    }
 }
 
 impl Source<'_> {
@@ -33,6 +52,7 @@ impl Source<'_> {
         match self {
             Source::Host(bytes) => bytes.len() as u64,
             Source::Buffer(buffer) => buffer.size(),
+            Source::Staged { len, .. } => *len,
         }
     }
 }
@@ -174,6 +194,15 @@ impl<'c> MpiSender<'c> {
             });
         }
         let len = source.len();
+        if let Source::Staged { memory, len } = source {
+            if *len > memory.size() {
+                return Err(Error::invalid(
+                    format!("sending {len} bytes of a {}-byte memory", memory.size()),
+                    "the range lies beyond its end",
+                    "send at most the memory's size",
+                ));
+            }
+        }
         if len > self.max_frame {
             return Err(Error::invalid(
                 format!("a frame of {len} bytes"),
@@ -253,6 +282,7 @@ impl<'c> MpiSender<'c> {
             match source {
                 Source::Host(bytes) => header[at..].copy_from_slice(bytes),
                 Source::Buffer(buffer) => buffer.read_into(0, &mut header[at..])?,
+                Source::Staged { memory, .. } => memory.read_into(0, &mut header[at..])?,
             }
             process.send_with_tag(&header[..], frame_tag);
         } else {
@@ -272,6 +302,7 @@ impl<'c> MpiSender<'c> {
                     });
                 }
                 Source::Buffer(buffer) => self.send_staged(buffer, len)?,
+                Source::Staged { memory, .. } => self.send_staged(memory, len)?,
             }
         }
         self.credits -= 1;
@@ -281,7 +312,7 @@ impl<'c> MpiSender<'c> {
 
     /// A buffer's bytes, chunk by chunk through two host staging halves: the send of chunk k
     /// overlaps the copy-out of chunk k + 1.
-    fn send_staged(&mut self, buffer: &Buffer, len: u64) -> Result<()> {
+    fn send_staged(&mut self, buffer: &dyn StagedMemory, len: u64) -> Result<()> {
         let process = self.mpi.world().process_at_rank(self.peer);
         let frame_tag = self.frame_tag;
         let chunk = self.chunk;

@@ -6,7 +6,7 @@ use crate::{Error, Result};
 /// The largest chunk: MPI counts are C `int`s, and a chunk is one message of bytes.
 pub const MAX_CHUNK: u64 = 1 << 30;
 /// The most user metadata a frame carries.
-pub const MAX_METADATA: usize = 256;
+pub const MAX_METADATA: usize = 1024;
 /// The largest control message (a frame header with full metadata).
 pub(super) const MAX_CONTROL: usize = FRAME_FIXED + MAX_METADATA;
 /// Frames up to this size travel inside their header's message (one message per frame instead
