@@ -38,6 +38,16 @@ pub enum Api {
     Gl,
 }
 
+/// How the two ends reach each other.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A Unix socket between processes of one host; frames are shared, not copied.
+    Local,
+    /// Two MPI ranks, on one host or two (run under `mpirun -n 2`: rank 0 produces, rank 1
+    /// consumes); frames are sent (needs the `mpi` feature; docs/REMOTE.md).
+    Mpi,
+}
+
 /// What `acquire` does when every frame is in flight.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyArg {
@@ -79,6 +89,9 @@ pub struct EndArgs {
     /// Longest wait for the other side, in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    /// How the ends reach each other (`mpi`: under `mpirun -n 2`, no --role or --socket).
+    #[arg(long, value_enum, default_value = "local")]
+    pub transport: Transport,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +128,9 @@ pub struct BenchArgs {
     /// Longest wait for the other side, in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// How the ends reach each other (`mpi`: run under `mpirun -n 2`; raw rsmpi is measured beside it).
+    #[arg(long, value_enum, default_value = "local")]
+    pub transport: Transport,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -178,9 +194,15 @@ type CmdResultOf<T> = Result<T, Box<dyn std::error::Error>>;
 
 pub fn run(args: &Args) -> CmdResult {
     if let Some(Sub::Bench(b)) = &args.sub {
+        if b.transport == Transport::Mpi {
+            return mpi_bench(b);
+        }
         return bench(b);
     }
     let a = &args.end;
+    if a.transport == Transport::Mpi {
+        return mpi_run(a);
+    }
     let (Some(role), Some(socket)) = (a.role, a.socket.clone()) else {
         return Err(crate::UsageError(
             "`lava-flow channel` needs --role and --socket (or the `bench` subcommand)".into(),
@@ -330,4 +352,34 @@ fn bench(b: &BenchArgs) -> CmdResult {
         ))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_run(a: &EndArgs) -> CmdResult {
+    crate::channel_mpi::run(a)
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_bench(b: &BenchArgs) -> CmdResult {
+    crate::channel_mpi::bench(b)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_run(_: &EndArgs) -> CmdResult {
+    Err(no_mpi())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_bench(_: &BenchArgs) -> CmdResult {
+    Err(no_mpi())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn no_mpi() -> Box<dyn std::error::Error> {
+    crate::UsageError(
+        "--transport mpi: this lava-flow was built without the `mpi` feature; build it with \
+         `cargo build -p lava-flow-cli --features mpi` (needs Open MPI and libclang, docs/REMOTE.md)"
+            .into(),
+    )
+    .into()
 }

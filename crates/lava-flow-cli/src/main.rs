@@ -5,6 +5,8 @@
 mod attach;
 mod bench;
 mod channel;
+#[cfg(feature = "mpi")]
+mod channel_mpi;
 mod info;
 mod plot;
 mod ring;

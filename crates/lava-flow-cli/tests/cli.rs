@@ -996,3 +996,63 @@ fn channel_producer_and_consumer_run_as_separate_commands() {
     assert_eq!(consumer["frames"], 300, "{consumer}");
     assert_eq!(consumer["ended_by"], "peer-finished");
 }
+
+/// `lava-flow ARGS` as two MPI ranks (`mpirun -n 2`, shared-memory transport), limited to two
+/// minutes; `None` (skipped) without `mpirun`.
+#[cfg(feature = "mpi")]
+fn mpirun(args: &[&str]) -> Option<Output> {
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        testing::skip("mpi", "no `mpirun` on PATH (Debian: apt-get install openmpi-bin libopenmpi-dev)");
+        return None;
+    }
+    let bin = std::env::var_os("LAVA_FLOW_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lava-flow").into());
+    let mut child = Command::new("timeout")
+        .args(["120", "mpirun", "-n", "2", "--oversubscribe", "--mca", "btl", "self,vader"])
+        .arg(bin)
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mpirun");
+    let _ = &mut child;
+    Some(report(args, child.wait_with_output().expect("mpirun")))
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn channel_over_mpi_checks_every_frame_and_its_bench_measures_raw_mpi_beside_it() {
+    let Some(out) =
+        mpirun(&["channel", "--transport", "mpi", "--size", "64K", "--frames", "500", "--api", "host", "--json"])
+    else {
+        return;
+    };
+    assert!(out.status.success());
+    let r = json(&out);
+    assert_eq!(
+        (r["transport"].as_str(), r["memory"].as_str(), r["frames"].as_u64()),
+        (Some("mpi"), Some("host"), Some(500))
+    );
+    assert_eq!(r["latency"]["samples"], 500, "every hand-off measured: {r}");
+    if vulkan_or_skip().is_some() {
+        let out =
+            mpirun(&["channel", "--transport", "mpi", "--size", "256K", "--frames", "50", "--api", "vulkan"]).unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("50 frames of 256 KiB checked"));
+    }
+    let out =
+        mpirun(&["channel", "bench", "--transport", "mpi", "--size", "4K,1M", "--api", "host", "--json"]).unwrap();
+    assert!(out.status.success());
+    let b = json(&out);
+    let rows = b["raw_against_lava_flow"].as_array().expect("one row per size");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert!(row["raw_gbps"].as_f64().unwrap() > 0.0 && row["lava_flow_gbps"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert_eq!(b["channel"].as_array().map(Vec::len), Some(2), "a checked channel run per size");
+    // Outside mpirun: one rank, refused with the way to run it.
+    let out = run(&["channel", "--transport", "mpi", "--frames", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mpirun -n 2"));
+}

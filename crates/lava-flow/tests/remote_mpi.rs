@@ -111,6 +111,11 @@ fn a_channel_relayed_between_ranks_delivers_every_frame_with_its_metadata() {
 }
 
 #[test]
+fn a_channel_number_can_be_used_again_after_its_stream_ended() {
+    passes("reconnect", "self,vader");
+}
+
+#[test]
 fn a_rank_killed_mid_stream_ends_the_job_without_a_hang() {
     if let Some((ok, text)) = mpirun("killed", "self,vader") {
         assert!(!ok, "the job must fail when a rank dies:\n{text}");
@@ -142,6 +147,7 @@ fn mpi_rank() {
         "malformed" => malformed(&mpi, rank),
         "killed" => killed(&mpi, rank),
         "relay" => relay(&mpi, rank),
+        "reconnect" => reconnect(&mpi, rank),
         other => panic!("unknown case {other}"),
     }
     mpi.barrier();
@@ -410,4 +416,26 @@ fn relay(mpi: &MpiContext, rank: i32) {
         println!("{RELAY_FRAMES} frames relayed from host A's channel to host B's, each checked");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two sessions on one channel number: the first receiver's last credits, which its sender never
+/// read, must not confuse the second sender.
+fn reconnect(mpi: &MpiContext, rank: i32) {
+    for session in 0..2u64 {
+        if rank == 0 {
+            let mut tx = MpiSender::connect(mpi, 1, 30, Duration::from_secs(30)).unwrap();
+            assert_eq!(tx.credits(), 4, "session {session} starts with the new receiver's credits");
+            for seq in 0..4 {
+                tx.send(Source::Host(&frame(seq + 10 * session, 100)), b"").unwrap();
+            }
+        } else {
+            let rx = MpiReceiver::new(mpi, 0, 30, &ReceiverOptions::new(100).slots(4)).unwrap();
+            for seq in 0..4 {
+                let got = rx.recv().unwrap().unwrap();
+                assert!(got.bytes() == frame(seq + 10 * session, 100));
+            }
+            assert!(rx.recv().unwrap().is_none());
+        }
+        mpi.barrier();
+    }
 }

@@ -94,5 +94,8 @@ pub fn serve(receiver: &MpiReceiver<'_>, producer: &mut Producer, timeout: Durat
 }
 
 fn relay_error(reason: String) -> Error {
-    Error::Protocol { reason, advice: "send frames to a relay with `channel::relay::forward` (or with no metadata)".into() }
+    Error::Protocol {
+        reason,
+        advice: "send frames to a relay with `channel::relay::forward` (or with no metadata)".into(),
+    }
 }

@@ -91,7 +91,11 @@ impl StagedMemory for crate::SharedHostMemory {
 
 fn host_offset(offset: u64) -> crate::Result<usize> {
     usize::try_from(offset).map_err(|_| {
-        crate::Error::invalid(format!("offset {offset}"), "beyond this platform's address space", "use a smaller offset")
+        crate::Error::invalid(
+            format!("offset {offset}"),
+            "beyond this platform's address space",
+            "use a smaller offset",
+        )
     })
 }
 

@@ -114,10 +114,14 @@ impl<'c> MpiSender<'c> {
                     sender.chunk = chunk;
                     return Ok(sender);
                 }
+                // Credits and goodbyes of an earlier receiver on this channel: MPI keeps one
+                // sender's messages on one tag in order, so whatever precedes the greeting is older
+                // than it.
+                Some(Control::Credit { .. } | Control::Bye) => {}
                 Some(other) => {
                     return Err(Error::Protocol {
                         reason: format!("rank {peer} sent {other:?} before its greeting on channel {channel}"),
-                        advice: "start the receiver (MpiReceiver::new) before or with the sender".into(),
+                        advice: "nothing else may use the channel's tags".into(),
                     })
                 }
                 None if Instant::now() >= deadline => {
