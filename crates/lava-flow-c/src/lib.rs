@@ -20,6 +20,7 @@
 // The C names are the API: `LAVA_FLOW_OK`, `LavaFlowBuffer`.
 #![allow(non_camel_case_types)]
 
+pub mod channel;
 pub mod fds;
 pub mod gpu;
 pub mod handles;
@@ -29,6 +30,7 @@ pub mod status;
 pub mod structs;
 pub mod sync;
 
+pub use channel::*;
 pub use fds::*;
 pub use gpu::*;
 pub use ipc::*;
