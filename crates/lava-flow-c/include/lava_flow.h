@@ -183,6 +183,34 @@ typedef enum LavaFlowSemaphoreExport {
   LAVA_FLOW_SEMAPHORE_EXPORT_SYNC_FD = 2,
 } LavaFlowSemaphoreExport;
 
+// `LavaFlowChannelOptions.memory`.
+typedef enum LavaFlowFrameMemory {
+  // One exportable host-visible Vulkan buffer per slot (the default).
+  LAVA_FLOW_FRAME_MEMORY_VULKAN_HOST_VISIBLE = 0,
+  // One exportable device-local Vulkan buffer per slot (copies go through a staging buffer).
+  LAVA_FLOW_FRAME_MEMORY_VULKAN_DEVICE_LOCAL = 1,
+  // One sealed memfd per slot, mapped by every process (no GPU needed).
+  LAVA_FLOW_FRAME_MEMORY_HOST = 2,
+} LavaFlowFrameMemory;
+
+// `LavaFlowChannelOptions.policy`.
+typedef enum LavaFlowChannelPolicy {
+  // Acquiring waits while every slot is in flight (the default).
+  LAVA_FLOW_POLICY_BLOCK = 0,
+  // Acquiring takes back the oldest frame no consumer has taken yet.
+  LAVA_FLOW_POLICY_DROP_OLDEST = 1,
+} LavaFlowChannelPolicy;
+
+// `LavaFlowChannelOptions.sync`.
+typedef enum LavaFlowChannelSync {
+  // Messages, plus the `channel.filled` timeline semaphore where the device shares one (default).
+  LAVA_FLOW_SYNC_AUTO = 0,
+  // Messages alone.
+  LAVA_FLOW_SYNC_MESSAGES = 1,
+  // Messages plus the timeline semaphore; an error where the device cannot share one.
+  LAVA_FLOW_SYNC_TIMELINE = 2,
+} LavaFlowChannelSync;
+
 // Allocates exportable buffers and images (`MemoryAllocator`), one Vulkan context per device
 // index, opened on first use.
 typedef struct LavaFlowAllocator LavaFlowAllocator;
@@ -585,10 +613,11 @@ enum LavaFlowStatus lava_flow_write_frame_write(const struct LavaFlowWriteFrame 
 
 // Sends the frame, with `metadata`, to every connected consumer, and consumes the frame handle.
 //
-// Ownership: a wrong argument (NULL frame or metadata, a wrong `struct_size`, metadata beyond
-// the limits or longer than the frame) is refused before anything happens: the frame stays the
-// caller's, unsent. Once the send itself starts, the handle is consumed whatever the result; a
-// send that fails (a driver or socket error) returns the slot to the pool.
+// Ownership: once `frame` is found to be a live write frame, the handle is consumed whatever the
+// status, as Rust's `WriteFrame::send` consumes its frame: on an error (NULL `metadata`, a wrong
+// `struct_size`, metadata beyond the limits or longer than the frame, a driver or socket error)
+// the frame is not sent and its slot returns to the pool. Only a NULL or not-live `frame`
+// (`LAVA_FLOW_ERROR_NULL_POINTER`, `LAVA_FLOW_ERROR_INVALID_HANDLE`) consumes nothing.
 //
 // # Safety
 // `metadata` is NULL (refused) or points at `metadata->struct_size` readable bytes.

@@ -382,6 +382,17 @@ fn metadata_to(m: &Metadata) -> LavaFlowFrameMetadata {
     out
 }
 
+/// `len` bytes at `offset` lie within a frame of `capacity` bytes.
+fn fits(offset: u64, len: usize, capacity: u64, what: &str) -> CResult {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= capacity => Ok(()),
+        _ => Err(CError::invalid(format!(
+            "a {what} of {len} bytes at offset {offset} ends past the {capacity}-byte frame: keep offset + len within \
+             the channel's frame size"
+        ))),
+    }
+}
+
 fn millis(ms: u32) -> Duration {
     Duration::from_millis(ms.into())
 }
@@ -636,16 +647,18 @@ pub unsafe extern "C" fn lava_flow_write_frame_write(
         let f = get(frame, "frame")?;
         // SAFETY: the caller's contract on `data`.
         let data = unsafe { bytes_in(data, len, "data")? };
+        fits(offset, len, f.capacity, "write")?;
         with_write_frame(&f, |w| Ok(w.write(offset, data)?))
     })
 }
 
 /// Sends the frame, with `metadata`, to every connected consumer, and consumes the frame handle.
 ///
-/// Ownership: a wrong argument (NULL frame or metadata, a wrong `struct_size`, metadata beyond
-/// the limits or longer than the frame) is refused before anything happens: the frame stays the
-/// caller's, unsent. Once the send itself starts, the handle is consumed whatever the result; a
-/// send that fails (a driver or socket error) returns the slot to the pool.
+/// Ownership: once `frame` is found to be a live write frame, the handle is consumed whatever the
+/// status, as Rust's `WriteFrame::send` consumes its frame: on an error (NULL `metadata`, a wrong
+/// `struct_size`, metadata beyond the limits or longer than the frame, a driver or socket error)
+/// the frame is not sent and its slot returns to the pool. Only a NULL or not-live `frame`
+/// (`LAVA_FLOW_ERROR_NULL_POINTER`, `LAVA_FLOW_ERROR_INVALID_HANDLE`) consumes nothing.
 ///
 /// # Safety
 /// `metadata` is NULL (refused) or points at `metadata->struct_size` readable bytes.
@@ -655,13 +668,6 @@ pub unsafe extern "C" fn lava_flow_write_frame_send(
     metadata: *const LavaFlowFrameMetadata,
 ) -> LavaFlowStatus {
     guard("lava_flow_write_frame_send", || {
-        let f = get(frame, "frame")?;
-        // SAFETY: the caller's contract on `metadata`.
-        let m = metadata_from(&unsafe { read_in(metadata, "metadata")? })?;
-        let len = if m.len == 0 { f.capacity } else { m.len };
-        Metadata { len, ..m.clone() }
-            .check(f.capacity)
-            .map_err(|reason| CError::invalid(format!("{reason}; the frame stays unsent and valid")))?;
         let f = remove(frame)?.ok_or_else(|| CError::null("frame"))?;
         let mut slot = lock(&f.frame);
         let detached = slot.take().ok_or_else(gone_write)?;
@@ -669,6 +675,11 @@ pub unsafe extern "C" fn lava_flow_write_frame_send(
         state.frames -= 1;
         let p = state.producer.as_mut().expect("a producer with live frames is not finished");
         let frame = p.attach(detached).map_err(|_| CError::invalid("the frame does not belong to its producer"))?;
+        // An error here drops `frame` unsent, which returns its slot to the pool.
+        // SAFETY: the caller's contract on `metadata`.
+        let m = unsafe { read_in(metadata, "metadata") }.and_then(|m| metadata_from(&m)).map_err(|e| {
+            CError::new(e.status, format!("{}; the frame was not sent (its slot is free again)", e.message))
+        })?;
         Ok(frame.send(m)?)
     })
 }
@@ -843,6 +854,10 @@ pub unsafe extern "C" fn lava_flow_read_frame_read(
         let mut slot = lock(&f.frame);
         let detached = slot.take().ok_or_else(gone_read)?;
         let state = lock(&f.end.state);
+        if let Err(e) = fits(offset, len, state.consumer.frame_size(), "read") {
+            *slot = Some(detached);
+            return Err(e);
+        }
         let frame = match state.consumer.attach(detached) {
             Ok(frame) => frame,
             Err(detached) => {
@@ -906,7 +921,10 @@ pub unsafe extern "C" fn lava_flow_read_frame_release(frame: *mut LavaFlowReadFr
         state.frames -= 1;
         // Dropping the attached frame sends its release.
         drop(
-            state.consumer.attach(detached).map_err(|_| CError::invalid("the frame does not belong to its consumer"))?,
+            state
+                .consumer
+                .attach(detached)
+                .map_err(|_| CError::invalid("the frame does not belong to its consumer"))?,
         );
         Ok(())
     })

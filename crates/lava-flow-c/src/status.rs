@@ -218,7 +218,13 @@ mod tests {
 
     #[test]
     fn every_status_has_its_name() {
-        for (code, status) in [(0, LAVA_FLOW_OK), (4, LAVA_FLOW_ERROR_STRUCT_SIZE), (17, LAVA_FLOW_ERROR_INTERNAL), (18, LAVA_FLOW_ERROR_FULL), (20, LAVA_FLOW_ERROR_DISCONNECTED)] {
+        for (code, status) in [
+            (0, LAVA_FLOW_OK),
+            (4, LAVA_FLOW_ERROR_STRUCT_SIZE),
+            (17, LAVA_FLOW_ERROR_INTERNAL),
+            (18, LAVA_FLOW_ERROR_FULL),
+            (20, LAVA_FLOW_ERROR_DISCONNECTED),
+        ] {
             assert_eq!(status as i32, code);
             // SAFETY: static NUL-terminated strings.
             let name = unsafe { std::ffi::CStr::from_ptr(lava_flow_status_name(code)) };
