@@ -12,12 +12,13 @@
 //! (`lava_flow_write_frame_write`, `lava_flow_read_frame_read`), never a pointer into a frame.
 //!
 //! Threads. Each end is one object behind a lock: its calls (and those of its frames) run one at a
-//! time, so a consumer's `recv` waiting for a frame holds up reads of frames of that consumer on
-//! other threads until it returns.
+//! time. `acquire` and `recv` wait in slices of at most 10 ms, releasing the lock between them,
+//! so one thread may wait for frames while others write, send, read or release frames of the
+//! same end. `wait_for_consumers` and `finish` hold the lock for their whole wait.
 
 use std::ffi::c_char;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lava_flow::channel::{
     Channel, ChannelOptions, ChannelSync, Consumer, DType, DetachedReadFrame, DetachedWriteFrame, FrameMemory,
@@ -393,6 +394,13 @@ fn fits(offset: u64, len: usize, capacity: u64, what: &str) -> CResult {
     }
 }
 
+/// The longest one wait inside `acquire` or `recv` holds its end's lock.
+const SLICE: Duration = Duration::from_millis(10);
+
+fn timed_out(message: String) -> CError {
+    CError::new(LavaFlowStatus::LAVA_FLOW_ERROR_TIMEOUT, message)
+}
+
 fn millis(ms: u32) -> Duration {
     Duration::from_millis(ms.into())
 }
@@ -485,19 +493,38 @@ pub unsafe extern "C" fn lava_flow_channel_producer_consumers(
 fn acquire(producer: *const LavaFlowProducer, timeout_ms: Option<u32>, out: *mut *mut LavaFlowWriteFrame) -> CResult {
     check_out(out, "out")?;
     let end = get(producer, "producer")?;
-    let mut state = lock(&end.state);
-    let p = state.producer.as_mut().ok_or_else(finished)?;
-    let frame = match timeout_ms {
-        Some(ms) => p.acquire_timeout(millis(ms))?,
-        None => p.try_acquire()?,
-    };
-    let capacity = frame.capacity();
-    let frame = frame.detach();
-    state.frames += 1;
-    let object = WriteFrameObject { end: Arc::clone(&end), capacity, frame: Mutex::new(Some(frame)) };
-    // SAFETY: checked not NULL by check_out; writable by the caller's contract.
-    unsafe { write_handle(out, object) };
-    Ok(())
+    let deadline = timeout_ms.map(|ms| Instant::now() + millis(ms));
+    loop {
+        let mut state = lock(&end.state);
+        let p = state.producer.as_mut().ok_or_else(finished)?;
+        // Waits in slices, the lock released between them, so other threads' frames of this
+        // producer (a send that frees a consumer to release a slot) are not held up.
+        let got = match deadline {
+            Some(deadline) => p.acquire_timeout(deadline.saturating_duration_since(Instant::now()).min(SLICE)),
+            None => p.try_acquire(),
+        }
+        .map(|frame| (frame.capacity(), frame.detach()));
+        let (capacity, frame) = match (got, deadline) {
+            (Ok(got), _) => got,
+            (Err(lava_flow::Error::Timeout { .. }), Some(deadline)) if Instant::now() < deadline => continue,
+            (Err(lava_flow::Error::Timeout { .. }), _) => {
+                return Err(timed_out(format!(
+                    "no frame of the channel at {} came free within {} ms (all {} in flight, {} consumers): \
+                     consumers release frames once they read them; wait longer, or use the drop-oldest policy",
+                    p.path().display(),
+                    timeout_ms.unwrap_or(0),
+                    p.in_flight(),
+                    p.consumers()
+                )))
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        state.frames += 1;
+        let object = WriteFrameObject { end: Arc::clone(&end), capacity, frame: Mutex::new(Some(frame)) };
+        // SAFETY: checked not NULL by check_out; writable by the caller's contract.
+        unsafe { write_handle(out, object) };
+        return Ok(());
+    }
 }
 
 /// A free frame to write, waiting up to `timeout_ms` while every slot is in flight (block
@@ -779,19 +806,34 @@ pub unsafe extern "C" fn lava_flow_channel_consumer_recv(
     guard("lava_flow_channel_consumer_recv", || {
         check_out(out, "out")?;
         let end = get(consumer, "consumer")?;
-        let mut state = lock(&end.state);
-        let frame = if timeout_ms == 0 {
-            state.consumer.try_recv()?.ok_or_else(|| {
-                CError::new(
-                    LavaFlowStatus::LAVA_FLOW_ERROR_TIMEOUT,
-                    "no frame is ready (timeout_ms 0 does not wait): call again, or pass a timeout",
-                )
-            })?
-        } else {
-            state.consumer.recv_timeout(millis(timeout_ms))?
-        }
-        .detach();
-        state.frames += 1;
+        let deadline = Instant::now() + millis(timeout_ms);
+        let frame = loop {
+            let mut state = lock(&end.state);
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Waits in slices, the lock released between them, so other threads can read and
+            // release this consumer's frames meanwhile (a producer waiting for a release would
+            // otherwise wait for this recv to give up).
+            let got = if left.is_zero() {
+                state.consumer.try_recv()?
+            } else {
+                match state.consumer.recv_timeout(left.min(SLICE)) {
+                    Ok(frame) => Some(frame),
+                    Err(lava_flow::Error::Timeout { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            .map(|frame| frame.detach());
+            if let Some(frame) = got {
+                state.frames += 1;
+                break frame;
+            }
+            if left.is_zero() {
+                return Err(timed_out(format!(
+                    "no frame came within {timeout_ms} ms: call again, or pass a longer timeout (0 takes only a \
+                     frame that is ready now)"
+                )));
+            }
+        };
         let object = ReadFrameObject { end: Arc::clone(&end), frame: Mutex::new(Some(frame)) };
         // SAFETY: checked not NULL; writable by the caller's contract.
         unsafe { write_handle(out, object) };

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lava_flow.h>
@@ -872,6 +873,105 @@ static void test_channel_destroy_ends_stream(void) {
   }
 }
 
+/* One thread waits in recv (or acquire) while another uses frames of the same end: the waiting
+ * call does not hold the end for its whole wait. */
+struct wait_args {
+  LavaFlowConsumer *consumer;
+  LavaFlowProducer *producer;
+  LavaFlowReadFrame *read;
+  LavaFlowWriteFrame *write;
+  LavaFlowStatus status;
+};
+
+static void *wait_recv(void *p) {
+  struct wait_args *a = p;
+  a->status = lava_flow_channel_consumer_recv(a->consumer, 5000, &a->read);
+  return NULL;
+}
+
+static void *wait_acquire(void *p) {
+  struct wait_args *a = p;
+  a->status = lava_flow_channel_producer_acquire(a->producer, 5000, &a->write);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void test_channel_threads(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-threads-%d.sock", (int)getpid());
+  unlink(path);
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 1;
+  o.frame_size = 256;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_HOST;
+  LavaFlowProducer *p = NULL;
+  MUST(lava_flow_channel_producer_create(path, &o, &p));
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  LavaFlowConsumer *c = args.consumer;
+  if (!c) {
+    OK(lava_flow_channel_producer_destroy(p));
+    return;
+  }
+  LavaFlowFrameMetadata m;
+  memset(&m, 0, sizeof m);
+  m.struct_size = sizeof m;
+  LavaFlowWriteFrame *w = NULL;
+  LavaFlowReadFrame *r = NULL;
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  OK(lava_flow_write_frame_send(w, &m));
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+
+  /* A recv waiting on another thread; this one reads and releases the frame it holds. */
+  struct wait_args a = {c, p, NULL, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  CHECK(pthread_create(&thread, NULL, wait_recv, &a) == 0, "pthread_create");
+  usleep(100 * 1000);
+  double t0 = now_s();
+  uint8_t byte = 1;
+  OK(lava_flow_read_frame_read(r, 0, &byte, 1));
+  OK(lava_flow_read_frame_release(r));
+  double took = now_s() - t0;
+  CHECK(took < 1.0, "a read and a release took %.3f s while another thread waited in recv", took);
+  MUST(lava_flow_channel_producer_acquire(p, 5000, &w)); /* the released slot */
+  OK(lava_flow_write_frame_send(w, &m));
+  pthread_join(thread, NULL);
+  CHECK(a.status == LAVA_FLOW_OK, "the waiting recv got the next frame: %s", lava_flow_status_name(a.status));
+  uint64_t seq = 0;
+  if (a.status == LAVA_FLOW_OK) {
+    OK(lava_flow_read_frame_sequence(a.read, &seq));
+    CHECK(seq == 1, "sequence %llu", (unsigned long long)seq);
+  }
+
+  /* An acquire waiting on another thread (the only slot is held); this one writes and sends. */
+  OK(lava_flow_read_frame_release(a.read));
+  MUST(lava_flow_channel_producer_acquire(p, 5000, &w));
+  a.status = LAVA_FLOW_ERROR_INTERNAL;
+  CHECK(pthread_create(&thread, NULL, wait_acquire, &a) == 0, "pthread_create");
+  usleep(100 * 1000);
+  t0 = now_s();
+  OK(lava_flow_write_frame_write(w, 0, "x", 1));
+  OK(lava_flow_write_frame_send(w, &m));
+  took = now_s() - t0;
+  CHECK(took < 1.0, "a write and a send took %.3f s while another thread waited in acquire", took);
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+  OK(lava_flow_read_frame_release(r)); /* frees the slot the waiting acquire gets */
+  pthread_join(thread, NULL);
+  CHECK(a.status == LAVA_FLOW_OK, "the waiting acquire got the slot: %s", lava_flow_status_name(a.status));
+  if (a.status == LAVA_FLOW_OK) OK(lava_flow_write_frame_discard(a.write));
+  OK(lava_flow_channel_producer_destroy(p));
+  OK(lava_flow_channel_consumer_destroy(c));
+}
+
 int main(void) {
   test_basics();
   test_null_pointers();
@@ -879,6 +979,7 @@ int main(void) {
   test_host_memory_and_fds();
   test_channel();
   test_channel_destroy_ends_stream();
+  test_channel_threads();
   uint64_t live = lava_flow_live_handles();
   LavaFlowAllocator *a = NULL;
   LavaFlowStatus s = lava_flow_allocator_create(&a);
