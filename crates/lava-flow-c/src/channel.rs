@@ -971,3 +971,44 @@ pub unsafe extern "C" fn lava_flow_read_frame_release(frame: *mut LavaFlowReadFr
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes and offsets docs/C.md and the header's comments state (version 1).
+    #[test]
+    fn version_1_layouts() {
+        assert_eq!(std::mem::size_of::<LavaFlowChannelOptions>(), 40);
+        assert_eq!(std::mem::size_of::<LavaFlowFrameMetadata>(), 424);
+        assert_eq!(std::mem::offset_of!(LavaFlowFrameMetadata, shape), 40);
+        assert_eq!(std::mem::offset_of!(LavaFlowFrameMetadata, user), 168);
+    }
+
+    /// Metadata survives the trip C struct -> Rust -> C struct; zero dtype means bytes.
+    #[test]
+    fn metadata_round_trips() {
+        let mut m =
+            LavaFlowFrameMetadata { ndim: 2, len: 96, timestamp: 5, has_strides: 1, user_len: 2, ..Default::default() };
+        m.shape[..2].copy_from_slice(&[4, 6]);
+        m.strides[..2].copy_from_slice(&[6, 1]);
+        m.user[..2].copy_from_slice(b"ok");
+        let rust = metadata_from(&m).unwrap();
+        assert_eq!(rust.dtype, DType::BYTES);
+        assert_eq!(
+            (rust.shape.as_slice(), rust.strides.as_slice(), rust.user.as_slice()),
+            (&[4, 6][..], &[6, 1][..], &b"ok"[..])
+        );
+        let back = metadata_to(&rust);
+        assert_eq!((back.ndim, back.len, back.timestamp, back.has_strides, back.user_len), (2, 96, 5, 1, 2));
+        assert_eq!((back.dtype_code, back.dtype_bits, back.dtype_lanes), (255, 8, 1));
+        for bad in [
+            LavaFlowFrameMetadata { ndim: 9, ..Default::default() },
+            LavaFlowFrameMetadata { user_len: 257, ..Default::default() },
+            LavaFlowFrameMetadata { has_strides: 2, ..Default::default() },
+            LavaFlowFrameMetadata { reserved: 1, ..Default::default() },
+        ] {
+            assert_eq!(metadata_from(&bad).unwrap_err().status, LavaFlowStatus::LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+        }
+    }
+}
