@@ -6,8 +6,9 @@
  *
  * Every function returns a LavaFlowStatus (LAVA_FLOW_OK is 0); after an error,
  * lava_flow_last_error() gives this thread's message. Handles are opaque: made by a _create,
- * _import or _connect call, released by their _destroy call; a destroyed, foreign or wrongly typed
- * handle is refused with LAVA_FLOW_ERROR_INVALID_HANDLE. Structs start with struct_size: set it to
+ * _import or _connect call, released by their _destroy call (channel frames: by their _send,
+ * _discard or _release call); a destroyed, foreign or wrongly typed handle is refused with
+ * LAVA_FLOW_ERROR_INVALID_HANDLE. Structs start with struct_size: set it to
  * sizeof the struct. An fd passed in is consumed by a successful call and left to the caller by a
  * failed one; an fd passed out is the caller's to close.
  */

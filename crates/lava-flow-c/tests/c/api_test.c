@@ -972,6 +972,55 @@ static void test_channel_threads(void) {
   OK(lava_flow_channel_consumer_destroy(c));
 }
 
+/* Vulkan frames (the default memory): a frame written by copy into the producer's buffer is read
+ * by copy out of the consumer's import of it. Skips where Vulkan cannot be opened. */
+static void test_channel_vulkan(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-vk-%d.sock", (int)getpid());
+  unlink(path);
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 2;
+  o.frame_size = 8192;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_VULKAN_HOST_VISIBLE;
+  LavaFlowProducer *p = NULL;
+  LavaFlowStatus s = lava_flow_channel_producer_create(path, &o, &p);
+  if (is_unavailable(s)) {
+    skip_or_fail("vulkan", s);
+    return;
+  }
+  MUST(s);
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  CHECK(args.status == LAVA_FLOW_OK, "consumer_create (Vulkan frames): %s", lava_flow_status_name(args.status));
+  LavaFlowConsumer *c = args.consumer;
+  if (c) {
+    uint8_t bytes[8192], back[8192];
+    fill_pattern(bytes, sizeof bytes);
+    LavaFlowWriteFrame *w = NULL;
+    MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+    OK(lava_flow_write_frame_write(w, 0, bytes, sizeof bytes));
+    LavaFlowFrameMetadata m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    OK(lava_flow_write_frame_send(w, &m));
+    OK(lava_flow_channel_producer_finish(p, 0));
+    LavaFlowReadFrame *r = NULL;
+    MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+    memset(back, 0, sizeof back);
+    OK(lava_flow_read_frame_read(r, 0, back, sizeof back));
+    CHECK(!memcmp(back, bytes, sizeof bytes), "a Vulkan frame arrives as written");
+    OK(lava_flow_read_frame_release(r));
+    EXPECT(lava_flow_channel_consumer_recv(c, 5000, &r), LAVA_FLOW_ERROR_CLOSED);
+    OK(lava_flow_channel_consumer_destroy(c));
+  }
+  OK(lava_flow_channel_producer_destroy(p));
+}
+
 int main(void) {
   test_basics();
   test_null_pointers();
@@ -980,6 +1029,7 @@ int main(void) {
   test_channel();
   test_channel_destroy_ends_stream();
   test_channel_threads();
+  test_channel_vulkan();
   uint64_t live = lava_flow_live_handles();
   LavaFlowAllocator *a = NULL;
   LavaFlowStatus s = lava_flow_allocator_create(&a);
