@@ -509,8 +509,10 @@ fn acquire(producer: *const LavaFlowProducer, timeout_ms: Option<u32>, out: *mut
             (Err(lava_flow::Error::Timeout { .. }), Some(deadline)) if Instant::now() < deadline => continue,
             (Err(lava_flow::Error::Timeout { .. }), _) => {
                 return Err(timed_out(format!(
-                    "no frame of the channel at {} came free within {} ms (all {} in flight, {} consumers): \
-                     consumers release frames once they read them; wait longer, or use the drop-oldest policy",
+                    "no frame of the channel at {} came free within {} ms ({} in flight to {} consumers; write \
+                     frames of this producer not yet sent or discarded hold the other slots): consumers release \
+                     frames once they read them; wait longer, send or discard held write frames, or use the \
+                     drop-oldest policy",
                     p.path().display(),
                     timeout_ms.unwrap_or(0),
                     p.in_flight(),
