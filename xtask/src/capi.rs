@@ -1,8 +1,9 @@
 //! The C API: `cargo xtask c-header` (regenerate crates/lava-flow-c/include/lava_flow.h),
 //! `cargo xtask install-c PREFIX` (library, headers, pkg-config file), and the suite's `C API`
 //! step (`cargo xtask c-check`): the header is current, the install works with pkg-config, only
-//! `lava_flow_*` symbols are exported, and the C test suite and the C and C++ examples, compiled
-//! with the system compiler against the installed library, pass.
+//! `lava_flow_*` symbols are exported, and the C test suite and the C and C++ examples (the C++
+//! channel producer and consumer as two processes), compiled with the system compiler against the
+//! installed library, pass.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -271,6 +272,10 @@ pub fn c_check() -> Result<(), String> {
     let api_test_static = compile("cc", "-std=c11", "tests/c/api_test.c", "api_test_static", "static")?;
     let share = compile("cc", "-std=c11", "examples/c/share_gl.c", "share_gl", "shared")?;
     let cpp = compile("c++", "-std=c++17", "examples/cpp/wrapper.cpp", "wrapper", "shared")?;
+    let channel_producer =
+        compile("c++", "-std=c++17", "examples/cpp/channel_producer.cpp", "channel_producer", "shared")?;
+    let channel_consumer =
+        compile("c++", "-std=c++17", "examples/cpp/channel_consumer.cpp", "channel_consumer", "shared")?;
 
     let mut passed = 0;
     let mut skipped = 0;
@@ -305,6 +310,24 @@ pub fn c_check() -> Result<(), String> {
     add(result_of("share_gl serve", &server_out)?);
 
     add(run_program("wrapper (C++)", &mut Command::new(&cpp))?);
+
+    // The C++ channel example in two processes: a producer sends frames, a consumer checks each.
+    // The consumer retries its connect until the producer listens.
+    let socket = work.join("channel.sock");
+    let producer = Command::new(&channel_producer)
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start channel_producer: {e}"))?;
+    let mut producer = Reap(producer);
+    let consumer = run_program("channel_consumer (C++)", Command::new(&channel_consumer).arg(&socket));
+    let produced = wait_child(&mut producer.0, Duration::from_secs(30));
+    let producer_out = producer.0.wait_with_output_ref();
+    println!("--- channel_producer (C++)\n{}", producer_out.trim_end());
+    add(consumer?);
+    produced.map_err(|e| format!("channel_producer: {e}"))?;
+    add(result_of("channel_producer", &producer_out)?);
     println!("RESULT: passed={passed} skipped={skipped} in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

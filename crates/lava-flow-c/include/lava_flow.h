@@ -6,8 +6,9 @@
  *
  * Every function returns a LavaFlowStatus (LAVA_FLOW_OK is 0); after an error,
  * lava_flow_last_error() gives this thread's message. Handles are opaque: made by a _create,
- * _import or _connect call, released by their _destroy call; a destroyed, foreign or wrongly typed
- * handle is refused with LAVA_FLOW_ERROR_INVALID_HANDLE. Structs start with struct_size: set it to
+ * _import or _connect call, released by their _destroy call (channel frames: by their _send,
+ * _discard or _release call); a destroyed, foreign or wrongly typed handle is refused with
+ * LAVA_FLOW_ERROR_INVALID_HANDLE. Structs start with struct_size: set it to
  * sizeof the struct. An fd passed in is consumed by a successful call and left to the caller by a
  * failed one; an fd passed out is the caller's to close.
  */
@@ -22,6 +23,12 @@
 // struct's version-1 layout changes. The header's `LAVA_FLOW_ABI_VERSION` names the version it
 // was generated for.
 #define LAVA_FLOW_ABI_VERSION 1
+
+// Most dimensions of a frame's shape (`LavaFlowFrameMetadata.shape`).
+#define LAVA_FLOW_MAX_DIMS 8
+
+// Most bytes of user data a frame carries (`LavaFlowFrameMetadata.user`).
+#define LAVA_FLOW_MAX_USER_DATA 256
 
 // The largest `struct_size` accepted: a struct of a newer header is far smaller; a larger value
 // is a wrong pointer or an uninitialised field.
@@ -69,6 +76,14 @@ typedef enum LavaFlowStatus {
   LAVA_FLOW_ERROR_MISMATCH = 16,
   // A bug in lava-flow (a Rust panic, caught at the boundary). Please report the message.
   LAVA_FLOW_ERROR_INTERNAL = 17,
+  // Every frame of a channel is in flight (`lava_flow_channel_producer_try_acquire`).
+  LAVA_FLOW_ERROR_FULL = 18,
+  // The channel ended cleanly: its producer finished or was destroyed, and every frame it sent
+  // was delivered before this status (`lava_flow_channel_consumer_recv`).
+  LAVA_FLOW_ERROR_CLOSED = 19,
+  // The other end of a channel is gone without ending it (the producer exited or was killed,
+  // or disconnected this consumer); frames sent before were delivered.
+  LAVA_FLOW_ERROR_DISCONNECTED = 20,
 } LavaFlowStatus;
 
 // What an export holds (`lava_flow_export_kind`).
@@ -169,6 +184,34 @@ typedef enum LavaFlowSemaphoreExport {
   LAVA_FLOW_SEMAPHORE_EXPORT_SYNC_FD = 2,
 } LavaFlowSemaphoreExport;
 
+// `LavaFlowChannelOptions.memory`.
+typedef enum LavaFlowFrameMemory {
+  // One exportable host-visible Vulkan buffer per slot (the default).
+  LAVA_FLOW_FRAME_MEMORY_VULKAN_HOST_VISIBLE = 0,
+  // One exportable device-local Vulkan buffer per slot (copies go through a staging buffer).
+  LAVA_FLOW_FRAME_MEMORY_VULKAN_DEVICE_LOCAL = 1,
+  // One sealed memfd per slot, mapped by every process (no GPU needed).
+  LAVA_FLOW_FRAME_MEMORY_HOST = 2,
+} LavaFlowFrameMemory;
+
+// `LavaFlowChannelOptions.policy`.
+typedef enum LavaFlowChannelPolicy {
+  // Acquiring waits while every slot is in flight (the default).
+  LAVA_FLOW_POLICY_BLOCK = 0,
+  // Acquiring takes back the oldest frame no consumer has taken yet.
+  LAVA_FLOW_POLICY_DROP_OLDEST = 1,
+} LavaFlowChannelPolicy;
+
+// `LavaFlowChannelOptions.sync`.
+typedef enum LavaFlowChannelSync {
+  // Messages, plus the `channel.filled` timeline semaphore where the device shares one (default).
+  LAVA_FLOW_SYNC_AUTO = 0,
+  // Messages alone.
+  LAVA_FLOW_SYNC_MESSAGES = 1,
+  // Messages plus the timeline semaphore; an error where the device cannot share one.
+  LAVA_FLOW_SYNC_TIMELINE = 2,
+} LavaFlowChannelSync;
+
 // Allocates exportable buffers and images (`MemoryAllocator`), one Vulkan context per device
 // index, opened on first use.
 typedef struct LavaFlowAllocator LavaFlowAllocator;
@@ -178,6 +221,9 @@ typedef struct LavaFlowBuffer LavaFlowBuffer;
 
 // A connection to a server.
 typedef struct LavaFlowClient LavaFlowClient;
+
+// The consuming end of a channel.
+typedef struct LavaFlowConsumer LavaFlowConsumer;
 
 // A Vulkan instance and device (`VulkanContext`). Buffers, images and imports keep it alive:
 // destroying it while they live is allowed.
@@ -215,11 +261,80 @@ typedef struct LavaFlowOpenClBuffer LavaFlowOpenClBuffer;
 // An OpenCL context and queue on one device.
 typedef struct LavaFlowOpenClContext LavaFlowOpenClContext;
 
+// The producing end of a channel: owns the pool of frames and the socket consumers connect to.
+typedef struct LavaFlowProducer LavaFlowProducer;
+
+// A frame a consumer holds: made by `lava_flow_channel_consumer_recv`, ended by
+// `lava_flow_read_frame_release`.
+typedef struct LavaFlowReadFrame LavaFlowReadFrame;
+
 // A Vulkan semaphore (timeline or binary), made here or imported.
 typedef struct LavaFlowSemaphore LavaFlowSemaphore;
 
 // A server sharing exports with other processes over a Unix socket.
 typedef struct LavaFlowServer LavaFlowServer;
+
+// A frame the producer is writing: made by `lava_flow_channel_producer_acquire`, ended by
+// `lava_flow_write_frame_send` or `lava_flow_write_frame_discard`.
+typedef struct LavaFlowWriteFrame LavaFlowWriteFrame;
+
+// Settings of a channel end (NULL options: every default). A consumer reads the pool's shape
+// from its producer and uses only `timeout_ms`. Version 1: 40 bytes.
+typedef struct LavaFlowChannelOptions {
+  // `sizeof(LavaFlowChannelOptions)`.
+  uint32_t struct_size;
+  // Frames in the pool, 1..=32 (at most this many are in flight); 0: 4.
+  uint32_t slots;
+  // Bytes per frame; 0: 1 MiB.
+  uint64_t frame_size;
+  // One of `LavaFlowFrameMemory`.
+  uint32_t memory;
+  // One of `LavaFlowChannelPolicy`.
+  uint32_t policy;
+  // One of `LavaFlowChannelSync`.
+  uint32_t sync;
+  // Most consumers at once, 1..=64; 0: 8.
+  uint32_t max_consumers;
+  // Longest a consumer's connect waits for a producer to listen, and a send to a consumer
+  // whose socket is full; 0: 10000.
+  uint32_t timeout_ms;
+  // Permission bits of the producer's socket file; 0: 0600 (only this user).
+  uint32_t socket_mode;
+} LavaFlowChannelOptions;
+
+// What a frame carries besides its bytes: given to `lava_flow_write_frame_send`, filled by
+// `lava_flow_read_frame_metadata`. Zero every field you do not use. Version 1: 424 bytes.
+typedef struct LavaFlowFrameMetadata {
+  // `sizeof(LavaFlowFrameMetadata)`.
+  uint32_t struct_size;
+  // Dimensions of `shape` used, 0..=`LAVA_FLOW_MAX_DIMS` (0: a flat run of `len` bytes).
+  uint32_t ndim;
+  // Bytes of the frame that hold data, from its start; at most the frame size. On send, 0
+  // means the whole frame (a received frame says the frame size then).
+  uint64_t len;
+  // DLPack type code (0 int, 1 uint, 2 float, 4 bfloat, 5 complex, 6 bool, 255 opaque
+  // bytes). On send, `dtype_code`, `dtype_bits` and `dtype_lanes` all 0 mean plain bytes
+  // (255, 8, 1).
+  uint8_t dtype_code;
+  // Bits per lane.
+  uint8_t dtype_bits;
+  // Lanes per element.
+  uint16_t dtype_lanes;
+  // Bytes of `user` used, 0..=`LAVA_FLOW_MAX_USER_DATA`.
+  uint32_t user_len;
+  // The producer's timestamp, in any unit it chooses; passed on unchanged.
+  uint64_t timestamp;
+  // 1: `strides` holds one stride per dimension; 0: compact row-major (no strides).
+  uint32_t has_strides;
+  // Zero.
+  uint32_t reserved;
+  // Shape in elements (the first `ndim` entries).
+  uint64_t shape[LAVA_FLOW_MAX_DIMS];
+  // Strides in elements (the first `ndim` entries, when `has_strides` is 1).
+  int64_t strides[LAVA_FLOW_MAX_DIMS];
+  // User data passed on unchanged (the first `user_len` bytes).
+  uint8_t user[LAVA_FLOW_MAX_USER_DATA];
+} LavaFlowFrameMetadata;
 
 // A device and driver, as exports name them. Not versioned: UUIDs do not grow.
 typedef struct LavaFlowDeviceIdentity {
@@ -407,6 +522,188 @@ uint32_t lava_flow_abi_version(void);
 
 // The library's version, a static NUL-terminated string ("0.1.0"); never NULL, never freed.
 const char *lava_flow_version(void);
+
+// Creates a channel's producer: allocates `options->slots` frames of `options->frame_size`
+// bytes and listens at the Unix socket `path` (a stale socket file is replaced; a live
+// producer's is refused). Consumers may connect at any time; the producer accepts them inside
+// its calls (acquire, send, wait_for_consumers).
+//
+// Ownership: `*out` is the caller's, released by `lava_flow_channel_producer_destroy`.
+//
+// # Safety
+// `path` is a NUL-terminated string; `options` is NULL or points at `options->struct_size`
+// readable bytes; `out` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_producer_create(const char *path,
+                                                      const struct LavaFlowChannelOptions *options,
+                                                      struct LavaFlowProducer **out);
+
+// Waits until at least `count` consumers are connected (`LAVA_FLOW_ERROR_TIMEOUT` after
+// `timeout_ms`).
+//
+// # Safety
+// None beyond passing a handle value.
+enum LavaFlowStatus lava_flow_channel_producer_wait_for_consumers(const struct LavaFlowProducer *producer,
+                                                                  uint32_t count,
+                                                                  uint32_t timeout_ms);
+
+// Consumers connected now (after taking new connections and hang-ups).
+//
+// # Safety
+// `count` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_producer_consumers(const struct LavaFlowProducer *producer,
+                                                         uint32_t *count);
+
+// A free frame to write, waiting up to `timeout_ms` while every slot is in flight (block
+// policy; `LAVA_FLOW_ERROR_TIMEOUT` after that), or taking back the oldest frame no consumer
+// took (drop-oldest policy).
+//
+// Ownership: `*out` is the caller's until `lava_flow_write_frame_send` or
+// `lava_flow_write_frame_discard`; the producer cannot be destroyed while it is live.
+//
+// # Safety
+// `out` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_producer_acquire(const struct LavaFlowProducer *producer,
+                                                       uint32_t timeout_ms,
+                                                       struct LavaFlowWriteFrame **out);
+
+// A free frame to write now, or `LAVA_FLOW_ERROR_FULL` while every slot is in flight (under
+// drop-oldest, only while consumers hold every frame). Ownership as
+// `lava_flow_channel_producer_acquire`.
+//
+// # Safety
+// `out` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_producer_try_acquire(const struct LavaFlowProducer *producer,
+                                                           struct LavaFlowWriteFrame **out);
+
+// Ends the channel: waits up to `timeout_ms` for consumers to release the frames they hold,
+// then sends every consumer the end of the stream (their `recv` returns
+// `LAVA_FLOW_ERROR_CLOSED` after the frames already sent) and closes the socket. Refused while
+// write frames of this producer are live. The handle stays valid and is still destroyed by
+// `lava_flow_channel_producer_destroy`; other calls on it are refused.
+//
+// # Safety
+// None beyond passing a handle value.
+enum LavaFlowStatus lava_flow_channel_producer_finish(const struct LavaFlowProducer *producer,
+                                                      uint32_t timeout_ms);
+
+// Releases a producer (NULL: nothing). A producer not finished ends its channel here as
+// `lava_flow_channel_producer_finish` does, without waiting: consumers receive the frames
+// already sent, then the end of the stream. Refused (`LAVA_FLOW_ERROR_INVALID_ARGUMENT`, the
+// producer stays valid) while write frames of it are live.
+//
+// # Safety
+// None beyond passing a handle value: a destroyed or foreign one is refused.
+enum LavaFlowStatus lava_flow_channel_producer_destroy(struct LavaFlowProducer *producer);
+
+// Bytes the frame holds (the channel's frame size).
+//
+// # Safety
+// `capacity` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_write_frame_capacity(const struct LavaFlowWriteFrame *frame,
+                                                   uint64_t *capacity);
+
+// Copies `len` bytes from `data` into the frame at `offset` (`LAVA_FLOW_ERROR_INVALID_ARGUMENT`
+// where they do not fit). No consumer sees them before the frame is sent.
+//
+// # Safety
+// `data` is valid for reads of `len` bytes (NULL only with `len` 0).
+enum LavaFlowStatus lava_flow_write_frame_write(const struct LavaFlowWriteFrame *frame,
+                                                uint64_t offset,
+                                                const void *data,
+                                                size_t len);
+
+// Sends the frame, with `metadata`, to every connected consumer, and consumes the frame handle.
+//
+// Ownership: once `frame` is found to be a live write frame, the handle is consumed whatever the
+// status, as Rust's `WriteFrame::send` consumes its frame: on an error (NULL `metadata`, a wrong
+// `struct_size`, metadata beyond the limits or longer than the frame, a driver or socket error)
+// the frame is not sent and its slot returns to the pool. Only a NULL or not-live `frame`
+// (`LAVA_FLOW_ERROR_NULL_POINTER`, `LAVA_FLOW_ERROR_INVALID_HANDLE`) consumes nothing.
+//
+// # Safety
+// `metadata` is NULL (refused) or points at `metadata->struct_size` readable bytes.
+enum LavaFlowStatus lava_flow_write_frame_send(struct LavaFlowWriteFrame *frame,
+                                               const struct LavaFlowFrameMetadata *metadata);
+
+// Gives the frame back to the pool unsent and consumes the handle (NULL: nothing).
+//
+// # Safety
+// None beyond passing a handle value: a sent, discarded or foreign one is refused.
+enum LavaFlowStatus lava_flow_write_frame_discard(struct LavaFlowWriteFrame *frame);
+
+// Connects to the producer at `path` (retrying until one listens, up to `options->timeout_ms`)
+// and maps or imports its pool. Only `timeout_ms` of the options is used (NULL: 10 s).
+//
+// Ownership: `*out` is the caller's, released by `lava_flow_channel_consumer_destroy`.
+//
+// # Safety
+// `path` is a NUL-terminated string; `options` is NULL or points at `options->struct_size`
+// readable bytes; `out` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_consumer_create(const char *path,
+                                                      const struct LavaFlowChannelOptions *options,
+                                                      struct LavaFlowConsumer **out);
+
+// The channel's frame count and frame size, from its producer.
+//
+// # Safety
+// `slots` and `frame_size` are each NULL (not written) or writable.
+enum LavaFlowStatus lava_flow_channel_consumer_shape(const struct LavaFlowConsumer *consumer,
+                                                     uint32_t *slots,
+                                                     uint64_t *frame_size);
+
+// The next frame, waiting up to `timeout_ms` (0: only a frame ready now;
+// `LAVA_FLOW_ERROR_TIMEOUT` when none came). At the end of the stream:
+// `LAVA_FLOW_ERROR_CLOSED` where the producer ended the channel (every frame it sent was
+// delivered before), `LAVA_FLOW_ERROR_DISCONNECTED` where it hung up without ending it (exited
+// or was killed) or disconnected this consumer.
+//
+// Ownership: `*out` is the caller's until `lava_flow_read_frame_release`; the producer does not
+// reuse its slot before, and the consumer cannot be destroyed while it is live.
+//
+// # Safety
+// `out` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_channel_consumer_recv(const struct LavaFlowConsumer *consumer,
+                                                    uint32_t timeout_ms,
+                                                    struct LavaFlowReadFrame **out);
+
+// Releases a consumer (NULL: nothing): disconnects from the producer. Refused
+// (`LAVA_FLOW_ERROR_INVALID_ARGUMENT`, the consumer stays valid) while read frames of it are
+// live.
+//
+// # Safety
+// None beyond passing a handle value: a destroyed or foreign one is refused.
+enum LavaFlowStatus lava_flow_channel_consumer_destroy(struct LavaFlowConsumer *consumer);
+
+// Copies `len` bytes at `offset` out of the frame into `out` (`LAVA_FLOW_ERROR_INVALID_ARGUMENT`
+// past the frame's end).
+//
+// # Safety
+// `out` is valid for writes of `len` bytes (NULL only with `len` 0).
+enum LavaFlowStatus lava_flow_read_frame_read(const struct LavaFlowReadFrame *frame,
+                                              uint64_t offset,
+                                              void *out,
+                                              size_t len);
+
+// The frame's metadata, into `metadata` (set its `struct_size` first).
+//
+// # Safety
+// `metadata` is NULL (refused) or points at `metadata->struct_size` readable and writable bytes.
+enum LavaFlowStatus lava_flow_read_frame_metadata(const struct LavaFlowReadFrame *frame,
+                                                  struct LavaFlowFrameMetadata *metadata);
+
+// The frame's sequence number (0 for the first frame the producer sent; consecutive unless
+// frames were dropped or sent before this consumer connected).
+//
+// # Safety
+// `sequence` is NULL (refused) or writable.
+enum LavaFlowStatus lava_flow_read_frame_sequence(const struct LavaFlowReadFrame *frame, uint64_t *sequence);
+
+// Releases the frame (NULL: nothing): the producer may reuse its slot once every consumer it
+// went to released it. Consumes the handle.
+//
+// # Safety
+// None beyond passing a handle value: a released or foreign one is refused.
+enum LavaFlowStatus lava_flow_read_frame_release(struct LavaFlowReadFrame *frame);
 
 // A headless GL context on the device `identity` names (the exporter's, from an export's
 // description), or on EGL's first device when `identity` is NULL.

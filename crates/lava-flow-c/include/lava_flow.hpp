@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -549,6 +550,144 @@ class OpenClContext {
     LavaFlowOpenClBuffer *b = nullptr;
     check(lava_flow_opencl_import_buffer(get(), e.get(), &b));
     return OpenClBuffer(b);
+  }
+};
+
+/// Channel options (LavaFlowChannelOptions) with every field at its default.
+inline LavaFlowChannelOptions channel_options() noexcept { return make<LavaFlowChannelOptions>(); }
+
+/// Metadata for `len` bytes of plain data (0: the whole frame), everything else zero.
+inline LavaFlowFrameMetadata frame_metadata(std::uint64_t len = 0) noexcept {
+  auto m = make<LavaFlowFrameMetadata>();
+  m.len = len;
+  return m;
+}
+
+/// A frame the producer is writing. Send it with send(); destroying it unsent discards it (its
+/// slot returns to the pool). Destroy frames before their Producer: a producer with live frames
+/// refuses to be destroyed.
+class WriteFrame {
+  LAVA_FLOW_HPP_HANDLE(WriteFrame, LavaFlowWriteFrame, lava_flow_write_frame_discard)
+  /// Bytes the frame holds.
+  std::uint64_t capacity() const {
+    std::uint64_t c = 0;
+    check(lava_flow_write_frame_capacity(get(), &c));
+    return c;
+  }
+  /// Copies `data` into the frame at `offset`.
+  void write(std::uint64_t offset, Bytes data) {
+    check(lava_flow_write_frame_write(get(), offset, data.data(), data.size()));
+  }
+  /// Sends the frame with `metadata`. The frame is used up whatever the outcome (on Error it
+  /// was not sent and its slot is free again), as lava_flow_write_frame_send does.
+  void send(const LavaFlowFrameMetadata &metadata) { check(lava_flow_write_frame_send(release(), &metadata)); }
+  /// Gives the frame back unsent.
+  void discard() { check(lava_flow_write_frame_discard(release())); }
+};
+
+/// A frame a consumer holds: released on destruction (or by release_frame()). Only copies come
+/// out of it: the bytes are shared memory another process wrote. Destroy frames before their
+/// Consumer: a consumer with live frames refuses to be destroyed.
+class ReadFrame {
+  LAVA_FLOW_HPP_HANDLE(ReadFrame, LavaFlowReadFrame, lava_flow_read_frame_release)
+  /// The sequence number the producer gave it (0 for its first frame).
+  std::uint64_t sequence() const {
+    std::uint64_t s = 0;
+    check(lava_flow_read_frame_sequence(get(), &s));
+    return s;
+  }
+  LavaFlowFrameMetadata metadata() const {
+    auto m = make<LavaFlowFrameMetadata>();
+    check(lava_flow_read_frame_metadata(get(), &m));
+    return m;
+  }
+  /// Bytes of data (the metadata's len).
+  std::uint64_t len() const { return metadata().len; }
+  /// Copies out.size() bytes at `offset` out of the frame.
+  void read(std::uint64_t offset, MutableBytes out) const {
+    check(lava_flow_read_frame_read(get(), offset, out.data(), out.size()));
+  }
+  /// `len` bytes at `offset`, copied.
+  std::vector<std::uint8_t> read(std::uint64_t offset, std::size_t len) const {
+    std::vector<std::uint8_t> v(len);
+    read(offset, MutableBytes(v));
+    return v;
+  }
+  /// Releases the frame now (the producer may reuse its slot).
+  void release_frame() { check(lava_flow_read_frame_release(release())); }
+};
+
+/// The producing end of a channel (docs/CHANNELS.md).
+class Producer {
+  LAVA_FLOW_HPP_HANDLE(Producer, LavaFlowProducer, lava_flow_channel_producer_destroy)
+  /// Allocates the pool and listens at `path` (nullptr options: every default).
+  static Producer create(const std::string &path, const LavaFlowChannelOptions *options = nullptr) {
+    LavaFlowProducer *p = nullptr;
+    check(lava_flow_channel_producer_create(path.c_str(), options, &p));
+    return Producer(p);
+  }
+  /// Waits until `count` consumers are connected (Error with LAVA_FLOW_ERROR_TIMEOUT after `timeout`).
+  void wait_for_consumers(std::uint32_t count, std::chrono::milliseconds timeout) {
+    check(lava_flow_channel_producer_wait_for_consumers(get(), count, static_cast<std::uint32_t>(timeout.count())));
+  }
+  /// Consumers connected now.
+  std::uint32_t consumers() {
+    std::uint32_t n = 0;
+    check(lava_flow_channel_producer_consumers(get(), &n));
+    return n;
+  }
+  /// A free frame, waiting up to `timeout` while every slot is in flight.
+  WriteFrame acquire(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    LavaFlowWriteFrame *f = nullptr;
+    check(lava_flow_channel_producer_acquire(get(), static_cast<std::uint32_t>(timeout.count()), &f));
+    return WriteFrame(f);
+  }
+  /// A free frame now, or nullopt while every slot is in flight (LAVA_FLOW_ERROR_FULL).
+  std::optional<WriteFrame> try_acquire() {
+    LavaFlowWriteFrame *f = nullptr;
+    LavaFlowStatus s = lava_flow_channel_producer_try_acquire(get(), &f);
+    if (s == LAVA_FLOW_ERROR_FULL) return std::nullopt;
+    check(s);
+    return WriteFrame(f);
+  }
+  /// Ends the channel after waiting up to `timeout` for consumers to release their frames.
+  void finish(std::chrono::milliseconds timeout) {
+    check(lava_flow_channel_producer_finish(get(), static_cast<std::uint32_t>(timeout.count())));
+  }
+};
+
+/// The consuming end of a channel.
+class Consumer {
+  LAVA_FLOW_HPP_HANDLE(Consumer, LavaFlowConsumer, lava_flow_channel_consumer_destroy)
+  /// Connects to the producer at `path`, retrying until one listens or `timeout` passes.
+  static Consumer connect(const std::string &path, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto o = channel_options();
+    o.timeout_ms = static_cast<std::uint32_t>(timeout.count());
+    LavaFlowConsumer *c = nullptr;
+    check(lava_flow_channel_consumer_create(path.c_str(), &o, &c));
+    return Consumer(c);
+  }
+  /// Frames in the producer's pool.
+  std::uint32_t slots() const {
+    std::uint32_t n = 0;
+    check(lava_flow_channel_consumer_shape(get(), &n, nullptr));
+    return n;
+  }
+  /// Bytes per frame.
+  std::uint64_t frame_size() const {
+    std::uint64_t n = 0;
+    check(lava_flow_channel_consumer_shape(get(), nullptr, &n));
+    return n;
+  }
+  /// The next frame, waiting up to `timeout`; nullopt once the producer ended the channel
+  /// (LAVA_FLOW_ERROR_CLOSED: every frame was delivered). Error with LAVA_FLOW_ERROR_TIMEOUT when
+  /// none came in time, LAVA_FLOW_ERROR_DISCONNECTED when the producer went away without ending it.
+  std::optional<ReadFrame> recv(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    LavaFlowReadFrame *f = nullptr;
+    LavaFlowStatus s = lava_flow_channel_consumer_recv(get(), static_cast<std::uint32_t>(timeout.count()), &f);
+    if (s == LAVA_FLOW_ERROR_CLOSED) return std::nullopt;
+    check(s);
+    return ReadFrame(f);
   }
 };
 

@@ -98,7 +98,7 @@ unsafe fn c_str<'a>(s: *const c_char, what: &str) -> CResult<&'a CStr> {
 
 /// # Safety
 /// As [`c_str`].
-unsafe fn c_path<'a>(s: *const c_char) -> CResult<&'a Path> {
+pub(crate) unsafe fn c_path<'a>(s: *const c_char) -> CResult<&'a Path> {
     // SAFETY: the caller's contract.
     Ok(Path::new(OsStr::from_bytes(unsafe { c_str(s, "path")? }.to_bytes())))
 }

@@ -8,7 +8,7 @@
 //! - No Rust panic crosses the boundary: each body runs under `catch_unwind` and a panic becomes
 //!   [`LavaFlowStatus::LAVA_FLOW_ERROR_INTERNAL`].
 //! - Objects are opaque handles made by a `_create`/`_import`/`_connect` call and released by their
-//!   `_destroy`. A handle is a number in a process-wide table, never a pointer lava-flow reads
+//!   `_destroy` (channel frames by their `_send`, `_discard` or `_release`; see [`channel`]). A handle is a number in a process-wide table, never a pointer lava-flow reads
 //!   through: a destroyed, foreign or wrongly typed handle is found in (or missing from) the table
 //!   and refused with [`LavaFlowStatus::LAVA_FLOW_ERROR_INVALID_HANDLE`]. Numbers are never reused.
 //! - Descriptions and options are plain structs whose first field, `struct_size`, the caller sets
@@ -20,6 +20,7 @@
 // The C names are the API: `LAVA_FLOW_OK`, `LavaFlowBuffer`.
 #![allow(non_camel_case_types)]
 
+pub mod channel;
 pub mod fds;
 pub mod gpu;
 pub mod handles;
@@ -29,6 +30,7 @@ pub mod status;
 pub mod structs;
 pub mod sync;
 
+pub use channel::*;
 pub use fds::*;
 pub use gpu::*;
 pub use ipc::*;

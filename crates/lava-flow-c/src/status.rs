@@ -50,6 +50,14 @@ pub enum LavaFlowStatus {
     LAVA_FLOW_ERROR_MISMATCH = 16,
     /// A bug in lava-flow (a Rust panic, caught at the boundary). Please report the message.
     LAVA_FLOW_ERROR_INTERNAL = 17,
+    /// Every frame of a channel is in flight (`lava_flow_channel_producer_try_acquire`).
+    LAVA_FLOW_ERROR_FULL = 18,
+    /// The channel ended cleanly: its producer finished or was destroyed, and every frame it sent
+    /// was delivered before this status (`lava_flow_channel_consumer_recv`).
+    LAVA_FLOW_ERROR_CLOSED = 19,
+    /// The other end of a channel is gone without ending it (the producer exited or was killed,
+    /// or disconnected this consumer); frames sent before were delivered.
+    LAVA_FLOW_ERROR_DISCONNECTED = 20,
 }
 
 use LavaFlowStatus::*;
@@ -96,6 +104,9 @@ pub fn status_of(e: &Error) -> LavaFlowStatus {
         Error::PeerRefused { .. } => LAVA_FLOW_ERROR_PEER_REFUSED,
         Error::Io { .. } => LAVA_FLOW_ERROR_IO,
         Error::Mismatch { .. } => LAVA_FLOW_ERROR_MISMATCH,
+        Error::Full { .. } => LAVA_FLOW_ERROR_FULL,
+        Error::Closed { clean: true, .. } => LAVA_FLOW_ERROR_CLOSED,
+        Error::Closed { clean: false, .. } => LAVA_FLOW_ERROR_DISCONNECTED,
         // Errors recorded while dropping earlier objects are driver errors; new variants default
         // to the driver's too until they get their own code.
         _ => LAVA_FLOW_ERROR_DRIVER,
@@ -184,6 +195,9 @@ pub extern "C" fn lava_flow_status_name(status: i32) -> *const c_char {
         15 => c"LAVA_FLOW_ERROR_IO",
         16 => c"LAVA_FLOW_ERROR_MISMATCH",
         17 => c"LAVA_FLOW_ERROR_INTERNAL",
+        18 => c"LAVA_FLOW_ERROR_FULL",
+        19 => c"LAVA_FLOW_ERROR_CLOSED",
+        20 => c"LAVA_FLOW_ERROR_DISCONNECTED",
         _ => c"LAVA_FLOW_UNKNOWN_STATUS",
     };
     name.as_ptr()
@@ -204,7 +218,13 @@ mod tests {
 
     #[test]
     fn every_status_has_its_name() {
-        for (code, status) in [(0, LAVA_FLOW_OK), (4, LAVA_FLOW_ERROR_STRUCT_SIZE), (17, LAVA_FLOW_ERROR_INTERNAL)] {
+        for (code, status) in [
+            (0, LAVA_FLOW_OK),
+            (4, LAVA_FLOW_ERROR_STRUCT_SIZE),
+            (17, LAVA_FLOW_ERROR_INTERNAL),
+            (18, LAVA_FLOW_ERROR_FULL),
+            (20, LAVA_FLOW_ERROR_DISCONNECTED),
+        ] {
             assert_eq!(status as i32, code);
             // SAFETY: static NUL-terminated strings.
             let name = unsafe { std::ffi::CStr::from_ptr(lava_flow_status_name(code)) };

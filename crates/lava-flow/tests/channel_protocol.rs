@@ -305,3 +305,45 @@ fn a_frame_written_and_not_sent_is_never_shown_to_a_late_consumer() {
     let k = send_pattern(&mut producer);
     check(&consumer, k);
 }
+
+/// Detached frames (the C API's frame handles): a detached write frame keeps its slot until it
+/// is attached back, a detached read frame is not released until it is attached back and
+/// dropped, and neither attaches to another end (it is handed back, its slot not lost).
+#[test]
+fn detached_frames_keep_their_slots_and_attach_only_to_their_end() {
+    let dir = TempDir::new("channel", 0o700);
+    let mut producer = Channel::producer(dir.path().join("c.sock"), host(1, Policy::Block)).unwrap();
+    let mut other = Channel::producer(dir.path().join("o.sock"), host(1, Policy::Block)).unwrap();
+    let consumer = connect(&mut producer, host(1, Policy::Block));
+    let other_consumer = connect(&mut other, host(1, Policy::Block));
+
+    let detached = producer.try_acquire().unwrap().detach();
+    assert!(matches!(producer.try_acquire(), Err(Error::Full { .. })), "the detached frame holds the only slot");
+    let Err(detached) = other.attach(detached) else { panic!("another producer's frame is refused") };
+    let mut frame = producer.attach(detached).unwrap();
+    let mut bytes = vec![0u8; 4096];
+    fill_pattern(&mut bytes, 0);
+    frame.write(0, &bytes).unwrap();
+    frame.send(Metadata::bytes(4096)).unwrap();
+
+    let held = consumer.recv().unwrap().detach();
+    assert_eq!(held.sequence(), 0);
+    assert_eq!(held.metadata().len, 4096);
+    // Not released: the producer's only slot stays in flight.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(matches!(producer.try_acquire(), Err(Error::Full { .. })), "a detached read frame is still held");
+    let held = other_consumer.attach(held).expect_err("another consumer's frame is refused");
+    let frame = consumer.attach(held).unwrap();
+    let mut back = vec![0u8; 4096];
+    frame.read_into(0, &mut back).unwrap();
+    check_pattern(&back, 0).unwrap();
+    drop(frame); // released
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match producer.try_acquire() {
+            Ok(frame) => break drop(frame),
+            Err(Error::Full { .. }) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("the released slot did not come back: {e}"),
+        }
+    }
+}

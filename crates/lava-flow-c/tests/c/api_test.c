@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lava_flow.h>
@@ -586,11 +588,448 @@ static void test_cuda_opencl(LavaFlowAllocator *a) {
   OK(lava_flow_buffer_destroy(b));
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Channels: a producer and a consumer in this process (the consumer connects on a thread, as the
+ * producer accepts it inside its own calls). Host-memory frames: no GPU needed. */
+
+struct connect_args {
+  const char *path;
+  LavaFlowConsumer *consumer;
+  LavaFlowStatus status;
+};
+
+static void *connect_consumer(void *p) {
+  struct connect_args *args = p;
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.timeout_ms = 10000;
+  args->status = lava_flow_channel_consumer_create(args->path, &o, &args->consumer);
+  return NULL;
+}
+
+static LavaFlowFrameMetadata frame_metadata(uint64_t seq) {
+  LavaFlowFrameMetadata m;
+  memset(&m, 0, sizeof m);
+  m.struct_size = sizeof m;
+  m.len = 1000 + seq * 100;
+  m.dtype_code = 2; /* float */
+  m.dtype_bits = 32;
+  m.dtype_lanes = 1;
+  m.ndim = 2;
+  m.shape[0] = 5;
+  m.shape[1] = 50;
+  m.has_strides = 1;
+  m.strides[0] = 50;
+  m.strides[1] = 1;
+  m.timestamp = 123456789 + seq;
+  m.user_len = 3;
+  m.user[0] = 'l';
+  m.user[1] = 'f';
+  m.user[2] = (uint8_t)seq;
+  return m;
+}
+
+static void check_frame(LavaFlowReadFrame *f, uint64_t seq) {
+  uint64_t got_seq = 99;
+  OK(lava_flow_read_frame_sequence(f, &got_seq));
+  CHECK(got_seq == seq, "sequence %llu, expected %llu", (unsigned long long)got_seq, (unsigned long long)seq);
+  LavaFlowFrameMetadata want = frame_metadata(seq), m;
+  memset(&m, 0xEE, sizeof m);
+  m.struct_size = sizeof m;
+  OK(lava_flow_read_frame_metadata(f, &m));
+  CHECK(m.len == want.len && m.dtype_code == 2 && m.dtype_bits == 32 && m.dtype_lanes == 1 && m.ndim == 2 &&
+            m.shape[0] == 5 && m.shape[1] == 50 && m.has_strides == 1 && m.strides[0] == 50 && m.strides[1] == 1 &&
+            m.timestamp == want.timestamp && m.user_len == 3 && !memcmp(m.user, want.user, 3) && m.shape[2] == 0 &&
+            m.user[3] == 0 && m.reserved == 0,
+        "frame %llu: metadata arrives as sent", (unsigned long long)seq);
+  uint8_t want_bytes[2048], got[2048];
+  fill_pattern(want_bytes, sizeof want_bytes);
+  want_bytes[0] = (uint8_t)seq;
+  memset(got, 0, sizeof got);
+  OK(lava_flow_read_frame_read(f, 0, got, (size_t)want.len));
+  CHECK(!memcmp(got, want_bytes, (size_t)want.len), "frame %llu: data arrives as written", (unsigned long long)seq);
+  /* Wrong reads: past the frame, NULL out. */
+  EXPECT(lava_flow_read_frame_read(f, 4096 - 8, got, 16), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  EXPECT(lava_flow_read_frame_read(f, UINT64_MAX, got, 16), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  EXPECT(lava_flow_read_frame_read(f, 0, NULL, 16), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_read_frame_metadata(f, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  LavaFlowFrameMetadata small = m;
+  small.struct_size = 8;
+  EXPECT(lava_flow_read_frame_metadata(f, &small), LAVA_FLOW_ERROR_STRUCT_SIZE);
+}
+
+/* Acquires, writes and sends frame `seq` (data: the pattern with its first byte = seq). */
+static void send_frame(LavaFlowProducer *p, uint64_t seq) {
+  LavaFlowWriteFrame *w = NULL;
+  MUST(lava_flow_channel_producer_acquire(p, 5000, &w));
+  uint64_t cap = 0;
+  OK(lava_flow_write_frame_capacity(w, &cap));
+  CHECK(cap == 4096, "capacity %llu", (unsigned long long)cap);
+  uint8_t bytes[2048];
+  fill_pattern(bytes, sizeof bytes);
+  bytes[0] = (uint8_t)seq;
+  LavaFlowFrameMetadata m = frame_metadata(seq);
+  OK(lava_flow_write_frame_write(w, 0, bytes, (size_t)m.len));
+  OK(lava_flow_write_frame_send(w, &m));
+  EXPECT(lava_flow_write_frame_write(w, 0, bytes, 1), LAVA_FLOW_ERROR_INVALID_HANDLE); /* sent: consumed */
+}
+
+static void test_channel(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-%d.sock", (int)getpid());
+  unlink(path);
+  uint64_t live = lava_flow_live_handles();
+  int fds = count_fds();
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 2;
+  o.frame_size = 4096;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_HOST;
+  o.sync = LAVA_FLOW_SYNC_MESSAGES;
+  LavaFlowProducer *p = NULL;
+
+  /* NULL pointers, wrong sizes and values: refused before anything is made. */
+  EXPECT(lava_flow_channel_producer_create(NULL, &o, &p), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_producer_create(path, &o, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_consumer_create(NULL, NULL, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_producer_acquire(NULL, 0, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  LavaFlowWriteFrame *w = NULL;
+  LavaFlowReadFrame *r = NULL;
+  EXPECT(lava_flow_channel_producer_acquire(NULL, 0, &w), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_producer_try_acquire(NULL, &w), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_consumer_recv(NULL, 0, &r), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_write_frame_write(NULL, 0, "x", 1), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_write_frame_send(NULL, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_read_frame_read(NULL, 0, NULL, 0), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_read_frame_metadata(NULL, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  OK(lava_flow_write_frame_discard(NULL));
+  OK(lava_flow_read_frame_release(NULL));
+  OK(lava_flow_channel_producer_destroy(NULL));
+  OK(lava_flow_channel_consumer_destroy(NULL));
+  LavaFlowChannelOptions bad = o;
+  bad.struct_size = 8;
+  EXPECT(lava_flow_channel_producer_create(path, &bad, &p), LAVA_FLOW_ERROR_STRUCT_SIZE);
+  bad.struct_size = 0;
+  LavaFlowConsumer *none = NULL;
+  EXPECT(lava_flow_channel_consumer_create(path, &bad, &none), LAVA_FLOW_ERROR_STRUCT_SIZE);
+  bad = o;
+  bad.memory = 7;
+  EXPECT(lava_flow_channel_producer_create(path, &bad, &p), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  bad = o;
+  bad.slots = 1000;
+  EXPECT(lava_flow_channel_producer_create(path, &bad, &p), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  CHECK(p == NULL && lava_flow_live_handles() == live, "failed creates made nothing");
+
+  MUST(lava_flow_channel_producer_create(path, &o, &p));
+  /* A consumer on a thread; the producer accepts it while waiting for it. */
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  CHECK(args.status == LAVA_FLOW_OK, "consumer_create: %s", lava_flow_status_name(args.status));
+  LavaFlowConsumer *c = args.consumer;
+  if (!c) {
+    OK(lava_flow_channel_producer_destroy(p));
+    return;
+  }
+  uint32_t consumers = 0, slots = 0;
+  uint64_t frame_size = 0;
+  OK(lava_flow_channel_producer_consumers(p, &consumers));
+  CHECK(consumers == 1, "consumers %u", consumers);
+  OK(lava_flow_channel_consumer_shape(c, &slots, &frame_size));
+  CHECK(slots == 2 && frame_size == 4096, "shape %u x %llu", slots, (unsigned long long)frame_size);
+  EXPECT(lava_flow_channel_consumer_recv(c, 0, &r), LAVA_FLOW_ERROR_TIMEOUT); /* nothing sent yet */
+  /* A handle of the other end or kind is refused. */
+  EXPECT(lava_flow_channel_consumer_recv((LavaFlowConsumer *)p, 0, &r), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  EXPECT(lava_flow_channel_producer_acquire((LavaFlowProducer *)c, 0, &w), LAVA_FLOW_ERROR_INVALID_HANDLE);
+
+  /* A write frame: wrong writes, then discarded (its slot is free again). */
+  MUST(lava_flow_channel_producer_try_acquire(p, &w));
+  uint8_t big[100] = {0};
+  EXPECT(lava_flow_write_frame_write(w, 4000, big, sizeof big), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  EXPECT(lava_flow_write_frame_write(w, UINT64_MAX, big, 2), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  EXPECT(lava_flow_write_frame_write(w, 0, NULL, 4), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_read_frame_read((LavaFlowReadFrame *)w, 0, NULL, 0), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  /* An end with a live frame is not destroyed: the call is refused and the end stays valid. */
+  EXPECT(lava_flow_channel_producer_destroy(p), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  EXPECT(lava_flow_channel_producer_finish(p, 0), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  OK(lava_flow_write_frame_discard(w));
+  EXPECT(lava_flow_write_frame_discard(w), LAVA_FLOW_ERROR_INVALID_HANDLE);
+
+  /* send consumes its frame even when it refuses the metadata (the slot returns to the pool). */
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  LavaFlowFrameMetadata m = frame_metadata(0);
+  m.struct_size = 4;
+  EXPECT(lava_flow_write_frame_send(w, &m), LAVA_FLOW_ERROR_STRUCT_SIZE);
+  EXPECT(lava_flow_write_frame_discard(w), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  m = frame_metadata(0);
+  m.len = 4097; /* longer than the frame */
+  EXPECT(lava_flow_write_frame_send(w, &m), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  m = frame_metadata(0);
+  m.user_len = LAVA_FLOW_MAX_USER_DATA + 1;
+  EXPECT(lava_flow_write_frame_send(w, &m), LAVA_FLOW_ERROR_INVALID_ARGUMENT);
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  EXPECT(lava_flow_write_frame_send(w, NULL), LAVA_FLOW_ERROR_NULL_POINTER);
+  EXPECT(lava_flow_channel_consumer_recv(c, 0, &r), LAVA_FLOW_ERROR_TIMEOUT); /* none of them was sent */
+
+  /* Two frames fill both slots: try_acquire says FULL, acquire times out. */
+  send_frame(p, 0);
+  send_frame(p, 1);
+  w = NULL;
+  EXPECT(lava_flow_channel_producer_try_acquire(p, &w), LAVA_FLOW_ERROR_FULL);
+  CHECK(w == NULL, "no frame on FULL");
+  EXPECT(lava_flow_channel_producer_acquire(p, 50, &w), LAVA_FLOW_ERROR_TIMEOUT);
+
+  /* The consumer receives both, in order, with their data and metadata. */
+  LavaFlowReadFrame *r0 = NULL, *r1 = NULL;
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r0));
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r1));
+  check_frame(r0, 0);
+  check_frame(r1, 1);
+  EXPECT(lava_flow_channel_consumer_destroy(c), LAVA_FLOW_ERROR_INVALID_ARGUMENT); /* frames are live */
+  OK(lava_flow_read_frame_release(r0));
+  EXPECT(lava_flow_read_frame_read(r0, 0, &slots, 1), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  EXPECT(lava_flow_read_frame_release(r0), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  /* A released slot is free again for the producer. */
+  MUST(lava_flow_channel_producer_try_acquire(p, &w));
+  OK(lava_flow_write_frame_discard(w));
+  OK(lava_flow_read_frame_release(r1));
+
+  /* A third frame, then the end of the stream: CLOSED after the frame, and again after that. */
+  send_frame(p, 2);
+  /* 0 ms: no waiting for frame 2's release (this thread holds the consumer); END follows it. */
+  OK(lava_flow_channel_producer_finish(p, 0));
+  EXPECT(lava_flow_channel_producer_acquire(p, 0, &w), LAVA_FLOW_ERROR_INVALID_ARGUMENT); /* finished */
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+  check_frame(r, 2);
+  OK(lava_flow_read_frame_release(r));
+  r = NULL;
+  EXPECT(lava_flow_channel_consumer_recv(c, 5000, &r), LAVA_FLOW_ERROR_CLOSED);
+  CHECK(r == NULL, "no frame after the end");
+  EXPECT(lava_flow_channel_consumer_recv(c, 100, &r), LAVA_FLOW_ERROR_CLOSED);
+  OK(lava_flow_channel_producer_destroy(p));
+  OK(lava_flow_channel_consumer_destroy(c));
+  /* Destroyed: refused. */
+  EXPECT(lava_flow_channel_producer_acquire(p, 0, &w), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  EXPECT(lava_flow_channel_consumer_recv(c, 0, &r), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  EXPECT(lava_flow_channel_producer_destroy(p), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  EXPECT(lava_flow_channel_consumer_destroy(c), LAVA_FLOW_ERROR_INVALID_HANDLE);
+  CHECK(lava_flow_live_handles() == live, "channel handles left live: %llu (%llu before)",
+        (unsigned long long)lava_flow_live_handles(), (unsigned long long)live);
+  CHECK(count_fds() == fds, "channel fds left open: %d (%d before)", count_fds(), fds);
+  CHECK(access(path, F_OK) != 0, "the producer removed its socket file");
+}
+
+/* A producer destroyed without finish also ends the stream cleanly; a consumer with nothing to
+ * connect to times out. */
+static void test_channel_destroy_ends_stream(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-end-%d.sock", (int)getpid());
+  unlink(path);
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 1;
+  o.frame_size = 64;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_HOST;
+  o.timeout_ms = 100;
+  LavaFlowConsumer *c = NULL;
+  EXPECT(lava_flow_channel_consumer_create(path, &o, &c), LAVA_FLOW_ERROR_IO);
+  LavaFlowProducer *p = NULL;
+  MUST(lava_flow_channel_producer_create(path, &o, &p));
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  c = args.consumer;
+  LavaFlowWriteFrame *w = NULL;
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  OK(lava_flow_write_frame_write(w, 0, "end", 3));
+  LavaFlowFrameMetadata m;
+  memset(&m, 0, sizeof m);
+  m.struct_size = sizeof m;
+  OK(lava_flow_write_frame_send(w, &m)); /* len 0: the whole frame */
+  OK(lava_flow_channel_producer_destroy(p));
+  LavaFlowReadFrame *r = NULL;
+  if (c) {
+    MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    OK(lava_flow_read_frame_metadata(r, &m));
+    CHECK(m.len == 64 && m.dtype_code == 255 && m.dtype_bits == 8 && m.dtype_lanes == 1 && m.ndim == 0,
+          "len 0 and a zero dtype mean the whole frame of bytes");
+    char back[3] = {0};
+    OK(lava_flow_read_frame_read(r, 0, back, 3));
+    CHECK(!memcmp(back, "end", 3), "the frame sent before destroy arrives");
+    OK(lava_flow_read_frame_release(r));
+    EXPECT(lava_flow_channel_consumer_recv(c, 5000, &r), LAVA_FLOW_ERROR_CLOSED);
+    OK(lava_flow_channel_consumer_destroy(c));
+  }
+}
+
+/* One thread waits in recv (or acquire) while another uses frames of the same end: the waiting
+ * call does not hold the end for its whole wait. */
+struct wait_args {
+  LavaFlowConsumer *consumer;
+  LavaFlowProducer *producer;
+  LavaFlowReadFrame *read;
+  LavaFlowWriteFrame *write;
+  LavaFlowStatus status;
+};
+
+static void *wait_recv(void *p) {
+  struct wait_args *a = p;
+  a->status = lava_flow_channel_consumer_recv(a->consumer, 5000, &a->read);
+  return NULL;
+}
+
+static void *wait_acquire(void *p) {
+  struct wait_args *a = p;
+  a->status = lava_flow_channel_producer_acquire(a->producer, 5000, &a->write);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void test_channel_threads(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-threads-%d.sock", (int)getpid());
+  unlink(path);
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 1;
+  o.frame_size = 256;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_HOST;
+  LavaFlowProducer *p = NULL;
+  MUST(lava_flow_channel_producer_create(path, &o, &p));
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  LavaFlowConsumer *c = args.consumer;
+  if (!c) {
+    OK(lava_flow_channel_producer_destroy(p));
+    return;
+  }
+  LavaFlowFrameMetadata m;
+  memset(&m, 0, sizeof m);
+  m.struct_size = sizeof m;
+  LavaFlowWriteFrame *w = NULL;
+  LavaFlowReadFrame *r = NULL;
+  MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+  OK(lava_flow_write_frame_send(w, &m));
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+
+  /* A recv waiting on another thread; this one reads and releases the frame it holds. */
+  struct wait_args a = {c, p, NULL, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  CHECK(pthread_create(&thread, NULL, wait_recv, &a) == 0, "pthread_create");
+  usleep(100 * 1000);
+  double t0 = now_s();
+  uint8_t byte = 1;
+  OK(lava_flow_read_frame_read(r, 0, &byte, 1));
+  OK(lava_flow_read_frame_release(r));
+  double took = now_s() - t0;
+  CHECK(took < 1.0, "a read and a release took %.3f s while another thread waited in recv", took);
+  MUST(lava_flow_channel_producer_acquire(p, 5000, &w)); /* the released slot */
+  OK(lava_flow_write_frame_send(w, &m));
+  pthread_join(thread, NULL);
+  CHECK(a.status == LAVA_FLOW_OK, "the waiting recv got the next frame: %s", lava_flow_status_name(a.status));
+  uint64_t seq = 0;
+  if (a.status == LAVA_FLOW_OK) {
+    OK(lava_flow_read_frame_sequence(a.read, &seq));
+    CHECK(seq == 1, "sequence %llu", (unsigned long long)seq);
+  }
+
+  /* An acquire waiting on another thread (the only slot is held); this one writes and sends. */
+  OK(lava_flow_read_frame_release(a.read));
+  MUST(lava_flow_channel_producer_acquire(p, 5000, &w));
+  a.status = LAVA_FLOW_ERROR_INTERNAL;
+  CHECK(pthread_create(&thread, NULL, wait_acquire, &a) == 0, "pthread_create");
+  usleep(100 * 1000);
+  t0 = now_s();
+  OK(lava_flow_write_frame_write(w, 0, "x", 1));
+  OK(lava_flow_write_frame_send(w, &m));
+  took = now_s() - t0;
+  CHECK(took < 1.0, "a write and a send took %.3f s while another thread waited in acquire", took);
+  MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+  OK(lava_flow_read_frame_release(r)); /* frees the slot the waiting acquire gets */
+  pthread_join(thread, NULL);
+  CHECK(a.status == LAVA_FLOW_OK, "the waiting acquire got the slot: %s", lava_flow_status_name(a.status));
+  if (a.status == LAVA_FLOW_OK) OK(lava_flow_write_frame_discard(a.write));
+  OK(lava_flow_channel_producer_destroy(p));
+  OK(lava_flow_channel_consumer_destroy(c));
+}
+
+/* Vulkan frames (the default memory): a frame written by copy into the producer's buffer is read
+ * by copy out of the consumer's import of it. Skips where Vulkan cannot be opened. */
+static void test_channel_vulkan(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/lava-flow-c-channel-vk-%d.sock", (int)getpid());
+  unlink(path);
+  LavaFlowChannelOptions o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.slots = 2;
+  o.frame_size = 8192;
+  o.memory = LAVA_FLOW_FRAME_MEMORY_VULKAN_HOST_VISIBLE;
+  LavaFlowProducer *p = NULL;
+  LavaFlowStatus s = lava_flow_channel_producer_create(path, &o, &p);
+  if (is_unavailable(s)) {
+    skip_or_fail("vulkan", s);
+    return;
+  }
+  MUST(s);
+  struct connect_args args = {path, NULL, LAVA_FLOW_ERROR_INTERNAL};
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, connect_consumer, &args) == 0, "pthread_create");
+  OK(lava_flow_channel_producer_wait_for_consumers(p, 1, 10000));
+  pthread_join(thread, NULL);
+  CHECK(args.status == LAVA_FLOW_OK, "consumer_create (Vulkan frames): %s", lava_flow_status_name(args.status));
+  LavaFlowConsumer *c = args.consumer;
+  if (c) {
+    uint8_t bytes[8192], back[8192];
+    fill_pattern(bytes, sizeof bytes);
+    LavaFlowWriteFrame *w = NULL;
+    MUST(lava_flow_channel_producer_acquire(p, 1000, &w));
+    OK(lava_flow_write_frame_write(w, 0, bytes, sizeof bytes));
+    LavaFlowFrameMetadata m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    OK(lava_flow_write_frame_send(w, &m));
+    OK(lava_flow_channel_producer_finish(p, 0));
+    LavaFlowReadFrame *r = NULL;
+    MUST(lava_flow_channel_consumer_recv(c, 5000, &r));
+    memset(back, 0, sizeof back);
+    OK(lava_flow_read_frame_read(r, 0, back, sizeof back));
+    CHECK(!memcmp(back, bytes, sizeof bytes), "a Vulkan frame arrives as written");
+    OK(lava_flow_read_frame_release(r));
+    EXPECT(lava_flow_channel_consumer_recv(c, 5000, &r), LAVA_FLOW_ERROR_CLOSED);
+    OK(lava_flow_channel_consumer_destroy(c));
+  }
+  OK(lava_flow_channel_producer_destroy(p));
+}
+
 int main(void) {
   test_basics();
   test_null_pointers();
   test_handles();
   test_host_memory_and_fds();
+  test_channel();
+  test_channel_destroy_ends_stream();
+  test_channel_threads();
+  test_channel_vulkan();
   uint64_t live = lava_flow_live_handles();
   LavaFlowAllocator *a = NULL;
   LavaFlowStatus s = lava_flow_allocator_create(&a);

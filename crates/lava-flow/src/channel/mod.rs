@@ -81,6 +81,9 @@ pub fn slot_name(i: u32) -> String {
     format!("channel.slot.{i}")
 }
 
+/// Numbers the ends this process opens, so a detached frame is attached back only to its own end.
+static NEXT_END: AtomicU64 = AtomicU64::new(1);
+
 /// Where a channel's frames live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameMemory {
@@ -369,6 +372,7 @@ pub struct ProducerStats {
 /// sends nothing for longer than a consumer's connect timeout calls `poll_events` now and then,
 /// or that consumer's handshake times out.
 pub struct Producer {
+    id: u64,
     path: PathBuf,
     inode: (u64, u64),
     listener: OwnedFd,
@@ -465,6 +469,7 @@ impl Producer {
             .collect();
         let peers = (0..options.max_consumers).map(|_| None).collect();
         Ok(Producer {
+            id: NEXT_END.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             inode,
             listener,
@@ -554,7 +559,12 @@ impl Producer {
     /// A free frame to write, waiting for one while every slot is in flight (block policy,
     /// up to `options.timeout`), or taking back the oldest untaken one (drop-oldest).
     pub fn acquire(&mut self) -> Result<WriteFrame<'_>> {
-        let deadline = Instant::now() + self.options.timeout;
+        self.acquire_timeout(self.options.timeout)
+    }
+
+    /// As [`acquire`](Self::acquire), waiting at most `timeout` ([`Error::Timeout`] after it).
+    pub fn acquire_timeout(&mut self, timeout: Duration) -> Result<WriteFrame<'_>> {
+        let deadline = Instant::now() + timeout;
         let mut waited = false;
         let mut rounds = 0u32;
         loop {
@@ -580,7 +590,7 @@ impl Producer {
                         self.slots.len(),
                         self.consumers()
                     ),
-                    timeout: self.options.timeout,
+                    timeout,
                 });
             }
             self.pump(Some(deadline - now))?;
@@ -600,6 +610,16 @@ impl Producer {
                     .into(),
             }),
         }
+    }
+
+    /// Turns a frame [detached](WriteFrame::detach) from this producer back into a
+    /// [`WriteFrame`]. A frame detached from another producer is refused (and stays detached:
+    /// it is handed back in the error's place, so its slot is not lost).
+    pub fn attach(&mut self, frame: DetachedWriteFrame) -> std::result::Result<WriteFrame<'_>, DetachedWriteFrame> {
+        if frame.producer != self.id || self.slots.get(frame.slot).map(|s| s.state) != Some(SlotState::Writing) {
+            return Err(frame);
+        }
+        Ok(WriteFrame { producer: self, slot: frame.slot, sent: false })
     }
 
     fn writing(&mut self, slot: usize) -> WriteFrame<'_> {
@@ -1031,6 +1051,31 @@ impl WriteFrame<'_> {
         self.sent = true;
         self.producer.send_frame(self.slot, metadata)
     }
+
+    /// Ends the borrow of the producer and keeps the slot reserved, for bindings whose frames
+    /// outlive one call (the C API's `LavaFlowWriteFrame`). [`Producer::attach`] makes it a
+    /// frame again; a detached frame that is never attached keeps its slot until the producer
+    /// is dropped.
+    pub fn detach(mut self) -> DetachedWriteFrame {
+        self.sent = true;
+        DetachedWriteFrame { producer: self.producer.id, slot: self.slot }
+    }
+}
+
+/// A [`WriteFrame`] without its borrow of the producer ([`WriteFrame::detach`]): the slot stays
+/// reserved for it until [`Producer::attach`] turns it back into a frame.
+#[derive(Debug)]
+#[must_use = "a detached frame keeps its slot until it is attached back and sent or dropped"]
+pub struct DetachedWriteFrame {
+    producer: u64,
+    slot: usize,
+}
+
+impl DetachedWriteFrame {
+    /// The slot index.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
 }
 
 impl Drop for WriteFrame<'_> {
@@ -1065,6 +1110,7 @@ pub struct ConsumerStats {
 
 /// The consuming end. Frames it hands out borrow it, so it outlives them.
 pub struct Consumer {
+    id: u64,
     sock: OwnedFd,
     hello: Hello,
     blocks: Vec<Block>,
@@ -1191,6 +1237,7 @@ impl Consumer {
         // Frames are waited for with poll; only RELEASE sends may block (up to the timeout).
         socket::set_timeouts(sock.as_fd(), None, Some(options.timeout))?;
         Ok(Consumer {
+            id: NEXT_END.fetch_add(1, Ordering::Relaxed),
             sock,
             hello,
             blocks,
@@ -1226,6 +1273,21 @@ impl Consumer {
     /// Counters of what was received so far.
     pub fn stats(&self) -> ConsumerStats {
         self.stats.get()
+    }
+
+    /// Turns a frame [detached](ReadFrame::detach) from this consumer back into a
+    /// [`ReadFrame`]. A frame detached from another consumer is refused and handed back.
+    pub fn attach(&self, frame: DetachedReadFrame) -> std::result::Result<ReadFrame<'_>, DetachedReadFrame> {
+        if frame.consumer != self.id {
+            return Err(frame);
+        }
+        Ok(ReadFrame {
+            consumer: self,
+            message: *frame.message,
+            received_ns: frame.received_ns,
+            waited: frame.waited,
+            detached: false,
+        })
     }
 
     /// The next frame, waiting up to the options' timeout. After the last frame: an
@@ -1350,7 +1412,7 @@ impl Consumer {
             self.stats.set(stats);
             // Pairs with the producer's fence before it sent the message.
             std::sync::atomic::fence(Ordering::SeqCst);
-            let frame = ReadFrame { consumer: self, message: frame, received_ns: now_ns(), waited };
+            let frame = ReadFrame { consumer: self, message: frame, received_ns: now_ns(), waited, detached: false };
             if let Some(filled) = &self.filled {
                 filled.wait(frame.message.timeline, self.timeout)?;
             }
@@ -1365,6 +1427,7 @@ pub struct ReadFrame<'a> {
     message: FrameMessage,
     received_ns: u64,
     waited: bool,
+    detached: bool,
 }
 
 impl std::fmt::Debug for ReadFrame<'_> {
@@ -1444,10 +1507,52 @@ impl ReadFrame<'_> {
     pub fn filled(&self) -> Option<(&Semaphore, u64)> {
         self.consumer.filled.as_ref().map(|s| (s, self.message.timeline))
     }
+
+    /// Ends the borrow of the consumer without releasing the frame, for bindings whose frames
+    /// outlive one call (the C API's `LavaFlowReadFrame`). [`Consumer::attach`] makes it a frame
+    /// again (dropping that releases it); a detached frame that is never attached is not
+    /// released: the producer gets its slot back only when this consumer disconnects.
+    pub fn detach(mut self) -> DetachedReadFrame {
+        self.detached = true;
+        let empty = FrameMessage { slot: 0, sequence: 0, timeline: 0, sent_ns: 0, metadata: Metadata::default() };
+        DetachedReadFrame {
+            consumer: self.consumer.id,
+            message: Box::new(std::mem::replace(&mut self.message, empty)),
+            received_ns: self.received_ns,
+            waited: self.waited,
+        }
+    }
+}
+
+/// A [`ReadFrame`] without its borrow of the consumer ([`ReadFrame::detach`]): still held (the
+/// producer does not reuse its slot) until [`Consumer::attach`] turns it back into a frame and
+/// that is dropped.
+#[derive(Debug)]
+#[must_use = "a detached frame is released only by attaching it back and dropping the frame"]
+pub struct DetachedReadFrame {
+    consumer: u64,
+    message: Box<FrameMessage>,
+    received_ns: u64,
+    waited: bool,
+}
+
+impl DetachedReadFrame {
+    /// The frame's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.message.sequence
+    }
+
+    /// What the producer said about it.
+    pub fn metadata(&self) -> &Metadata {
+        &self.message.metadata
+    }
 }
 
 impl Drop for ReadFrame<'_> {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         let message = ChannelMessage::Release { slot: self.message.slot, sequence: self.message.sequence };
         if let Ok(bytes) = encode(&message) {
             // Blocking up to the send timeout; a producer that is gone needs no release.
