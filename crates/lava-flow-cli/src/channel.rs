@@ -354,14 +354,41 @@ fn bench(b: &BenchArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Frames cross ranks as Vulkan or host memory.
+#[cfg(feature = "mpi")]
+fn mpi_memory(api: Api) -> Result<crate::channel_mpi::Memory, Box<dyn std::error::Error>> {
+    match api {
+        Api::Vulkan => Ok(crate::channel_mpi::Memory::Vulkan),
+        Api::Host => Ok(crate::channel_mpi::Memory::Host),
+        other => Err(crate::UsageError(format!(
+            "--api {} with --transport mpi: frames cross ranks as Vulkan or host memory (use --api vulkan or host)",
+            api_name(other)
+        ))
+        .into()),
+    }
+}
+
 #[cfg(feature = "mpi")]
 fn mpi_run(a: &EndArgs) -> CmdResult {
-    crate::channel_mpi::run(a)
+    crate::channel_mpi::run(&crate::channel_mpi::RunArgs {
+        memory: mpi_memory(a.api)?,
+        size: a.size,
+        frames: a.frames,
+        slots: a.slots,
+        timeout: Duration::from_secs(a.timeout),
+        json: a.json,
+    })
 }
 
 #[cfg(feature = "mpi")]
 fn mpi_bench(b: &BenchArgs) -> CmdResult {
-    crate::channel_mpi::bench(b)
+    crate::channel_mpi::bench(&crate::channel_mpi::BenchArgs {
+        memory: mpi_memory(b.api)?,
+        sizes: b.size.clone(),
+        slots: b.slots,
+        timeout: Duration::from_secs(b.timeout),
+        json: b.json,
+    })
 }
 
 #[cfg(not(feature = "mpi"))]

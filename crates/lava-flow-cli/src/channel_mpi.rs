@@ -10,8 +10,35 @@ use lava_flow::vulkan::MemoryKind;
 use lava_flow::{Buffer, BufferOptions, SharedHostMemory, VulkanContext};
 use lava_flow_diag::bench::remote as raw_bench;
 
-use crate::channel::{Api, BenchArgs, EndArgs};
 use crate::CmdResult;
+
+/// Where frames live on either rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    /// A host-visible Vulkan buffer per slot.
+    Vulkan,
+    /// Shared host memory (a memfd) per slot.
+    Host,
+}
+
+/// What one run moves.
+pub struct RunArgs {
+    pub memory: Memory,
+    pub size: u64,
+    pub frames: u64,
+    pub slots: u32,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+/// What the bench measures.
+pub struct BenchArgs {
+    pub memory: Memory,
+    pub sizes: Vec<u64>,
+    pub slots: u32,
+    pub timeout: Duration,
+    pub json: bool,
+}
 
 /// The channel number both ranks use (the bench's raw-against-lava-flow loops use 0 and up, one
 /// per size).
@@ -51,26 +78,20 @@ fn init() -> Result<MpiContext, Box<dyn std::error::Error>> {
 }
 
 /// One frame of memory in this rank's own pool: a Vulkan buffer or shared host memory.
-fn frame_memory(api: Api, size: u64) -> Result<Box<dyn StagedMemory>, Box<dyn std::error::Error>> {
-    Ok(match api {
-        Api::Vulkan => {
+fn frame_memory(memory: Memory, size: u64) -> Result<Box<dyn StagedMemory>, Box<dyn std::error::Error>> {
+    Ok(match memory {
+        Memory::Vulkan => {
             let ctx = VulkanContext::new()?;
             Box::new(Buffer::new(&ctx, &BufferOptions::new(size).memory(MemoryKind::HostVisible))?)
         }
-        Api::Host => Box::new(SharedHostMemory::create(size, 4096)?),
-        other => {
-            return Err(crate::UsageError(format!(
-                "--api {other:?} with --transport mpi: frames cross ranks as Vulkan or host memory"
-            ))
-            .into())
-        }
+        Memory::Host => Box::new(SharedHostMemory::create(size, 4096)?),
     })
 }
 
 /// `lava-flow channel --transport mpi`: one run, rank 1 prints its report.
-pub fn run(a: &EndArgs) -> CmdResult {
+pub fn run(a: &RunArgs) -> CmdResult {
     let mpi = init()?;
-    let report = transfer(&mpi, a.api, a.size, a.frames, a.slots, Duration::from_secs(a.timeout))?;
+    let report = transfer(&mpi, a.memory, a.size, a.frames, a.slots, a.timeout)?;
     if let Some(report) = report {
         if a.json {
             crate::emit(&(serde_json::to_string_pretty(&report)? + "\n"))?;
@@ -102,7 +123,7 @@ fn text(r: &Report) -> String {
 /// checks it. Returns rank 1's report (`None` on rank 0).
 fn transfer(
     mpi: &MpiContext,
-    api: Api,
+    api: Memory,
     size: u64,
     frames: u64,
     slots: u32,
@@ -110,8 +131,8 @@ fn transfer(
 ) -> Result<Option<Report>, Box<dyn std::error::Error>> {
     let host_name = mpi.host_name();
     let memory_name = match api {
-        Api::Host => "host",
-        _ => "vulkan",
+        Memory::Host => "host",
+        Memory::Vulkan => "vulkan",
     };
     if mpi.rank() == 0 {
         let mut pool: Vec<Box<dyn StagedMemory>> =
@@ -190,11 +211,11 @@ fn receive_host_name(mpi: &MpiContext) -> String {
 pub fn bench(b: &BenchArgs) -> CmdResult {
     let mpi = init()?;
     let budget = 512 << 20;
-    let figures = raw_bench::run(&mpi, &b.size, budget, b.slots.max(8), 4 << 20)?;
+    let figures = raw_bench::run(&mpi, &b.sizes, budget, b.slots.max(8), 4 << 20)?;
     let mut checked = Vec::new();
-    for &size in &b.size {
+    for &size in &b.sizes {
         let frames = raw_bench::frames_for(size, budget / 4);
-        if let Some(r) = transfer(&mpi, b.api, size, frames, b.slots, Duration::from_secs(b.timeout))? {
+        if let Some(r) = transfer(&mpi, b.memory, size, frames, b.slots, b.timeout)? {
             checked.push(r);
         }
     }
@@ -254,9 +275,9 @@ pub fn bench(b: &BenchArgs) -> CmdResult {
          transport (host frames, each frame's number checked), then the channel run (frames filled in rank 0's \
          pool, received into rank 1's, every byte checked)\n{}",
         mpi.library_version().lines().next().unwrap_or(""),
-        match b.api {
-            Api::Host => "host",
-            _ => "vulkan",
+        match b.memory {
+            Memory::Host => "host",
+            Memory::Vulkan => "vulkan",
         },
         table.render(2)
     ))?;
