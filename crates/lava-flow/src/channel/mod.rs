@@ -311,11 +311,7 @@ struct ViewContexts {
 
 /// The context `view` names, opening the one matching `identity` where it says `Matching`.
 #[cfg(any(feature = "gl", feature = "cuda", feature = "opencl"))]
-fn view_context<C: Clone>(
-    view: &View<C>,
-    have: &mut Option<C>,
-    open: impl FnOnce() -> Result<C>,
-) -> Result<Option<C>> {
+fn view_context<C: Clone>(view: &View<C>, have: &mut Option<C>, open: impl FnOnce() -> Result<C>) -> Result<Option<C>> {
     if have.is_none() {
         *have = match view {
             View::Off => None,
@@ -329,9 +325,9 @@ fn view_context<C: Clone>(
 /// A copy of `buffer`'s fd for one more import (each successful import consumes its fd).
 #[cfg(any(feature = "gl", feature = "cuda", feature = "opencl"))]
 fn dup_for(buffer: &ExportedBuffer, slot: u32, api: ViewApi) -> Result<ExportedBuffer> {
-    buffer.try_clone().map_err(|e| {
-        Error::io(format!("duplicating slot {slot}'s fd to import it into {} (dup)", api.name()), e)
-    })
+    buffer
+        .try_clone()
+        .map_err(|e| Error::io(format!("duplicating slot {slot}'s fd to import it into {} (dup)", api.name()), e))
 }
 
 /// Imports slot `slot`'s buffer into every API `views` names (each from its own copy of the

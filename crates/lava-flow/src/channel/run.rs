@@ -221,11 +221,7 @@ impl std::fmt::Display for RunReport {
             )?;
         }
         if let Some(r) = &self.resources {
-            write!(
-                f,
-                "; fds {} -> {}, RSS {} -> {} KiB",
-                r.fds_first, r.fds_last, r.rss_kib_first, r.rss_kib_last
-            )?;
+            write!(f, "; fds {} -> {}, RSS {} -> {} KiB", r.fds_first, r.fds_last, r.rss_kib_first, r.rss_kib_last)?;
         }
         write!(f, "; ended by {}", self.ended_by)
     }
