@@ -305,7 +305,7 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
 
 /// Reads frame `frame`'s first `len` bytes back through its view in `api` (GL, CUDA or
 /// OpenCL: a copy made by that API, never by Vulkan or the host mapping) into `buf`.
-#[allow(unused_variables)]
+#[cfg_attr(not(any(feature = "gl", feature = "cuda", feature = "opencl")), allow(unused_variables, clippy::ptr_arg))]
 fn read_through_view(frame: &super::ReadFrame<'_>, api: ViewApi, len: usize, buf: &mut Vec<u8>) -> Result<()> {
     let missing = || {
         Error::invalid(
