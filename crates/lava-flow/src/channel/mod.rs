@@ -39,6 +39,12 @@
 //! staging buffer where the memory is not host-visible), and the Vulkan buffer or memfd is
 //! available for GPU work or for the `unsafe` views whose contract the channel's hand-off keeps.
 //!
+//! Views: a consumer that works in GL, CUDA or OpenCL names the API in
+//! [`ChannelOptions::views`]; each slot is then imported into it once, at connect (from a copy of
+//! the slot's fd), and `ReadFrame::gl_buffer`, `ReadFrame::cuda_buffer` and
+//! `ReadFrame::opencl_buffer` hand out the slot's object while the frame is held. Receiving a
+//! frame imports nothing ([`ConsumerStats::imports`]).
+//!
 //! docs/CHANNELS.md describes the model and its guarantees; docs/PROTOCOL.md the messages.
 
 #[cfg(feature = "mpi")]
@@ -169,8 +175,8 @@ pub struct ChannelOptions {
     /// default the first device, or for a consumer the device whose UUID the producer names.
     pub context: Option<VulkanContext>,
     /// Consumer: the APIs besides Vulkan that frames are viewed in (GL, CUDA, OpenCL). Each slot
-    /// is imported into each of them once, at connect; [`ReadFrame::gl_buffer`],
-    /// [`ReadFrame::cuda_buffer`] and [`ReadFrame::opencl_buffer`] hand out the slot's object.
+    /// is imported into each of them once, at connect; `ReadFrame::gl_buffer`,
+    /// `ReadFrame::cuda_buffer` and `ReadFrame::opencl_buffer` hand out the slot's object.
     /// Needs Vulkan frames. Unused by the producer.
     pub views: Views,
 }
