@@ -137,35 +137,38 @@ fn output_of(child: Child, tag: &str) -> serde_json::Value {
 }
 
 /// A producer here, a consumer viewing in `api` in a child process: every frame checked
-/// through the view, imports only at connect, fds and RSS flat.
+/// through the view, imports only at connect, fds flat; for host-visible frames (the default)
+/// and device-local ones (written through a staging copy).
 fn view_every_frame(test: &str, api: &str) {
     if !view_available(api_of(api)) {
         return;
     }
-    let dir = TempDir::new("channel-views", 0o700);
-    let socket = dir.path().join("c.sock");
-    let consumer = spawn(test, &format!("consume-{api}"), &socket);
-    let frames = 500;
-    let producer = run_producer(&RunConfig {
-        socket: socket.clone(),
-        options: options(64 * 1024 + 24),
-        frames: Some(frames),
-        consumers: 1,
-        ..RunConfig::default()
-    })
-    .unwrap();
-    println!("{api}: {producer}");
-    let consumer = output_of(consumer, "REPORT ");
-    println!("{api}: {consumer}");
-    assert_eq!(consumer["view"], api, "checked through {api}, not Vulkan: {consumer}");
-    assert_eq!(consumer["memory"], "vulkan");
-    assert_eq!(consumer["frames"], frames);
-    assert_eq!(consumer["dropped"], 0);
-    assert_eq!(consumer["ended_by"], "peer-finished");
-    // One Vulkan import and one view import per slot, all at connect.
-    assert_eq!(consumer["imports"], 2 * SLOTS, "{consumer}");
-    let r = &consumer["resources"];
-    assert_eq!(r["fds_first"], r["fds_last"], "fds flat: {consumer}");
+    for kind in [MemoryKind::HostVisible, MemoryKind::DeviceLocal] {
+        let dir = TempDir::new("channel-views", 0o700);
+        let socket = dir.path().join("c.sock");
+        let consumer = spawn(test, &format!("consume-{api}"), &socket);
+        let frames = 500;
+        let producer = run_producer(&RunConfig {
+            socket: socket.clone(),
+            options: ChannelOptions { memory: FrameMemory::Vulkan(kind), ..options(64 * 1024 + 24) },
+            frames: Some(frames),
+            consumers: 1,
+            ..RunConfig::default()
+        })
+        .unwrap();
+        println!("{api} {kind:?}: {producer}");
+        let consumer = output_of(consumer, "REPORT ");
+        println!("{api} {kind:?}: {consumer}");
+        assert_eq!(consumer["view"], api, "checked through {api}, not Vulkan: {consumer}");
+        assert_eq!(consumer["memory"], "vulkan");
+        assert_eq!(consumer["frames"], frames);
+        assert_eq!(consumer["dropped"], 0);
+        assert_eq!(consumer["ended_by"], "peer-finished");
+        // One Vulkan import and one view import per slot, all at connect.
+        assert_eq!(consumer["imports"], 2 * SLOTS, "{consumer}");
+        let r = &consumer["resources"];
+        assert_eq!(r["fds_first"], r["fds_last"], "fds flat: {consumer}");
+    }
 }
 
 #[test]
