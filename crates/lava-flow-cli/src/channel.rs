@@ -8,7 +8,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use lava_flow::channel::run::{run_consumer, run_producer, RunConfig, RunReport};
-use lava_flow::channel::{check_options, ChannelOptions, FrameMemory, Policy, MAX_CONSUMERS, MAX_SLOTS};
+use lava_flow::channel::{
+    check_options, ChannelOptions, FrameMemory, Policy, ViewApi, Views, MAX_CONSUMERS, MAX_SLOTS,
+};
 use lava_flow::vulkan::MemoryKind;
 
 use crate::serve::parse_size;
@@ -30,11 +32,12 @@ pub enum Api {
     Vulkan,
     /// Sealed memfds mapped by every process.
     Host,
-    /// CUDA views of the frames (not yet: the channel hands out Vulkan and host frames).
+    /// Vulkan buffers, each consumer viewing them as CUDA buffers (imported once per slot) and
+    /// checking every frame through CUDA.
     Cuda,
-    /// OpenCL views of the frames (not yet).
+    /// Vulkan buffers, viewed and checked through OpenCL buffers.
     Opencl,
-    /// OpenGL views of the frames (not yet).
+    /// Vulkan buffers, viewed and checked through OpenGL buffers (EGL, headless).
     Gl,
 }
 
@@ -77,7 +80,7 @@ pub struct EndArgs {
     /// Frames in the pool (1 to 32).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
     pub slots: u32,
-    /// Where frames live.
+    /// Where frames live, and the API consumers view and check them through.
     #[arg(long, value_enum, default_value = "vulkan")]
     pub api: Api,
     /// What the producer does when every frame is in flight.
@@ -119,7 +122,7 @@ pub struct BenchArgs {
     /// Frames in the pool.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
     pub slots: u32,
-    /// Where frames live.
+    /// Where frames live, and the API consumers view and check them through.
     #[arg(long, value_enum, default_value = "vulkan")]
     pub api: Api,
     /// What the producer does when every frame is in flight.
@@ -145,15 +148,21 @@ pub struct Args {
     pub end: EndArgs,
 }
 
-fn memory(api: Api) -> Result<FrameMemory, crate::UsageError> {
+fn memory(api: Api) -> FrameMemory {
     match api {
-        Api::Vulkan => Ok(FrameMemory::Vulkan(MemoryKind::HostVisible)),
-        Api::Host => Ok(FrameMemory::Host),
-        other => Err(crate::UsageError(format!(
-            "--api {}: channel frames are Vulkan buffers or host memory for now; CUDA, OpenCL and GL views of \
-             them are not implemented yet; use --api vulkan (and import the buffer into that API) or --api host",
-            api_name(other)
-        ))),
+        Api::Host => FrameMemory::Host,
+        Api::Vulkan | Api::Cuda | Api::Opencl | Api::Gl => FrameMemory::Vulkan(MemoryKind::HostVisible),
+    }
+}
+
+/// The consumer's views: frames of `--api cuda|opencl|gl` are imported into that API once per
+/// slot and checked through it.
+fn views(api: Api) -> lava_flow::Result<Views> {
+    match api {
+        Api::Vulkan | Api::Host => Ok(Views::default()),
+        Api::Cuda => Views::matching(ViewApi::Cuda),
+        Api::Opencl => Views::matching(ViewApi::OpenCl),
+        Api::Gl => Views::matching(ViewApi::Gl),
     }
 }
 
@@ -178,7 +187,8 @@ fn options(size: u64, slots: u32, api: Api, p: PolicyArg, consumers: u32, timeou
     let options = ChannelOptions {
         slots,
         frame_size: size,
-        memory: memory(api)?,
+        memory: memory(api),
+        views: views(api)?,
         policy: policy(p),
         max_consumers: consumers.max(8),
         timeout: Duration::from_secs(timeout),
@@ -242,6 +252,31 @@ pub fn run(args: &Args) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Before any consumer process starts: the view API opens here on the device the producer
+/// will allocate on (the consumers open the same one), so a machine without it gets the
+/// importer's error at once instead of a producer waiting for consumers that already failed.
+fn preflight_view(api: Api) -> CmdResultOf<()> {
+    let views = views(api)?;
+    if views.apis().is_empty() {
+        return Ok(());
+    }
+    let identity = lava_flow::VulkanContext::new()?.identity();
+    #[cfg(feature = "gl")]
+    if api == Api::Gl {
+        lava_flow::gl::GlContext::for_identity(&identity)?;
+    }
+    #[cfg(feature = "cuda")]
+    if api == Api::Cuda {
+        lava_flow::cuda::CudaDevice::for_identity(&identity)?;
+    }
+    #[cfg(feature = "opencl")]
+    if api == Api::Opencl {
+        lava_flow::opencl::ClContext::for_identity(&identity)?;
+    }
+    let _ = identity;
+    Ok(())
+}
+
 /// One bench run: `consumers` child processes and the producer here.
 fn bench_run(b: &BenchArgs, size: u64, consumers: u32, n: u64) -> CmdResultOf<(RunReport, Vec<serde_json::Value>)> {
     let options = options(size, b.slots, b.api, b.policy, consumers, b.timeout)?;
@@ -294,6 +329,7 @@ fn bench(b: &BenchArgs) -> CmdResult {
     if let Some(&bad) = b.consumers.iter().find(|&&c| c == 0 || c > MAX_CONSUMERS) {
         return Err(crate::UsageError(format!("--consumers {bad}: each count must be in 1..={MAX_CONSUMERS}")).into());
     }
+    preflight_view(b.api)?;
     let mut rows = Vec::new();
     let mut table = crate::table::Table::new(&[
         "frame",
@@ -307,6 +343,7 @@ fn bench(b: &BenchArgs) -> CmdResult {
         "waiting p99 (us)",
         "sync",
     ]);
+    let mut resources = Vec::new();
     for &size in &b.size {
         for &consumers in &b.consumers {
             let n = if size >= 16 << 20 { (b.frames / 10).max(100) } else { b.frames };
@@ -330,6 +367,22 @@ fn bench(b: &BenchArgs) -> CmdResult {
                 format!("{:.1}", worst("wake_latency", "p99_ns")),
                 producer.sync.to_string(),
             ]);
+            let flat = |r: &serde_json::Value| {
+                let r = &r["resources"];
+                format!(
+                    "fds {} -> {}, RSS {} -> {} KiB",
+                    r["fds_first"], r["fds_last"], r["rss_kib_first"], r["rss_kib_last"]
+                )
+            };
+            if let Ok(p) = serde_json::to_value(&producer) {
+                if !p["resources"].is_null() {
+                    let mut line = format!("{} x{consumers}: producer {}", crate::table::bytes(size), flat(&p));
+                    for (i, r) in reports.iter().enumerate() {
+                        line += &format!("; consumer {} ({} imports) {}", i + 1, r["imports"], flat(r));
+                    }
+                    resources.push(line);
+                }
+            }
             rows.push(serde_json::json!({
                 "frame_size": size,
                 "consumers": consumers,
@@ -349,6 +402,10 @@ fn bench(b: &BenchArgs) -> CmdResult {
             b.slots,
             b.policy,
             table.render(2)
+        ))?;
+        crate::emit(&format!(
+            "open fds and resident memory, after the first frame -> after the last:\n{}\n",
+            resources.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
         ))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -39,6 +39,12 @@
 //! staging buffer where the memory is not host-visible), and the Vulkan buffer or memfd is
 //! available for GPU work or for the `unsafe` views whose contract the channel's hand-off keeps.
 //!
+//! Views: a consumer that works in GL, CUDA or OpenCL names the API in
+//! [`ChannelOptions::views`]; each slot is then imported into it once, at connect (from a copy of
+//! the slot's fd), and `ReadFrame::gl_buffer`, `ReadFrame::cuda_buffer` and
+//! `ReadFrame::opencl_buffer` hand out the slot's object while the frame is held. Receiving a
+//! frame imports nothing ([`ConsumerStats::imports`]).
+//!
 //! docs/CHANNELS.md describes the model and its guarantees; docs/PROTOCOL.md the messages.
 
 #[cfg(feature = "mpi")]
@@ -60,6 +66,13 @@ use crate::ipc::{shm, socket, wire as ipc_wire, NamedObject, SharedObject};
 use crate::vulkan::sync::{semaphore_capabilities, Semaphore};
 use crate::vulkan::MemoryKind;
 use crate::{Buffer, BufferOptions, Error, Result, SharedHostMemory, VulkanContext};
+
+#[cfg(feature = "cuda")]
+use crate::cuda::{CudaBuffer, CudaDevice};
+#[cfg(feature = "gl")]
+use crate::gl::{GlBuffer, GlContext};
+#[cfg(feature = "opencl")]
+use crate::opencl::{ClBuffer, ClContext};
 
 use wire::{ChannelMessage, FrameMessage, Hello, MemoryCode, SyncCode};
 pub use wire::{DType, Metadata, MAX_DIMS, MAX_SLOTS, MAX_USER_DATA};
@@ -164,6 +177,197 @@ pub struct ChannelOptions {
     /// The Vulkan device to allocate frames on (producer) or import them into (consumer); by
     /// default the first device, or for a consumer the device whose UUID the producer names.
     pub context: Option<VulkanContext>,
+    /// Consumer: the APIs besides Vulkan that frames are viewed in (GL, CUDA, OpenCL). Each slot
+    /// is imported into each of them once, at connect; `ReadFrame::gl_buffer`,
+    /// `ReadFrame::cuda_buffer` and `ReadFrame::opencl_buffer` hand out the slot's object.
+    /// Needs Vulkan frames. Unused by the producer.
+    pub views: Views,
+}
+
+/// An API a consumer can view frames in besides Vulkan and the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ViewApi {
+    /// OpenGL buffers (`GL_EXT_memory_object_fd`), feature `gl`.
+    Gl,
+    /// CUDA buffers (cudarc device pointers), feature `cuda`.
+    Cuda,
+    /// OpenCL buffers (`cl_khr_external_memory_opaque_fd`), feature `opencl`.
+    OpenCl,
+}
+
+impl ViewApi {
+    /// "gl", "cuda" or "opencl".
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewApi::Gl => "gl",
+            ViewApi::Cuda => "cuda",
+            ViewApi::OpenCl => "opencl",
+        }
+    }
+}
+
+/// Whether, and in which context, a consumer views frames in one API.
+#[derive(Clone, Debug, Default)]
+pub enum View<C> {
+    /// No view in this API.
+    #[default]
+    Off,
+    /// Open that API's device whose UUIDs the producer's frames carry (`for_identity`).
+    Matching,
+    /// Import into this context; its device must be the producer's (opaque fds never cross
+    /// devices), else the connect fails with the importer's `DeviceNotFound`/`Unsupported`.
+    In(C),
+}
+
+impl<C> View<C> {
+    #[cfg_attr(not(any(feature = "gl", feature = "cuda", feature = "opencl")), allow(dead_code))]
+    fn is_on(&self) -> bool {
+        !matches!(self, View::Off)
+    }
+}
+
+/// The APIs a consumer views frames in besides Vulkan (`ChannelOptions::views`). Fields exist
+/// with their crate features.
+#[derive(Clone, Debug, Default)]
+pub struct Views {
+    /// OpenGL (feature `gl`).
+    #[cfg(feature = "gl")]
+    pub gl: View<GlContext>,
+    /// CUDA (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    pub cuda: View<CudaDevice>,
+    /// OpenCL (feature `opencl`).
+    #[cfg(feature = "opencl")]
+    pub opencl: View<ClContext>,
+}
+
+impl Views {
+    /// A view in `api` on the device matching the producer's; an error where this build lacks
+    /// the API's feature.
+    pub fn matching(api: ViewApi) -> Result<Views> {
+        let (built, feature) = match api {
+            ViewApi::Gl => (cfg!(feature = "gl"), "gl"),
+            ViewApi::Cuda => (cfg!(feature = "cuda"), "cuda"),
+            ViewApi::OpenCl => (cfg!(feature = "opencl"), "opencl"),
+        };
+        if !built {
+            return Err(Error::unsupported(
+                format!("viewing channel frames in {}", api.name()),
+                format!("this lava-flow was built without the `{feature}` feature"),
+                "crate features (Cargo.toml)",
+                format!("build lava-flow with `--features {feature}`"),
+            ));
+        }
+        #[allow(unused_mut)]
+        let mut views = Views::default();
+        #[cfg(feature = "gl")]
+        if api == ViewApi::Gl {
+            views.gl = View::Matching;
+        }
+        #[cfg(feature = "cuda")]
+        if api == ViewApi::Cuda {
+            views.cuda = View::Matching;
+        }
+        #[cfg(feature = "opencl")]
+        if api == ViewApi::OpenCl {
+            views.opencl = View::Matching;
+        }
+        Ok(views)
+    }
+
+    /// The APIs these views import into, in the order gl, cuda, opencl.
+    pub fn apis(&self) -> Vec<ViewApi> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(feature = "gl")]
+        if self.gl.is_on() {
+            out.push(ViewApi::Gl);
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda.is_on() {
+            out.push(ViewApi::Cuda);
+        }
+        #[cfg(feature = "opencl")]
+        if self.opencl.is_on() {
+            out.push(ViewApi::OpenCl);
+        }
+        out
+    }
+}
+
+/// One slot's objects in the consumer's view APIs (imported once, at connect).
+#[derive(Default)]
+struct SlotViews {
+    #[cfg(feature = "gl")]
+    gl: Option<GlBuffer>,
+    #[cfg(feature = "cuda")]
+    cuda: Option<CudaBuffer<u8>>,
+    #[cfg(feature = "opencl")]
+    opencl: Option<ClBuffer>,
+}
+
+/// The contexts a consumer's views import into, opened (or taken from the options) at the
+/// first slot.
+#[derive(Default)]
+struct ViewContexts {
+    #[cfg(feature = "gl")]
+    gl: Option<GlContext>,
+    #[cfg(feature = "cuda")]
+    cuda: Option<CudaDevice>,
+    #[cfg(feature = "opencl")]
+    opencl: Option<ClContext>,
+}
+
+/// The context `view` names, opening the one matching `identity` where it says `Matching`.
+#[cfg(any(feature = "gl", feature = "cuda", feature = "opencl"))]
+fn view_context<C: Clone>(view: &View<C>, have: &mut Option<C>, open: impl FnOnce() -> Result<C>) -> Result<Option<C>> {
+    if have.is_none() {
+        *have = match view {
+            View::Off => None,
+            View::Matching => Some(open()?),
+            View::In(c) => Some(c.clone()),
+        };
+    }
+    Ok(have.clone())
+}
+
+/// A copy of `buffer`'s fd for one more import (each successful import consumes its fd).
+#[cfg(any(feature = "gl", feature = "cuda", feature = "opencl"))]
+fn dup_for(buffer: &ExportedBuffer, slot: u32, api: ViewApi) -> Result<ExportedBuffer> {
+    buffer
+        .try_clone()
+        .map_err(|e| Error::io(format!("duplicating slot {slot}'s fd to import it into {} (dup)", api.name()), e))
+}
+
+/// Imports slot `slot`'s buffer into every API `views` names (each from its own copy of the
+/// fd; the caller's `buffer` stays untouched). Returns the objects and how many imports ran.
+#[allow(unused_variables, unused_mut)]
+fn import_views(
+    views: &Views,
+    contexts: &mut ViewContexts,
+    buffer: &ExportedBuffer,
+    slot: u32,
+) -> Result<(SlotViews, u64)> {
+    let mut out = SlotViews::default();
+    let mut imports = 0;
+    #[cfg(any(feature = "gl", feature = "cuda", feature = "opencl"))]
+    let identity = *buffer.device();
+    #[cfg(feature = "gl")]
+    if let Some(ctx) = view_context(&views.gl, &mut contexts.gl, || GlContext::for_identity(&identity))? {
+        out.gl = Some(ctx.import_buffer(dup_for(buffer, slot, ViewApi::Gl)?)?);
+        imports += 1;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(dev) = view_context(&views.cuda, &mut contexts.cuda, || CudaDevice::for_identity(&identity))? {
+        out.cuda = Some(dev.import_buffer(dup_for(buffer, slot, ViewApi::Cuda)?)?);
+        imports += 1;
+    }
+    #[cfg(feature = "opencl")]
+    if let Some(ctx) = view_context(&views.opencl, &mut contexts.opencl, || ClContext::for_identity(&identity))? {
+        out.opencl = Some(ctx.import_buffer(dup_for(buffer, slot, ViewApi::OpenCl)?)?);
+        imports += 1;
+    }
+    Ok((out, imports))
 }
 
 impl Default for ChannelOptions {
@@ -179,6 +383,7 @@ impl Default for ChannelOptions {
             allow_uids: Vec::new(),
             socket_mode: 0o600,
             context: None,
+            views: Views::default(),
         }
     }
 }
@@ -451,7 +656,10 @@ impl Producer {
                 FrameMemory::Host => Ok(Block::Host(SharedHostMemory::create(options.frame_size, 1)?)),
                 FrameMemory::Vulkan(kind) => {
                     let ctx = ctx.as_ref().expect("Vulkan frames open a device");
-                    Ok(Block::Vulkan(Buffer::new(ctx, &BufferOptions::new(options.frame_size).memory(kind))?))
+                    // `for_gl`: 8 bytes of slack per slot, so that consumers can view the frame
+                    // in GL on drivers that refuse a buffer spanning its memory object (docs/GL.md).
+                    let buffer_options = BufferOptions::new(options.frame_size).memory(kind).for_gl();
+                    Ok(Block::Vulkan(Buffer::new(ctx, &buffer_options)?))
                 }
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1106,6 +1314,9 @@ pub struct ConsumerStats {
     /// Frames the producer took back before this consumer took them (drop-oldest), and frames
     /// sent while this consumer was not connected or its socket was full (sequence gaps).
     pub dropped: u64,
+    /// Memory imports this consumer made: one per slot into Vulkan (Vulkan frames) and one per
+    /// slot into each view API, all at connect. Receiving frames imports nothing.
+    pub imports: u64,
 }
 
 /// The consuming end. Frames it hands out borrow it, so it outlives them.
@@ -1114,6 +1325,9 @@ pub struct Consumer {
     sock: OwnedFd,
     hello: Hello,
     blocks: Vec<Block>,
+    /// Each slot's objects in the view APIs (`ChannelOptions::views`), imported at connect.
+    #[cfg_attr(not(any(feature = "gl", feature = "cuda", feature = "opencl")), allow(dead_code))]
+    views: Vec<SlotViews>,
     claims: SharedHostMemory,
     filled: Option<Semaphore>,
     timeout: Duration,
@@ -1182,6 +1396,17 @@ impl Consumer {
         };
         let mut ctx = options.context.clone();
         let mut blocks = Vec::with_capacity(hello.slots as usize);
+        let mut views = Vec::with_capacity(hello.slots as usize);
+        let mut contexts = ViewContexts::default();
+        let mut imports = 0u64;
+        if hello.memory == MemoryCode::Host && !options.views.apis().is_empty() {
+            return Err(Error::unsupported(
+                format!("viewing a channel's frames in {:?}", options.views.apis()),
+                "the producer's frames are host memory (memfds), which GL, CUDA and OpenCL do not import",
+                "lava-flow channels: views need FrameMemory::Vulkan",
+                "give the producer FrameMemory::Vulkan (`--api vulkan`), or read host frames with read_into",
+            ));
+        }
         for i in 0..hello.slots {
             let object = take(&slot_name(i))?;
             let block = match hello.memory {
@@ -1206,9 +1431,15 @@ impl Consumer {
                             hello.frame_size
                         )));
                     }
+                    // The views first, each from a copy of the fd; Vulkan's import then consumes
+                    // the one that came with the handshake.
+                    let (slot_views, n) = import_views(&options.views, &mut contexts, &buffer, i)?;
+                    views.push(slot_views);
+                    imports += n;
                     if ctx.is_none() {
                         ctx = Some(VulkanContext::with_uuid(buffer.device().device_uuid)?);
                     }
+                    imports += 1;
                     Block::Vulkan(Buffer::import(ctx.as_ref().expect("opened above"), buffer)?)
                 }
             };
@@ -1236,17 +1467,21 @@ impl Consumer {
         };
         // Frames are waited for with poll; only RELEASE sends may block (up to the timeout).
         socket::set_timeouts(sock.as_fd(), None, Some(options.timeout))?;
+        if views.is_empty() {
+            views.resize_with(blocks.len(), SlotViews::default);
+        }
         Ok(Consumer {
             id: NEXT_END.fetch_add(1, Ordering::Relaxed),
             sock,
             hello,
             blocks,
+            views,
             claims,
             filled,
             timeout: options.timeout,
             last: Cell::new(None),
             ended: RefCell::new(None),
-            stats: Cell::new(ConsumerStats::default()),
+            stats: Cell::new(ConsumerStats { imports, ..ConsumerStats::default() }),
         })
     }
 
@@ -1500,6 +1735,32 @@ impl ReadFrame<'_> {
             Block::Host(m) => Some(m),
             Block::Vulkan(_) => None,
         }
+    }
+
+    /// The frame's slot as a GL buffer (`ChannelOptions::views.gl`), imported once at connect
+    /// and valid while the frame is held. The consumer has waited for the frame on the host, so
+    /// GL commands issued now see its bytes; GL must be done reading (`GlContext::finish`, or a
+    /// read that returns the bytes) before the frame is dropped, as the producer may then
+    /// rewrite the slot.
+    #[cfg(feature = "gl")]
+    pub fn gl_buffer(&self) -> Option<&GlBuffer> {
+        self.consumer.views[self.message.slot as usize].gl.as_ref()
+    }
+
+    /// The frame's slot as a CUDA buffer (`ChannelOptions::views.cuda`), imported once at
+    /// connect and valid while the frame is held. Work on other streams than the device's own
+    /// must be synchronized before the frame is dropped.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_buffer(&self) -> Option<&CudaBuffer<u8>> {
+        self.consumer.views[self.message.slot as usize].cuda.as_ref()
+    }
+
+    /// The frame's slot as an OpenCL buffer (`ChannelOptions::views.opencl`), imported once at
+    /// connect and valid while the frame is held; finish the queue's work on it before the
+    /// frame is dropped.
+    #[cfg(feature = "opencl")]
+    pub fn opencl_buffer(&self) -> Option<&ClBuffer> {
+        self.consumer.views[self.message.slot as usize].opencl.as_ref()
     }
 
     /// The `channel.filled` semaphore and the value that says this frame is written (timeline

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Channel, ChannelOptions, FrameMemory, Metadata, ProducerStats};
+use super::{Channel, ChannelOptions, FrameMemory, Metadata, ProducerStats, ViewApi};
 use crate::ipc::shm;
 use crate::{Error, Result};
 
@@ -117,6 +117,9 @@ pub struct RunReport {
     pub role: &'static str,
     /// "vulkan" or "host".
     pub memory: &'static str,
+    /// Consumer: the API every frame was read back and checked through: "gl", "cuda" or
+    /// "opencl" (the first of `options.views`), else the frame's memory ("vulkan", "host").
+    pub view: &'static str,
     /// "messages" or "messages + timeline semaphore".
     pub sync: &'static str,
     /// Slots in the pool.
@@ -143,6 +146,42 @@ pub struct RunReport {
     pub producer: Option<ProducerStats>,
     /// Why it ended: "count", "peer-finished".
     pub ended_by: &'static str,
+    /// Memory imports the consumer made (all at connect; none per frame).
+    pub imports: Option<u64>,
+    /// This process's open fds and resident memory (KiB) after the first frame and after the
+    /// last: flat over a long run when nothing leaks.
+    pub resources: Option<Resources>,
+}
+
+/// Open fds and resident set size of this process at two points of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Resources {
+    /// Open fds after the first frame.
+    pub fds_first: u64,
+    /// Open fds after the last frame.
+    pub fds_last: u64,
+    /// Resident memory after the first frame, KiB.
+    pub rss_kib_first: u64,
+    /// Resident memory after the last frame, KiB.
+    pub rss_kib_last: u64,
+}
+
+/// This process's open fds and resident set size in KiB (Linux `/proc/self`); `None` where
+/// `/proc` cannot be read.
+pub fn process_resources() -> Option<(u64, u64)> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some((fds, rss))
+}
+
+fn resources(first: Option<(u64, u64)>) -> Option<Resources> {
+    let (fds_first, rss_kib_first) = first?;
+    let (fds_last, rss_kib_last) = process_resources()?;
+    Some(Resources { fds_first, fds_last, rss_kib_first, rss_kib_last })
 }
 
 impl std::fmt::Display for RunReport {
@@ -181,6 +220,9 @@ impl std::fmt::Display for RunReport {
                 l.p99_ns as f64 / 1e3
             )?;
         }
+        if let Some(r) = &self.resources {
+            write!(f, "; fds {} -> {}, RSS {} -> {} KiB", r.fds_first, r.fds_last, r.rss_kib_first, r.rss_kib_last)?;
+        }
         write!(f, "; ended by {}", self.ended_by)
     }
 }
@@ -212,7 +254,11 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
         .map_err(|_| Error::invalid("channel frame size", "exceeds the address space", "use smaller frames"))?;
     let mut pattern = vec![0u8; size];
     let start = Instant::now();
+    let mut first = None;
     for k in 0..frames {
+        if k == 1 {
+            first = process_resources();
+        }
         let mut frame = producer.acquire()?;
         let sequence = frame.sequence();
         match frame.host_memory() {
@@ -231,6 +277,7 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
         frame.send(Metadata { timestamp: k, ..Metadata::bytes(size as u64) })?;
     }
     producer.drain(config.options.timeout)?;
+    let resources = resources(first);
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
     let stats = producer.stats();
     let timeline = producer.uses_timeline();
@@ -238,6 +285,7 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
     Ok(RunReport {
         role: "producer",
         memory: memory_name(config.options.memory),
+        view: memory_name(config.options.memory),
         sync: sync_name(timeline),
         slots: config.options.slots,
         frame_size: size as u64,
@@ -250,12 +298,61 @@ pub fn run_producer(config: &RunConfig) -> Result<RunReport> {
         wake_latency: None,
         producer: Some(stats),
         ended_by: "count",
+        imports: None,
+        resources,
     })
 }
 
-/// Checks one frame: every word, or the first and last where `all` is false.
-fn check(frame: &super::ReadFrame<'_>, buf: &mut Vec<u8>, all: bool) -> Result<()> {
+/// Reads frame `frame`'s first `len` bytes back through its view in `api` (GL, CUDA or
+/// OpenCL: a copy made by that API, never by Vulkan or the host mapping) into `buf`.
+#[cfg_attr(not(any(feature = "gl", feature = "cuda", feature = "opencl")), allow(unused_variables, clippy::ptr_arg))]
+fn read_through_view(frame: &super::ReadFrame<'_>, api: ViewApi, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+    let missing = || {
+        Error::invalid(
+            format!("channel frame {}", frame.sequence()),
+            format!("the consumer has no {} view of slot {}", api.name(), frame.slot()),
+            "connect with ChannelOptions::views naming that API",
+        )
+    };
+    match api {
+        #[cfg(feature = "gl")]
+        ViewApi::Gl => {
+            *buf = frame.gl_buffer().ok_or_else(missing)?.read(0, len)?;
+            Ok(())
+        }
+        #[cfg(feature = "cuda")]
+        ViewApi::Cuda => {
+            let view = frame.cuda_buffer().ok_or_else(missing)?;
+            // A CUDA copy moves the whole buffer (the frame's slot): read it, keep `len` bytes.
+            buf.resize(view.len(), 0);
+            view.copy_to_host_into(buf)?;
+            buf.truncate(len);
+            Ok(())
+        }
+        #[cfg(feature = "opencl")]
+        ViewApi::OpenCl => {
+            *buf = frame.opencl_buffer().ok_or_else(missing)?.read(0, len)?;
+            Ok(())
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(missing()),
+    }
+}
+
+/// Checks one frame: every word, or the first and last where `all` is false; through the
+/// view in `view` where one is given (every word, whatever `all` says).
+fn check(frame: &super::ReadFrame<'_>, buf: &mut Vec<u8>, all: bool, view: Option<ViewApi>) -> Result<()> {
     let len = usize::try_from(frame.len()).expect("frames fit the address space (checked by the producer)");
+    if let Some(api) = view {
+        read_through_view(frame, api, len, buf)?;
+        if buf.len() != len {
+            return Err(Error::Mismatch {
+                what: format!("channel frame {} read through {}", frame.sequence(), api.name()),
+                detail: format!("{} bytes came back, {len} expected", buf.len()),
+            });
+        }
+        return check_pattern(buf, frame.sequence());
+    }
     if let (Some(memory), true, true) = (frame.host_memory(), len % 8 == 0, all) {
         // Host frames of this run hold words written with atomic stores: check them in place.
         let words = shm::atomic_u64_slice(memory, 0, len / 8)?;
@@ -299,6 +396,8 @@ fn check(frame: &super::ReadFrame<'_>, buf: &mut Vec<u8>, all: bool) -> Result<(
 /// gaps are counted as dropped (drop-oldest).
 pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
     let consumer = Channel::consumer(&config.socket, config.options.clone())?;
+    let view = config.options.views.apis().first().copied();
+    let mut first = None;
     let mut latencies = Vec::new();
     let mut wake_latencies = Vec::new();
     let mut buf = Vec::new();
@@ -319,19 +418,24 @@ pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
             wake_latencies.push(frame.handoff_ns());
         }
         start.get_or_insert_with(Instant::now);
-        check(&frame, &mut buf, config.check_all)?;
+        check(&frame, &mut buf, config.check_all, view)?;
         if !config.hold.is_zero() {
             std::thread::sleep(config.hold);
         }
         drop(frame);
+        if taken == 0 {
+            first = process_resources();
+        }
         taken += 1;
         last_at = Instant::now();
     };
     let elapsed = start.map_or(0.0, |s| last_at.duration_since(s).as_secs_f64()).max(1e-9);
     let stats = consumer.stats();
+    let memory = if consumer.is_vulkan() { "vulkan" } else { "host" };
     Ok(RunReport {
         role: "consumer",
-        memory: if consumer.is_vulkan() { "vulkan" } else { "host" },
+        memory,
+        view: view.map_or(memory, ViewApi::name),
         sync: sync_name(consumer.uses_timeline()),
         slots: consumer.slots(),
         frame_size: consumer.frame_size(),
@@ -344,6 +448,8 @@ pub fn run_consumer(config: &RunConfig) -> Result<RunReport> {
         wake_latency: Latency::of(wake_latencies),
         producer: None,
         ended_by,
+        imports: Some(stats.imports),
+        resources: resources(first),
     })
 }
 
