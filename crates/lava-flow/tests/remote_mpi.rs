@@ -91,6 +91,11 @@ fn vulkan_buffers_are_staged_through_host_memory_both_ends() {
 }
 
 #[test]
+fn vulkan_images_cross_ranks_texel_for_texel() {
+    passes("images", "self,vader");
+}
+
+#[test]
 fn backpressure_holds_the_sender_until_the_receiver_frees_a_slot() {
     passes("backpressure", "self,vader");
 }
@@ -148,6 +153,7 @@ fn mpi_rank() {
         "killed" => killed(&mpi, rank),
         "relay" => relay(&mpi, rank),
         "reconnect" => reconnect(&mpi, rank),
+        "images" => images(&mpi, rank),
         other => panic!("unknown case {other}"),
     }
     mpi.barrier();
@@ -437,5 +443,39 @@ fn reconnect(mpi: &MpiContext, rank: i32) {
             assert!(rx.recv().unwrap().is_none());
         }
         mpi.barrier();
+    }
+}
+
+/// Optimal-tiling images of two formats and shapes, each sent texel for texel and checked; an
+/// image of another extent on the receiving side is refused with the reason.
+fn images(mpi: &MpiContext, rank: i32) {
+    use lava_flow::raw_gpu_handle::TextureFormat;
+    use lava_flow::{Image, ImageOptions};
+    let ctx = VulkanContext::new().expect("Vulkan (lavapipe) on both ranks");
+    let shapes = [(TextureFormat::Rgba8Unorm, 64u32, 48u32), (TextureFormat::R32Float, 128, 128)];
+    if rank == 0 {
+        let mut tx = MpiSender::connect(mpi, 1, 12, Duration::from_secs(30)).unwrap();
+        for (i, &(format, w, h)) in shapes.iter().enumerate() {
+            let image = Image::new(&ctx, &ImageOptions::d2(format, w, h)).unwrap();
+            let len = image.download().unwrap().len();
+            image.upload(&frame(i as u64, len)).unwrap();
+            tx.send_image(&image, b"image").unwrap();
+        }
+        // A third image that the receiver takes into one of another extent.
+        let image = Image::new(&ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, 16, 16)).unwrap();
+        tx.send_image(&image, b"").unwrap();
+    } else {
+        let rx = MpiReceiver::new(mpi, 0, 12, &ReceiverOptions::new(128 * 128 * 4).slots(2)).unwrap();
+        for (i, &(format, w, h)) in shapes.iter().enumerate() {
+            let image = Image::new(&ctx, &ImageOptions::d2(format, w, h)).unwrap();
+            let info = rx.recv_image(&image, Duration::from_secs(30)).unwrap().unwrap();
+            let texels = image.download().unwrap();
+            assert_eq!((info.sequence, info.len), (i as u64, texels.len() as u64));
+            assert!(texels == frame(i as u64, texels.len()), "image {i} differs");
+        }
+        let other = Image::new(&ctx, &ImageOptions::d2(TextureFormat::Rgba8Unorm, 8, 8)).unwrap();
+        let err = rx.recv_image(&other, Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("frame 2"), "{err}");
+        println!("images: {err}");
     }
 }

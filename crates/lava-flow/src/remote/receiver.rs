@@ -177,6 +177,22 @@ impl<'c> MpiReceiver<'c> {
         result.map(|()| Some(info))
     }
 
+    /// Receives the next frame into `image` (an image of the sender's format and extent: the
+    /// frame must hold exactly its tightly packed texels, [`MpiSender::send_image`](super::MpiSender::send_image)),
+    /// uploaded through a staging copy; the slot is freed before this returns.
+    pub fn recv_image(&self, image: &crate::Image, timeout: Duration) -> Result<Option<FrameInfo>> {
+        let Some(frame) = self.recv_timeout(timeout)? else { return Ok(None) };
+        image.upload(frame.bytes()).map_err(|e| match e {
+            Error::InvalidArgument { what, reason, .. } => Error::invalid(
+                format!("frame {} ({what})", frame.info().sequence),
+                reason,
+                "receive into an image of the sender's format, extent and layer count",
+            ),
+            other => other,
+        })?;
+        Ok(Some(frame.info().clone()))
+    }
+
     fn check_fits<M: StagedMemory + ?Sized>(&self, info: &FrameInfo, buffer: &M) -> Result<()> {
         if info.len > buffer.size() {
             return Err(Error::invalid(

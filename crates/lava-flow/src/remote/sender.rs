@@ -180,6 +180,15 @@ impl<'c> MpiSender<'c> {
         self.send_now(source, metadata)
     }
 
+    /// Sends an image's texels as one frame: every layer, tightly packed, as
+    /// [`Image::download`](crate::Image::download) gives them (a staging copy on the GPU first).
+    /// The receiver lands them in an image of the same format and extent with
+    /// [`MpiReceiver::recv_image`](super::MpiReceiver::recv_image).
+    pub fn send_image(&mut self, image: &crate::Image, metadata: &[u8]) -> Result<u64> {
+        let texels = image.download()?;
+        self.send(Source::Host(&texels), metadata)
+    }
+
     /// Sends at once where the receiver has a free slot; `Ok(None)` where it has none.
     pub fn try_send(&mut self, source: Source<'_>, metadata: &[u8]) -> Result<Option<u64>> {
         self.check_frame(&source, metadata)?;
