@@ -182,7 +182,11 @@ fn order(mpi: &MpiContext, rank: i32) {
         }
     } else {
         let rx = MpiReceiver::new(mpi, 0, 7, &ReceiverOptions::new(4096).slots(16)).unwrap();
+        let (mut fds, mut rss) = (0, 0);
         for seq in 0..ORDER_FRAMES {
+            if seq == 1000 {
+                (fds, rss) = (testing::open_fd_count(), resident_kib());
+            }
             let got = rx.recv().unwrap().expect("a frame before the end");
             let len = 16 + (seq % 241) as usize;
             assert_eq!(got.info().sequence, seq);
@@ -190,7 +194,13 @@ fn order(mpi: &MpiContext, rank: i32) {
             assert!(got.bytes() == frame(seq, len), "frame {seq} differs");
         }
         assert!(rx.recv().unwrap().is_none(), "the stream ends after the sender drops");
-        println!("{ORDER_FRAMES} frames in order, each checked");
+        // Bounded memory: what the first 1000 frames set up is all there is.
+        let (fds_after, rss_after) = (testing::open_fd_count(), resident_kib());
+        assert_eq!(fds_after, fds, "open fds from frame 1000 to the end");
+        assert!(rss_after <= rss + 1024, "resident memory grew from {rss} to {rss_after} KiB over the frames");
+        println!(
+            "{ORDER_FRAMES} frames in order, each checked; fds {fds} -> {fds_after}, RSS {rss} -> {rss_after} KiB"
+        );
     }
 }
 
@@ -478,4 +488,11 @@ fn images(mpi: &MpiContext, rank: i32) {
         assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("frame 2"), "{err}");
         println!("images: {err}");
     }
+}
+
+/// This process's resident memory, KiB (`/proc/self/statm`'s second field, in pages).
+fn resident_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * (rustix::param::page_size() as u64) / 1024
 }
