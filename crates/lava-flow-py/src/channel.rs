@@ -414,6 +414,13 @@ impl WriteFrame {
             })?;
             view.call_method0("tobytes")?.cast_into::<PyBytes>()?.as_bytes().to_vec()
         };
+        if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > self.capacity) {
+            return Err(invalid(
+                format!("write of {} bytes at offset {offset}", bytes.len()),
+                format!("frames hold {} bytes", self.capacity),
+                "write inside the frame (its `capacity`)",
+            ));
+        }
         py.detach(|| {
             let mut producer = lock(&lease.shared.producer);
             lease.shared.hand_back(&mut producer);
@@ -465,7 +472,7 @@ impl WriteFrame {
 
     /// Sends the frame to every connected consumer with its metadata: `len` bytes of data (by
     /// default what `shape` reaches, else the whole frame), `dtype`/`shape`/`strides` (elements;
-    /// by default those of the last `array()` at offset 0), `timestamp`, `user` (at most 64
+    /// by default those of the last `array()` at offset 0), `timestamp`, `user` (at most 256
     /// bytes). Refused (`BufferError`) while a view of the frame is alive. The frame can no
     /// longer be used.
     #[pyo3(signature = (len=None, dtype=None, shape=None, strides=None, timestamp=0, user=None))]
