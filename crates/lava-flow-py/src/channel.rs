@@ -145,16 +145,19 @@ impl Producer {
         py.detach(|| {
             let deadline = Instant::now() + timeout;
             loop {
-                let mut producer = lock(&shared.producer);
-                shared.hand_back(&mut producer);
-                let left = deadline.saturating_duration_since(Instant::now());
-                let result = producer.acquire_timeout(left.min(SLICE));
-                match result {
-                    Ok(frame) => return Ok(acquired(&shared, frame)),
-                    Err(E::Timeout { .. }) if Instant::now() < deadline => continue,
-                    Err(E::Timeout { action, .. }) => return Err(E::Timeout { action, timeout }),
-                    Err(e) => return Err(e),
+                {
+                    let mut producer = lock(&shared.producer);
+                    shared.hand_back(&mut producer);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let result = producer.acquire_timeout(left.min(SLICE));
+                    match result {
+                        Ok(frame) => return Ok(acquired(&shared, frame)),
+                        Err(E::Timeout { .. }) if Instant::now() < deadline => {}
+                        Err(E::Timeout { action, .. }) => return Err(E::Timeout { action, timeout }),
+                        Err(e) => return Err(e),
+                    }
                 }
+                std::thread::yield_now();
             }
         })
         .py_err()
@@ -427,9 +430,17 @@ impl WriteFrame {
             let Some(detached) = lock(&lease.frame).take() else {
                 return Err(E::invalid("write to a frame", "it was sent", "acquire another frame"));
             };
-            let mut frame = producer.attach(detached).map_err(|_| {
-                E::invalid("write to a frame", "its producer no longer holds it", "acquire another frame")
-            })?;
+            let mut frame = match producer.attach(detached) {
+                Ok(frame) => frame,
+                Err(detached) => {
+                    *lock(&lease.frame) = Some(detached);
+                    return Err(E::invalid(
+                        "write to a frame",
+                        "its producer does not hold it",
+                        "acquire another frame",
+                    ));
+                }
+            };
             let result = frame.write(offset, &bytes);
             *lock(&lease.frame) = Some(frame.detach());
             result
@@ -514,9 +525,18 @@ impl WriteFrame {
             let mut producer = lock(&lease.shared.producer);
             lease.shared.hand_back(&mut producer);
             let detached = lock(&lease.frame).take().expect("a held lease holds its frame");
-            let frame = producer.attach(detached).map_err(|_| {
-                E::invalid("send of a frame", "its producer no longer holds it", "acquire another frame")
-            })?;
+            let frame = match producer.attach(detached) {
+                Ok(frame) => frame,
+                Err(detached) => {
+                    // Back in the lease, whose drop (after the lock's) returns the slot.
+                    *lock(&lease.frame) = Some(detached);
+                    return Err(E::invalid(
+                        "send of a frame",
+                        "its producer does not hold it",
+                        "acquire another frame",
+                    ));
+                }
+            };
             frame.send(meta)
         })
         .py_err()
@@ -671,30 +691,34 @@ impl Consumer {
         py.detach(|| {
             let deadline = Instant::now() + timeout;
             loop {
-                let consumer = lock(&shared.consumer);
-                shared.hand_back(&consumer);
-                let left = deadline.saturating_duration_since(Instant::now());
-                let result = consumer.recv_timeout(left.min(SLICE));
-                match result {
-                    Ok(frame) => {
-                        let place = place(&frame, cuda);
-                        let sequence = frame.sequence();
-                        let meta = frame.metadata().clone();
-                        let lease =
-                            Arc::new(ReadLease { shared: shared.clone(), frame: Mutex::new(Some(frame.detach())) });
-                        return Ok(Some(ReadFrame {
-                            lease: Mutex::new(Some(lease)),
-                            place,
-                            sequence,
-                            meta,
-                            frame_size,
-                        }));
+                {
+                    let consumer = lock(&shared.consumer);
+                    shared.hand_back(&consumer);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let result = consumer.recv_timeout(left.min(SLICE));
+                    match result {
+                        Ok(frame) => {
+                            let place = place(&frame, cuda);
+                            let sequence = frame.sequence();
+                            let meta = frame.metadata().clone();
+                            let lease =
+                                Arc::new(ReadLease { shared: shared.clone(), frame: Mutex::new(Some(frame.detach())) });
+                            return Ok(Some(ReadFrame {
+                                lease: Mutex::new(Some(lease)),
+                                place,
+                                sequence,
+                                meta,
+                                frame_size,
+                            }));
+                        }
+                        Err(E::Timeout { .. }) if Instant::now() < deadline => {}
+                        Err(E::Timeout { action, .. }) => return Err(E::Timeout { action, timeout }),
+                        Err(E::Closed { clean: true, .. }) => return Ok(None),
+                        Err(e) => return Err(e),
                     }
-                    Err(E::Timeout { .. }) if Instant::now() < deadline => continue,
-                    Err(E::Timeout { action, .. }) => return Err(E::Timeout { action, timeout }),
-                    Err(E::Closed { clean: true, .. }) => return Ok(None),
-                    Err(e) => return Err(e),
                 }
+                // Lets a thread waiting for the lock (a read, a release) take it between slices.
+                std::thread::yield_now();
             }
         })
         .py_err()
@@ -913,9 +937,17 @@ impl ReadFrame {
                 let consumer = lock(&lease.shared.consumer);
                 lease.shared.hand_back(&consumer);
                 let detached = lock(&lease.frame).take().expect("a held lease holds its frame");
-                let frame = consumer.attach(detached).map_err(|_| {
-                    E::invalid("read of a frame", "its consumer no longer holds it", "receive another frame")
-                })?;
+                let frame = match consumer.attach(detached) {
+                    Ok(frame) => frame,
+                    Err(detached) => {
+                        *lock(&lease.frame) = Some(detached);
+                        return Err(E::invalid(
+                            "read of a frame",
+                            "its consumer does not hold it",
+                            "receive another frame",
+                        ));
+                    }
+                };
                 let mut out = vec![0u8; size as usize];
                 let result = frame.read_into(offset, &mut out);
                 *lock(&lease.frame) = Some(frame.detach());
@@ -951,32 +983,29 @@ impl ReadFrame {
         Ok(self.region()?.device)
     }
 
-    /// NumPy's array interface (host frames), read-only.
-    #[getter]
-    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-        let region = self.region()?;
-        if region.device.0 != KDL_CPU {
-            return Err(pyo3::exceptions::PyAttributeError::new_err("__array_interface__: this frame is CUDA memory"));
-        }
-        let layout = self.layout()?;
-        let view = Bound::new(py, Tensor { region: region.clone(), layout: layout.clone(), ready: None })?;
-        let d = dlpack::array_interface(py, &region, &layout)?;
-        // NumPy keeps the object it read the interface from; the dict keeps the frame held too.
-        d.set_item("_lava_flow_keep", view)?;
-        Ok(d)
-    }
-
-    /// A typed view (`dtype`, `shape`, `strides` in elements, `offset` in bytes) of the frame's
-    /// bytes, READ-ONLY, holding the frame like a capsule does.
-    #[pyo3(signature = (dtype, shape, strides=None, offset=0))]
+    /// A typed view of the frame's bytes, READ-ONLY, holding the frame like a capsule does:
+    /// with no arguments, the metadata's dtype and shape (1-D `uint8` without one); else `dtype`,
+    /// `shape`, `strides` in elements and `offset` in bytes. `numpy.asarray(frame.view())` reads
+    /// it through the array interface (the array keeps the view, which keeps the frame).
+    #[pyo3(signature = (dtype=None, shape=None, strides=None, offset=0))]
     fn view(
         &self,
-        dtype: &Bound<'_, PyAny>,
-        shape: &Bound<'_, PyAny>,
+        dtype: Option<&Bound<'_, PyAny>>,
+        shape: Option<&Bound<'_, PyAny>>,
         strides: Option<&Bound<'_, PyAny>>,
         offset: u64,
     ) -> PyResult<Tensor> {
-        dlpack::view(self.region()?, None, dtype, shape, strides, offset)
+        match (dtype, shape) {
+            (None, None) if offset == 0 && strides.is_none_or(|s| s.is_none()) => {
+                Ok(Tensor { region: self.region()?, layout: self.layout()?, ready: None })
+            }
+            (Some(dtype), Some(shape)) => dlpack::view(self.region()?, None, dtype, shape, strides, offset),
+            _ => Err(invalid(
+                "ReadFrame.view() arguments",
+                "a view needs both a dtype and a shape, or neither (the metadata's)",
+                "pass dtype and shape, or nothing",
+            )),
+        }
     }
 
     /// Whether `release()` was called.

@@ -411,8 +411,15 @@ class ReadFrame:
     def __len__(self) -> int: ...
     def read(self, offset: int = 0, size: Optional[int] = None) -> bytes:
         """A copy of the frame's data."""
-    def view(self, dtype: _DType, shape: Union[int, Sequence[int]], strides: Optional[Sequence[int]] = None, offset: int = 0) -> Tensor:
-        """A read-only typed view that holds the frame."""
+    def view(
+        self,
+        dtype: Optional[_DType] = None,
+        shape: Optional[Union[int, Sequence[int]]] = None,
+        strides: Optional[Sequence[int]] = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """A read-only typed view that holds the frame (the metadata's layout with no arguments),
+        for numpy.asarray or DLPack."""
     def __dlpack__(
         self,
         *,
@@ -424,8 +431,6 @@ class ReadFrame:
         """Read-only DLPack capsule in the metadata's dtype and shape (1-D uint8 without one):
         kDLCPU for host and host-visible Vulkan frames, kDLCUDA with views="cuda"."""
     def __dlpack_device__(self) -> Tuple[int, int]: ...
-    @property
-    def __array_interface__(self) -> Dict[str, Any]: ...
     def release(self) -> None:
         """Drops this object's hold on the frame."""
     def __enter__(self) -> ReadFrame: ...
