@@ -381,3 +381,39 @@ def test_cuda_view_exports_kdlcuda(sock):
     finally:
         child.communicate(timeout=60)
     assert child.returncode == 0
+
+
+def test_a_frame_released_while_another_thread_waits_in_recv(sock):
+    """The consumer's lock is busy while a thread waits in recv: a frame released meanwhile is
+    queued and handed back within one wait slice, so the producer gets its slot."""
+    producer, consumer = pair(sock, frame_size=64, slots=1, memory="host")
+    producer.acquire().send(len=1)
+    first = consumer.recv()
+    box = []
+    waiter = threading.Thread(target=lambda: box.append(consumer.recv(timeout=20)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter holds the consumer in recv now
+    del first  # released from this thread while the waiter holds the lock
+    gc.collect()
+    frame = producer.acquire(timeout=10)  # the slot came back
+    frame.write(0, b"\x07")
+    frame.send(len=1)
+    waiter.join(timeout=20)
+    assert box and box[0].sequence == 1 and box[0].read() == b"\x07"
+
+
+def test_drop_oldest_never_blocks_the_producer(sock):
+    producer, consumer = pair(sock, frame_size=64, slots=2, memory="host", policy="drop-oldest")
+    for k in range(6):
+        frame = producer.try_acquire()  # never Full: untaken frames are taken back
+        frame.write(0, bytes([k]))
+        frame.send(len=1)
+    got = []
+    while True:
+        frame = consumer.recv(timeout=0.5) if not got or got[-1] < 5 else None
+        if frame is None:
+            break
+        got.append(frame.read()[0])
+        assert frame.sequence == got[-1]
+        frame.release()
+    assert got[-1] == 5 and len(got) <= 2
