@@ -337,7 +337,13 @@ class WriteFrame:
 
     def write(self, offset: int, data: Any) -> None:
         """Copies a bytes-like object into the frame at byte `offset`."""
-    def array(self, dtype: _DType, shape: Union[int, Sequence[int]], strides: Optional[Sequence[int]] = None, offset: int = 0) -> Tensor:
+    def array(
+        self,
+        dtype: _DType,
+        shape: Union[int, Sequence[int]],
+        strides: Optional[Sequence[int]] = None,
+        offset: int = 0,
+    ) -> Tensor:
         """A writable view of the frame (host frames) for numpy.from_dlpack / numpy.asarray.
         send() raises BufferError while it or anything made from it is alive."""
     def send(
