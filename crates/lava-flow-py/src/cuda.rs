@@ -267,6 +267,7 @@ impl CudaMemory {
             len: buffer.size_bytes() as u64,
             device: (KDL_CUDA, self.ordinal),
             keep: buffer,
+            writable: true,
         })
     }
 }

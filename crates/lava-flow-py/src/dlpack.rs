@@ -183,6 +183,26 @@ impl DType {
         DTYPES[2]
     }
 
+    /// The type of DLPack `code` and `bits` (one lane), if lava-flow knows it.
+    pub fn from_dl(code: u8, bits: u8) -> Option<DType> {
+        DTYPES.iter().copied().find(|d| d.code == code && d.bits == bits)
+    }
+
+    /// The DLPack type code.
+    pub fn code(self) -> u8 {
+        self.code
+    }
+
+    /// Bits per element.
+    pub fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// The name (`"float32"`).
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
     /// From a name (`"float32"`, `"<f4"`, `"f4"`), a NumPy dtype or scalar type, or a torch dtype.
     pub fn parse(dtype: &Bound<'_, PyAny>) -> PyResult<DType> {
         let text: String = if let Ok(s) = dtype.extract::<String>() {
@@ -327,7 +347,13 @@ pub struct Region {
     /// `(kDLCPU, 0)` or `(kDLCUDA, ordinal)`.
     pub device: (i32, i32),
     pub keep: Keep,
+    /// Whether consumers may write: false exports DLPack's read-only flag (versioned capsules)
+    /// and a read-only array interface.
+    pub writable: bool,
 }
+
+/// `DLPACK_FLAG_BITMASK_READ_ONLY`.
+const DLPACK_FLAG_READ_ONLY: u64 = 1;
 
 fn dl_tensor(region: &Region, layout: &Layout) -> DLTensor {
     DLTensor {
@@ -357,7 +383,7 @@ pub fn capsule<'py>(
                     version: DLPackVersion { major: 1, minor: 0 },
                     manager_ctx: std::ptr::null_mut(),
                     deleter: Some(deleter_versioned),
-                    flags: 0,
+                    flags: if region.writable { 0 } else { DLPACK_FLAG_READ_ONLY },
                     dl_tensor: dl_tensor(region, layout),
                 },
                 shape: layout.shape.clone(),
@@ -468,7 +494,7 @@ pub fn array_interface<'py>(py: Python<'py>, region: &Region, layout: &Layout) -
     let d = PyDict::new(py);
     d.set_item("shape", PyTuple::new(py, &layout.shape)?)?;
     d.set_item("typestr", typestr)?;
-    d.set_item("data", ((region.ptr + layout.offset), false))?;
+    d.set_item("data", ((region.ptr + layout.offset), !region.writable))?;
     d.set_item("version", 3)?;
     if layout.contiguous() {
         d.set_item("strides", py.None())?;

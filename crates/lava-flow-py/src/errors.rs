@@ -28,7 +28,13 @@ create_exception!(lava_flow, ProtocolError, Error, "The peer broke the lava-flow
 create_exception!(lava_flow, PeerRefused, Error, "The server refused the request (an unknown name, a full server).");
 create_exception!(lava_flow, IoError, Error, "A system call failed (a socket that closed, a missing path).");
 create_exception!(lava_flow, Mismatch, Error, "Data read back differs from what was written.");
-create_exception!(lava_flow, Closed, Error, "The object was closed with close() (or its `with` block ended).");
+create_exception!(
+    lava_flow,
+    Closed,
+    Error,
+    "The object was closed with close() (or its `with` block ended), or a channel's other end is gone."
+);
+create_exception!(lava_flow, Full, Error, "Every frame of a channel is in flight (`Producer.try_acquire`).");
 
 /// The Python exception for a lava-flow error, with the same message.
 pub fn to_py(e: lava_flow::Error) -> PyErr {
@@ -48,6 +54,8 @@ pub fn to_py(e: lava_flow::Error) -> PyErr {
         E::PeerRefused { .. } => PeerRefused::new_err(msg),
         E::Io { .. } => IoError::new_err(msg),
         E::Mismatch { .. } => Mismatch::new_err(msg),
+        E::Closed { .. } => Closed::new_err(msg),
+        E::Full { .. } => Full::new_err(msg),
         _ => Error::new_err(msg),
     }
 }
@@ -92,5 +100,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IoError", py.get_type::<IoError>())?;
     m.add("Mismatch", py.get_type::<Mismatch>())?;
     m.add("Closed", py.get_type::<Closed>())?;
+    m.add("Full", py.get_type::<Full>())?;
     Ok(())
 }

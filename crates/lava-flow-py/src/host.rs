@@ -29,7 +29,15 @@ pub struct HostMapping {
 
 impl HostMapping {
     pub fn new(ptr: *mut u8, len: u64, keep: Keep) -> HostMapping {
-        HostMapping { region: Mutex::new(Some(Region { ptr: ptr as usize as u64, len, device: (KDL_CPU, 0), keep })) }
+        HostMapping {
+            region: Mutex::new(Some(Region {
+                ptr: ptr as usize as u64,
+                len,
+                device: (KDL_CPU, 0),
+                keep,
+                writable: true,
+            })),
+        }
     }
 
     fn region(&self) -> PyResult<Region> {

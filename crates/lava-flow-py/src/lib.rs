@@ -9,6 +9,7 @@
 //! closed once, by the Rust value that owns it.
 
 mod bench;
+mod channel;
 mod cuda;
 mod devices;
 mod dlpack;
@@ -33,6 +34,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlpack::Tensor>()?;
     m.add_class::<cuda::CudaMemory>()?;
     m.add_class::<cuda::CudaSemaphore>()?;
+    m.add_class::<channel::Channel>()?;
+    m.add_class::<channel::Producer>()?;
+    m.add_class::<channel::WriteFrame>()?;
+    m.add_class::<channel::Consumer>()?;
+    m.add_class::<channel::ReadFrame>()?;
+    m.add_class::<channel::Metadata>()?;
     m.add("KDL_CPU", dlpack::KDL_CPU)?;
     m.add("KDL_CUDA", dlpack::KDL_CUDA)?;
     Ok(())

@@ -114,6 +114,9 @@ def serve(tmp_socket):
             if needs_vulkan and ("Vulkan" in error or "vulkan" in error):
                 unavailable("vulkan", f"lava-flow serve {' '.join(args)}: {error}")
             pytest.fail(f"lava-flow serve {' '.join(args)} exited: {error}")
+        # The server listens before it publishes: a `get` right after the connect could find
+        # nothing yet (seen under load). Every `lava-flow serve` publishes "pattern".
+        client.wait_for("pattern", 60)
         return client
 
     yield start

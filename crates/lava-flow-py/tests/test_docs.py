@@ -3,10 +3,11 @@ first line is `# example: NAME`."""
 
 import os
 import re
+import subprocess
 
 import pytest
 
-from conftest import unavailable
+from conftest import lava_flow_bin, unavailable
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "PYTHON.md")
 SOCKET = "/tmp/lava-flow.sock"
@@ -29,7 +30,7 @@ def run(name, socket):
 
 
 def test_every_example_is_run_here():
-    assert sorted(examples()) == ["allocate", "cupy", "numpy", "torch"]
+    assert sorted(examples()) == ["allocate", "channel", "channel-torch", "cupy", "numpy", "torch"]
 
 
 def test_the_numpy_example(tmp_socket):
@@ -38,6 +39,30 @@ def test_the_numpy_example(tmp_socket):
 
 def test_the_allocate_example(allocator, tmp_socket):
     run("allocate", tmp_socket)
+
+
+def test_the_channel_example(tmp_socket):
+    run("channel", tmp_socket)
+
+
+def test_the_channel_torch_example(allocator, tmp_socket):
+    try:
+        import torch
+    except ImportError as e:
+        unavailable("cuda", f"torch is not installed ({e})")
+    if not torch.cuda.is_available():
+        unavailable("cuda", "torch sees no CUDA device")
+    producer = subprocess.Popen(
+        [lava_flow_bin(), "channel", "--role", "producer", "--socket", tmp_socket, "--api", "vulkan"]
+        + ["--frames", "100", "--size", "1M"],
+    )
+    try:
+        run("channel-torch", tmp_socket)
+    except (__import__("lava_flow").LibraryUnavailable, __import__("lava_flow").DeviceNotFound) as e:
+        unavailable("cuda", str(e))
+    finally:
+        producer.wait(timeout=60)
+    assert producer.returncode == 0
 
 
 @pytest.mark.parametrize("name", ["torch", "cupy"])

@@ -8,6 +8,12 @@ Get objects a lava-flow server publishes and hand them to NumPy, PyTorch or CuPy
     host = numpy.from_dlpack(frames.map_host())           # host-visible / shared host memory
     cuda = torch.from_dlpack(frames.import_cuda())         # any memory, on the GPU
 
+Or receive a stream of frames from a channel's producer (Rust, C or Python)::
+
+    for frame in lava_flow.Channel.consumer("/tmp/frames.sock"):
+        with frame:
+            image = numpy.from_dlpack(frame)                   # read-only, no copy
+
 docs/PYTHON.md in the repository has the whole guide; the type stubs list every call.
 """
 
@@ -16,13 +22,16 @@ from ._native import (
     KDL_CUDA,
     Allocation,
     Allocator,
+    Channel,
     Client,
     Closed,
+    Consumer,
     CudaMemory,
     CudaSemaphore,
     DeviceNotFound,
     DriverError,
     Error,
+    Full,
     HostMapping,
     HostMemory,
     IncompatibleDevice,
@@ -30,15 +39,19 @@ from ._native import (
     InvalidHandle,
     IoError,
     LibraryUnavailable,
+    Metadata,
     Mismatch,
     OutOfMemory,
     PeerRefused,
+    Producer,
     ProtocolError,
+    ReadFrame,
     Server,
     SharedObject,
     Tensor,
     Timeout,
     Unsupported,
+    WriteFrame,
     connect,
 )
 
@@ -47,13 +60,16 @@ __all__ = [
     "KDL_CUDA",
     "Allocation",
     "Allocator",
+    "Channel",
     "Client",
     "Closed",
+    "Consumer",
     "CudaMemory",
     "CudaSemaphore",
     "DeviceNotFound",
     "DriverError",
     "Error",
+    "Full",
     "HostMapping",
     "HostMemory",
     "IncompatibleDevice",
@@ -61,14 +77,18 @@ __all__ = [
     "InvalidHandle",
     "IoError",
     "LibraryUnavailable",
+    "Metadata",
     "Mismatch",
     "OutOfMemory",
     "PeerRefused",
+    "Producer",
     "ProtocolError",
+    "ReadFrame",
     "Server",
     "SharedObject",
     "Tensor",
     "Timeout",
     "Unsupported",
+    "WriteFrame",
     "connect",
 ]

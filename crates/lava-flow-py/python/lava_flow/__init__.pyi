@@ -60,7 +60,11 @@ class Mismatch(Error):
     """Data read back differs from what was written."""
 
 class Closed(Error):
-    """The object was closed with close() (or its `with` block ended)."""
+    """The object was closed with close() (or its `with` block ended), a frame was sent or
+    released, or a channel's producer hung up without ending the channel."""
+
+class Full(Error):
+    """Every frame of a channel is in flight (`Producer.try_acquire`)."""
 
 class _Closable:
     def close(self) -> None: ...
@@ -279,3 +283,161 @@ class CudaSemaphore(_Closable):
     def kind(self) -> str: ...
     @property
     def device(self) -> int: ...
+
+class Channel:
+    """Opens channel ends (docs/CHANNELS.md): frames of shared memory from one producer process
+    to any number of consumer processes, zero-copy, in order."""
+
+    @staticmethod
+    def producer(
+        path: _Path,
+        frame_size: int,
+        slots: int = 4,
+        memory: str = "vulkan",
+        policy: str = "block",
+        timeout: float = 10.0,
+        max_consumers: int = 8,
+    ) -> Producer:
+        """Creates the pool (`slots` frames of `frame_size` bytes; `memory` "vulkan": exportable
+        host-visible Vulkan buffers, "host": memfds, no GPU) and listens at `path`. `policy`:
+        "block" (acquire waits for a slot) or "drop-oldest". `timeout`: seconds for blocking calls."""
+    @staticmethod
+    def consumer(path: _Path, timeout: float = 10.0, views: Optional[str] = None) -> Consumer:
+        """Connects to the producer at `path` (retrying up to `timeout` seconds) and maps its
+        frames; `views="cuda"` also imports each (Vulkan) frame into CUDA once, for kDLCUDA exports."""
+
+class Producer(_Closable):
+    """A channel's producing end. It accepts consumers inside its calls; closing it ends the
+    channel once no frame or view of it is alive."""
+
+    def acquire(self, timeout: Optional[float] = None) -> WriteFrame:
+        """A free frame, waiting (GIL released) while all are in flight; Timeout after `timeout`
+        seconds (the channel's timeout when None)."""
+    def try_acquire(self) -> WriteFrame:
+        """A free frame now, or Full."""
+    def wait_for_consumers(self, n: int = 1, timeout: float = 10.0) -> None:
+        """Waits until `n` consumers are connected (Timeout after `timeout` seconds)."""
+    def finish(self, timeout: float = 10.0) -> bool:
+        """Waits up to `timeout` for consumers to release every frame, then closes the producer
+        (consumers see the end of the stream). Whether every frame was released."""
+    @property
+    def consumers(self) -> int:
+        """Consumers connected now."""
+    @property
+    def path(self) -> str: ...
+    @property
+    def frame_size(self) -> int: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+
+class WriteFrame:
+    """A frame the producer owns between acquire and send."""
+
+    def write(self, offset: int, data: Any) -> None:
+        """Copies a bytes-like object into the frame at byte `offset`."""
+    def array(
+        self,
+        dtype: _DType,
+        shape: Union[int, Sequence[int]],
+        strides: Optional[Sequence[int]] = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """A writable view of the frame (host frames) for numpy.from_dlpack / numpy.asarray.
+        send() raises BufferError while it or anything made from it is alive."""
+    def send(
+        self,
+        len: Optional[int] = None,
+        dtype: Optional[_DType] = None,
+        shape: Optional[Union[int, Sequence[int]]] = None,
+        strides: Optional[Sequence[int]] = None,
+        timestamp: int = 0,
+        user: Optional[bytes] = None,
+    ) -> None:
+        """Sends the frame to every consumer with its metadata (dtype and shape default to the
+        last array() at offset 0; `user` at most 256 bytes). The frame is then unusable."""
+    def release(self) -> None:
+        """Returns the slot unsent (once no view of the frame is alive)."""
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def slot(self) -> int: ...
+    @property
+    def capacity(self) -> int:
+        """Bytes in the frame."""
+    def __enter__(self) -> WriteFrame: ...
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        """Releases the frame unsent if the block did not send it."""
+
+class Consumer(_Closable):
+    """A channel's consuming end; iterating it yields frames until the producer ends the channel."""
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[ReadFrame]:
+        """The next frame (GIL released while waiting; Timeout after `timeout` seconds, the
+        consumer's timeout when None); None once the producer ended the channel; Closed where
+        it hung up without ending it."""
+    def __iter__(self) -> Consumer: ...
+    def __next__(self) -> ReadFrame: ...
+    @property
+    def frame_size(self) -> int: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def memory(self) -> str:
+        """"vulkan" or "host"."""
+    @property
+    def closed(self) -> bool: ...
+
+class Metadata:
+    """What the producer said about a frame."""
+
+    len: int
+    """Bytes of data (the whole frame when the producer said 0)."""
+    dtype: str
+    """The element type's name, "bytes" for plain bytes, or "code:bits:lanes"."""
+    dl_dtype: Tuple[int, int, int]
+    """DLPack's (code, bits, lanes)."""
+    shape: List[int]
+    strides: Optional[List[int]]
+    """In elements; None for row-major."""
+    timestamp: int
+    user: bytes
+
+class ReadFrame:
+    """A received frame, held (its slot not reused) until it is released AND every capsule,
+    array and view made from it is gone. Exports are READ-ONLY."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def metadata(self) -> Metadata: ...
+    @property
+    def released(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def read(self, offset: int = 0, size: Optional[int] = None) -> bytes:
+        """A copy of the frame's data."""
+    def view(
+        self,
+        dtype: Optional[_DType] = None,
+        shape: Optional[Union[int, Sequence[int]]] = None,
+        strides: Optional[Sequence[int]] = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """A read-only typed view that holds the frame (the metadata's layout with no arguments),
+        for numpy.asarray or DLPack."""
+    def __dlpack__(
+        self,
+        *,
+        stream: _Stream = None,
+        max_version: Optional[Tuple[int, int]] = None,
+        dl_device: Optional[Tuple[int, int]] = None,
+        copy: Optional[bool] = None,
+    ) -> Any:
+        """Read-only DLPack capsule in the metadata's dtype and shape (1-D uint8 without one):
+        kDLCPU for host and host-visible Vulkan frames, kDLCUDA with views="cuda"."""
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+    def release(self) -> None:
+        """Drops this object's hold on the frame."""
+    def __enter__(self) -> ReadFrame: ...
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...
