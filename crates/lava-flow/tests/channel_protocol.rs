@@ -347,3 +347,33 @@ fn detached_frames_keep_their_slots_and_attach_only_to_their_end() {
         }
     }
 }
+
+/// A frame is `frame_size` bytes even where its slot's memory is larger (host frames are whole
+/// pages): writes and reads beyond it are refused with the frame's size.
+#[test]
+fn writes_and_reads_beyond_the_frame_are_refused() {
+    let dir = std::env::temp_dir().join(format!("lava-flow-frame-range-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.sock");
+    let options = ChannelOptions { frame_size: 100, slots: 1, memory: FrameMemory::Host, ..ChannelOptions::default() };
+    let mut producer = Channel::producer(&path, options.clone()).unwrap();
+    let consumer = std::thread::scope(|s| {
+        let c = s.spawn(|| Channel::consumer(&path, options.clone()).unwrap());
+        producer.wait_for_consumers(1, std::time::Duration::from_secs(10)).unwrap();
+        c.join().unwrap()
+    });
+    let mut frame = producer.acquire().unwrap();
+    let err = frame.write(90, &[0; 11]).unwrap_err();
+    assert!(err.to_string().contains("hold 100 bytes"), "{err}");
+    assert!(frame.write(u64::MAX, &[0; 2]).is_err());
+    frame.write(90, &[7; 10]).unwrap();
+    frame.send(Metadata::bytes(100)).unwrap();
+    let got = consumer.recv().unwrap();
+    let mut out = [0u8; 11];
+    assert!(got.read_into(90, &mut out).unwrap_err().to_string().contains("hold 100 bytes"));
+    got.read_into(90, &mut out[..10]).unwrap();
+    assert_eq!(&out[..10], &[7; 10]);
+    drop(got);
+    drop(producer);
+    let _ = std::fs::remove_dir_all(&dir);
+}

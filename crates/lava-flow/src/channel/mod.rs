@@ -432,6 +432,19 @@ impl Block {
     }
 }
 
+/// Refuses a range beyond the frame: a slot's memory may be larger (host frames are whole pages,
+/// Vulkan slots carry GL's slack), but a frame is `frame_size` bytes.
+fn check_frame_range(offset: u64, len: usize, frame_size: u64, doing: &str) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|end| end > frame_size) {
+        return Err(Error::invalid(
+            format!("{doing} {len} bytes at offset {offset} of a frame"),
+            format!("the channel's frames hold {frame_size} bytes"),
+            "stay inside the frame (ChannelOptions::frame_size)",
+        ));
+    }
+    Ok(())
+}
+
 /// Monotonic nanoseconds, comparable between processes on one machine.
 pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -1183,6 +1196,9 @@ impl Producer {
     }
 
     fn end(&mut self) {
+        // Read what consumers sent first (releases): a Unix socket closed with unread data resets
+        // the connection, and a consumer would see a hang-up instead of the clean end.
+        let _ = self.pump(Some(Duration::ZERO));
         if let Ok(bytes) = encode(&ChannelMessage::End { frames: self.next_sequence }) {
             for peer in self.peers.iter().flatten() {
                 if !matches!(send_nonblocking(peer.sock.as_fd(), &bytes), Ok(true)) {
@@ -1233,6 +1249,7 @@ impl WriteFrame<'_> {
     /// Copies `data` into the frame at `offset` (volatile stores into shared memory, or a staging
     /// copy where the memory is not host-visible). No consumer reads the slot until `send`.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        check_frame_range(offset, data.len(), self.producer.options.frame_size, "writing")?;
         self.producer.blocks[self.slot].write(offset, data)
     }
 
@@ -1718,6 +1735,7 @@ impl ReadFrame<'_> {
     /// Copies `out.len()` bytes at `offset` out of the frame (volatile loads from shared memory,
     /// or a staging copy where the memory is not host-visible).
     pub fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        check_frame_range(offset, out.len(), self.consumer.frame_size(), "reading")?;
         self.consumer.blocks[self.message.slot as usize].read_into(offset, out)
     }
 
