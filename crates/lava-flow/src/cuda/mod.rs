@@ -18,12 +18,14 @@
 //! Imported buffers ([`CudaBuffer`]) implement cudarc's `DevicePtr`/`DevicePtrMut` and can be
 //! passed to cudarc kernels with `launch_builder(..).arg(&mut buffer)`; see `docs/CUDA.md`.
 
+mod alloc;
 mod cache;
 mod device;
 mod memory;
 mod semaphore;
 mod texture;
 
+pub use alloc::{AllocatedBuffer, CudaAllocation, CudaExportSupport, BUFFER_ALIGNMENT};
 pub use cudarc;
 pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
 pub use memory::{AnyBitPattern, CudaBuffer, ImportedMemory};
