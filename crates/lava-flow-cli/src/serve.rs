@@ -55,7 +55,7 @@ pub struct Args {
     /// Also share a 2D RGBA8 optimal-tiled image of this size (Vulkan locations only).
     #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_extent)]
     pub image: Option<(u32, u32)>,
-    /// Vulkan device index (see `lava-flow info`).
+    /// Vulkan device index, or CUDA device ordinal with --allocator cuda (see `lava-flow info`).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Serve this many clients, then exit (default: until SIGINT or SIGTERM).

@@ -15,7 +15,9 @@ use lava_flow::ipc::ServerConfig;
 use lava_flow::pool::BlockImporter;
 use lava_flow::raw_gpu_handle::{MemoryHandleKind, MemoryProperties};
 use lava_flow::{Buffer, Error, VulkanContext};
-use lava_flow_diag::pattern::{attach, serve_pattern, AttachApi, AttachOptions, ServeMemory, ServeOptions, PATTERN_NAME};
+use lava_flow_diag::pattern::{
+    attach, serve_pattern, AttachApi, AttachOptions, ServeMemory, ServeOptions, PATTERN_NAME,
+};
 use lava_flow_diag::testing;
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {

@@ -21,8 +21,8 @@ use cudarc::driver::{
     sys, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop,
 };
 use raw_gpu_handle::{
-    BufferDescription, BufferHandle, DeviceIdentity, ExportedBuffer, ExportedMemory, MemoryDescription,
-    MemoryHandle, MemoryHandleKind, MemoryProperties,
+    BufferDescription, BufferHandle, DeviceIdentity, ExportedBuffer, ExportedMemory, MemoryDescription, MemoryHandle,
+    MemoryHandleKind, MemoryProperties,
 };
 
 use super::{check, cu_error, AnyBitPattern, CudaDevice};
@@ -262,7 +262,11 @@ impl Drop for AllocInner {
             // mapped), freed only here, once.
             let r = unsafe { sys::cuMemAddressFree(self.ptr, size) };
             if r != sys::CUresult::CUDA_SUCCESS {
-                self.device.defer_error(cu_error("cuMemAddressFree", r, "freeing the address range of a CUDA allocation"));
+                self.device.defer_error(cu_error(
+                    "cuMemAddressFree",
+                    r,
+                    "freeing the address range of a CUDA allocation",
+                ));
             }
         }
     }
@@ -287,7 +291,8 @@ impl CudaAllocation {
         let dev = super::device::device_handle(device.ordinal())?;
         let prop = allocation_prop(dev);
         let bytes = size as usize; // rounded_size checked it fits
-        let action = |step: &str| format!("{step} {size} bytes of exportable memory on CUDA device {}", device.ordinal());
+        let action =
+            |step: &str| format!("{step} {size} bytes of exportable memory on CUDA device {}", device.ordinal());
         let mut handle: sys::CUmemGenericAllocationHandle = 0;
         // SAFETY: the context is bound; `prop` is a fully initialised local (pinned device memory on this
         // device, POSIX fd handle type requested, which export_support found supported); `bytes` is a
