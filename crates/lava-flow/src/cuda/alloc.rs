@@ -196,6 +196,21 @@ pub(crate) fn rounded_size(size: u64, granularity: u64) -> Result<u64> {
     }
 }
 
+/// The Vulkan device with `uuid` and its import memory type, looked up once per process and UUID
+/// (each lookup creates a Vulkan instance). A missing Vulkan (no loader, no driver) is not an
+/// error here, and is asked again next time: CUDA can still use the memory.
+fn vulkan_target(uuid: raw_gpu_handle::Uuid) -> Option<crate::vulkan::ForeignMemoryTarget> {
+    type Targets = std::collections::HashMap<raw_gpu_handle::Uuid, Option<crate::vulkan::ForeignMemoryTarget>>;
+    static TARGETS: std::sync::OnceLock<std::sync::Mutex<Targets>> = std::sync::OnceLock::new();
+    let targets = TARGETS.get_or_init(Default::default);
+    if let Some(known) = targets.lock().unwrap_or_else(|p| p.into_inner()).get(&uuid) {
+        return known.clone();
+    }
+    let found = crate::VulkanContext::foreign_memory_target(uuid).ok()?;
+    targets.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid, found.clone());
+    found
+}
+
 /// Device memory CUDA allocated exportable (`cuMemCreate`), mapped at a device pointer in this
 /// process, exported as opaque fds on request.
 ///
@@ -338,8 +353,7 @@ impl CudaAllocation {
 
     /// The description every export of an allocation of `size` bytes on `device` carries.
     fn describe(device: &CudaDevice, size: u64) -> Result<MemoryDescription> {
-        // A missing Vulkan (no loader, no driver) is not an error here: CUDA can still use the memory.
-        let target = crate::VulkanContext::foreign_memory_target(device.uuid()).ok().flatten();
+        let target = vulkan_target(device.uuid());
         let (identity, memory_type_index, memory_properties) = match target {
             Some(t) => (t.identity, t.memory_type_index, t.memory_properties),
             None => (
