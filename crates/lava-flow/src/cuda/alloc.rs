@@ -226,9 +226,8 @@ pub struct CudaAllocation {
 
 struct AllocInner {
     device: CudaDevice,
-    /// From `cuMemCreate`; 0 before it succeeded.
+    /// From `cuMemCreate` (an AllocInner exists only once it succeeded).
     handle: sys::CUmemGenericAllocationHandle,
-    created: bool,
     /// The reserved virtual range; 0 before `cuMemAddressReserve` succeeded.
     ptr: sys::CUdeviceptr,
     mapped: bool,
@@ -248,7 +247,7 @@ impl Drop for AllocInner {
         if let Some(id) = self.description.allocation_id {
             crate::fd::forget_export(id);
         }
-        if !self.created || !self.device.bind_for_drop("an exportable CUDA allocation") {
+        if !self.device.bind_for_drop("an exportable CUDA allocation") {
             return;
         }
         let size = self.size as usize; // checked to fit when the size was rounded
@@ -316,16 +315,8 @@ impl CudaAllocation {
         let r = unsafe { sys::cuMemCreate(&mut handle, bytes, &prop, 0) };
         check(r, "cuMemCreate", || action("allocating"))?;
         // From here every early return drops `inner`, whose Drop undoes exactly the steps done.
-        let mut inner = AllocInner {
-            device: device.clone(),
-            handle,
-            created: true,
-            ptr: 0,
-            mapped: false,
-            size,
-            requested,
-            description,
-        };
+        let mut inner =
+            AllocInner { device: device.clone(), handle, ptr: 0, mapped: false, size, requested, description };
         let mut ptr: sys::CUdeviceptr = 0;
         // SAFETY: the context is bound; alignment 0 asks for the default (the granularity), addr 0 lets
         // the driver choose, flags must be 0; `ptr` is a valid out-pointer.
