@@ -262,6 +262,13 @@ fn cuda_section() -> ApiSection {
         import: true,
         note: note.into(),
     };
+    let mut sharing = vec![
+        import("buffer", "cuImportExternalMemory + cuExternalMemoryGetMappedBuffer, at the buffer's offset"),
+        import("image", "cuImportExternalMemory + cuExternalMemoryGetMappedMipmappedArray"),
+        import("timeline semaphore", "cuImportExternalSemaphore (TIMELINE_SEMAPHORE_FD)"),
+        import("binary semaphore", "cuImportExternalSemaphore (OPAQUE_FD)"),
+    ];
+    sharing.extend(devices.iter().map(cuda_allocation_row));
     ApiSection {
         api: "CUDA",
         available: true,
@@ -276,12 +283,37 @@ fn cuda_section() -> ApiSection {
                 vulkan_device: d.vulkan_device,
             })
             .collect(),
-        sharing: vec![
-            import("buffer", "cuImportExternalMemory + cuExternalMemoryGetMappedBuffer, at the buffer's offset"),
-            import("image", "cuImportExternalMemory + cuExternalMemoryGetMappedMipmappedArray"),
-            import("timeline semaphore", "cuImportExternalSemaphore (TIMELINE_SEMAPHORE_FD)"),
-            import("binary semaphore", "cuImportExternalSemaphore (OPAQUE_FD)"),
-        ],
+        sharing,
+    }
+}
+
+/// Whether CUDA device `d` can allocate memory and export it as a POSIX fd
+/// (`lava_flow::cuda::CudaAllocation`, `serve --allocator cuda`), from the two device attributes
+/// and the allocation granularity.
+#[cfg(feature = "cuda")]
+fn cuda_allocation_row(d: &lava_flow::cuda::CudaDeviceInfo) -> SharingRow {
+    let support = lava_flow::cuda::CudaDevice::open(d.ordinal).and_then(|c| c.export_support());
+    let (export, note) = match support {
+        Ok(s) if s.can_export() => (
+            true,
+            format!(
+                "cuMemCreate + cuMemExportToShareableHandle (POSIX fd), sizes rounded to {} bytes",
+                s.granularity.unwrap_or(0)
+            ),
+        ),
+        Ok(s) if !s.virtual_memory_management => {
+            (false, "CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED is 0".to_string())
+        }
+        Ok(_) => (false, "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0".to_string()),
+        Err(e) => (false, format!("could not ask: {e}")),
+    };
+    SharingRow {
+        device: Some(d.ordinal),
+        object: "allocation (CUDA allocates)".into(),
+        handle_kind: "opaque-fd".into(),
+        export,
+        import: false,
+        note,
     }
 }
 

@@ -26,6 +26,16 @@ pub enum Location {
     Host,
 }
 
+/// Which API allocates the served memory.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocator {
+    /// Vulkan allocates at --location.
+    Vulkan,
+    /// CUDA allocates device memory with its virtual memory API (`cuMemCreate`) on the CUDA device
+    /// --device, exported as an opaque fd (--location is ignored).
+    Cuda,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The Unix socket to listen on (created mode 0600 unless --allow-uid is given).
@@ -38,10 +48,14 @@ pub struct Args {
     /// Where the memory lives.
     #[arg(long, value_enum, default_value = "gpu")]
     pub location: Location,
+    /// Which API allocates: Vulkan (at --location) or CUDA (device memory from `cuMemCreate`,
+    /// exported as an opaque fd; --device is then the CUDA ordinal).
+    #[arg(long, value_enum, default_value = "vulkan")]
+    pub allocator: Allocator,
     /// Also share a 2D RGBA8 optimal-tiled image of this size (Vulkan locations only).
     #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_extent)]
     pub image: Option<(u32, u32)>,
-    /// Vulkan device index (see `lava-flow info`).
+    /// Vulkan device index, or CUDA device ordinal with --allocator cuda (see `lava-flow info`).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Serve this many clients, then exit (default: until SIGINT or SIGTERM).
@@ -140,14 +154,36 @@ pub fn describe(d: &ObjectDescription) -> String {
     }
 }
 
+fn vulkan_memory(location: Location, device: usize) -> ServeMemory {
+    match location {
+        Location::Gpu => ServeMemory::Vulkan(MemoryLocation::GpuVulkan { device_id: device }),
+        Location::HostVisible => ServeMemory::Vulkan(MemoryLocation::HostVisibleVulkan { device_id: device }),
+        Location::SharedHost => ServeMemory::Vulkan(MemoryLocation::SharedHost { device_id: device }),
+        Location::Host => ServeMemory::Host,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory(ordinal: usize) -> Result<ServeMemory, lava_flow::Error> {
+    Ok(ServeMemory::Cuda { ordinal })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_memory(_ordinal: usize) -> Result<ServeMemory, lava_flow::Error> {
+    Err(lava_flow::Error::unsupported(
+        "serving CUDA-allocated memory",
+        "this lava-flow was built without the `cuda` feature",
+        "the CUDA allocator is behind the `cuda` feature",
+        "build lava-flow-cli with its default features",
+    ))
+}
+
 pub fn run(args: &Args) -> CmdResult {
     // SIGINT and SIGTERM end serving cleanly: the last line says so and the socket is removed.
     let stop = StopSignal::install()?;
-    let memory = match args.location {
-        Location::Gpu => ServeMemory::Vulkan(MemoryLocation::GpuVulkan { device_id: args.device }),
-        Location::HostVisible => ServeMemory::Vulkan(MemoryLocation::HostVisibleVulkan { device_id: args.device }),
-        Location::SharedHost => ServeMemory::Vulkan(MemoryLocation::SharedHost { device_id: args.device }),
-        Location::Host => ServeMemory::Host,
+    let memory = match args.allocator {
+        Allocator::Cuda => cuda_memory(args.device)?,
+        Allocator::Vulkan => vulkan_memory(args.location, args.device),
     };
     let default_mode = if args.allow_uid.is_empty() { 0o600 } else { 0o666 };
     let config = ServerConfig {

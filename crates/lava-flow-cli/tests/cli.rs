@@ -427,6 +427,48 @@ fn serve_and_attach_share_the_pattern_between_processes() {
     assert!(!socket.exists(), "serve removes its socket when it ends");
 }
 
+/// `serve --allocator cuda`: where CUDA cannot be loaded, or the device cannot export its
+/// allocations, serve exits 1 naming why and leaves no socket; where it can, another process
+/// attaches with Vulkan and checks every byte of the CUDA-allocated pattern.
+#[cfg(feature = "cuda")]
+#[test]
+fn serve_allocator_cuda_shares_a_cuda_allocation_or_says_why_not() {
+    let refused = |expect: &str| {
+        let socket = socket_path("cuda-refused");
+        let out = run(&["serve", "--allocator", "cuda", "--clients", "1", "--socket", socket.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.to_lowercase().contains(&expect.to_lowercase()), "{err}");
+        assert!(!socket.exists(), "nothing is served");
+    };
+    let cuda = match lava_flow::cuda::CudaDevice::open(0) {
+        Ok(cuda) => cuda,
+        Err(e) if e.is_unavailable() => {
+            refused("CUDA");
+            return testing::skip("cuda", e);
+        }
+        Err(e) => panic!("opening CUDA device 0: {e}"),
+    };
+    let support = cuda.export_support().unwrap();
+    drop(cuda);
+    if !support.can_export() {
+        refused("CU_DEVICE_ATTRIBUTE_");
+        return testing::skip_capability("cuda", format!("device 0 cannot export allocations: {support:?}"));
+    }
+    let Some(_ctx) = vulkan_or_skip() else { return };
+    let (socket, mut server) =
+        start_serve("cuda", &["--allocator", "cuda", "--size", "3M", "--clients", "1"], std::process::Stdio::piped());
+    let out = run(&["attach", "--api", "vulkan", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success());
+    let report = json(&out);
+    let pattern = report["objects"].as_array().unwrap().iter().find(|o| o["name"] == "pattern").cloned();
+    assert_eq!(pattern.map(|o| o["bytes_checked"].clone()), Some((3u64 << 20).into()), "{report}");
+    assert!(wait_for_exit(&mut server).success(), "serve exits 0 after its one client");
+    let mut text = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("device: CUDA 0"), "{text}");
+}
+
 #[test]
 fn serve_host_memory_and_attach_without_a_gpu_api() {
     let (socket, mut server) =

@@ -65,6 +65,15 @@ pub enum ServeMemory {
     /// A Vulkan buffer at this location (device-local and host-visible ones are shared as opaque
     /// fds, shared host memory as its memfd).
     Vulkan(MemoryLocation),
+    /// Device memory CUDA allocates on the device with this ordinal (`cuMemCreate`, exported with
+    /// `cuMemExportToShareableHandle` as an opaque fd; `lava_flow::cuda::CudaAllocation`), shared
+    /// as a buffer at offset 0 of the granularity-rounded allocation. No image, no semaphore: the
+    /// pattern is written and waited for before the socket is bound.
+    #[cfg(feature = "cuda")]
+    Cuda {
+        /// CUDA device ordinal.
+        ordinal: usize,
+    },
 }
 
 /// What `serve_pattern` shares.
@@ -125,6 +134,8 @@ pub struct PatternServer {
     _buffer: Option<Buffer>,
     _image: Option<Image>,
     _semaphore: Option<Semaphore>,
+    #[cfg(feature = "cuda")]
+    _cuda: Option<lava_flow::cuda::AllocatedBuffer>,
     report: ServeReport,
 }
 
@@ -161,7 +172,37 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
     let mut objects = Vec::new();
     let mut device = None;
     let mut semaphore_note = None;
+    #[cfg(feature = "cuda")]
+    let mut kept_cuda = None;
     match options.memory {
+        #[cfg(feature = "cuda")]
+        ServeMemory::Cuda { ordinal } => {
+            if options.image.is_some() {
+                return Err(Error::invalid(
+                    "an image in CUDA-allocated memory",
+                    "lava-flow exports CUDA allocations as buffers only",
+                    "serve the image from Vulkan memory (--allocator vulkan)",
+                ));
+            }
+            let cuda = timed(&mut steps, "open CUDA", || lava_flow::cuda::CudaDevice::open(ordinal))?;
+            device = Some(format!("CUDA {ordinal}: {} (device {})", cuda.name(), cuda.uuid()));
+            let allocation = timed(&mut steps, format!("allocate an exportable {size}-byte CUDA allocation"), || {
+                cuda.allocate_exportable(size as u64)
+            })?;
+            timed(&mut steps, "fill the pattern", || {
+                // FILL_CHUNK is a multiple of the allocation's buffer alignment, so every piece is
+                // a buffer of its own at an aligned offset.
+                (0..size).step_by(FILL_CHUNK).try_for_each(|start| {
+                    let len = FILL_CHUNK.min(size - start);
+                    allocation.buffer(start as u64, len as u64)?.copy_from_host(&pattern_bytes_at(start, len))
+                })
+            })?;
+            let buffer = allocation.buffer(0, size as u64)?;
+            let exported = timed(&mut steps, "export the buffer", || buffer.export())?;
+            objects.push(NamedObject::new(PATTERN_NAME, exported));
+            kept_cuda = Some(buffer);
+            semaphore_note = Some("CUDA-allocated memory is served without a semaphore (the pattern is written before the socket is bound)".into());
+        }
         ServeMemory::Host => {
             if options.image.is_some() {
                 return Err(Error::invalid(
@@ -236,6 +277,8 @@ pub fn serve_pattern(options: &ServeOptions) -> Result<PatternServer> {
         _buffer: kept_buffer,
         _image: kept_image,
         _semaphore: kept_semaphore,
+        #[cfg(feature = "cuda")]
+        _cuda: kept_cuda,
         report: ServeReport { device, objects: described, steps, semaphore_note },
     })
 }

@@ -67,6 +67,15 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuModuleGetFunction",
     "cuModuleUnload",
     "cuLaunchKernel",
+    "cuMemGetAllocationGranularity",
+    "cuMemCreate",
+    "cuMemRelease",
+    "cuMemAddressReserve",
+    "cuMemAddressFree",
+    "cuMemMap",
+    "cuMemUnmap",
+    "cuMemSetAccess",
+    "cuMemExportToShareableHandle",
 ];
 
 /// Why libcuda could not be used, kept so later calls fail the same way without probing again.
@@ -202,7 +211,7 @@ fn device_count() -> Result<usize> {
     Ok(count.max(0) as usize)
 }
 
-fn device_handle(ordinal: usize) -> Result<sys::CUdevice> {
+pub(super) fn device_handle(ordinal: usize) -> Result<sys::CUdevice> {
     let mut dev = 0;
     // SAFETY: callers ran ensure_driver(); `dev` is a local valid for writes; an ordinal out of
     // range is an error the driver reports, not undefined behaviour.

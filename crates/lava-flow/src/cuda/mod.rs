@@ -1,4 +1,5 @@
-//! CUDA importer (feature `cuda`): Vulkan memory, images and semaphores seen by CUDA.
+//! CUDA (feature `cuda`): Vulkan memory, images and semaphores seen by CUDA, and memory CUDA
+//! allocates for the other APIs.
 //!
 //! libcuda.so.1 is opened at run time through cudarc's dynamic loading, so the crate builds and
 //! runs where there is no CUDA; every entry point then returns [`Error::LibraryUnavailable`].
@@ -17,13 +18,20 @@
 //!
 //! Imported buffers ([`CudaBuffer`]) implement cudarc's `DevicePtr`/`DevicePtrMut` and can be
 //! passed to cudarc kernels with `launch_builder(..).arg(&mut buffer)`; see `docs/CUDA.md`.
+//!
+//! The other direction: [`CudaDevice::allocate_exportable`] makes device memory with CUDA's
+//! virtual memory API (`cuMemCreate`, exportable as a POSIX fd) that Vulkan, OpenGL, OpenCL and
+//! other processes import ([`CudaAllocation`], buffers of it [`AllocatedBuffer`]; see
+//! `docs/ADOPTING.md`, "CUDA allocates").
 
+mod alloc;
 mod cache;
 mod device;
 mod memory;
 mod semaphore;
 mod texture;
 
+pub use alloc::{AllocatedBuffer, CudaAllocation, CudaExportSupport, BUFFER_ALIGNMENT};
 pub use cudarc;
 pub use device::{list_devices, load_driver, CudaDevice, CudaDeviceInfo};
 pub use memory::{AnyBitPattern, CudaBuffer, ImportedMemory};

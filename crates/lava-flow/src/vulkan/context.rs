@@ -90,6 +90,23 @@ pub struct PhysicalDeviceInfo {
     pub extensions: EnabledExtensions,
 }
 
+/// Where memory another API allocated on a GPU is imported into Vulkan on the same GPU
+/// ([`VulkanContext::foreign_memory_target`]): the Vulkan device's identity (its driver UUID is
+/// what importers compare) and a device-local memory type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignMemoryTarget {
+    /// Index of the Vulkan device in `lava-flow info`'s order.
+    pub index: usize,
+    /// `deviceName`.
+    pub name: String,
+    /// Device and driver UUIDs.
+    pub identity: DeviceIdentity,
+    /// The memory type an import uses.
+    pub memory_type_index: u32,
+    /// That type's property flags, as descriptions carry them.
+    pub memory_properties: raw_gpu_handle::MemoryProperties,
+}
+
 fn serialize_identity<S: serde::Serializer>(id: &DeviceIdentity, s: S) -> std::result::Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
     let mut st = s.serialize_struct("DeviceIdentity", 2)?;
@@ -630,6 +647,52 @@ impl VulkanContext {
         })();
         // SAFETY: `instance` came from create_instance above; describe() created no child objects, and the
         // physical handles it returned are dropped with the closure, so nothing outlives the instance.
+        unsafe { instance.destroy_instance(None) };
+        result
+    }
+
+    /// The Vulkan device whose `deviceUUID` is `device_uuid`, with the memory type that memory
+    /// another API of the same GPU allocated (CUDA's `cuMemCreate`) is imported into: the first
+    /// type whose flags are exactly `DEVICE_LOCAL`, else the first device-local type that is not
+    /// host-visible, else the first device-local one (what NVIDIA's simpleVulkanMMAP sample picks
+    /// from a buffer's `memoryTypeBits`). `Ok(None)` when no Vulkan device has that UUID or it
+    /// has no device-local type; an error when libvulkan or every driver is missing.
+    pub fn foreign_memory_target(device_uuid: Uuid) -> Result<Option<ForeignMemoryTarget>> {
+        let entry = load_entry()?;
+        let instance = create_instance(&entry)?;
+        let result = (|| {
+            // SAFETY: `instance` was created just above and is destroyed only after this closure returns.
+            let physicals = unsafe { instance.enumerate_physical_devices() }
+                .map_err(|r| Error::vk("vkEnumeratePhysicalDevices", r, "listing Vulkan devices"))?;
+            for (index, physical) in physicals.iter().enumerate() {
+                let info = describe(&instance, *physical, index)?;
+                if info.identity.device_uuid != device_uuid {
+                    continue;
+                }
+                // SAFETY: `physical` was enumerated from `instance`, which outlives the call.
+                let props = unsafe { instance.get_physical_device_memory_properties(*physical) };
+                let count = (props.memory_type_count as usize).min(props.memory_types.len());
+                let flags: Vec<raw_gpu_handle::MemoryProperties> =
+                    props.memory_types[..count].iter().map(|t| super::memory_properties(t.property_flags)).collect();
+                let local = raw_gpu_handle::MemoryProperties::DEVICE_LOCAL;
+                let host = raw_gpu_handle::MemoryProperties::HOST_VISIBLE;
+                let chosen = flags
+                    .iter()
+                    .position(|f| *f == local)
+                    .or_else(|| flags.iter().position(|f| f.contains(local) && !f.contains(host)))
+                    .or_else(|| flags.iter().position(|f| f.contains(local)));
+                return Ok(chosen.map(|i| ForeignMemoryTarget {
+                    index,
+                    name: info.name.clone(),
+                    identity: info.identity,
+                    memory_type_index: i as u32,
+                    memory_properties: flags[i],
+                }));
+            }
+            Ok(None)
+        })();
+        // SAFETY: `instance` came from create_instance above; nothing was created from it, and the
+        // physical handles are dropped with the closure, so nothing outlives the instance.
         unsafe { instance.destroy_instance(None) };
         result
     }

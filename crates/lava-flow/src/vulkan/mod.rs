@@ -19,7 +19,10 @@ pub use buffer::{
 };
 #[doc(hidden)]
 pub use context::record_command_buffer;
-pub use context::{ContextOptions, DeviceSelector, EnabledExtensions, PhysicalDeviceInfo, RawVulkan, VulkanContext};
+pub use context::{
+    ContextOptions, DeviceSelector, EnabledExtensions, ForeignMemoryTarget, PhysicalDeviceInfo, RawVulkan,
+    VulkanContext,
+};
 pub use format::{memory_properties, vk_format, vk_image_type, vk_memory_handle_type};
 pub(crate) use format::{HOST_MEMFD_PROPERTIES, MEMORY_PROPERTY_BITS};
 pub use host::SharedHostMemory;
