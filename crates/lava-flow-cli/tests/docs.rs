@@ -119,6 +119,13 @@ fn normalise_line(line: &str) -> String {
                     i += 1;
                 }
             }
+        } else if matches!(chars[i], '+' | '-')
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+            && (i == 0 || matches!(chars[i - 1], ' ' | '(' | ','))
+        {
+            // A signed figure (a soak's "+1.8 KiB/round" or "-0.3 KiB/round") is a number too: its
+            // sign changes from run to run.
+            i += 1;
         } else if chars[i].is_ascii_digit() {
             while i < chars.len()
                 && (chars[i].is_ascii_digit()
@@ -269,6 +276,8 @@ fn every_info_json_field_is_in_cli_md() {
 
 #[test]
 fn the_normaliser_keeps_words_and_drops_what_changes() {
+    assert_eq!(normalise_line("(+1.8 KiB/round)"), normalise_line("(-0.3 KiB/round)"));
+    assert_eq!(normalise_line("--size 64K"), "--size NK");
     assert_eq!(
         normalise_line("  0  llvmpipe (LLVM 15.0.6, 256 bits)  6d657361-3232-2e33-2e36-000000000000   40.02 ms x21"),
         "N llvmpipe (LLVM N, N bits) <uuid> N ms xN"
