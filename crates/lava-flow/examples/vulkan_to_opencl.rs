@@ -99,7 +99,7 @@ mod example {
                 cl_wait.wait()?;
             }
             cl.acquire(&[&clbuf])?;
-            kernel.enqueue(&[KernelArg::Mem(clbuf.mem()), KernelArg::U32(round)], &[WORDS])?;
+            kernel.enqueue(&[KernelArg::Buffer(&clbuf), KernelArg::U32(round)], &[WORDS])?;
             cl.release(&[&clbuf])?;
             match &sync {
                 Some((_, to_vk, _, cl_signal)) => {

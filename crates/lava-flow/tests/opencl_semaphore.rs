@@ -49,7 +49,7 @@ fn semaphores_order_rounds_vulkan_opencl_vulkan() {
         to_cl.signal();
         cl_wait.wait().unwrap();
         cl.acquire(&[&clbuf]).unwrap();
-        kernel.enqueue(&[KernelArg::Mem(clbuf.mem()), KernelArg::U32(round + 1)], &[n]).unwrap();
+        kernel.enqueue(&[KernelArg::Buffer(&clbuf), KernelArg::U32(round + 1)], &[n]).unwrap();
         cl.release(&[&clbuf]).unwrap();
         cl_signal.signal().unwrap();
         to_vk.wait();

@@ -71,7 +71,7 @@ fn a_kernel_transforms_imported_memory() {
         )
         .unwrap();
     cl.acquire(&[&clbuf]).unwrap();
-    kernel.enqueue(&[KernelArg::Mem(clbuf.mem()), KernelArg::U32(3)], &[n as usize]).unwrap();
+    kernel.enqueue(&[KernelArg::Buffer(&clbuf), KernelArg::U32(3)], &[n as usize]).unwrap();
     cl.release(&[&clbuf]).unwrap();
     cl.finish().unwrap();
     let out = vk_gpu_read(&buffer, 0, n * 4);

@@ -117,7 +117,7 @@ pub fn selftest(vk: &VulkanContext) -> Vec<SelftestCase> {
                         "flip",
                     )?;
                     cl.acquire(&[&clbuf])?;
-                    let run = kernel.enqueue(&[KernelArg::Mem(clbuf.mem())], &[words]);
+                    let run = kernel.enqueue(&[KernelArg::Buffer(&clbuf)], &[words]);
                     cl.release(&[&clbuf])?;
                     run?;
                     cl.finish()?;

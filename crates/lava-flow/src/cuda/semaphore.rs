@@ -13,9 +13,10 @@ use crate::{Error, Result};
 /// Binary semaphores (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD`): a signal sets it, a wait
 /// waits for it to be set and resets it; the value is ignored.
 ///
-/// Dropping it does not wait for the signals and waits enqueued with it, and CUDA requires them
-/// to have completed before the semaphore is destroyed: synchronize the streams they were
-/// enqueued on first.
+/// Dropping it first waits for the context's enqueued work (`cuCtxSynchronize`), which includes
+/// every signal and wait enqueued with it: CUDA requires them to have completed before the
+/// semaphore is destroyed (`cuDestroyExternalSemaphore`). A wait for a value that never comes
+/// therefore blocks the drop: signal it, or let the stream's work finish, first.
 pub struct CudaSemaphore {
     device: CudaDevice,
     handle: sys::CUexternalSemaphore,
@@ -39,9 +40,19 @@ impl Drop for CudaSemaphore {
         if !self.device.bind_for_drop("an imported semaphore") {
             return;
         }
+        // SAFETY: the context is current (bound just above); cuCtxSynchronize takes no pointer.
+        let synced = unsafe { sys::cuCtxSynchronize() };
+        if synced != sys::CUresult::CUDA_SUCCESS {
+            // Work that failed has still ended; the semaphore is destroyed below either way.
+            self.device.defer_error(cu_error(
+                "cuCtxSynchronize",
+                synced,
+                "finishing work before releasing a semaphore",
+            ));
+        }
         // SAFETY: the handle came from cuImportExternalSemaphore and is destroyed only here, once; the
-        // context is current. CUDA also requires its enqueued signals and waits to have completed,
-        // which this Drop does not check: see the type's docs (a known gap, not yet enforced).
+        // context is current, and cuCtxSynchronize above returned only after every signal and wait
+        // enqueued with it had completed, as cuDestroyExternalSemaphore requires.
         let r = unsafe { sys::cuDestroyExternalSemaphore(self.handle) };
         if r != sys::CUresult::CUDA_SUCCESS {
             self.device.defer_error(cu_error("cuDestroyExternalSemaphore", r, "releasing an imported semaphore"));

@@ -6,17 +6,27 @@ use std::ffi::CString;
 use cl3::ext as cl;
 
 use super::context::{cl_error, ClContext};
-use super::memory::release_event;
+use super::memory::{release_event, ClBuffer, ClImage};
 use crate::{Error, Result};
 
-/// An argument of [`ClKernel::enqueue`].
+/// An argument of [`ClKernel::enqueue`]. Buffers and images are borrowed, so they are alive when
+/// the kernel is enqueued (OpenCL keeps a mem object until the commands using it have run, even
+/// once it is released: OpenCL 3.0, `clReleaseMemObject`), and checked to belong to the kernel's
+/// context.
+///
+/// A raw `cl_mem` is no argument: it could dangle or belong to another context.
+///
+/// ```compile_fail
+/// # fn demo(mem: *mut std::ffi::c_void) {
+/// let _ = lava_flow::opencl::KernelArg::Mem(mem);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
-pub enum KernelArg {
-    /// A buffer or image (`ClBuffer::mem()`, `ClImage::mem()`); acquire it first. It must be a
-    /// live mem object of the kernel's context until the kernel has run: the raw handle is passed
-    /// to the driver as it is, which a dangling or foreign handle turns into undefined behaviour
-    /// (a known gap of this safe API, to be replaced by borrowed objects).
-    Mem(cl::cl_mem),
+pub enum KernelArg<'a> {
+    /// A buffer; acquire it first where it is imported.
+    Buffer(&'a ClBuffer),
+    /// An image; acquire it first where it is imported.
+    Image(&'a ClImage),
     /// A 32-bit unsigned scalar.
     U32(u32),
     /// A 32-bit float scalar.
@@ -77,28 +87,57 @@ impl ClContext {
 impl ClKernel {
     /// Sets `args` and enqueues the kernel over `global` work items (1 to 3 dimensions) on the
     /// context's queue. Does not wait; `ClContext::finish` or a semaphore signal orders what follows.
-    pub fn enqueue(&mut self, args: &[KernelArg], global: &[usize]) -> Result<()> {
+    pub fn enqueue(&mut self, args: &[KernelArg<'_>], global: &[usize]) -> Result<()> {
         if global.is_empty() || global.len() > 3 {
             return Err(Error::invalid("kernel range", format!("{} dimensions", global.len()), "use 1 to 3"));
         }
+        // Every argument, every time: an argument left from an earlier call could name a mem
+        // object released since.
+        let wanted: u32 = cl3::kernel::get_kernel_info(self.kernel, cl::CL_KERNEL_NUM_ARGS)
+            .map_err(|c| cl_error("clGetKernelInfo", c, "reading the kernel's argument count"))?
+            .into();
+        if args.len() != wanted as usize {
+            return Err(Error::invalid(
+                format!("{} kernel arguments", args.len()),
+                format!("the kernel takes {wanted}"),
+                "pass every argument on each enqueue",
+            ));
+        }
         for (i, arg) in args.iter().enumerate() {
+            let mem = match arg {
+                KernelArg::Buffer(b) => Some((b.mem(), b.context())),
+                KernelArg::Image(m) => Some((m.mem(), m.context())),
+                KernelArg::U32(_) | KernelArg::F32(_) => None,
+            };
+            if let Some((_, ctx)) = mem {
+                if ctx.context() != self.ctx.context() {
+                    return Err(Error::invalid(
+                        format!("kernel argument {i}"),
+                        "the buffer or image belongs to another OpenCL context than the kernel \
+                         (CL_INVALID_MEM_OBJECT: mem objects are per context)",
+                        "import or create it in the kernel's context",
+                    ));
+                }
+            }
             // SAFETY: `&mut self` excludes concurrent clSetKernelArg on this kernel; each value is a local or
-            // a borrowed field that outlives the call, and its size is the one passed. A Mem argument is a
-            // raw cl_mem: the caller must pass a live mem object (see KernelArg::Mem).
+            // a borrowed field that outlives the call, and its size is the one passed. A mem argument is
+            // the cl_mem of a ClBuffer or ClImage borrowed for this call (so alive) of this kernel's
+            // context (checked above); OpenCL keeps it until the enqueued kernel has run.
             let set = unsafe {
-                match arg {
-                    KernelArg::Mem(m) => cl3::kernel::set_kernel_arg(
+                match (arg, mem) {
+                    (_, Some((m, _))) => cl3::kernel::set_kernel_arg(
                         self.kernel,
                         i as u32,
                         std::mem::size_of::<cl::cl_mem>(),
-                        (m as *const cl::cl_mem).cast(),
+                        (&m as *const cl::cl_mem).cast(),
                     ),
-                    KernelArg::U32(v) => {
+                    (KernelArg::U32(v), None) => {
                         cl3::kernel::set_kernel_arg(self.kernel, i as u32, 4, (v as *const u32).cast())
                     }
-                    KernelArg::F32(v) => {
+                    (KernelArg::F32(v), None) => {
                         cl3::kernel::set_kernel_arg(self.kernel, i as u32, 4, (v as *const f32).cast())
                     }
+                    (KernelArg::Buffer(_) | KernelArg::Image(_), None) => unreachable!("mem arguments have a mem"),
                 }
             };
             set.map_err(|c| cl_error("clSetKernelArg", c, format!("setting kernel argument {i}")))?;
