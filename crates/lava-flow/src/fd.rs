@@ -384,20 +384,30 @@ pub(crate) fn check_exported_memory(
     Ok(fd)
 }
 
-/// Allocations exported from this process, by id, with their true sizes. Importers in the same
-/// process check descriptions against it: NVIDIA's CUDA driver accepts an opaque fd with a larger
-/// size than the allocation, which would map memory that is not there.
-fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<raw_gpu_handle::AllocationId, u64>> {
+/// What this process knows of an allocation it made: its true size and memory type.
+#[derive(Clone, Copy)]
+struct Exported {
+    size: u64,
+    memory_type_index: u32,
+}
+
+/// Allocations exported from this process, by id, with their true sizes and memory types.
+/// Importers in the same process check descriptions against it: NVIDIA's CUDA driver accepts an
+/// opaque fd with a larger size than the allocation, which would map memory that is not there,
+/// and a Vulkan import of an opaque fd must name the exporter's memory type
+/// (`VUID-VkMemoryAllocateInfo-allocationSize-01742`).
+fn exporters() -> std::sync::MutexGuard<'static, std::collections::HashMap<raw_gpu_handle::AllocationId, Exported>> {
     static EXPORTERS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<raw_gpu_handle::AllocationId, u64>>,
+        std::sync::Mutex<std::collections::HashMap<raw_gpu_handle::AllocationId, Exported>>,
     > = std::sync::OnceLock::new();
     EXPORTERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Records an allocation this process made (and may export), with its true size, for
-/// [`check_exported_memory`]. The allocating layer calls it when it creates the memory.
-pub(crate) fn record_export(id: raw_gpu_handle::AllocationId, size: u64) {
-    exporters().insert(id, size);
+/// Records an allocation this process made (and may export), with its true size and the memory
+/// type its descriptions name, for [`check_exported_memory`]. The allocating layer calls it when
+/// it creates the memory.
+pub(crate) fn record_export(id: raw_gpu_handle::AllocationId, size: u64, memory_type_index: u32) {
+    exporters().insert(id, Exported { size, memory_type_index });
 }
 
 /// Forgets an allocation recorded by [`record_export`] once its memory is freed.
@@ -405,17 +415,30 @@ pub(crate) fn forget_export(id: raw_gpu_handle::AllocationId) {
     exporters().remove(&id);
 }
 
-/// Refuses a description whose allocation was made in this process with another size.
+/// Refuses a description whose allocation was made in this process with another size or memory
+/// type.
 pub(crate) fn check_against_exporter(d: &raw_gpu_handle::MemoryDescription) -> Result<()> {
     let Some(id) = d.allocation_id else { return Ok(()) };
-    match exporters().get(&id) {
-        Some(&size) if size != d.allocation_size => Err(Error::invalid(
+    let Some(exported) = exporters().get(&id).copied() else { return Ok(()) };
+    if exported.size != d.allocation_size {
+        return Err(Error::invalid(
             format!("an import of {} bytes of allocation {id}", d.allocation_size),
-            format!("that allocation was made in this process with {size} bytes"),
+            format!("that allocation was made in this process with {} bytes", exported.size),
             "pass the description exactly as exported (importers must be given the whole allocation's size)",
-        )),
-        _ => Ok(()),
+        ));
     }
+    if exported.memory_type_index != d.memory_type_index {
+        return Err(Error::invalid(
+            format!("an import of allocation {id} as memory type {}", d.memory_type_index),
+            format!(
+                "that allocation was made in this process with memory type {} \
+                 (VUID-VkMemoryAllocateInfo-allocationSize-01742: an opaque-fd import names the exporter's type)",
+                exported.memory_type_index
+            ),
+            "pass the description exactly as exported",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

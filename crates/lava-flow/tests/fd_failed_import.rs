@@ -369,6 +369,7 @@ fn vulkan_memory(table: &mut Table) -> Option<(VulkanContext, VulkanContext, Buf
     if let Some(t) = other_type {
         let mut other = d;
         other.memory_type_index = t;
+        other.allocation_id = None; // as from another process: lava-flow refuses it in this one
         other.memory_properties = memory_properties(props.memory_types[t as usize].property_flags);
         row(
             "another memory type",

@@ -146,6 +146,25 @@ fn wrong_memory_type_is_refused() {
     assert!(err.to_string().contains("properties"), "{err}");
 }
 
+/// An allocation of this process described with another (valid) memory type than its own is
+/// refused before the driver: an opaque-fd import must name the exporter's type
+/// (VUID-VkMemoryAllocateInfo-allocationSize-01742), and drivers do not all check it.
+#[test]
+fn another_memory_type_than_the_exporters_is_refused_in_the_exporting_process() {
+    let Some((a, b)) = two_devices() else { return };
+    let (_buffer, mut exported) = export(&a);
+    let own = exported.memory.description.memory_type_index;
+    let count = b.memory_properties().memory_type_count;
+    exported.memory.description.memory_type_index =
+        if own + 1 < count { own + 1 } else { (own + count - 1) % count.max(1) };
+    if exported.memory.description.memory_type_index == own {
+        exported.memory.description.memory_type_index = count; // one type only: name one past it
+    }
+    let err = refused(&b, exported, true);
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(err.to_string().contains("01742") && err.to_string().contains(&format!("memory type {own}")), "{err}");
+}
+
 #[test]
 fn another_devices_uuids_are_refused() {
     let Some((a, b)) = two_devices() else { return };

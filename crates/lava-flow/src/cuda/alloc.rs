@@ -337,7 +337,7 @@ impl CudaAllocation {
         let r = unsafe { sys::cuMemSetAccess(ptr, bytes, &access, 1) };
         check(r, "cuMemSetAccess", || action("granting this device read-write access to"))?;
         if let Some(id) = inner.description.allocation_id {
-            crate::fd::record_export(id, size);
+            crate::fd::record_export(id, size, inner.description.memory_type_index);
         }
         Ok(CudaAllocation { inner: Arc::new(inner) })
     }

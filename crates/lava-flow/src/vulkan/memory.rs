@@ -180,7 +180,7 @@ impl DeviceMemory {
     ) -> DeviceMemory {
         let properties = ctx.memory_properties().memory_types[type_index as usize].property_flags;
         if origin != MemoryOrigin::Imported {
-            crate::fd::record_export(allocation_id, size);
+            crate::fd::record_export(allocation_id, size, type_index);
         }
         DeviceMemory {
             ctx: ctx.clone(),
