@@ -40,7 +40,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// The channel number both ranks use (the bench's raw-against-lava-flow loops use 0 and up, one
+/// The channel number both ranks use (the bench's raw-against-lava-flow loops use 0 and up, three
 /// per size).
 const CHANNEL: u16 = 500;
 
@@ -210,7 +210,7 @@ fn receive_host_name(mpi: &MpiContext) -> String {
 /// byte of every frame.
 pub fn bench(b: &BenchArgs) -> CmdResult {
     let mpi = init()?;
-    let budget = 512 << 20;
+    let budget = 1 << 30;
     let figures = raw_bench::run(&mpi, &b.sizes, budget, b.slots.max(8), 4 << 20)?;
     let mut checked = Vec::new();
     for &size in &b.sizes {

@@ -10,7 +10,7 @@ use mpi::traits::*;
 use super::backoff::Backoff;
 use super::context::MpiContext;
 use super::sender::tags;
-use super::wire::{Control, FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_CONTROL};
+use super::wire::{travels_inline, Control, FrameInfo, INLINE_MAX, MAX_CHUNK, MAX_CONTROL};
 use super::{Rank, StagedMemory};
 use crate::{Buffer, Error, Result};
 
@@ -306,7 +306,9 @@ impl<'c> MpiReceiver<'c> {
             backoff.pause();
         };
         let count = status.count(u8::equivalent_datatype());
-        let inline_max = MAX_CONTROL + self.options.max_frame.min(INLINE_MAX) as usize;
+        // The largest message due here: a control message, or a header with a frame inline (never
+        // more than a slot holds, so a receive can never overflow the slot).
+        let inline_max = (INLINE_MAX as usize).max(MAX_CONTROL).min(self.options.max_frame as usize + MAX_CONTROL);
         if count < 0 || count as usize > inline_max {
             return Err(self.broke(format!("a {count}-byte message where a frame header was due")));
         }
@@ -340,8 +342,11 @@ impl<'c> MpiReceiver<'c> {
             Some(format!("a frame of {} bytes, over the {} this receiver takes", info.len, self.options.max_frame))
         } else if inline > 0 && inline as u64 != info.len {
             Some(format!("a frame of {} bytes with {inline} bytes inline", info.len))
-        } else if inline == 0 && info.len > 0 && info.len <= INLINE_MAX {
-            Some(format!("a frame of {} bytes not inline (frames up to {INLINE_MAX} bytes are)", info.len))
+        } else if inline == 0 && info.len > 0 && travels_inline(start, info.len) {
+            Some(format!(
+                "a frame of {} bytes not inline (frames whose message stays within {INLINE_MAX} bytes are)",
+                info.len
+            ))
         } else {
             None
         };

@@ -9,9 +9,16 @@ pub const MAX_CHUNK: u64 = 1 << 30;
 pub const MAX_METADATA: usize = 1024;
 /// The largest control message (a frame header with full metadata).
 pub(super) const MAX_CONTROL: usize = FRAME_FIXED + MAX_METADATA;
-/// Frames up to this size travel inside their header's message (one message per frame instead
-/// of two; Open MPI's shared-memory transport sends messages up to 4 KiB eagerly).
+/// A frame travels inside its header's message when header and bytes together are at most this
+/// many bytes: one message per frame instead of two, and still one that Open MPI's
+/// shared-memory transport sends eagerly (its `btl_vader_eager_limit` is 4 KiB; a larger message
+/// takes the rendezvous path, slower for small frames than two eager ones).
 pub const INLINE_MAX: u64 = 4096;
+
+/// Whether a frame of `len` bytes after a header of `header_len` bytes travels inline.
+pub(super) fn travels_inline(header_len: usize, len: u64) -> bool {
+    (header_len as u64).saturating_add(len) <= INLINE_MAX
+}
 
 const MAGIC: [u8; 4] = *b"LFMR";
 const VERSION: u8 = 1;
@@ -88,6 +95,20 @@ impl Control {
             Control::End { frames } => out.extend_from_slice(&frames.to_le_bytes()),
         }
         out
+    }
+
+    /// Encodes a frame's header into `out` (cleared first), as `Control::Frame(..).encode()` does,
+    /// without allocating where `out` has room.
+    pub(super) fn encode_frame_into(out: &mut Vec<u8>, sequence: u64, len: u64, sent_at_ns: u64, metadata: &[u8]) {
+        out.clear();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&[VERSION, FRAME, 0, 0]);
+        out.extend_from_slice(&sequence.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&sent_at_ns.to_le_bytes());
+        out.extend_from_slice(&(metadata.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(metadata);
     }
 
     /// Decodes a message that may carry a frame's bytes after its header: returns the message and
@@ -185,6 +206,12 @@ mod tests {
             Control::Frame(FrameInfo { sequence: 0, len: 0, sent_at_ns: 0, metadata: vec![7; MAX_METADATA] }),
             Control::End { frames: 12 },
         ];
+        let mut into = Vec::new();
+        Control::encode_frame_into(&mut into, 9, 100, 5, b"meta");
+        assert_eq!(
+            into,
+            Control::Frame(FrameInfo { sequence: 9, len: 100, sent_at_ns: 5, metadata: b"meta".to_vec() }).encode()
+        );
         for m in messages {
             let bytes = m.encode();
             assert!(bytes.len() <= MAX_CONTROL);
