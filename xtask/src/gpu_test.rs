@@ -12,9 +12,11 @@ use crate::run::{cargo, describe, root, target_dir};
 const RUN_ALL: &str = r#"#!/bin/bash
 # Written by `cargo xtask gpu-test`. On the GPU machine, from the project's root:
 #   bash .gpu/on-device.sh bash .gpu/run-all.sh
-# Runs every packed test binary one test at a time (fd counts are per process), then
-# `lava-flow selftest`, a 20-round soak (fds, RSS, Vulkan and CUDA device memory back to their
-# levels), `lava-flow info` and `lava-flow bench`. Prints one line per binary and command, the
+# Runs every packed test binary one test at a time (fd counts are per process), the C API's
+# programs, the Python package's pytest suite (its wheel installed into a venv that sees the
+# machine's torch and CuPy), then `lava-flow selftest`, a 20-round soak (fds, RSS, Vulkan and CUDA
+# device memory back to their levels), `lava-flow info`, `channel bench` with Vulkan frames and
+# CUDA views, and `lava-flow bench`. Prints one line per binary and command, the
 # skips grouped by reason (a test that could not run prints `SKIPPED (<tag>): <reason>`, one case
 # of several `SKIPPED CASE [<case>] (<tag>): <reason>`), `gpu-test: overall PASS` or `FAIL`, and
 # last `N passed, M failed, K skipped` over the test binaries (a skipped test counts as skipped,
@@ -23,8 +25,13 @@ const RUN_ALL: &str = r#"#!/bin/bash
 # (`cargo xtask bench-doc` draws bench.json's plots here).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-# Binaries too large to carry as they are travel as bin.tar.gz.
-if [ -f "$here/bin.tar.gz" ] && [ ! -d "$here/bin" ]; then tar xzf "$here/bin.tar.gz" -C "$here" || exit 1; fi
+# Binaries too large to carry as they are travel as bin.tar.xz (xz, or Python's lzma where the
+# machine has no xz).
+if [ -f "$here/bin.tar.xz" ] && [ ! -d "$here/bin" ]; then
+  tar xJf "$here/bin.tar.xz" -C "$here" 2>/dev/null \
+    || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$here/bin.tar.xz" "$here" \
+    || exit 1
+fi
 cli="$here/bin/lava-flow"
 # The CLI's own tests run this binary instead of the path they were built with.
 export LAVA_FLOW_BIN="$cli"
@@ -85,6 +92,29 @@ if [ -x "$here/bin/c_share_gl" ]; then
     summary+=("FAIL c_share_gl serve (see c_share_gl_serve.log)"); failed=$((failed + 1)); status=1
   fi
 fi
+# The Python package: its wheel into a venv that also sees the machine's torch and CuPy, then its
+# pytest suite (crates/lava-flow-py/tests, from the checkout) against the packed CLI.
+if [ -d "$here/python/wheels" ] && command -v python3 > /dev/null; then
+  echo "=== python: pytest"
+  venv=$(mktemp -d)/venv
+  if python3 -m venv --system-site-packages "$venv" > "$logs/python-venv.log" 2>&1 \
+     && "$venv/bin/python" -m pip install --disable-pip-version-check --quiet --no-index \
+          --find-links "$here/python/wheels" lava_flow pytest numpy >> "$logs/python-venv.log" 2>&1; then
+    "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider crates/lava-flow-py/tests > "$logs/python-pytest.log" 2>&1
+    rc=$?
+    result=$(grep -E '(passed|failed)' "$logs/python-pytest.log" | tail -n 1)
+    echo "${result:-no pytest summary (exit $rc)}"
+    p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p; s/^([0-9]+) passed.*/\1/p' <<< "$result" | head -n 1)
+    f=$(sed -nE 's/.*[ ,]([0-9]+) failed.*/\1/p; s/^([0-9]+) failed.*/\1/p' <<< "$result" | head -n 1)
+    s=$(sed -nE 's/.*[ ,]([0-9]+) skipped.*/\1/p' <<< "$result" | head -n 1)
+    p=${p:-0}; f=${f:-0}; s=${s:-0}
+    if [ "$rc" = 0 ] && [ "$p" -gt 0 ]; then verdict=PASS; else verdict=FAIL; status=1; [ "$f" = 0 ] && f=1; fi
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+    summary+=("$verdict python pytest: $p passed, $f failed, $s skipped (exit $rc)")
+  else
+    summary+=("FAIL python: the venv or the wheels did not install (see python-venv.log)"); failed=$((failed + 1)); status=1
+  fi
+fi
 run_cli() { # label, arguments...
   local label=$1; shift
   echo "=== lava-flow $label"
@@ -97,6 +127,9 @@ if [ -x "$cli" ]; then
   run_cli selftest selftest
   run_cli soak selftest --soak 20
   run_cli info info
+  # Channels: Vulkan frames (timeline sync where the device exports it) and CUDA views.
+  run_cli channel-vulkan channel bench --size 64K,16M --consumers 1,2 --frames 2000 --api vulkan
+  run_cli channel-cuda channel bench --size 64K,16M --consumers 1 --frames 2000 --api cuda
   if [ -n "${OUT:-}" ]; then
     "$cli" info --json > "$OUT/info.json" 2>/dev/null
     "$cli" selftest --json > "$OUT/selftest.json" 2>/dev/null
@@ -174,19 +207,31 @@ pub fn gpu_test() -> Result<(), String> {
     let mut total = strip_and_measure(&gpu_dir)?;
     println!("xtask: .gpu/ holds {} MiB", total >> 20);
     if total > CARRY_LIMIT {
-        // Binaries compress about three to one; run-all.sh unpacks them on the GPU machine.
+        // Binaries compress about eight to one with xz (three to one with gzip, which no longer
+        // fits); run-all.sh unpacks them on the GPU machine.
         let mut tar = std::process::Command::new("tar");
-        tar.args(["czf", "bin.tar.gz", "bin"]).current_dir(&gpu_dir);
+        tar.args(["cJf", "bin.tar.xz", "bin"]).current_dir(&gpu_dir);
         if !tar.status().is_ok_and(|s| s.success()) {
-            return Err("packing .gpu/bin into bin.tar.gz failed".into());
+            return Err("packing .gpu/bin into bin.tar.xz failed (is xz-utils installed?)".into());
         }
         std::fs::remove_dir_all(gpu_dir.join("bin")).map_err(|e| format!("removing .gpu/bin: {e}"))?;
         total = size_of(&gpu_dir);
-        println!("xtask: packed the binaries into .gpu/bin.tar.gz: .gpu/ now holds {} MiB", total >> 20);
+        println!("xtask: packed the binaries into .gpu/bin.tar.xz: .gpu/ now holds {} MiB", total >> 20);
     }
     if total > CARRY_LIMIT {
         return Err(format!(
             ".gpu/ is {} MiB, more than the {} MiB the device tool carries",
+            total >> 20,
+            CARRY_LIMIT >> 20
+        ));
+    }
+    println!("==> the Python package's wheel (release) and pytest's wheels into .gpu/python/");
+    crate::python::pack_for_gpu(&gpu_dir.join("python"))?;
+    total = size_of(&gpu_dir);
+    println!("xtask: .gpu/ holds {} MiB with the Python wheels", total >> 20);
+    if total > CARRY_LIMIT {
+        return Err(format!(
+            ".gpu/ is {} MiB with the Python wheels, more than the {} MiB the device tool carries",
             total >> 20,
             CARRY_LIMIT >> 20
         ));

@@ -126,6 +126,58 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(paths).unwrap_or_default()
 }
 
+/// For `cargo xtask gpu-test`: the package's wheel (release, stripped) and pytest's own wheels
+/// (pure Python, for the GPU machine's Python, which reaches no package index) into
+/// `dir/wheels`. The tests themselves travel with the checkout.
+pub fn pack_for_gpu(dir: &Path) -> Result<(), String> {
+    if let Some(why) = unavailable() {
+        return Err(format!("packing the Python package for the GPU machine: {why}"));
+    }
+    let target = run::target_dir();
+    let venv = venv_dir(&target);
+    let bin = venv.join("bin");
+    let ready = venv.join("lava-flow-requirements.txt");
+    let run_ok = |mut cmd: Command, what: &str| -> Result<(), String> {
+        let status = cmd.status().map_err(|e| format!("{what}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({status})"))
+        }
+    };
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(&REQUIREMENTS.join("\n")) {
+        let _ = std::fs::remove_dir_all(&venv);
+        let mut create = Command::new("python3");
+        create.arg("-m").arg("venv").arg(&venv);
+        run_ok(create, "python3 -m venv")?;
+        let mut install = Command::new(bin.join("python"));
+        install.args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"]).args(REQUIREMENTS);
+        run_ok(install, "pip install")?;
+        std::fs::write(&ready, REQUIREMENTS.join("\n")).map_err(|e| format!("writing {}: {e}", ready.display()))?;
+    }
+    let wheels = dir.join("wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    let mut build = Command::new(bin.join("maturin"));
+    build
+        .args(["build", "--quiet", "--release", "--strip", "--manifest-path"])
+        .arg(run::root().join(CRATE).join("Cargo.toml"))
+        .arg("--out")
+        .arg(&wheels)
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", path_with(&bin));
+    run_ok(build, "maturin build --release")?;
+    // pytest and NumPy (which the tests import; the GPU machine's own is used where it has one),
+    // as wheels for CPython 3.12 on x86-64 Linux, the GPU machine's Python.
+    let mut download = Command::new(bin.join("python"));
+    download
+        .args(["-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--only-binary=:all:"])
+        .args(["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64"])
+        .args(["--platform", "manylinux2014_x86_64", "--dest"])
+        .arg(&wheels)
+        .args(["pytest>=7", "numpy>=1.22"]);
+    run_ok(download, "pip download pytest numpy")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
