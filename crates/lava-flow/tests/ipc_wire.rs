@@ -96,7 +96,9 @@ fn texture() -> impl Strategy<Value = ObjectDescription> {
     )
         .prop_map(|(memory, (dimension, extent, layers), format, tiling, u, size, offset, modifier, planes)| {
             let row = u64::from(extent.width) * u64::from(format.texel_size());
-            let mut size = size;
+            // At least the base level's texels, as every real texture holds (validate checks it).
+            let packed = row * u64::from(extent.height) * u64::from(extent.depth) * u64::from(layers);
+            let mut size = size.max(packed);
             let tiling = match tiling {
                 0 => {
                     // Pitches that keep rows, layers and slices apart, and a size that holds them all.

@@ -259,6 +259,63 @@ impl TextureDescription {
         if self.size == 0 {
             return Err(TextureError("texture size is zero".into()));
         }
+        // Every tiling stores at least the base level's texels: a description whose size is
+        // smaller claims texels beyond its memory, which an importer would map.
+        let packed = self.packed_base_level_bytes();
+        if packed.is_none_or(|p| p > self.size) {
+            return Err(TextureError(format!(
+                "a {}x{}x{} texture of {} layers of {:?} holds {} bytes in its base level alone, but its size is {}",
+                e.width,
+                e.height,
+                e.depth,
+                self.array_layers,
+                self.format,
+                packed.map_or("more than 2^64".into(), |p| format!("{p}")),
+                self.size
+            )));
+        }
         Ok(())
+    }
+
+    /// Bytes of the base mip level's texels, all layers, tightly packed (`None` where that
+    /// overflows 64 bits): a lower bound of [`size`](Self::size) for every tiling.
+    pub fn packed_base_level_bytes(&self) -> Option<u64> {
+        let e = self.extent;
+        u64::from(e.width)
+            .checked_mul(u64::from(self.format.texel_size()))?
+            .checked_mul(u64::from(e.height))?
+            .checked_mul(u64::from(e.depth))?
+            .checked_mul(u64::from(self.array_layers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d2(width: u32, height: u32, size: u64) -> TextureDescription {
+        TextureDescription {
+            format: TextureFormat::Rgba8Unorm,
+            dimension: TextureDimension::D2,
+            extent: Extent3d { width, height, depth: 1 },
+            array_layers: 1,
+            tiling: TextureTiling::Optimal,
+            usage: TextureUsage { sampled: true, storage: false, color_attachment: false, transfer: true },
+            offset: 0,
+            size,
+        }
+    }
+
+    #[test]
+    fn a_size_below_the_base_levels_texels_is_refused() {
+        assert!(d2(32, 32, 4096).validate().is_ok());
+        let err = d2(32, 32, 4095).validate().unwrap_err();
+        assert!(err.0.contains("4096 bytes in its base level"), "{}", err.0);
+        assert_eq!(d2(65536, 65536, u64::MAX).packed_base_level_bytes(), Some(1 << 34));
+        let mut huge = d2(u32::MAX, u32::MAX, u64::MAX);
+        huge.dimension = TextureDimension::D2Array;
+        huge.array_layers = u32::MAX;
+        assert_eq!(huge.packed_base_level_bytes(), None);
+        assert!(huge.validate().unwrap_err().0.contains("more than 2^64"));
     }
 }

@@ -115,7 +115,9 @@ impl ImageOptions {
             },
             usage: self.usage,
             offset: 0,
-            size: 1,
+            // Not known until the driver reports the image's memory requirements; the largest
+            // value passes `validate`'s checks of the extent against the size.
+            size: u64::MAX,
         }
     }
 }
