@@ -17,9 +17,7 @@ use std::marker::PhantomData;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use cudarc::driver::{
-    sys, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::{sys, CudaStream, DeviceRepr};
 use raw_gpu_handle::{
     BufferDescription, BufferHandle, DeviceIdentity, ExportedBuffer, ExportedMemory, MemoryDescription, MemoryHandle,
     MemoryHandleKind, MemoryProperties,
@@ -643,44 +641,7 @@ impl AllocatedBuffer<u8> {
     }
 }
 
-impl<T> DeviceSlice<T> for AllocatedBuffer<T> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-}
-
-impl<T> DevicePtr<T> for AllocatedBuffer<T> {
-    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
-        // No cudarc events: shared memory is ordered by stream order and external semaphores.
-        (self.ptr, SyncOnDrop::Record(None))
-    }
-}
-
-impl<T> DevicePtrMut<T> for AllocatedBuffer<T> {
-    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
-        (self.ptr, SyncOnDrop::Record(None))
-    }
-}
-
-// SAFETY: pushes a pointer to the buffer's CUdeviceptr field, which lives for the borrow 'b of the
-// buffer, itself outliving the launch builder 'a, exactly as cudarc does for its CudaSlice.
-unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b AllocatedBuffer<T>> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b AllocatedBuffer<T>) -> &mut Self {
-        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
-    }
-}
-
-// SAFETY: as for the shared reference: the field lives for 'b, which outlives 'a.
-unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b mut AllocatedBuffer<T>> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b mut AllocatedBuffer<T>) -> &mut Self {
-        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
-    }
-}
+impl_cudarc_views!(AllocatedBuffer);
 
 #[cfg(test)]
 mod tests {

@@ -3,9 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    sys, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::{sys, CudaStream, DeviceRepr};
 use raw_gpu_handle::{ExportedMemory, MemoryDescription, MemoryHandleKind};
 
 use super::{check, cu_error, CudaDevice};
@@ -461,41 +459,4 @@ impl CudaBuffer<u8> {
     }
 }
 
-impl<T> DeviceSlice<T> for CudaBuffer<T> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-}
-
-impl<T> DevicePtr<T> for CudaBuffer<T> {
-    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
-        // No cudarc events: imported memory is ordered by stream order and external semaphores.
-        (self.ptr, SyncOnDrop::Record(None))
-    }
-}
-
-impl<T> DevicePtrMut<T> for CudaBuffer<T> {
-    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
-        (self.ptr, SyncOnDrop::Record(None))
-    }
-}
-
-// SAFETY: pushes a pointer to the buffer's CUdeviceptr field, which lives for the borrow 'b of the
-// buffer, itself outliving the launch builder 'a, exactly as cudarc does for its CudaSlice.
-unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b CudaBuffer<T>> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b CudaBuffer<T>) -> &mut Self {
-        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
-    }
-}
-
-// SAFETY: as for the shared reference: the field lives for 'b, which outlives 'a.
-unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b mut CudaBuffer<T>> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b mut CudaBuffer<T>) -> &mut Self {
-        <Self as PushKernelArg<&'b sys::CUdeviceptr>>::arg(self, &arg.ptr)
-    }
-}
+impl_cudarc_views!(CudaBuffer);

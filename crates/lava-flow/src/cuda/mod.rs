@@ -24,6 +24,58 @@
 //! other processes import ([`CudaAllocation`], buffers of it [`AllocatedBuffer`]; see
 //! `docs/ADOPTING.md`, "CUDA allocates").
 
+/// cudarc's views of a lava-flow buffer type with fields `ptr: CUdeviceptr`, `len: usize` and
+/// `stream: Arc<CudaStream>`: `DeviceSlice`, `DevicePtr`/`DevicePtrMut` (no cudarc events: shared
+/// memory is ordered by stream order and external semaphores) and kernel arguments.
+macro_rules! impl_cudarc_views {
+    ($ty:ident) => {
+        impl<T> cudarc::driver::DeviceSlice<T> for $ty<T> {
+            fn len(&self) -> usize {
+                self.len
+            }
+            fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
+                &self.stream
+            }
+        }
+
+        impl<T> cudarc::driver::DevicePtr<T> for $ty<T> {
+            fn device_ptr<'a>(
+                &'a self,
+                _stream: &'a cudarc::driver::CudaStream,
+            ) -> (cudarc::driver::sys::CUdeviceptr, cudarc::driver::SyncOnDrop<'a>) {
+                (self.ptr, cudarc::driver::SyncOnDrop::Record(None))
+            }
+        }
+
+        impl<T> cudarc::driver::DevicePtrMut<T> for $ty<T> {
+            fn device_ptr_mut<'a>(
+                &'a mut self,
+                _stream: &'a cudarc::driver::CudaStream,
+            ) -> (cudarc::driver::sys::CUdeviceptr, cudarc::driver::SyncOnDrop<'a>) {
+                (self.ptr, cudarc::driver::SyncOnDrop::Record(None))
+            }
+        }
+
+        // SAFETY: pushes a pointer to the buffer's CUdeviceptr field, which lives for the borrow
+        // 'b of the buffer, itself outliving the launch builder 'a, exactly as cudarc does for its
+        // CudaSlice.
+        unsafe impl<'a, 'b: 'a, T> cudarc::driver::PushKernelArg<&'b $ty<T>> for cudarc::driver::LaunchArgs<'a> {
+            #[inline(always)]
+            fn arg(&mut self, arg: &'b $ty<T>) -> &mut Self {
+                <Self as cudarc::driver::PushKernelArg<&'b cudarc::driver::sys::CUdeviceptr>>::arg(self, &arg.ptr)
+            }
+        }
+
+        // SAFETY: as for the shared reference: the field lives for 'b, which outlives 'a.
+        unsafe impl<'a, 'b: 'a, T> cudarc::driver::PushKernelArg<&'b mut $ty<T>> for cudarc::driver::LaunchArgs<'a> {
+            #[inline(always)]
+            fn arg(&mut self, arg: &'b mut $ty<T>) -> &mut Self {
+                <Self as cudarc::driver::PushKernelArg<&'b cudarc::driver::sys::CUdeviceptr>>::arg(self, &arg.ptr)
+            }
+        }
+    };
+}
+
 mod alloc;
 mod cache;
 mod device;
